@@ -1,0 +1,11 @@
+"""fastbp: fast, allocation-free training of multilayer perceptrons on multicore CPUs."""
+from . import kernels
+from ._threads import get_num_threads, set_num_threads
+from .gradcheck import gradcheck
+from .model import MLP
+from .optim import SGD
+from .training import DivergenceError, fit
+
+__version__ = "0.1.0"
+__all__ = ["MLP", "SGD", "fit", "gradcheck", "set_num_threads", "get_num_threads", "kernels",
+           "DivergenceError", "__version__"]

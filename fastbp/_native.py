@@ -1,0 +1,106 @@
+"""Native routines called from ``@njit`` code through named symbols: BLAS GEMM on strided 2-D
+views, and the size of Numba's thread pool.
+
+Both are reached through symbols registered with LLVM at import time, not through ctypes pointers
+baked into the code: that keeps every kernel that uses them cacheable with ``cache=True``.
+
+Numba's own ``np.dot`` needs contiguous operands and cannot accumulate into its output, so the
+kernels call SciPy's BLAS ``?gemm`` directly.
+
+Callers run it from inside ``prange`` loops, one call per batch tile: the BLAS library it calls
+must be limited to one thread (see ``fastbp._threads``), or its pool and Numba's fight.
+"""
+import numba
+from llvmlite import binding as _llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
+
+_SYMBOLS = {types.float32: "fastbp_sgemm", types.float64: "fastbp_dgemm"}
+for _name in ("sgemm", "dgemm"):
+    _llvm.add_symbol("fastbp_" + _name,
+                     get_cython_function_address("scipy.linalg.cython_blas", _name))
+# Starting Numba's thread pool registers its "get_num_threads" symbol, which num_threads calls.
+numba.get_num_threads()
+
+
+@intrinsic
+def num_threads(typingctx):
+    """Size of Numba's thread pool for the calling thread (as numba.get_num_threads())."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(cgutils.intp_t, [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "get_num_threads")
+        return builder.call(fn, [])
+    return types.intp(), codegen
+
+
+@intrinsic
+def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Call Fortran ?gemm: c := alpha*op(a) @ op(b) + beta*c, column-major, every argument by
+    reference. transa/transb are character codes (ord('N') or ord('T'))."""
+    dtype = c.dtype
+    if dtype not in _SYMBOLS or a.dtype != dtype or b.dtype != dtype:
+        return None
+    sig = types.void(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        tys = signature.args
+        fty = context.get_value_type(dtype)
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer()] * 2 + [i32.as_pointer()] * 3
+                               + [fty.as_pointer(), fty.as_pointer(), i32.as_pointer(),
+                                  fty.as_pointer(), i32.as_pointer(), fty.as_pointer(),
+                                  fty.as_pointer(), i32.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[dtype])
+
+        def by_ref(value, from_type, to_llvm, to_type):
+            slot = cgutils.alloca_once(builder, to_llvm)
+            builder.store(context.cast(builder, value, from_type, to_type), slot)
+            return slot
+
+        def char(v, t):
+            return by_ref(v, t, i8, types.int8)
+
+        def int32(v, t):
+            return by_ref(v, t, i32, types.int32)
+
+        def scalar(v, t):
+            return by_ref(v, t, fty, dtype)
+
+        def data(arr, t):
+            return builder.bitcast(context.make_array(t)(context, builder, arr).data,
+                                   fty.as_pointer())
+
+        builder.call(fn, [char(ta, tys[0]), char(tb, tys[1]), int32(m_, tys[2]),
+                          int32(n_, tys[3]), int32(k_, tys[4]), scalar(alpha_, tys[5]),
+                          data(a_, tys[6]), int32(lda_, tys[7]), data(b_, tys[8]),
+                          int32(ldb_, tys[9]), scalar(beta_, tys[10]), data(c_, tys[11]),
+                          int32(ldc_, tys[12])])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _leading_dim(x):
+    # BLAS wants the row stride in elements, at least the row length (even for one row).
+    return max(x.strides[0] // x.itemsize, x.shape[1], 1)
+
+
+@njit(cache=True, inline="always")
+def gemm(c, a, b, alpha, beta, trans_a, trans_b):
+    """c (M, N) := alpha * op(a) @ op(b) + beta * c, on row-major views.
+
+    op(a) is (M, K): a is (M, K), or (K, M) when trans_a. op(b) is (K, N): b is (K, N), or
+    (N, K) when trans_b. Every view must have unit stride along its last axis; rows may be
+    strided (slices of a wider matrix). With beta == 0, c is overwritten, never read.
+    """
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    # Row-major c is column-major c^T = op(b)^T op(a)^T: swap the operands, keep the flags.
+    _fortran_gemm(84 if trans_b else 78, 84 if trans_a else 78, n, m, k, alpha,
+                  b, _leading_dim(b), a, _leading_dim(a), beta, c, _leading_dim(c))

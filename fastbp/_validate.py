@@ -1,0 +1,94 @@
+"""Argument checks and conversions shared by the public API. No numerics here.
+
+Conversions (documented in the README): X and regression targets of another dtype, or not
+C-contiguous, or read-only, are copied into a C-contiguous array of the model's dtype; class labels
+of another integer dtype are copied to int64. Nothing is ever reinterpreted in place.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import kernels
+
+
+def positive_number(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a positive number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return value
+
+
+def positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return int(value)
+
+
+def _as_array(name, value):
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name}: cannot be read as an array ({exc})") from None
+
+
+def _contiguous(array, dtype):
+    if array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable:
+        return array
+    return np.array(array, dtype=dtype, order="C")
+
+
+def features(X, n_features, dtype, name="X"):
+    """X as a C-contiguous (N, n_features) array of dtype, finite, N >= 1."""
+    X = _as_array(name, X)
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (shape {X.shape})")
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name}: expected {n_features} features (columns), got {X.shape[1]}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {X.dtype}")
+    X = _contiguous(X, dtype)
+    if not kernels.all_finite(X):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return X
+
+
+def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
+    """Labels (N,) int64 in [0, n_outputs) for softmax-CE; values (N, n_outputs) for MSE."""
+    y = _as_array(name, y)
+    if y.ndim == 0 or y.shape[0] != n_rows:
+        got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
+        raise ValueError(f"{name}: expected {n_rows} rows to match X, got {got}")
+    if loss == "softmax_cross_entropy":
+        if y.ndim != 1:
+            raise ValueError(f"{name}: class labels must be 1-D, got shape {y.shape}")
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{name}: class labels must be integers, got dtype {y.dtype} "
+                            "(convert with y.astype(int) if the values are whole numbers)")
+        y = _contiguous(y, np.int64)
+        if not kernels.labels_in_range(y, n_outputs):
+            raise ValueError(f"{name}: class labels must be in 0..{n_outputs - 1}, got values "
+                             f"from {y.min()} to {y.max()}")
+        return y
+    if y.ndim == 1 and n_outputs == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != n_outputs:
+        raise ValueError(f"{name}: expected shape ({n_rows}, {n_outputs})"
+                         + (f" or ({n_rows},)" if n_outputs == 1 else "")
+                         + f" for the mse loss, got {y.shape}")
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {y.dtype}")
+    y = _contiguous(y, dtype)
+    if not kernels.all_finite(y):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return y

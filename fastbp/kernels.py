@@ -1,0 +1,611 @@
+"""Compiled forward and backward kernels for multilayer perceptrons.
+
+Every kernel is a Numba ``@njit`` function that writes into outputs given by the caller (outputs
+first, read-only inputs next, scalars last) and allocates nothing, so it can be called from
+Python or from a user's own ``@njit`` code. Each works in float32 and in float64; the arrays of
+one call must share one dtype. 2-D arrays must have unit stride along their last axis (rows may be
+strided); 1-D arrays must be contiguous.
+
+Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).
+
+Activation codes (module constants, usable inside ``@njit`` code): ``IDENTITY``, ``RELU``,
+``SIGMOID``, ``TANH``. Backward kernels take the activation's *output*, not its input, since
+every derivative here is a function of the output: relu' = [a > 0], sigmoid' = a(1 - a),
+tanh' = 1 - a^2.
+
+Parallelism: batch loops are ``prange`` over row tiles, each tile calling single-threaded BLAS;
+weight gradients are split over input features so that every element of dW is one thread's whole
+sum over the batch. No element is written by two threads, and the split depends only on the
+shapes and the thread count, so results are bitwise reproducible at a fixed thread count.
+
+Precision: matrix products and the sums over the batch in dW and db accumulate in the working
+dtype, as BLAS does. In float32 that is fine for batches up to a few thousand rows; beyond that,
+or for very long reductions, use float64. Losses, norms and the softmax denominator always
+accumulate in float64.
+"""
+import math
+
+from numba import njit, prange
+from numba.extending import overload
+
+from ._native import gemm, num_threads
+
+__all__ = [
+    "IDENTITY", "RELU", "SIGMOID", "TANH",
+    "dense_forward", "dense_backward",
+    "activation_forward", "activation_backward",
+    "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+    "tanh_forward", "tanh_backward",
+    "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
+    "softmax_cross_entropy_loss", "mse_loss",
+    "sum_of_squares", "sgd_update", "clip_sgd_update", "norm_partials_size",
+    "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "take_rows",
+    "all_finite", "labels_in_range", "gemm",
+]
+
+IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
+
+# The one place that sets floating-point flags. It leaves out nnan and ninf, so NaN and Inf still
+# propagate and the checks for them keep working.
+_FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+_SERIAL = dict(cache=True, nogil=True, fastmath=_FASTMATH)
+_PARALLEL = dict(_SERIAL, parallel=True)
+
+# Multiply-adds a tile must hold before it is worth waking another thread for it.
+MIN_TILE_WORK = 1 << 15
+# Elements per chunk of the parallel norm. Fixed (not per thread) so that the norm, and the
+# clipping that uses it, do not depend on the thread count.
+NORM_CHUNK = 1 << 14
+
+
+@njit(**_SERIAL)
+def _n_tiles(n_rows, work_per_row):
+    by_work = (n_rows * work_per_row) // MIN_TILE_WORK
+    return max(1, min(num_threads(), n_rows, by_work))
+
+
+@njit(**_SERIAL)
+def _span(tile, n_tiles, n):
+    return tile * n // n_tiles, (tile + 1) * n // n_tiles
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations (serial row kernels, used inside the parallel ones)
+
+
+@njit(**_SERIAL)
+def _sigmoid(v):
+    # Two branches so that exp never sees a large positive argument: no overflow, no warning.
+    if v >= 0:
+        return 1 / (1 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1 + e)
+
+
+@njit(**_SERIAL)
+def _bias_activation_rows(z, bias, activation):
+    """z (R, N) := act(z + bias), in place; bias (N,)."""
+    rows, cols = z.shape
+    zero = z.dtype.type(0)
+    for i in range(rows):
+        if activation == RELU:
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = zero if v < 0 else v  # NaN passes through, as it must
+        elif activation == SIGMOID:
+            for j in range(cols):
+                z[i, j] = _sigmoid(z[i, j] + bias[j])
+        elif activation == TANH:
+            for j in range(cols):
+                z[i, j] = math.tanh(z[i, j] + bias[j])
+        else:
+            for j in range(cols):
+                z[i, j] = z[i, j] + bias[j]
+
+
+@njit(**_SERIAL)
+def _activation_rows(out, inp, activation):
+    """out (R, N) := act(inp (R, N)); out may be inp."""
+    rows, cols = inp.shape
+    zero = out.dtype.type(0)
+    for i in range(rows):
+        if activation == RELU:
+            for j in range(cols):
+                v = inp[i, j]
+                out[i, j] = zero if v < 0 else v
+        elif activation == SIGMOID:
+            for j in range(cols):
+                out[i, j] = _sigmoid(inp[i, j])
+        elif activation == TANH:
+            for j in range(cols):
+                out[i, j] = math.tanh(inp[i, j])
+        else:
+            for j in range(cols):
+                out[i, j] = inp[i, j]
+
+
+@njit(**_SERIAL)
+def _activation_backward_rows(dinp, dout, out, activation):
+    """dinp (R, N) := dout * act'(.) expressed through the activation output out (R, N).
+    dinp may be dout."""
+    rows, cols = out.shape
+    zero = dinp.dtype.type(0)
+    for i in range(rows):
+        if activation == RELU:
+            for j in range(cols):
+                dinp[i, j] = dout[i, j] if out[i, j] > 0 else zero
+        elif activation == SIGMOID:
+            for j in range(cols):
+                a = out[i, j]
+                dinp[i, j] = dout[i, j] * (a * (1 - a))
+        elif activation == TANH:
+            for j in range(cols):
+                a = out[i, j]
+                dinp[i, j] = dout[i, j] * (1 - a * a)
+        else:
+            for j in range(cols):
+                dinp[i, j] = dout[i, j]
+
+
+@njit(**_PARALLEL)
+def activation_forward(out, inp, activation):
+    """out (B, N) = act(inp (B, N)) for an activation code; out may be inp."""
+    n_rows = inp.shape[0]
+    n_tiles = _n_tiles(n_rows, 8 * inp.shape[1])
+    for t in prange(n_tiles):
+        r0, r1 = _span(t, n_tiles, n_rows)
+        _activation_rows(out[r0:r1], inp[r0:r1], activation)
+
+
+@njit(**_PARALLEL)
+def activation_backward(dinp, dout, out, activation):
+    """dinp (B, N) = dout (B, N) * act'(z), where out (B, N) = act(z); dinp may be dout."""
+    n_rows = out.shape[0]
+    n_tiles = _n_tiles(n_rows, 2 * out.shape[1])
+    for t in prange(n_tiles):
+        r0, r1 = _span(t, n_tiles, n_rows)
+        _activation_backward_rows(dinp[r0:r1], dout[r0:r1], out[r0:r1], activation)
+
+
+@njit(**_SERIAL)
+def relu_forward(out, inp):
+    """out (B, N) = max(inp, 0); NaN stays NaN."""
+    activation_forward(out, inp, RELU)
+
+
+@njit(**_SERIAL)
+def relu_backward(dinp, dout, out):
+    """dinp (B, N) = dout where out > 0, else 0; out is relu_forward's output."""
+    activation_backward(dinp, dout, out, RELU)
+
+
+@njit(**_SERIAL)
+def sigmoid_forward(out, inp):
+    """out (B, N) = 1 / (1 + exp(-inp)), without overflow for any finite input."""
+    activation_forward(out, inp, SIGMOID)
+
+
+@njit(**_SERIAL)
+def sigmoid_backward(dinp, dout, out):
+    """dinp (B, N) = dout * out * (1 - out); out is sigmoid_forward's output."""
+    activation_backward(dinp, dout, out, SIGMOID)
+
+
+@njit(**_SERIAL)
+def tanh_forward(out, inp):
+    """out (B, N) = tanh(inp)."""
+    activation_forward(out, inp, TANH)
+
+
+@njit(**_SERIAL)
+def tanh_backward(dinp, dout, out):
+    """dinp (B, N) = dout * (1 - out^2); out is tanh_forward's output."""
+    activation_backward(dinp, dout, out, TANH)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense layer
+
+
+@njit(**_PARALLEL)
+def dense_forward(out, inp, weight, bias, activation):
+    """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)).
+
+    Bias and activation are applied to each row tile right after its matrix product, while the
+    tile is still in cache.
+    """
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    n_tiles = _n_tiles(n_rows, n_in * n_out)
+    for t in prange(n_tiles):
+        r0, r1 = _span(t, n_tiles, n_rows)
+        tile = out[r0:r1]
+        gemm(tile, inp[r0:r1], weight, 1.0, 0.0, False, False)
+        _bias_activation_rows(tile, bias, activation)
+
+
+@njit(**_PARALLEL)
+def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation):
+    """Backward of dense_forward, given dpre (B, OC) = dL/d(inp @ weight + bias).
+
+    dweight (C, OC) = inp^T @ dpre and dbias (OC,) = column sums of dpre (both overwritten).
+    dinp (B, C) = (dpre @ weight^T) * act'(.), where inp = act(previous pre-activation) for the
+    activation code inp_activation: that is the previous layer's dpre. Pass IDENTITY to get the
+    plain dL/d(inp). Pass a dinp with zero rows to skip it (first layer).
+    Reads inp (B, C) and weight (C, OC).
+    """
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    # dW split over input features: each element is one thread's whole sum over the batch.
+    n_tiles = _n_tiles(n_in, n_rows * n_out)
+    for t in prange(n_tiles):
+        c0, c1 = _span(t, n_tiles, n_in)
+        gemm(dweight[c0:c1], inp[:, c0:c1], dpre, 1.0, 0.0, True, False)
+    n_tiles = _n_tiles(n_out, 4 * n_rows)
+    for t in prange(n_tiles):
+        j0, j1 = _span(t, n_tiles, n_out)
+        _column_sums(dbias[j0:j1], dpre[:, j0:j1])
+    if dinp.shape[0] > 0:
+        n_tiles = _n_tiles(n_rows, n_in * n_out)
+        for t in prange(n_tiles):
+            r0, r1 = _span(t, n_tiles, n_rows)
+            tile = dinp[r0:r1]
+            gemm(tile, dpre[r0:r1], weight, 1.0, 0.0, False, True)
+            _activation_backward_rows(tile, tile, inp[r0:r1], inp_activation)
+
+
+@njit(**_SERIAL)
+def _column_sums(out, x):
+    """out (N,) = sums of the columns of x (B, N), row by row so that memory is read in order."""
+    n_rows, n_cols = x.shape
+    zero = out.dtype.type(0)
+    for j in range(n_cols):
+        out[j] = zero
+    for i in range(n_rows):
+        for j in range(n_cols):
+            out[j] += x[i, j]
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses. Each returns the mean loss over the batch, summed in float64 in row order.
+
+
+@njit(**_SERIAL)
+def _softmax_ce_row(drow, logits_row, label, scale):
+    """One row of the fused softmax cross-entropy; returns the row's loss. drow may be
+    logits_row. scale = 1/B."""
+    n = logits_row.shape[0]
+    top = logits_row[0]
+    for j in range(1, n):
+        if logits_row[j] > top:
+            top = logits_row[j]
+    target_logit = logits_row[label]
+    total = 0.0
+    for j in range(n):
+        e = math.exp(logits_row[j] - top)  # <= 1: no overflow for any finite logits
+        drow[j] = e
+        total += e
+    inv = scale / total
+    for j in range(n):
+        drow[j] *= inv
+    drow[label] -= scale
+    return top + math.log(total) - target_logit
+
+
+@njit(**_PARALLEL)
+def softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels):
+    """Fused softmax + cross-entropy, forward and backward in one pass over the logits.
+
+    losses (B,) = logsumexp(logits_i) - logits_i[labels_i]; dlogits (B, OC) = (softmax(logits)
+    - onehot(labels)) / B, the gradient of the mean loss. logits (B, OC); labels (B,) integers in
+    [0, OC), not checked here (see labels_in_range). dlogits may be logits. Returns the mean loss.
+    """
+    n_rows = logits.shape[0]
+    scale = 1.0 / n_rows
+    n_tiles = _n_tiles(n_rows, 8 * logits.shape[1])
+    for t in prange(n_tiles):
+        r0, r1 = _span(t, n_tiles, n_rows)
+        for i in range(r0, r1):
+            losses[i] = _softmax_ce_row(dlogits[i], logits[i], labels[i], scale)
+    return _mean(losses)
+
+
+@njit(**_SERIAL)
+def softmax_cross_entropy_loss(losses, logits, labels):
+    """losses (B,) as in softmax_cross_entropy_forward_backward, no gradient; returns the mean."""
+    for i in range(logits.shape[0]):
+        row = logits[i]
+        top = row[0]
+        for j in range(1, row.shape[0]):
+            if row[j] > top:
+                top = row[j]
+        total = 0.0
+        for j in range(row.shape[0]):
+            total += math.exp(row[j] - top)
+        losses[i] = top + math.log(total) - row[labels[i]]
+    return _mean(losses)
+
+
+@njit(**_SERIAL)
+def softmax_forward(probs, logits):
+    """probs (B, OC) = softmax of each row of logits (B, OC); probs may be logits."""
+    for i in range(logits.shape[0]):
+        row = logits[i]
+        top = row[0]
+        for j in range(1, row.shape[0]):
+            if row[j] > top:
+                top = row[j]
+        total = 0.0
+        for j in range(row.shape[0]):
+            e = math.exp(row[j] - top)
+            probs[i, j] = e
+            total += e
+        inv = 1.0 / total
+        for j in range(row.shape[0]):
+            probs[i, j] *= inv
+
+
+@njit(**_PARALLEL)
+def mse_forward_backward(dpred, losses, pred, target):
+    """losses (B,) = 1/2 sum_j (pred - target)^2; dpred (B, OC) = (pred - target) / B.
+
+    pred, target (B, OC); dpred may be pred. Returns the mean loss.
+    """
+    n_rows, n_cols = pred.shape
+    scale = 1.0 / n_rows
+    n_tiles = _n_tiles(n_rows, 4 * n_cols)
+    for t in prange(n_tiles):
+        r0, r1 = _span(t, n_tiles, n_rows)
+        for i in range(r0, r1):
+            total = 0.0
+            for j in range(n_cols):
+                diff = pred[i, j] - target[i, j]
+                total += diff * diff
+                dpred[i, j] = diff * scale
+            losses[i] = 0.5 * total
+    return _mean(losses)
+
+
+@njit(**_SERIAL)
+def mse_loss(losses, pred, target):
+    """losses (B,) as in mse_forward_backward, no gradient; returns the mean."""
+    for i in range(pred.shape[0]):
+        total = 0.0
+        for j in range(pred.shape[1]):
+            diff = pred[i, j] - target[i, j]
+            total += diff * diff
+        losses[i] = 0.5 * total
+    return _mean(losses)
+
+
+@njit(**_SERIAL)
+def _mean(x):
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += x[i]
+    return total / x.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+
+
+@njit(**_SERIAL)
+def norm_partials_size(n):
+    """Length of the float64 scratch array that sum_of_squares needs for n elements."""
+    return max(1, (n + NORM_CHUNK - 1) // NORM_CHUNK)
+
+
+@njit(**_PARALLEL)
+def sum_of_squares(partials, x):
+    """Returns sum(x**2) of a 1-D array in float64. partials: float64 scratch of
+    norm_partials_size(len(x)) elements, one per fixed-size chunk, summed in order."""
+    n = x.shape[0]
+    n_chunks = norm_partials_size(n)
+    for c in prange(n_chunks):
+        total = 0.0
+        for i in range(c * NORM_CHUNK, min(n, (c + 1) * NORM_CHUNK)):
+            total += x[i] * x[i]
+        partials[c] = total
+    total = 0.0
+    for c in range(n_chunks):
+        total += partials[c]
+    return total
+
+
+@njit(**_PARALLEL)
+def sgd_update(params, grads, step):
+    """params (P,) -= step * grads (P,), in place."""
+    n = params.shape[0]
+    n_chunks = norm_partials_size(n)
+    step_ = params.dtype.type(step)
+    for c in prange(n_chunks):
+        for i in range(c * NORM_CHUNK, min(n, (c + 1) * NORM_CHUNK)):
+            params[i] -= step_ * grads[i]
+
+
+@njit(**_SERIAL)
+def clip_sgd_update(params, partials, grads, lr, clip_norm):
+    """One SGD step with global-norm clipping; returns the gradient norm before clipping.
+
+    When norm > clip_norm the step uses grads * clip_norm / (norm + 1e-6) (the rule of PyTorch's
+    clip_grad_norm_); grads themselves are not changed. Pass clip_norm = inf for no clipping.
+    When the norm is NaN or Inf, params are left untouched and the norm is returned as is.
+    """
+    norm = math.sqrt(sum_of_squares(partials, grads))
+    if not math.isfinite(norm):
+        return norm
+    scale = 1.0
+    coef = clip_norm / (norm + 1e-6)
+    if coef < 1.0:
+        scale = coef
+    sgd_update(params, grads, lr * scale)
+    return norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole network. Layout of the flat parameter vector, layer by layer: W (C, OC) row-major, then
+# b (OC,). Activations live in one flat buffer with `capacity` rows per layer: layer l's output
+# is capacity * sum(sizes[1:l+1]) elements in. Deltas use two (capacity, max width) halves.
+
+
+@njit(**_SERIAL)
+def _weight(params, sizes, layer):
+    offset = 0
+    for l in range(layer):
+        offset += (sizes[l] + 1) * sizes[l + 1]
+    n_in, n_out = sizes[layer], sizes[layer + 1]
+    weight = params[offset:offset + n_in * n_out].reshape(n_in, n_out)
+    bias = params[offset + n_in * n_out:offset + (n_in + 1) * n_out]
+    return weight, bias
+
+
+@njit(**_SERIAL)
+def _layer_output(acts, sizes, capacity, n_rows, layer):
+    offset = 0
+    for l in range(1, layer + 1):
+        offset += capacity * sizes[l]
+    width = sizes[layer + 1]
+    return acts[offset:offset + n_rows * width].reshape(n_rows, width)
+
+
+@njit(**_SERIAL)
+def _delta(deltas, capacity, n_rows, width, half):
+    half_size = deltas.shape[0] // 2
+    start = half * half_size
+    return deltas[start:start + n_rows * width].reshape(n_rows, width)
+
+
+@njit(**_SERIAL)
+def mlp_forward(acts, params, x, sizes, activations, capacity):
+    """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
+
+    acts: flat activation buffer of capacity * sum(sizes[1:]) elements; params: flat parameters;
+    x (B, sizes[0]) with B <= capacity; sizes (L+1,) int64; activations (L,) int64 codes.
+    """
+    n_rows = x.shape[0]
+    inp = x
+    for layer in range(activations.shape[0]):
+        weight, bias = _weight(params, sizes, layer)
+        out = _layer_output(acts, sizes, capacity, n_rows, layer)
+        dense_forward(out, inp, weight, bias, activations[layer])
+        inp = out
+    return inp
+
+
+def _loss_and_output_grad(dout, losses, output, target, output_activation):
+    """Mean loss, and dL/d(last pre-activation) into dout. The target's type picks the loss:
+    integer labels (B,) for softmax cross-entropy, values (B, OC) for MSE (whose gradient then
+    goes through the output activation; softmax-CE's output activation is the identity)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_loss_and_output_grad, jit_options=_SERIAL)
+def _loss_and_output_grad_impl(dout, losses, output, target, output_activation):
+    if target.ndim == 1:
+        def softmax_ce(dout, losses, output, target, output_activation):
+            return softmax_cross_entropy_forward_backward(dout, losses, output, target)
+        return softmax_ce
+
+    def mse(dout, losses, output, target, output_activation):
+        loss = mse_forward_backward(dout, losses, output, target)
+        if output_activation != IDENTITY:
+            activation_backward(dout, dout, output, output_activation)
+        return loss
+    return mse
+
+
+def _batch_loss(losses, output, target):
+    """Mean loss without gradient; the target's type picks the loss (as above)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_batch_loss, jit_options=_SERIAL)
+def _batch_loss_impl(losses, output, target):
+    if target.ndim == 1:
+        return lambda losses, output, target: softmax_cross_entropy_loss(losses, output, target)
+    return lambda losses, output, target: mse_loss(losses, output, target)
+
+
+@njit(**_SERIAL)
+def mlp_loss(losses, acts, params, x, target, sizes, activations, capacity):
+    """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
+    cross-entropy, values (B, OC) for MSE. losses (>= B,) receives the per-sample losses."""
+    output = mlp_forward(acts, params, x, sizes, activations, capacity)
+    return _batch_loss(losses[:x.shape[0]], output, target)
+
+
+@njit(**_SERIAL)
+def mlp_loss_and_grad(grads, acts, deltas, losses, params, x, target, sizes, activations,
+                      capacity):
+    """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
+    returns the mean loss. deltas: flat buffer of 2 * capacity * max(sizes[1:]) elements."""
+    n_rows = x.shape[0]
+    n_layers = activations.shape[0]
+    output = mlp_forward(acts, params, x, sizes, activations, capacity)
+    dpre = _delta(deltas, capacity, n_rows, sizes[n_layers], 0)
+    loss = _loss_and_output_grad(dpre, losses[:n_rows], output, target,
+                                 activations[n_layers - 1])
+    half = 0
+    for layer in range(n_layers - 1, -1, -1):
+        weight, _ = _weight(params, sizes, layer)
+        dweight, dbias = _weight(grads, sizes, layer)
+        if layer == 0:
+            dense_backward(_delta(deltas, capacity, 0, sizes[0], 1 - half), dweight, dbias,
+                           dpre, x, weight, IDENTITY)
+        else:
+            inp = _layer_output(acts, sizes, capacity, n_rows, layer - 1)
+            dinp = _delta(deltas, capacity, n_rows, sizes[layer], 1 - half)
+            dense_backward(dinp, dweight, dbias, dpre, inp, weight, activations[layer - 1])
+            dpre = dinp
+            half = 1 - half
+    return loss
+
+
+@njit(**_SERIAL)
+def mlp_train_step(params, grads, acts, deltas, losses, partials, x, target, sizes,
+                   activations, capacity, lr, clip_norm):
+    """mlp_loss_and_grad then clip_sgd_update, in one call. Returns (loss, gradient norm).
+    When either is NaN or Inf, params are left untouched."""
+    loss = mlp_loss_and_grad(grads, acts, deltas, losses, params, x, target, sizes,
+                             activations, capacity)
+    if not math.isfinite(loss):
+        return loss, math.nan
+    norm = clip_sgd_update(params, partials, grads, lr, clip_norm)
+    return loss, norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Data movement and input checks
+
+
+@njit(**_PARALLEL)
+def take_rows(out, x, index):
+    """out (B, N) = x[index] for index (B,) of row numbers (not checked); x (M, N)."""
+    n_rows, n_cols = out.shape
+    n_tiles = _n_tiles(n_rows, n_cols // 8 + 1)
+    for t in prange(n_tiles):
+        r0, r1 = _span(t, n_tiles, n_rows)
+        for i in range(r0, r1):
+            src = index[i]
+            for j in range(n_cols):
+                out[i, j] = x[src, j]
+
+
+@njit(**_SERIAL)
+def all_finite(x):
+    """True when no element of the 2-D array x is NaN or +-Inf."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            total += x[i, j] * 0.0  # NaN and Inf turn the sum into NaN
+    return total == 0.0
+
+
+@njit(**_SERIAL)
+def labels_in_range(labels, n_classes):
+    """True when every label is in [0, n_classes)."""
+    ok = True
+    for i in range(labels.shape[0]):
+        ok &= (labels[i] >= 0) & (labels[i] < n_classes)
+    return ok

@@ -1,0 +1,212 @@
+"""The MLP: a flat parameter buffer, a flat gradient buffer, preallocated activations, and a
+validating layer over the compiled kernels (all numerics live in fastbp.kernels)."""
+import numpy as np
+
+from . import _validate, kernels
+from ._threads import pin_kernel_blas
+
+ACTIVATIONS = {"identity": kernels.IDENTITY, "relu": kernels.RELU,
+               "sigmoid": kernels.SIGMOID, "tanh": kernels.TANH}
+LOSSES = ("softmax_cross_entropy", "mse")
+DTYPES = (np.float32, np.float64)
+# Inference runs in chunks of at most this many rows, so predicting on a large data set does not
+# grow the training buffers to its size.
+INFERENCE_CHUNK = 4096
+
+
+def _activation_code(name, value):
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"{name}: unknown activation {value!r}; expected one of "
+                         f"{', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[value]
+
+
+class MLP:
+    """A multilayer perceptron trained by backpropagation.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths, input first: ``[64, 128, 10]`` is 64 inputs, one hidden layer of 128 and
+        10 outputs. At least two entries.
+    activation : str or sequence of str
+        Hidden-layer activation ("relu", "sigmoid", "tanh", "identity"), or one per hidden layer.
+    output_activation : str
+        Activation of the last layer. Must be "identity" with softmax cross-entropy (the softmax
+        is fused into the loss).
+    loss : str
+        "softmax_cross_entropy": mean over the batch, integer labels 0..C-1.
+        "mse": 1/2 sum_j (yhat_j - y_j)^2 averaged over the batch; y of shape (N, C), or (N,) if C=1.
+    dtype : np.float32 or np.float64
+    seed : int or None
+        Seed of the initialisation: He normal for ReLU layers, Glorot uniform for the others,
+        zero biases.
+
+    Attributes
+    ----------
+    params : 1-D array of every parameter, layer by layer: W (fan_in, fan_out) row-major, then
+        b (fan_out,). Writing into it changes the model.
+    grads : array of the same layout, written by ``loss_and_grad``.
+    weights, biases, weight_grads, bias_grads : lists of per-layer views into params and grads.
+    """
+
+    def __init__(self, sizes, activation="relu", output_activation="identity",
+                 loss="softmax_cross_entropy", dtype=np.float32, seed=None):
+        sizes = self._check_sizes(sizes)
+        n_layers = len(sizes) - 1
+        if isinstance(activation, str):
+            hidden = [_activation_code("activation", activation)] * (n_layers - 1)
+        else:
+            hidden = [_activation_code("activation", a) for a in activation]
+            if len(hidden) != n_layers - 1:
+                raise ValueError(f"activation: expected {n_layers - 1} entries (one per hidden "
+                                 f"layer), got {len(hidden)}")
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise ValueError(f"loss: unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        output_code = _activation_code("output_activation", output_activation)
+        if loss == "softmax_cross_entropy" and output_code != kernels.IDENTITY:
+            raise ValueError(f"output_activation: must be 'identity' with softmax_cross_entropy "
+                             f"(the softmax is part of the loss), got {output_activation!r}")
+        try:
+            dtype = np.dtype(dtype).type
+        except TypeError:
+            dtype = None
+        if dtype not in DTYPES:
+            raise TypeError("dtype: expected np.float32 or np.float64")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__}")
+
+        self.sizes = sizes
+        self.loss = loss
+        self.dtype = dtype
+        self.activations = [name for code in hidden for name, c in ACTIVATIONS.items() if c == code]
+        self.output_activation = output_activation
+        self._sizes = np.array(sizes, dtype=np.int64)
+        self._codes = np.array(hidden + [output_code], dtype=np.int64)
+
+        n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+        self.params = np.zeros(n_params, dtype=dtype)
+        self.grads = np.zeros(n_params, dtype=dtype)
+        self.weights, self.biases = self._layer_views(self.params)
+        self.weight_grads, self.bias_grads = self._layer_views(self.grads)
+        self._initialise(seed)
+
+        self._capacity = 0
+        self._acts = self._deltas = self._losses = None
+        pin_kernel_blas()
+
+    @staticmethod
+    def _check_sizes(sizes):
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise TypeError("sizes: expected a sequence of layer widths") from None
+        if len(sizes) < 2:
+            raise ValueError(f"sizes: expected at least an input and an output width, got {sizes}")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+                raise ValueError(f"sizes: every width must be a positive integer, got {sizes}")
+        return [int(s) for s in sizes]
+
+    def _layer_views(self, flat):
+        weights, biases, offset = [], [], 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            weights.append(flat[offset:offset + n_in * n_out].reshape(n_in, n_out))
+            offset += n_in * n_out
+            biases.append(flat[offset:offset + n_out])
+            offset += n_out
+        return weights, biases
+
+    def _initialise(self, seed):
+        rng = np.random.default_rng(seed)
+        for weight, code in zip(self.weights, self._codes):
+            fan_in, fan_out = weight.shape
+            if code == kernels.RELU:
+                weight[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), weight.shape)
+            else:
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                weight[...] = rng.uniform(-limit, limit, weight.shape)
+
+    @property
+    def n_params(self):
+        return self.params.size
+
+    def __repr__(self):
+        return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
+                f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__})")
+
+    # -- buffers ------------------------------------------------------------------------------
+
+    def _reserve(self, n_rows):
+        """Grow the activation buffers to hold n_rows (never shrinks; smaller batches use views)."""
+        if n_rows <= self._capacity:
+            return
+        widths = self.sizes[1:]
+        self._acts = np.empty(n_rows * sum(widths), dtype=self.dtype)
+        self._deltas = np.empty(2 * n_rows * max(widths), dtype=self.dtype)
+        self._losses = np.empty(n_rows, dtype=np.float64)
+        self._capacity = n_rows
+
+    def activation_bytes(self):
+        """Bytes held by the activation, delta and per-sample loss buffers."""
+        if self._capacity == 0:
+            return 0
+        return self._acts.nbytes + self._deltas.nbytes + self._losses.nbytes
+
+    # -- checked entry points -----------------------------------------------------------------
+
+    def _check_batch(self, X, y):
+        X = _validate.features(X, self.sizes[0], self.dtype)
+        y = _validate.targets(y, X.shape[0], self.sizes[-1], self.loss, self.dtype)
+        return X, y
+
+    def loss_and_grad(self, X, y):
+        """Forward and backward for one batch: overwrites ``grads``, returns the mean loss."""
+        X, y = self._check_batch(X, y)
+        self._reserve(X.shape[0])
+        return kernels.mlp_loss_and_grad(self.grads, self._acts, self._deltas, self._losses,
+                                         self.params, X, y, self._sizes, self._codes,
+                                         self._capacity)
+
+    def loss_value(self, X, y):
+        """Mean loss of a batch, forward only (grads untouched)."""
+        X, y = self._check_batch(X, y)
+        self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        total = 0.0
+        for start in range(0, X.shape[0], self._capacity):
+            stop = min(start + self._capacity, X.shape[0])
+            total += (stop - start) * kernels.mlp_loss(
+                self._losses, self._acts, self.params, X[start:stop], y[start:stop],
+                self._sizes, self._codes, self._capacity)
+        return total / X.shape[0]
+
+    def forward(self, X):
+        """Output of the last layer for X (N, sizes[0]), as a new (N, sizes[-1]) array: logits for
+        softmax cross-entropy, values for MSE."""
+        X = _validate.features(X, self.sizes[0], self.dtype)
+        out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
+        self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        for start in range(0, X.shape[0], self._capacity):
+            stop = min(start + self._capacity, X.shape[0])
+            out[start:stop] = kernels.mlp_forward(self._acts, self.params, X[start:stop],
+                                                  self._sizes, self._codes, self._capacity)
+        return out
+
+    def predict_proba(self, X):
+        """Class probabilities (N, C) (softmax cross-entropy models only)."""
+        self._require_classifier("predict_proba")
+        out = self.forward(X)
+        kernels.softmax_forward(out, out)
+        return out
+
+    def predict(self, X):
+        """Class labels (N,) int64 for softmax cross-entropy; output values otherwise."""
+        out = self.forward(X)
+        if self.loss == "softmax_cross_entropy":
+            return out.argmax(axis=1)
+        return out
+
+    def _require_classifier(self, what):
+        if self.loss != "softmax_cross_entropy":
+            raise ValueError(f"{what}: needs loss='softmax_cross_entropy', this model uses "
+                             f"{self.loss!r}")

@@ -1,0 +1,64 @@
+"""Stochastic gradient descent with global-norm clipping, updating the parameters in place."""
+import math
+
+import numpy as np
+
+from . import _validate, kernels
+from .model import MLP
+
+
+class SGD:
+    """Plain SGD over ``model.params``: ``params -= lr * g``.
+
+    When ``clip_norm`` is set and the global L2 norm of all gradients exceeds it, the step uses
+    ``g * clip_norm / (norm + 1e-6)``, the rule of PyTorch's ``clip_grad_norm_``. ``model.grads``
+    is left as computed.
+    """
+
+    def __init__(self, model, lr, clip_norm=None):
+        if not isinstance(model, MLP):
+            raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+        self.model = model
+        self.lr = _validate.positive_number("lr", lr)
+        self.clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
+        self._partials = np.empty(kernels.norm_partials_size(model.n_params), dtype=np.float64)
+
+    def __repr__(self):
+        return f"SGD(lr={self.lr}, clip_norm={self.clip_norm})"
+
+    @property
+    def _clip(self):
+        return math.inf if self.clip_norm is None else self.clip_norm
+
+    def step(self):
+        """Update the parameters from ``model.grads``; returns the gradient norm before clipping.
+
+        Raises FloatingPointError, leaving the parameters untouched, if the norm is NaN or Inf.
+        """
+        m = self.model
+        norm = kernels.clip_sgd_update(m.params, self._partials, m.grads, self.lr, self._clip)
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm is {norm}; parameters left unchanged")
+        return norm
+
+    def train_step(self, X, y):
+        """``model.loss_and_grad(X, y)`` then ``step()``, in one compiled call (the fast path
+        that ``fit`` uses). Returns the mean loss.
+
+        Raises FloatingPointError, leaving the parameters untouched, if the loss or the
+        gradient norm is NaN or Inf.
+        """
+        m = self.model
+        X, y = m._check_batch(X, y)
+        return self._train_step_checked(X, y)[0]
+
+    def _train_step_checked(self, X, y):
+        m = self.model
+        m._reserve(X.shape[0])
+        loss, norm = kernels.mlp_train_step(
+            m.params, m.grads, m._acts, m._deltas, m._losses, self._partials, X, y, m._sizes,
+            m._codes, m._capacity, self.lr, self._clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise FloatingPointError(f"loss {loss}, gradient norm {norm}; parameters left "
+                                     "unchanged")
+        return loss, norm
