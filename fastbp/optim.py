@@ -62,3 +62,13 @@ class SGD:
             raise FloatingPointError(f"loss {loss}, gradient norm {norm}; parameters left "
                                      "unchanged")
         return loss, norm
+
+    def _train_epoch(self, X, y, order, batch_size, x_batch, y_batch, step_losses, step_norms):
+        """One epoch in one compiled call (fit's fast path, for checked X and y). Returns the
+        number of steps applied; see kernels.mlp_train_epoch."""
+        m = self.model
+        m._reserve(batch_size)
+        return kernels.mlp_train_epoch(
+            m.params, m.grads, m._acts, m._deltas, m._losses, self._partials, x_batch, y_batch,
+            step_losses, step_norms, X, y, order, batch_size, m._sizes, m._codes, m._capacity,
+            self.lr, self._clip)

@@ -1,0 +1,284 @@
+"""Training-step benchmark: fastbp side by side with PyTorch (and JAX) in one process.
+
+    python -m fastbp.bench                       # default configs, all threads
+    python -m fastbp.bench --threads 1 --configs 64-128-10:32,784-256-128-10:128
+    python -m fastbp.bench --json results.json   # machine-readable, for CI and comparisons
+    python -m fastbp.bench --cold-start          # import-to-first-step time, cold and warm cache
+
+One step = forward + backward + global-norm clipping + SGD update, float32, ReLU hidden layers,
+softmax cross-entropy. FLOPs per step = 6 * p * batch. "Peak" is NumPy's float32 product of two
+2048 x 2048 matrices, measured in the same run with the same thread count.
+
+Two fastbp figures: "step" calls ``SGD.train_step`` from Python once per step (input checks
+included); "fit" is the per-step time inside ``fit``'s compiled epoch loop (batch gathering
+included, no per-step Python). PyTorch runs an eager loop (zero_grad, forward, loss, backward,
+clip_grad_norm_, SGD step) on preallocated tensors; JAX, when installed, the whole step under one
+``jax.jit``. Each figure is the median of several timed repeats after a warm-up.
+
+With ``--threads N`` smaller than the machine's cores, the process is pinned to N cores (Linux),
+so that every library gets the same N.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_CONFIGS = ["64-128-10:32", "784-256-128-10:128", "784-512-256-10:128",
+                   "784-1024-1024-10:256", "2048-2048-2048-2048-10:512"]
+LR, CLIP = 0.01, 5.0
+EPOCH_BATCHES = 16
+
+
+def parse_config(text):
+    """'784-256-10:128' -> ([784, 256, 10], 128)."""
+    try:
+        sizes, batch = text.split(":")
+        sizes = [int(s) for s in sizes.split("-")]
+        batch = int(batch)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad config {text!r}: expected sizes:batch, e.g. "
+                                         "784-256-10:128") from None
+    if len(sizes) < 2 or min(sizes) < 1 or batch < 1:
+        raise argparse.ArgumentTypeError(f"bad config {text!r}: sizes and batch must be >= 1")
+    return sizes, batch
+
+
+def time_per_call(fn, min_time, repeats=5):
+    """Median seconds per call of fn over `repeats` timed runs of enough calls to last
+    min_time / repeats each, after two warm-up calls."""
+    fn()
+    fn()
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time / repeats or calls >= 1 << 20:
+            break
+        calls *= 2
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls)
+    return float(np.median(runs))
+
+
+def matmul_peak(threads, min_time):
+    """GFLOP/s of NumPy's float32 2048 x 2048 product with `threads` BLAS threads."""
+    from threadpoolctl import threadpool_limits
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    out = np.empty_like(a)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        seconds = time_per_call(lambda: np.matmul(a, a, out=out), min_time)
+    return 2 * 2048 ** 3 / seconds / 1e9
+
+
+def fastbp_times(sizes, batch, min_time):
+    import fastbp
+    rng = np.random.default_rng(0)
+    n = batch * EPOCH_BATCHES
+    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], n)
+    model = fastbp.MLP(sizes, seed=0)
+    opt = fastbp.SGD(model, lr=LR, clip_norm=CLIP)
+    xb, yb = X[:batch], y[:batch]
+    step = time_per_call(lambda: opt.train_step(xb, yb), min_time)
+
+    Xc, yc = model._check_batch(X, y)
+    x_batch = np.empty((batch, sizes[0]), np.float32)
+    y_batch = np.empty(batch, np.int64)
+    losses, norms = np.empty(EPOCH_BATCHES), np.empty(EPOCH_BATCHES)
+    order = np.arange(n)
+
+    def epoch():
+        done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms)
+        assert done == EPOCH_BATCHES, "the benchmark diverged"
+    fit_step = time_per_call(epoch, min_time) / EPOCH_BATCHES
+    return step, fit_step, model.n_params
+
+
+def torch_time(sizes, batch, threads, min_time):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers[:-1])
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.standard_normal((batch, sizes[0])).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, sizes[-1], batch))
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss_fn(net(X), y).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
+        opt.step()
+    return time_per_call(step, min_time)
+
+
+def jax_time(sizes, batch, min_time):
+    import jax
+    import jax.numpy as jnp
+    key = jax.random.PRNGKey(0)
+    params = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        key, sub = jax.random.split(key)
+        params.append((jax.random.normal(sub, (n_in, n_out), jnp.float32)
+                       * np.sqrt(2.0 / n_in), jnp.zeros(n_out, jnp.float32)))
+
+    def loss_fn(params, x, y):
+        for w, b in params[:-1]:
+            x = jax.nn.relu(x @ w + b)
+        logits = x @ params[-1][0] + params[-1][1]
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def step(params, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
+        scale = jnp.minimum(1.0, CLIP / (norm + 1e-6))
+        return jax.tree_util.tree_map(lambda p, g: p - LR * scale * g, params, grads), loss
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, sizes[0])).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, sizes[-1], batch).astype(np.int32))
+    state = [params]
+
+    def run():
+        state[0], loss = step(state[0], x, y)
+        loss.block_until_ready()
+    return time_per_call(run, min_time)
+
+
+def cold_start():
+    """Seconds from `import fastbp` to the end of the first training step, in fresh processes:
+    once with an empty Numba cache, once with the cache that run filled."""
+    code = ("import time; t0 = time.perf_counter(); import numpy as np, fastbp; "
+            "m = fastbp.MLP([64, 128, 10], seed=0); o = fastbp.SGD(m, lr=0.1, clip_norm=5.0); "
+            "X = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32); "
+            "o.train_step(X, np.arange(32) % 10); print(time.perf_counter() - t0)")
+    result = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold", "warm"):
+            out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            result[label] = float(out.split()[-1])
+    return result
+
+
+def machine():
+    import numba
+    import scipy
+    info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every library (default: all cores)")
+    parser.add_argument("--configs", type=lambda s: [parse_config(c) for c in s.split(",")],
+                        default=[parse_config(c) for c in DEFAULT_CONFIGS],
+                        help="comma-separated sizes:batch, e.g. 64-128-10:32,784-256-10:128")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="seconds of timed calls per figure (default 1.0)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for "
+                        "standard output)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--no-jax", action="store_true", help="skip JAX")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="also time import to first step with a cold and a warm Numba cache")
+    args = parser.parse_args(argv)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.threads or cores
+    if not 1 <= threads <= cores:
+        parser.error(f"--threads: expected 1..{cores}, got {threads}")
+    if threads < cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
+    import fastbp
+    fastbp.set_num_threads(threads)
+
+    os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: a GPU must not stand in
+    have = {}
+    for name, skip in (("torch", args.no_torch), ("jax", args.no_jax)):
+        if not skip:
+            try:
+                __import__(name)
+                have[name] = True
+            except ImportError:
+                print(f"{name} is not installed: its column is left empty")
+
+    peak = matmul_peak(threads, args.min_time)
+    info = machine()
+    print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}; "
+          f"float32 matmul peak {peak:.1f} GFLOP/s")
+    header = (f"{'config':<28}{'params':>11}{'step us':>10}{'fit us':>10}{'torch us':>10}"
+              f"{'jax us':>9}{'x torch':>9}{'x jax':>7}{'GFLOP/s':>9}{'% peak':>8}")
+    print(header)
+    rows = []
+    for sizes, batch in args.configs:
+        step, fit_step, p = fastbp_times(sizes, batch, args.min_time)
+        row = {"config": f"{'-'.join(map(str, sizes))}:{batch}", "params": p,
+               "step_us": step * 1e6, "fit_step_us": fit_step * 1e6, "threads": threads}
+        best = fit_step  # what fit runs; the ratios and GFLOP/s use it
+        row["gflops"] = 6 * p * batch / best / 1e9
+        row["percent_of_peak"] = 100 * row["gflops"] / peak
+        if have.get("torch"):
+            row["torch_us"] = torch_time(sizes, batch, threads, args.min_time) * 1e6
+            row["speedup_vs_torch"] = row["torch_us"] / (best * 1e6)
+        if have.get("jax"):
+            row["jax_us"] = jax_time(sizes, batch, args.min_time) * 1e6
+            row["speedup_vs_jax"] = row["jax_us"] / (best * 1e6)
+        rows.append(row)
+
+        def cell(key, width, fmt):
+            return f"{format(row[key], fmt) if key in row else '-':>{width}}"
+        print(f"{row['config']:<28}{p:>11,}{cell('step_us', 10, '.0f')}"
+              f"{cell('fit_step_us', 10, '.0f')}{cell('torch_us', 10, '.0f')}"
+              f"{cell('jax_us', 9, '.0f')}{cell('speedup_vs_torch', 9, '.2f')}"
+              f"{cell('speedup_vs_jax', 7, '.2f')}{cell('gflops', 9, '.1f')}"
+              f"{cell('percent_of_peak', 8, '.0f')}")
+    result = {"machine": info, "threads": threads, "peak_gflops": peak, "configs": rows}
+    if args.cold_start:
+        result["cold_start_s"] = cold_start()
+        print(f"import to first step: cold cache {result['cold_start_s']['cold']:.1f} s, "
+              f"warm cache {result['cold_start_s']['warm']:.2f} s")
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
