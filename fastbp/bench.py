@@ -97,10 +97,11 @@ def fastbp_times(sizes, batch, min_time):
     x_batch = np.empty((batch, sizes[0]), np.float32)
     y_batch = np.empty(batch, np.int64)
     losses, norms = np.empty(EPOCH_BATCHES), np.empty(EPOCH_BATCHES)
+    layer_sq = np.empty((EPOCH_BATCHES, len(sizes) - 1))
     order = np.arange(n)
 
     def epoch():
-        done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms)
+        done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms, layer_sq)
         assert done == EPOCH_BATCHES, "the benchmark diverged"
     fit_step = time_per_call(epoch, min_time) / EPOCH_BATCHES
     return step, fit_step, model.n_params

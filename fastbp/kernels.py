@@ -27,7 +27,9 @@ or for very long reductions, use float64. Losses, norms and the softmax denomina
 accumulate in float64.
 """
 import math
+from collections import namedtuple
 
+import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
@@ -41,7 +43,8 @@ __all__ = [
     "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
     "softmax_cross_entropy_loss", "mse_loss",
-    "sum_of_squares", "sgd_update", "clip_sgd_update", "norm_partials_size",
+    "layer_sums_of_squares", "sgd_update", "clip_sgd_update", "norm_partials_size",
+    "Net", "Workspace", "make_net", "make_workspace", "plan_activations",
     "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
     "take_rows",
     "all_finite", "labels_in_range", "gemm",
@@ -474,23 +477,69 @@ def _mean(x):
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimizer
+# Optimizer. Gradient norms are summed per layer over fixed-size chunks (never per thread), so
+# they, and the clipping that uses them, are the same whatever the thread count.
 
 
 @njit(**_SERIAL)
-def norm_partials_size(n):
-    """Length of the float64 scratch array that sum_of_squares needs for n elements."""
-    return max(1, (n + NORM_CHUNK - 1) // NORM_CHUNK)
+def _layer_chunks(param_offsets, layer):
+    return max(1, (param_offsets[layer + 1] - param_offsets[layer] + NORM_CHUNK - 1)
+               // NORM_CHUNK)
 
 
 @njit(**_SERIAL)
-def _chunk_sum_of_squares(x, chunk):
-    # Loops index slices from 0: with a start LLVM cannot prove non-negative, Numba's
-    # negative-index handling stays in the loop and it runs 3x slower.
-    part = x[chunk * NORM_CHUNK:(chunk + 1) * NORM_CHUNK]
+def norm_partials_size(param_offsets):
+    """Length of the float64 scratch array that layer_sums_of_squares needs."""
+    total = 0
+    for layer in range(param_offsets.shape[0] - 1):
+        total += _layer_chunks(param_offsets, layer)
+    return total
+
+
+@njit(**_SERIAL)
+def _chunk(param_offsets, chunk):
+    """(start, stop, layer) of a chunk: chunks never straddle two layers."""
+    first = 0
+    for layer in range(param_offsets.shape[0] - 1):
+        n = _layer_chunks(param_offsets, layer)
+        if chunk < first + n:
+            start = param_offsets[layer] + (chunk - first) * NORM_CHUNK
+            return start, min(start + NORM_CHUNK, param_offsets[layer + 1]), layer
+        first += n
+    return 0, 0, -1
+
+
+@njit(**_SERIAL)
+def _sum_of_squares(x):
     total = 0.0
-    for i in range(part.shape[0]):
-        total += part[i] * part[i]
+    for i in range(x.shape[0]):
+        total += x[i] * x[i]
+    return total
+
+
+@njit(**_PARALLEL)
+def layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
+    """Sum of squares of each layer's block of a flat gradient, in one pass; returns the total.
+
+    layer_sq (L,) float64: per layer; partials: float64 scratch of
+    norm_partials_size(param_offsets); grads (P,); param_offsets (L+1,) int64: layer l owns
+    grads[param_offsets[l]:param_offsets[l+1]] (pass [0, P] for one block).
+    """
+    n_chunks = norm_partials_size(param_offsets)
+    if n_chunks < 2 * num_threads():
+        for c in range(n_chunks):
+            start, stop, _ = _chunk(param_offsets, c)
+            partials[c] = _sum_of_squares(grads[start:stop])
+    else:
+        for c in prange(n_chunks):
+            start, stop, _ = _chunk(param_offsets, c)
+            partials[c] = _sum_of_squares(grads[start:stop])
+    layer_sq[:] = 0.0
+    total = 0.0
+    for c in range(n_chunks):
+        _, _, layer = _chunk(param_offsets, c)
+        layer_sq[layer] += partials[c]
+        total += partials[c]
     return total
 
 
@@ -502,29 +551,11 @@ def _axpy(y, alpha, x):
 
 
 @njit(**_PARALLEL)
-def sum_of_squares(partials, x):
-    """Returns sum(x**2) of a 1-D array in float64. partials: float64 scratch of
-    norm_partials_size(len(x)) elements, one per fixed-size chunk, summed in order."""
-    n = x.shape[0]
-    n_chunks = norm_partials_size(n)
-    if n_chunks == 1 or num_threads() == 1:
-        for c in range(n_chunks):
-            partials[c] = _chunk_sum_of_squares(x, c)
-    else:
-        for c in prange(n_chunks):
-            partials[c] = _chunk_sum_of_squares(x, c)
-    total = 0.0
-    for c in range(n_chunks):
-        total += partials[c]
-    return total
-
-
-@njit(**_PARALLEL)
 def sgd_update(params, grads, step):
     """params (P,) -= step * grads (P,), in place."""
     step_ = params.dtype.type(step)
-    n_chunks = norm_partials_size(params.shape[0])
-    if n_chunks == 1 or num_threads() == 1:
+    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    if n_chunks < 2 * num_threads():
         _axpy(params, step_, grads)
         return
     for c in prange(n_chunks):
@@ -533,14 +564,16 @@ def sgd_update(params, grads, step):
 
 
 @njit(**_SERIAL)
-def clip_sgd_update(params, partials, grads, lr, clip_norm):
+def clip_sgd_update(params, layer_sq, partials, grads, param_offsets, lr, clip_norm):
     """One SGD step with global-norm clipping; returns the gradient norm before clipping.
 
-    When norm > clip_norm the step uses grads * clip_norm / (norm + 1e-6) (the rule of PyTorch's
-    clip_grad_norm_); grads themselves are not changed. Pass clip_norm = inf for no clipping.
-    When the norm is NaN or Inf, params are left untouched and the norm is returned as is.
+    The norm is sqrt of the total of layer_sums_of_squares (which also fills layer_sq, the
+    per-layer sums of squares, in the same pass). When norm > clip_norm the step uses
+    grads * clip_norm / (norm + 1e-6) (the rule of PyTorch's clip_grad_norm_); grads are not
+    changed. Pass clip_norm = inf for no clipping. When the norm is NaN or Inf, params are left
+    untouched and the norm is returned as is.
     """
-    norm = math.sqrt(sum_of_squares(partials, grads))
+    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
     if not math.isfinite(norm):
         return norm
     scale = 1.0
@@ -552,53 +585,118 @@ def clip_sgd_update(params, partials, grads, lr, clip_norm):
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole network. Layout of the flat parameter vector, layer by layer: W (C, OC) row-major, then
-# b (OC,). Activations live in one flat buffer with `capacity` rows per layer: layer l's output
-# is capacity * sum(sizes[1:l+1]) elements in. Deltas use two (capacity, max width) halves.
+# Whole network.
+#
+# Net describes the network (make_net builds it): sizes (L+1,), activations (L,) codes,
+# param_offsets (L+1,) where layer l's W (C, OC) row-major then b (OC,) start in the flat
+# parameter vector, capacity (rows the buffers hold), checkpoint_every (k) and act_offsets (L,),
+# where each layer's output starts in the flat activation buffer.
+#
+# Activations: with k = 1 every layer's output is kept. With k > 1 only every k-th layer's
+# output (and the last one's) is kept; the others share a "segment" area at the end of the
+# buffer, written during the forward pass and recomputed from the segment's kept input during
+# the backward pass. Memory: capacity * (kept widths + the widest segment) instead of
+# capacity * (all widths); time: one more forward pass over the layers not kept, less the last
+# segment, which is still in place when the backward pass starts.
+#
+# Workspace holds the buffers a step writes: acts, deltas (two halves of capacity * max width,
+# used in turn during the backward pass), per-sample losses (capacity,) float64, layer_sq (L,)
+# float64 (per-layer squared gradient norms of the last step) and partials (norm scratch).
+
+Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
+                         "checkpoint_every", "act_offsets"])
+Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
 
 @njit(**_SERIAL)
-def _weight(params, sizes, layer):
-    offset = 0
-    for l in range(layer):
-        offset += (sizes[l] + 1) * sizes[l + 1]
-    n_in, n_out = sizes[layer], sizes[layer + 1]
-    weight = params[offset:offset + n_in * n_out].reshape(n_in, n_out)
-    bias = params[offset + n_in * n_out:offset + (n_in + 1) * n_out]
+def _is_kept(layer, n_layers, checkpoint_every):
+    return (layer + 1) % checkpoint_every == 0 or layer == n_layers - 1
+
+
+@njit(**_SERIAL)
+def plan_activations(act_offsets, sizes, capacity, checkpoint_every):
+    """Fill act_offsets (L,) with where each layer's output starts in the flat activation
+    buffer; returns the buffer's length. See the Net comment for the layout."""
+    n_layers = sizes.shape[0] - 1
+    kept = 0
+    for layer in range(n_layers):
+        if _is_kept(layer, n_layers, checkpoint_every):
+            act_offsets[layer] = kept
+            kept += capacity * sizes[layer + 1]
+    widest_segment = 0
+    segment = 0
+    for layer in range(n_layers):
+        if _is_kept(layer, n_layers, checkpoint_every):
+            segment = 0
+        else:
+            act_offsets[layer] = kept + segment
+            segment += capacity * sizes[layer + 1]
+            widest_segment = max(widest_segment, segment)
+    return kept + widest_segment
+
+
+def make_net(sizes, activations, capacity, checkpoint_every=1):
+    """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size)."""
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    activations = np.ascontiguousarray(activations, dtype=np.int64)
+    param_offsets = np.zeros(sizes.shape[0], dtype=np.int64)
+    param_offsets[1:] = np.cumsum((sizes[:-1] + 1) * sizes[1:])
+    act_offsets = np.zeros(activations.shape[0], dtype=np.int64)
+    acts_size = plan_activations(act_offsets, sizes, capacity, checkpoint_every)
+    return Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets), \
+        acts_size
+
+
+def make_workspace(net, acts_size, dtype):
+    """Allocate the Workspace a Net needs (plain Python)."""
+    n_layers = net.activations.shape[0]
+    return Workspace(np.empty(acts_size, dtype=dtype),
+                     np.empty(2 * net.capacity * int(net.sizes[1:].max()), dtype=dtype),
+                     np.empty(net.capacity, dtype=np.float64),
+                     np.zeros(n_layers, dtype=np.float64),
+                     np.empty(norm_partials_size(net.param_offsets), dtype=np.float64))
+
+
+@njit(**_SERIAL)
+def _layer_params(params, net, layer):
+    start = net.param_offsets[layer]
+    n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+    weight = params[start:start + n_in * n_out].reshape(n_in, n_out)
+    bias = params[start + n_in * n_out:start + (n_in + 1) * n_out]
     return weight, bias
 
 
 @njit(**_SERIAL)
-def _layer_output(acts, sizes, capacity, n_rows, layer):
-    offset = 0
-    for l in range(1, layer + 1):
-        offset += capacity * sizes[l]
-    width = sizes[layer + 1]
-    return acts[offset:offset + n_rows * width].reshape(n_rows, width)
+def _layer_output(acts, net, n_rows, layer):
+    start = net.act_offsets[layer]
+    width = net.sizes[layer + 1]
+    return acts[start:start + n_rows * width].reshape(n_rows, width)
 
 
 @njit(**_SERIAL)
-def _delta(deltas, capacity, n_rows, width, half):
-    half_size = deltas.shape[0] // 2
-    start = half * half_size
+def _delta(deltas, n_rows, width, half):
+    start = half * (deltas.shape[0] // 2)
     return deltas[start:start + n_rows * width].reshape(n_rows, width)
 
 
 @njit(**_SERIAL)
-def mlp_forward(acts, params, x, sizes, activations, capacity):
-    """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
-
-    acts: flat activation buffer of capacity * sum(sizes[1:]) elements; params: flat parameters;
-    x (B, sizes[0]) with B <= capacity; sizes (L+1,) int64; activations (L,) int64 codes.
-    """
+def _forward_layers(acts, params, x, net, first, stop):
+    """Layers first..stop-1, reading layer first-1's output (x when first == 0)."""
     n_rows = x.shape[0]
-    inp = x
-    for layer in range(activations.shape[0]):
-        weight, bias = _weight(params, sizes, layer)
-        out = _layer_output(acts, sizes, capacity, n_rows, layer)
-        dense_forward(out, inp, weight, bias, activations[layer])
-        inp = out
-    return inp
+    for layer in range(first, stop):
+        inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
+        weight, bias = _layer_params(params, net, layer)
+        dense_forward(_layer_output(acts, net, n_rows, layer), inp, weight, bias,
+                      net.activations[layer])
+
+
+@njit(**_SERIAL)
+def mlp_forward(acts, params, x, net):
+    """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
+    x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer."""
+    n_layers = net.activations.shape[0]
+    _forward_layers(acts, params, x, net, 0, n_layers)
+    return _layer_output(acts, net, x.shape[0], n_layers - 1)
 
 
 def _loss_and_output_grad(dout, losses, output, target, output_activation):
@@ -636,50 +734,56 @@ def _batch_loss_impl(losses, output, target):
 
 
 @njit(**_SERIAL)
-def mlp_loss(losses, acts, params, x, target, sizes, activations, capacity):
+def mlp_loss(work, params, x, target, net):
     """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
-    cross-entropy, values (B, OC) for MSE. losses (>= B,) receives the per-sample losses."""
-    output = mlp_forward(acts, params, x, sizes, activations, capacity)
-    return _batch_loss(losses[:x.shape[0]], output, target)
+    cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses."""
+    output = mlp_forward(work.acts, params, x, net)
+    return _batch_loss(work.losses[:x.shape[0]], output, target)
 
 
 @njit(**_SERIAL)
-def mlp_loss_and_grad(grads, acts, deltas, losses, params, x, target, sizes, activations,
-                      capacity):
+def mlp_loss_and_grad(grads, work, params, x, target, net):
     """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
-    returns the mean loss. deltas: flat buffer of 2 * capacity * max(sizes[1:]) elements."""
+    returns the mean loss. With net.checkpoint_every = k > 1, each segment of k layers but the
+    last is recomputed from its kept input just before its backward pass."""
+    acts, deltas = work.acts, work.deltas
     n_rows = x.shape[0]
-    n_layers = activations.shape[0]
-    output = mlp_forward(acts, params, x, sizes, activations, capacity)
-    dpre = _delta(deltas, capacity, n_rows, sizes[n_layers], 0)
-    loss = _loss_and_output_grad(dpre, losses[:n_rows], output, target,
-                                 activations[n_layers - 1])
+    n_layers = net.activations.shape[0]
+    k = net.checkpoint_every
+    output = mlp_forward(acts, params, x, net)
+    dpre = _delta(deltas, n_rows, net.sizes[n_layers], 0)
+    loss = _loss_and_output_grad(dpre, work.losses[:n_rows], output, target,
+                                 net.activations[n_layers - 1])
     half = 0
     for layer in range(n_layers - 1, -1, -1):
-        weight, _ = _weight(params, sizes, layer)
-        dweight, dbias = _weight(grads, sizes, layer)
+        segment_start = layer - layer % k
+        if k > 1 and layer % k == k - 1 and layer < n_layers - 1:
+            # Entering a new segment from its top: recompute the outputs it did not keep.
+            _forward_layers(acts, params, x, net, segment_start, layer)
+        weight, _ = _layer_params(params, net, layer)
+        dweight, dbias = _layer_params(grads, net, layer)
         if layer == 0:
-            dense_backward(_delta(deltas, capacity, 0, sizes[0], 1 - half), dweight, dbias,
-                           dpre, x, weight, IDENTITY)
+            dense_backward(_delta(deltas, 0, net.sizes[0], 1 - half), dweight, dbias, dpre, x,
+                           weight, IDENTITY)
         else:
-            inp = _layer_output(acts, sizes, capacity, n_rows, layer - 1)
-            dinp = _delta(deltas, capacity, n_rows, sizes[layer], 1 - half)
-            dense_backward(dinp, dweight, dbias, dpre, inp, weight, activations[layer - 1])
+            inp = _layer_output(acts, net, n_rows, layer - 1)
+            dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
+            dense_backward(dinp, dweight, dbias, dpre, inp, weight, net.activations[layer - 1])
             dpre = dinp
             half = 1 - half
     return loss
 
 
 @njit(**_SERIAL)
-def mlp_train_step(params, grads, acts, deltas, losses, partials, x, target, sizes,
-                   activations, capacity, lr, clip_norm):
-    """mlp_loss_and_grad then clip_sgd_update, in one call. Returns (loss, gradient norm).
-    When either is NaN or Inf, params are left untouched."""
-    loss = mlp_loss_and_grad(grads, acts, deltas, losses, params, x, target, sizes,
-                             activations, capacity)
+def mlp_train_step(params, grads, work, x, target, net, lr, clip_norm):
+    """mlp_loss_and_grad then clip_sgd_update, in one call. Returns (loss, gradient norm); the
+    per-layer squared norms are left in work.layer_sq. When the loss or the norm is NaN or Inf,
+    params are left untouched."""
+    loss = mlp_loss_and_grad(grads, work, params, x, target, net)
     if not math.isfinite(loss):
         return loss, math.nan
-    norm = clip_sgd_update(params, partials, grads, lr, clip_norm)
+    norm = clip_sgd_update(params, work.layer_sq, work.partials, grads, net.param_offsets, lr,
+                           clip_norm)
     return loss, norm
 
 
@@ -699,17 +803,17 @@ def _take_targets_impl(out, y, index):
 
 
 @njit(**_SERIAL)
-def mlp_train_epoch(params, grads, acts, deltas, losses, partials, x_batch, y_batch,
-                    step_losses, step_norms, x, target, order, batch_size, sizes, activations,
-                    capacity, lr, clip_norm):
+def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                    step_layer_sq, x, target, order, batch_size, net, lr, clip_norm):
     """One epoch of mini-batch SGD in one call, so that small networks pay no per-step call.
 
     Batches are consecutive slices of ``order`` (row numbers into x and target, not checked),
     gathered into x_batch (>= batch_size, C) and y_batch, then trained on with mlp_train_step.
-    Step k's loss and gradient norm go to step_losses[k] and step_norms[k] (arrays of at least
-    ceil(len(order) / batch_size) float64). Returns the number of steps applied: when a loss or
-    norm is NaN or Inf the epoch stops there, that step not applied, its values recorded at that
-    index.
+    Step k's loss, gradient norm and per-layer squared norms go to step_losses[k],
+    step_norms[k] and step_layer_sq[k] (float64 arrays with at least
+    ceil(len(order) / batch_size) rows). Returns the number of steps applied: when a loss or
+    norm is NaN or Inf the epoch stops there, that step not applied, its values recorded at
+    that index.
     """
     n_samples = order.shape[0]
     step = 0
@@ -720,10 +824,10 @@ def mlp_train_epoch(params, grads, acts, deltas, losses, partials, x_batch, y_ba
         yb = y_batch[:stop - start]
         take_rows(xb, x, index)
         _take_targets(yb, target, index)
-        loss, norm = mlp_train_step(params, grads, acts, deltas, losses, partials, xb, yb,
-                                    sizes, activations, capacity, lr, clip_norm)
+        loss, norm = mlp_train_step(params, grads, work, xb, yb, net, lr, clip_norm)
         step_losses[step] = loss
         step_norms[step] = norm
+        step_layer_sq[step] = work.layer_sq
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return step
         step += 1

@@ -41,6 +41,10 @@ class MLP:
     seed : int or None
         Seed of the initialisation: He normal for ReLU layers, Glorot uniform for the others,
         zero biases.
+    checkpoint_every : int
+        Gradient checkpointing: keep the activations of every k-th layer only (and the
+        output's), and recompute the others segment by segment during the backward pass. 1 (the
+        default) keeps them all. Gradients are bitwise the same; see memory_report().
 
     Attributes
     ----------
@@ -51,7 +55,7 @@ class MLP:
     """
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
-                 loss="softmax_cross_entropy", dtype=np.float32, seed=None):
+                 loss="softmax_cross_entropy", dtype=np.float32, seed=None, checkpoint_every=1):
         sizes = self._check_sizes(sizes)
         n_layers = len(sizes) - 1
         if isinstance(activation, str):
@@ -75,14 +79,15 @@ class MLP:
             raise TypeError("dtype: expected np.float32 or np.float64")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__}")
+        checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
 
         self.sizes = sizes
         self.loss = loss
         self.dtype = dtype
         self.activations = [name for code in hidden for name, c in ACTIVATIONS.items() if c == code]
         self.output_activation = output_activation
-        self._sizes = np.array(sizes, dtype=np.int64)
-        self._codes = np.array(hidden + [output_code], dtype=np.int64)
+        self.checkpoint_every = checkpoint_every
+        self._codes = hidden + [output_code]
 
         n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
         self.params = np.zeros(n_params, dtype=dtype)
@@ -91,8 +96,10 @@ class MLP:
         self.weight_grads, self.bias_grads = self._layer_views(self.grads)
         self._initialise(seed)
 
+        self._net = self._work = None
         self._capacity = 0
-        self._acts = self._deltas = self._losses = None
+        self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
+        self._reserve(1)
         pin_kernel_blas()
 
     @staticmethod
@@ -133,25 +140,50 @@ class MLP:
 
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
-                f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__})")
+                f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__}, "
+                f"checkpoint_every={self.checkpoint_every})")
 
     # -- buffers ------------------------------------------------------------------------------
 
     def _reserve(self, n_rows):
-        """Grow the activation buffers to hold n_rows (never shrinks; smaller batches use views)."""
+        """Grow the buffers to hold n_rows (never shrinks; smaller batches use views)."""
         if n_rows <= self._capacity:
             return
-        widths = self.sizes[1:]
-        self._acts = np.empty(n_rows * sum(widths), dtype=self.dtype)
-        self._deltas = np.empty(2 * n_rows * max(widths), dtype=self.dtype)
-        self._losses = np.empty(n_rows, dtype=np.float64)
-        self._capacity = n_rows
+        net, acts_size = kernels.make_net(self.sizes, self._codes, n_rows, self.checkpoint_every)
+        work = kernels.make_workspace(net, acts_size, self.dtype)
+        if self._work is not None:
+            work.layer_sq[:] = self._work.layer_sq
+        self._net, self._work, self._capacity = net, work, n_rows
 
-    def activation_bytes(self):
-        """Bytes held by the activation, delta and per-sample loss buffers."""
-        if self._capacity == 0:
-            return 0
-        return self._acts.nbytes + self._deltas.nbytes + self._losses.nbytes
+    def memory_report(self):
+        """Bytes held, by kind: "params", "grads", "optimizer" (norm scratch; plain SGD keeps no
+        other state), "activations" (layer outputs, backward deltas and per-sample losses at the
+        current capacity) and "total". "capacity" is the batch size the buffers hold.
+
+        Without checkpointing, activations = capacity * (sum(sizes[1:]) + 2 * max(sizes[1:])) *
+        itemsize + 8 * capacity; with checkpoint_every = k, only every k-th layer's width (and the
+        output's) counts in the sum, plus the widest run of k - 1 layers in between.
+        """
+        work = self._work
+        report = {"params": self.params.nbytes, "grads": self.grads.nbytes,
+                  "optimizer": work.partials.nbytes + work.layer_sq.nbytes,
+                  "activations": work.acts.nbytes + work.deltas.nbytes + work.losses.nbytes,
+                  "capacity": self._capacity}
+        report["total"] = sum(v for k, v in report.items() if k != "capacity")
+        return report
+
+    def grad_norms(self):
+        """L2 norm of each layer's gradient (W and b together), as a new (L,) float64 array.
+
+        After a training step these come from the same pass that computed the global norm for
+        clipping; after loss_and_grad alone they cost one pass over grads.
+        """
+        work = self._work
+        if not self._grad_norms_fresh:
+            kernels.layer_sums_of_squares(work.layer_sq, work.partials, self.grads,
+                                          self._net.param_offsets)
+            self._grad_norms_fresh = True
+        return np.sqrt(work.layer_sq)
 
     # -- checked entry points -----------------------------------------------------------------
 
@@ -164,9 +196,8 @@ class MLP:
         """Forward and backward for one batch: overwrites ``grads``, returns the mean loss."""
         X, y = self._check_batch(X, y)
         self._reserve(X.shape[0])
-        return kernels.mlp_loss_and_grad(self.grads, self._acts, self._deltas, self._losses,
-                                         self.params, X, y, self._sizes, self._codes,
-                                         self._capacity)
+        self._grad_norms_fresh = False
+        return kernels.mlp_loss_and_grad(self.grads, self._work, self.params, X, y, self._net)
 
     def loss_value(self, X, y):
         """Mean loss of a batch, forward only (grads untouched)."""
@@ -175,9 +206,8 @@ class MLP:
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            total += (stop - start) * kernels.mlp_loss(
-                self._losses, self._acts, self.params, X[start:stop], y[start:stop],
-                self._sizes, self._codes, self._capacity)
+            total += (stop - start) * kernels.mlp_loss(self._work, self.params, X[start:stop],
+                                                       y[start:stop], self._net)
         return total / X.shape[0]
 
     def forward(self, X):
@@ -188,8 +218,8 @@ class MLP:
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = kernels.mlp_forward(self._acts, self.params, X[start:stop],
-                                                  self._sizes, self._codes, self._capacity)
+            out[start:stop] = kernels.mlp_forward(self._work.acts, self.params, X[start:stop],
+                                                  self._net)
         return out
 
     def predict_proba(self, X):

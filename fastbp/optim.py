@@ -21,7 +21,6 @@ class SGD:
         self.model = model
         self.lr = _validate.positive_number("lr", lr)
         self.clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
-        self._partials = np.empty(kernels.norm_partials_size(model.n_params), dtype=np.float64)
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, clip_norm={self.clip_norm})"
@@ -36,7 +35,9 @@ class SGD:
         Raises FloatingPointError, leaving the parameters untouched, if the norm is NaN or Inf.
         """
         m = self.model
-        norm = kernels.clip_sgd_update(m.params, self._partials, m.grads, self.lr, self._clip)
+        norm = kernels.clip_sgd_update(m.params, m._work.layer_sq, m._work.partials, m.grads,
+                                       m._net.param_offsets, self.lr, self._clip)
+        m._grad_norms_fresh = True
         if not math.isfinite(norm):
             raise FloatingPointError(f"gradient norm is {norm}; parameters left unchanged")
         return norm
@@ -55,20 +56,25 @@ class SGD:
     def _train_step_checked(self, X, y):
         m = self.model
         m._reserve(X.shape[0])
-        loss, norm = kernels.mlp_train_step(
-            m.params, m.grads, m._acts, m._deltas, m._losses, self._partials, X, y, m._sizes,
-            m._codes, m._capacity, self.lr, self._clip)
+        loss, norm = kernels.mlp_train_step(m.params, m.grads, m._work, X, y, m._net, self.lr,
+                                            self._clip)
+        m._grad_norms_fresh = math.isfinite(loss)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise FloatingPointError(f"loss {loss}, gradient norm {norm}; parameters left "
                                      "unchanged")
         return loss, norm
 
-    def _train_epoch(self, X, y, order, batch_size, x_batch, y_batch, step_losses, step_norms):
+    def _train_epoch(self, X, y, order, batch_size, x_batch, y_batch, step_losses, step_norms,
+                     step_layer_sq):
         """One epoch in one compiled call (fit's fast path, for checked X and y). Returns the
         number of steps applied; see kernels.mlp_train_epoch."""
         m = self.model
         m._reserve(batch_size)
-        return kernels.mlp_train_epoch(
-            m.params, m.grads, m._acts, m._deltas, m._losses, self._partials, x_batch, y_batch,
-            step_losses, step_norms, X, y, order, batch_size, m._sizes, m._codes, m._capacity,
-            self.lr, self._clip)
+        done = kernels.mlp_train_epoch(m.params, m.grads, m._work, x_batch, y_batch, step_losses,
+                                       step_norms, step_layer_sq, X, y, order, batch_size,
+                                       m._net, self.lr, self._clip)
+        n_batches = -(-len(order) // batch_size)
+        # After a divergence, layer_sq describes grads only if the failing step got as far as
+        # the norm (its loss was finite).
+        m._grad_norms_fresh = done == n_batches or math.isfinite(step_losses[done])
+        return done
