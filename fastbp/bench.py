@@ -4,6 +4,7 @@
     python -m fastbp.bench --threads 1 --configs 64-128-10:32,784-256-128-10:128
     python -m fastbp.bench --json results.json   # machine-readable, for CI and comparisons
     python -m fastbp.bench --cold-start          # import-to-first-step time, cold and warm cache
+    python -m fastbp.bench --mnist DIR           # whole epochs on the MNIST IDX files in DIR
 
 One step = forward + backward + global-norm clipping + SGD update, float32, ReLU hidden layers,
 softmax cross-entropy. FLOPs per step = 6 * p * batch. "Peak" is NumPy's float32 product of two
@@ -164,6 +165,52 @@ def jax_time(sizes, batch, min_time):
     return time_per_call(run, min_time)
 
 
+def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False):
+    """Training throughput on real MNIST, 784-256-128-10, SGD lr 0.1, clip 5: samples/s over
+    whole epochs (shuffling and batch gathering included) and test accuracy, for fastbp.fit and
+    for a plain PyTorch loop with the same batch size."""
+    import fastbp
+    data = fastbp.data.load("mnist", data_dir=data_dir, val_fraction=0.0, download=False)
+    sizes = [784, 256, 128, 10]
+    model = fastbp.MLP(sizes, seed=0)
+    opt = fastbp.SGD(model, lr=0.1, clip_norm=5.0)
+    fastbp.fit(model, data.X_train[:batch * 4], data.y_train[:batch * 4], opt, epochs=1,
+               batch_size=batch, seed=0)  # compile outside the timing
+    model = fastbp.MLP(sizes, seed=0)
+    opt = fastbp.SGD(model, lr=0.1, clip_norm=5.0)
+    start = time.perf_counter()
+    fastbp.fit(model, data.X_train, data.y_train, opt, epochs=epochs, batch_size=batch, seed=0)
+    seconds = time.perf_counter() - start
+    result = {"epochs": epochs, "batch": batch,
+              "fastbp_samples_per_s": epochs * len(data.y_train) / seconds,
+              "fastbp_test_accuracy": float((model.predict(data.X_test) == data.y_test).mean())}
+    if have_torch:
+        import torch
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                                  torch.nn.Linear(256, 128), torch.nn.ReLU(),
+                                  torch.nn.Linear(128, 10))
+        topt = torch.optim.SGD(net.parameters(), lr=0.1)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
+        start = time.perf_counter()
+        for _ in range(epochs):
+            order = torch.randperm(len(y))
+            for i in range(0, len(y), batch):
+                index = order[i:i + batch]
+                topt.zero_grad(set_to_none=False)
+                loss_fn(net(X[index]), y[index]).backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                topt.step()
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            predicted = net(torch.from_numpy(data.X_test)).argmax(1).numpy()
+        result["torch_samples_per_s"] = epochs * len(y) / seconds
+        result["torch_test_accuracy"] = float((predicted == data.y_test).mean())
+    return result
+
+
 def cold_start():
     """Seconds from `import fastbp` to the end of the first training step, in fresh processes:
     once with an empty Numba cache, once with the cache that run filled."""
@@ -212,6 +259,8 @@ def main(argv=None):
                         "standard output)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--no-jax", action="store_true", help="skip JAX")
+    parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "
+                        "MNIST IDX files in DIR, against a plain PyTorch loop")
     parser.add_argument("--cold-start", action="store_true",
                         help="also time import to first step with a cold and a warm Numba cache")
     args = parser.parse_args(argv)
@@ -267,6 +316,15 @@ def main(argv=None):
               f"{cell('speedup_vs_jax', 7, '.2f')}{cell('gflops', 9, '.1f')}"
               f"{cell('percent_of_peak', 8, '.0f')}")
     result = {"machine": info, "threads": threads, "peak_gflops": peak, "configs": rows}
+    if args.mnist:
+        result["mnist"] = m = mnist_epochs(args.mnist, threads, have_torch=have.get("torch"))
+        line = (f"MNIST 784-256-128-10, batch {m['batch']}, {m['epochs']} epochs: fastbp "
+                f"{m['fastbp_samples_per_s']:,.0f} samples/s, test accuracy "
+                f"{m['fastbp_test_accuracy']:.4f}")
+        if "torch_samples_per_s" in m:
+            line += (f"; PyTorch {m['torch_samples_per_s']:,.0f} samples/s, test accuracy "
+                     f"{m['torch_test_accuracy']:.4f}")
+        print(line)
     if args.cold_start:
         result["cold_start_s"] = cold_start()
         print(f"import to first step: cold cache {result['cold_start_s']['cold']:.1f} s, "
