@@ -1,0 +1,95 @@
+"""Helpers shared by the tests."""
+import hashlib
+import os
+import pathlib
+
+import numba
+import numpy as np
+
+import fastbp
+import naive
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DIGITS = ROOT.parent / "shared" / "data" / "digits" / "digits.csv.gz"
+
+
+def max_threads():
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def subprocess_env(**extra):
+    """Environment for a child interpreter that imports the same fastbp as this process."""
+    env = dict(os.environ)
+    package_parent = str(pathlib.Path(fastbp.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in
+                                         env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update(extra)
+    return env
+
+
+def make_targets(loss, n_rows, n_out, rng):
+    if loss == "softmax_cross_entropy":
+        return rng.integers(0, n_out, size=n_rows)
+    return rng.normal(size=(n_rows, n_out))
+
+
+def reference_for(model):
+    """The naive reference network with the same architecture as a fastbp.MLP."""
+    return naive.Net(model.sizes, model.activations, model.output_activation, model.loss)
+
+
+def off_kink_batch(model, n_rows, rng, margin=0.05, scale=1.0):
+    """(X, y) for model whose ReLU pre-activations all stay at least margin away from 0
+    (checked with the float64 reference), so that finite differences see a smooth function."""
+    ref = reference_for(model)
+    params = model.params.astype(np.float64)
+    X = rng.normal(scale=scale, size=(40 * n_rows, model.sizes[0]))
+    keep = ref.min_abs_relu_preactivation(params, X) > margin
+    X = X[keep][:n_rows]
+    assert X.shape[0] == n_rows, "could not find enough samples away from the ReLU kink"
+    return X, make_targets(model.loss, n_rows, model.sizes[-1], rng)
+
+
+def layer_errors(model, expected_flat):
+    """Normwise error of each of model's weight and bias gradients, by name, against a flat
+    reference gradient."""
+    weights, biases = naive.unflatten(expected_flat, model.sizes)
+    errors = {}
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        errors[f"W{l}"] = naive.normwise_error(model.weight_grads[l], w)
+        errors[f"b{l}"] = naive.normwise_error(model.bias_grads[l], b)
+    return errors
+
+
+REPRODUCIBILITY_SIZES = (32, 64, 64, 10)
+
+
+def reproducibility_rows(sizes=REPRODUCIBILITY_SIZES):
+    """A batch size at which every matrix product of the network holds at least 4 tiles' worth
+    of work (kernels.MIN_TILE_WORK multiply-adds each), so the kernels really split it."""
+    smallest = min(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return max(256, -(-4 * fastbp.kernels.MIN_TILE_WORK // smallest))
+
+
+def reproducibility_run(dtype, threads, n_steps=4, sizes=REPRODUCIBILITY_SIZES):
+    """Train a fixed model on fixed batches at the given thread count. Returns the per-step
+    losses, the final params and the final grads."""
+    n_rows = reproducibility_rows(sizes)
+    fastbp.set_num_threads(threads)
+    rng = np.random.default_rng(2024)
+    model = fastbp.MLP(list(sizes), activation=["relu", "tanh"], dtype=dtype, seed=7)
+    opt = fastbp.SGD(model, lr=0.05, clip_norm=1.0)
+    losses = []
+    for _ in range(n_steps):
+        X = rng.normal(size=(n_rows, sizes[0])).astype(dtype)
+        y = rng.integers(0, sizes[-1], size=n_rows)
+        losses.append(opt.train_step(X, y))
+    return losses, model.params.copy(), model.grads.copy()
+
+
+def digest(losses, params, grads):
+    """sha256 of the losses, params and grads of a reproducibility_run."""
+    h = hashlib.sha256()
+    for part in (np.asarray(losses, dtype=np.float64), params, grads):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,241 @@
+"""A deliberately plain NumPy float64 reference for MLPs: forward, losses, backward and clipped
+SGD, written from the formulas and not from fastbp's code.
+
+Conventions (the public contract of fastbp): layer l maps a (B, n_in) batch to (B, n_out) by
+``a @ W + b`` with W of shape (n_in, n_out); the flat parameter vector holds, layer by layer, W in
+row-major order and then b. Losses are means over the batch: softmax cross-entropy with integer
+labels, or MSE ``1/2 * sum_j (yhat_j - y_j)^2`` per sample.
+
+Everything is computed in float64, whatever the dtype of the inputs, one sample at a time where
+that keeps the formulas obvious. Speed is not a goal.
+"""
+import math
+
+import numpy as np
+
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+
+
+# -- parameter layout ---------------------------------------------------------------------------
+
+def n_params(sizes):
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def unflatten(flat, sizes):
+    """Flat vector -> lists of float64 weight (n_in, n_out) and bias (n_out,) copies."""
+    flat = np.asarray(flat, dtype=np.float64)
+    weights, biases, k = [], [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weights.append(flat[k:k + n_in * n_out].reshape(n_in, n_out).copy())
+        k += n_in * n_out
+        biases.append(flat[k:k + n_out].copy())
+        k += n_out
+    assert k == flat.size, "flat vector does not match sizes"
+    return weights, biases
+
+
+def flatten(weights, biases):
+    parts = []
+    for w, b in zip(weights, biases):
+        parts.append(np.asarray(w, dtype=np.float64).ravel())
+        parts.append(np.asarray(b, dtype=np.float64).ravel())
+    return np.concatenate(parts)
+
+
+# -- scalar activations ---------------------------------------------------------------------------
+
+def sigmoid_scalar(z):
+    # Written per branch so that exp never overflows.
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def activation(name, z):
+    """Elementwise activation of a float64 array z."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    flat_in, flat_out = z.ravel(), out.ravel()
+    for i in range(flat_in.size):
+        v = flat_in[i]
+        if name == "identity":
+            flat_out[i] = v
+        elif name == "relu":
+            flat_out[i] = v if v > 0 else 0.0
+        elif name == "sigmoid":
+            flat_out[i] = sigmoid_scalar(v)
+        elif name == "tanh":
+            flat_out[i] = math.tanh(v)
+        else:
+            raise ValueError(name)
+    return out
+
+
+def activation_derivative(name, z):
+    """d act / d z at the pre-activation z (computed from z, not from the output)."""
+    z = np.asarray(z, dtype=np.float64)
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "sigmoid":
+        s = activation("sigmoid", z)
+        return s * (1.0 - s)
+    if name == "tanh":
+        t = np.tanh(z)
+        return 1.0 - t * t
+    raise ValueError(name)
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+def softmax(logits):
+    logits = np.asarray(logits, dtype=np.float64)
+    out = np.empty_like(logits)
+    for i in range(logits.shape[0]):
+        row = logits[i] - logits[i].max()
+        e = np.exp(row)
+        out[i] = e / e.sum()
+    return out
+
+
+def softmax_cross_entropy(logits, labels):
+    """Per-sample losses (B,) and d(mean loss)/d logits (B, C), stable for any finite logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n = logits.shape[0]
+    losses = np.empty(n)
+    grad = np.empty_like(logits)
+    for i in range(n):
+        top = logits[i].max()
+        shifted = logits[i] - top
+        log_total = math.log(np.exp(shifted).sum())
+        losses[i] = log_total - shifted[labels[i]]
+        p = np.exp(shifted - log_total)
+        p[labels[i]] -= 1.0
+        grad[i] = p / n
+    return losses, grad
+
+
+def mse(pred, target):
+    """Per-sample 1/2 sum_j (pred - target)^2 (B,) and d(mean loss)/d pred (B, C)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64).reshape(pred.shape)
+    diff = pred - target
+    return 0.5 * (diff * diff).sum(axis=1), diff / pred.shape[0]
+
+
+# -- the network ---------------------------------------------------------------------------------
+
+class Net:
+    """Reference MLP. activations: one name per hidden layer; output_activation for the last."""
+
+    def __init__(self, sizes, activations, output_activation="identity",
+                 loss="softmax_cross_entropy"):
+        self.sizes = list(sizes)
+        if isinstance(activations, str):
+            activations = [activations] * (len(sizes) - 2)
+        self.acts = list(activations) + [output_activation]
+        assert len(self.acts) == len(sizes) - 1
+        self.loss = loss
+
+    def forward(self, params, X):
+        """Pre-activations zs and activations hs (hs[0] = X) of every layer, float64."""
+        weights, biases = unflatten(params, self.sizes)
+        h = np.asarray(X, dtype=np.float64)
+        zs, hs = [], [h]
+        for w, b, name in zip(weights, biases, self.acts):
+            z = h @ w + b
+            h = activation(name, z)
+            zs.append(z)
+            hs.append(h)
+        return zs, hs
+
+    def output(self, params, X):
+        return self.forward(params, X)[1][-1]
+
+    def loss_and_output_grad(self, output, y):
+        if self.loss == "softmax_cross_entropy":
+            return softmax_cross_entropy(output, np.asarray(y))
+        return mse(output, y)
+
+    def loss_value(self, params, X, y):
+        losses, _ = self.loss_and_output_grad(self.output(params, X), y)
+        return float(losses.mean())
+
+    def loss_and_grad(self, params, X, y):
+        """Mean loss and the flat float64 gradient (same layout as params), by the chain rule."""
+        weights, _ = unflatten(params, self.sizes)
+        zs, hs = self.forward(params, X)
+        losses, d_out = self.loss_and_output_grad(hs[-1], y)
+        # delta = dL/dz of the current layer
+        delta = d_out * activation_derivative(self.acts[-1], zs[-1])
+        d_weights = [None] * len(weights)
+        d_biases = [None] * len(weights)
+        for layer in range(len(weights) - 1, -1, -1):
+            d_weights[layer] = hs[layer].T @ delta
+            d_biases[layer] = delta.sum(axis=0)
+            if layer > 0:
+                delta = (delta @ weights[layer].T) * activation_derivative(self.acts[layer - 1],
+                                                                           zs[layer - 1])
+        return float(losses.mean()), flatten(d_weights, d_biases)
+
+    def min_abs_relu_preactivation(self, params, X):
+        """Per sample: the smallest |z| over the units that apply ReLU (inf if there are none)."""
+        zs, _ = self.forward(params, X)
+        smallest = np.full(np.asarray(X).shape[0], np.inf)
+        for z, name in zip(zs, self.acts):
+            if name == "relu":
+                smallest = np.minimum(smallest, np.abs(z).min(axis=1))
+        return smallest
+
+
+def clipped_sgd(params, grads, lr, clip_norm=None):
+    """New params after one SGD step with global-norm clipping (the rule of PyTorch's
+    clip_grad_norm_: scale = clip / (norm + 1e-6) when that is below 1), and the norm."""
+    grads = np.asarray(grads, dtype=np.float64)
+    norm = math.sqrt(sum(float(g) * float(g) for g in grads))
+    scale = 1.0
+    if clip_norm is not None:
+        scale = min(1.0, clip_norm / (norm + 1e-6))
+    return np.asarray(params, dtype=np.float64) - lr * scale * grads, norm
+
+
+# -- finite differences -------------------------------------------------------------------------
+
+def numeric_gradient(f, x, eps):
+    """Fourth-order central differences of the scalar function f() with respect to every
+    element of the array x, which f reads (x is perturbed in place and restored exactly)."""
+    flat = x.reshape(-1)
+    assert np.shares_memory(flat, x)
+    grad = np.zeros(flat.size)
+    for i in range(flat.size):
+        original = flat[i]
+        values = []
+        for step in (2 * eps, eps, -eps, -2 * eps):
+            flat[i] = original + step
+            values.append(float(f()))
+        flat[i] = original
+        # Differences first: equal values give exactly 0, and nearly equal ones subtract exactly.
+        grad[i] = (8 * (values[1] - values[2]) - (values[0] - values[3])) / (12 * eps)
+    return grad.reshape(x.shape)
+
+
+def max_relative_error(analytic, numeric, floor):
+    """max |a - n| / max(|a|, |n|, floor): relative, except for values below floor."""
+    a = np.asarray(analytic, dtype=np.float64).ravel()
+    n = np.asarray(numeric, dtype=np.float64).ravel()
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
+    return float((np.abs(a - n) / scale).max())
+
+
+def normwise_error(actual, expected):
+    """max |actual - expected| / max |expected|: the error relative to the array's scale."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = np.abs(expected).max()
+    diff = np.abs(actual - expected).max()
+    if scale == 0:
+        return float(diff)
+    return float(diff / scale)

@@ -1,0 +1,243 @@
+"""Design requirements: no allocation in a warm training step, one thread pool at a time, and
+bitwise reproducible results at a fixed thread count."""
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import tracemalloc
+
+import numba
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _threads, kernels
+from helpers import (REPRODUCIBILITY_SIZES, digest, max_threads, reproducibility_rows,
+                     reproducibility_run, subprocess_env)
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------------
+# No allocation once warm
+
+
+def test_compiled_training_step_makes_no_nrt_allocations():
+    """Numba's NRT statistics in a child interpreter: a user @njit loop that runs
+    kernels.mlp_train_step 1 or 50 times makes the same number of allocations (the one MemInfo
+    per array argument that enters compiled code), and frees them all. A control loop that does
+    allocate shows that the statistics see allocations."""
+    result = subprocess.run([sys.executable, str(HERE / "nrt_probe.py"), "1", "50"],
+                            env=subprocess_env(NUMBA_NRT_STATS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    control = report.pop("control")
+    report.pop("threads")
+    assert control["50"]["alloc"] - control["1"]["alloc"] == 49
+    assert len(report) == 2
+    for case, by_n in report.items():
+        assert by_n["50"]["alloc"] == by_n["1"]["alloc"], (case, by_n)
+        assert by_n["50"]["mi_alloc"] == by_n["1"]["mi_alloc"], (case, by_n)
+        for n, c in by_n.items():
+            assert c["alloc"] == c["free"] and c["mi_alloc"] == c["mi_free"], (case, n, c)
+
+
+def traced_steps(model, opt, X, y, n_steps):
+    """(growth, peak) in bytes of traced Python memory over n_steps of each training path."""
+    for _ in range(10):       # warm: buffers grown, dispatch caches filled
+        opt.train_step(X, y)
+        model.loss_and_grad(X, y)
+        opt.step()
+    tracemalloc.start()
+    try:
+        for _ in range(10):
+            opt.train_step(X, y)
+            model.loss_and_grad(X, y)
+            opt.step()
+        start, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(n_steps):
+            opt.train_step(X, y)
+        for _ in range(n_steps):
+            model.loss_and_grad(X, y)
+            opt.step()
+        end, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return end - start, peak - start
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_steps_do_not_allocate_in_python(dtype):
+    """tracemalloc (which sees NumPy's allocations) over 200 fused steps and 200 loss_and_grad
+    + step pairs: no growth, and a peak of a few hundred bytes (Python floats, call frames)
+    that does not depend on the batch size, so no batch-sized array is made. (One thread: the
+    Python side is the same at any thread count, and a busy machine slows parallel steps.)"""
+    fastbp.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for n_rows in (16, 1024):
+        model = fastbp.MLP([16, 32, 4], activation="relu", dtype=dtype, seed=0)
+        opt = fastbp.SGD(model, lr=1e-3, clip_norm=1.0)
+        X = rng.normal(size=(n_rows, 16)).astype(dtype)
+        y = rng.integers(0, 4, size=n_rows)
+        growth, peak = traced_steps(model, opt, X, y, 200)
+        assert growth < 2048, f"{growth} bytes more after 400 steps (batch {n_rows})"
+        assert peak < 8192, f"peak of {peak} bytes during the steps (batch {n_rows})"
+        peaks[n_rows] = peak
+    # the big batch's activations alone would be 1024 * 32 * itemsize bytes
+    assert peaks[1024] <= peaks[16] + 1024
+
+
+def test_buffers_grow_once_and_smaller_batches_reuse_them():
+    rng = np.random.default_rng(0)
+    model = fastbp.MLP([8, 16, 3], activation="tanh", dtype=np.float64, seed=0)
+    opt = fastbp.SGD(model, lr=0.01)
+    assert model.activation_bytes() == 0
+
+    def batch(n):
+        return rng.normal(size=(n, 8)), rng.integers(0, 3, size=n)
+
+    opt.train_step(*batch(32))
+    acts, deltas, size32 = model._acts, model._deltas, model.activation_bytes()
+    assert size32 > 0
+    opt.train_step(*batch(32))
+    model.loss_and_grad(*batch(20))
+    opt.train_step(*batch(1))
+    assert model._acts is acts and model._deltas is deltas
+    assert model.activation_bytes() == size32
+
+    opt.train_step(*batch(100))                # larger: grows once
+    grown, size100 = model._acts, model.activation_bytes()
+    assert grown is not acts and size100 > size32
+    for n in (100, 64, 7, 99):
+        opt.train_step(*batch(n))
+        model.loss_and_grad(*batch(n))
+        assert model._acts is grown and model.activation_bytes() == size100
+
+    # a smaller batch after a larger one still gives exactly the fresh model's result
+    X, y = batch(7)
+    fresh = fastbp.MLP([8, 16, 3], activation="tanh", dtype=np.float64, seed=0)
+    fresh.params[...] = model.params
+    assert fresh.loss_and_grad(X, y) == model.loss_and_grad(X, y)
+    assert np.array_equal(fresh.grads, model.grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# One thread pool at a time
+
+
+def test_kernel_blas_is_single_threaded_while_numba_pool_is_not():
+    model = fastbp.MLP([16, 32, 4], activation="relu", dtype=np.float32, seed=0)
+    X = np.random.default_rng(0).normal(size=(256, 16))
+    y = np.arange(256) % 4
+    fastbp.SGD(model, lr=0.01).train_step(X, y)
+    blas = _threads.kernel_blas_threads()
+    assert len(blas) >= 1, "threadpoolctl finds no BLAS behind the kernels"
+    assert all(n == 1 for n in blas), blas
+    if max_threads() >= 2:
+        fastbp.set_num_threads(2)
+        assert fastbp.get_num_threads() == numba.get_num_threads() == 2
+        fastbp.SGD(model, lr=0.01).train_step(X, y)
+        assert all(n == 1 for n in _threads.kernel_blas_threads())
+    fastbp.set_num_threads(1)
+    assert fastbp.get_num_threads() == numba.get_num_threads() == 1
+
+
+def test_fit_pins_blas_that_a_user_raised():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    model = fastbp.MLP([4, 8, 2], activation="tanh", dtype=np.float64, seed=0)
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    y = np.arange(20) % 2
+    with threadpoolctl.threadpool_limits(limits=4, user_api="blas"):
+        raised = _threads.kernel_blas_threads()
+        if max(raised) < 2:
+            pytest.skip(f"this BLAS cannot be given more than one thread ({raised})")
+        fastbp.fit(model, X, y, optimizer=fastbp.SGD(model, lr=0.1), epochs=1, batch_size=5)
+        assert all(n == 1 for n in _threads.kernel_blas_threads())
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, 2.0, "2", None, True, 10 ** 6])
+def test_set_num_threads_validates(bad):
+    before = fastbp.get_num_threads()
+    with pytest.raises((ValueError, TypeError)) as info:
+        fastbp.set_num_threads(bad)
+    assert re.search(r"(^|\W)n(\W|$)", str(info.value)), str(info.value)
+    assert fastbp.get_num_threads() == before
+
+
+def test_set_num_threads_rejects_more_than_the_pool():
+    with pytest.raises(ValueError):
+        fastbp.set_num_threads(max_threads() + 1)
+
+
+def test_fresh_process_state():
+    """In a new interpreter: after building a model, the kernels' BLAS has one thread and
+    Numba's pool has every configured thread."""
+    code = ("import json, numba, fastbp; from fastbp import _threads; "
+            "fastbp.MLP([3, 4, 2]); "
+            "print(json.dumps([_threads.kernel_blas_threads(), fastbp.get_num_threads(), "
+            "numba.config.NUMBA_NUM_THREADS]))")
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    blas, threads, configured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert blas and all(n == 1 for n in blas)
+    assert threads == configured
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducibility
+
+
+needs_two_threads = pytest.mark.skipif(max_threads() < 2, reason="needs 2 Numba threads")
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitwise_reproducible_at_a_fixed_thread_count(dtype):
+    # every matrix product holds several tiles' worth of work, so the kernels split it
+    n_rows = reproducibility_rows()
+    for a, b in zip(REPRODUCIBILITY_SIZES[:-1], REPRODUCIBILITY_SIZES[1:]):
+        assert n_rows * a * b >= 2 * kernels.MIN_TILE_WORK
+    first = reproducibility_run(dtype, threads=2)
+    for _ in range(2):
+        again = reproducibility_run(dtype, threads=2)
+        assert again[0] == first[0]
+        assert np.array_equal(again[1], first[1]) and np.array_equal(again[2], first[2])
+
+
+@needs_two_threads
+def test_bitwise_reproducible_across_processes():
+    code = ("import sys; sys.path.insert(0, {here!r}); import numpy as np; "
+            "from helpers import reproducibility_run, digest; "
+            "print(digest(*reproducibility_run(np.float64, threads=2)))").format(here=str(HERE))
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == digest(
+        *reproducibility_run(np.float64, threads=2))
+
+
+@needs_two_threads
+def test_thread_counts_agree_closely():
+    losses1, params1, grads1 = reproducibility_run(np.float64, threads=1)
+    losses2, params2, grads2 = reproducibility_run(np.float64, threads=2)
+    np.testing.assert_allclose(losses2, losses1, rtol=1e-12)
+    scale = np.abs(grads1).max()
+    assert np.abs(grads2 - grads1).max() <= 1e-12 * scale
+    assert np.abs(params2 - params1).max() <= 1e-12 * np.abs(params1).max()
+
+
+def test_repeated_gradients_are_bitwise_identical():
+    rng = np.random.default_rng(5)
+    model = fastbp.MLP([32, 64, 10], activation="sigmoid", dtype=np.float32, seed=0)
+    X = rng.normal(size=(1024, 32)).astype(np.float32)
+    y = rng.integers(0, 10, size=1024)
+    loss = model.loss_and_grad(X, y)
+    grads = model.grads.copy()
+    for _ in range(5):
+        assert model.loss_and_grad(X, y) == loss
+        assert np.array_equal(model.grads, grads)

@@ -1,0 +1,446 @@
+"""Each kernel of fastbp.kernels on its own: backward kernels against finite differences of their
+forward kernels (float64, max relative error < 1e-7), forward kernels against the naive NumPy
+reference, the optimizer kernels, numerics at extreme inputs, and a user's own @njit function
+built from the kernels."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+from numba import njit
+
+import naive
+from fastbp import kernels
+
+CODES = {"identity": kernels.IDENTITY, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
+         "tanh": kernels.TANH}
+NAMED = {"relu": (kernels.relu_forward, kernels.relu_backward),
+         "sigmoid": (kernels.sigmoid_forward, kernels.sigmoid_backward),
+         "tanh": (kernels.tanh_forward, kernels.tanh_backward)}
+EPS = 1e-3       # finite-difference step (fourth-order differences: truncation ~ EPS**4)
+MARGIN = 0.05    # how far every ReLU input stays from the kink, well beyond 2 * EPS * |x|
+TOL = 1e-7       # max relative error, backward kernel against finite differences
+FLOOR = 1e-7     # below this size, gradients are compared absolutely
+
+
+def off_kink(rng, shape, margin=MARGIN):
+    z = rng.normal(size=shape)
+    return np.where(np.abs(z) < margin, np.sign(z + 1e-300) * (margin + np.abs(z)), z)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations
+
+
+@pytest.mark.parametrize("name", list(CODES))
+def test_activation_forward_matches_reference(name, rng):
+    z = rng.normal(scale=3.0, size=(7, 5))
+    out = np.empty_like(z)
+    kernels.activation_forward(out, z, CODES[name])
+    np.testing.assert_allclose(out, naive.activation(name, z), rtol=1e-15, atol=1e-300)
+    if name in NAMED:
+        out2 = np.full_like(z, np.nan)
+        NAMED[name][0](out2, z)
+        assert np.array_equal(out, out2)
+    # out may be inp
+    inplace = z.copy()
+    kernels.activation_forward(inplace, inplace, CODES[name])
+    assert np.array_equal(inplace, out)
+
+
+@pytest.mark.parametrize("name", list(CODES))
+def test_activation_backward_gradcheck(name, rng):
+    z = off_kink(rng, (6, 5))
+    G = rng.normal(size=z.shape)       # f(z) = sum(G * act(z)), so df/dout = G
+    out = np.empty_like(z)
+
+    def f():
+        kernels.activation_forward(out, z, CODES[name])
+        return float((G * out).sum())
+
+    f()
+    dz = np.full_like(z, np.nan)
+    kernels.activation_backward(dz, G, out, CODES[name])
+    numeric = naive.numeric_gradient(f, z, EPS)
+    assert naive.max_relative_error(dz, numeric, FLOOR) < TOL
+    np.testing.assert_allclose(dz, G * naive.activation_derivative(name, z), rtol=1e-14)
+    f()
+    if name in NAMED:
+        dz2 = np.full_like(z, np.nan)
+        NAMED[name][1](dz2, G, out)
+        assert np.array_equal(dz, dz2)
+    # dinp may be dout
+    inplace = G.copy()
+    kernels.activation_backward(inplace, inplace, out, CODES[name])
+    assert np.array_equal(inplace, dz)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense layer
+
+
+def dense_case(rng, act, inp_act, n_rows=5, n_in=4, n_out=3):
+    """Raw input z0 (kept off ReLU's kink before and after the layer), weight, bias, G."""
+    W = rng.normal(size=(n_in, n_out))
+    b = rng.normal(size=n_out)
+    z0 = off_kink(rng, (60 * n_rows, n_in))
+    pre = naive.activation(inp_act, z0) @ W + b
+    keep = np.abs(pre).min(axis=1) > MARGIN if act == "relu" else np.ones(len(z0), bool)
+    z0 = np.ascontiguousarray(z0[keep][:n_rows])
+    assert z0.shape[0] == n_rows
+    return z0, W, b, rng.normal(size=(n_rows, n_out))
+
+
+@pytest.mark.parametrize("inp_act", list(CODES))
+@pytest.mark.parametrize("act", list(CODES))
+def test_dense_backward_gradcheck(act, inp_act, rng):
+    """f = sum(G * dense_forward(act_prev(z0), W, b, act)); dense_backward gives df/dW, df/db
+    and, through inp_activation = act_prev, df/dz0."""
+    z0, W, b, G = dense_case(rng, act, inp_act)
+    n_rows, n_in = z0.shape
+    n_out = W.shape[1]
+    inp = np.empty_like(z0)
+    out = np.empty((n_rows, n_out))
+
+    def f():
+        kernels.activation_forward(inp, z0, CODES[inp_act])
+        kernels.dense_forward(out, inp, W, b, CODES[act])
+        return float((G * out).sum())
+
+    f()
+    np.testing.assert_allclose(out, naive.activation(act, naive.activation(inp_act, z0) @ W + b),
+                               rtol=1e-13, atol=1e-15)
+    dpre = np.empty_like(out)
+    kernels.activation_backward(dpre, G, out, CODES[act])
+    dinp = np.full_like(z0, np.nan)
+    dW = np.full_like(W, np.nan)
+    db = np.full_like(b, np.nan)
+    kernels.dense_backward(dinp, dW, db, dpre, inp, W, CODES[inp_act])
+
+    for analytic, wrt in ((dW, W), (db, b), (dinp, z0)):
+        numeric = naive.numeric_gradient(f, wrt, EPS)
+        assert naive.max_relative_error(analytic, numeric, FLOOR) < TOL
+
+
+def test_dense_backward_skips_dinp_with_zero_rows(rng):
+    z0, W, b, G = dense_case(rng, "tanh", "identity")
+    dW, db = np.empty_like(W), np.empty_like(b)
+    kernels.dense_backward(np.empty((0, z0.shape[1])), dW, db, G, z0, W, kernels.IDENTITY)
+    np.testing.assert_allclose(dW, z0.T @ G, rtol=1e-13)
+    np.testing.assert_allclose(db, G.sum(axis=0), rtol=1e-13)
+
+
+def test_dense_kernels_accept_row_strided_views(rng):
+    """The documented layout: rows may be strided (views into wider matrices), unit stride
+    along the last axis."""
+    n_rows, n_in, n_out = 6, 5, 4
+    wide_inp = rng.normal(size=(n_rows, n_in + 3))
+    wide_w = rng.normal(size=(n_in, n_out + 2))
+    inp, W = wide_inp[:, 1:1 + n_in], wide_w[:, :n_out]
+    b = rng.normal(size=n_out)
+    out_wide = np.zeros((n_rows, n_out + 5))
+    out = out_wide[:, 2:2 + n_out]
+    kernels.dense_forward(out, inp, W, b, kernels.TANH)
+    np.testing.assert_allclose(out, np.tanh(inp @ W + b), rtol=1e-13)
+    assert not out_wide[:, :2].any() and not out_wide[:, 2 + n_out:].any()
+
+    dpre = rng.normal(size=(n_rows, n_out))
+    dinp_wide = np.zeros((n_rows, n_in + 4))
+    dinp = dinp_wide[:, 4:]
+    dW_wide = np.zeros((n_in, n_out + 1))
+    dW = dW_wide[:, :n_out]
+    db = np.empty(n_out)
+    kernels.dense_backward(dinp, dW, db, dpre, inp, W, kernels.IDENTITY)
+    np.testing.assert_allclose(dW, inp.T @ dpre, rtol=1e-13)
+    np.testing.assert_allclose(db, dpre.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(dinp, dpre @ W.T, rtol=1e-13)
+    assert not dinp_wide[:, :4].any() and not dW_wide[:, n_out:].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def test_softmax_cross_entropy_gradcheck(rng):
+    logits = rng.normal(scale=2.0, size=(6, 4))
+    labels = rng.integers(0, 4, size=6)
+    dlogits = np.empty_like(logits)
+    losses = np.empty(6)
+
+    def f():
+        return kernels.softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels)
+
+    mean = f()
+    ref_losses, ref_grad = naive.softmax_cross_entropy(logits, labels)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-13)
+    assert mean == pytest.approx(ref_losses.mean(), rel=1e-14)
+    np.testing.assert_allclose(dlogits, ref_grad, rtol=1e-13, atol=1e-17)
+    analytic = dlogits.copy()
+    numeric = naive.numeric_gradient(f, logits, EPS)
+    assert naive.max_relative_error(analytic, numeric, FLOOR) < TOL
+    # dlogits may be logits
+    inplace = logits.copy()
+    mean2 = kernels.softmax_cross_entropy_forward_backward(inplace, losses, inplace, labels)
+    assert mean2 == pytest.approx(mean, rel=1e-14)
+    np.testing.assert_allclose(inplace, analytic, rtol=1e-14, atol=1e-18)
+    # the loss-only kernel agrees
+    losses2 = np.empty(6)
+    assert kernels.softmax_cross_entropy_loss(losses2, logits, labels) == pytest.approx(mean,
+                                                                                      rel=1e-14)
+    np.testing.assert_allclose(losses2, losses, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_forward(dtype, rng):
+    logits = rng.normal(scale=3.0, size=(5, 4)).astype(dtype)
+    probs = np.empty_like(logits)
+    kernels.softmax_forward(probs, logits)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(probs, naive.softmax(logits), rtol=tol)
+    kernels.softmax_forward(logits, logits)
+    assert np.array_equal(logits, probs)
+
+
+def test_mse_gradcheck(rng):
+    pred = rng.normal(size=(6, 3))
+    target = rng.normal(size=(6, 3))
+    dpred = np.empty_like(pred)
+    losses = np.empty(6)
+
+    def f():
+        return kernels.mse_forward_backward(dpred, losses, pred, target)
+
+    mean = f()
+    ref_losses, ref_grad = naive.mse(pred, target)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-14)
+    assert mean == pytest.approx(ref_losses.mean(), rel=1e-14)
+    np.testing.assert_allclose(dpred, ref_grad, rtol=1e-14)
+    analytic = dpred.copy()
+    numeric = naive.numeric_gradient(f, pred, EPS)
+    assert naive.max_relative_error(analytic, numeric, FLOOR) < TOL
+    inplace = pred.copy()
+    assert kernels.mse_forward_backward(inplace, losses, inplace, target) == pytest.approx(
+        mean, rel=1e-14)
+    np.testing.assert_allclose(inplace, analytic, rtol=1e-14)
+    losses2 = np.empty(6)
+    assert kernels.mse_loss(losses2, pred, target) == pytest.approx(mean, rel=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Norm, clipping and SGD
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, kernels.NORM_CHUNK, 3 * kernels.NORM_CHUNK + 5])
+def test_norm_partials_size(n):
+    assert kernels.norm_partials_size(n) == max(1, math.ceil(n / kernels.NORM_CHUNK))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_squares(dtype, rng):
+    n = 3 * kernels.NORM_CHUNK + 17      # several chunks and a ragged last one
+    x = rng.normal(size=n).astype(dtype)
+    partials = np.empty(kernels.norm_partials_size(n))
+    expected = math.fsum(float(v) * float(v) for v in x)
+    # The sum accumulates in float64; in float32 each square may be rounded once to float32
+    # (relative error <= 2**-24 per term, so <= 2**-24 for the sum of these positive terms).
+    rel = 2.0 ** -24 if dtype == np.float32 else 1e-12
+    assert kernels.sum_of_squares(partials, x) == pytest.approx(expected, rel=rel)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_update(dtype, rng):
+    n = kernels.NORM_CHUNK + 9
+    params = rng.normal(size=n).astype(dtype)
+    grads = rng.normal(size=n).astype(dtype)
+    step = float(dtype(0.3))
+    exact = params.astype(np.float64) - step * grads.astype(np.float64)
+    bound = 2 * np.finfo(dtype).eps * (np.abs(params) + step * np.abs(grads))
+    kernels.sgd_update(params, grads, 0.3)
+    assert (np.abs(params - exact) <= bound).all()      # rounding only (fused or not)
+
+
+@pytest.mark.parametrize("clip_factor", [None, 0.25, 4.0])
+def test_clip_sgd_update_matches_reference(clip_factor, rng):
+    n = 2 * kernels.NORM_CHUNK + 3
+    params = rng.normal(size=n)
+    grads = rng.normal(size=n)
+    grads_before = grads.copy()
+    true_norm = math.sqrt(math.fsum(g * g for g in grads))
+    clip = math.inf if clip_factor is None else clip_factor * true_norm
+    expected, ref_norm = naive.clipped_sgd(params, grads, 0.05,
+                                           None if clip_factor is None else clip)
+    partials = np.empty(kernels.norm_partials_size(n))
+    norm = kernels.clip_sgd_update(params, partials, grads, 0.05, clip)
+    assert norm == pytest.approx(ref_norm, rel=1e-13)
+    assert naive.normwise_error(params, expected) < 1e-14
+    assert np.array_equal(grads, grads_before), "clipping must not change the gradients"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clip_sgd_update_leaves_params_on_nonfinite_norm(bad, rng):
+    params = rng.normal(size=50)
+    before = params.copy()
+    grads = rng.normal(size=50)
+    grads[17] = bad
+    norm = kernels.clip_sgd_update(params, np.empty(1), grads, 0.1, 1.0)
+    assert not math.isfinite(norm)
+    assert np.array_equal(params, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data movement and checks
+
+
+def test_take_rows(rng):
+    x = rng.normal(size=(20, 6))
+    index = rng.integers(0, 20, size=13)
+    out = np.empty((13, 6))
+    kernels.take_rows(out, x, index)
+    assert np.array_equal(out, x[index])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite(bad, rng):
+    x = rng.normal(size=(4, 5))
+    assert kernels.all_finite(x)
+    x[2, 3] = bad
+    assert not kernels.all_finite(x)
+    assert kernels.all_finite(np.full((3, 2), np.finfo(np.float64).max))
+
+
+def test_labels_in_range():
+    assert kernels.labels_in_range(np.array([0, 1, 2, 2]), 3)
+    assert not kernels.labels_in_range(np.array([0, 3, 1]), 3)
+    assert not kernels.labels_in_range(np.array([0, -1, 1]), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole network, called directly with the documented buffers
+
+
+def test_mlp_kernels_with_documented_buffers(rng):
+    sizes = np.array([5, 7, 6, 3], dtype=np.int64)
+    codes = np.array([kernels.TANH, kernels.RELU, kernels.IDENTITY], dtype=np.int64)
+    ref = naive.Net(list(sizes), ["tanh", "relu"])
+    params = rng.normal(scale=0.5, size=naive.n_params(list(sizes)))
+    capacity, n_rows = 16, 11       # a batch smaller than the buffers
+    x = rng.normal(size=(n_rows, 5))
+    labels = rng.integers(0, 3, size=n_rows)
+    acts = np.empty(capacity * int(sizes[1:].sum()))
+    deltas = np.empty(2 * capacity * int(sizes[1:].max()))
+    losses = np.empty(capacity)
+    grads = np.full_like(params, np.nan)
+
+    out = kernels.mlp_forward(acts, params, x, sizes, codes, capacity)
+    assert naive.normwise_error(out, ref.output(params, x)) < 1e-13
+    loss = kernels.mlp_loss_and_grad(grads, acts, deltas, losses, params, x, labels, sizes, codes,
+                                     capacity)
+    ref_loss, ref_grads = ref.loss_and_grad(params, x, labels)
+    assert loss == pytest.approx(ref_loss, rel=1e-13)
+    assert naive.normwise_error(grads, ref_grads) < 1e-12
+    assert kernels.mlp_loss(losses, acts, params, x, labels, sizes, codes,
+                            capacity) == pytest.approx(loss, rel=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerics at extreme inputs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype, rng):
+    logits = (rng.choice([-1e4, 1e4], size=(6, 4)) + rng.normal(size=(6, 4))).astype(dtype)
+    logits[0] = dtype(1e4)                  # ties at the top
+    logits[1] = [1e4, -1e4, -1e4, 1e4]
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    dlogits = np.empty_like(logits)
+    losses = np.empty(6)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean = kernels.softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels)
+    assert np.isfinite(mean) and np.isfinite(losses).all() and np.isfinite(dlogits).all()
+    ref_losses, ref_grad = naive.softmax_cross_entropy(logits.astype(np.float64), labels)
+    assert naive.normwise_error(losses, ref_losses) < 1e-7
+    atol = 1e-7 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(dlogits, ref_grad, rtol=1e-5, atol=atol)
+    # each row of softmax - onehot sums to 0
+    np.testing.assert_allclose(dlogits.sum(axis=1), 0, atol=10 * atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_tanh_do_not_overflow_or_warn(dtype):
+    z = np.array([[-1e4, -800.0, -89.0, -30.0, 0.0, 30.0, 89.0, 800.0, 1e4]], dtype=dtype)
+    sig = np.empty_like(z)
+    th = np.empty_like(z)
+    dsig = np.empty_like(z)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.sigmoid_forward(sig, z)
+        kernels.tanh_forward(th, z)
+        kernels.sigmoid_backward(dsig, np.ones_like(z), sig)
+    for out in (sig, th, dsig):
+        assert np.isfinite(out).all()
+    assert ((sig >= 0) & (sig <= 1)).all()
+    assert sig[0, 0] == 0 and sig[0, -1] == 1 and sig[0, 4] == 0.5
+    assert ((th >= -1) & (th <= 1)).all()
+    expected = np.array([naive.sigmoid_scalar(float(v)) for v in z[0]])
+    if dtype == np.float32:   # float32 results below ~1e-38 are subnormal: compare absolutely
+        np.testing.assert_allclose(sig[0], expected, rtol=1e-6, atol=1e-37)
+    else:
+        np.testing.assert_allclose(sig[0], expected, rtol=1e-15, atol=1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own @njit training loop built from the kernels
+
+
+@njit
+def user_training_loop(W1, b1, W2, b2, x, labels, lr, n_steps, h, dh, logits, dlogits, losses,
+                       dW1, db1, dW2, db2, no_rows):
+    """Two-layer ReLU classifier trained by plain SGD, written only with fastbp's kernels."""
+    loss = 0.0
+    for _ in range(n_steps):
+        kernels.dense_forward(h, x, W1, b1, kernels.IDENTITY)
+        kernels.relu_forward(h, h)
+        kernels.dense_forward(logits, h, W2, b2, kernels.IDENTITY)
+        loss = kernels.softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels)
+        kernels.dense_backward(dh, dW2, db2, dlogits, h, W2, kernels.RELU)
+        kernels.dense_backward(no_rows, dW1, db1, dh, x, W1, kernels.IDENTITY)
+        kernels.sgd_update(W1.reshape(W1.size), dW1.reshape(dW1.size), lr)
+        kernels.sgd_update(b1, db1, lr)
+        kernels.sgd_update(W2.reshape(W2.size), dW2.reshape(dW2.size), lr)
+        kernels.sgd_update(b2, db2, lr)
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_user_njit_function_calling_kernels(dtype, rng):
+    sizes = [6, 8, 3]
+    n_rows, n_steps, lr = 20, 5, 0.1
+    start = rng.normal(scale=0.5, size=naive.n_params(sizes))
+    x = rng.normal(size=(n_rows, sizes[0]))
+    labels = rng.integers(0, 3, size=n_rows)
+
+    (W1, W2), (b1, b2) = naive.unflatten(start.astype(dtype), sizes)
+    W1, W2, b1, b2 = (a.astype(dtype) for a in (W1, W2, b1, b2))
+    xd = x.astype(dtype)
+
+    def buf(*shape):
+        return np.empty(shape, dtype=dtype)
+
+    loss = user_training_loop(W1, b1, W2, b2, xd, labels, lr, n_steps,
+                              buf(n_rows, 8), buf(n_rows, 8), buf(n_rows, 3), buf(n_rows, 3),
+                              np.empty(n_rows), buf(6, 8), buf(8), buf(8, 3), buf(3),
+                              buf(0, 6))
+
+    # reference: the same steps in float64 from the same (rounded) starting point and data
+    ref = naive.Net(sizes, ["relu"])
+    params = start.astype(dtype).astype(np.float64)
+    xr = xd.astype(np.float64)
+    for _ in range(n_steps):
+        ref_loss, g = ref.loss_and_grad(params, xr, labels)
+        params = params - lr * g
+    got = naive.flatten([W1, W2], [b1, b2])
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    assert loss == pytest.approx(ref_loss, rel=tol)
+    assert naive.normwise_error(got, params) < tol
+    assert naive.normwise_error(got - start.astype(dtype), params - start.astype(dtype)) < tol

@@ -1,0 +1,168 @@
+"""The same computation in fastbp and in PyTorch float64 autograd (micrograd/tinygrad style):
+loss and every gradient tensor, by name, within 1e-10; SGD with clipping against
+torch.nn.utils.clip_grad_norm_ and a manual update. Skipped when torch is not installed."""
+import numpy as np
+import pytest
+
+import fastbp
+import naive
+from helpers import make_targets
+
+torch = pytest.importorskip("torch")
+
+
+def torch_net(model):
+    """Leaf tensors (float64, requires_grad) holding model's parameters, named W0, b0, ..."""
+    tensors = {}
+    for l, (w, b) in enumerate(zip(model.weights, model.biases)):
+        tensors[f"W{l}"] = torch.tensor(w.astype(np.float64), requires_grad=True)
+        tensors[f"b{l}"] = torch.tensor(b.astype(np.float64), requires_grad=True)
+    return tensors
+
+
+def torch_activation(name, z):
+    return {"identity": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid,
+            "tanh": torch.tanh}[name](z)
+
+
+def torch_loss(model, tensors, X, y):
+    h = torch.tensor(np.asarray(X, dtype=np.float64))
+    names = model.activations + [model.output_activation]
+    for l, name in enumerate(names):
+        h = torch_activation(name, h @ tensors[f"W{l}"] + tensors[f"b{l}"])
+    if model.loss == "softmax_cross_entropy":
+        return torch.nn.functional.cross_entropy(h, torch.tensor(np.asarray(y), dtype=torch.long))
+    target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
+    return 0.5 * ((h - target) ** 2).sum(dim=1).mean()
+
+
+def fastbp_grads(model):
+    grads = {}
+    for l, (w, b) in enumerate(zip(model.weight_grads, model.bias_grads)):
+        grads[f"W{l}"], grads[f"b{l}"] = w, b
+    return grads
+
+
+CASES = [
+    pytest.param([6, 9, 4], "relu", "softmax_cross_entropy", "identity", id="relu-ce"),
+    pytest.param([6, 9, 7, 4], "tanh", "softmax_cross_entropy", "identity", id="tanh2-ce"),
+    pytest.param([6, 8, 8, 8, 5], "sigmoid", "softmax_cross_entropy", "identity", id="sigm3-ce"),
+    pytest.param([6, 5, 5, 5, 5, 2], ["relu", "tanh", "sigmoid", "identity"],
+                 "softmax_cross_entropy", "identity", id="mixed4-ce"),
+    pytest.param([6, 3], "relu", "mse", "identity", id="linear-mse"),
+    pytest.param([6, 9, 7, 3], "relu", "mse", "identity", id="relu2-mse"),
+    pytest.param([6, 9, 3], "tanh", "mse", "sigmoid", id="tanh-mse-sigmoid"),
+    pytest.param([6, 8, 8, 1], "sigmoid", "mse", "tanh", id="sigm2-mse-tanh"),
+]
+
+
+@pytest.mark.parametrize("sizes, act, loss, out_act", CASES)
+def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
+    model = fastbp.MLP(sizes, activation=act, output_activation=out_act, loss=loss,
+                       dtype=np.float64, seed=21)
+    model.biases[0][...] = rng.normal(size=sizes[1])       # nonzero biases
+    X = rng.normal(size=(23, sizes[0]))
+    y = make_targets(loss, 23, sizes[-1], rng)
+    model.grads[...] = np.nan
+    got = model.loss_and_grad(X, y)
+
+    tensors = torch_net(model)
+    expected = torch_loss(model, tensors, X, y)
+    expected.backward()
+    assert got == pytest.approx(expected.item(), rel=1e-10)
+    ours = fastbp_grads(model)
+    errors = {name: naive.normwise_error(ours[name], t.grad.numpy())
+              for name, t in tensors.items()}
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("sizes, act, loss, out_act", CASES[:3] + CASES[5:7])
+def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
+    """float32 model against torch float64 on the same (float32) parameters and inputs;
+    per-tensor normwise error (see test_model's float32 test for why normwise)."""
+    model = fastbp.MLP(sizes, activation=act, output_activation=out_act, loss=loss,
+                       dtype=np.float32, seed=21)
+    X = rng.normal(size=(32, sizes[0])).astype(np.float32)
+    y = make_targets(loss, 32, sizes[-1], rng)
+    got = model.loss_and_grad(X, y)
+    tensors = torch_net(model)
+    expected = torch_loss(model, tensors, X, y)
+    expected.backward()
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+    ours = fastbp_grads(model)
+    errors = {name: naive.normwise_error(ours[name], t.grad.numpy())
+              for name, t in tensors.items()}
+    assert max(errors.values()) < 1e-4, errors
+
+
+def torch_sgd_step(model, X, y, lr, clip_norm, tensors):
+    for t in tensors.values():
+        t.grad = None
+    loss = torch_loss(model, tensors, X, y)
+    loss.backward()
+    params = list(tensors.values())
+    if clip_norm is None:
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad
+    return loss.item(), norm.item()
+
+
+def flat_torch(tensors):
+    return np.concatenate([t.detach().numpy().ravel() for t in tensors.values()])
+
+
+@pytest.mark.parametrize("clip", [None, "active", "inactive"])
+def test_sgd_step_with_clipping_matches_torch(clip, rng):
+    sizes = [6, 9, 7, 4]
+    model = fastbp.MLP(sizes, activation="tanh", dtype=np.float64, seed=3)
+    X = rng.normal(size=(20, 6))
+    y = rng.integers(0, 4, size=20)
+    model.loss_and_grad(X, y)
+    norm0 = np.sqrt((model.grads ** 2).sum())
+    clip_norm = {None: None, "active": 0.3 * norm0, "inactive": 3.0 * norm0}[clip]
+    tensors = torch_net(model)
+    opt = fastbp.SGD(model, lr=0.2, clip_norm=clip_norm)
+    grads_before = model.grads.copy()
+
+    norm = opt.step()
+    assert np.array_equal(model.grads, grads_before), "step must not change the gradients"
+    _, torch_norm = torch_sgd_step(model, X, y, 0.2, clip_norm, tensors)
+    assert norm == pytest.approx(torch_norm, rel=1e-12)
+    assert naive.normwise_error(model.params, flat_torch(tensors)) < 1e-12
+
+
+def test_training_trajectory_matches_torch(rng):
+    """Ten clipped SGD steps (fused train_step), clipping active in some of them."""
+    sizes = [5, 8, 6, 3]
+    model = fastbp.MLP(sizes, activation=["relu", "sigmoid"], dtype=np.float64, seed=9)
+    tensors = torch_net(model)
+    opt = fastbp.SGD(model, lr=0.5, clip_norm=0.4)
+    clipped = 0
+    for step in range(10):
+        X = rng.normal(size=(16, 5))
+        y = rng.integers(0, 3, size=16)
+        loss = opt.train_step(X, y)
+        torch_loss_value, torch_norm = torch_sgd_step(model, X, y, 0.5, 0.4, tensors)
+        clipped += torch_norm > 0.4
+        assert loss == pytest.approx(torch_loss_value, rel=1e-10)
+        assert naive.normwise_error(model.params, flat_torch(tensors)) < 1e-10
+    assert 0 < clipped < 10
+
+
+def test_train_step_equals_loss_and_grad_then_step(rng):
+    """The fused step is the same computation as its two halves, bit for bit."""
+    a = fastbp.MLP([5, 8, 3], activation="tanh", dtype=np.float64, seed=1)
+    b = fastbp.MLP([5, 8, 3], activation="tanh", dtype=np.float64, seed=1)
+    opt_a, opt_b = fastbp.SGD(a, 0.3, clip_norm=0.5), fastbp.SGD(b, 0.3, clip_norm=0.5)
+    for _ in range(4):
+        X = rng.normal(size=(12, 5))
+        y = rng.integers(0, 3, size=12)
+        loss_a = opt_a.train_step(X, y)
+        loss_b = b.loss_and_grad(X, y)
+        opt_b.step()
+        assert loss_a == loss_b
+        assert np.array_equal(a.params, b.params) and np.array_equal(a.grads, b.grads)
