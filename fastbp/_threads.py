@@ -13,28 +13,49 @@ import scipy
 import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
 from threadpoolctl import ThreadpoolController
 
-_controller = None
+_kernel_libs = None
 
 
 def _kernel_blas():
-    """threadpoolctl handles for the BLAS library behind scipy.linalg.cython_blas."""
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController()
-    blas = _controller.select(user_api="blas")
-    scipy_dir = os.path.dirname(os.path.realpath(scipy.__file__))
-    # Wheels bundle SciPy's BLAS in scipy.libs/ (or inside the package); NumPy's is elsewhere.
-    scipy_own = [lib for lib in blas.lib_controllers
-                 if os.path.realpath(lib.filepath).startswith((scipy_dir + os.sep,
-                                                                scipy_dir + ".libs" + os.sep))]
-    # SciPy built against a shared BLAS (conda, system packages): limit every BLAS there is.
-    return scipy_own or blas.lib_controllers
+    """threadpoolctl handles for the BLAS library behind scipy.linalg.cython_blas (found once:
+    the libraries loaded in a process do not change)."""
+    global _kernel_libs
+    if _kernel_libs is None:
+        blas = ThreadpoolController().select(user_api="blas")
+        scipy_dir = os.path.dirname(os.path.realpath(scipy.__file__))
+        # Wheels bundle SciPy's BLAS in scipy.libs/ (or inside the package); NumPy's is elsewhere.
+        scipy_own = [lib for lib in blas.lib_controllers
+                     if os.path.realpath(lib.filepath).startswith(
+                         (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep))]
+        # SciPy built against a shared BLAS (conda, system packages): limit every BLAS there is.
+        _kernel_libs = scipy_own or blas.lib_controllers
+    return _kernel_libs
+
+
+_OPENBLAS_GETTERS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads",
+                     "openblas_get_num_threads64_", "scipy_openblas_get_num_threads64_")
+_getters = None
+
+
+def _thread_getters():
+    """(library, function returning its thread count) pairs. For OpenBLAS the C function is
+    looked up once: threadpoolctl looks it up on every call, and keeps a little memory each time,
+    which a check on every training step cannot afford."""
+    global _getters
+    if _getters is None:
+        _getters = []
+        for lib in _kernel_blas():
+            found = [getattr(lib.dynlib, name) for name in _OPENBLAS_GETTERS
+                     if lib.internal_api == "openblas" and hasattr(lib.dynlib, name)]
+            _getters.append((lib, found[0] if found else lib.get_num_threads))
+    return _getters
 
 
 def pin_kernel_blas():
-    """Limit the kernels' BLAS to one thread (cheap when it already is)."""
-    for lib in _kernel_blas():
-        if lib.num_threads != 1:
+    """Limit the kernels' BLAS to one thread. Costs about a microsecond when it already is, so
+    every entry point that runs matrix products calls it."""
+    for lib, get_num_threads in _thread_getters():
+        if get_num_threads() != 1:
             lib.set_num_threads(1)
 
 

@@ -565,23 +565,38 @@ def sgd_update(params, grads, step):
 
 @njit(**_SERIAL)
 def clip_sgd_update(params, layer_sq, partials, grads, param_offsets, lr, clip_norm):
-    """One SGD step with global-norm clipping; returns the gradient norm before clipping.
+    """One SGD step with global-norm clipping. Returns (gradient norm before clipping, applied).
 
     The norm is sqrt of the total of layer_sums_of_squares (which also fills layer_sq, the
     per-layer sums of squares, in the same pass). When norm > clip_norm the step uses
     grads * clip_norm / (norm + 1e-6) (the rule of PyTorch's clip_grad_norm_); grads are not
-    changed. Pass clip_norm = inf for no clipping. When the norm is NaN or Inf, params are left
-    untouched and the norm is returned as is.
+    changed. Pass clip_norm = inf for no clipping.
+
+    The step is not applied (params untouched, applied False) when the norm is NaN or Inf, or
+    when the step itself could overflow the dtype: step size or step size times norm (the
+    largest change any parameter can see) above half the dtype's largest finite value.
     """
     norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
     if not math.isfinite(norm):
-        return norm
+        return norm, False
     scale = 1.0
     coef = clip_norm / (norm + 1e-6)
     if coef < 1.0:
         scale = coef
-    sgd_update(params, grads, lr * scale)
-    return norm
+    step = lr * scale
+    limit = 0.5 * _largest(params)
+    if not (step < limit and step * norm < limit):
+        return norm, False
+    sgd_update(params, grads, step)
+    return norm, True
+
+
+@njit(**_SERIAL)
+def _largest(x):
+    """Largest finite value of x's dtype."""
+    if x.itemsize == 4:
+        return 3.4028234663852886e38
+    return 1.7976931348623157e308
 
 
 # ---------------------------------------------------------------------------------------------
@@ -776,15 +791,15 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
 
 @njit(**_SERIAL)
 def mlp_train_step(params, grads, work, x, target, net, lr, clip_norm):
-    """mlp_loss_and_grad then clip_sgd_update, in one call. Returns (loss, gradient norm); the
-    per-layer squared norms are left in work.layer_sq. When the loss or the norm is NaN or Inf,
-    params are left untouched."""
+    """mlp_loss_and_grad then clip_sgd_update, in one call. Returns (loss, gradient norm,
+    applied); the per-layer squared norms are left in work.layer_sq. When the loss is NaN or Inf
+    the update is not tried; see clip_sgd_update for when it is refused."""
     loss = mlp_loss_and_grad(grads, work, params, x, target, net)
     if not math.isfinite(loss):
-        return loss, math.nan
-    norm = clip_sgd_update(params, work.layer_sq, work.partials, grads, net.param_offsets, lr,
-                           clip_norm)
-    return loss, norm
+        return loss, math.nan, False
+    norm, applied = clip_sgd_update(params, work.layer_sq, work.partials, grads,
+                                    net.param_offsets, lr, clip_norm)
+    return loss, norm, applied
 
 
 def _take_targets(out, y, index):
@@ -811,9 +826,9 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     gathered into x_batch (>= batch_size, C) and y_batch, then trained on with mlp_train_step.
     Step k's loss, gradient norm and per-layer squared norms go to step_losses[k],
     step_norms[k] and step_layer_sq[k] (float64 arrays with at least
-    ceil(len(order) / batch_size) rows). Returns the number of steps applied: when a loss or
-    norm is NaN or Inf the epoch stops there, that step not applied, its values recorded at
-    that index.
+    ceil(len(order) / batch_size) rows). Returns the number of steps applied: when a step is
+    not applied (NaN or Inf loss or norm, or an update that would overflow) the epoch stops
+    there, its values recorded at that index.
     """
     n_samples = order.shape[0]
     step = 0
@@ -824,14 +839,63 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
         yb = y_batch[:stop - start]
         take_rows(xb, x, index)
         _take_targets(yb, target, index)
-        loss, norm = mlp_train_step(params, grads, work, xb, yb, net, lr, clip_norm)
+        loss, norm, applied = mlp_train_step(params, grads, work, xb, yb, net, lr, clip_norm)
         step_losses[step] = loss
         step_norms[step] = norm
         step_layer_sq[step] = work.layer_sq
-        if not (math.isfinite(loss) and math.isfinite(norm)):
+        if not applied:
             return step
         step += 1
     return step
+
+
+# Entry points for fastbp's Python layer. They take a Workspace's and a Net's fields as plain
+# arguments (Python passes *work, *net) and rebuild the tuples in compiled code, where that is
+# free: Numba types tuple arguments in Python, which costs about 3 us a call and leaves garbage.
+
+
+@njit(**_SERIAL)
+def _from_python_forward(acts, params, x, sizes, activations, param_offsets, capacity,
+                         checkpoint_every, act_offsets):
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets)
+    return mlp_forward(acts, params, x, net)
+
+
+@njit(**_SERIAL)
+def _from_python_loss(acts, deltas, losses, layer_sq, partials, params, x, target, sizes,
+                      activations, param_offsets, capacity, checkpoint_every, act_offsets):
+    return mlp_loss(Workspace(acts, deltas, losses, layer_sq, partials), params, x, target,
+                    Net(sizes, activations, param_offsets, capacity, checkpoint_every,
+                        act_offsets))
+
+
+@njit(**_SERIAL)
+def _from_python_loss_and_grad(grads, acts, deltas, losses, layer_sq, partials, params, x,
+                               target, sizes, activations, param_offsets, capacity,
+                               checkpoint_every, act_offsets):
+    return mlp_loss_and_grad(grads, Workspace(acts, deltas, losses, layer_sq, partials), params,
+                             x, target, Net(sizes, activations, param_offsets, capacity,
+                                            checkpoint_every, act_offsets))
+
+
+@njit(**_SERIAL)
+def _from_python_train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, target,
+                            sizes, activations, param_offsets, capacity, checkpoint_every,
+                            act_offsets, lr, clip_norm):
+    return mlp_train_step(params, grads, Workspace(acts, deltas, losses, layer_sq, partials), x,
+                          target, Net(sizes, activations, param_offsets, capacity,
+                                      checkpoint_every, act_offsets), lr, clip_norm)
+
+
+@njit(**_SERIAL)
+def _from_python_train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch,
+                             y_batch, step_losses, step_norms, step_layer_sq, x, target, order,
+                             batch_size, sizes, activations, param_offsets, capacity,
+                             checkpoint_every, act_offsets, lr, clip_norm):
+    return mlp_train_epoch(params, grads, Workspace(acts, deltas, losses, layer_sq, partials),
+                           x_batch, y_batch, step_losses, step_norms, step_layer_sq, x, target,
+                           order, batch_size, Net(sizes, activations, param_offsets, capacity,
+                                                  checkpoint_every, act_offsets), lr, clip_norm)
 
 
 # ---------------------------------------------------------------------------------------------

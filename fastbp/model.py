@@ -61,6 +61,11 @@ class MLP:
         if isinstance(activation, str):
             hidden = [_activation_code("activation", activation)] * (n_layers - 1)
         else:
+            try:
+                activation = list(activation)
+            except TypeError:
+                raise TypeError(f"activation: expected a name or a list of names, got "
+                                f"{type(activation).__name__}") from None
             hidden = [_activation_code("activation", a) for a in activation]
             if len(hidden) != n_layers - 1:
                 raise ValueError(f"activation: expected {n_layers - 1} entries (one per hidden "
@@ -197,17 +202,20 @@ class MLP:
         X, y = self._check_batch(X, y)
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
-        return kernels.mlp_loss_and_grad(self.grads, self._work, self.params, X, y, self._net)
+        pin_kernel_blas()
+        return kernels._from_python_loss_and_grad(self.grads, *self._work, self.params, X, y,
+                                                  *self._net)
 
     def loss_value(self, X, y):
         """Mean loss of a batch, forward only (grads untouched)."""
         X, y = self._check_batch(X, y)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        pin_kernel_blas()
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            total += (stop - start) * kernels.mlp_loss(self._work, self.params, X[start:stop],
-                                                       y[start:stop], self._net)
+            total += (stop - start) * kernels._from_python_loss(
+                *self._work, self.params, X[start:stop], y[start:stop], *self._net)
         return total / X.shape[0]
 
     def forward(self, X):
@@ -216,10 +224,11 @@ class MLP:
         X = _validate.features(X, self.sizes[0], self.dtype)
         out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        pin_kernel_blas()
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = kernels.mlp_forward(self._work.acts, self.params, X[start:stop],
-                                                  self._net)
+            out[start:stop] = kernels._from_python_forward(self._work.acts, self.params,
+                                                           X[start:stop], *self._net)
         return out
 
     def predict_proba(self, X):

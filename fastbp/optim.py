@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from . import _validate, kernels
+from ._threads import pin_kernel_blas
 from .model import MLP
 
 
@@ -35,11 +36,12 @@ class SGD:
         Raises FloatingPointError, leaving the parameters untouched, if the norm is NaN or Inf.
         """
         m = self.model
-        norm = kernels.clip_sgd_update(m.params, m._work.layer_sq, m._work.partials, m.grads,
-                                       m._net.param_offsets, self.lr, self._clip)
+        norm, applied = kernels.clip_sgd_update(m.params, m._work.layer_sq, m._work.partials,
+                                                m.grads, m._net.param_offsets, self.lr,
+                                                self._clip)
         m._grad_norms_fresh = True
-        if not math.isfinite(norm):
-            raise FloatingPointError(f"gradient norm is {norm}; parameters left unchanged")
+        if not applied:
+            raise FloatingPointError(_refusal(0.0, norm, self.lr, m.dtype))
         return norm
 
     def train_step(self, X, y):
@@ -56,12 +58,12 @@ class SGD:
     def _train_step_checked(self, X, y):
         m = self.model
         m._reserve(X.shape[0])
-        loss, norm = kernels.mlp_train_step(m.params, m.grads, m._work, X, y, m._net, self.lr,
-                                            self._clip)
+        pin_kernel_blas()
+        loss, norm, applied = kernels._from_python_train_step(
+            m.params, m.grads, *m._work, X, y, *m._net, self.lr, self._clip)
         m._grad_norms_fresh = math.isfinite(loss)
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise FloatingPointError(f"loss {loss}, gradient norm {norm}; parameters left "
-                                     "unchanged")
+        if not applied:
+            raise FloatingPointError(_refusal(loss, norm, self.lr, m.dtype))
         return loss, norm
 
     def _train_epoch(self, X, y, order, batch_size, x_batch, y_batch, step_losses, step_norms,
@@ -70,11 +72,24 @@ class SGD:
         number of steps applied; see kernels.mlp_train_epoch."""
         m = self.model
         m._reserve(batch_size)
-        done = kernels.mlp_train_epoch(m.params, m.grads, m._work, x_batch, y_batch, step_losses,
-                                       step_norms, step_layer_sq, X, y, order, batch_size,
-                                       m._net, self.lr, self._clip)
+        pin_kernel_blas()
+        done = kernels._from_python_train_epoch(
+            m.params, m.grads, *m._work, x_batch, y_batch, step_losses, step_norms, step_layer_sq,
+            X, y, order, batch_size, *m._net, self.lr, self._clip)
         n_batches = -(-len(order) // batch_size)
         # After a divergence, layer_sq describes grads only if the failing step got as far as
         # the norm (its loss was finite).
         m._grad_norms_fresh = done == n_batches or math.isfinite(step_losses[done])
         return done
+
+
+def _refusal(loss, norm, lr, dtype):
+    """Why a step was not applied (the kernels refuse NaN/Inf and overflowing updates)."""
+    if not math.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif not math.isfinite(norm):
+        what = f"the gradient norm is {norm}"
+    else:
+        what = (f"the update would overflow {np.dtype(dtype).name} (lr {lr:g}, gradient norm "
+                f"{norm:g})")
+    return what + "; parameters left unchanged"

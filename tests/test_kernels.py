@@ -230,21 +230,33 @@ def test_mse_gradcheck(rng):
 # Norm, clipping and SGD
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, kernels.NORM_CHUNK, 3 * kernels.NORM_CHUNK + 5])
-def test_norm_partials_size(n):
-    assert kernels.norm_partials_size(n) == max(1, math.ceil(n / kernels.NORM_CHUNK))
+def _offsets(*sizes):
+    return np.cumsum([0, *sizes]).astype(np.int64)
+
+
+@pytest.mark.parametrize("sizes", [(0,), (1,), (7,), (kernels.NORM_CHUNK,),
+                                   (3 * kernels.NORM_CHUNK + 5,), (5, kernels.NORM_CHUNK + 1, 2)])
+def test_norm_partials_size(sizes):
+    expected = sum(max(1, math.ceil(n / kernels.NORM_CHUNK)) for n in sizes)
+    assert kernels.norm_partials_size(_offsets(*sizes)) == expected
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sum_of_squares(dtype, rng):
-    n = 3 * kernels.NORM_CHUNK + 17      # several chunks and a ragged last one
-    x = rng.normal(size=n).astype(dtype)
-    partials = np.empty(kernels.norm_partials_size(n))
-    expected = math.fsum(float(v) * float(v) for v in x)
-    # The sum accumulates in float64; in float32 each square may be rounded once to float32
-    # (relative error <= 2**-24 per term, so <= 2**-24 for the sum of these positive terms).
+def test_layer_sums_of_squares(dtype, rng):
+    # several chunks, ragged last chunks, and a layer smaller than a chunk
+    sizes = (3 * kernels.NORM_CHUNK + 17, 5, kernels.NORM_CHUNK + 1)
+    offsets = _offsets(*sizes)
+    x = rng.normal(size=offsets[-1]).astype(dtype)
+    partials = np.empty(kernels.norm_partials_size(offsets))
+    layer_sq = np.full(len(sizes), np.nan)
+    expected = [math.fsum(float(v) * float(v) for v in x[a:b])
+                for a, b in zip(offsets[:-1], offsets[1:])]
+    # The sums accumulate in float64; in float32 each square may be rounded once to float32
+    # (relative error <= 2**-24 per term, so <= 2**-24 for a sum of these positive terms).
     rel = 2.0 ** -24 if dtype == np.float32 else 1e-12
-    assert kernels.sum_of_squares(partials, x) == pytest.approx(expected, rel=rel)
+    total = kernels.layer_sums_of_squares(layer_sq, partials, x, offsets)
+    assert total == pytest.approx(math.fsum(expected), rel=rel)
+    assert layer_sq == pytest.approx(expected, rel=rel)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -269,8 +281,11 @@ def test_clip_sgd_update_matches_reference(clip_factor, rng):
     clip = math.inf if clip_factor is None else clip_factor * true_norm
     expected, ref_norm = naive.clipped_sgd(params, grads, 0.05,
                                            None if clip_factor is None else clip)
-    partials = np.empty(kernels.norm_partials_size(n))
-    norm = kernels.clip_sgd_update(params, partials, grads, 0.05, clip)
+    offsets = _offsets(n // 3, n - n // 3)
+    partials = np.empty(kernels.norm_partials_size(offsets))
+    norm, applied = kernels.clip_sgd_update(params, np.empty(2), partials, grads, offsets, 0.05,
+                                            clip)
+    assert applied
     assert norm == pytest.approx(ref_norm, rel=1e-13)
     assert naive.normwise_error(params, expected) < 1e-14
     assert np.array_equal(grads, grads_before), "clipping must not change the gradients"
@@ -282,8 +297,9 @@ def test_clip_sgd_update_leaves_params_on_nonfinite_norm(bad, rng):
     before = params.copy()
     grads = rng.normal(size=50)
     grads[17] = bad
-    norm = kernels.clip_sgd_update(params, np.empty(1), grads, 0.1, 1.0)
-    assert not math.isfinite(norm)
+    norm, applied = kernels.clip_sgd_update(params, np.empty(1), np.empty(1), grads,
+                                            _offsets(50), 0.1, 1.0)
+    assert not math.isfinite(norm) and not applied
     assert np.array_equal(params, before)
 
 
@@ -318,28 +334,26 @@ def test_labels_in_range():
 # Whole network, called directly with the documented buffers
 
 
-def test_mlp_kernels_with_documented_buffers(rng):
-    sizes = np.array([5, 7, 6, 3], dtype=np.int64)
-    codes = np.array([kernels.TANH, kernels.RELU, kernels.IDENTITY], dtype=np.int64)
-    ref = naive.Net(list(sizes), ["tanh", "relu"])
-    params = rng.normal(scale=0.5, size=naive.n_params(list(sizes)))
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_mlp_kernels_with_documented_buffers(checkpoint_every, rng):
+    sizes = [5, 7, 6, 4, 3]
+    codes = [kernels.TANH, kernels.RELU, kernels.SIGMOID, kernels.IDENTITY]
+    ref = naive.Net(sizes, ["tanh", "relu", "sigmoid"])
+    params = rng.normal(scale=0.5, size=naive.n_params(sizes))
     capacity, n_rows = 16, 11       # a batch smaller than the buffers
     x = rng.normal(size=(n_rows, 5))
     labels = rng.integers(0, 3, size=n_rows)
-    acts = np.empty(capacity * int(sizes[1:].sum()))
-    deltas = np.empty(2 * capacity * int(sizes[1:].max()))
-    losses = np.empty(capacity)
+    net, acts_size = kernels.make_net(sizes, codes, capacity, checkpoint_every)
+    work = kernels.make_workspace(net, acts_size, np.float64)
     grads = np.full_like(params, np.nan)
 
-    out = kernels.mlp_forward(acts, params, x, sizes, codes, capacity)
+    out = kernels.mlp_forward(work.acts, params, x, net)
     assert naive.normwise_error(out, ref.output(params, x)) < 1e-13
-    loss = kernels.mlp_loss_and_grad(grads, acts, deltas, losses, params, x, labels, sizes, codes,
-                                     capacity)
+    loss = kernels.mlp_loss_and_grad(grads, work, params, x, labels, net)
     ref_loss, ref_grads = ref.loss_and_grad(params, x, labels)
     assert loss == pytest.approx(ref_loss, rel=1e-13)
     assert naive.normwise_error(grads, ref_grads) < 1e-12
-    assert kernels.mlp_loss(losses, acts, params, x, labels, sizes, codes,
-                            capacity) == pytest.approx(loss, rel=1e-14)
+    assert kernels.mlp_loss(work, params, x, labels, net) == pytest.approx(loss, rel=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------
