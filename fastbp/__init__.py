@@ -4,8 +4,13 @@ from ._threads import get_num_threads, set_num_threads
 from .gradcheck import gradcheck
 from .model import MLP
 from .optim import SGD
-from .training import DivergenceError, fit
+from .training import DivergenceError, History, fit
+from . import data
+from .data import DataError
+from .io import ModelFileError, load, save
+from .plotting import plot_history
 
 __version__ = "0.1.0"
 __all__ = ["MLP", "SGD", "fit", "gradcheck", "set_num_threads", "get_num_threads", "kernels",
-           "DivergenceError", "__version__"]
+           "DivergenceError", "History", "data", "DataError", "save", "load", "ModelFileError",
+           "plot_history", "__version__"]

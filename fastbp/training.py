@@ -1,5 +1,30 @@
-"""fit: the training loop over epochs and shuffled mini-batches."""
+"""fit: the training loop over epochs and shuffled mini-batches, with validation, early
+stopping, callbacks and an optional progress bar.
+
+Callbacks
+---------
+A callback is any object with some of these methods (all optional; a missing one costs nothing):
+
+``on_train_begin(model, history)``
+    Once, before the first step.
+``on_step_end(epoch, step, loss, grad_norm, model)``
+    After every optimizer step: ``epoch`` and ``step`` count from 0 (``step`` within the
+    epoch), ``loss`` is the batch's mean loss, ``grad_norm`` the global gradient norm before
+    clipping; ``model.grads`` holds that step's gradients and ``model.params`` the updated
+    parameters. Keep it cheap: it runs once per batch. Only when some callback defines it does
+    ``fit`` return to Python after every step; otherwise steps run in compiled chunks.
+``on_epoch_end(epoch, history, model)``
+    After each epoch's metrics are appended to ``history``.
+``on_train_end(model, history)``
+    Once at the end, also after an interruption or early stop (after the best weights are
+    restored).
+
+``on_step_end`` and ``on_epoch_end`` may return True to stop training: after that step (the
+epoch's metrics then cover the steps taken) or after that epoch.
+"""
+import math
 import time
+import warnings
 
 import numpy as np
 
@@ -14,17 +39,80 @@ class DivergenceError(FloatingPointError):
     finite values (the failing step is not applied)."""
 
 
-def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None):
+class History(dict):
+    """What ``fit`` returns: a dict of per-epoch lists (see ``fit``), plus attributes:
+
+    ``best_epoch``: index of the epoch whose weights the model holds when early stopping
+    restored them, else None. ``stop_reason``: "completed", "early_stopping", "callback" or
+    "interrupted". ``interrupted``: True when a KeyboardInterrupt (Ctrl-C) ended training.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.best_epoch = None
+        self.stop_reason = "completed"
+
+    @property
+    def interrupted(self):
+        return self.stop_reason == "interrupted"
+
+    @property
+    def n_epochs(self):
+        """Number of epochs recorded."""
+        return len(self.get("loss", ()))
+
+
+_MONITORS = {"val_loss": min, "val_accuracy": max}
+
+
+def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
+        validation_data=None, validation_fraction=None, early_stopping=None,
+        monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). Each epoch visits
-    every sample once, in a fresh random order when ``shuffle`` (reproducible from ``seed``);
-    the last batch of an epoch may be smaller. Batches are gathered into one preallocated
-    buffer, and each step is a single compiled call (``optimizer.train_step``).
+    every training sample once, in a fresh random order when ``shuffle`` (reproducible from
+    ``seed``); the last batch of an epoch may be smaller. Batches are gathered into one
+    preallocated buffer. Steps run in compiled chunks of many batches, one call per chunk (about
+    20 chunks per epoch, at least 32 steps each); when a callback defines ``on_step_end``, they
+    run one compiled call per step instead, with the same results.
 
-    Returns a dict of per-epoch lists: "loss" (mean training loss over the epoch's samples, as
-    seen during the epoch), "grad_norm" (mean global gradient norm before clipping),
-    "samples_per_s" and "seconds".
+    Parameters (beyond the model, data, optimizer and loop sizes)
+    ----------
+    validation_data : (X_val, y_val), optional
+        Rows scored after every epoch, never trained on.
+    validation_fraction : float in (0, 1), optional
+        Instead of ``validation_data``: hold out this share of (X, y), drawn with ``seed``
+        (stratified by class for softmax cross-entropy).
+    early_stopping : int, optional
+        Patience: stop when ``monitor`` has not improved for this many epochs in a row. The
+        weights of the best epoch are then restored (also when the last epoch is reached first,
+        or on Ctrl-C). Needs validation rows.
+    monitor : "val_loss" (lower is better) or "val_accuracy" (higher is better)
+    callbacks : sequence of callback objects (see the module docstring)
+    progress : bool
+        Show a progress bar per epoch (needs the optional tqdm package; without it a warning is
+        issued once and training runs without a bar).
+    metrics_rows : int
+        Training accuracy is measured at the end of each epoch on at most this many training
+        rows (a fixed sample drawn with ``seed``), to keep its cost small on large sets.
+
+    Returns
+    -------
+    History, a dict of per-epoch lists:
+        "loss": mean training loss over the epoch's batches, as seen during the epoch;
+        "grad_norm": mean global gradient norm before clipping;
+        "layer_grad_norms": per layer, the L2 norm of (dW, db) after the epoch's last step;
+        "samples_per_s": training throughput (steps only) and "seconds": the steps' wall time;
+        "accuracy": accuracy on the training rows after the epoch (classifiers: softmax
+        cross-entropy, or MSE on one-hot or 0/1 targets);
+        "val_loss", "val_accuracy": the same on the validation rows, when there are any.
+    Its attributes ``best_epoch``, ``stop_reason`` and ``interrupted`` say how training ended.
+
+    Ctrl-C (KeyboardInterrupt) ends training cleanly: every step is one compiled call that
+    finishes before Python sees the interrupt, so the parameters are those after the last
+    completed step (or of the best epoch, with early stopping); the history keeps the complete
+    epochs, and ``fit`` returns normally with ``stop_reason == "interrupted"``.
 
     Raises DivergenceError (a FloatingPointError) naming the epoch and step if the loss or the
     gradient norm becomes NaN or Inf; the parameters keep their last finite values.
@@ -37,7 +125,29 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None):
         raise ValueError("optimizer: it was built for another model")
     epochs = _validate.positive_int("epochs", epochs)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
+    if early_stopping is not None:
+        early_stopping = _validate.positive_int("early_stopping", early_stopping)
+    if monitor not in _MONITORS:
+        raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
+    callbacks = _check_callbacks(callbacks)
     X, y = model._check_batch(X, y)
+
+    if validation_data is not None and validation_fraction is not None:
+        raise ValueError("validation_data, validation_fraction: give one or the other")
+    if validation_fraction is not None:
+        X, y, X_val, y_val = _hold_out(model, X, y, validation_fraction, seed)
+    elif validation_data is not None:
+        X_val, y_val = _unpack_validation(model, validation_data)
+    else:
+        X_val = y_val = None
+    if early_stopping is not None and X_val is None:
+        raise ValueError("early_stopping: needs validation rows (validation_data or "
+                         "validation_fraction)")
+    if monitor == "val_accuracy" and early_stopping is not None \
+            and _accuracy_kind(model, y_val) is None:
+        raise ValueError("monitor: val_accuracy needs class labels or one-hot targets")
+
     n_samples = X.shape[0]
     batch_size = min(batch_size, n_samples)
     rng = np.random.default_rng(seed)
@@ -45,29 +155,289 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None):
     y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
     pin_kernel_blas()
 
-    history = {"loss": [], "grad_norm": [], "samples_per_s": [], "seconds": []}
-    for epoch in range(epochs):
-        start_time = time.perf_counter()
-        order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
-        loss_sum = norm_sum = 0.0
-        n_steps = 0
-        for start in range(0, n_samples, batch_size):
-            index = order[start:start + batch_size]
-            n = index.shape[0]
-            xb, yb = x_batch[:n], y_batch[:n]
-            kernels.take_rows(xb, X, index)
-            np.take(y, index, axis=0, out=yb)
-            try:
-                loss, norm = optimizer._train_step_checked(xb, yb)
-            except FloatingPointError as exc:
-                raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
-                                      f"{n_steps + 1}: {exc}") from None
-            loss_sum += loss * n
-            norm_sum += norm
-            n_steps += 1
-        seconds = time.perf_counter() - start_time
-        history["loss"].append(loss_sum / n_samples)
-        history["grad_norm"].append(norm_sum / n_steps)
-        history["samples_per_s"].append(n_samples / seconds)
-        history["seconds"].append(seconds)
+    train_probe = _metric_rows(X, y, metrics_rows, seed)
+    scorers = [("", _Scorer(model, *train_probe))]
+    if X_val is not None:
+        scorers.append(("val_", _Scorer(model, X_val, y_val)))
+    history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])
+    for prefix, scorer in scorers:
+        if prefix:
+            history[prefix + "loss"] = []
+        if scorer.kind is not None:
+            history[prefix + "accuracy"] = []
+
+    step_hooks = [cb.on_step_end for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
+    epoch_hooks = [cb.on_epoch_end for cb in callbacks
+                   if callable(getattr(cb, "on_epoch_end", None))]
+    bar_factory = _progress_factory(progress)
+    watch = None
+    if early_stopping is not None:
+        watch = _BestWeights(model, monitor, early_stopping)
+
+    # Without per-step hooks, steps run in compiled chunks of many batches (one call each, when
+    # the optimizer offers it); chunks keep the progress bar moving and Ctrl-C answered quickly.
+    chunked = not step_hooks and callable(getattr(optimizer, "_train_epoch", None))
+    max_steps = -(-n_samples // batch_size)
+    chunk_steps = max(32, -(-max_steps // 20))
+    step_losses = np.empty(max_steps, dtype=np.float64)
+    step_norms = np.empty(max_steps, dtype=np.float64)
+
+    for cb in callbacks:
+        if callable(getattr(cb, "on_train_begin", None)):
+            cb.on_train_begin(model, history)
+    bar = None
+    try:
+        for epoch in range(epochs):
+            start_time = time.perf_counter()
+            order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
+            loss_sum = norm_sum = 0.0
+            n_steps = n_seen = 0
+            stop = False
+            if bar_factory is not None:
+                bar = bar_factory(total=n_samples, desc=f"epoch {epoch + 1}/{epochs}",
+                                  unit="sample", leave=False, dynamic_ncols=True,
+                                  disable=None)  # None: no bar when not on a terminal
+            if chunked:
+                for first in range(0, n_samples, chunk_steps * batch_size):
+                    rows = order[first:first + chunk_steps * batch_size]
+                    done = optimizer._train_epoch(X, y, rows, batch_size, x_batch, y_batch,
+                                                  step_losses, step_norms)
+                    wanted = -(-rows.shape[0] // batch_size)
+                    if done < wanted:
+                        raise DivergenceError(
+                            f"training diverged at epoch {epoch + 1}, step "
+                            f"{n_steps + done + 1}: loss {step_losses[done]}, gradient norm "
+                            f"{step_norms[done]}; parameters left unchanged")
+                    sizes = np.full(done, batch_size, dtype=np.float64)
+                    sizes[-1] = rows.shape[0] - batch_size * (done - 1)
+                    loss_sum += float(step_losses[:done] @ sizes)
+                    norm_sum += float(step_norms[:done].sum())
+                    n_steps += done
+                    n_seen += rows.shape[0]
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
+                        bar.update(rows.shape[0])
+            else:
+                for start in range(0, n_samples, batch_size):
+                    index = order[start:start + batch_size]
+                    n = index.shape[0]
+                    xb, yb = x_batch[:n], y_batch[:n]
+                    kernels.take_rows(xb, X, index)
+                    np.take(y, index, axis=0, out=yb)
+                    try:
+                        loss, norm = optimizer._train_step_checked(xb, yb)
+                    except FloatingPointError as exc:
+                        raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
+                                              f"{n_steps + 1}: {exc}") from None
+                    loss_sum += loss * n
+                    norm_sum += norm
+                    n_steps += 1
+                    n_seen += n
+                    for hook in step_hooks:
+                        if hook(epoch, n_steps - 1, loss, norm, model) is True:
+                            stop = True
+                    if stop:
+                        history.stop_reason = "callback"
+                        break
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                        bar.update(n)
+            seconds = time.perf_counter() - start_time
+            if bar is not None:
+                bar.close()
+                bar = None
+
+            record = {"loss": loss_sum / n_seen, "grad_norm": norm_sum / n_steps,
+                      "layer_grad_norms": _layer_grad_norms(model),
+                      "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
+                      "seconds": seconds}
+            for prefix, scorer in scorers:
+                loss_value, accuracy = scorer.score()
+                if prefix:
+                    record[prefix + "loss"] = loss_value
+                if scorer.kind is not None:
+                    record[prefix + "accuracy"] = accuracy
+            for key, value in record.items():
+                history[key].append(value)
+
+            if watch is not None and watch.update(epoch, record[monitor]):
+                history.stop_reason = "early_stopping"
+                stop = True
+            for hook in epoch_hooks:
+                if hook(epoch, history, model) is True:
+                    if history.stop_reason == "completed":
+                        history.stop_reason = "callback"
+                    stop = True
+            if stop:
+                break
+    except KeyboardInterrupt:
+        history.stop_reason = "interrupted"
+        if bar is not None:
+            bar.close()
+        # An interrupt between two appends leaves an epoch half-recorded: drop it.
+        complete = min(len(v) for v in history.values())
+        for values in history.values():
+            del values[complete:]
+    if watch is not None:
+        history.best_epoch = watch.restore()
+    for cb in callbacks:
+        if callable(getattr(cb, "on_train_end", None)):
+            cb.on_train_end(model, history)
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError("callbacks: expected a sequence of callback objects") from None
+    names = ("on_train_begin", "on_step_end", "on_epoch_end", "on_train_end")
+    for cb in callbacks:
+        if not any(callable(getattr(cb, name, None)) for name in names):
+            raise TypeError(f"callbacks: {cb!r} has none of the methods {', '.join(names)}")
+    return callbacks
+
+
+def _split_rng(seed):
+    # A stream of its own, so that holding out rows does not change the batch order.
+    return np.random.default_rng(None if seed is None else [int(seed), 0x5EED])
+
+
+def _hold_out(model, X, y, fraction, seed):
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction: expected a number in (0, 1), got {fraction!r}")
+    from .data import split_indices  # local: fastbp.data is only needed here
+    labels = y if model.loss == "softmax_cross_entropy" else None
+    keep, held = split_indices(X.shape[0], fraction, _split_rng(seed), labels)
+    if held.size == 0 or keep.size == 0:
+        raise ValueError(f"validation_fraction: {fraction} of {X.shape[0]} rows leaves "
+                         f"{keep.size} for training and {held.size} for validation; both need "
+                         "at least one")
+    return X[keep], y[keep], X[held], y[held]
+
+
+def _unpack_validation(model, validation_data):
+    try:
+        X_val, y_val = validation_data
+    except (TypeError, ValueError):
+        raise TypeError("validation_data: expected a pair (X_val, y_val)") from None
+    X_val = _validate.features(X_val, model.sizes[0], model.dtype, name="validation_data X")
+    y_val = _validate.targets(y_val, X_val.shape[0], model.sizes[-1], model.loss, model.dtype,
+                              name="validation_data y")
+    return X_val, y_val
+
+
+def _metric_rows(X, y, limit, seed):
+    if X.shape[0] <= limit:
+        return X, y
+    rows = np.sort(_split_rng(seed).choice(X.shape[0], limit, replace=False))
+    return X[rows], y[rows]
+
+
+def _accuracy_kind(model, y):
+    """How to score accuracy for these targets: "labels", "onehot", "binary" or None."""
+    if y is None:
+        return None
+    if model.loss == "softmax_cross_entropy":
+        return "labels"
+    if y.shape[1] == 1:
+        return "binary" if np.all((y == 0) | (y == 1)) else None
+    onehot = np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)
+    return "onehot" if onehot else None
+
+
+class _Scorer:
+    """Loss and accuracy of the model on fixed rows, from one forward pass.
+
+    The loss is recomputed here in float64 NumPy from the outputs (the formulas of the model's
+    loss), so that scoring costs one inference pass and no extra compiled kernel.
+    """
+
+    def __init__(self, model, X, y):
+        self.model, self.X, self.y = model, X, y
+        self.kind = _accuracy_kind(model, y)
+        if self.kind == "onehot":
+            self.target_labels = y.argmax(axis=1)
+
+    def score(self):
+        out = self.model.forward(self.X).astype(np.float64)
+        y = self.y
+        if self.model.loss == "softmax_cross_entropy":
+            top = out.max(axis=1)
+            log_norm = top + np.log(np.exp(out - top[:, None]).sum(axis=1))
+            loss = float(np.mean(log_norm - out[np.arange(out.shape[0]), y]))
+        else:
+            loss = float(np.mean(0.5 * np.sum((out - y) ** 2, axis=1)))
+        if self.kind == "labels":
+            accuracy = float(np.mean(out.argmax(axis=1) == y))
+        elif self.kind == "onehot":
+            accuracy = float(np.mean(out.argmax(axis=1) == self.target_labels))
+        elif self.kind == "binary":
+            accuracy = float(np.mean((out[:, 0] > 0.5) == (y[:, 0] > 0.5)))
+        else:
+            accuracy = None
+        return loss, accuracy
+
+
+def _layer_grad_norms(model):
+    """Per-layer L2 norms of the gradients in model.grads (weights and bias together)."""
+    grad_norms = getattr(model, "grad_norms", None)
+    if callable(grad_norms):
+        return [float(v) for v in grad_norms()]
+    norms = []
+    for dw, db in zip(model.weight_grads, model.bias_grads):
+        w = dw.ravel().astype(np.float64)
+        b = db.astype(np.float64)
+        norms.append(math.sqrt(float(w @ w) + float(b @ b)))
+    return norms
+
+
+class _BestWeights:
+    """Early stopping: remembers the parameters of the best epoch and counts epochs since."""
+
+    def __init__(self, model, monitor, patience):
+        self.model = model
+        self.better = _MONITORS[monitor]
+        self.patience = patience
+        self.best_value = None
+        self.best_epoch = None
+        self.saved = np.empty_like(model.params)
+
+    def update(self, epoch, value):
+        """Record this epoch's value; True when patience has run out."""
+        if self.best_value is None or (value != self.best_value
+                                       and self.better(value, self.best_value) == value):
+            np.copyto(self.saved, self.model.params)
+            self.best_value, self.best_epoch = value, epoch
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self):
+        if self.best_epoch is not None:
+            np.copyto(self.model.params, self.saved)
+        return self.best_epoch
+
+
+_warned_no_tqdm = False
+
+
+def _progress_factory(progress):
+    """tqdm's class when a bar is wanted and tqdm is installed, else None."""
+    global _warned_no_tqdm
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if not _warned_no_tqdm:
+            warnings.warn("progress=True needs tqdm (pip install 'fastbp[progress]'); training "
+                          "without a progress bar", stacklevel=3)
+            _warned_no_tqdm = True
+        return None
+    return tqdm

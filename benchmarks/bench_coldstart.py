@@ -1,0 +1,61 @@
+"""Cold start: the time to import fastbp, and the time of a first training step in a fresh
+process (loading the compiled kernels from Numba's on-disk cache, or compiling them when the
+cache is empty). Each sample runs in a new interpreter (asv's timeraw_)."""
+import importlib.util
+import os
+
+
+def _path_setup():
+    """Setup code that makes the subprocess import the same fastbp as this one."""
+    spec = importlib.util.find_spec("fastbp")
+    root = os.path.dirname(os.path.dirname(spec.origin))
+    return f"import sys\nif {root!r} not in sys.path:\n    sys.path.append({root!r})\n"
+
+
+def timeraw_import():
+    """`import fastbp` in a fresh interpreter (numpy, scipy, numba, threadpoolctl, the BLAS
+    symbols, Numba's thread pool)."""
+    return "import fastbp", _path_setup()
+
+
+class FirstStep:
+    """Import + model + the first SGD.train_step in a fresh interpreter, on the digits' shape
+    ([64, 128, 10], batch 32).
+
+    cache="warm": the kernels come from Numba's on-disk cache (every run after the first).
+    cache="cold": an empty cache directory (NUMBA_CACHE_DIR), so every kernel compiles: the
+    first run after installing fastbp, or after any change to its kernels."""
+
+    params = [["warm", "cold"], ["float32", "float64"]]
+    param_names = ["cache", "dtype"]
+    # A cold sample takes tens of seconds on 2 cores: warm ones get up to 5 samples in 10 s,
+    # cold ones one.
+    number = 1
+    repeat = (1, 5, 10.0)
+    rounds = 1
+    timeout = 600
+
+    def setup(self, cache, dtype):
+        if cache == "warm":
+            import numpy as np
+
+            import fastbp
+
+            # Make sure the on-disk cache holds this dtype's kernels.
+            model = fastbp.MLP([64, 128, 10], dtype=getattr(np, dtype), seed=0)
+            fastbp.SGD(model, lr=0.01).train_step(np.zeros((32, 64)), np.zeros(32, dtype=int))
+
+    def timeraw_first_step(self, cache, dtype):
+        setup = _path_setup()
+        if cache == "cold":
+            setup += ("import atexit, os, shutil, tempfile\n"
+                      "cache_dir = tempfile.mkdtemp(prefix='fastbp-cold-')\n"
+                      "atexit.register(shutil.rmtree, cache_dir, True)\n"
+                      "os.environ['NUMBA_CACHE_DIR'] = cache_dir\n")
+        setup += ("import numpy as np\n"
+                  "X = np.random.default_rng(0).random((32, 64))\n"
+                  "y = np.arange(32) % 10\n")
+        code = (f"import fastbp\n"
+                f"model = fastbp.MLP([64, 128, 10], dtype=np.{dtype}, seed=0)\n"
+                f"fastbp.SGD(model, lr=0.01, clip_norm=5.0).train_step(X, y)\n")
+        return code, setup

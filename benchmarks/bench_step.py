@@ -1,0 +1,91 @@
+"""Time of the forward pass, the backward pass and a whole training step, over a grid of
+width x depth x batch x dtype, and over thread counts.
+
+The kernels are called directly (common.Net), so small networks measure the compiled code and one
+Numba dispatch, not fastbp's argument checks. Combinations over the suite's budget (more than
+2e10 FLOPs per step or 4e7 parameters, see common.py) are skipped: they show as "n/a".
+"""
+from . import common
+
+WIDTHS = [128, 512, 2048, 4096]
+DEPTHS = [1, 2, 4, 8]
+BATCHES = [1, 32, 256, 1024]
+DTYPES = ["float32", "float64"]
+
+
+class _Grid:
+    params = [WIDTHS, DEPTHS, BATCHES, DTYPES]
+    param_names = ["width", "depth", "batch", "dtype"]
+    # 3 to 10 samples in at most about 1 s, one process per combination: the grid has 276
+    # combinations within budget (92 per benchmark), so this keeps it near 8 minutes on 2 cores.
+    repeat = (3, 10, 1.0)
+    rounds = 1
+    warmup_time = 0.05
+    timeout = 120
+
+    def setup(self, width, depth, batch, dtype):
+        sizes = common.layer_sizes(width, depth)
+        common.skip_unless_affordable(sizes, batch)
+        self.net = common.Net(sizes, batch, dtype)
+
+
+class Forward(_Grid):
+    """Inference: every layer's dense_forward (kernels.mlp_forward)."""
+
+    def time_forward(self, width, depth, batch, dtype):
+        self.net.forward()
+
+
+class Backward(_Grid):
+    """The backward pass alone: the softmax cross-entropy gradient and every layer's
+    dense_backward, through fastbp's public layer kernels (common.ComposedBackward, which checks
+    that its gradients equal mlp_loss_and_grad's). Its time plus Forward's is the time of
+    kernels.mlp_loss_and_grad."""
+
+    def setup(self, width, depth, batch, dtype):
+        super().setup(width, depth, batch, dtype)
+        self.backward = common.ComposedBackward(self.net).backward
+
+    def time_backward(self, width, depth, batch, dtype):
+        self.backward()
+
+
+class TrainStep(_Grid):
+    """A whole training step: forward + backward + global-norm clipping + SGD update, in one
+    compiled call (kernels.mlp_train_step, what SGD.train_step and fit run)."""
+
+    def time_train_step(self, width, depth, batch, dtype):
+        self.net.train_step()
+
+
+# Thread counts to try; those over what Numba may use here are skipped.
+THREADS = [1, 2, 4, 8, 16, 32]
+
+
+class Threads:
+    """A training step against the size of Numba's thread pool (fastbp.set_num_threads). BLAS
+    inside the kernels stays single-threaded whatever the count: one thread pool at a time."""
+
+    params = [THREADS, ["64-128-10 b32", "784-256-128-10 b128", "1024x3-10 b256"]]
+    param_names = ["threads", "network"]
+    repeat = (3, 10, 2.0)
+    warmup_time = 0.05
+    timeout = 120
+
+    NETWORKS = {"64-128-10 b32": ([64, 128, 10], 32),
+                "784-256-128-10 b128": ([784, 256, 128, 10], 128),
+                "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
+
+    def setup(self, threads, network):
+        import numba
+
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise NotImplementedError(f"only {numba.config.NUMBA_NUM_THREADS} threads here")
+        import fastbp
+
+        fastbp.set_num_threads(threads)
+        sizes, batch = self.NETWORKS[network]
+        self.net = common.Net(sizes, batch, "float32")
+
+    def time_train_step(self, threads, network):
+        self.net.train_step()

@@ -1,0 +1,198 @@
+"""Saving and loading models: ``fastbp.save(model, path)`` and ``fastbp.load(path)``.
+
+The file is a NumPy ``.npz`` archive with plain arrays only (no pickle, so loading a file cannot
+run code):
+
+=====================  ====================================================================
+``format``             the text "fastbp.MLP"
+``version``            format version, 1
+``sizes``              int64 layer widths, input first
+``activations``        text, one per hidden layer
+``output_activation``  text
+``loss``               text
+``dtype``              "float32" or "float64"
+``params``             the flat parameter array (``model.params``), in that dtype
+``metadata``           optional: JSON text given to ``save``
+=====================  ====================================================================
+
+``save`` writes to a temporary file in the destination folder, flushes it to disk and renames
+it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
+new one, never a partial write. ``load`` checks every field (sizes, activations, loss, dtype,
+parameter count, finite values) and raises :class:`ModelFileError` with a one-line message
+when something does not fit.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .data import DataError, read_npz
+from .model import ACTIVATIONS, LOSSES, MLP
+
+__all__ = ["save", "load", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION"]
+
+FORMAT = "fastbp.MLP"
+VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, or not a valid fastbp model: one-line message."""
+
+
+def save(model, path, metadata=None):
+    """Write ``model`` to ``path`` (exactly that name; ``.npz`` is the usual suffix), atomically.
+
+    ``metadata``: an optional JSON-serialisable dict stored beside the weights (for example how
+    the inputs were scaled); read it back with ``read_metadata``. The folder must exist.
+    Returns the path.
+    """
+    if not isinstance(model, MLP):
+        raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+    path = os.fspath(path)
+    arrays = {
+        "format": np.array(FORMAT),
+        "version": np.array(VERSION, dtype=np.int64),
+        "sizes": np.array(model.sizes, dtype=np.int64),
+        "activations": np.array(model.activations, dtype=str),
+        "output_activation": np.array(model.output_activation),
+        "loss": np.array(model.loss),
+        "dtype": np.array(np.dtype(model.dtype).name),
+        "params": model.params,
+    }
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
+        try:
+            arrays["metadata"] = np.array(json.dumps(metadata, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata: cannot be stored as JSON ({exc})") from None
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def atomic_write(path, write):
+    """Call ``write(f)`` on a binary file object, then put the result at ``path`` in one rename.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, and replaces
+    ``path`` only once ``write`` has returned: on any error (or Ctrl-C) the temporary file is
+    removed and ``path`` is left as it was. Returns ``path``.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _read(path):
+    try:
+        return read_npz(path)
+    except DataError as exc:
+        raise ModelFileError(str(exc)) from None
+
+
+def _text(arrays, key, what):
+    value = arrays.get(key)
+    if value is None:
+        raise ModelFileError(f"{what}: missing the field {key!r}; not a fastbp model file")
+    if value.dtype.kind != "U" or value.ndim != 0:
+        raise ModelFileError(f"{what}: field {key!r} should be text, got {value.dtype} of shape "
+                             f"{value.shape}")
+    return str(value)
+
+
+def load(path):
+    """Read a model written by ``save``. Returns a new MLP with the stored parameters.
+
+    Raises ModelFileError (a ValueError) naming the file and the problem when the file is
+    missing, is not a fastbp model, or its fields do not agree with each other.
+    """
+    what = os.fspath(path)
+    arrays = _read(path)
+    if "format" not in arrays or "params" not in arrays:
+        raise ModelFileError(f"{what}: not a fastbp model file (no 'format' and 'params' "
+                             "arrays)")
+    if _text(arrays, "format", what) != FORMAT:
+        raise ModelFileError(f"{what}: format is {str(arrays['format'])!r}, expected {FORMAT!r}")
+    version = arrays.get("version")
+    if version is None or version.shape != () or version.dtype.kind not in "iu":
+        raise ModelFileError(f"{what}: missing or malformed 'version'")
+    if int(version) != VERSION:
+        raise ModelFileError(f"{what}: format version {int(version)}; this fastbp reads "
+                             f"version {VERSION} (a newer fastbp wrote it?)")
+
+    sizes = arrays.get("sizes")
+    if sizes is None or sizes.ndim != 1 or sizes.dtype.kind not in "iu" or sizes.size < 2 \
+            or np.any(sizes < 1):
+        raise ModelFileError(f"{what}: 'sizes' must list at least two positive layer widths")
+    sizes = [int(s) for s in sizes]
+    activations = arrays.get("activations")
+    if activations is None or activations.ndim != 1 or activations.dtype.kind != "U":
+        raise ModelFileError(f"{what}: 'activations' must be a list of names")
+    activations = [str(a) for a in activations]
+    if len(activations) != len(sizes) - 2:
+        raise ModelFileError(f"{what}: {len(activations)} hidden activations for "
+                             f"{len(sizes) - 2} hidden layers")
+    output_activation = _text(arrays, "output_activation", what)
+    for name in activations + [output_activation]:
+        if name not in ACTIVATIONS:
+            raise ModelFileError(f"{what}: unknown activation {name!r}")
+    loss = _text(arrays, "loss", what)
+    if loss not in LOSSES:
+        raise ModelFileError(f"{what}: unknown loss {loss!r}")
+    dtype_name = _text(arrays, "dtype", what)
+    if dtype_name not in ("float32", "float64"):
+        raise ModelFileError(f"{what}: dtype {dtype_name!r}, expected float32 or float64")
+
+    params = arrays["params"]
+    expected = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if params.ndim != 1 or params.dtype != np.dtype(dtype_name):
+        raise ModelFileError(f"{what}: 'params' should be a 1-D {dtype_name} array, got "
+                             f"{params.dtype} of shape {params.shape}")
+    if params.size != expected:
+        raise ModelFileError(f"{what}: {params.size} parameters, but sizes {sizes} need "
+                             f"{expected}")
+    if not np.all(np.isfinite(params)):
+        raise ModelFileError(f"{what}: parameters contain NaN or Inf")
+    try:
+        model = MLP(sizes, activation=activations, output_activation=output_activation,
+                    loss=loss, dtype=np.dtype(dtype_name).type)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{what}: {exc}") from None
+    model.params[...] = params
+    return model
+
+
+def read_metadata(path):
+    """The metadata dict stored by ``save(..., metadata=...)``, or {} when there is none."""
+    what = os.fspath(path)
+    arrays = _read(path)
+    if "metadata" not in arrays:
+        return {}
+    try:
+        value = json.loads(_text(arrays, "metadata", what))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{what}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{what}: metadata is not a JSON object")
+    return value

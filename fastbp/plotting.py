@@ -1,0 +1,71 @@
+"""Training curves from a ``fit`` history (needs the optional matplotlib: ``fastbp[plot]``)."""
+import os
+
+from .io import atomic_write
+
+__all__ = ["plot_history", "require_matplotlib"]
+
+
+def require_matplotlib():
+    """Import matplotlib's Figure, or raise ImportError with the command that installs it."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'fastbp[plot]'") from None
+    return Figure
+
+
+def plot_history(history, path, title=None, layer_names=None):
+    """Write training curves to ``path`` (its suffix picks the format: .png, .pdf, .svg, ...).
+
+    Three panels over the epochs: the loss (training, and validation when recorded), the
+    accuracy (when recorded), and each layer's gradient norm (``history["layer_grad_norms"]``,
+    log scale). ``layer_names`` labels the layers (default "layer 1", "layer 2", ...). The file
+    is written atomically (see ``fastbp.io.atomic_write``). Returns ``path``.
+    """
+    Figure = require_matplotlib()
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    losses = list(history.get("loss", []))
+    epochs = list(range(1, len(losses) + 1))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    ax_loss, ax_acc, ax_grad = fig.subplots(1, 3)
+
+    ax_loss.plot(epochs, losses, marker="o", ms=3, label="training (mean over the epoch)")
+    if history.get("val_loss"):
+        ax_loss.plot(epochs, history["val_loss"], marker="o", ms=3, label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
+    ax_loss.legend(fontsize="small")
+
+    if history.get("accuracy"):
+        ax_acc.plot(epochs, [100 * a for a in history["accuracy"]], marker="o", ms=3,
+                    label="training")
+        if history.get("val_accuracy"):
+            ax_acc.plot(epochs, [100 * a for a in history["val_accuracy"]], marker="o", ms=3,
+                        label="validation")
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+        ax_acc.legend(fontsize="small")
+    else:
+        ax_acc.set_axis_off()
+        ax_acc.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center")
+
+    per_epoch = history.get("layer_grad_norms") or []
+    if per_epoch:
+        n_layers = len(per_epoch[0])
+        names = list(layer_names) if layer_names else [f"layer {i + 1}" for i in range(n_layers)]
+        for i in range(n_layers):
+            ax_grad.plot(epochs, [norms[i] for norms in per_epoch], marker="o", ms=3,
+                         label=names[i])
+        if history.get("grad_norm"):
+            ax_grad.plot(epochs, history["grad_norm"], color="0.4", ls="--",
+                         label="global (mean over steps)")
+        ax_grad.set(xlabel="epoch", ylabel="L2 norm of (dW, db)", yscale="log",
+                    title="gradient norm per layer\n(last step of each epoch)")
+        ax_grad.legend(fontsize="small")
+    else:
+        ax_grad.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    for ax in (ax_loss, ax_acc, ax_grad):
+        if ax.axison:
+            ax.grid(alpha=0.3)
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110))

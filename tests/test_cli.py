@@ -1,0 +1,310 @@
+"""The fastbp command: `fastbp train` end to end, its outputs, bad input (exit 2, one line,
+nothing written) and Ctrl-C (exit 130, last good weights saved)."""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cli
+
+from test_data import MNIST_DIR, idx_bytes, write_idx_set
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(argv, capsys):
+    code, out, err = run(["train", "--json", "--quiet"] + argv, capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_default_command_reaches_97_percent_on_the_shipped_digits(capsys, tmp_path):
+    code, out, err = run(["train"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 30
+    assert "samples/s" in lines[-3] and "val" in lines[-3] and "train" in lines[-3]
+    summary = next(line for line in lines if line.startswith("test accuracy"))
+    accuracy = float(summary.split()[2].rstrip("%"))
+    assert accuracy >= 97.0, summary
+    assert lines[-1].startswith("time ") and "samples/s" in lines[-1]
+    assert err == ""
+
+
+def test_json_summary(capsys):
+    summary = run_json(["--epochs", "3", "--layers", "32", "--seed", "4"], capsys)
+    assert summary["sizes"] == [64, 32, 10] and summary["epochs_run"] == 3
+    assert summary["stop_reason"] == "completed" and summary["seed"] == 4
+    assert 0.5 < summary["test_accuracy"] <= 1
+    assert summary["test_correct"] == round(summary["test_accuracy"] * summary["rows"]["test"])
+    assert len(summary["history"]["val_accuracy"]) == 3
+    assert set(summary["seconds"]) == {"total", "data", "compile", "training"}
+    # Same seed, same result (same thread count).
+    again = run_json(["--epochs", "3", "--layers", "32", "--seed", "4"], capsys)
+    assert again["history"]["loss"] == summary["history"]["loss"]
+
+
+def test_json_keeps_stdout_machine_readable(capsys):
+    code, out, err = run(["train", "--json", "--epochs", "2"], capsys)
+    assert code == 0
+    json.loads(out)  # nothing but the JSON document on stdout
+    assert "epoch 2/2" in err and "test accuracy" not in out
+
+
+def test_options_are_used(capsys):
+    summary = run_json(["--epochs", "2", "--layers", "20,10", "--activation", "tanh,sigmoid",
+                        "--dtype", "float64", "--batch-size", "50", "--lr", "0.05",
+                        "--clip-norm", "none", "--val-fraction", "0.2", "--threads", "1",
+                        "--lr-schedule", "constant", "--scale", "unit"], capsys)
+    assert summary["sizes"] == [64, 20, 10, 10] and summary["activations"] == ["tanh", "sigmoid"]
+    assert summary["dtype"] == "float64" and summary["batch_size"] == 50
+    assert summary["clip_norm"] is None and summary["threads"] == 1
+    assert abs(summary["rows"]["validation"] / (summary["rows"]["train"]
+                                                + summary["rows"]["validation"]) - 0.2) < 0.01
+
+
+def test_mse_loss_trains_on_one_hot_targets(capsys):
+    summary = run_json(["--loss", "mse", "--epochs", "10", "--lr", "0.1"], capsys)
+    assert summary["loss"] == "mse" and summary["test_accuracy"] > 0.8
+
+
+def test_early_stopping(capsys):
+    summary = run_json(["--epochs", "200", "--early-stopping", "2", "--lr-schedule", "constant",
+                        "--lr", "0.3"], capsys)
+    assert summary["stop_reason"] == "early_stopping" and summary["epochs_run"] < 200
+    val = summary["history"]["val_loss"]
+    assert summary["best_epoch"] == int(np.argmin(val)) + 1
+    assert summary["epochs_run"] == summary["best_epoch"] + 2
+
+
+def test_cosine_schedule_rates():
+    class Opt:
+        lr = 1.0
+    schedule = cli._CosineSchedule(Opt, 0.4, 4)
+    rates = []
+    for epoch in range(4):
+        rates.append(Opt.lr)
+        schedule.on_epoch_end(epoch, {}, None)
+    assert rates[0] == 1.0  # untouched before the first epoch ends: fit starts at --lr
+    assert rates[1:] == pytest.approx([0.4 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in (1, 2, 3)])
+
+
+def test_save_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model_path, plot_path = tmp_path / "model.npz", tmp_path / "curves.png"
+    summary = run_json(["--epochs", "3", "--save", str(model_path), "--plot", str(plot_path)],
+                       capsys)
+    assert summary["saved"] == str(model_path) and summary["plot"] == str(plot_path)
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = fastbp.load(model_path)
+    meta = fastbp.io.read_metadata(model_path)
+    assert meta["data"] == "digits" and meta["epochs"] == 3 and len(meta["offset"]) == 64
+    # The saved model with the saved scaling reproduces the reported test accuracy.
+    ds = fastbp.data.load("digits", seed=0)
+    raw = ds.X_test * ds.scale + ds.offset
+    X = ((raw - np.array(meta["offset"])) / np.array(meta["scale"])).astype(np.float32)
+    assert np.mean(model.predict(X) == ds.y_test) == pytest.approx(meta["test_accuracy"])
+    assert sorted(os.listdir(tmp_path)) == ["curves.png", "model.npz"]
+
+
+def test_csv_and_npz_files(tmp_path, capsys):
+    raw = np.load(fastbp.data.digits_path())
+    X, y = raw["X"][:400], raw["y"][:400]
+    rows = [",".join([str(label)] + [str(v) for v in x]) for x, label in zip(X, y)]
+    (tmp_path / "d.csv").write_text("label," + ",".join(f"p{i}" for i in range(64)) + "\n"
+                                    + "\n".join(rows) + "\n")
+    summary = run_json(["--data", str(tmp_path / "d.csv"), "--label-column", "0",
+                        "--epochs", "5"], capsys)
+    assert summary["data"] == "d.csv" and summary["rows"]["test"] == 80
+    np.savez(tmp_path / "d.npz", X=X.reshape(400, 8, 8), y=y, X_test=X[:50], y_test=y[:50])
+    summary = run_json(["--data", str(tmp_path / "d.npz"), "--epochs", "5"], capsys)
+    assert summary["rows"]["test"] == 50 and summary["sizes"][0] == 64
+
+
+def test_mnist_from_a_data_dir(tmp_path, capsys):
+    write_idx_set(tmp_path, n_train=300, n_test=50, shape=(28, 28))
+    summary = run_json(["--data", "mnist", "--data-dir", str(tmp_path), "--epochs", "1",
+                        "--layers", "16"], capsys)
+    assert summary["sizes"] == [784, 16, 10] and summary["rows"]["test"] == 50
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist not present")
+def test_real_mnist_one_epoch(capsys):
+    summary = run_json(["--data", "mnist", "--data-dir", str(MNIST_DIR), "--layers", "256,128",
+                        "--epochs", "1"], capsys)
+    assert summary["rows"]["test"] == 10000 and summary["test_accuracy"] > 0.95
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir() or not os.environ.get("FASTBP_SLOW_TESTS"),
+                    reason="needs ../shared/data/mnist and FASTBP_SLOW_TESTS=1")
+def test_real_mnist_issue_command(capsys):
+    summary = run_json(["--data", "mnist", "--data-dir", str(MNIST_DIR), "--layers", "256,128",
+                        "--epochs", "5"], capsys)
+    assert summary["test_accuracy"] >= 0.975
+
+
+# -- bad input: exit status 2, one line on stderr, nothing written --------------------------
+
+
+def bad_inputs(tmp):
+    truncated = tmp / "trunc"
+    write_idx_set(truncated)
+    blob = (truncated / "train-images-idx3-ubyte.gz").read_bytes()
+    (truncated / "train-images-idx3-ubyte.gz").write_bytes(blob[:-40])
+    liar = tmp / "liar"
+    write_idx_set(liar)
+    (liar / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.zeros(5, np.uint8), dims=(4_000_000_000,))))
+    (tmp / "junk.npz").write_bytes(b"junk")
+    np.savez(tmp / "pickled.npz", X=np.zeros((3, 2)), y=np.array([1, "a", None], dtype=object))
+    np.savez(tmp / "floaty.npz", X=np.zeros((4, 2)), y=np.array([0.5, 1, 0, 1]))
+    (tmp / "ragged.csv").write_text("1,2,0\n3,4,1\n5,1\n")
+    return [
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--epochs", "ten"], "--epochs"),
+        (["train", "--batch-size", "-3"], "--batch-size"),
+        (["train", "--lr", "0"], "--lr"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--clip-norm", "-1"], "--clip-norm"),
+        (["train", "--layers", "64,x"], "--layers"),
+        (["train", "--layers", "0,5"], "--layers"),
+        (["train", "--activation", "swish"], "swish"),
+        (["train", "--activation", "relu,tanh", "--layers", "8"], "--activation"),
+        (["train", "--loss", "hinge"], "--loss"),
+        (["train", "--dtype", "float16"], "--dtype"),
+        (["train", "--val-fraction", "1"], "--val-fraction"),
+        (["train", "--test-fraction", "0"], "--test-fraction"),
+        (["train", "--threads", "0"], "--threads"),
+        (["train", "--threads", "100000"], "--threads"),
+        (["train", "--seed", "-1"], "--seed"),
+        (["train", "--early-stopping", "3", "--val-fraction", "0"], "--early-stopping"),
+        (["train", "--data", "cifar"], "unknown data set"),
+        (["train", "--data", str(tmp / "none.npz")], "no such file"),
+        (["train", "--data", str(tmp / "junk.npz")], "not a readable .npz"),
+        (["train", "--data", str(tmp / "pickled.npz")], "pickled"),
+        (["train", "--data", str(tmp / "floaty.npz")], "whole numbers"),
+        (["train", "--data", str(tmp / "ragged.csv")], "line 3"),
+        (["train", "--data", str(tmp / "ragged.csv"), "--label-column", "9"], "label column"),
+        (["train", "--data", "mnist", "--data-dir", str(tmp / "nodir")], "--data-dir"),
+        (["train", "--data", "mnist", "--data-dir", str(truncated)], "truncated"),
+        (["train", "--data", "mnist", "--data-dir", str(liar)], "truncated"),
+        (["train", "--data-dir", str(tmp)], "--data-dir"),
+        (["train", "--save", str(tmp / "no" / "m.npz")], "does not exist"),
+        (["train", "--save", str(tmp)], "is a folder"),
+        (["train", "--plot", str(tmp / "no" / "c.png")], "does not exist"),
+        (["train", "--frobnicate"], "unrecognized arguments"),
+        ([], "expected a command"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    cases = bad_inputs(inputs)
+    before = sorted(os.listdir(inputs))
+    for argv, expected in cases:
+        code, out, err = run(argv + ["--quiet"] if argv else argv, capsys)
+        assert code == 2, (argv, err)
+        assert out == "", (argv, out)
+        assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert expected in err, (argv, err)
+    assert sorted(os.listdir(inputs)) == before
+    assert not (inputs / "no").exists()
+
+
+def test_plot_format_and_missing_matplotlib(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    code, _, err = run(["train", "--plot", str(tmp_path / "c.xyz")], capsys)
+    assert code == 2 and "unsupported file type 'xyz'" in err
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, _, err = run(["train", "--plot", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and "pip install 'fastbp[plot]'" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_divergence_exits_1_and_writes_nothing(tmp_path, capsys):
+    code, out, err = run(["train", "--quiet", "--lr", "1e30", "--clip-norm", "none",
+                          "--scale", "none", "--save", str(tmp_path / "m.npz")], capsys)
+    assert code == 1 and "diverged" in err and "--lr" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_interrupt_saves_last_good_weights(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during training (simulated at the end of epoch 3): exit 130, the model of that
+    moment is saved and loads."""
+    report = cli._EpochReport.on_epoch_end
+    captured = {}
+
+    def interrupting(self, epoch, history, model):
+        report(self, epoch, history, model)
+        if epoch == 2:
+            captured["params"] = model.params.copy()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._EpochReport, "on_epoch_end", interrupting)
+    path = tmp_path / "m.npz"
+    code, out, err = run(["train", "--epochs", "50", "--save", str(path)], capsys)
+    assert code == 130
+    assert "interrupted: 3 complete epoch(s)" in out and "test accuracy" in out
+    np.testing.assert_array_equal(fastbp.load(path).params, captured["params"])
+    assert fastbp.io.read_metadata(path)["interrupted"] is True
+
+
+def test_sigint_in_a_real_process(tmp_path):
+    """A real SIGINT while `fastbp train` runs: exit 130, no traceback, weights saved."""
+    path = tmp_path / "m.npz"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", "--epochs", "100000",
+                             "--save", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch "):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in out and "model saved" in out
+    assert fastbp.load(path).sizes == [64, 128, 10]
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_python_m_and_help():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "fastbp", "train", "--help"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0
+    for option in ("--data", "--data-dir", "--layers", "--activation", "--loss", "--epochs",
+                   "--batch-size", "--lr", "--clip-norm", "--threads", "--seed", "--dtype",
+                   "--val-fraction", "--early-stopping", "--save", "--plot", "--quiet",
+                   "--json"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("script, name", [("xor_boundary.py", "xor.png"),
+                                          ("digits_grid.py", "grid.png")])
+def test_examples_write_their_pictures(tmp_path, script, name):
+    pytest.importorskip("matplotlib")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / script),
+                             str(tmp_path / name)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,460 @@
+"""fastbp.data: IDX, .npz and .csv readers, named data sets, splits, scaling, verified downloads.
+
+Small IDX files are written here by the tests; the real files in ../shared/data are used when
+present and skipped cleanly otherwise. Nothing is downloaded: downloads are exercised with
+file:// URLs.
+"""
+import gzip
+import hashlib
+import io
+import os
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastbp import data
+from fastbp.data import DataError
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+MNIST_DIR = SHARED / "mnist"
+IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,
+             np.float64: 0x0E}
+
+
+def idx_bytes(array, dims=None, code=None):
+    """The IDX encoding of array; dims and code override the header (to make it lie)."""
+    array = np.asarray(array)
+    code = IDX_CODES[array.dtype.type] if code is None else code
+    dims = array.shape if dims is None else dims
+    header = bytes([0, 0, code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write(path, payload, gz=False):
+    path = Path(path)
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+def write_idx_set(folder, n_train=120, n_test=40, shape=(6, 5), n_classes=10, gz=True, seed=0):
+    """The four MNIST-named IDX files of a small random data set; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
+        labels = (np.arange(n) % n_classes).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        write(folder / f"{part}-images-idx3-ubyte{suffix}", idx_bytes(images), gz)
+        write(folder / f"{part}-labels-idx1-ubyte{suffix}", idx_bytes(labels), gz)
+        out[part] = (images, labels)
+    return out
+
+
+# -- IDX ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32,
+                                   np.float64])
+def test_idx_round_trip(tmp_path, gz, dtype):
+    array = (np.arange(2 * 3 * 4) * 7 - 20).astype(dtype).reshape(2, 3, 4)
+    if dtype == np.uint8:
+        array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4) * 10
+    got = data.read_idx(write(tmp_path / "a.idx", idx_bytes(array), gz))
+    assert got.shape == array.shape
+    assert got.dtype == np.dtype(dtype)  # native byte order, same type
+    assert got.dtype.isnative
+    np.testing.assert_array_equal(got, array)
+    got[0, 0, 0] = 1  # writable
+
+
+def test_idx_gzip_is_recognised_by_content_not_name(tmp_path):
+    array = np.arange(10, dtype=np.uint8)
+    got = data.read_idx(write(tmp_path / "labels.raw", idx_bytes(array), gz=True))
+    np.testing.assert_array_equal(got, array)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "too short"),
+    (b"\x00\x00", "too short"),
+    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "not an IDX file"),
+    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "not an IDX file"),  # unknown type code
+    (b"\x00\x00\x08\x00", "not an IDX file"),  # zero dimensions
+    (b"\x00\x00\x08\x03\x00\x00\x00\x02", "truncated header"),
+])
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_bad_headers(tmp_path, payload, message, gz):
+    with pytest.raises(DataError, match=message):
+        data.read_idx(write(tmp_path / "bad", payload, gz))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_truncated_and_too_long(tmp_path, gz):
+    good = idx_bytes(np.arange(100, dtype=np.uint8).reshape(10, 10))
+    with pytest.raises(DataError, match="truncated"):
+        data.read_idx(write(tmp_path / "short", good[:-1], gz))
+    with pytest.raises(DataError, match="too long|more data than the header"):
+        data.read_idx(write(tmp_path / "long", good + b"\x00", gz))
+
+
+def test_idx_corrupt_gzip_stream(tmp_path):
+    blob = gzip.compress(idx_bytes(np.arange(5000, dtype=np.int32)))
+    path = write(tmp_path / "cut.gz", blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="corrupt|truncated"):
+        data.read_idx(path)
+    damaged = bytearray(blob)
+    damaged[len(blob) // 2] ^= 0xFF
+    with pytest.raises(DataError):
+        data.read_idx(write(tmp_path / "flipped.gz", bytes(damaged)))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_lying_header_allocates_nothing_large(tmp_path, gz):
+    # The header announces 60000 x 28 x 28 bytes (47 MB) but 100 bytes follow.
+    payload = idx_bytes(np.zeros(100, dtype=np.uint8), dims=(60000, 28, 28))
+    path = write(tmp_path / "liar", payload, gz)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="truncated"):
+            data.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"reading a lying header allocated {peak} bytes"
+
+
+def test_idx_absurd_header_is_refused_before_reading(tmp_path):
+    payload = idx_bytes(np.zeros(4, dtype=np.uint8), dims=(2 ** 32 - 1,) * 3)
+    with pytest.raises(DataError, match="limit"):
+        data.read_idx(write(tmp_path / "huge", payload))
+
+
+def test_idx_missing_file_and_folder(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        data.read_idx(tmp_path / "nope")
+    with pytest.raises(DataError, match="folder"):
+        data.read_idx(tmp_path)
+
+
+def test_idx_set_checks(tmp_path):
+    write_idx_set(tmp_path / "ok")
+    X, y, X_test, y_test, shape = data.read_idx_set(tmp_path / "ok")
+    assert X.shape == (120, 30) and X_test.shape == (40, 30) and shape == (6, 5)
+
+    folder = tmp_path / "bad_label"
+    write_idx_set(folder)
+    write(folder / "train-labels-idx1-ubyte.gz",
+          idx_bytes(np.full(120, 10, dtype=np.uint8)), gz=True)
+    with pytest.raises(DataError, match="label 10 out of range 0..9"):
+        data.read_idx_set(folder)
+
+    folder = tmp_path / "count"
+    write_idx_set(folder)
+    write(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.zeros(39, dtype=np.uint8)), True)
+    with pytest.raises(DataError, match="39 labels for 40 images"):
+        data.read_idx_set(folder)
+
+    folder = tmp_path / "missing"
+    write_idx_set(folder)
+    os.remove(folder / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        data.read_idx_set(folder)
+
+    folder = tmp_path / "floats"
+    write_idx_set(folder)
+    write(folder / "train-images-idx3-ubyte.gz",
+          idx_bytes(np.zeros((120, 6, 5), dtype=np.float32)), True)
+    with pytest.raises(DataError, match="expected uint8 images"):
+        data.read_idx_set(folder)
+
+
+def test_idx_set_accepts_uncompressed_files(tmp_path):
+    arrays = write_idx_set(tmp_path, gz=False)
+    X, y, _, _, _ = data.read_idx_set(tmp_path)
+    np.testing.assert_array_equal(X, arrays["train"][0].reshape(120, -1))
+    np.testing.assert_array_equal(y, arrays["train"][1])
+
+
+# -- npz ----------------------------------------------------------------------------------
+
+
+def test_npz_reads_plain_arrays(tmp_path):
+    X = np.arange(12, dtype=np.float32).reshape(3, 4)
+    F = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    np.savez_compressed(tmp_path / "a.npz", X=X, y=np.array([0, 1, 2]), F=F)
+    arrays = data.read_npz(tmp_path / "a.npz")
+    np.testing.assert_array_equal(arrays["X"], X)
+    np.testing.assert_array_equal(arrays["F"], F)
+    assert set(arrays) == {"X", "y", "F"}
+
+
+def test_npz_refuses_pickled_objects(tmp_path):
+    np.savez(tmp_path / "obj.npz", X=np.zeros((2, 2)), y=np.array([{"a": 1}, None],
+                                                                   dtype=object))
+    with pytest.raises(DataError, match="pickled"):
+        data.read_npz(tmp_path / "obj.npz")
+
+
+def test_npz_not_a_zip(tmp_path):
+    write(tmp_path / "junk.npz", b"this is not a zip file at all")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        data.read_npz(tmp_path / "junk.npz")
+    with pytest.raises(DataError, match="no such file"):
+        data.read_npz(tmp_path / "absent.npz")
+
+
+def test_npz_lying_npy_header_allocates_nothing_large(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False,
+                                               "shape": (100_000_000,)})
+    member = buf.getvalue() + b"\x00" * 64
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("X.npy", member)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="truncated"):
+            data.read_npz(tmp_path / "liar.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+# -- csv ----------------------------------------------------------------------------------
+
+
+def test_csv_label_column_header_and_names(tmp_path):
+    (tmp_path / "a.csv").write_text("f1,f2,label\n1,2,0\n3,4,1\n5,6,1\n")
+    X, labels = data.read_csv(tmp_path / "a.csv")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6]])
+    assert labels.tolist() == ["0", "1", "1"]
+    (tmp_path / "b.csv").write_text("cat,1.5,2\ndog,3,4\ncat,5,6\n")
+    X, labels = data.read_csv(tmp_path / "b.csv", label_column=0)
+    np.testing.assert_array_equal(X, [[1.5, 2], [3, 4], [5, 6]])
+    assert labels.tolist() == ["cat", "dog", "cat"]
+    with gzip.open(tmp_path / "c.csv.gz", "wt") as f:
+        f.write("1,2,3\n4,5,6\n")
+    X, labels = data.read_csv(tmp_path / "c.csv.gz")
+    assert X.shape == (2, 2) and labels.tolist() == ["3", "6"]
+
+
+@pytest.mark.parametrize("text, label_column, message", [
+    ("1,2,0\n3,4\n", -1, "line 2: 2 fields"),
+    ("1,2,0\n3,x,1\n", -1, "line 2: 'x' is not a number"),
+    ("1,2,0\n", 5, "label column 5 does not exist"),
+    ("", -1, "no data rows"),
+    ("a,b,c\n", -1, "no data rows"),
+    ("7\n8\n", -1, "at least one feature"),
+])
+def test_csv_errors(tmp_path, text, label_column, message):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        data.read_csv(tmp_path / "bad.csv", label_column)
+
+
+def test_csv_binary_garbage(tmp_path):
+    write(tmp_path / "bin.csv", bytes(range(256)) * 4)
+    with pytest.raises(DataError):
+        data.read_csv(tmp_path / "bin.csv")
+
+
+# -- load: named sets, files, splits, scaling ----------------------------------------------
+
+
+def test_digits_shipped_and_split():
+    ds = data.load("digits")
+    total = len(ds.y_train) + len(ds.y_val) + len(ds.y_test)
+    assert total == 1797 and ds.n_features == 64 and ds.n_classes == 10
+    assert ds.image_shape == (8, 8)
+    assert 0.19 < len(ds.y_test) / total < 0.21
+    assert ds.X_train.dtype == np.float32 and ds.X_train.flags.c_contiguous
+    assert ds.y_train.dtype == np.int64
+    # Standardised with the training rows' statistics.
+    assert np.allclose(ds.X_train.mean(axis=0), 0, atol=1e-5)
+    raw = np.load(data.digits_path(), allow_pickle=False)
+    assert raw["X"].dtype == np.uint8 and raw["X"].shape == (1797, 64)
+    # Every class is in every split (stratified).
+    for y in (ds.y_train, ds.y_val, ds.y_test):
+        assert set(np.unique(y)) == set(range(10))
+
+
+def test_splits_are_reproducible_and_test_rows_do_not_depend_on_seed():
+    a, b, c = data.load("digits", seed=1), data.load("digits", seed=1), data.load("digits", seed=2)
+    np.testing.assert_array_equal(a.X_val, b.X_val)
+    assert not np.array_equal(a.y_val, c.y_val) or not np.array_equal(a.X_val, c.X_val)
+    # Same test rows whatever the seed; scaling depends on the training rows, so compare the
+    # unscaled values.
+    raw_a = a.X_test * a.scale + a.offset
+    raw_c = c.X_test * c.scale + c.offset
+    np.testing.assert_allclose(raw_a, raw_c, atol=1e-4)
+    np.testing.assert_array_equal(a.y_test, c.y_test)
+
+
+def test_val_fraction_zero_and_bad_arguments():
+    ds = data.load("digits", val_fraction=0)
+    assert len(ds.y_val) == 0 and ds.X_val.shape == (0, 64)
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.load("digits", val_fraction=1.0)
+    with pytest.raises(ValueError, match="scaling"):
+        data.load("digits", scaling="log")
+    with pytest.raises(ValueError, match="data_dir"):
+        data.load("digits", data_dir="/tmp")
+
+
+def test_unknown_source():
+    with pytest.raises(DataError, match="unknown data set"):
+        data.load("imagenet")
+    with pytest.raises(DataError, match="unsupported file type"):
+        data.load("table.xlsx")
+
+
+def test_split_indices_stratified():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    keep, held = data.split_indices(100, 0.1, np.random.default_rng(0), labels)
+    assert sorted(np.bincount(labels[held]).tolist()) == [1, 2, 3, 4]
+    assert np.intersect1d(keep, held).size == 0 and keep.size + held.size == 100
+
+
+def test_load_npz_with_own_test_set_and_standardisation(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(5.0, 3.0, (200, 3, 2))  # extra axes are flattened
+    y = rng.integers(0, 3, 200)
+    np.savez(tmp_path / "d.npz", X=X, y=y, X_test=X[:20], y_test=y[:20])
+    ds = data.load(tmp_path / "d.npz", val_fraction=0.25)
+    assert ds.n_features == 6 and len(ds.y_test) == 20 and len(ds.y_val) == 50
+    assert np.allclose(ds.X_train.mean(axis=0), 0, atol=1e-5)
+    assert np.allclose(ds.X_train.std(axis=0), 1, atol=1e-4)
+    np.testing.assert_allclose(ds.X_test * ds.scale + ds.offset, X[:20].reshape(20, 6),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"X": np.zeros((4, 2))}, "missing y"),
+    ({"X": np.zeros((4, 2)), "y": np.array([0, 1, 0.5, 1])}, "whole numbers"),
+    ({"X": np.zeros((4, 2)), "y": np.array([0, 1, -1, 1])}, "0 or more"),
+    ({"X": np.zeros((4, 2)), "y": np.array([0, 1, 1])}, "3 labels for 4 rows"),
+    ({"X": np.zeros(4), "y": np.array([0, 1, 1, 0])}, "one row per sample"),
+    ({"X": np.zeros((4, 2)), "y": np.zeros(4, dtype=int)}, "at least 2 classes"),
+    ({"X": np.array([[0, np.nan]] * 4), "y": np.array([0, 1, 0, 1])}, "NaN or Inf"),
+    ({"X": np.zeros((4, 2)), "y": np.array([0, 1, 0, 1]), "X_test": np.zeros((2, 2))},
+     "only one of X_test and y_test"),
+    ({"X": np.zeros((4, 2)), "y": np.array([0, 1, 0, 1]), "X_test": np.zeros((2, 3)),
+      "y_test": np.array([0, 1])}, "X_test has 3 features"),
+    ({"X": np.array([["a", "b"]] * 4), "y": np.array([0, 1, 0, 1])}, "real numbers"),
+])
+def test_load_npz_errors(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        data.load(tmp_path / "bad.npz")
+
+
+def test_load_csv_with_names(tmp_path):
+    lines = [f"{'ab'[i % 2]},{i},{i % 7}" for i in range(60)]
+    (tmp_path / "t.csv").write_text("kind,x1,x2\n" + "\n".join(lines) + "\n")
+    ds = data.load(tmp_path / "t.csv", label_column=0)
+    assert ds.class_names == ["a", "b"] and ds.n_classes == 2 and ds.n_features == 2
+    assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 60
+
+
+def test_load_mnist_layout_from_data_dir(tmp_path):
+    arrays = write_idx_set(tmp_path / "m")
+    ds = data.load("mnist", data_dir=tmp_path / "m", val_fraction=0.25)
+    assert len(ds.y_test) == 40 and len(ds.y_train) + len(ds.y_val) == 120
+    assert ds.n_features == 30 and ds.image_shape == (6, 5)
+    np.testing.assert_allclose(ds.X_test * 255, arrays["t10k"][0].reshape(40, -1), atol=1e-4)
+    assert ds.X_train.min() >= 0 and ds.X_train.max() <= 1
+    with pytest.raises(DataError, match="does not exist"):
+        data.load("mnist", data_dir=tmp_path / "absent")
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist not present")
+def test_real_mnist_files():
+    ds = data.load("mnist", data_dir=MNIST_DIR, val_fraction=0.1)
+    assert len(ds.y_train) + len(ds.y_val) == 60000 and len(ds.y_test) == 10000
+    assert ds.n_features == 784 and ds.image_shape == (28, 28)
+    assert np.bincount(ds.y_test).tolist()[:2] == [980, 1135]
+    # The published SHA-256 digests fastbp verifies downloads against are those of these files.
+    for name, digest in data.NAMED["mnist"].sha256.items():
+        assert hashlib.sha256((MNIST_DIR / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.skipif(not (SHARED / "digits").is_dir(), reason="../shared/data/digits absent")
+def test_shipped_digits_equal_the_source_csv():
+    with gzip.open(SHARED / "digits" / "digits.csv.gz", "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    raw = np.load(data.digits_path(), allow_pickle=False)
+    np.testing.assert_array_equal(raw["X"], table[:, :64])
+    np.testing.assert_array_equal(raw["y"], table[:, 64])
+
+
+# -- downloads (file:// URLs only) ---------------------------------------------------------
+
+
+def _served(tmp_path, name, payload):
+    folder = tmp_path / "mirror"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_bytes(payload)
+    return folder.as_uri() + "/"
+
+
+def test_download_verified_accepts_only_the_right_digest(tmp_path):
+    payload = b"some file content" * 100
+    base = _served(tmp_path, "f.gz", payload)
+    dest = tmp_path / "cache" / "f.gz"
+    good = hashlib.sha256(payload).hexdigest()
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        data.download_verified([base + "f.gz"], dest, "0" * 64)
+    assert not dest.exists() and os.listdir(dest.parent) == []  # no partial file left
+    missing = (tmp_path / "nowhere").as_uri() + "/f.gz"
+    assert data.download_verified([missing, base + "f.gz"], dest, good) == dest
+    assert dest.read_bytes() == payload
+    with pytest.raises(DataError, match="more than 10 bytes"):
+        data.download_verified([base + "f.gz"], tmp_path / "x", good, max_bytes=10)
+
+
+def test_fetch_uses_verified_cache_and_replaces_damaged_files(tmp_path, monkeypatch):
+    arrays = {}
+    payloads = {}
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        n = 30 if stem.startswith("train") else 10
+        arr = (np.zeros((n, 4, 4), np.uint8) if "images" in stem
+               else (np.arange(n) % 10).astype(np.uint8))
+        arrays[stem] = arr
+        payloads[stem + ".gz"] = gzip.compress(idx_bytes(arr))
+    for name, payload in payloads.items():
+        base = _served(tmp_path, name, payload)
+    remote = data._Remote(mirrors=(base,), class_names=tuple("0123456789"),
+                          sha256={k: hashlib.sha256(v).hexdigest() for k, v in payloads.items()})
+    monkeypatch.setitem(data.NAMED, "mnist", remote)
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "cache"))
+    logged = []
+    ds = data.load("mnist", val_fraction=0, log=logged.append)
+    assert len(logged) == 4 and len(ds.y_train) == 30 and len(ds.y_test) == 10
+    # Second time: all from the cache, nothing downloaded even with the mirror gone.
+    for name in payloads:
+        os.remove(tmp_path / "mirror" / name)
+    logged.clear()
+    data.load("mnist", val_fraction=0, log=logged.append)
+    assert logged == []
+    # A damaged cached file is detected and cannot be replaced: clear error.
+    cached = tmp_path / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    cached.write_bytes(b"damaged")
+    with pytest.raises(DataError, match="could not download t10k-labels"):
+        data.load("mnist")
+    with pytest.raises(DataError, match="does not match its SHA-256"):
+        data.load("mnist", download=False)
+
+
+def test_cache_dir_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "c"))
+    assert data.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("FASTBP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert data.cache_dir() == tmp_path / "x" / "fastbp"

@@ -1,0 +1,161 @@
+"""fastbp.save / fastbp.load: round trips, no pickle, atomic writes, validation on load."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import io as fio
+from fastbp.io import ModelFileError
+
+
+def trained(sizes=(5, 7, 4, 3), dtype=np.float32, **kw):
+    model = fastbp.MLP(list(sizes), dtype=dtype, seed=1, **kw)
+    X = np.random.default_rng(0).normal(size=(40, sizes[0]))
+    if model.loss == "mse":
+        y = np.random.default_rng(1).normal(size=(40, sizes[-1]))
+    else:
+        y = np.arange(40) % sizes[-1]
+    fastbp.fit(model, X, y, fastbp.SGD(model, lr=0.05), epochs=2, batch_size=8, seed=0)
+    return model, X
+
+
+def fields(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def rewrite(path, **changes):
+    arrays = fields(path)
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [
+    {},
+    {"activation": ["tanh", "sigmoid"]},
+    {"activation": "identity", "output_activation": "sigmoid", "loss": "mse"},
+])
+def test_round_trip(tmp_path, dtype, kw):
+    model, X = trained(dtype=dtype, **kw)
+    path = tmp_path / "m.npz"
+    assert fastbp.save(model, path) == str(path)
+    loaded = fastbp.load(path)
+    assert loaded.sizes == model.sizes and loaded.activations == model.activations
+    assert loaded.output_activation == model.output_activation and loaded.loss == model.loss
+    assert loaded.dtype == model.dtype and loaded.params.dtype == model.params.dtype
+    np.testing.assert_array_equal(loaded.params, model.params)
+    np.testing.assert_array_equal(loaded.forward(X), model.forward(X))
+    # Plain arrays: NumPy reads the file with pickle disabled.
+    assert set(fields(path)) == {"format", "version", "sizes", "activations",
+                                 "output_activation", "loss", "dtype", "params"}
+
+
+def test_no_hidden_layer_and_metadata(tmp_path):
+    model, _ = trained(sizes=(4, 2))
+    meta = {"data": "x", "offset": [0.5, 1.0], "nested": {"a": [1, 2]}}
+    fastbp.save(model, tmp_path / "m", metadata=meta)  # the exact name is kept
+    assert (tmp_path / "m").exists() and not (tmp_path / "m.npz").exists()
+    assert fastbp.load(tmp_path / "m").sizes == [4, 2]
+    assert fio.read_metadata(tmp_path / "m") == meta
+    fastbp.save(model, tmp_path / "n.npz")
+    assert fio.read_metadata(tmp_path / "n.npz") == {}
+    with pytest.raises(ValueError, match="metadata"):
+        fastbp.save(model, tmp_path / "o.npz", metadata={"x": object()})
+    with pytest.raises(ValueError, match="metadata"):
+        fastbp.save(model, tmp_path / "o.npz", metadata={"x": float("nan")})
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model, _ = trained()
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    before = path.read_bytes()
+    model.params[:] = 0
+
+    def broken(f, **arrays):
+        f.write(b"PK partial")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(np, "savez_compressed", broken)
+    with pytest.raises(KeyboardInterrupt):
+        fastbp.save(model, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+    monkeypatch.undo()
+    fastbp.save(model, path)
+    assert np.all(fastbp.load(path).params == 0)
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_save_errors(tmp_path):
+    model, _ = trained()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fastbp.save(model, tmp_path / "missing" / "m.npz")
+    with pytest.raises(IsADirectoryError):
+        fastbp.save(model, tmp_path)
+    with pytest.raises(TypeError, match="fastbp.MLP"):
+        fastbp.save("model", tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"params": np.zeros(5, np.float32)}, "5 parameters, but sizes"),
+    ({"params": np.zeros(97, np.float64)}, "should be a 1-D float32"),
+    ({"dtype": np.array("float16")}, "dtype 'float16'"),
+    ({"activations": np.array(["relu", "swish"])}, "unknown activation 'swish'"),
+    ({"activations": np.array(["relu"])}, "1 hidden activations for 2 hidden layers"),
+    ({"loss": np.array("hinge")}, "unknown loss 'hinge'"),
+    ({"output_activation": np.array("relu")}, "must be 'identity'"),
+    ({"sizes": np.array([5, 0, 4, 3])}, "positive layer widths"),
+    ({"sizes": np.array([5.0, 7.0, 4.0, 3.0])}, "positive layer widths"),
+    ({"format": np.array("something.else")}, "format is 'something.else'"),
+    ({"version": np.array(2)}, "format version 2"),
+    ({"loss": None}, "missing the field 'loss'"),
+    ({"params": None}, "not a fastbp model file"),
+])
+def test_load_validates_every_field(tmp_path, changes, message):
+    model, _ = trained()  # 5-7-4-3: 97 parameters
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    rewrite(path, **changes)
+    with pytest.raises(ModelFileError, match=message):
+        fastbp.load(path)
+
+
+def test_load_rejects_nonfinite_pickles_and_garbage(tmp_path):
+    model, _ = trained()
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    params = model.params.copy()
+    params[3] = np.nan
+    rewrite(path, params=params)
+    with pytest.raises(ModelFileError, match="NaN or Inf"):
+        fastbp.load(path)
+    np.savez(tmp_path / "p.npz", format=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ModelFileError, match="pickled"):
+        fastbp.load(tmp_path / "p.npz")
+    (tmp_path / "g.npz").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="not a readable .npz"):
+        fastbp.load(tmp_path / "g.npz")
+    with pytest.raises(ModelFileError, match="no such file"):
+        fastbp.load(tmp_path / "absent.npz")
+    # Truncated archive.
+    blob = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ModelFileError):
+        fastbp.load(tmp_path / "t.npz")
+
+
+def test_file_is_a_plain_zip_of_npy(tmp_path):
+    model, _ = trained()
+    fastbp.save(model, tmp_path / "m.npz")
+    with zipfile.ZipFile(tmp_path / "m.npz") as z:
+        assert all(name.endswith(".npy") for name in z.namelist())
