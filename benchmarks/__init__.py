@@ -2,10 +2,11 @@
 
 Rules for every module here:
 
-- Never import fastbp (or call anything that starts Numba's thread pool) at module level. asv
+- Never import fastbp (or run anything that starts Numba's thread pool) at module level. asv
   imports every module of this package in its fork server and forks one process per benchmark
-  from it; fastbp starts Numba's OpenMP pool on import, and forking a process that already runs
-  GNU OpenMP aborts the child. Import fastbp inside ``setup`` or the benchmark itself.
+  from it; fastbp launches Numba's threading layer on import, and Numba's threading layers are
+  not fork-safe (workqueue threads do not survive fork; GNU OpenMP aborts a child forked after a
+  parallel region). Import fastbp inside ``setup`` or the benchmark itself.
 - Nothing but benchmarks may carry asv's prefixes (time_, timeraw_, peakmem_, mem_, track_):
   asv would collect such helpers as benchmarks.
 """

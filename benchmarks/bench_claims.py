@@ -157,12 +157,16 @@ class ActivationMemory:
 class Allocations:
     """Memory allocated while training, over 200 public SGD.train_step calls after a warm-up.
 
-    track_allocations_per_step: allocations made by Numba's runtime (arrays created inside
-    compiled code, including parallel-loop scheduling) per step, from Numba's own counters
-    (NUMBA_NRT_STATS; switched on here at run time). Must be 0.
+    track_allocations_per_step: allocations made by Numba's runtime per step, from Numba's own
+    counters (NUMBA_NRT_STATS, switched on here at run time): arrays created inside compiled
+    code, and also the two small scheduling arrays that Numba's parfor lowering allocates each
+    time a prange loop runs (numba 0.68: 2 per parallel region per call, whatever the sizes).
+    The claim is 0; a count that does not grow with width or batch and a flat
+    track_heap_peak_bytes mean only those scheduling arrays.
     track_heap_peak_bytes: the peak of everything tracemalloc traces (numpy arrays, Numba's
-    allocations, Python objects) above its level before the steps. Any per-step array would show
-    as at least its size; the few hundred bytes of Python objects a call returns are expected.
+    allocations, which go through CPython's allocator, and Python objects) above its level
+    before the steps. Any per-step array would show as at least its size; about a kilobyte of
+    Python objects and scheduling arrays is expected.
     """
 
     params = [["64-128-10 b32", "784-256-128-10 b128", "1024x3-10 b256"],

@@ -33,7 +33,10 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 MAX_STEP_FLOPS = 2e10
 MAX_PARAMS = 4e7
 
-LR = 1e-3        # small and clipped: thousands of steps on one batch stay finite
+# Benchmarks repeat a step on one batch up to millions of times. A tiny, clipped step keeps the
+# parameters near their initial values all along (at most 1e-5 per step), so the network never
+# saturates: no underflow to subnormal numbers, which would slow the matrix products down.
+LR = 1e-5
 CLIP_NORM = 1.0
 
 
@@ -184,15 +187,20 @@ def best_seconds(funcs, repeat=7, min_sample=0.02):
     return best
 
 
-def matmul_peak_gflops(dtype=np.float32, n=2048, repeat=5):
-    """The machine's matrix-multiply rate as numpy reaches it: best of ``repeat`` n x n
-    products in dtype, in GFLOP/s (2 n^3 FLOPs each). numpy's own BLAS, all its threads."""
+def matmul(dtype=np.float32, n=2048):
+    """(callable, FLOPs): numpy's n x n matrix product in dtype (its own BLAS, all its threads),
+    2 n^3 FLOPs per call. The machine's matrix-multiply peak as numpy reaches it."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
     out = np.empty((n, n), dtype=dtype)
-    seconds = best_seconds([lambda: np.matmul(a, b, out=out)], repeat=repeat, min_sample=0)[0]
-    return 2 * n ** 3 / seconds / 1e9
+    return (lambda: np.matmul(a, b, out=out)), 2 * n ** 3
+
+
+def matmul_peak_gflops(dtype=np.float32, n=2048, repeat=5):
+    """GFLOP/s of the best of ``repeat`` n x n matrix products (see matmul)."""
+    func, flops = matmul(dtype, n)
+    return flops / best_seconds([func], repeat=repeat, min_sample=0)[0] / 1e9
 
 
 # -- a backward pass alone --------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The ``fastbp`` command: ``fastbp train`` trains an MLP and reports how it learns.
 
 Exit status: 0 on success; 2 for bad options or unusable data (one line on stderr, nothing
-written); 1 when training diverges; 130 after Ctrl-C (with ``--save``, the last good weights
-are written first).
+written); 1 when training diverges or an output file cannot be written; 130 after Ctrl-C
+(with ``--save``, the last good weights are written first).
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ from .model import ACTIVATIONS, LOSSES, MLP
 from .optim import SGD
 from .training import DivergenceError, fit
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 # Defaults: chosen so that `fastbp train` (the shipped digits) reaches 97% test accuracy or more
 # within seconds, and `--data mnist --layers 256,128 --epochs 5` reaches 97.5% or more.
@@ -348,8 +348,9 @@ def train(args):
     import numba
     threads = numba.get_num_threads()
     say(f"data   {ds.summary()}; {ds.scaling}")
-    say(f"model  {'-'.join(map(str, sizes))}, {', '.join(model.activations) or 'no hidden'} "
-        f"layers, {args.loss}, {args.dtype}, {model.n_params:,} parameters")
+    hidden = ("hidden " + "/".join(model.activations)) if model.activations else "no hidden layer"
+    say(f"model  {'-'.join(map(str, sizes))} ({hidden}), {args.loss}, {args.dtype}, "
+        f"{model.n_params:,} parameters")
     clip = "off" if args.clip_norm is None else f"{args.clip_norm:g}"
     say(f"train  SGD lr {args.lr:g} ({args.lr_schedule}), clip norm {clip}, batch "
         f"{args.batch_size}, {args.epochs} epochs, seed {args.seed}, {threads} threads")
@@ -371,7 +372,7 @@ def train(args):
                       progress=not args.quiet and _have_tqdm())
     except DivergenceError as exc:
         print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
-        return EXIT_DIVERGED
+        return EXIT_FAILED
     t_train = time.perf_counter() - t0
 
     epochs_run = history.n_epochs
@@ -401,14 +402,24 @@ def train(args):
                     "scale": ds.scale.tolist(), "image_shape": ds.image_shape,
                     "test_accuracy": test_accuracy, "epochs": epochs_run,
                     "interrupted": history.interrupted, "fastbp_version": __version__}
-        saved = save_model(model, args.save, metadata=metadata)
+        try:
+            saved = save_model(model, args.save, metadata=metadata)
+        except OSError as exc:
+            print(f"fastbp train: cannot write {args.save}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED if not history.interrupted else EXIT_INTERRUPTED
     plotted = None
     if args.plot is not None and epochs_run > 0:
         from .plotting import plot_history
         names = [f"layer {i + 1} ({a}\u2192{b})" for i, (a, b) in
                  enumerate(zip(sizes[:-1], sizes[1:]))]
-        plotted = plot_history(history, args.plot, layer_names=names,
-                               title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}")
+        try:
+            plotted = plot_history(history, args.plot, layer_names=names,
+                                   title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}")
+        except OSError as exc:
+            print(f"fastbp train: cannot write {args.plot}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED if not history.interrupted else EXIT_INTERRUPTED
     t_total = time.perf_counter() - t_start
 
     if args.json:

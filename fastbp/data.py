@@ -46,7 +46,6 @@ import importlib.resources
 import math
 import os
 import tempfile
-import urllib.request
 import warnings
 import zipfile
 import zlib
@@ -107,7 +106,8 @@ NAMED = {
         },
         class_names=tuple(str(d) for d in range(10))),
     "fashion-mnist": _Remote(
-        mirrors=("https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        # S3 website endpoints serve plain http; the SHA-256 check is what makes a file trusted.
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                  "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"),
         sha256={
             "train-images-idx3-ubyte.gz":
@@ -497,6 +497,8 @@ def download_verified(urls, dest, sha256, max_bytes=256 << 20, timeout=60):
     as it goes; only a file with the right digest is renamed to ``dest``, so ``dest`` never holds
     a partial or wrong file. Raises DataError naming the last failure when every URL fails.
     """
+    import urllib.request  # only needed here; keeps `import fastbp` light
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -534,17 +536,30 @@ def fetch(name, cache=None, mirrors=None, download=True, log=None):
     """
     remote = NAMED[name]
     folder = Path(cache if cache is not None else cache_dir()) / name
-    for file_name, digest in remote.sha256.items():
-        path = folder / file_name
-        if path.is_file() and _sha256(path) == digest:
-            continue
-        if not download:
-            state = "does not match its SHA-256" if path.exists() else "is missing"
-            raise DataError(f"{name}: {path} {state}")
-        urls = [base + file_name for base in (mirrors or remote.mirrors)]
-        if log is not None:
-            log(f"downloading {file_name} into {folder}")
-        download_verified(urls, path, digest)
+    new_dirs = [d for d in (folder.parent, folder) if not d.exists()]
+    try:
+        for file_name, digest in remote.sha256.items():
+            path = folder / file_name
+            if path.is_file() and _sha256(path) == digest:
+                continue
+            if not download:
+                state = "does not match its SHA-256" if path.exists() else "is missing"
+                raise DataError(f"{name}: {path} {state}")
+            urls = [base + file_name for base in (mirrors or remote.mirrors)]
+            if log is not None:
+                log(f"downloading {file_name} into {folder}")
+            try:
+                download_verified(urls, path, digest)
+            except DataError as exc:
+                raise DataError(f"{exc} (no network? fetch the four files yourself and give "
+                                "their folder as data_dir / --data-dir)") from None
+    except BaseException:
+        for d in reversed(new_dirs):  # leave no empty folders behind
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
     return folder
 
 

@@ -195,7 +195,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             stop = False
             if bar_factory is not None:
                 bar = bar_factory(total=n_samples, desc=f"epoch {epoch + 1}/{epochs}",
-                                  unit="sample", leave=False, dynamic_ncols=True,
+                                  unit="sample", unit_scale=True, leave=False,
+                                  dynamic_ncols=True,
                                   disable=None)  # None: no bar when not on a terminal
             if chunked:
                 for first in range(0, n_samples, chunk_steps * batch_size):

@@ -145,7 +145,7 @@ def test_mnist_from_a_data_dir(tmp_path, capsys):
 def test_real_mnist_one_epoch(capsys):
     summary = run_json(["--data", "mnist", "--data-dir", str(MNIST_DIR), "--layers", "256,128",
                         "--epochs", "1"], capsys)
-    assert summary["rows"]["test"] == 10000 and summary["test_accuracy"] > 0.95
+    assert summary["rows"]["test"] == 10000 and summary["test_accuracy"] > 0.93
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir() or not os.environ.get("FASTBP_SLOW_TESTS"),

@@ -458,3 +458,11 @@ def test_cache_dir_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTBP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert data.cache_dir() == tmp_path / "x" / "fastbp"
+
+
+def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "cache"))
+    gone = (tmp_path / "no-mirror").as_uri() + "/"
+    with pytest.raises(DataError, match="could not download train-images.*--data-dir"):
+        data.fetch("fashion-mnist", mirrors=[gone])
+    assert os.listdir(tmp_path) == []
