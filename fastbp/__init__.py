@@ -3,6 +3,7 @@ from . import kernels
 from ._threads import get_num_threads, set_num_threads
 from .gradcheck import gradcheck
 from .model import MLP
+from .monitor import GradientHealthWarning, GradientMonitor
 from .optim import SGD
 from .training import DivergenceError, History, fit
 from . import data
@@ -12,5 +13,5 @@ from .plotting import plot_history
 
 __version__ = "0.1.0"
 __all__ = ["MLP", "SGD", "fit", "gradcheck", "set_num_threads", "get_num_threads", "kernels",
-           "DivergenceError", "History", "data", "DataError", "save", "load", "ModelFileError",
-           "plot_history", "__version__"]
+           "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
+           "DataError", "save", "load", "ModelFileError", "plot_history", "__version__"]

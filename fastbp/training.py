@@ -31,7 +31,7 @@ import numpy as np
 from . import _validate, kernels
 from ._threads import pin_kernel_blas
 from .model import MLP
-from .optim import SGD
+from .optim import SGD, _refusal
 
 
 class DivergenceError(FloatingPointError):
@@ -102,7 +102,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     History, a dict of per-epoch lists:
         "loss": mean training loss over the epoch's batches, as seen during the epoch;
         "grad_norm": mean global gradient norm before clipping;
-        "layer_grad_norms": per layer, the L2 norm of (dW, db) after the epoch's last step;
+        "layer_grad_norms": per layer, the L2 norm of (dW, db), averaged over the epoch's steps
+        (each from the step's own clipping pass);
         "samples_per_s": training throughput (steps only) and "seconds": the steps' wall time;
         "accuracy": accuracy on the training rows after the epoch (classifiers: softmax
         cross-entropy, or MSE on one-hot or 0/1 targets);
@@ -181,6 +182,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     chunk_steps = max(32, -(-max_steps // 20))
     step_losses = np.empty(max_steps, dtype=np.float64)
     step_norms = np.empty(max_steps, dtype=np.float64)
+    step_layer_sq = np.empty((max_steps, len(model.sizes) - 1), dtype=np.float64)
 
     for cb in callbacks:
         if callable(getattr(cb, "on_train_begin", None)):
@@ -191,6 +193,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             start_time = time.perf_counter()
             order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
             loss_sum = norm_sum = 0.0
+            layer_norm_sum = np.zeros(len(model.sizes) - 1)
             n_steps = n_seen = 0
             stop = False
             if bar_factory is not None:
@@ -202,17 +205,18 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                 for first in range(0, n_samples, chunk_steps * batch_size):
                     rows = order[first:first + chunk_steps * batch_size]
                     done = optimizer._train_epoch(X, y, rows, batch_size, x_batch, y_batch,
-                                                  step_losses, step_norms)
+                                                  step_losses, step_norms, step_layer_sq)
                     wanted = -(-rows.shape[0] // batch_size)
                     if done < wanted:
                         raise DivergenceError(
                             f"training diverged at epoch {epoch + 1}, step "
-                            f"{n_steps + done + 1}: loss {step_losses[done]}, gradient norm "
-                            f"{step_norms[done]}; parameters left unchanged")
+                            f"{n_steps + done + 1}: " + _refusal(
+                                step_losses[done], step_norms[done], optimizer.lr, model.dtype))
                     sizes = np.full(done, batch_size, dtype=np.float64)
                     sizes[-1] = rows.shape[0] - batch_size * (done - 1)
                     loss_sum += float(step_losses[:done] @ sizes)
                     norm_sum += float(step_norms[:done].sum())
+                    layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
                     n_steps += done
                     n_seen += rows.shape[0]
                     if bar is not None:
@@ -232,6 +236,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                                               f"{n_steps + 1}: {exc}") from None
                     loss_sum += loss * n
                     norm_sum += norm
+                    layer_norm_sum += model.grad_norms()  # from the step's own norm pass
                     n_steps += 1
                     n_seen += n
                     for hook in step_hooks:
@@ -249,7 +254,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                 bar = None
 
             record = {"loss": loss_sum / n_seen, "grad_norm": norm_sum / n_steps,
-                      "layer_grad_norms": _layer_grad_norms(model),
+                      "layer_grad_norms": [float(v) for v in layer_norm_sum / n_steps],
                       "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
                       "seconds": seconds}
             for prefix, scorer in scorers:
@@ -384,19 +389,6 @@ class _Scorer:
         else:
             accuracy = None
         return loss, accuracy
-
-
-def _layer_grad_norms(model):
-    """Per-layer L2 norms of the gradients in model.grads (weights and bias together)."""
-    grad_norms = getattr(model, "grad_norms", None)
-    if callable(grad_norms):
-        return [float(v) for v in grad_norms()]
-    norms = []
-    for dw, db in zip(model.weight_grads, model.bias_grads):
-        w = dw.ravel().astype(np.float64)
-        b = db.astype(np.float64)
-        norms.append(math.sqrt(float(w @ w) + float(b @ b)))
-    return norms
 
 
 class _BestWeights:
