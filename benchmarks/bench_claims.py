@@ -105,8 +105,10 @@ def _numpy_bytes(snapshot):
 
 
 class ActivationMemory:
-    """Bytes of array data that a model keeps after its first training step (tracemalloc, numpy's
-    domain), that is its activation, delta and per-sample loss buffers, against the formula
+    """Bytes of array data that a new model and its first training step leave allocated
+    (tracemalloc, numpy's domain) less its parameters, gradients and optimizer scratch (as
+    memory_report gives them): that is its activation, delta and per-sample loss buffers,
+    against the formula
 
         itemsize * batch * (depth * width + 10 + 2 * width) + 8 * batch
 
@@ -125,23 +127,27 @@ class ActivationMemory:
         common.skip_unless_affordable(sizes, batch)
         self.dtype = common.DTYPES[dtype]
         common.Net([8, 8, 10], 2, dtype)  # compile/load the kernels on another model first
-        self.model = fastbp.MLP(sizes, dtype=self.dtype, seed=0)
-        self.optimizer = fastbp.SGD(self.model, lr=common.LR, clip_norm=common.CLIP_NORM)
+        self.sizes = sizes
         self.X, self.y = common.synthetic_batch(batch, width, self.dtype)
         self.formula = (np.dtype(self.dtype).itemsize * batch * (depth * width + 10 + 2 * width)
                         + 8 * batch)
 
     def _measure(self):
+        import fastbp
+
         gc.collect()
         tracemalloc.start()
         try:
             before = _numpy_bytes(tracemalloc.take_snapshot())
-            self.optimizer.train_step(self.X, self.y)
+            model = fastbp.MLP(self.sizes, dtype=self.dtype, seed=0)
+            fastbp.SGD(model, lr=common.LR, clip_norm=common.CLIP_NORM).train_step(self.X,
+                                                                                   self.y)
             gc.collect()
             after = _numpy_bytes(tracemalloc.take_snapshot())
         finally:
             tracemalloc.stop()
-        return after - before
+        report = model.memory_report()
+        return after - before - report["params"] - report["grads"] - report["optimizer"]
 
     def track_activation_bytes(self, width, depth, batch, dtype):
         return self._measure()
@@ -155,18 +161,15 @@ class ActivationMemory:
 
 
 class Allocations:
-    """Memory allocated while training, over 200 public SGD.train_step calls after a warm-up.
+    """Memory allocated while training.
 
-    track_allocations_per_step: allocations made by Numba's runtime per step, from Numba's own
-    counters (NUMBA_NRT_STATS, switched on here at run time): arrays created inside compiled
-    code, and also the two small scheduling arrays that Numba's parfor lowering allocates each
-    time a prange loop runs (numba 0.68: 2 per parallel region per call, whatever the sizes).
-    The claim is 0; a count that does not grow with width or batch and a flat
-    track_heap_peak_bytes mean only those scheduling arrays.
+    track_allocations_per_step: NRT allocations (Numba's runtime counters, switched on here at
+    run time) per training step, measured as the difference between 201 and 1 steps run inside
+    one compiled loop, so that the boxing of arguments from Python does not count. The claim: 0.
     track_heap_peak_bytes: the peak of everything tracemalloc traces (numpy arrays, Numba's
     allocations, which go through CPython's allocator, and Python objects) above its level
-    before the steps. Any per-step array would show as at least its size; about a kilobyte of
-    Python objects and scheduling arrays is expected.
+    before 200 public SGD.train_step calls. Any per-step array would show as at least its size;
+    about a kilobyte of Python objects is expected.
     """
 
     params = [["64-128-10 b32", "784-256-128-10 b128", "1024x3-10 b256"],
@@ -180,24 +183,42 @@ class Allocations:
                 "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
 
     def setup(self, network, dtype):
+        from numba import njit
+
         sizes, batch = self.NETWORKS[network]
         self.net = common.Net(sizes, batch, dtype)
         self.step = lambda: self.net.optimizer.train_step(self.net.X, self.net.y)
         for _ in range(3):
             self.step()
+        from fastbp import kernels
+
+        train_step = kernels.mlp_train_step
+
+        @njit
+        def loop(n, params, grads, work, x, target, net, lr, clip_norm):
+            # steps run from compiled code: Python's argument boxing (one NRT MemInfo per
+            # array argument per call) is paid once per loop, not per step
+            for _ in range(n):
+                train_step(params, grads, work, x, target, net, lr, clip_norm)
+
+        m, o = self.net.model, self.net.optimizer
+        self.loop = lambda n: loop(n, m.params, m.grads, m._work, self.net.X, self.net.y,
+                                   m._net, 1e-12, o.clip_norm)
+        self.loop(1)  # compile
 
     def track_allocations_per_step(self, network, dtype):
         from numba.core.runtime import _nrt_python, rtsys
 
+        def count(n):
+            before = rtsys.get_allocation_stats().alloc
+            self.loop(n)
+            return rtsys.get_allocation_stats().alloc - before
+
         _nrt_python.memsys_enable_stats()
         try:
-            before = rtsys.get_allocation_stats().alloc
-            for _ in range(self.n_steps):
-                self.step()
-            after = rtsys.get_allocation_stats().alloc
+            return (count(self.n_steps + 1) - count(1)) / self.n_steps
         finally:
             _nrt_python.memsys_disable_stats()
-        return (after - before) / self.n_steps
 
     track_allocations_per_step.unit = "allocations"
 
@@ -214,3 +235,47 @@ class Allocations:
         return peak - start
 
     track_heap_peak_bytes.unit = "bytes"
+
+
+class Checkpointing:
+    """Gradient checkpointing on a deep net: activation memory (memory_report) and training
+    step time with every layer's output kept (k = 1) and with every k-th only, the others
+    recomputed during the backward pass. The usual claim: much less memory for 20-30% more
+    time. track_step_time_ratio is the step time over k = 1's, measured in the same setup."""
+
+    params = [[1, 2, 4, 8]]
+    param_names = ["checkpoint_every"]
+    timeout = 300
+    SIZES = [256] + [512] * 16 + [10]
+    BATCH = 256
+
+    def setup(self, k):
+        import fastbp
+
+        self.X, self.y = common.synthetic_batch(self.BATCH, self.SIZES[0], np.float32)
+        self.runs = {}
+        for every in sorted({1, k}):
+            model = fastbp.MLP(self.SIZES, seed=0, checkpoint_every=every)
+            opt = fastbp.SGD(model, lr=common.LR, clip_norm=common.CLIP_NORM)
+            opt.train_step(self.X, self.y)
+            self.runs[every] = (model, opt)
+
+    def _step(self, k):
+        model, opt = self.runs[k]
+        return opt.train_step(self.X, self.y)
+
+    def time_train_step(self, k):
+        self._step(k)
+
+    def track_activation_bytes(self, k):
+        return self.runs[k][0].memory_report()["activations"]
+
+    track_activation_bytes.unit = "bytes"
+
+    def track_step_time_ratio(self, k):
+        if k == 1:
+            return 1.0
+        plain, checkpointed = common.best_seconds([lambda: self._step(1), lambda: self._step(k)])
+        return checkpointed / plain
+
+    track_step_time_ratio.unit = "ratio"

@@ -83,6 +83,8 @@ class Net:
     loss_and_grad() kernels.mlp_loss_and_grad   (forward + loss + backward)
     train_step()    kernels.mlp_train_step      (the above + clipping + SGD update)
 
+(through the flat-argument entry points kernels._from_python_*, as the Python layer calls them)
+
     They call the kernels exactly as fastbp.MLP and fastbp.SGD do (model.py, optim.py): this is
     the one place to update if those internals change.
     """
@@ -99,14 +101,12 @@ class Net:
         o.train_step(self.X, self.y)  # reserves the buffers; compiles or loads the kernels
         clip = o.clip_norm
 
-        self.forward = lambda: kernels.mlp_forward(
-            m._acts, m.params, self.X, m._sizes, m._codes, m._capacity)
-        self.loss_and_grad = lambda: kernels.mlp_loss_and_grad(
-            m.grads, m._acts, m._deltas, m._losses, m.params, self.X, self.y, m._sizes,
-            m._codes, m._capacity)
-        self.train_step = lambda: kernels.mlp_train_step(
-            m.params, m.grads, m._acts, m._deltas, m._losses, o._partials, self.X, self.y,
-            m._sizes, m._codes, m._capacity, o.lr, clip)
+        self.forward = lambda: kernels._from_python_forward(
+            m._work.acts, m.params, self.X, *m._net)
+        self.loss_and_grad = lambda: kernels._from_python_loss_and_grad(
+            m.grads, *m._work, m.params, self.X, self.y, *m._net)
+        self.train_step = lambda: kernels._from_python_train_step(
+            m.params, m.grads, *m._work, self.X, self.y, *m._net, o.lr, clip)
         self.forward()
         self.loss_and_grad()
         self.train_step()
@@ -323,11 +323,12 @@ class ComposedBackward:
         self._deltas = np.empty(2 * n * max(widths), dtype=net.dtype)
         self._losses = np.empty(n, dtype=np.float64)
         self._grads = np.empty_like(m.params)
-        args = (m.params, net.X, m._sizes, m._codes)
+        args = (m.params, net.X, m._net.sizes, m._net.activations)
         mod.forward(self._acts, *args)
         net.loss_and_grad()
         self.backward = lambda: mod.backward(self._grads, self._acts, self._deltas, self._losses,
-                                             m.params, net.X, net.y, m._sizes, m._codes)
+                                             m.params, net.X, net.y, m._net.sizes,
+                                             m._net.activations)
         self.backward()
         scale = max(float(np.abs(m.grads).max()), 1e-30)
         err = float(np.abs(self._grads - m.grads).max()) / scale
