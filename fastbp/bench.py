@@ -33,7 +33,8 @@ import numpy as np
 DEFAULT_CONFIGS = ["64-128-10:32", "784-256-128-10:128", "784-512-256-10:128",
                    "784-1024-1024-10:256", "2048-2048-2048-2048-10:512"]
 LR, CLIP = 0.01, 5.0
-EPOCH_BATCHES = 16
+# Batches per timed epoch of the "fit" figure: 16, fewer for large steps (at least 2).
+EPOCH_FLOPS = 4e10
 
 
 def parse_config(text):
@@ -86,7 +87,8 @@ def matmul_peak(threads, min_time):
 def fastbp_times(sizes, batch, min_time):
     import fastbp
     rng = np.random.default_rng(0)
-    n = batch * EPOCH_BATCHES
+    n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * _n_params(sizes)))))
+    n = batch * n_batches
     X = rng.standard_normal((n, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], n)
     model = fastbp.MLP(sizes, seed=0)
@@ -97,15 +99,19 @@ def fastbp_times(sizes, batch, min_time):
     Xc, yc = model._check_batch(X, y)
     x_batch = np.empty((batch, sizes[0]), np.float32)
     y_batch = np.empty(batch, np.int64)
-    losses, norms = np.empty(EPOCH_BATCHES), np.empty(EPOCH_BATCHES)
-    layer_sq = np.empty((EPOCH_BATCHES, len(sizes) - 1))
+    losses, norms = np.empty(n_batches), np.empty(n_batches)
+    layer_sq = np.empty((n_batches, len(sizes) - 1))
     order = np.arange(n)
 
     def epoch():
         done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms, layer_sq)
-        assert done == EPOCH_BATCHES, "the benchmark diverged"
-    fit_step = time_per_call(epoch, min_time) / EPOCH_BATCHES
+        assert done == n_batches, "the benchmark diverged"
+    fit_step = time_per_call(epoch, min_time) / n_batches
     return step, fit_step, model.n_params
+
+
+def _n_params(sizes):
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def torch_time(sizes, batch, threads, min_time):
