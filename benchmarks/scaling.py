@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py [--batch 256] [--depth 2] [--dtype float32] [--points 10]
                                  [--pmin 1e4] [--pmax 1e7] [--threads N] [--out docs/scaling.png]
+                                 [--json FILE] [--from-json FILE]
 
 Networks [w] * (depth + 1) + [10] with parameter counts p log-spaced from pmin to pmax are timed
 at a fixed batch (best of interleaved samples; fastbp's compiled kernels called directly, as in
@@ -9,10 +10,15 @@ the asv suite): the forward pass, forward + backward, and a whole training step.
 prints a table, the least-squares slope of log(step time) against log(p) (the claim: 1.0), the
 spread of the time per parameter per sample around its median (the claim: within +-25%), and
 the backward/forward and step/inference ratios (claims: about 2 and about 3); it writes a plot.
-Needs matplotlib for the plot (pip install matplotlib, or fastbp's "bench" extra).
+Needs matplotlib for the plot (pip install matplotlib, or fastbp's "bench" extra); --json saves
+the measurements, and --from-json plots saved ones (measure on one machine, plot on another).
+
+Measure on an otherwise idle machine: Numba's threads wait for each other at every parallel
+loop, so a core busy with other work stretches a 100-microsecond step to milliseconds.
 """
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -42,6 +48,10 @@ def _parse(argv):
                         help="fastbp.set_num_threads (default: all Numba may use)")
     parser.add_argument("--out", default=os.path.join(common.REPO, "docs", "scaling.png"),
                         help="PNG to write ('' for none)")
+    parser.add_argument("--json", default="", help="also write the measurements to this file")
+    parser.add_argument("--from-json", default="",
+                        help="measure nothing: report and plot the measurements in this file "
+                             "(written by --json, possibly on another machine)")
     return parser.parse_args(argv)
 
 
@@ -83,54 +93,82 @@ def _plot(path, rows, slope, intercept, title):
     plt.close(fig)
 
 
-def main(argv=None):
-    args = _parse(argv)
+def _measure(args):
     import fastbp
 
     if args.threads is not None:
         fastbp.set_num_threads(args.threads)
     targets = np.geomspace(args.pmin, args.pmax, args.points)
     widths = sorted({common.width_for_params(t, args.depth) for t in targets})
-    print(f"fastbp {fastbp.__version__}, {args.dtype}, batch {args.batch}, depth {args.depth}, "
-          f"{fastbp.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'width':>6} {'p':>10} {'forward':>11} {'fwd+bwd':>11} {'step':>11} "
-          f"{'ns/p/sample':>12} {'bwd/fwd':>8} {'step/inf':>9} {'GFLOP/s':>8}")
+    setting = (f"fastbp {fastbp.__version__}, {args.dtype}, batch {args.batch}, "
+               f"[w]*{args.depth + 1}+[10], {fastbp.get_num_threads()} threads")
+    print(f"{setting}, {platform.processor() or platform.machine()}")
+    print(_HEADER)
     rows = []
     for width in widths:
         net = common.Net(common.layer_sizes(width, args.depth), args.batch, args.dtype)
         forward, forward_backward, step = common.best_seconds(
             [net.forward, net.loss_and_grad, net.train_step], repeat=args.repeat)
-        row = dict(width=width, p=net.n_params, forward=forward,
-                   forward_backward=forward_backward, step=step,
-                   per_param_sample=step / (net.n_params * args.batch),
-                   backward_forward=(forward_backward - forward) / forward,
-                   step_inference=step / forward, gflops=net.flops / step / 1e9)
-        rows.append(row)
-        print(f"{width:>6} {row['p']:>10,} {forward * 1e6:>9.1f}us {forward_backward * 1e6:>9.1f}us "
-              f"{step * 1e6:>9.1f}us {row['per_param_sample'] * 1e9:>12.4f} "
-              f"{row['backward_forward']:>8.2f} {row['step_inference']:>9.2f} "
-              f"{row['gflops']:>8.1f}", flush=True)
+        rows.append(dict(width=width, p=net.n_params, batch=args.batch, forward=forward,
+                         forward_backward=forward_backward, step=step))
+        print(_line(rows[-1]), flush=True)
         del net
+    return setting, rows
+
+
+_HEADER = (f"{'width':>6} {'p':>10} {'forward':>11} {'fwd+bwd':>11} {'step':>11} "
+           f"{'ns/p/sample':>12} {'bwd/fwd':>8} {'step/inf':>9} {'GFLOP/s':>8}")
+
+
+def _derive(row):
+    row["per_param_sample"] = row["step"] / (row["p"] * row["batch"])
+    row["backward_forward"] = (row["forward_backward"] - row["forward"]) / row["forward"]
+    row["step_inference"] = row["step"] / row["forward"]
+    row["gflops"] = 6 * row["p"] * row["batch"] / row["step"] / 1e9
+    return row
+
+
+def _line(row):
+    r = _derive(row)
+    return (f"{r['width']:>6} {r['p']:>10,} {r['forward'] * 1e6:>9.1f}us "
+            f"{r['forward_backward'] * 1e6:>9.1f}us {r['step'] * 1e6:>9.1f}us "
+            f"{r['per_param_sample'] * 1e9:>12.4f} {r['backward_forward']:>8.2f} "
+            f"{r['step_inference']:>9.2f} {r['gflops']:>8.1f}")
+
+
+def main(argv=None):
+    args = _parse(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        setting, rows = saved["setting"], saved["rows"]
+        print(f"{setting} (from {args.from_json}, measured on {saved.get('machine', '?')})")
+        print(_HEADER)
+        for row in rows:
+            print(_line(row))
+    else:
+        setting, rows = _measure(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"setting": setting, "machine": platform.node(), "rows": rows}, f,
+                      indent=1)
 
     log_p = np.log([r["p"] for r in rows])
     slope, intercept = np.polyfit(log_p, np.log([r["step"] for r in rows]), 1)
     per = np.array([r["per_param_sample"] for r in rows])
     spread = np.abs(per / np.median(per) - 1).max()
+    bf = [r["backward_forward"] for r in rows]
+    si = [r["step_inference"] for r in rows]
     print(f"\nslope of log(step time) against log(p), p = {rows[0]['p']:,} ... {rows[-1]['p']:,}: "
           f"{slope:.3f} (claim: 1.0)")
     print(f"time per parameter per sample: median {np.median(per) * 1e9:.4f} ns, largest "
           f"deviation from it {spread * 100:.0f}% (claim: within 25%)")
-    print(f"backward / forward: median {np.median([r['backward_forward'] for r in rows]):.2f} "
-          f"(range {min(r['backward_forward'] for r in rows):.2f} ... "
-          f"{max(r['backward_forward'] for r in rows):.2f}; claim: about 2)")
-    print(f"training step / inference: median "
-          f"{np.median([r['step_inference'] for r in rows]):.2f} "
-          f"(range {min(r['step_inference'] for r in rows):.2f} ... "
-          f"{max(r['step_inference'] for r in rows):.2f}; claim: about 3)")
+    print(f"backward / forward: median {np.median(bf):.2f} (range {min(bf):.2f} ... "
+          f"{max(bf):.2f}; claim: about 2)")
+    print(f"training step / inference: median {np.median(si):.2f} (range {min(si):.2f} ... "
+          f"{max(si):.2f}; claim: about 3)")
     if args.out:
-        title = (f"fastbp {fastbp.__version__}: {args.dtype}, batch {args.batch}, "
-                 f"[w]*{args.depth + 1}+[10], {fastbp.get_num_threads()} threads; "
-                 f"slope {slope:.2f}, spread {spread * 100:.0f}%")
+        title = f"{setting}: slope {slope:.2f}, largest deviation {spread * 100:.0f}%"
         try:
             _plot(args.out, rows, slope, intercept, title)
             print(f"plot: {args.out}")
