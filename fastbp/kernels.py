@@ -52,9 +52,12 @@ __all__ = [
 
 IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
 
-# The one place that sets floating-point flags. It leaves out nnan and ninf, so NaN and Inf still
-# propagate and the checks for them keep working.
-_FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+# The one place that sets floating-point flags. reassoc lets reductions vectorise (the order is
+# fixed at compile time, so results stay deterministic). Left out: nnan and ninf, so that NaN and
+# Inf still propagate and the checks for them keep working; arcp and contract, with which the
+# code Numba compiles in-process and the code it reloads from its cache differed in the last bit
+# (so a fresh process and a cached one would not agree bitwise).
+_FASTMATH = {"nsz", "reassoc"}
 _SERIAL = dict(cache=True, nogil=True, fastmath=_FASTMATH)
 _PARALLEL = dict(_SERIAL, parallel=True)
 
