@@ -93,6 +93,17 @@ def _plot(path, rows, slope, intercept, title):
     plt.close(fig)
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _measure(args):
     import fastbp
 
@@ -101,8 +112,9 @@ def _measure(args):
     targets = np.geomspace(args.pmin, args.pmax, args.points)
     widths = sorted({common.width_for_params(t, args.depth) for t in targets})
     setting = (f"fastbp {fastbp.__version__}, {args.dtype}, batch {args.batch}, "
-               f"[w]*{args.depth + 1}+[10], {fastbp.get_num_threads()} threads")
-    print(f"{setting}, {platform.processor() or platform.machine()}")
+               f"[w]*{args.depth + 1}+[10], {fastbp.get_num_threads()} threads of "
+               f"{os.cpu_count()} CPUs ({_cpu_model()})")
+    print(setting)
     print(_HEADER)
     rows = []
     for width in widths:
