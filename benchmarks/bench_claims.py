@@ -116,7 +116,7 @@ class ActivationMemory:
     that every layer reuses, and one float64 loss per sample. track_activation_bytes_vs_formula
     must be 1.0: anything above it is memory the formula does not explain."""
 
-    params = [[128, 2048], [1, 2, 8], [1, 256], ["float32", "float64"]]
+    params = [[128, 2048], [1, 8], [1, 256], ["float32", "float64"]]
     param_names = ["width", "depth", "batch", "dtype"]
     timeout = 120
 

@@ -26,7 +26,7 @@ SMOKE = [
     r"Ratios\.\w+\(128, 2, 32\)",
     r"OrderP\.track_time_per_param_sample\('1e4'\)",
     r"OrderPSpread\.track_spread$",
-    r"ActivationMemory\.\w+\(128, 2, 256, 'float32'\)",
+    r"ActivationMemory\.\w+\(128, 8, 256, 'float32'\)",
     r"Allocations\.\w+\('64-128-10 b32', 'float32'\)",
     r"timeraw_import$",
     r"FirstStep\.timeraw_first_step\('warm', 'float32'\)",
