@@ -33,7 +33,8 @@ class SGD:
     def step(self):
         """Update the parameters from ``model.grads``; returns the gradient norm before clipping.
 
-        Raises FloatingPointError, leaving the parameters untouched, if the norm is NaN or Inf.
+        Raises FloatingPointError, leaving the parameters untouched, if the norm is NaN or Inf
+        or the update would overflow the model's dtype.
         """
         m = self.model
         norm, applied = kernels.clip_sgd_update(m.params, m._work.layer_sq, m._work.partials,
@@ -45,11 +46,11 @@ class SGD:
         return norm
 
     def train_step(self, X, y):
-        """``model.loss_and_grad(X, y)`` then ``step()``, in one compiled call (the fast path
-        that ``fit`` uses). Returns the mean loss.
+        """``model.loss_and_grad(X, y)`` then ``step()``, in one compiled call. Returns the
+        mean loss. (``fit`` goes one further: a whole epoch per compiled call.)
 
         Raises FloatingPointError, leaving the parameters untouched, if the loss or the
-        gradient norm is NaN or Inf.
+        gradient norm is NaN or Inf, or the update would overflow the model's dtype.
         """
         m = self.model
         X, y = m._check_batch(X, y)
