@@ -181,7 +181,9 @@ class MLP:
         """L2 norm of each layer's gradient (W and b together), as a new (L,) float64 array.
 
         After a training step these come from the same pass that computed the global norm for
-        clipping; after loss_and_grad alone they cost one pass over grads.
+        clipping; after loss_and_grad alone they cost one pass over grads. (They describe the
+        gradients fastbp last computed: after writing into ``grads`` yourself, call
+        ``kernels.layer_sums_of_squares`` instead.)
         """
         work = self._work
         if not self._grad_norms_fresh:
