@@ -23,8 +23,9 @@ class GradientMonitor:
     ``every="epoch"`` (the default) checks once per epoch, on the mean over the epoch's steps of
     each layer's norm, and keeps fit on its fastest path (a whole epoch per compiled call).
     ``every="step"`` checks after every step (fit then returns to Python between steps).
-    ``records`` holds what was checked: (epoch, step or None, norms) tuples; ``fit`` also keeps
-    the per-epoch means in ``history["layer_grad_norms"]``. Each kind of problem is reported
+    ``records`` holds what was checked: (epoch, step or None, norms) tuples; ``fit`` keeps the
+    per-epoch means in ``history["layer_grad_norms"]``, and with ``every="step"`` the monitor
+    adds ``history["step_layer_grad_norms"]``: per epoch, a list of each step's layer norms. Each kind of problem is reported
     once per layer per epoch at most.
     """
 
@@ -45,6 +46,9 @@ class GradientMonitor:
     def on_epoch_end(self, epoch, history, model):
         if self.every == "epoch":
             self.check(np.asarray(history["layer_grad_norms"][-1]), epoch, None)
+        else:
+            steps = [norms.tolist() for e, _, norms in self.records if e == epoch]
+            history.setdefault("step_layer_grad_norms", []).append(steps)
 
     def _on_step_end(self, epoch, step, loss, grad_norm, model):
         self.check(model.grad_norms(), epoch, step)

@@ -31,6 +31,10 @@ def test_deep_sigmoid_net_has_vanishing_gradients_and_is_reported(every, rng):
     assert monitor.records and monitor.records[0][2].shape == (10,)
     if every == "step":
         assert len(monitor.records) == 2 * 4 and monitor.records[1][1] == 1
+        per_step = history["step_layer_grad_norms"]
+        assert [len(epoch) for epoch in per_step] == [4, 4]
+        # the epoch means fit records are the means of these per-step norms
+        assert np.allclose(np.mean(per_step[1], axis=0), norms[1], rtol=1e-12)
     else:
         assert [r[1] for r in monitor.records] == [None, None]
 
