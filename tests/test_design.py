@@ -83,7 +83,7 @@ def test_training_steps_do_not_allocate_in_python(dtype):
     fastbp.set_num_threads(1)
     rng = np.random.default_rng(0)
     peaks = {}
-    for n_rows in (16, 1024):
+    for n_rows in (16, 8192):
         model = fastbp.MLP([16, 32, 4], activation="relu", dtype=dtype, seed=0)
         opt = fastbp.SGD(model, lr=1e-3, clip_norm=1.0)
         X = rng.normal(size=(n_rows, 16)).astype(dtype)
@@ -92,8 +92,9 @@ def test_training_steps_do_not_allocate_in_python(dtype):
         assert growth < 2048, f"{growth} bytes more after 400 steps (batch {n_rows})"
         assert peak < 8192, f"peak of {peak} bytes during the steps (batch {n_rows})"
         peaks[n_rows] = peak
-    # the big batch's activations alone would be 1024 * 32 * itemsize bytes
-    assert peaks[1024] <= peaks[16] + 1024
+    # Any array with even one byte per row would add 8192 bytes to the big batch's peak; the
+    # peaks themselves move by a few KB with Python's and Numba's dispatch caches.
+    assert peaks[8192] <= peaks[16] + 4096
 
 
 def test_buffers_grow_once_and_smaller_batches_reuse_them():
