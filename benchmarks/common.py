@@ -83,10 +83,9 @@ class Net:
     loss_and_grad() kernels.mlp_loss_and_grad   (forward + loss + backward)
     train_step()    kernels.mlp_train_step      (the above + clipping + SGD update)
 
-(through the flat-argument entry points kernels._from_python_*, as the Python layer calls them)
-
-    They call the kernels exactly as fastbp.MLP and fastbp.SGD do (model.py, optim.py): this is
-    the one place to update if those internals change.
+    They call the kernels through the flat-argument entry points kernels._from_python_*, exactly
+    as fastbp.MLP and fastbp.SGD do (model.py, optim.py): this is the one place to update if
+    those internals change.
     """
 
     def __init__(self, sizes, batch, dtype, seed=0):
