@@ -352,25 +352,47 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation):
 
 
 @njit(**_SERIAL)
+def _row_max(row):
+    top = row[0]
+    for j in range(1, row.shape[0]):
+        if row[j] > top:
+            top = row[j]
+    return top
+
+
+@njit(**_SERIAL)
+def _logsumexp(row):
+    """log(sum(exp(row))), shifted by the row's maximum: no overflow for any finite row."""
+    top = _row_max(row)
+    total = 0.0
+    for j in range(row.shape[0]):
+        total += math.exp(row[j] - top)
+    return top + math.log(total)
+
+
+@njit(**_SERIAL)
+def _scaled_softmax_row(out, row, scale):
+    """out (N,) = scale * softmax(row); returns logsumexp(row). out may be row."""
+    top = _row_max(row)
+    total = 0.0
+    for j in range(row.shape[0]):
+        e = math.exp(row[j] - top)  # <= 1: no overflow for any finite logits
+        out[j] = e
+        total += e
+    inv = scale / total
+    for j in range(row.shape[0]):
+        out[j] *= inv
+    return top + math.log(total)
+
+
+@njit(**_SERIAL)
 def _softmax_ce_row(drow, logits_row, label, scale):
     """One row of the fused softmax cross-entropy; returns the row's loss. drow may be
     logits_row. scale = 1/B."""
-    n = logits_row.shape[0]
-    top = logits_row[0]
-    for j in range(1, n):
-        if logits_row[j] > top:
-            top = logits_row[j]
-    target_logit = logits_row[label]
-    total = 0.0
-    for j in range(n):
-        e = math.exp(logits_row[j] - top)  # <= 1: no overflow for any finite logits
-        drow[j] = e
-        total += e
-    inv = scale / total
-    for j in range(n):
-        drow[j] *= inv
+    target_logit = logits_row[label]  # read before drow, which may be the same row, is written
+    lse = _scaled_softmax_row(drow, logits_row, scale)
     drow[label] -= scale
-    return top + math.log(total) - target_logit
+    return lse - target_logit
 
 
 @njit(**_PARALLEL)
@@ -399,15 +421,7 @@ def softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels):
 def softmax_cross_entropy_loss(losses, logits, labels):
     """losses (B,) as in softmax_cross_entropy_forward_backward, no gradient; returns the mean."""
     for i in range(logits.shape[0]):
-        row = logits[i]
-        top = row[0]
-        for j in range(1, row.shape[0]):
-            if row[j] > top:
-                top = row[j]
-        total = 0.0
-        for j in range(row.shape[0]):
-            total += math.exp(row[j] - top)
-        losses[i] = top + math.log(total) - row[labels[i]]
+        losses[i] = _logsumexp(logits[i]) - logits[i, labels[i]]
     return _mean(losses)
 
 
@@ -415,19 +429,7 @@ def softmax_cross_entropy_loss(losses, logits, labels):
 def softmax_forward(probs, logits):
     """probs (B, OC) = softmax of each row of logits (B, OC); probs may be logits."""
     for i in range(logits.shape[0]):
-        row = logits[i]
-        top = row[0]
-        for j in range(1, row.shape[0]):
-            if row[j] > top:
-                top = row[j]
-        total = 0.0
-        for j in range(row.shape[0]):
-            e = math.exp(row[j] - top)
-            probs[i, j] = e
-            total += e
-        inv = 1.0 / total
-        for j in range(row.shape[0]):
-            probs[i, j] *= inv
+        _scaled_softmax_row(probs[i], logits[i], 1.0)
 
 
 @njit(**_PARALLEL)
