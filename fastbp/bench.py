@@ -16,6 +16,11 @@ included, no per-step Python). PyTorch runs an eager loop (zero_grad, forward, l
 clip_grad_norm_, SGD step) on preallocated tensors; JAX, when installed, the whole step under one
 ``jax.jit``. Each figure is the median of several timed repeats after a warm-up.
 
+"gemm us" is the time the step's matrix products take on their own, each as one NumPy matmul
+with the same threads (forward, weight gradient and input gradient of every layer but the first
+layer's input gradient); "% gemm" is that time as a percentage of fastbp's step. On large nets it
+is the floor this machine's BLAS sets; on small nets NumPy's cost per call dominates it.
+
 With ``--threads N`` smaller than the machine's cores, the process is pinned to N cores (Linux),
 so that every library gets the same N.
 """
@@ -82,6 +87,27 @@ def matmul_peak(threads, min_time):
     with threadpool_limits(limits=threads, user_api="blas"):
         seconds = time_per_call(lambda: np.matmul(a, a, out=out), min_time)
     return 2 * 2048 ** 3 / seconds / 1e9
+
+
+def gemm_time(sizes, batch, threads, min_time):
+    """Seconds the step's matrix products take on their own, each one NumPy matmul on `threads`
+    BLAS threads: every layer's forward product, weight gradient and input gradient (except the
+    first layer's, which no trainer needs). For large nets that is the floor under a step on
+    this machine; on small ones NumPy's cost per call dominates it."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    total = 0.0
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            x = rng.standard_normal((batch, n_in)).astype(np.float32)
+            w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+            d = rng.standard_normal((batch, n_out)).astype(np.float32)
+            out, dw, dx = np.empty_like(d), np.empty_like(w), np.empty_like(x)
+            products = [lambda: np.matmul(x, w, out=out), lambda: np.matmul(x.T, d, out=dw)]
+            if layer > 0:
+                products.append(lambda: np.matmul(d, w.T, out=dx))
+            total += sum(time_per_call(f, min_time / 3) for f in products)
+    return total
 
 
 def fastbp_times(sizes, batch, min_time):
@@ -296,7 +322,8 @@ def main(argv=None):
     print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}; "
           f"float32 matmul peak {peak:.1f} GFLOP/s")
     header = (f"{'config':<28}{'params':>11}{'step us':>10}{'fit us':>10}{'torch us':>10}"
-              f"{'jax us':>9}{'x torch':>9}{'x jax':>7}{'GFLOP/s':>9}{'% peak':>8}")
+              f"{'jax us':>9}{'x torch':>9}{'x jax':>7}{'GFLOP/s':>9}{'% peak':>8}"
+              f"{'gemm us':>10}{'% gemm':>8}")
     print(header)
     rows = []
     for sizes, batch in args.configs:
@@ -312,6 +339,8 @@ def main(argv=None):
         if have.get("jax"):
             row["jax_us"] = jax_time(sizes, batch, args.min_time) * 1e6
             row["speedup_vs_jax"] = row["jax_us"] / (best * 1e6)
+        row["numpy_gemm_us"] = gemm_time(sizes, batch, threads, args.min_time) * 1e6
+        row["percent_of_gemm"] = 100 * row["numpy_gemm_us"] / (best * 1e6)
         rows.append(row)
 
         def cell(key, width, fmt):
@@ -320,7 +349,8 @@ def main(argv=None):
               f"{cell('fit_step_us', 10, '.0f')}{cell('torch_us', 10, '.0f')}"
               f"{cell('jax_us', 9, '.0f')}{cell('speedup_vs_torch', 9, '.2f')}"
               f"{cell('speedup_vs_jax', 7, '.2f')}{cell('gflops', 9, '.1f')}"
-              f"{cell('percent_of_peak', 8, '.0f')}")
+              f"{cell('percent_of_peak', 8, '.0f')}{cell('numpy_gemm_us', 10, '.0f')}"
+              f"{cell('percent_of_gemm', 8, '.0f')}")
     result = {"machine": info, "threads": threads, "peak_gflops": peak, "configs": rows}
     if args.mnist:
         result["mnist"] = m = mnist_epochs(args.mnist, threads, have_torch=have.get("torch"))

@@ -1,0 +1,44 @@
+"""The benchmark command, `python -m fastbp.bench`: runs end to end on a tiny config, writes the
+fields the README's tables are made of, and rejects bad arguments. (Timings are not checked:
+they belong to the benchmark, not to a pass/fail test.)"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastbp import bench
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "fastbp.bench", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bench_writes_every_column_without_torch_or_jax(tmp_path):
+    out = tmp_path / "bench.json"
+    result = _run("--threads", "1", "--configs", "8-16-4:8,6-5:3", "--min-time", "0.01",
+                  "--no-torch", "--no-jax", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["threads"] == 1 and data["peak_gflops"] > 0
+    assert [row["config"] for row in data["configs"]] == ["8-16-4:8", "6-5:3"]
+    first = data["configs"][0]
+    assert first["params"] == (8 + 1) * 16 + (16 + 1) * 4
+    for key in ("step_us", "fit_step_us", "gflops", "percent_of_peak", "numpy_gemm_us",
+                "percent_of_gemm"):
+        assert first[key] > 0, key
+    assert "torch_us" not in first and "jax_us" not in first
+    assert first["gflops"] == pytest.approx(6 * first["params"] * 8 / first["fit_step_us"] / 1e3)
+    assert "8-16-4:8" in result.stdout  # the table is printed too
+
+
+@pytest.mark.parametrize("text", ["784-10", "784:128", "784-x:1", "1:1", "5-0:4", "5-3:0"])
+def test_bad_configs_are_refused(text):
+    with pytest.raises(Exception, match="bad config"):
+        bench.parse_config(text)
+
+
+def test_bad_thread_count_is_refused():
+    result = _run("--threads", "100000", "--configs", "8-4:2", "--no-torch", "--no-jax")
+    assert result.returncode == 2 and "--threads" in result.stderr
