@@ -305,7 +305,8 @@ def main(argv=None):
         parser.error(f"--threads: expected 1..{cores}, got {threads}")
     if threads < cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
+    # Not NUMBA_NUM_THREADS: `python -m fastbp.bench` has imported fastbp (and started Numba's
+    # pool) before this line, and changing it now makes Numba refuse to compile.
     import fastbp
     fastbp.set_num_threads(threads)
 

@@ -61,6 +61,7 @@ IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
 _FASTMATH = {"nsz", "reassoc"}
 _SERIAL = dict(cache=True, nogil=True, fastmath=_FASTMATH)
 _PARALLEL = dict(_SERIAL, parallel=True)
+_INLINED = dict(_SERIAL, inline="always")
 
 # Multiply-adds a tile must hold before it is worth waking another thread for it: entering a
 # parallel region costs about 2 us on 2 threads and 8 us on 16 (measured), ~6 us of GEMM work.
@@ -587,7 +588,7 @@ def sgd_update(params, grads, step):
         _axpy(params[chunk], step_, grads[chunk])
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def clip_sgd_update(params, layer_sq, partials, grads, param_offsets, lr, clip_norm):
     """One SGD step with global-norm clipping. Returns (gradient norm before clipping, applied).
 
@@ -715,7 +716,7 @@ def _delta(deltas, n_rows, width, half):
     return matrix_view(deltas, half * (deltas.shape[0] // 2), n_rows, width)
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _forward_layers(acts, params, x, net, first, stop):
     """Layers first..stop-1, reading layer first-1's output (x when first == 0)."""
     n_rows = x.shape[0]
@@ -726,7 +727,7 @@ def _forward_layers(acts, params, x, net, first, stop):
                       net.activations[layer])
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def mlp_forward(acts, params, x, net):
     """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
     x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer."""
@@ -769,7 +770,7 @@ def _batch_loss_impl(losses, output, target):
     return lambda losses, output, target: mse_loss(losses, output, target)
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def mlp_loss(work, params, x, target, net):
     """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
     cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses."""
@@ -777,7 +778,7 @@ def mlp_loss(work, params, x, target, net):
     return _batch_loss(work.losses[:x.shape[0]], output, target)
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def mlp_loss_and_grad(grads, work, params, x, target, net):
     """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
     returns the mean loss. With net.checkpoint_every = k > 1, each segment of k layers but the
@@ -810,7 +811,7 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
     return loss
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def mlp_train_step(params, grads, work, x, target, net, lr, clip_norm):
     """mlp_loss_and_grad then clip_sgd_update, in one call. Returns (loss, gradient norm,
     applied); the per-layer squared norms are left in work.layer_sq. When the loss is NaN or Inf
@@ -838,7 +839,7 @@ def _take_targets_impl(out, y, index):
     return lambda out, y, index: take_rows(out, y, index)
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
                     step_layer_sq, x, target, order, batch_size, net, lr, clip_norm):
     """One epoch of mini-batch SGD in one call, so that small networks pay no per-step call.
