@@ -85,13 +85,13 @@ def _span(tile, n_tiles, n):
 
 
 @njit(**_SERIAL)
-def _grid(n_rows, n_cols, depth):
+def _grid(n_rows, n_cols, depth, n_threads):
     """(row tiles, column tiles) for a matrix product with an (n_rows, n_cols) output and
-    depth-long dot products. Uses as many tiles as threads (fewer if the product is small) and,
+    depth-long dot products. Uses n_threads tiles (fewer if the product is small) and,
     among the splits into that many, the one that makes BLAS read and pack the least: each
     column tile re-reads the left operand (n_rows x depth) and each row tile the right one
     (depth x n_cols)."""
-    n = max(1, min(num_threads(), (n_rows * n_cols * depth) // MIN_TILE_WORK))
+    n = max(1, min(n_threads, (n_rows * n_cols * depth) // MIN_TILE_WORK))
     best_rows, best_cols = 1, 1
     best_tiles, best_cost = 0, 0
     for rows in range(1, min(n, n_rows) + 1):
@@ -285,7 +285,7 @@ def dense_forward(out, inp, weight, bias, activation):
     """
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
-    grid_rows, grid_cols = _grid(n_rows, n_out, n_in)
+    grid_rows, grid_cols = _grid(n_rows, n_out, n_in, num_threads())
     n_tiles = grid_rows * grid_cols
     if n_tiles == 1:
         _dense_forward_tile(out, inp, weight, bias, activation, 0, n_rows, 0, n_out)
@@ -331,11 +331,14 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation):
     """
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
-    w_rows, w_cols = _grid(n_in, n_out, n_rows)
+    # With both products to do, each gets half the threads: on 2 cores, the two whole products
+    # side by side ran 5-8% faster than each split in halves (fewer, larger BLAS calls).
+    w_threads = num_threads() if dinp.shape[0] == 0 else max(1, num_threads() // 2)
+    w_rows, w_cols = _grid(n_in, n_out, n_rows, w_threads)
     n_weight_tiles = w_rows * w_cols
     i_rows, i_cols = 1, 1
     if dinp.shape[0] > 0:
-        i_rows, i_cols = _grid(n_rows, n_in, n_out)
+        i_rows, i_cols = _grid(n_rows, n_in, n_out, max(1, num_threads() - w_threads))
     n_input_tiles = i_rows * i_cols if dinp.shape[0] > 0 else 0
     n_tasks = n_weight_tiles + n_input_tiles
     if num_threads() == 1 or n_tasks == 1 or (
