@@ -417,8 +417,8 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation):
 # Losses. Each returns the mean loss over the batch, summed in float64 in row order.
 
 
-# Row helpers take the 2-D array and a row number: indexing x[i, j] directly is about twice as
-# fast as slicing out the row x[i] first, on rows as short as these (10 logits, measured).
+# Row helpers take the 2-D array and a row number: on rows as short as these (10 logits),
+# indexing x[i, j] from 0 was 1.3-1.7x faster than slicing out the row x[i] first (measured).
 
 
 @njit(**_SERIAL)
