@@ -1,4 +1,5 @@
-"""Training throughput: samples/s, GFLOP/s and the fraction of the machine's matrix-multiply peak.
+"""Training throughput: samples/s, GFLOP/s, the fraction of the machine's matrix-multiply peak,
+and how much of a step its matrix products alone would take (the BLAS floor).
 
 The networks are those of ../shared/PERF.md, so the figures compare with PyTorch's and JAX's
 there. Each value comes from the best of interleaved samples of the compiled training step
@@ -46,6 +47,22 @@ class Throughput:
         return (self.net.flops / step) / (product_flops / product_seconds)
 
     track_peak_fraction.unit = "fraction of matmul peak"
+
+    def track_gemm_floor_fraction(self, network, dtype):
+        """The time the step's matrix products take on their own, as NumPy matmuls with all
+        threads (fastbp.bench.step_products), over the step's time: how close the step comes to
+        this machine's BLAS floor, 1 meaning nothing but the products. Interleaved, best of 5."""
+        from fastbp.bench import step_products
+        products = step_products(self.net.sizes, self.net.batch, self.net.dtype)
+
+        def all_products():
+            for product in products:
+                product()
+        step, floor = common.best_seconds([self.net.train_step, all_products], repeat=5,
+                                          min_sample=0.05)
+        return floor / step
+
+    track_gemm_floor_fraction.unit = "fraction of the step"
 
 
 class MatmulPeak:

@@ -91,25 +91,31 @@ def matmul_peak(threads, min_time):
     return 2 * 2048 ** 3 / seconds / 1e9
 
 
-def gemm_time(sizes, batch, threads, min_time):
-    """Seconds the step's matrix products take on their own, each one NumPy matmul on `threads`
-    BLAS threads: every layer's forward product, weight gradient and input gradient (except the
-    first layer's, which no trainer needs). For large nets that is the floor under a step on
-    this machine; on small ones NumPy's cost per call dominates it."""
-    from threadpoolctl import threadpool_limits
+def step_products(sizes, batch, dtype=np.float32):
+    """The matrix products of one training step as NumPy matmuls on random operands, one
+    callable each: every layer's forward product and weight gradient, and every input gradient
+    but the first layer's (which no trainer needs)."""
     rng = np.random.default_rng(0)
-    total = 0.0
+    products = []
+    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        x = rng.standard_normal((batch, n_in)).astype(dtype)
+        w = rng.standard_normal((n_in, n_out)).astype(dtype)
+        d = rng.standard_normal((batch, n_out)).astype(dtype)
+        out, dw, dx = np.empty_like(d), np.empty_like(w), np.empty_like(x)
+        products += [lambda x=x, w=w, out=out: np.matmul(x, w, out=out),
+                     lambda x=x, d=d, dw=dw: np.matmul(x.T, d, out=dw)]
+        if layer > 0:
+            products.append(lambda d=d, w=w, dx=dx: np.matmul(d, w.T, out=dx))
+    return products
+
+
+def gemm_time(sizes, batch, threads, min_time):
+    """Seconds the step's matrix products (step_products) take on their own, each one NumPy
+    matmul on `threads` BLAS threads. For large nets that is the floor under a step on this
+    machine; on small ones NumPy's cost per call dominates it."""
+    from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=threads, user_api="blas"):
-        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            x = rng.standard_normal((batch, n_in)).astype(np.float32)
-            w = rng.standard_normal((n_in, n_out)).astype(np.float32)
-            d = rng.standard_normal((batch, n_out)).astype(np.float32)
-            out, dw, dx = np.empty_like(d), np.empty_like(w), np.empty_like(x)
-            products = [lambda: np.matmul(x, w, out=out), lambda: np.matmul(x.T, d, out=dw)]
-            if layer > 0:
-                products.append(lambda: np.matmul(d, w.T, out=dx))
-            total += sum(time_per_call(f, min_time / 3) for f in products)
-    return total
+        return sum(time_per_call(f, min_time / 3) for f in step_products(sizes, batch))
 
 
 def fastbp_times(sizes, batch, min_time):
