@@ -56,6 +56,18 @@ CASES = [
 ]
 
 
+def torch_loss_and_errors(model, X, y):
+    """PyTorch float64's loss on the model's parameters, and the normwise error of each of
+    fastbp's gradient tensors (model.grads, as loss_and_grad left them) against PyTorch's."""
+    tensors = torch_net(model)
+    expected = torch_loss(model, tensors, X, y)
+    expected.backward()
+    ours = fastbp_grads(model)
+    errors = {name: naive.normwise_error(ours[name], t.grad.numpy())
+              for name, t in tensors.items()}
+    return expected.item(), errors
+
+
 @pytest.mark.parametrize("sizes, act, loss, out_act", CASES)
 def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     model = fastbp.MLP(sizes, activation=act, output_activation=out_act, loss=loss,
@@ -65,14 +77,8 @@ def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     y = make_targets(loss, 23, sizes[-1], rng)
     model.grads[...] = np.nan
     got = model.loss_and_grad(X, y)
-
-    tensors = torch_net(model)
-    expected = torch_loss(model, tensors, X, y)
-    expected.backward()
-    assert got == pytest.approx(expected.item(), rel=1e-10)
-    ours = fastbp_grads(model)
-    errors = {name: naive.normwise_error(ours[name], t.grad.numpy())
-              for name, t in tensors.items()}
+    expected, errors = torch_loss_and_errors(model, X, y)
+    assert got == pytest.approx(expected, rel=1e-10)
     assert max(errors.values()) < 1e-10, errors
 
 
@@ -85,13 +91,8 @@ def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     X = rng.normal(size=(32, sizes[0])).astype(np.float32)
     y = make_targets(loss, 32, sizes[-1], rng)
     got = model.loss_and_grad(X, y)
-    tensors = torch_net(model)
-    expected = torch_loss(model, tensors, X, y)
-    expected.backward()
-    assert got == pytest.approx(expected.item(), rel=1e-5)
-    ours = fastbp_grads(model)
-    errors = {name: naive.normwise_error(ours[name], t.grad.numpy())
-              for name, t in tensors.items()}
+    expected, errors = torch_loss_and_errors(model, X, y)
+    assert got == pytest.approx(expected, rel=1e-5)
     assert max(errors.values()) < 1e-4, errors
 
 
