@@ -172,20 +172,15 @@ class Allocations:
     about a kilobyte of Python objects is expected.
     """
 
-    params = [["64-128-10 b32", "784-256-128-10 b128", "1024x3-10 b256"],
-              ["float32", "float64"]]
+    params = [list(common.SMALL_MID_WIDE), ["float32", "float64"]]
     param_names = ["network", "dtype"]
     timeout = 120
     n_steps = 200
 
-    NETWORKS = {"64-128-10 b32": ([64, 128, 10], 32),
-                "784-256-128-10 b128": ([784, 256, 128, 10], 128),
-                "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
-
     def setup(self, network, dtype):
         from numba import njit
 
-        sizes, batch = self.NETWORKS[network]
+        sizes, batch = common.SMALL_MID_WIDE[network]
         self.net = common.Net(sizes, batch, dtype)
         self.step = lambda: self.net.optimizer.train_step(self.net.X, self.net.y)
         for _ in range(3):

@@ -66,15 +66,11 @@ class Threads:
     """A training step against the size of Numba's thread pool (fastbp.set_num_threads). BLAS
     inside the kernels stays single-threaded whatever the count: one thread pool at a time."""
 
-    params = [THREADS, ["64-128-10 b32", "784-256-128-10 b128", "1024x3-10 b256"]]
+    params = [THREADS, list(common.SMALL_MID_WIDE)]
     param_names = ["threads", "network"]
     repeat = (3, 10, 2.0)
     warmup_time = 0.05
     timeout = 120
-
-    NETWORKS = {"64-128-10 b32": ([64, 128, 10], 32),
-                "784-256-128-10 b128": ([784, 256, 128, 10], 128),
-                "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
 
     def setup(self, threads, network):
         import numba
@@ -84,7 +80,7 @@ class Threads:
         import fastbp
 
         fastbp.set_num_threads(threads)
-        sizes, batch = self.NETWORKS[network]
+        sizes, batch = common.SMALL_MID_WIDE[network]
         self.net = common.Net(sizes, batch, "float32")
 
     def time_train_step(self, threads, network):

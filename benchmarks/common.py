@@ -26,6 +26,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_CLASSES = 10
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# Three sizes of network (small, mid-size, wide) for the benchmarks that sweep another axis.
+SMALL_MID_WIDE = {"64-128-10 b32": ([64, 128, 10], 32),
+                  "784-256-128-10 b128": ([784, 256, 128, 10], 128),
+                  "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
 
 # Budgets that keep the full grid affordable on a 2-core machine (asv skips the combinations
 # whose setup raises NotImplementedError): at most 2e10 FLOPs per step (about 0.1-0.2 s in
