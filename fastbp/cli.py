@@ -442,8 +442,8 @@ def train(args):
     else:
         say(f"test accuracy {100 * test_accuracy:.2f}% ({n_correct}/{len(ds.y_test)})",
             force=True)
-        say(f"time {t_total:.1f} s in all (data {t_data:.1f} s, kernels {t_compile:.1f} s, "
-            f"training {t_train:.1f} s); {throughput:,.0f} samples/s over {epochs_run} "
+        say(f"time {t_total:.2f} s in all (data {t_data:.2f} s, kernels {t_compile:.2f} s, "
+            f"training {t_train:.2f} s); {throughput:,.0f} samples/s over {epochs_run} "
             "epochs", force=True)
         if saved:
             say(f"model saved to {saved}", force=True)
