@@ -100,9 +100,11 @@ def test_validation_fraction_holds_rows_out():
                    validation_data=(X[:, :3], y))
 
 
-def test_early_stopping_restores_the_best_epoch_weights():
-    # Validation labels are the training labels shifted by one class: the better the model
-    # fits the training rows, the worse its validation loss, so the best epoch is an early one.
+def fit_against_shifted_labels(early_stopping, interrupt_after=None):
+    """fit with early stopping where validation labels are the training labels shifted by one
+    class: the better the model fits the training rows, the worse its validation loss, so the
+    best epoch is an early one. Ctrl-C is simulated after epoch interrupt_after, if given.
+    Returns (model, history, a copy of the parameters after each epoch)."""
     X, y = blobs(150)
     model, opt = make(lr=0.05)
     snapshots = []
@@ -110,10 +112,17 @@ def test_early_stopping_restores_the_best_epoch_weights():
     class Snap:
         def on_epoch_end(self, epoch, history, model):
             snapshots.append(model.params.copy())
+            if epoch == interrupt_after:
+                raise KeyboardInterrupt
 
     history = fastbp.fit(model, X, y, opt, epochs=40, batch_size=16, seed=0,
-                         validation_data=(X, (y + 1) % 3), early_stopping=3,
+                         validation_data=(X, (y + 1) % 3), early_stopping=early_stopping,
                          callbacks=[Snap()])
+    return model, history, snapshots
+
+
+def test_early_stopping_restores_the_best_epoch_weights():
+    model, history, snapshots = fit_against_shifted_labels(early_stopping=3)
     best = int(np.argmin(history["val_loss"]))
     assert history.stop_reason == "early_stopping"
     assert history.best_epoch == best
@@ -245,21 +254,9 @@ def test_interrupt_between_two_appends_drops_the_half_recorded_epoch(monkeypatch
 
 
 def test_interrupt_with_early_stopping_restores_best():
-    X, y = blobs(150)
-    model, opt = make(lr=0.05)
-    snaps = []
-
-    class Snap:
-        def on_epoch_end(self, epoch, history, model):
-            snaps.append(model.params.copy())
-            if epoch == 5:
-                raise KeyboardInterrupt
-
-    history = fastbp.fit(model, X, y, opt, epochs=40, batch_size=16, seed=0,
-                         validation_data=(X, (y + 1) % 3), early_stopping=100,
-                         callbacks=[Snap()])
+    model, history, snapshots = fit_against_shifted_labels(early_stopping=100, interrupt_after=5)
     assert history.interrupted
-    np.testing.assert_array_equal(model.params, snaps[history.best_epoch])
+    np.testing.assert_array_equal(model.params, snapshots[history.best_epoch])
 
 
 def test_mse_accuracy_for_one_hot_and_binary_targets():
