@@ -1,6 +1,5 @@
 """fastbp.fit beyond the core loop: validation, metrics, early stopping with restored weights,
 callbacks (epoch and step hooks), Ctrl-C, the progress bar."""
-import math
 import sys
 import types
 import warnings
