@@ -8,13 +8,18 @@
 
 One step = forward + backward + global-norm clipping + SGD update, float32, ReLU hidden layers,
 softmax cross-entropy. FLOPs per step = 6 * p * batch. "Peak" is NumPy's float32 product of two
-2048 x 2048 matrices, measured in the same run with the same thread count.
+2048 x 2048 matrices with the same thread count, timed alongside each config (see below).
 
 Two fastbp figures: "step" calls ``SGD.train_step`` from Python once per step (input checks
 included); "fit" is the per-step time inside ``fit``'s compiled epoch loop (batch gathering
 included, no per-step Python). PyTorch runs an eager loop (zero_grad, forward, loss, backward,
 clip_grad_norm_, SGD step) on preallocated tensors; JAX, when installed, the whole step under one
-``jax.jit``. Each figure is the median of several timed repeats after a warm-up.
+``jax.jit``.
+
+Everything of one config is timed in interleaved rounds: each round runs fastbp, PyTorch, JAX,
+the NumPy products and the peak product one after another, so that a slow spell of a shared
+machine falls on all of them. Each time is the median over the rounds, and each ratio (x torch,
+x jax, % peak, % gemm) the median of the ratios taken within a round.
 
 "gemm us" is the time the step's matrix products take on their own, each as one NumPy matmul
 with the same threads (forward, weight gradient and input gradient of every layer but the first
@@ -40,6 +45,8 @@ DEFAULT_CONFIGS = ["64-128-10:32", "784-256-128-10:128", "784-512-256-10:128",
 LR, CLIP = 0.01, 5.0
 # Batches per timed epoch of the "fit" figure: 16, fewer for large steps (at least 2).
 EPOCH_FLOPS = 4e10
+# Timed runs of each callable per config; every figure is the median over them.
+ROUNDS = 5
 
 
 def parse_config(text):
@@ -56,39 +63,50 @@ def parse_config(text):
     return sizes, batch
 
 
-def time_per_call(fn, min_time, repeats=5, statistic=np.median):
-    """Seconds per call of fn: `statistic` (the median) of `repeats` timed runs of enough calls
-    to last min_time / repeats each, after two warm-up calls."""
+def _calls_per_run(fn, seconds):
+    """How many calls of fn last about `seconds` (at least 1), after two warm-up calls."""
     fn()
     fn()
     calls = 1
-    while True:
+    while calls < 1 << 20:
         start = time.perf_counter()
         for _ in range(calls):
             fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time / repeats or calls >= 1 << 20:
+        if time.perf_counter() - start >= seconds:
             break
         calls *= 2
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        runs.append((time.perf_counter() - start) / calls)
-    return float(statistic(runs))
+    return calls
 
 
-def matmul_peak(threads, min_time):
-    """GFLOP/s of NumPy's float32 2048 x 2048 product with `threads` BLAS threads: the fastest
-    of 9 timed runs, so that a busy moment on a shared machine does not lower the peak (and
-    inflate every "% of peak")."""
-    from threadpoolctl import threadpool_limits
-    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+def interleaved_times(fns, min_time, rounds=ROUNDS):
+    """Seconds per call of each callable in `fns` (name -> fn), one figure per round.
+
+    The callables take turns: every round runs each of them once for about min_time / rounds
+    seconds, so a slow spell of a shared machine falls on all of them alike, and ratios taken
+    within a round compare like with like. Each timed run follows an untimed one half as long,
+    which lets the previous callable's thread pool go idle first."""
+    calls = {name: _calls_per_run(fn, min_time / rounds) for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(max(1, calls[name] // 2)):
+                fn()
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return times
+
+
+PEAK_SIZE = 2048
+
+
+def peak_product():
+    """NumPy's float32 PEAK_SIZE x PEAK_SIZE product, as a callable: the "peak" every config is
+    held against, timed in the same rounds as the config."""
+    a = np.random.default_rng(0).standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(np.float32)
     out = np.empty_like(a)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        seconds = time_per_call(lambda: np.matmul(a, a, out=out), min_time, 9, np.min)
-    return 2 * 2048 ** 3 / seconds / 1e9
+    return lambda: np.matmul(a, a, out=out)
 
 
 def step_products(sizes, batch, dtype=np.float32):
@@ -109,16 +127,8 @@ def step_products(sizes, batch, dtype=np.float32):
     return products
 
 
-def gemm_time(sizes, batch, threads, min_time):
-    """Seconds the step's matrix products (step_products) take on their own, each one NumPy
-    matmul on `threads` BLAS threads. For large nets that is the floor under a step on this
-    machine; on small ones NumPy's cost per call dominates it."""
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=threads, user_api="blas"):
-        return sum(time_per_call(f, min_time / 3) for f in step_products(sizes, batch))
-
-
-def fastbp_times(sizes, batch, min_time):
+def fastbp_steps(sizes, batch):
+    """(train_step callable, one-epoch callable, batches per epoch, parameter count)."""
     import fastbp
     rng = np.random.default_rng(0)
     n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * _n_params(sizes)))))
@@ -128,7 +138,6 @@ def fastbp_times(sizes, batch, min_time):
     model = fastbp.MLP(sizes, seed=0)
     opt = fastbp.SGD(model, lr=LR, clip_norm=CLIP)
     xb, yb = X[:batch], y[:batch]
-    step = time_per_call(lambda: opt.train_step(xb, yb), min_time)
 
     Xc, yc = model._check_batch(X, y)
     x_batch = np.empty((batch, sizes[0]), np.float32)
@@ -140,15 +149,15 @@ def fastbp_times(sizes, batch, min_time):
     def epoch():
         done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms, layer_sq)
         assert done == n_batches, "the benchmark diverged"
-    fit_step = time_per_call(epoch, min_time) / n_batches
-    return step, fit_step, model.n_params
+    return lambda: opt.train_step(xb, yb), epoch, n_batches, model.n_params
 
 
 def _n_params(sizes):
     return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def torch_time(sizes, batch, threads, min_time):
+def torch_step(sizes, batch, threads):
+    """A callable that runs one PyTorch eager training step."""
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -167,10 +176,11 @@ def torch_time(sizes, batch, threads, min_time):
         loss_fn(net(X), y).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
         opt.step()
-    return time_per_call(step, min_time)
+    return step
 
 
-def jax_time(sizes, batch, min_time):
+def jax_step(sizes, batch):
+    """A callable that runs one JAX training step (one jax.jit call)."""
     import jax
     import jax.numpy as jnp
     key = jax.random.PRNGKey(0)
@@ -202,7 +212,7 @@ def jax_time(sizes, batch, min_time):
     def run():
         state[0], loss = step(state[0], x, y)
         loss.block_until_ready()
-    return time_per_call(run, min_time)
+    return run
 
 
 def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False):
@@ -326,30 +336,44 @@ def main(argv=None):
             except ImportError:
                 print(f"{name} is not installed: its column is left empty")
 
-    peak = matmul_peak(threads, args.min_time)
     info = machine()
-    print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}; "
-          f"float32 matmul peak {peak:.1f} GFLOP/s")
+    print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}")
     header = (f"{'config':<28}{'params':>11}{'step us':>10}{'fit us':>10}{'torch us':>10}"
               f"{'jax us':>9}{'x torch':>9}{'x jax':>7}{'GFLOP/s':>9}{'% peak':>8}"
               f"{'gemm us':>10}{'% gemm':>8}")
     print(header)
     rows = []
+    from threadpoolctl import threadpool_limits
     for sizes, batch in args.configs:
-        step, fit_step, p = fastbp_times(sizes, batch, args.min_time)
-        row = {"config": f"{'-'.join(map(str, sizes))}:{batch}", "params": p,
-               "step_us": step * 1e6, "fit_step_us": fit_step * 1e6, "threads": threads}
-        best = fit_step  # what fit runs; the ratios and GFLOP/s use it
-        row["gflops"] = 6 * p * batch / best / 1e9
-        row["percent_of_peak"] = 100 * row["gflops"] / peak
+        step, epoch, n_batches, p = fastbp_steps(sizes, batch)
+        fns = {"step": step, "fit": epoch, "peak": peak_product()}
         if have.get("torch"):
-            row["torch_us"] = torch_time(sizes, batch, threads, args.min_time) * 1e6
-            row["speedup_vs_torch"] = row["torch_us"] / (best * 1e6)
+            fns["torch"] = torch_step(sizes, batch, threads)
         if have.get("jax"):
-            row["jax_us"] = jax_time(sizes, batch, args.min_time) * 1e6
-            row["speedup_vs_jax"] = row["jax_us"] / (best * 1e6)
-        row["numpy_gemm_us"] = gemm_time(sizes, batch, threads, args.min_time) * 1e6
-        row["percent_of_gemm"] = 100 * row["numpy_gemm_us"] / (best * 1e6)
+            fns["jax"] = jax_step(sizes, batch)
+        products = step_products(sizes, batch)
+        fns.update((f"gemm {i}", product) for i, product in enumerate(products))
+        # NumPy's BLAS gets the same threads; fastbp's own stays at one (every step re-pins it).
+        with threadpool_limits(limits=threads, user_api="blas"):
+            runs = {name: np.array(times)
+                    for name, times in interleaved_times(fns, args.min_time).items()}
+        runs["fit"] /= n_batches
+        runs["gemm"] = sum(runs.pop(f"gemm {i}") for i in range(len(products)))
+        fit = runs["fit"]  # what fit runs; the ratios and GFLOP/s use it
+        row = {"config": f"{'-'.join(map(str, sizes))}:{batch}", "params": p,
+               "step_us": np.median(runs["step"]) * 1e6, "fit_step_us": np.median(fit) * 1e6,
+               "threads": threads}
+        row["gflops"] = 6 * p * batch / row["fit_step_us"] / 1e3
+        peak_gflops = 2 * PEAK_SIZE ** 3 / runs["peak"] / 1e9
+        row["peak_gflops"] = np.median(peak_gflops)
+        row["percent_of_peak"] = 100 * np.median(6 * p * batch / fit / 1e9 / peak_gflops)
+        # Ratios are medians of per-round ratios: each compares runs made moments apart.
+        for name in ("torch", "jax"):
+            if name in runs:
+                row[f"{name}_us"] = np.median(runs[name]) * 1e6
+                row[f"speedup_vs_{name}"] = np.median(runs[name] / fit)
+        row["numpy_gemm_us"] = np.median(runs["gemm"]) * 1e6
+        row["percent_of_gemm"] = 100 * np.median(runs["gemm"] / fit)
         rows.append(row)
 
         def cell(key, width, fmt):
@@ -360,7 +384,9 @@ def main(argv=None):
               f"{cell('speedup_vs_jax', 7, '.2f')}{cell('gflops', 9, '.1f')}"
               f"{cell('percent_of_peak', 8, '.0f')}{cell('numpy_gemm_us', 10, '.0f')}"
               f"{cell('percent_of_gemm', 8, '.0f')}")
-    result = {"machine": info, "threads": threads, "peak_gflops": peak, "configs": rows}
+    print(f"peak: NumPy's float32 {PEAK_SIZE}x{PEAK_SIZE} matmul, timed in each config's rounds: "
+          + ", ".join(f"{row['peak_gflops']:.0f}" for row in rows) + " GFLOP/s")
+    result = {"machine": info, "threads": threads, "configs": rows}
     if args.mnist:
         result["mnist"] = m = mnist_epochs(args.mnist, threads, have_torch=have.get("torch"))
         line = (f"MNIST 784-256-128-10, batch {m['batch']}, {m['epochs']} epochs: fastbp "

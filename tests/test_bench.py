@@ -21,11 +21,11 @@ def test_bench_writes_every_column_without_torch_or_jax(tmp_path):
                   "--no-torch", "--no-jax", "--json", str(out))
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
-    assert data["threads"] == 1 and data["peak_gflops"] > 0
+    assert data["threads"] == 1
     assert [row["config"] for row in data["configs"]] == ["8-16-4:8", "6-5:3"]
     first = data["configs"][0]
     assert first["params"] == (8 + 1) * 16 + (16 + 1) * 4
-    for key in ("step_us", "fit_step_us", "gflops", "percent_of_peak", "numpy_gemm_us",
+    for key in ("step_us", "fit_step_us", "gflops", "peak_gflops", "percent_of_peak", "numpy_gemm_us",
                 "percent_of_gemm"):
         assert first[key] > 0, key
     assert "torch_us" not in first and "jax_us" not in first
