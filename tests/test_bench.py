@@ -25,8 +25,8 @@ def test_bench_writes_every_column_without_torch_or_jax(tmp_path):
     assert [row["config"] for row in data["configs"]] == ["8-16-4:8", "6-5:3"]
     first = data["configs"][0]
     assert first["params"] == (8 + 1) * 16 + (16 + 1) * 4
-    for key in ("step_us", "fit_step_us", "gflops", "peak_gflops", "percent_of_peak", "numpy_gemm_us",
-                "percent_of_gemm"):
+    for key in ("step_us", "fit_step_us", "gflops", "peak_gflops", "percent_of_peak",
+                "numpy_gemm_us", "percent_of_gemm"):
         assert first[key] > 0, key
     assert "torch_us" not in first and "jax_us" not in first
     assert first["gflops"] == pytest.approx(6 * first["params"] * 8 / first["fit_step_us"] / 1e3)
@@ -42,3 +42,17 @@ def test_bad_configs_are_refused(text):
 def test_bad_thread_count_is_refused():
     result = _run("--threads", "100000", "--configs", "8-4:2", "--no-torch", "--no-jax")
     assert result.returncode == 2 and "--threads" in result.stderr
+
+
+def test_interleaved_times_takes_turns():
+    """Every round runs each callable once (an untimed settling run, then the timed one) before
+    the next round starts, so that the figures of one round are taken moments apart."""
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    times = bench.interleaved_times(fns, min_time=0.0, rounds=4)
+    assert {name: len(runs) for name, runs in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for runs in times.values() for t in runs)
+    # Calibration: two warm-up calls and one timed call each; then per round, per callable,
+    # one settling call and one timed call (min_time 0 means one call per run).
+    calibration = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert log == calibration + ["a", "a", "b", "b", "c", "c"] * 4
