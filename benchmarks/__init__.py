@@ -22,10 +22,9 @@ if importlib.util.find_spec("fastbp") is None:
 
 # fastbp's heavy dependencies, imported once here, in asv's fork server, rather than in each of
 # the hundreds of benchmark processes forked from it (0.7 s each). None of them starts a thread
-# pool that breaks fork (OpenBLAS, loaded by numpy and SciPy, shuts its pool down around fork).
+# pool that breaks fork (NumPy's OpenBLAS shuts its pool down around fork).
 try:
     import numba  # noqa: F401
-    import scipy.linalg.cython_blas  # noqa: F401
     import threadpoolctl  # noqa: F401
 except ImportError:  # asv check / discovery without the dependencies: fail later, clearly
     pass

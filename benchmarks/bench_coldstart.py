@@ -13,7 +13,7 @@ def _path_setup():
 
 
 def timeraw_import():
-    """`import fastbp` in a fresh interpreter (numpy, scipy, numba, threadpoolctl, the BLAS
+    """`import fastbp` in a fresh interpreter (numpy, numba, the kernels' OpenBLAS and its
     symbols, Numba's thread pool)."""
     return "import fastbp", _path_setup()
 

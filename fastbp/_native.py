@@ -5,24 +5,50 @@ Both are reached through symbols registered with LLVM at import time, not throug
 baked into the code: that keeps every kernel that uses them cacheable with ``cache=True``.
 
 Numba's own ``np.dot`` needs contiguous operands and cannot accumulate into its output, so the
-kernels call SciPy's BLAS ``?gemm`` directly.
+kernels call BLAS ``?gemm`` directly: that of the OpenBLAS in the scipy-openblas32 wheel (the
+build NumPy and SciPy themselves are made with). It is loaded privately (its symbols carry a
+``scipy_`` prefix and are not made global), so it cannot clash with another BLAS in the process.
 
-Callers run it from inside ``prange`` loops, one call per batch tile: the BLAS library it calls
-must be limited to one thread (see ``fastbp._threads``), or its pool and Numba's fight.
+Callers run it from inside ``prange`` loops, one call per batch tile: it must be limited to one
+thread (see ``fastbp._threads``), or its pool and Numba's fight.
 """
+import ctypes
+import os
+
 import numba
+import scipy_openblas32
 from llvmlite import binding as _llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
+
+
+def _load_openblas():
+    lib_dir = scipy_openblas32.get_lib_dir()
+    names = sorted(name for name in os.listdir(lib_dir) if name.startswith("libscipy_openblas")
+                   and name.endswith((".so", ".dylib", ".dll")))
+    if not names:
+        raise ImportError(f"scipy-openblas32 is installed, but {lib_dir} holds no OpenBLAS "
+                          "library; reinstall it: pip install --force-reinstall scipy-openblas32")
+    return ctypes.CDLL(os.path.join(lib_dir, names[0]))
+
+
+#: ctypes handle of the kernels' OpenBLAS. It starts at one thread, and fastbp._threads keeps it
+#: there.
+openblas = _load_openblas()
+openblas.scipy_openblas_set_num_threads(1)
+_config = openblas.scipy_openblas_get_config
+_config.restype = ctypes.c_char_p
+#: The BLAS library behind the kernels' matrix products, as its build describes itself.
+BLAS = _config().decode()
 
 _SYMBOLS = {types.float32: "fastbp_sgemm", types.float64: "fastbp_dgemm"}
 for _name in ("sgemm", "dgemm"):
     _llvm.add_symbol("fastbp_" + _name,
-                     get_cython_function_address("scipy.linalg.cython_blas", _name))
+                     ctypes.cast(getattr(openblas, f"scipy_{_name}_"), ctypes.c_void_p).value)
 # Starting Numba's thread pool registers its "get_num_threads" symbol, which num_threads calls.
 numba.get_num_threads()
 

@@ -2,66 +2,34 @@
 
 fastbp's kernels run Numba ``prange`` loops whose tiles each call BLAS. If that BLAS had its own
 worker threads, two pools would spin against each other and steps would run 50-100x slower. So
-the BLAS that the kernels call (SciPy's) is limited to one thread, and Numba's pool is the only
-one: ``set_num_threads`` sets its size. NumPy's own BLAS, a separate library in NumPy and SciPy
-wheels, is not touched.
+the BLAS that the kernels call (``fastbp._native.openblas``, a library of their own) is limited
+to one thread, and Numba's pool is the only one: ``set_num_threads`` sets its size. NumPy's BLAS,
+a separate library, is not touched.
 """
-import os
+import ctypes
 
 import numba
-import scipy
-import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
-from threadpoolctl import ThreadpoolController
 
-_kernel_libs = None
+from ._native import openblas
 
-
-def _kernel_blas():
-    """threadpoolctl handles for the BLAS library behind scipy.linalg.cython_blas (found once:
-    the libraries loaded in a process do not change)."""
-    global _kernel_libs
-    if _kernel_libs is None:
-        blas = ThreadpoolController().select(user_api="blas")
-        scipy_dir = os.path.dirname(os.path.realpath(scipy.__file__))
-        # Wheels bundle SciPy's BLAS in scipy.libs/ (or inside the package); NumPy's is elsewhere.
-        scipy_own = [lib for lib in blas.lib_controllers
-                     if os.path.realpath(lib.filepath).startswith(
-                         (scipy_dir + os.sep, scipy_dir + ".libs" + os.sep))]
-        # SciPy built against a shared BLAS (conda, system packages): limit every BLAS there is.
-        _kernel_libs = scipy_own or blas.lib_controllers
-    return _kernel_libs
-
-
-_OPENBLAS_GETTERS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads",
-                     "openblas_get_num_threads64_", "scipy_openblas_get_num_threads64_")
-_getters = None
-
-
-def _thread_getters():
-    """(library, function returning its thread count) pairs. For OpenBLAS the C function is
-    looked up once: threadpoolctl looks it up on every call, and keeps a little memory each time,
-    which a check on every training step cannot afford."""
-    global _getters
-    if _getters is None:
-        _getters = []
-        for lib in _kernel_blas():
-            found = [getattr(lib.dynlib, name) for name in _OPENBLAS_GETTERS
-                     if lib.internal_api == "openblas" and hasattr(lib.dynlib, name)]
-            _getters.append((lib, found[0] if found else lib.get_num_threads))
-    return _getters
+# Looked up once: a ctypes attribute lookup per call would cost more than the call.
+_get_blas_threads = openblas.scipy_openblas_get_num_threads
+_get_blas_threads.restype = ctypes.c_int
+_set_blas_threads = openblas.scipy_openblas_set_num_threads
+_set_blas_threads.argtypes = [ctypes.c_int]
 
 
 def pin_kernel_blas():
-    """Limit the kernels' BLAS to one thread. Costs about a microsecond when it already is, so
-    every entry point that runs matrix products calls it."""
-    for lib, get_num_threads in _thread_getters():
-        if get_num_threads() != 1:
-            lib.set_num_threads(1)
+    """Limit the kernels' BLAS to one thread. Costs well under a microsecond when it already is
+    (someone, threadpoolctl say, may have raised it since), so every entry point that runs
+    matrix products calls it."""
+    if _get_blas_threads() != 1:
+        _set_blas_threads(1)
 
 
 def kernel_blas_threads():
-    """Thread counts of the BLAS libraries the kernels call (all 1 once pinned)."""
-    return [lib.num_threads for lib in _kernel_blas()]
+    """Thread count of the BLAS library the kernels call (1 once pinned)."""
+    return _get_blas_threads()
 
 
 def set_num_threads(n):

@@ -280,9 +280,10 @@ def cold_start():
 
 def machine():
     import numba
-    import scipy
+
+    from ._native import BLAS
     info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
+            "numpy": np.__version__, "numba": numba.__version__, "kernel_blas": BLAS,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
@@ -337,7 +338,8 @@ def main(argv=None):
                 print(f"{name} is not installed: its column is left empty")
 
     info = machine()
-    print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}")
+    print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}; "
+          f"kernels' BLAS: {info['kernel_blas']}")
     header = (f"{'config':<28}{'params':>11}{'step us':>10}{'fit us':>10}{'torch us':>10}"
               f"{'jax us':>9}{'x torch':>9}{'x jax':>7}{'GFLOP/s':>9}{'% peak':>8}"
               f"{'gemm us':>10}{'% gemm':>8}")
