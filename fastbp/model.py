@@ -95,8 +95,8 @@ class MLP:
         self._codes = hidden + [output_code]
 
         n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
-        self.params = np.zeros(n_params, dtype=dtype)
-        self.grads = np.zeros(n_params, dtype=dtype)
+        self.params = kernels.aligned_zeros(n_params, dtype)
+        self.grads = kernels.aligned_zeros(n_params, dtype)
         self.weights, self.biases = self._layer_views(self.params)
         self.weight_grads, self.bias_grads = self._layer_views(self.grads)
         self._initialise(seed)

@@ -152,7 +152,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     n_samples = X.shape[0]
     batch_size = min(batch_size, n_samples)
     rng = np.random.default_rng(seed)
-    x_batch = np.empty((batch_size, X.shape[1]), dtype=X.dtype)
+    x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
     y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
     pin_kernel_blas()
 

@@ -133,6 +133,30 @@ def test_buffers_grow_once_and_smaller_batches_reuse_them():
     assert np.array_equal(fresh.grads, model.grads)
 
 
+@pytest.mark.parametrize("shape", [7, (0,), (3, 5), (2, 3, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_aligned_zeros(shape, dtype):
+    arrays = [kernels.aligned_zeros(shape, dtype) for _ in range(5)]
+    for a in arrays:
+        assert a.shape == np.zeros(shape).shape and a.dtype == dtype
+        assert a.flags.c_contiguous and a.flags.writeable and not a.any()
+        assert a.size == 0 or a.ctypes.data % kernels.CACHE_LINE == 0  # empty: nothing to align
+    arrays[0][...] = 1  # each has memory of its own
+    assert not any(a.any() for a in arrays[1:])
+
+
+def test_model_buffers_start_on_a_cache_line():
+    """Parameters, gradients and the workspace are aligned (NumPy alone would start them 16
+    bytes past a line), also after the workspace grows."""
+    model = fastbp.MLP([50, 30, 7], dtype=np.float32, seed=0)
+    X, y = np.ones((300, 50), np.float32), np.arange(300) % 7
+    for n in (1, 300):
+        model.loss_and_grad(X[:n], y[:n])
+        for name, buffer in [("params", model.params), ("grads", model.grads),
+                             ("acts", model._work.acts), ("deltas", model._work.deltas)]:
+            assert buffer.ctypes.data % kernels.CACHE_LINE == 0, (name, n)
+
+
 # ---------------------------------------------------------------------------------------------
 # One thread pool at a time
 
