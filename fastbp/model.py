@@ -148,6 +148,32 @@ class MLP:
                 f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__}, "
                 f"checkpoint_every={self.checkpoint_every})")
 
+    # -- copying ------------------------------------------------------------------------------
+
+    _REBUILT = ("params", "grads", "weights", "biases", "weight_grads", "bias_grads", "_net",
+                "_work")
+
+    def __getstate__(self):
+        """For pickle and copy: the settings and the values of the two flat buffers. The
+        per-layer views and the workspace are rebuilt on the other side (see __setstate__), so
+        that a copy's views point into its own buffers, not into copies of them."""
+        state = {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
+        state["params"], state["grads"] = np.array(self.params), np.array(self.grads)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        params, grads = state.pop("params"), state.pop("grads")
+        self.__dict__.update(state)
+        self.params = kernels.aligned_zeros(params.shape, self.dtype)
+        self.grads = kernels.aligned_zeros(grads.shape, self.dtype)
+        self.params[...], self.grads[...] = params, grads
+        self.weights, self.biases = self._layer_views(self.params)
+        self.weight_grads, self.bias_grads = self._layer_views(self.grads)
+        capacity, self._capacity, self._net, self._work = self._capacity, 0, None, None
+        self._reserve(max(1, capacity))
+        self._grad_norms_fresh = False  # the workspace's norms were not carried over
+
     # -- buffers ------------------------------------------------------------------------------
 
     def _reserve(self, n_rows):

@@ -201,6 +201,33 @@ def test_params_layout_and_views():
     assert offset == model.params.size
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "copy", "pickle"])
+def test_a_copy_is_a_whole_independent_model(how, rng):
+    """A copied model's views point into its own buffers (copying the views one by one would
+    leave them pointing at copies of the old ones), and training it leaves the original as is."""
+    import copy
+    import pickle
+    model = fastbp.MLP([4, 6, 3], activation="tanh", dtype=np.float64, seed=0, checkpoint_every=2)
+    X, y = rng.normal(size=(9, 4)), np.arange(9) % 3
+    model.loss_and_grad(X, y)
+    before = model.params.copy()
+    twin = {"deepcopy": copy.deepcopy, "copy": copy.copy,
+            "pickle": lambda m: pickle.loads(pickle.dumps(m))}[how](model)
+    assert repr(twin) == repr(model)
+    assert np.array_equal(twin.params, model.params) and np.array_equal(twin.grads, model.grads)
+    assert not np.shares_memory(twin.params, model.params)
+    for views, flat in ((twin.weights, twin.params), (twin.biases, twin.params),
+                        (twin.weight_grads, twin.grads), (twin.bias_grads, twin.grads)):
+        assert all(np.shares_memory(v, flat) for v in views)
+    assert twin.loss_and_grad(X, y) == model.loss_and_grad(X, y)
+    assert np.array_equal(twin.grads, model.grads)
+    assert np.array_equal(twin.grad_norms(), model.grad_norms())
+    fastbp.SGD(twin, lr=0.5).train_step(X, y)
+    assert not np.array_equal(twin.params, before)
+    assert np.array_equal(twin.weights[0].ravel(), twin.params[:4 * 6])
+    assert np.array_equal(model.params, before)
+
+
 def test_writing_params_changes_the_model(rng):
     model = fastbp.MLP([4, 5, 3], activation="tanh", dtype=np.float64, seed=0)
     X = rng.normal(size=(6, 4))
