@@ -27,6 +27,7 @@ from numba.np.arrayobj import populate_array
 
 
 def _load_openblas():
+    """The scipy-openblas32 wheel's shared library, through ctypes (RTLD_LOCAL)."""
     lib_dir = scipy_openblas32.get_lib_dir()
     names = sorted(name for name in os.listdir(lib_dir) if name.startswith("libscipy_openblas")
                    and name.endswith((".so", ".dylib", ".dll")))
