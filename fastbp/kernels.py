@@ -1005,7 +1005,10 @@ def _from_python_train_epoch(params, grads, acts, deltas, losses, layer_sq, part
 def take_rows(out, x, index):
     """out (B, N) = x[index] for index (B,) of row numbers (not checked); x (M, N)."""
     n_rows = out.shape[0]
-    n_tiles = _n_tiles(n_rows, out.shape[1] // 8 + 1)
+    # A copy is bound by memory, not arithmetic: a row element costs about as much time as 8
+    # multiply-adds when the rows come from a large x (128 x 784 from 60,000 rows: 48 us on one
+    # thread, 28 us on two, measured).
+    n_tiles = _n_tiles(n_rows, 8 * out.shape[1])
     if n_tiles == 1:
         _take_rows_span(out, x, index, 0, n_rows)
         return
