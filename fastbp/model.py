@@ -94,17 +94,8 @@ class MLP:
         self.checkpoint_every = checkpoint_every
         self._codes = hidden + [output_code]
 
-        n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
-        self.params = kernels.aligned_zeros(n_params, dtype)
-        self.grads = kernels.aligned_zeros(n_params, dtype)
-        self.weights, self.biases = self._layer_views(self.params)
-        self.weight_grads, self.bias_grads = self._layer_views(self.grads)
+        self._allocate(sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])), capacity=1)
         self._initialise(seed)
-
-        self._net = self._work = None
-        self._capacity = 0
-        self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
-        self._reserve(1)
         pin_kernel_blas()
 
     @staticmethod
@@ -165,16 +156,22 @@ class MLP:
         state = dict(state)
         params, grads = state.pop("params"), state.pop("grads")
         self.__dict__.update(state)
-        self.params = kernels.aligned_zeros(params.shape, self.dtype)
-        self.grads = kernels.aligned_zeros(grads.shape, self.dtype)
+        self._allocate(params.size, capacity=max(1, self._capacity))
         self.params[...], self.grads[...] = params, grads
-        self.weights, self.biases = self._layer_views(self.params)
-        self.weight_grads, self.bias_grads = self._layer_views(self.grads)
-        capacity, self._capacity, self._net, self._work = self._capacity, 0, None, None
-        self._reserve(max(1, capacity))
-        self._grad_norms_fresh = False  # the workspace's norms were not carried over
 
     # -- buffers ------------------------------------------------------------------------------
+
+    def _allocate(self, n_params, capacity):
+        """Fresh, aligned, zeroed params and grads with their per-layer views, and a workspace
+        for `capacity` rows (its gradient norms not yet computed)."""
+        self.params = kernels.aligned_zeros(n_params, self.dtype)
+        self.grads = kernels.aligned_zeros(n_params, self.dtype)
+        self.weights, self.biases = self._layer_views(self.params)
+        self.weight_grads, self.bias_grads = self._layer_views(self.grads)
+        self._net = self._work = None
+        self._capacity = 0
+        self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
+        self._reserve(capacity)
 
     def _reserve(self, n_rows):
         """Grow the buffers to hold n_rows (never shrinks; smaller batches use views)."""
