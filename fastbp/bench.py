@@ -140,7 +140,7 @@ def fastbp_steps(sizes, batch):
     xb, yb = X[:batch], y[:batch]
 
     Xc, yc = model._check_batch(X, y)
-    x_batch = np.empty((batch, sizes[0]), np.float32)
+    x_batch = fastbp.kernels.aligned_zeros((batch, sizes[0]), np.float32)  # as fit's
     y_batch = np.empty(batch, np.int64)
     losses, norms = np.empty(n_batches), np.empty(n_batches)
     layer_sq = np.empty((n_batches, len(sizes) - 1))
