@@ -159,3 +159,46 @@ def matrix_view(typingctx, flat, start, n_rows, n_cols):
         return impl_ret_borrowed(context, builder, signature.return_type, dst._getvalue())
 
     return result(flat, start, n_rows, n_cols), codegen
+
+
+@intrinsic
+def rows_view(typingctx, matrix, r0, r1):
+    """Rows r0..r1-1 of a 2-D array as one C-contiguous 1-D array, sharing its memory. Only
+    valid when those rows are contiguous (row stride == row length); nothing is checked. It
+    lets a per-element pass over short rows (10 logits) run as one long vectorised loop."""
+    if not (isinstance(matrix, types.Array) and matrix.ndim == 2):
+        return None
+    result = types.Array(matrix.dtype, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(signature.return_type)(context, builder)
+        first, stop = (context.cast(builder, v, t, types.intp)
+                       for v, t in zip(args[1:], signature.args[1:]))
+        _, n_cols = cgutils.unpack_tuple(builder, src.shape, 2)
+        itemsize = context.get_constant(types.intp,
+                                        context.get_abi_sizeof(context.get_data_type(matrix.dtype)))
+        row_stride, _ = cgutils.unpack_tuple(builder, src.strides, 2)
+        # row_stride is in bytes; step the data pointer through i8.
+        start = builder.gep(builder.bitcast(src.data, ir.IntType(8).as_pointer()),
+                            [builder.mul(first, row_stride)])
+        populate_array(dst, data=builder.bitcast(start, src.data.type),
+                       shape=cgutils.pack_array(builder, [builder.mul(builder.sub(stop, first),
+                                                                      n_cols)]),
+                       strides=cgutils.pack_array(builder, [itemsize]),
+                       itemsize=itemsize, meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, signature.return_type, dst._getvalue())
+
+    return result(matrix, r0, r1), codegen
+
+
+@intrinsic
+def float64_from_bits(typingctx, bits):
+    """The float64 whose IEEE bit pattern is the int64 bits."""
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen

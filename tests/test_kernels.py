@@ -201,6 +201,50 @@ def test_softmax_forward(dtype, rng):
     assert np.array_equal(logits, probs)
 
 
+def test_float32_exp_is_within_one_ulp():
+    """The softmax's float32 exp (a polynomial, so that its loops vectorise) against float64 exp
+    rounded to float32, over the whole float32 range, and at the edges."""
+    x = np.concatenate([np.linspace(-110, 95, 400_001), -np.geomspace(1e-30, 110, 20_001),
+                        np.geomspace(1e-30, 95, 20_001)]).astype(np.float32)
+    got = x.copy()
+    kernels._exp_inplace(got)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64)).astype(np.float32)
+    finite = np.isfinite(want) & (want > 0)
+    ulps = np.abs(got[finite].astype(np.float64) - want[finite]) / np.spacing(want[finite])
+    assert ulps.max() <= 1 and np.mean(got == want) > 0.99
+    assert np.array_equal(got[~finite], want[~finite])  # overflow to inf, underflow to 0
+    edges = np.array([np.nan, -np.inf, np.inf, -1e30, 1e30, 0.0, -0.0], dtype=np.float32)
+    kernels._exp_inplace(edges)
+    assert np.isnan(edges[0]) and list(edges[1:]) == [0.0, np.inf, 0.0, np.inf, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_kernels_on_row_strided_views(dtype, rng):
+    """Rows of logits a wider matrix holds take the row-by-row path, not the flat one; both agree
+    with the reference."""
+    wide = rng.normal(scale=3.0, size=(33, 14)).astype(dtype)
+    logits, labels = wide[:, 2:12], rng.integers(0, 10, size=33)
+    dense = np.ascontiguousarray(logits)
+    d_wide = np.zeros_like(wide)
+    losses, dense_losses = np.empty(33), np.empty(33)
+    dense_grad = np.empty_like(dense)
+    mean = kernels.softmax_cross_entropy_forward_backward(d_wide[:, 2:12], losses, logits, labels)
+    dense_mean = kernels.softmax_cross_entropy_forward_backward(dense_grad, dense_losses, dense,
+                                                                labels)
+    ref_losses, ref_grad = naive.softmax_cross_entropy(dense.astype(np.float64), labels)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for got, got_losses in ((d_wide[:, 2:12], losses), (dense_grad, dense_losses)):
+        np.testing.assert_allclose(got, ref_grad, rtol=tol, atol=tol / 33)
+        np.testing.assert_allclose(got_losses, ref_losses, rtol=tol)
+    assert mean == pytest.approx(dense_mean, rel=tol)
+    assert not d_wide[:, :2].any() and not d_wide[:, 12:].any()
+    probs_wide = np.zeros_like(wide)
+    kernels.softmax_forward(probs_wide[:, 2:12], logits)
+    np.testing.assert_allclose(probs_wide[:, 2:12], naive.softmax(dense), rtol=tol)
+    assert not probs_wide[:, :2].any() and not probs_wide[:, 12:].any()
+
+
 def test_mse_gradcheck(rng):
     pred = rng.normal(size=(6, 3))
     target = rng.normal(size=(6, 3))
