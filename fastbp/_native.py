@@ -135,6 +135,12 @@ def gemm(c, a, b, alpha, beta, trans_a, trans_b):
                   b, _leading_dim(b), a, _leading_dim(a), beta, c, _leading_dim(c))
 
 
+def _itemsize(context, dtype):
+    """An element's size in bytes, as an LLVM constant of type intp."""
+    return context.get_constant(types.intp,
+                                context.get_abi_sizeof(context.get_data_type(dtype)))
+
+
 @intrinsic
 def matrix_view(typingctx, flat, start, n_rows, n_cols):
     """flat[start:start + n_rows * n_cols] as a C-contiguous (n_rows, n_cols) matrix, sharing
@@ -150,8 +156,7 @@ def matrix_view(typingctx, flat, start, n_rows, n_cols):
         dst = context.make_array(signature.return_type)(context, builder)
         start_, rows, cols = (context.cast(builder, v, t, types.intp)
                               for v, t in zip(args[1:], signature.args[1:]))
-        itemsize = context.get_constant(types.intp,
-                                        context.get_abi_sizeof(context.get_data_type(flat.dtype)))
+        itemsize = _itemsize(context, flat.dtype)
         populate_array(dst, data=builder.gep(src.data, [start_]),
                        shape=cgutils.pack_array(builder, [rows, cols]),
                        strides=cgutils.pack_array(builder, [builder.mul(cols, itemsize), itemsize]),
@@ -176,8 +181,7 @@ def rows_view(typingctx, matrix, r0, r1):
         first, stop = (context.cast(builder, v, t, types.intp)
                        for v, t in zip(args[1:], signature.args[1:]))
         _, n_cols = cgutils.unpack_tuple(builder, src.shape, 2)
-        itemsize = context.get_constant(types.intp,
-                                        context.get_abi_sizeof(context.get_data_type(matrix.dtype)))
+        itemsize = _itemsize(context, matrix.dtype)
         row_stride, _ = cgutils.unpack_tuple(builder, src.strides, 2)
         # row_stride is in bytes; step the data pointer through i8.
         start = builder.gep(builder.bitcast(src.data, ir.IntType(8).as_pointer()),

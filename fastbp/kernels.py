@@ -25,9 +25,9 @@ are bitwise reproducible at a fixed thread count.
 Precision: matrix products and the sums over the batch in dW and db accumulate in the working
 dtype, as BLAS does. In float32 that is fine for batches up to a few thousand rows; beyond that,
 or for very long reductions, use float64. Losses and the softmax denominator accumulate in
-float64; the softmax's float32 exp is a polynomial (it vectorises), within 1 ulp of the correctly
-rounded value; gradient norms sum squares in the working dtype over blocks of 512, and the blocks in
-float64.
+float64; the softmax's float32 exp is a polynomial (it vectorises), within 1 ulp of the
+correctly rounded value; gradient norms sum squares in the working dtype over blocks of 512, and
+the blocks in float64.
 """
 import math
 from collections import namedtuple
