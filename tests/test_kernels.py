@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from numba import njit
 
+import fastbp
 import naive
 from fastbp import kernels
+from helpers import max_threads
 
 CODES = {"identity": kernels.IDENTITY, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
          "tanh": kernels.TANH}
@@ -155,6 +157,31 @@ def test_dense_kernels_accept_row_strided_views(rng):
     np.testing.assert_allclose(db, dpre.sum(axis=0), rtol=1e-13)
     np.testing.assert_allclose(dinp, dpre @ W.T, rtol=1e-13)
     assert not dinp_wide[:, :4].any() and not dW_wide[:, n_out:].any()
+
+
+@pytest.mark.skipif(max_threads() < 2, reason="needs 2 threads")
+def test_dense_forward_splits_many_inputs_over_threads(rng):
+    """Given scratch, on 2 threads, a layer with far more inputs than rows takes two half products
+    over the inputs (the second half's left in scratch) and adds them; a scratch too small for
+    that is left alone."""
+    fastbp.set_num_threads(2)
+    n_rows, n_in, n_out = 8, 1024, 64
+    assert kernels._splits_input(n_rows, n_in, n_out, 2, n_rows * n_out)
+    inp, W, b = (rng.normal(size=(n_rows, n_in)), rng.normal(size=(n_in, n_out)),
+                 rng.normal(size=n_out))
+    want = np.maximum(inp @ W + b, 0)
+    out = np.empty((n_rows, n_out))
+    scratch = np.zeros(n_rows * n_out + 3)
+    kernels.dense_forward(out, inp, W, b, kernels.RELU, scratch)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-11)
+    half = n_in // 2
+    np.testing.assert_allclose(scratch[:-3].reshape(n_rows, n_out), inp[:, half:] @ W[half:],
+                               rtol=1e-12, atol=1e-11)
+    small = np.zeros(n_rows * n_out - 1)
+    out[...] = np.nan
+    kernels.dense_forward(out, inp, W, b, kernels.RELU, small)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-11)
+    assert not small.any()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 import fastbp
 import naive
-from helpers import layer_errors, make_targets, off_kink_batch, reference_for
+from helpers import layer_errors, make_targets, max_threads, off_kink_batch, reference_for
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
 # (loss, output activation): softmax-CE, and MSE with identity, sigmoid and tanh outputs
@@ -63,6 +63,23 @@ def test_loss_and_every_gradient_match_reference(depth, act, loss, out_act, rng)
     errors = layer_errors(model, ref_grads)
     assert max(errors.values()) < 1e-10, errors
     assert model.loss_value(X, y) == pytest.approx(ref_loss, rel=1e-10)
+
+
+@pytest.mark.skipif(max_threads() < 2, reason="needs 2 threads")
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_gradients_match_reference_when_the_first_layer_splits_its_inputs(checkpoint_every, rng):
+    """On 2 threads a 1024-input layer with a batch of 8 splits its forward product over the
+    inputs (kernels._splits_input); with checkpointing its recomputed output does not."""
+    fastbp.set_num_threads(2)
+    model = fastbp.MLP([1024, 64, 64, 3], dtype=np.float64, seed=3,
+                       checkpoint_every=checkpoint_every)
+    assert fastbp.kernels._splits_input(8, 1024, 64, 2, 8 * 64)
+    X, y = rng.normal(size=(8, 1024)), rng.integers(0, 3, size=8)
+    loss_value = model.loss_and_grad(X, y)
+    ref_loss, ref_grads = reference_for(model).loss_and_grad(model.params, X, y)
+    assert loss_value == pytest.approx(ref_loss, rel=1e-12)
+    errors = layer_errors(model, ref_grads)
+    assert max(errors.values()) < 1e-12, errors
 
 
 @pytest.mark.parametrize("act, loss, out_act", [("relu", "softmax_cross_entropy", "identity"),
