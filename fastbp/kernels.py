@@ -975,8 +975,12 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
         segment_start = layer - layer % k
         if k > 1 and layer % k == k - 1 and layer < n_layers - 1:
             # Entering a new segment from its top: recompute the outputs it did not keep.
-            # Not deltas: they hold the gradient flowing back.
-            _forward_layers(acts, params, x, net, segment_start, layer, deltas[:0])
+            # The scratch is the half of deltas that dpre is not in: free until dinp is
+            # written. (Big enough for the same input splits as the first pass, so the
+            # recomputed outputs are bitwise the first ones.)
+            free = (1 - half) * (deltas.shape[0] // 2)
+            _forward_layers(acts, params, x, net, segment_start, layer,
+                            deltas[free:free + deltas.shape[0] // 2])
         weight, _ = _layer_params(params, net, layer)
         dweight, dbias = _layer_params(grads, net, layer)
         if layer == 0:

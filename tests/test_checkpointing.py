@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastbp
+import helpers
 
 DEEP = [12, 16, 16, 16, 16, 16, 16, 16, 5]          # 8 layers
 
@@ -66,6 +67,22 @@ def test_checkpointed_gradients_are_bitwise_the_plain_ones(k, loss, rng):
             assert opt_plain.train_step(X[:n], y[:n]) == opt_ckpt.train_step(X[:n], y[:n])
     assert np.array_equal(plain.params, ckpt.params)
     assert np.array_equal(plain.forward(X), ckpt.forward(X))
+
+
+@pytest.mark.skipif(helpers.max_threads() < 2, reason="needs 2 threads")
+def test_checkpointing_recomputes_split_products_bitwise(rng):
+    """On 2 threads the 1024-input first layer splits its product over the inputs (see
+    kernels._splits_input); its recomputed output must be bitwise the first one."""
+    fastbp.set_num_threads(2)
+    sizes = [1024, 64, 64, 64, 3]
+    X, y = _data(rng, 8, sizes, "softmax_cross_entropy")
+    plain, ckpt = (fastbp.MLP(sizes, dtype=np.float32, seed=2, checkpoint_every=k)
+                   for k in (1, 2))
+    for _ in range(2):
+        assert plain.loss_and_grad(X, y) == ckpt.loss_and_grad(X, y)
+        assert np.array_equal(plain.grads, ckpt.grads)
+        for model in (plain, ckpt):
+            fastbp.SGD(model, lr=0.1).step()
 
 
 def test_checkpointed_fit_matches_plain_fit(rng):
