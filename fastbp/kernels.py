@@ -16,11 +16,13 @@ tanh' = 1 - a^2.
 
 Parallelism: matrix products are split into a grid of output tiles, one per thread, each tile
 one call of single-threaded BLAS followed by its fused epilogue (bias and activation, or the
-activation's derivative); row-wise passes are ``prange`` over row tiles. Work too small to repay
-waking a thread runs serially, outside any parallel region. Weight gradients are split over their
-own elements, so every element of dW is one thread's whole sum over the batch. No element is
-written by two threads, and the split depends only on the shapes and the thread count, so results
-are bitwise reproducible at a fixed thread count.
+activation's derivative); row-wise passes are ``prange`` over row tiles. A forward product with
+far more inputs than batch rows is split over its inputs instead, when given a scratch buffer
+for the second half's partial sums (``dense_forward``). Work too small to repay waking a thread
+runs serially, outside any parallel region. Weight gradients are split over their own elements,
+so every element of dW is one thread's whole sum over the batch. No element is written by two
+threads, and the split depends only on the shapes, the thread count and the scratch given, so
+results are bitwise reproducible at a fixed thread count.
 
 Precision: matrix products and the sums over the batch in dW and db accumulate in the working
 dtype, as BLAS does. In float32 that is fine for batches up to a few thousand rows; beyond that,
@@ -33,7 +35,7 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.extending import overload
 
 from ._native import float64_from_bits, gemm, matrix_view, num_threads, rows_view
@@ -545,8 +547,8 @@ def _normalise_row(x, i, scale):
 @njit(**_INLINED)
 def _softmax_ce_rows(dlogits, losses, logits, labels, scale, r0, r1):
     """Rows r0..r1-1 of the fused softmax cross-entropy (scale = 1/B). In passes over the whole
-    span, not row by row, so that the exponentials run as one vectorised loop: 0.9 us instead of
-    2.8 us on 32 x 10 logits (measured)."""
+    span, not row by row, so that the exponentials run as one vectorised loop: 1.1 us instead of
+    2.8 us for the whole kernel on 32 x 10 logits (measured)."""
     for i in range(r0, r1):
         # Before dlogits, which may be logits, is written. exp(x - max) <= 1: no overflow.
         losses[i] = _row_max(logits, i) - logits[i, labels[i]]
