@@ -53,18 +53,22 @@ def main():
     repeats = [int(v) for v in sys.argv[1:]] or [1, 50]
     rng = np.random.default_rng(0)
     report = {}
-    for dtype, loss in ((np.float64, "softmax_cross_entropy"), (np.float32, "mse")):
-        model = fastbp.MLP([32, 64, 48, 10], activation="relu", loss=loss, dtype=dtype, seed=0)
+    # enough rows for the first layer's products to split into tiles on several threads
+    n_rows = max(256, -(-2 * kernels.MIN_TILE_WORK // (32 * 64)))
+    cases = ((np.float64, "softmax_cross_entropy", [32, 64, 48, 10], n_rows),
+             (np.float32, "mse", [32, 64, 48, 10], n_rows),
+             # a first layer that splits its forward product over its inputs (2+ threads)
+             (np.float32, "softmax_cross_entropy", [1024, 64, 10], 8))
+    for dtype, loss, sizes, n_rows in cases:
+        model = fastbp.MLP(sizes, activation="relu", loss=loss, dtype=dtype, seed=0)
         opt = fastbp.SGD(model, lr=1e-3, clip_norm=1.0)
-        # enough rows for the first layer's products to split into tiles on several threads
-        n_rows = max(256, -(-2 * kernels.MIN_TILE_WORK // (32 * 64)))
-        X = rng.normal(size=(n_rows, 32)).astype(dtype)
+        X = rng.normal(size=(n_rows, sizes[0])).astype(dtype)
         y = (rng.integers(0, 10, size=n_rows) if loss != "mse"
              else rng.normal(size=(n_rows, 10)).astype(dtype))
         opt.train_step(X, y)                # grows the buffers, compiles
         args = (model.params, model.grads, model._work, X, y, model._net, opt.lr, opt.clip_norm)
         train_steps(1, *args)               # compile the loop before counting
-        report[f"{np.dtype(dtype).name}-{loss}"] = {
+        report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}"] = {
             str(n): counts(lambda: train_steps(n, *args)) for n in repeats}
     x = rng.normal(size=(4, 4))
     allocating_steps(1, x)
