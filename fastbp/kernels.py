@@ -376,10 +376,12 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None):
 
     The output is split into a grid of tiles, one per thread; bias and activation are applied
     to each tile right after its matrix product, while it is still in cache.
-    scratch: optional 1-D C-contiguous buffer of the dtype (its contents are overwritten). When
-    it holds B * OC elements, a layer with far more inputs than batch rows splits its product
-    over the inputs too (see _splits_input); results then differ in the last bits from a call
-    without it.
+    scratch: optional 1-D C-contiguous buffer of the dtype, overlapping no other argument (its
+    contents are overwritten). When it holds B * OC elements, on 2 or more threads, a product of
+    at least 2 * MIN_TILE_WORK multiply-adds with far more inputs than batch rows (C > 2 *
+    threads * B) is split over the inputs instead: two half products, the second into scratch,
+    then one pass adds them and applies bias and activation. Results then differ in the last
+    bits from a call without scratch.
     """
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
@@ -505,7 +507,7 @@ def _exp_float32(x):
 @njit(**_SERIAL)
 def _exp_rows(x, r0, r1):
     """x[r0:r1] := exp(x[r0:r1]), in place; as one flat loop when those rows are contiguous."""
-    if x.strides[0] == x.shape[1] * x.itemsize:
+    if x.strides[1] == x.itemsize and x.strides[0] == x.shape[1] * x.itemsize:
         _exp_inplace(rows_view(x, r0, r1))
         return
     for i in range(r0, r1):
@@ -550,8 +552,9 @@ def _softmax_ce_rows(dlogits, losses, logits, labels, scale, r0, r1):
     span, not row by row, so that the exponentials run as one vectorised loop: 1.1 us instead of
     2.8 us for the whole kernel on 32 x 10 logits (measured)."""
     for i in range(r0, r1):
-        # Before dlogits, which may be logits, is written. exp(x - max) <= 1: no overflow.
-        losses[i] = _row_max(logits, i) - logits[i, labels[i]]
+        # Before dlogits, which may be logits, is written; in float64, as the log is added.
+        # exp(x - max) <= 1: no overflow.
+        losses[i] = np.float64(_row_max(logits, i)) - logits[i, labels[i]]
     _shift_rows(dlogits, logits, r0, r1)
     _exp_rows(dlogits, r0, r1)
     for i in range(r0, r1):
@@ -581,14 +584,19 @@ def softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels):
 
 @njit(**_SERIAL)
 def softmax_cross_entropy_loss(losses, logits, labels):
-    """losses (B,) as in softmax_cross_entropy_forward_backward, no gradient; returns the mean."""
+    """losses (B,) as in softmax_cross_entropy_forward_backward, no gradient; returns the mean.
+    (The same operations, but the sum of exponentials may be added in another order: the two
+    can differ by about 1e-16 of the largest term.)"""
     for i in range(logits.shape[0]):
         top = _row_max(logits, i)
         total = 0.0
-        for j in range(logits.shape[1]):
-            v = logits[i, j] - top
-            total += _exp_float32(v) if logits.itemsize == 4 else math.exp(v)
-        losses[i] = top + math.log(total) - logits[i, labels[i]]
+        if logits.itemsize == 4:
+            for j in range(logits.shape[1]):
+                total += _exp_float32(logits[i, j] - top)
+        else:
+            for j in range(logits.shape[1]):
+                total += math.exp(logits[i, j] - top)
+        losses[i] = (np.float64(top) - logits[i, labels[i]]) + math.log(total)
     return _mean(losses)
 
 
@@ -952,8 +960,11 @@ def _batch_loss_impl(losses, output, target):
 @njit(**_INLINED)
 def mlp_loss(work, params, x, target, net):
     """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
-    cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses."""
-    output = mlp_forward(work.acts, params, x, net)
+    cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses. Its forward
+    pass splits products as mlp_loss_and_grad's does, so the two losses agree to rounding."""
+    n_layers = net.activations.shape[0]
+    _forward_layers(work.acts, params, x, net, 0, n_layers, work.deltas)
+    output = _layer_output(work.acts, net, x.shape[0], n_layers - 1)
     return _batch_loss(work.losses[:x.shape[0]], output, target)
 
 

@@ -272,6 +272,40 @@ def test_softmax_kernels_on_row_strided_views(dtype, rng):
     assert not probs_wide[:, :2].any() and not probs_wide[:, 12:].any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_kernels_on_reversed_columns(dtype, rng):
+    """A view with negative column stride (outside the documented layout) must still be
+    computed in place, never through the flat fast path, and nothing past it written."""
+    logits, labels = rng.normal(size=(6, 4)).astype(dtype), rng.integers(0, 4, size=6)
+    buf = np.full(6 * 4 + 8, 123.0, dtype)
+    probs = buf[:24].reshape(6, 4)[:, ::-1]
+    kernels.softmax_forward(probs, logits)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(probs, naive.softmax(logits), rtol=tol)
+    buf[:24] = 0
+    losses = np.empty(6)
+    kernels.softmax_cross_entropy_forward_backward(probs, losses, logits, labels)
+    ref_losses, ref_grad = naive.softmax_cross_entropy(logits.astype(np.float64), labels)
+    np.testing.assert_allclose(probs, ref_grad, rtol=tol, atol=tol / 6)
+    assert (buf[24:] == 123.0).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+def test_float32_cross_entropy_losses_are_float64_accurate_and_agree(scale, rng):
+    """In float32 the fused kernel and the loss-only kernel agree to float64 rounding and are as
+    accurate as float64 arithmetic on the float32 logits allows."""
+    logits = (rng.normal(size=(50, 10)) * scale).astype(np.float32)
+    labels = rng.integers(0, 10, size=50)
+    fused, alone = np.empty(50), np.empty(50)
+    mean = kernels.softmax_cross_entropy_forward_backward(np.empty_like(logits), fused, logits,
+                                                          labels)
+    assert kernels.softmax_cross_entropy_loss(alone, logits, labels) == pytest.approx(mean,
+                                                                                   rel=1e-14)
+    np.testing.assert_allclose(fused, alone, rtol=1e-12, atol=1e-14)
+    ref, _ = naive.softmax_cross_entropy(logits.astype(np.float64), labels)
+    assert np.max(np.abs(fused - ref)) < 1e-6 * max(1.0, np.abs(ref).max() * 1e-2)
+
+
 def test_mse_gradcheck(rng):
     pred = rng.normal(size=(6, 3))
     target = rng.normal(size=(6, 3))

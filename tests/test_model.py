@@ -69,7 +69,7 @@ def test_loss_and_every_gradient_match_reference(depth, act, loss, out_act, rng)
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
 def test_gradients_match_reference_when_the_first_layer_splits_its_inputs(checkpoint_every, rng):
     """On 2 threads a 1024-input layer with a batch of 8 splits its forward product over the
-    inputs (kernels._splits_input); with checkpointing its recomputed output does not."""
+    inputs (kernels._splits_input), in the first pass and, with checkpointing, when recomputed."""
     fastbp.set_num_threads(2)
     model = fastbp.MLP([1024, 64, 64, 3], dtype=np.float64, seed=3,
                        checkpoint_every=checkpoint_every)
@@ -80,6 +80,7 @@ def test_gradients_match_reference_when_the_first_layer_splits_its_inputs(checkp
     assert loss_value == pytest.approx(ref_loss, rel=1e-12)
     errors = layer_errors(model, ref_grads)
     assert max(errors.values()) < 1e-12, errors
+    assert model.loss_value(X, y) == pytest.approx(loss_value, rel=1e-14)  # split the same way
 
 
 @pytest.mark.parametrize("act, loss, out_act", [("relu", "softmax_cross_entropy", "identity"),
