@@ -898,8 +898,15 @@ def _layer_output(acts, net, n_rows, layer):
 
 
 @njit(**_SERIAL)
+def _delta_half(deltas, half):
+    """Half 0 or 1 of the delta buffer, as a flat view."""
+    size = deltas.shape[0] // 2
+    return deltas[half * size:(half + 1) * size]
+
+
+@njit(**_SERIAL)
 def _delta(deltas, n_rows, width, half):
-    return matrix_view(deltas, half * (deltas.shape[0] // 2), n_rows, width)
+    return matrix_view(_delta_half(deltas, half), 0, n_rows, width)
 
 
 @njit(**_INLINED)
@@ -915,12 +922,18 @@ def _forward_layers(acts, params, x, net, first, stop, scratch):
 
 
 @njit(**_INLINED)
+def _forward(acts, params, x, net, scratch):
+    """mlp_forward with a scratch for dense_forward (see _forward_layers)."""
+    n_layers = net.activations.shape[0]
+    _forward_layers(acts, params, x, net, 0, n_layers, scratch)
+    return _layer_output(acts, net, x.shape[0], n_layers - 1)
+
+
+@njit(**_INLINED)
 def mlp_forward(acts, params, x, net):
     """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
     x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer."""
-    n_layers = net.activations.shape[0]
-    _forward_layers(acts, params, x, net, 0, n_layers, acts[:0])
-    return _layer_output(acts, net, x.shape[0], n_layers - 1)
+    return _forward(acts, params, x, net, acts[:0])
 
 
 def _loss_and_output_grad(dout, losses, output, target, output_activation):
@@ -962,9 +975,7 @@ def mlp_loss(work, params, x, target, net):
     """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
     cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses. Its forward
     pass splits products as mlp_loss_and_grad's does, so the two losses agree to rounding."""
-    n_layers = net.activations.shape[0]
-    _forward_layers(work.acts, params, x, net, 0, n_layers, work.deltas)
-    output = _layer_output(work.acts, net, x.shape[0], n_layers - 1)
+    output = _forward(work.acts, params, x, net, work.deltas)
     return _batch_loss(work.losses[:x.shape[0]], output, target)
 
 
@@ -978,8 +989,7 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
     n_layers = net.activations.shape[0]
     k = net.checkpoint_every
     # deltas are free until the loss gradient is written: the forward pass's scratch.
-    _forward_layers(acts, params, x, net, 0, n_layers, deltas)
-    output = _layer_output(acts, net, n_rows, n_layers - 1)
+    output = _forward(acts, params, x, net, deltas)
     dpre = _delta(deltas, n_rows, net.sizes[n_layers], 0)
     loss = _loss_and_output_grad(dpre, work.losses[:n_rows], output, target,
                                  net.activations[n_layers - 1])
@@ -991,9 +1001,8 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
             # The scratch is the half of deltas that dpre is not in: free until dinp is
             # written. (Big enough for the same input splits as the first pass, so the
             # recomputed outputs are bitwise the first ones.)
-            free = (1 - half) * (deltas.shape[0] // 2)
             _forward_layers(acts, params, x, net, segment_start, layer,
-                            deltas[free:free + deltas.shape[0] // 2])
+                            _delta_half(deltas, 1 - half))
         weight, _ = _layer_params(params, net, layer)
         dweight, dbias = _layer_params(grads, net, layer)
         if layer == 0:
