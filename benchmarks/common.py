@@ -52,7 +52,9 @@ def layer_sizes(width, depth, n_in=None, n_out=N_CLASSES):
 
 
 def count_params(sizes):
-    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    """Parameter count p of a network of these layer widths (fastbp.layout.n_params)."""
+    from fastbp.layout import n_params
+    return n_params(sizes)
 
 
 def step_flops(sizes, batch):
@@ -212,7 +214,8 @@ def matmul_peak_gflops(dtype=np.float32, n=2048, repeat=5):
 # backward pass alone without Python overhead, this @njit pair runs the same public layer kernels
 # that mlp_loss_and_grad runs, in the same order, on buffers of its own (layer l's activations
 # at n_rows * sum(sizes[1:l+1]); two ping-pong delta halves), reading params and writing grads in
-# fastbp's documented flat layout (per layer W (fan_in, fan_out) row-major, then b).
+# fastbp's flat layout: layer l's block starts at fastbp.layout.param_offsets(sizes)[l] and
+# holds W (fan_in, fan_out) row-major, then b.
 # composed_kernels() checks that its gradients equal mlp_loss_and_grad's.
 #
 # Compiling it costs seconds per dtype, so it is cached on disk. Numba's cache only notices
@@ -227,10 +230,8 @@ from fastbp import kernels
 
 
 @njit(cache=True)
-def _layer(params, sizes, layer):
-    offset = 0
-    for l in range(layer):
-        offset += (sizes[l] + 1) * sizes[l + 1]
+def _layer(params, offsets, sizes, layer):
+    offset = offsets[layer]
     n_in, n_out = sizes[layer], sizes[layer + 1]
     return (params[offset:offset + n_in * n_out].reshape(n_in, n_out),
             params[offset + n_in * n_out:offset + (n_in + 1) * n_out])
@@ -246,10 +247,10 @@ def _output(acts, sizes, n_rows, layer):
 
 
 @njit(cache=True)
-def forward(acts, params, x, sizes, activations):
+def forward(acts, params, x, offsets, sizes, activations):
     inp = x
     for layer in range(activations.shape[0]):
-        weight, bias = _layer(params, sizes, layer)
+        weight, bias = _layer(params, offsets, sizes, layer)
         out = _output(acts, sizes, x.shape[0], layer)
         kernels.dense_forward(out, inp, weight, bias, activations[layer])
         inp = out
@@ -257,7 +258,7 @@ def forward(acts, params, x, sizes, activations):
 
 
 @njit(cache=True)
-def backward(grads, acts, deltas, losses, params, x, labels, sizes, activations):
+def backward(grads, acts, deltas, losses, params, x, labels, offsets, sizes, activations):
     n_rows = x.shape[0]
     n_layers = activations.shape[0]
     half_size = deltas.shape[0] // 2
@@ -266,8 +267,8 @@ def backward(grads, acts, deltas, losses, params, x, labels, sizes, activations)
         dpre, losses, _output(acts, sizes, n_rows, n_layers - 1), labels)
     half = 0
     for layer in range(n_layers - 1, -1, -1):
-        weight, _ = _layer(params, sizes, layer)
-        dweight, dbias = _layer(grads, sizes, layer)
+        weight, _ = _layer(params, offsets, sizes, layer)
+        dweight, dbias = _layer(grads, offsets, sizes, layer)
         if layer == 0:
             kernels.dense_backward(deltas[:0].reshape(0, sizes[0]), dweight, dbias, dpre, x,
                                    weight, kernels.IDENTITY)
@@ -319,6 +320,7 @@ class ComposedBackward:
     kernels. Raises AssertionError if its gradients differ from mlp_loss_and_grad's."""
 
     def __init__(self, net):
+        from fastbp.layout import param_offsets
         mod = _composed_module()
         m, n = net.model, net.batch
         widths = net.sizes[1:]
@@ -326,11 +328,12 @@ class ComposedBackward:
         self._deltas = np.empty(2 * n * max(widths), dtype=net.dtype)
         self._losses = np.empty(n, dtype=np.float64)
         self._grads = np.empty_like(m.params)
-        args = (m.params, net.X, m._net.sizes, m._net.activations)
+        offsets = param_offsets(net.sizes)
+        args = (m.params, net.X, offsets, m._net.sizes, m._net.activations)
         mod.forward(self._acts, *args)
         net.loss_and_grad()
         self.backward = lambda: mod.backward(self._grads, self._acts, self._deltas, self._losses,
-                                             m.params, net.X, net.y, m._net.sizes,
+                                             m.params, net.X, net.y, offsets, m._net.sizes,
                                              m._net.activations)
         self.backward()
         scale = max(float(np.abs(m.grads).max()), 1e-30)

@@ -130,8 +130,9 @@ def step_products(sizes, batch, dtype=np.float32):
 def fastbp_steps(sizes, batch):
     """(train_step callable, one-epoch callable, batches per epoch, parameter count)."""
     import fastbp
+    from fastbp.layout import n_params
     rng = np.random.default_rng(0)
-    n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * _n_params(sizes)))))
+    n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * n_params(sizes)))))
     n = batch * n_batches
     X = rng.standard_normal((n, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], n)
@@ -150,10 +151,6 @@ def fastbp_steps(sizes, batch):
         done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms, layer_sq)
         assert done == n_batches, "the benchmark diverged"
     return lambda: opt.train_step(xb, yb), epoch, n_batches, model.n_params
-
-
-def _n_params(sizes):
-    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def torch_step(sizes, batch, threads):

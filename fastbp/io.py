@@ -5,21 +5,26 @@ run code):
 
 =====================  ====================================================================
 ``format``             the text "fastbp.MLP"
-``version``            format version, 1
+``version``            format version, 2
 ``sizes``              int64 layer widths, input first
 ``activations``        text, one per hidden layer
 ``output_activation``  text
 ``loss``               text
 ``dtype``              "float32" or "float64"
-``params``             the flat parameter array (``model.params``), in that dtype
+``checkpoint_every``   int64, at least 1 (absent from version 1 files, which load with 1)
+``params``             the flat parameter array (``model.params``), in that dtype and in the
+                       layout of :mod:`fastbp.layout`
 ``metadata``           optional: JSON text given to ``save``
 =====================  ====================================================================
+
+Together these are every argument of ``MLP(...)`` but ``seed``, which only chose the initial
+values that ``params`` replaces: ``load(save(model))`` builds the same model.
 
 ``save`` writes to a temporary file in the destination folder, flushes it to disk and renames
 it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
 new one, never a partial write. ``load`` checks every field (sizes, activations, loss, dtype,
-parameter count, finite values) and raises :class:`ModelFileError` with a one-line message
-when something does not fit.
+checkpoint_every, parameter count, finite values) and raises :class:`ModelFileError` with a
+one-line message when something does not fit. It reads versions 1 and 2.
 """
 import json
 import os
@@ -28,12 +33,16 @@ import tempfile
 import numpy as np
 
 from .data import DataError, read_npz
+from .layout import n_params
 from .model import ACTIVATIONS, LOSSES, MLP
 
-__all__ = ["save", "load", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION",
+           "READABLE_VERSIONS"]
 
 FORMAT = "fastbp.MLP"
-VERSION = 1
+VERSION = 2
+# Versions that load() reads. Version 1 had no checkpoint_every (it loads as 1).
+READABLE_VERSIONS = (1, 2)
 
 
 class ModelFileError(ValueError):
@@ -58,6 +67,7 @@ def save(model, path, metadata=None):
         "output_activation": np.array(model.output_activation),
         "loss": np.array(model.loss),
         "dtype": np.array(np.dtype(model.dtype).name),
+        "checkpoint_every": np.array(model.checkpoint_every, dtype=np.int64),
         "params": model.params,
     }
     if metadata is not None:
@@ -137,9 +147,11 @@ def load(path):
     version = arrays.get("version")
     if version is None or version.shape != () or version.dtype.kind not in "iu":
         raise ModelFileError(f"{what}: missing or malformed 'version'")
-    if int(version) != VERSION:
-        raise ModelFileError(f"{what}: format version {int(version)}; this fastbp reads "
-                             f"version {VERSION} (a newer fastbp wrote it?)")
+    version = int(version)
+    if version not in READABLE_VERSIONS:
+        raise ModelFileError(f"{what}: format version {version}; this fastbp reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))} (a newer fastbp wrote "
+                             "it?)")
 
     sizes = arrays.get("sizes")
     if sizes is None or sizes.ndim != 1 or sizes.dtype.kind not in "iu" or sizes.size < 2 \
@@ -163,9 +175,10 @@ def load(path):
     dtype_name = _text(arrays, "dtype", what)
     if dtype_name not in ("float32", "float64"):
         raise ModelFileError(f"{what}: dtype {dtype_name!r}, expected float32 or float64")
+    checkpoint_every = _checkpoint_every(arrays, version, what)
 
     params = arrays["params"]
-    expected = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    expected = n_params(sizes)
     if params.ndim != 1 or params.dtype != np.dtype(dtype_name):
         raise ModelFileError(f"{what}: 'params' should be a 1-D {dtype_name} array, got "
                              f"{params.dtype} of shape {params.shape}")
@@ -176,11 +189,29 @@ def load(path):
         raise ModelFileError(f"{what}: parameters contain NaN or Inf")
     try:
         model = MLP(sizes, activation=activations, output_activation=output_activation,
-                    loss=loss, dtype=np.dtype(dtype_name).type)
+                    loss=loss, dtype=np.dtype(dtype_name).type,
+                    checkpoint_every=checkpoint_every)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{what}: {exc}") from None
     model.params[...] = params
     return model
+
+
+def _checkpoint_every(arrays, version, what):
+    """The stored checkpoint_every as a positive int; 1 for version 1 files, which lack it."""
+    value = arrays.get("checkpoint_every")
+    if value is None:
+        if version == 1:
+            return 1
+        raise ModelFileError(f"{what}: missing the field 'checkpoint_every'; not a version "
+                             f"{version} fastbp model file")
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise ModelFileError(f"{what}: 'checkpoint_every' must be a positive integer, got "
+                             f"{value.dtype} of shape {value.shape}")
+    if int(value) < 1:
+        raise ModelFileError(f"{what}: 'checkpoint_every' must be a positive integer, got "
+                             f"{int(value)}")
+    return int(value)
 
 
 def read_metadata(path):

@@ -2,7 +2,7 @@
 validating layer over the compiled kernels (all numerics live in fastbp.kernels)."""
 import numpy as np
 
-from . import _validate, kernels
+from . import _validate, kernels, layout
 from ._threads import pin_kernel_blas
 
 ACTIVATIONS = {"identity": kernels.IDENTITY, "relu": kernels.RELU,
@@ -49,7 +49,7 @@ class MLP:
     Attributes
     ----------
     params : 1-D array of every parameter, layer by layer: W (fan_in, fan_out) row-major, then
-        b (fan_out,). Writing into it changes the model.
+        b (fan_out,) (see fastbp.layout). Writing into it changes the model.
     grads : array of the same layout, written by ``loss_and_grad``.
     weights, biases, weight_grads, bias_grads : lists of per-layer views into params and grads.
     """
@@ -94,7 +94,7 @@ class MLP:
         self.checkpoint_every = checkpoint_every
         self._codes = hidden + [output_code]
 
-        self._allocate(sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])), capacity=1)
+        self._allocate(layout.n_params(sizes), capacity=1)
         self._initialise(seed)
         pin_kernel_blas()
 
@@ -110,15 +110,6 @@ class MLP:
             if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
                 raise ValueError(f"sizes: every width must be a positive integer, got {sizes}")
         return [int(s) for s in sizes]
-
-    def _layer_views(self, flat):
-        weights, biases, offset = [], [], 0
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
-            weights.append(flat[offset:offset + n_in * n_out].reshape(n_in, n_out))
-            offset += n_in * n_out
-            biases.append(flat[offset:offset + n_out])
-            offset += n_out
-        return weights, biases
 
     def _initialise(self, seed):
         rng = np.random.default_rng(seed)
@@ -166,8 +157,8 @@ class MLP:
         for `capacity` rows (its gradient norms not yet computed)."""
         self.params = kernels.aligned_zeros(n_params, self.dtype)
         self.grads = kernels.aligned_zeros(n_params, self.dtype)
-        self.weights, self.biases = self._layer_views(self.params)
-        self.weight_grads, self.bias_grads = self._layer_views(self.grads)
+        self.weights, self.biases = layout.layer_views(self.params, self.sizes)
+        self.weight_grads, self.bias_grads = layout.layer_views(self.grads, self.sizes)
         self._net = self._work = None
         self._capacity = 0
         self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads

@@ -1,5 +1,6 @@
 """fastbp.save / fastbp.load: round trips, no pickle, atomic writes, validation on load."""
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -50,11 +51,84 @@ def test_round_trip(tmp_path, dtype, kw):
     assert loaded.sizes == model.sizes and loaded.activations == model.activations
     assert loaded.output_activation == model.output_activation and loaded.loss == model.loss
     assert loaded.dtype == model.dtype and loaded.params.dtype == model.params.dtype
+    assert loaded.checkpoint_every == model.checkpoint_every == 1
     np.testing.assert_array_equal(loaded.params, model.params)
     np.testing.assert_array_equal(loaded.forward(X), model.forward(X))
     # Plain arrays: NumPy reads the file with pickle disabled.
     assert set(fields(path)) == {"format", "version", "sizes", "activations",
-                                 "output_activation", "loss", "dtype", "params"}
+                                 "output_activation", "loss", "dtype", "checkpoint_every",
+                                 "params"}
+    assert int(fields(path)["version"]) == fio.VERSION == 2
+
+
+def test_round_trip_keeps_every_constructor_argument(tmp_path):
+    """checkpoint_every (lost by format version 1) and mixed hidden activations come back, with
+    the parameters bit for bit; only the seed is not stored (params replace what it chose)."""
+    kw = dict(activation=["tanh", "relu", "sigmoid", "identity"], output_activation="sigmoid",
+              loss="mse", checkpoint_every=3)
+    model, X = trained(sizes=(5, 7, 6, 4, 5, 3), dtype=np.float64, **kw)
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    loaded = fastbp.load(path)
+    assert loaded.sizes == model.sizes == [5, 7, 6, 4, 5, 3]
+    assert loaded.activations == model.activations == ["tanh", "relu", "sigmoid", "identity"]
+    assert loaded.output_activation == model.output_activation == "sigmoid"
+    assert loaded.loss == model.loss == "mse"
+    assert loaded.dtype is model.dtype is np.float64
+    assert loaded.checkpoint_every == model.checkpoint_every == 3
+    assert repr(loaded) == repr(model)
+    assert loaded.params.tobytes() == model.params.tobytes()
+    assert int(fields(path)["checkpoint_every"]) == 3
+    # The same checkpointed buffers, hence the same gradients.
+    y = np.random.default_rng(1).normal(size=(40, 3))
+    assert loaded.loss_and_grad(X, y) == model.loss_and_grad(X, y)
+    assert loaded.grads.tobytes() == model.grads.tobytes()
+    assert loaded.memory_report() == model.memory_report()
+
+
+def test_version_1_files_still_load(tmp_path):
+    """A file as fastbp wrote it before checkpoint_every was stored (written here by hand)."""
+    model, X = trained(activation=["sigmoid", "tanh"])
+    path = tmp_path / "v1.npz"
+    np.savez(path, format=np.array("fastbp.MLP"), version=np.array(1, dtype=np.int64),
+             sizes=np.array(model.sizes, dtype=np.int64),
+             activations=np.array(model.activations, dtype=str),
+             output_activation=np.array(model.output_activation), loss=np.array(model.loss),
+             dtype=np.array("float32"), params=model.params)
+    loaded = fastbp.load(path)
+    assert loaded.checkpoint_every == 1
+    assert loaded.sizes == model.sizes and loaded.activations == ["sigmoid", "tanh"]
+    assert loaded.params.tobytes() == model.params.tobytes()
+    np.testing.assert_array_equal(loaded.forward(X), model.forward(X))
+    # A version-1 file that does carry the field is held to the same rules.
+    rewrite(path, checkpoint_every=np.array(2))
+    assert fastbp.load(path).checkpoint_every == 2
+    rewrite(path, checkpoint_every=np.array(0))
+    with pytest.raises(ModelFileError, match="'checkpoint_every' must be a positive integer"):
+        fastbp.load(path)
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.array(0), "got 0$"),
+    (np.array(-3), "got -3$"),
+    (np.array(2.0), "got float64 of shape"),
+    (np.array([2, 2]), r"got int64 of shape \(2,\)"),
+    (np.array(True), "got bool of shape"),
+    (np.array("3"), "got <U1 of shape"),
+    (None, "missing the field 'checkpoint_every'"),
+])
+def test_bad_checkpoint_every_is_refused(tmp_path, value, message):
+    model, _ = trained(checkpoint_every=2)
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    rewrite(path, checkpoint_every=value)
+    with pytest.raises(ModelFileError) as info:
+        fastbp.load(path)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(str(path))
+    if value is not None:
+        assert "'checkpoint_every' must be a positive integer" in text
+    assert re.search(message, text), text
 
 
 def test_no_hidden_layer_and_metadata(tmp_path):
@@ -117,7 +191,8 @@ def test_save_errors(tmp_path):
     ({"sizes": np.array([5, 0, 4, 3])}, "positive layer widths"),
     ({"sizes": np.array([5.0, 7.0, 4.0, 3.0])}, "positive layer widths"),
     ({"format": np.array("something.else")}, "format is 'something.else'"),
-    ({"version": np.array(2)}, "format version 2"),
+    ({"version": np.array(3)}, "format version 3; this fastbp reads versions 1, 2"),
+    ({"version": np.array(0)}, "format version 0"),
     ({"loss": None}, "missing the field 'loss'"),
     ({"params": None}, "not a fastbp model file"),
 ])
