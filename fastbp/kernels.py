@@ -75,7 +75,7 @@ MIN_TILE_WORK = 1 << 18
 NORM_CHUNK = 1 << 14
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _n_tiles(n_rows, work_per_row):
     """Row tiles for a row-wise pass: one per thread, but none so small that waking a thread
     costs more than it saves. 1 means: run serially, without entering a parallel region."""
@@ -83,8 +83,11 @@ def _n_tiles(n_rows, work_per_row):
     return max(1, min(num_threads(), n_rows, by_work))
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _span(tile, n_tiles, n):
+    """[start, stop) of a tile, as int64 whatever tile's type (a prange index is unsigned, and
+    each argument type would compile the callers' tile functions again)."""
+    tile = np.int64(tile)
     return tile * n // n_tiles, (tile + 1) * n // n_tiles
 
 
@@ -267,7 +270,8 @@ def activation_forward(out, inp, activation):
     n_rows = inp.shape[0]
     n_tiles = _n_tiles(n_rows, 8 * inp.shape[1])
     if n_tiles == 1:
-        _activation_tile(out, inp, activation, 0, n_rows, 0, inp.shape[1])
+        r0, r1 = _span(0, 1, n_rows)
+        _activation_tile(out, inp, activation, r0, r1, 0, inp.shape[1])
         return
     for t in prange(n_tiles):
         r0, r1 = _span(t, n_tiles, n_rows)
@@ -280,7 +284,8 @@ def activation_backward(dinp, dout, out, activation):
     n_rows = out.shape[0]
     n_tiles = _n_tiles(n_rows, 2 * out.shape[1])
     if n_tiles == 1:
-        _activation_backward_tile(dinp, dout, out, activation, 0, n_rows, 0, out.shape[1])
+        r0, r1 = _span(0, 1, n_rows)
+        _activation_backward_tile(dinp, dout, out, activation, r0, r1, 0, out.shape[1])
         return
     for t in prange(n_tiles):
         r0, r1 = _span(t, n_tiles, n_rows)
@@ -367,7 +372,8 @@ def _dense_forward_split_input(out, partial, inp, weight, bias, activation):
             row, part = out[i], partial[i]
             for j in range(row.shape[0]):
                 row[j] += part[j]
-        _bias_activation_tile(out, bias, activation, r0, r1, 0, n_out)
+        c0, c1 = _span(0, 1, n_out)
+        _bias_activation_tile(out, bias, activation, r0, r1, c0, c1)
 
 
 @njit(**_PARALLEL)
@@ -394,7 +400,9 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None):
     grid_rows, grid_cols = _grid(n_rows, n_out, n_in, n_threads)
     n_tiles = grid_rows * grid_cols
     if n_tiles == 1:
-        _dense_forward_tile(out, inp, weight, bias, activation, 0, n_rows, 0, n_out)
+        r0, r1 = _span(0, 1, n_rows)
+        c0, c1 = _span(0, 1, n_out)
+        _dense_forward_tile(out, inp, weight, bias, activation, r0, r1, c0, c1)
         return
     for t in prange(n_tiles):
         r0, r1 = _span(t // grid_cols, grid_rows, n_rows)
@@ -408,7 +416,8 @@ def _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1):
     gemm(dweight[r0:r1, c0:c1], inp[:, r0:r1], dpre[:, c0:c1], 1.0, 0.0, True, False)
     if r0 == 0:
         b = dbias[c0:c1]
-        b[:] = 0
+        for j in range(b.shape[0]):  # not b[:] = 0, which compiles a shape check and its message
+            b[j] = 0
         for i in range(dpre.shape[0]):  # row by row: memory is read in order
             row = dpre[i, c0:c1]
             for j in range(row.shape[0]):
@@ -449,9 +458,12 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation):
     n_tasks = n_weight_tiles + n_input_tiles
     if num_threads() == 1 or n_tasks == 1 or (
             n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
-        _weight_grad_tile(dweight, dbias, dpre, inp, 0, n_in, 0, n_out)
+        k0, k1 = _span(0, 1, n_in)
+        c0, c1 = _span(0, 1, n_out)
+        _weight_grad_tile(dweight, dbias, dpre, inp, k0, k1, c0, c1)
         if n_input_tiles:
-            _input_grad_tile(dinp, dpre, weight, inp, inp_activation, 0, n_rows, 0, n_in)
+            r0, r1 = _span(0, 1, n_rows)
+            _input_grad_tile(dinp, dpre, weight, inp, inp_activation, r0, r1, k0, k1)
         return
     for t in prange(n_weight_tiles + n_input_tiles):
         if t < n_weight_tiles:
@@ -883,7 +895,7 @@ def make_workspace(net, acts_size, dtype):
                      np.empty(norm_partials_size(net.param_offsets), dtype=np.float64))
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _layer_params(params, net, layer):
     start = net.param_offsets[layer]
     n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
@@ -892,19 +904,19 @@ def _layer_params(params, net, layer):
     return weight, bias
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _layer_output(acts, net, n_rows, layer):
     return matrix_view(acts, net.act_offsets[layer], n_rows, net.sizes[layer + 1])
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _delta_half(deltas, half):
     """Half 0 or 1 of the delta buffer, as a flat view."""
     size = deltas.shape[0] // 2
     return deltas[half * size:(half + 1) * size]
 
 
-@njit(**_SERIAL)
+@njit(**_INLINED)
 def _delta(deltas, n_rows, width, half):
     return matrix_view(_delta_half(deltas, half), 0, n_rows, width)
 
@@ -1007,7 +1019,7 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
         dweight, dbias = _layer_params(grads, net, layer)
         if layer == 0:
             dense_backward(_delta(deltas, 0, net.sizes[0], 1 - half), dweight, dbias, dpre, x,
-                           weight, IDENTITY)
+                           weight, np.int64(IDENTITY))  # not a literal: one compile serves
         else:
             inp = _layer_output(acts, net, n_rows, layer - 1)
             dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
@@ -1070,7 +1082,8 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
         loss, norm, applied = mlp_train_step(params, grads, work, xb, yb, net, lr, clip_norm)
         step_losses[step] = loss
         step_norms[step] = norm
-        step_layer_sq[step] = work.layer_sq
+        for layer in range(work.layer_sq.shape[0]):  # a loop: no shape check to compile
+            step_layer_sq[step, layer] = work.layer_sq[layer]
         if not applied:
             return step
         step += 1
@@ -1140,7 +1153,8 @@ def take_rows(out, x, index):
     # thread, 28 us on two, measured).
     n_tiles = _n_tiles(n_rows, 8 * out.shape[1])
     if n_tiles == 1:
-        _take_rows_span(out, x, index, 0, n_rows)
+        r0, r1 = _span(0, 1, n_rows)
+        _take_rows_span(out, x, index, r0, r1)
         return
     for t in prange(n_tiles):
         r0, r1 = _span(t, n_tiles, n_rows)
