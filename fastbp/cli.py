@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, kernels
 from ._threads import set_num_threads
 from .data import NAMED, SCALINGS, DataError
 from .data import load as load_data
@@ -283,13 +283,28 @@ class _CosineSchedule:
 
 def _warm_up(n_in, n_out, args, y_example):
     """Compile (or load from Numba's cache) every kernel training will use, on a tiny model of
-    the same dtype and loss, so that epoch timings measure training only."""
+    the same dtype and loss, so that epoch timings measure training only. It calls the compiled
+    steps and inference directly, not fit (which ends training cleanly on Ctrl-C), so that
+    Ctrl-C stops it at once."""
     dtype = np.dtype(args.dtype).type
     tiny = MLP([n_in, 2, n_out], loss=args.loss, dtype=dtype, seed=0)
-    X = np.zeros((4, n_in), dtype=dtype)
-    y = np.zeros((4,) + y_example.shape[1:], dtype=y_example.dtype)
-    fit(tiny, X, y, SGD(tiny, lr=1e-3), epochs=1, batch_size=2, seed=0,
-        validation_data=(X, y))
+    X, y = tiny._check_batch(np.zeros((4, n_in), dtype=dtype),
+                             np.zeros((4,) + y_example.shape[1:], dtype=y_example.dtype))
+    x_batch = kernels.aligned_zeros((2, n_in), dtype)
+    y_batch = np.empty((2,) + y.shape[1:], dtype=y.dtype)
+    SGD(tiny, lr=1e-3)._train_epoch(X, y, np.arange(4), 2, x_batch, y_batch, np.empty(2),
+                                    np.empty(2), np.empty((2, 2)))
+    tiny.predict(X)
+
+
+def _kernels_cached():
+    """Whether Numba's cache already holds fit's compiled epoch (else this run compiles)."""
+    try:
+        folder = kernels._from_python_train_epoch._cache._cache_path
+        return any(name.startswith("kernels._from_python_train_epoch")
+                   for name in os.listdir(folder))
+    except (AttributeError, OSError):
+        return True  # unknown: say nothing
 
 
 def _one_hot(labels, n_classes, dtype):
@@ -356,6 +371,8 @@ def train(args):
         f"{args.batch_size}, {args.epochs} epochs, seed {args.seed}, {threads} threads")
 
     t0 = time.perf_counter()
+    if not _kernels_cached():
+        say("compiling kernels, first run only (later runs load them from Numba's cache)...")
     _warm_up(ds.n_features, ds.n_classes, args, y_train)
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
