@@ -59,3 +59,32 @@ class FirstStep:
                 f"model = fastbp.MLP([64, 128, 10], dtype=np.{dtype}, seed=0)\n"
                 f"fastbp.SGD(model, lr=0.01, clip_norm=5.0).train_step(X, y)\n")
         return code, setup
+
+
+class TrainCommand:
+    """A whole `fastbp train` (the shipped digits, default options, --quiet) in a fresh
+    interpreter: what a new user's first command costs (cache="cold": an empty Numba cache, so
+    it compiles every kernel training uses) and every later one (cache="warm")."""
+
+    params = [["warm", "cold"]]
+    param_names = ["cache"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    rounds = 1
+    timeout = 600
+
+    def setup(self, cache):
+        if cache == "warm":
+            from fastbp.cli import main
+            main(["train", "--quiet", "--epochs", "1"])
+
+    def timeraw_train(self, cache):
+        setup = _path_setup()
+        if cache == "cold":
+            setup += ("import atexit, os, shutil, tempfile\n"
+                      "cache_dir = tempfile.mkdtemp(prefix='fastbp-cold-')\n"
+                      "atexit.register(shutil.rmtree, cache_dir, True)\n"
+                      "os.environ['NUMBA_CACHE_DIR'] = cache_dir\n")
+        code = ("from fastbp.cli import main\n"
+                "assert main(['train', '--quiet']) == 0\n")
+        return code, setup
