@@ -2,7 +2,7 @@
 
 fastbp's kernels run Numba ``prange`` loops whose tiles each call BLAS. If that BLAS had its own
 worker threads, two pools would spin against each other and steps would run 50-100x slower. So
-the BLAS that the kernels call (``fastbp._native.openblas``, a library of their own) is limited
+the BLAS that the kernels call (``fastbp.kernels._native.openblas``, a library of their own) is limited
 to one thread, and Numba's pool is the only one: ``set_num_threads`` sets its size. NumPy's BLAS,
 a separate library, is not touched.
 """
@@ -10,7 +10,7 @@ import ctypes
 
 import numba
 
-from ._native import openblas
+from .kernels._native import openblas
 
 # Looked up once: a ctypes attribute lookup per call would cost more than the call.
 _get_blas_threads = openblas.scipy_openblas_get_num_threads

@@ -131,6 +131,7 @@ def fastbp_steps(sizes, batch):
     """(train_step callable, one-epoch callable, batches per epoch, parameter count)."""
     import fastbp
     from fastbp.layout import n_params
+    from fastbp.training import _train_steps
     rng = np.random.default_rng(0)
     n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * n_params(sizes)))))
     n = batch * n_batches
@@ -148,7 +149,8 @@ def fastbp_steps(sizes, batch):
     order = np.arange(n)
 
     def epoch():
-        done = opt._train_epoch(Xc, yc, order, batch, x_batch, y_batch, losses, norms, layer_sq)
+        done = _train_steps(model, opt.update_spec(), Xc, yc, order, batch, x_batch, y_batch,
+                            losses, norms, layer_sq)
         assert done == n_batches, "the benchmark diverged"
     return lambda: opt.train_step(xb, yb), epoch, n_batches, model.n_params
 
@@ -278,7 +280,7 @@ def cold_start():
 def machine():
     import numba
 
-    from ._native import BLAS
+    from .kernels._native import BLAS
     info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "kernel_blas": BLAS,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}

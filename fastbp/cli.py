@@ -20,7 +20,7 @@ from .data import load as load_data
 from .io import save as save_model
 from .model import ACTIVATIONS, LOSSES, MLP
 from .optim import SGD
-from .training import DivergenceError, fit
+from .training import DivergenceError, _train_steps, fit
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -283,7 +283,7 @@ class _CosineSchedule:
 
 def _warm_up(n_in, n_out, args, y_example):
     """Compile (or load from Numba's cache) every kernel training will use, on a tiny model of
-    the same dtype and loss, so that epoch timings measure training only. It calls the compiled
+    the same dtype and loss, so that epoch timings measure training only. It runs the compiled
     steps and inference directly, not fit (which ends training cleanly on Ctrl-C), so that
     Ctrl-C stops it at once."""
     dtype = np.dtype(args.dtype).type
@@ -292,17 +292,16 @@ def _warm_up(n_in, n_out, args, y_example):
                              np.zeros((4,) + y_example.shape[1:], dtype=y_example.dtype))
     x_batch = kernels.aligned_zeros((2, n_in), dtype)
     y_batch = np.empty((2,) + y.shape[1:], dtype=y.dtype)
-    SGD(tiny, lr=1e-3)._train_epoch(X, y, np.arange(4), 2, x_batch, y_batch, np.empty(2),
-                                    np.empty(2), np.empty((2, 2)))
+    _train_steps(tiny, SGD(tiny, lr=1e-3).update_spec(), X, y, np.arange(4), 2, x_batch, y_batch,
+                 np.empty(2), np.empty(2), np.empty((2, 2)))
     tiny.predict(X)
 
 
 def _kernels_cached():
-    """Whether Numba's cache already holds fit's compiled epoch (else this run compiles)."""
+    """Whether Numba's cache already holds fit's compiled steps (else this run compiles)."""
     try:
-        folder = kernels._from_python_train_epoch._cache._cache_path
-        return any(name.startswith("kernels._from_python_train_epoch")
-                   for name in os.listdir(folder))
+        folder = kernels.entry.train_epoch._cache._cache_path
+        return any(name.startswith("entry.train_epoch") for name in os.listdir(folder))
     except (AttributeError, OSError):
         return True  # unknown: say nothing
 

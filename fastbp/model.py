@@ -5,8 +5,8 @@ import numpy as np
 from . import _validate, kernels, layout
 from ._threads import pin_kernel_blas
 
-ACTIVATIONS = {"identity": kernels.IDENTITY, "relu": kernels.RELU,
-               "sigmoid": kernels.SIGMOID, "tanh": kernels.TANH}
+#: Accepted activation names -> codes (from kernels.ACTIVATIONS, where each is defined).
+ACTIVATIONS = dict(kernels.CODES)
 LOSSES = ("softmax_cross_entropy", "mse")
 DTYPES = (np.float32, np.float64)
 # Inference runs in chunks of at most this many rows, so predicting on a large data set does not
@@ -30,7 +30,8 @@ class MLP:
         Layer widths, input first: ``[64, 128, 10]`` is 64 inputs, one hidden layer of 128 and
         10 outputs. At least two entries.
     activation : str or sequence of str
-        Hidden-layer activation ("relu", "sigmoid", "tanh", "identity"), or one per hidden layer.
+        Hidden-layer activation ("relu", "sigmoid", "tanh", "identity", "leaky_relu" (slope
+        0.01), "gelu" (exact, erf form)), or one per hidden layer.
     output_activation : str
         Activation of the last layer. Must be "identity" with softmax cross-entropy (the softmax
         is fused into the loss).
@@ -39,8 +40,8 @@ class MLP:
         "mse": 1/2 sum_j (yhat_j - y_j)^2 averaged over the batch; y of shape (N, C), or (N,) if C=1.
     dtype : np.float32 or np.float64
     seed : int or None
-        Seed of the initialisation: He normal for ReLU layers, Glorot uniform for the others,
-        zero biases.
+        Seed of the initialisation: He normal for ReLU, leaky ReLU and GELU layers, Glorot
+        uniform for the others (each activation's rule in kernels.ACTIVATIONS), zero biases.
     checkpoint_every : int
         Gradient checkpointing: keep the activations of every k-th layer only (and the
         output's), and recompute the others segment by segment during the backward pass. 1 (the
@@ -115,7 +116,7 @@ class MLP:
         rng = np.random.default_rng(seed)
         for weight, code in zip(self.weights, self._codes):
             fan_in, fan_out = weight.shape
-            if code == kernels.RELU:
+            if kernels.ACTIVATIONS[code].init == "he":
                 weight[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), weight.shape)
             else:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
@@ -216,21 +217,24 @@ class MLP:
     def loss_and_grad(self, X, y):
         """Forward and backward for one batch: overwrites ``grads``, returns the mean loss."""
         X, y = self._check_batch(X, y)
+        return self._loss_and_grad_checked(X, y)
+
+    def _loss_and_grad_checked(self, X, y):
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
-        pin_kernel_blas()
-        return kernels._from_python_loss_and_grad(self.grads, *self._work, self.params, X, y,
-                                                  *self._net)
+        self._prepare()
+        return kernels.entry.loss_and_grad(self.grads, *self._work, self.params, X, y,
+                                           *self._net)
 
     def loss_value(self, X, y):
         """Mean loss of a batch, forward only (grads untouched)."""
         X, y = self._check_batch(X, y)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
-        pin_kernel_blas()
+        self._prepare()
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            total += (stop - start) * kernels._from_python_loss(
+            total += (stop - start) * kernels.entry.loss(
                 *self._work, self.params, X[start:stop], y[start:stop], *self._net)
         return total / X.shape[0]
 
@@ -240,11 +244,11 @@ class MLP:
         X = _validate.features(X, self.sizes[0], self.dtype)
         out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
-        pin_kernel_blas()
+        self._prepare()
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = kernels._from_python_forward(self._work.acts, self.params,
-                                                           X[start:stop], *self._net)
+            out[start:stop] = kernels.entry.forward(self._work.acts, self.params,
+                                                    X[start:stop], *self._net)
         return out
 
     def predict_proba(self, X):
@@ -260,6 +264,12 @@ class MLP:
         if self.loss == "softmax_cross_entropy":
             return out.argmax(axis=1)
         return out
+
+    def _prepare(self, update_kind=None):
+        """Ready the compiled units this model (and an update of this kind) runs, and keep the
+        kernels' BLAS at one thread: before every compiled call."""
+        kernels.prepare(self.dtype, self.loss, update_kind)
+        pin_kernel_blas()
 
     def _require_classifier(self, what):
         if self.loss != "softmax_cross_entropy":

@@ -28,10 +28,9 @@ import warnings
 
 import numpy as np
 
-from . import _validate, kernels
+from . import _validate, kernels, optim
 from ._threads import pin_kernel_blas
 from .model import MLP
-from .optim import SGD, _refusal
 
 
 class DivergenceError(FloatingPointError):
@@ -67,7 +66,7 @@ _MONITORS = {"val_loss": min, "val_accuracy": max}
 
 def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         validation_data=None, validation_fraction=None, early_stopping=None,
-        monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000):
+        monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). Each epoch visits
@@ -77,8 +76,19 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     20 chunks per epoch, at least 32 steps each); when a callback defines ``on_step_end``, they
     run one compiled call per step instead, with the same results.
 
+    Each step has two stages: the gradients of the batch's mean loss go to ``model.grads``,
+    then the optimizer's update stage changes ``model.params`` (see fastbp.optim for the
+    optimizer protocol).
+
     Parameters (beyond the model, data, optimizer and loop sizes)
     ----------
+    optimizer : an object following the optimizer protocol (fastbp.optim), e.g. fastbp.SGD
+    grad_hook : callable, optional
+        ``grad_hook(model)``, called between the two stages of every step: it may change
+        ``model.grads`` in place (scale, accumulate over batches, all-reduce across processes)
+        and returns None or True to apply the update, False to skip it for this batch. If it
+        raises, training stops with that exception and the parameters are those from before
+        that step. With a hook, steps run one compiled call each (gradients), then the update.
     validation_data : (X_val, y_val), optional
         Rows scored after every epoch, never trained on.
     validation_fraction : float in (0, 1), optional
@@ -120,10 +130,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     """
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
-    if not isinstance(optimizer, SGD):
-        raise TypeError(f"optimizer: expected a fastbp.SGD, got {type(optimizer).__name__}")
-    if optimizer.model is not model:
-        raise ValueError("optimizer: it was built for another model")
+    _check_optimizer(optimizer, model)
+    if grad_hook is not None and not callable(grad_hook):
+        raise TypeError(f"grad_hook: expected a callable, got {type(grad_hook).__name__}")
     epochs = _validate.positive_int("epochs", epochs)
     batch_size = _validate.positive_int("batch_size", batch_size)
     metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
@@ -176,8 +185,10 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         watch = _BestWeights(model, monitor, early_stopping)
 
     # Without per-step hooks, steps run in compiled chunks of many batches (one call each, when
-    # the optimizer offers it); chunks keep the progress bar moving and Ctrl-C answered quickly.
-    chunked = not step_hooks and callable(getattr(optimizer, "_train_epoch", None))
+    # the optimizer describes its update to compiled code); chunks keep the progress bar moving
+    # and Ctrl-C answered quickly.
+    compiled_update = callable(getattr(optimizer, "update_spec", None))
+    chunked = not step_hooks and grad_hook is None and compiled_update
     max_steps = -(-n_samples // batch_size)
     chunk_steps = max(32, -(-max_steps // 20))
     step_losses = np.empty(max_steps, dtype=np.float64)
@@ -194,7 +205,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
             loss_sum = norm_sum = 0.0
             layer_norm_sum = np.zeros(len(model.sizes) - 1)
-            n_steps = n_seen = 0
+            n_steps = n_seen = n_updates = 0
             stop = False
             if bar_factory is not None:
                 bar = bar_factory(total=n_samples, desc=f"epoch {epoch + 1}/{epochs}",
@@ -204,20 +215,22 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             if chunked:
                 for first in range(0, n_samples, chunk_steps * batch_size):
                     rows = order[first:first + chunk_steps * batch_size]
-                    done = optimizer._train_epoch(X, y, rows, batch_size, x_batch, y_batch,
-                                                  step_losses, step_norms, step_layer_sq)
+                    spec = optimizer.update_spec()
+                    done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
+                                        step_losses, step_norms, step_layer_sq)
                     wanted = -(-rows.shape[0] // batch_size)
                     if done < wanted:
                         raise DivergenceError(
                             f"training diverged at epoch {epoch + 1}, step "
-                            f"{n_steps + done + 1}: " + _refusal(
-                                step_losses[done], step_norms[done], optimizer.lr, model.dtype))
+                            f"{n_steps + done + 1}: " + optim.refusal(
+                                step_losses[done], step_norms[done], spec, model.dtype))
                     sizes = np.full(done, batch_size, dtype=np.float64)
                     sizes[-1] = rows.shape[0] - batch_size * (done - 1)
                     loss_sum += float(step_losses[:done] @ sizes)
                     norm_sum += float(step_norms[:done].sum())
                     layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
                     n_steps += done
+                    n_updates += done
                     n_seen += rows.shape[0]
                     if bar is not None:
                         bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
@@ -230,13 +243,15 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     kernels.take_rows(xb, X, index)
                     np.take(y, index, axis=0, out=yb)
                     try:
-                        loss, norm = optimizer._train_step_checked(xb, yb)
+                        loss, norm = _step(model, optimizer, grad_hook, compiled_update, xb, yb)
                     except FloatingPointError as exc:
                         raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
                                               f"{n_steps + 1}: {exc}") from None
                     loss_sum += loss * n
-                    norm_sum += norm
-                    layer_norm_sum += model.grad_norms()  # from the step's own norm pass
+                    if norm is not None:
+                        norm_sum += norm
+                        layer_norm_sum += model.grad_norms()  # from the step's own norm pass
+                        n_updates += 1
                     n_steps += 1
                     n_seen += n
                     for hook in step_hooks:
@@ -253,8 +268,10 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                 bar.close()
                 bar = None
 
-            record = {"loss": loss_sum / n_seen, "grad_norm": norm_sum / n_steps,
-                      "layer_grad_norms": [float(v) for v in layer_norm_sum / n_steps],
+            updates = max(n_updates, 1)
+            record = {"loss": loss_sum / n_seen,
+                      "grad_norm": norm_sum / updates if n_updates else math.nan,
+                      "layer_grad_norms": [float(v) for v in layer_norm_sum / updates],
                       "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
                       "seconds": seconds}
             for prefix, scorer in scorers:
@@ -293,6 +310,48 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_optimizer(optimizer, model):
+    """The optimizer protocol (fastbp.optim): a model attribute and a step() method."""
+    lacks = [what for what, ok in (("a model attribute", hasattr(optimizer, "model")),
+                                   ("a step() method", callable(getattr(optimizer, "step",
+                                                                        None))))
+             if not ok]
+    if lacks:
+        raise TypeError(f"optimizer: {type(optimizer).__name__} does not follow the optimizer "
+                        f"protocol (fastbp.optim): it lacks {' and '.join(lacks)}")
+    if optimizer.model is not model:
+        raise ValueError("optimizer: it was built for another model")
+
+
+def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_losses,
+                 step_norms, step_layer_sq):
+    """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
+    and y). Returns the number of steps applied; see kernels.mlp_train_epoch."""
+    model._reserve(batch_size)
+    model._prepare(spec.kind)
+    done = kernels.entry.train_epoch(model.params, model.grads, *model._work, x_batch, y_batch,
+                                     step_losses, step_norms, step_layer_sq, X, y, rows,
+                                     batch_size, *model._net, *spec)
+    n_batches = -(-len(rows) // batch_size)
+    # After a divergence, layer_sq describes grads only if the failing step got as far as
+    # the norm (its loss was finite).
+    model._grad_norms_fresh = done == n_batches or math.isfinite(step_losses[done])
+    return done
+
+
+def _step(model, optimizer, grad_hook, compiled_update, xb, yb):
+    """One step on a gathered batch: (loss, gradient norm, or None when the hook skipped the
+    update). Raises FloatingPointError (parameters untouched) when the step is refused."""
+    if grad_hook is None and compiled_update:
+        return optim.train_step(model, optimizer.update_spec(), xb, yb)
+    loss = model._loss_and_grad_checked(xb, yb)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
+    if grad_hook is not None and grad_hook(model) is False:
+        return loss, None
+    return loss, float(optimizer.step())
 
 
 def _check_callbacks(callbacks):

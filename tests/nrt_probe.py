@@ -20,11 +20,10 @@ from fastbp import kernels  # noqa: E402
 
 
 @njit(cache=True)
-def train_steps(n, params, grads, work, x, target, net, lr, clip_norm):
+def train_steps(n, params, grads, work, x, target, net, update):
     total = 0.0
     for _ in range(n):
-        loss, norm, applied = kernels.mlp_train_step(params, grads, work, x, target, net, lr,
-                                                     clip_norm)
+        loss, norm, applied = kernels.mlp_train_step(params, grads, work, x, target, net, update)
         total += loss + norm
     return total
 
@@ -66,7 +65,7 @@ def main():
         y = (rng.integers(0, 10, size=n_rows) if loss != "mse"
              else rng.normal(size=(n_rows, 10)).astype(dtype))
         opt.train_step(X, y)                # grows the buffers, compiles
-        args = (model.params, model.grads, model._work, X, y, model._net, opt.lr, opt.clip_norm)
+        args = (model.params, model.grads, model._work, X, y, model._net, opt.update_spec())
         train_steps(1, *args)               # compile the loop before counting
         report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}"] = {
             str(n): counts(lambda: train_steps(n, *args)) for n in repeats}

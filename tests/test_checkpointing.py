@@ -72,7 +72,7 @@ def test_checkpointed_gradients_are_bitwise_the_plain_ones(k, loss, rng):
 @pytest.mark.skipif(helpers.max_threads() < 2, reason="needs 2 threads")
 def test_checkpointing_recomputes_split_products_bitwise(rng):
     """On 2 threads the 1024-input first layer splits its product over the inputs (see
-    kernels._splits_input); its recomputed output must be bitwise the first one."""
+    kernels.splits_input); its recomputed output must be bitwise the first one."""
     fastbp.set_num_threads(2)
     sizes = [1024, 64, 64, 64, 3]
     X, y = _data(rng, 8, sizes, "softmax_cross_entropy")

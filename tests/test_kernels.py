@@ -166,7 +166,7 @@ def test_dense_forward_splits_many_inputs_over_threads(rng):
     that is left alone."""
     fastbp.set_num_threads(2)
     n_rows, n_in, n_out = 8, 1024, 64
-    assert kernels._splits_input(n_rows, n_in, n_out, 2, n_rows * n_out)
+    assert kernels.splits_input(n_rows, n_in, n_out, 2, n_rows * n_out)
     inp, W, b = (rng.normal(size=(n_rows, n_in)), rng.normal(size=(n_in, n_out)),
                  rng.normal(size=n_out))
     want = np.maximum(inp @ W + b, 0)
@@ -234,7 +234,7 @@ def test_float32_exp_is_within_one_ulp():
     x = np.concatenate([np.linspace(-110, 95, 400_001), -np.geomspace(1e-30, 110, 20_001),
                         np.geomspace(1e-30, 95, 20_001)]).astype(np.float32)
     got = x.copy()
-    kernels._exp_inplace(got)
+    kernels.losses._exp_inplace(got)
     with np.errstate(over="ignore"):
         want = np.exp(x.astype(np.float64)).astype(np.float32)
     finite = np.isfinite(want) & (want > 0)
@@ -242,7 +242,7 @@ def test_float32_exp_is_within_one_ulp():
     assert ulps.max() <= 1 and np.mean(got == want) > 0.99
     assert np.array_equal(got[~finite], want[~finite])  # overflow to inf, underflow to 0
     edges = np.array([np.nan, -np.inf, np.inf, -1e30, 1e30, 0.0, -0.0], dtype=np.float32)
-    kernels._exp_inplace(edges)
+    kernels.losses._exp_inplace(edges)
     assert np.isnan(edges[0]) and list(edges[1:]) == [0.0, np.inf, 0.0, np.inf, 1.0, 1.0]
 
 

@@ -25,6 +25,8 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
+from ._config import INLINED
+
 
 def _load_openblas():
     """The scipy-openblas32 wheel's shared library, through ctypes (RTLD_LOCAL)."""
@@ -112,13 +114,13 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINED)
 def _leading_dim(x):
     # BLAS wants the row stride in elements, at least the row length (even for one row).
     return max(x.strides[0] // x.itemsize, x.shape[1], 1)
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINED)
 def gemm(c, a, b, alpha, beta, trans_a, trans_b):
     """c (M, N) := alpha * op(a) @ op(b) + beta * c, on row-major views.
 

@@ -1,0 +1,63 @@
+"""Compiled forward and backward kernels for multilayer perceptrons.
+
+Every kernel is a Numba ``@njit`` function that writes into outputs given by the caller (outputs
+first, read-only inputs next, scalars last) and allocates nothing, so it can be called from
+Python or from a user's own ``@njit`` code. Each works in float32 and in float64; the arrays of
+one call must share one dtype. 2-D arrays must have unit stride along their last axis (rows may be
+strided); 1-D arrays must be contiguous. They run fastest on arrays that start on a cache line
+(``aligned_zeros`` makes them).
+
+Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).
+
+Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
+``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``,
+``update`` (norms, clipping, parameter updates), ``rows`` (row gathering, input checks),
+``network`` (Net, Workspace, whole-network functions), ``entry`` (what fastbp's Python layer
+calls); ``_config`` holds every compiler flag and tuning constant, ``_tiling`` the thread split,
+``_native`` BLAS and views, ``_units`` the table through which the network calls the heavy
+kernels. Every name below is importable from ``fastbp.kernels`` itself.
+
+Parallelism: matrix products are split into a grid of output tiles, one per thread; row-wise
+passes are ``prange`` over row tiles; weight gradients are split over their own elements. No
+element is written by two threads, and the split depends only on the shapes, the thread count
+and the scratch given, so results are bitwise reproducible at a fixed thread count.
+
+Precision: matrix products and the sums over the batch in dW and db accumulate in the working
+dtype, as BLAS does. Losses and the softmax denominator accumulate in float64; gradient norms
+sum squares in the working dtype over blocks of 512, and the blocks in float64.
+"""
+from . import _config
+from ._config import MIN_TILE_WORK, NORM_CHUNK
+from ._native import gemm
+from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
+                          activation_forward, relu_backward, relu_forward, sigmoid_backward,
+                          sigmoid_forward, tanh_backward, tanh_forward, uses_input)
+from .activations import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH  # noqa: F401
+from .dense import dense_backward, dense_forward, splits_input
+from .entry import prepare
+from .losses import (mse_forward_backward, mse_loss, softmax_cross_entropy_forward_backward,
+                     softmax_cross_entropy_loss, softmax_forward)
+from .network import (Net, Workspace, apply_update, make_net, make_workspace, mlp_forward,
+                      mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
+                      plan_activations)
+from .rows import CACHE_LINE, aligned_zeros, all_finite, labels_in_range, take_rows
+from .update import (SGD_KIND, Update, clip_sgd_update, layer_sums_of_squares,
+                     norm_partials_size, sgd_spec, sgd_update)
+
+__all__ = [
+    "ACTIVATIONS", "CODES", "Activation", *(a.name.upper() for a in ACTIVATIONS),
+    "dense_forward", "dense_backward",
+    "activation_forward", "activation_backward", "uses_input",
+    "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+    "tanh_forward", "tanh_backward",
+    "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
+    "softmax_cross_entropy_loss", "mse_loss",
+    "layer_sums_of_squares", "sgd_update", "clip_sgd_update", "norm_partials_size",
+    "Update", "SGD_KIND", "sgd_spec", "apply_update",
+    "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",
+    "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
+    "take_rows", "all_finite", "labels_in_range", "gemm", "prepare",
+    "MIN_TILE_WORK", "NORM_CHUNK", "CACHE_LINE",
+]
+
+_config.guard_cache(getattr(getattr(mlp_forward, "_cache", None), "_cache_path", None))

@@ -1,0 +1,69 @@
+"""Compiler flags and tuning constants for every kernel: the one place that sets them.
+
+Every ``@njit`` in ``fastbp.kernels`` takes one of ``SERIAL``, ``PARALLEL`` or ``INLINED``
+(tests/test_design.py fails on any that sets its own).
+
+Numba's on-disk cache checks only the source file a function is defined in, but a compiled
+function also holds copies of the functions it calls from other modules. ``guard_cache`` keeps
+an edit in one kernel module from leaving stale code of another in use: at import it compares a
+hash of every module of this package with the one stored beside the cache, and removes this
+package's cached code when they differ.
+"""
+import hashlib
+import os
+import pathlib
+
+# reassoc lets reductions vectorise (the order is fixed at compile time, so results stay
+# deterministic). Left out: nnan and ninf, so that NaN and Inf still propagate and the checks
+# for them keep working; arcp and contract, with which the code Numba compiles in-process and
+# the code it reloads from its cache differed in the last bit.
+FASTMATH = {"nsz", "reassoc"}
+SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH)
+PARALLEL = dict(SERIAL, parallel=True)
+# Numba-level inlining, for small helpers whose callers must see through them (a scalar
+# function inside a vectorised loop) or that are called at few sites.
+INLINED = dict(SERIAL, inline="always")
+
+# Multiply-adds a tile must hold before it is worth waking another thread for it: entering a
+# parallel region costs about 2 us on 2 threads and 8 us on 16 (measured), ~6 us of GEMM work.
+MIN_TILE_WORK = 1 << 18
+# Elements per chunk of the parallel norm and update. Fixed (not per thread) so that the norm,
+# and the clipping that uses it, do not depend on the thread count.
+NORM_CHUNK = 1 << 14
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+_STAMP = "fastbp-kernels-sources.sha256"
+
+
+def sources_hash():
+    """sha256 of every module of this package, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def guard_cache(cache_dir):
+    """Remove this package's cached code from cache_dir (the folder where Numba caches these
+    modules' functions) unless it was compiled from the sources as they are now. Best effort: a
+    cache folder that cannot be read or written is left alone (Numba then compiles in memory)."""
+    if cache_dir is None:
+        return
+    folder = pathlib.Path(cache_dir)
+    stamp = folder / _STAMP
+    current = sources_hash()
+    try:
+        if stamp.read_text() == current:
+            return
+    except OSError:
+        pass
+    modules = tuple(p.stem + "." for p in PACKAGE_DIR.glob("*.py"))
+    try:
+        for entry in folder.iterdir():
+            if entry.name.startswith(modules) and entry.suffix in (".nbi", ".nbc"):
+                entry.unlink(missing_ok=True)
+        tmp = folder / f".{_STAMP}.{os.getpid()}"
+        tmp.write_text(current)
+        os.replace(tmp, stamp)
+    except OSError:
+        pass

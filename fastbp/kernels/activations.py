@@ -1,0 +1,327 @@
+"""Activations, each defined once in ``ACTIVATIONS``; everything else is derived from that table.
+
+An entry gives the activation's name, its value a = f(z) and its gradient dL/dz = grad(dL/da, z,
+a) as scalar ``@njit`` functions, whether that gradient reads the input z (then the network
+keeps z beside a), the initialisation rule of layers that use it, and the matching PyTorch
+function. The activation's code, used by every kernel, is its index in the table; the module
+constants (``RELU``, ``GELU``, ...) are those codes. Each tile loop below is written once and
+specialised per activation by ``per_activation``, with the branch on the code outside the loop
+(so it vectorises).
+
+Adding an activation: one ``Activation`` entry (and its tests and docs). ``MLP``'s accepted
+names, the network's memory plan, the tests' NumPy reference and the PyTorch comparison follow.
+"""
+import math
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+
+from ._config import INLINED, PARALLEL, SERIAL
+from ._tiling import n_tiles, span
+
+Activation = namedtuple("Activation", ["name", "value", "grad", "uses_input", "init", "torch"])
+Activation.__doc__ = """One activation. value(z) -> a; grad(dout, z, a) -> dout * da/dz;
+uses_input: grad reads z (else only a); init: "he" (normal, std sqrt(2 / fan_in)) or "glorot"
+(uniform, limit sqrt(6 / (fan_in + fan_out))); torch: (name in torch.nn.functional, keyword
+arguments), or None for the identity."""
+
+
+def as_type_of(like, value):
+    """value converted to the float type of like (compiled code only): keeps float32 loops in
+    float32 when a formula has constants."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(as_type_of, inline="always")
+def _as_type_of_impl(like, value):
+    to = np.dtype(str(like)).type
+    return lambda like, value: to(value)
+
+
+@njit(**INLINED)
+def _identity(z):
+    return z
+
+
+@njit(**INLINED)
+def _identity_grad(dout, z, a):
+    return dout
+
+
+@njit(**INLINED)
+def _relu(z):
+    return as_type_of(z, 0) if z < 0 else z  # NaN passes through, as it must
+
+
+@njit(**INLINED)
+def _relu_grad(dout, z, a):
+    return dout if a > 0 else as_type_of(dout, 0)  # a select: it vectorises
+
+
+@njit(**INLINED)
+def _sigmoid(z):
+    # Two branches so that exp never sees a large positive argument: no overflow, no warning.
+    if z >= 0:
+        return 1 / (1 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1 + e)
+
+
+@njit(**INLINED)
+def _sigmoid_grad(dout, z, a):
+    return dout * (a * (1 - a))
+
+
+@njit(**INLINED)
+def _tanh(z):
+    return math.tanh(z)
+
+
+@njit(**INLINED)
+def _tanh_grad(dout, z, a):
+    return dout * (1 - a * a)
+
+
+LEAKY_SLOPE = 0.01  # PyTorch's default negative_slope
+
+
+@njit(**INLINED)
+def _leaky_relu(z):
+    return z if z > 0 else z * as_type_of(z, LEAKY_SLOPE)
+
+
+@njit(**INLINED)
+def _leaky_relu_grad(dout, z, a):
+    return dout if a > 0 else dout * as_type_of(dout, LEAKY_SLOPE)
+
+
+@njit(**INLINED)
+def _gelu(z):
+    """z * Phi(z), Phi the standard normal CDF (the exact form, as torch.nn.GELU())."""
+    return z * (as_type_of(z, 0.5) * (1 + math.erf(z * as_type_of(z, 0.7071067811865476))))
+
+
+@njit(**INLINED)
+def _gelu_grad(dout, z, a):
+    cdf = as_type_of(z, 0.5) * (1 + math.erf(z * as_type_of(z, 0.7071067811865476)))
+    pdf = as_type_of(z, 0.3989422804014327) * math.exp(-(z * z) * as_type_of(z, 0.5))
+    return dout * (cdf + z * pdf)
+
+
+ACTIVATIONS = (
+    Activation("identity", _identity, _identity_grad, False, "glorot", None),
+    Activation("relu", _relu, _relu_grad, False, "he", ("relu", {})),
+    Activation("sigmoid", _sigmoid, _sigmoid_grad, False, "glorot", ("sigmoid", {})),
+    Activation("tanh", _tanh, _tanh_grad, False, "glorot", ("tanh", {})),
+    Activation("leaky_relu", _leaky_relu, _leaky_relu_grad, False, "he",
+               ("leaky_relu", {"negative_slope": LEAKY_SLOPE})),
+    Activation("gelu", _gelu, _gelu_grad, True, "he", ("gelu", {})),
+)
+#: Activation name -> code.
+CODES = {a.name: code for code, a in enumerate(ACTIVATIONS)}
+globals().update({name.upper(): code for name, code in CODES.items()})  # RELU = 1, ...
+
+_USES_INPUT = tuple(a.uses_input for a in ACTIVATIONS)
+
+
+@njit(**INLINED)
+def uses_input(activation):
+    """Whether the gradient of this activation code reads its input z (then keep z)."""
+    return _USES_INPUT[activation]
+
+
+def per_activation(loop):
+    """An inlined function f(activation, args) that runs loop(value, grad, uses_input, args)
+    with the functions of the table entry whose code is activation: a chain of ifs over the
+    codes, built from ACTIVATIONS. So each loop is written once, the branch on the code stays
+    outside it, and the activation's functions are called directly (and inlined) inside it."""
+    chain = _no_activation
+    for code in reversed(range(len(ACTIVATIONS))):
+        chain = _link(code, ACTIVATIONS[code], loop, chain)
+    return chain
+
+
+@njit(**INLINED)
+def _no_activation(activation, args):
+    pass
+
+
+def _link(code, activation_entry, loop, rest):
+    value, grad, keep = activation_entry.value, activation_entry.grad, activation_entry.uses_input
+
+    @njit(**INLINED)
+    def link(activation, args):
+        if activation == code:
+            loop(value, grad, keep, args)
+        else:
+            rest(activation, args)
+    return link
+
+
+# Tile kernels work on x[r0:r1, c0:c1]. They walk each row as a slice indexed from 0 (indexing
+# x[i, j] with j from a runtime c0 makes Numba handle negative j on every access, which LLVM
+# cannot vectorise), and when output and input are one buffer they read and write through one
+# array (two arguments that alias fail LLVM's overlap check, and the scalar fallback runs).
+
+
+@njit(**INLINED)
+def _bias_value_loop(value, grad, keep_pre, args):
+    z, pre, b, r0, r1, c0, c1 = args
+    if keep_pre and pre.shape[0] > 0:
+        for i in range(r0, r1):
+            row, keep = z[i, c0:c1], pre[i, c0:c1]
+            for j in range(row.shape[0]):
+                v = row[j] + b[j]
+                keep[j] = v
+                row[j] = value(v)
+    else:
+        for i in range(r0, r1):
+            row = z[i, c0:c1]
+            for j in range(row.shape[0]):
+                row[j] = value(row[j] + b[j])
+
+
+_bias_value = per_activation(_bias_value_loop)
+
+
+@njit(**SERIAL)
+def bias_activation_tile(z, pre, bias, activation, r0, r1, c0, c1):
+    """z[r0:r1, c0:c1] := act(z + bias[c0:c1]), in place. When pre has rows and the
+    activation's gradient needs its input, pre[r0:r1, c0:c1] := z + bias as well."""
+    _bias_value(activation, (z, pre, bias[c0:c1], r0, r1, c0, c1))
+
+
+@njit(**INLINED)
+def _grad_loop(value, grad, keep_pre, args):
+    d, pre, out, r0, r1, c0, c1 = args
+    for i in range(r0, r1):
+        g, z, a = d[i, c0:c1], pre[i, c0:c1], out[i, c0:c1]
+        for j in range(g.shape[0]):
+            g[j] = grad(g[j], z[j], a[j])
+
+
+_grad = per_activation(_grad_loop)
+
+
+@njit(**SERIAL)
+def activation_grad_tile(d, pre, out, activation, r0, r1, c0, c1):
+    """d[r0:r1, c0:c1] := dL/dz from d = dL/da, in place, where out = act(pre). pre is read
+    only by activations whose gradient needs their input (pass out for the others)."""
+    _grad(activation, (d, pre, out, r0, r1, c0, c1))
+
+
+@njit(**INLINED)
+def _value_loop(value, grad, keep_pre, args):
+    out, inp, r0, r1 = args
+    if out.ctypes.data == inp.ctypes.data:
+        for i in range(r0, r1):
+            o = out[i]
+            for j in range(o.shape[0]):
+                o[j] = value(o[j])
+    else:
+        for i in range(r0, r1):
+            o, x = out[i], inp[i]
+            for j in range(o.shape[0]):
+                o[j] = value(x[j])
+
+
+_value = per_activation(_value_loop)
+
+
+@njit(**INLINED)
+def _grad_apart_loop(value, grad, keep_pre, args):
+    dinp, dout, out, inp, r0, r1 = args
+    for i in range(r0, r1):
+        g, d, z, a = dinp[i], dout[i], inp[i], out[i]
+        for j in range(g.shape[0]):
+            g[j] = grad(d[j], z[j], a[j])
+
+
+_grad_apart = per_activation(_grad_apart_loop)
+
+
+@njit(**SERIAL)
+def _activation_rows(out, inp, activation, r0, r1):
+    """out[r0:r1] := act(inp[r0:r1]); out may be inp."""
+    _value(activation, (out, inp, r0, r1))
+
+
+@njit(**SERIAL)
+def _activation_backward_rows(dinp, dout, out, inp, activation, r0, r1):
+    """dinp[r0:r1] := dL/dz from dout = dL/da; dinp may be dout."""
+    if dinp.ctypes.data == dout.ctypes.data:
+        activation_grad_tile(dinp, inp, out, activation, r0, r1, 0, out.shape[1])
+    else:
+        _grad_apart(activation, (dinp, dout, out, inp, r0, r1))
+
+
+@njit(**PARALLEL)
+def activation_forward(out, inp, activation):
+    """out (B, N) = act(inp (B, N)) for an activation code; out may be inp."""
+    n_rows = inp.shape[0]
+    tiles = n_tiles(n_rows, 8 * inp.shape[1])
+    if tiles == 1:
+        _activation_rows(out, inp, activation, 0, n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _activation_rows(out, inp, activation, r0, r1)
+
+
+@njit(**PARALLEL)
+def activation_backward(dinp, dout, out, activation, inp=None):
+    """dinp (B, N) = dout (B, N) * act'(z), where out (B, N) = act(z); dinp may be dout.
+    inp: z (B, N), needed by activations whose gradient reads their input (gelu; see
+    uses_input), ignored by the others."""
+    if inp is None:
+        if uses_input(activation):
+            raise ValueError("activation_backward: this activation's gradient needs inp")
+        z = out
+    else:
+        z = inp
+    n_rows = out.shape[0]
+    tiles = n_tiles(n_rows, 2 * out.shape[1])
+    if tiles == 1:
+        _activation_backward_rows(dinp, dout, out, z, activation, 0, n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _activation_backward_rows(dinp, dout, out, z, activation, r0, r1)
+
+
+@njit(**SERIAL)
+def relu_forward(out, inp):
+    """out (B, N) = max(inp, 0); NaN stays NaN."""
+    activation_forward(out, inp, RELU)  # noqa: F821 (defined from the table)
+
+
+@njit(**SERIAL)
+def relu_backward(dinp, dout, out):
+    """dinp (B, N) = dout where out > 0, else 0; out is relu_forward's output."""
+    activation_backward(dinp, dout, out, RELU)  # noqa: F821
+
+
+@njit(**SERIAL)
+def sigmoid_forward(out, inp):
+    """out (B, N) = 1 / (1 + exp(-inp)), without overflow for any finite input."""
+    activation_forward(out, inp, SIGMOID)  # noqa: F821
+
+
+@njit(**SERIAL)
+def sigmoid_backward(dinp, dout, out):
+    """dinp (B, N) = dout * out * (1 - out); out is sigmoid_forward's output."""
+    activation_backward(dinp, dout, out, SIGMOID)  # noqa: F821
+
+
+@njit(**SERIAL)
+def tanh_forward(out, inp):
+    """out (B, N) = tanh(inp)."""
+    activation_forward(out, inp, TANH)  # noqa: F821
+
+
+@njit(**SERIAL)
+def tanh_backward(dinp, dout, out):
+    """dinp (B, N) = dout * (1 - out^2); out is tanh_forward's output."""
+    activation_backward(dinp, dout, out, TANH)  # noqa: F821

@@ -1,0 +1,162 @@
+"""The dense layer: out = act(inp @ weight + bias), forward and backward.
+
+Matrix products are split into a grid of output tiles, one per thread, each tile one call of
+single-threaded BLAS followed by its fused epilogue (bias and activation, or the activation's
+gradient) while the tile is still in cache. A forward product with far more inputs than batch
+rows is split over its inputs instead, when given a scratch buffer for the second half's partial
+sums. Work too small to repay waking a thread runs serially, outside any parallel region.
+"""
+from numba import njit, prange
+
+from ._config import MIN_TILE_WORK, PARALLEL, SERIAL
+from ._native import gemm, matrix_view, num_threads
+from ._tiling import grid, span
+from .activations import activation_grad_tile, bias_activation_tile
+
+
+@njit(**SERIAL)
+def _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1):
+    """out[r0:r1, c0:c1] of dense_forward."""
+    gemm(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
+    bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
+
+
+@njit(**SERIAL)
+def splits_input(n_rows, n_in, n_out, n_threads, scratch_size):
+    """Whether dense_forward also splits its product over the input features, in two halves.
+    Worth it when weight is much larger than the output (n_in > 2 * threads * n_rows): each
+    thread then reads half of weight's rows and half of inp's columns, not a slice of weight's
+    every row and all of inp, and one pass adds the two partial outputs (README: measured)."""
+    return (scratch_size >= n_rows * n_out and n_threads >= 2
+            and n_in > 2 * n_threads * n_rows and n_rows * n_in * n_out >= 2 * MIN_TILE_WORK)
+
+
+@njit(**PARALLEL)
+def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation):
+    """dense_forward as two half products over the input features (each split over output
+    columns between half the threads), into out and partial (B, OC); then out += partial,
+    bias and activation, over row tiles."""
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    n_threads = num_threads()
+    n_cols = max(1, min(n_threads // 2, n_out))
+    for t in prange(2 * n_cols):
+        k0, k1 = span(t // n_cols, 2, n_in)
+        c0, c1 = span(t % n_cols, n_cols, n_out)
+        dst = out if t < n_cols else partial
+        gemm(dst[:, c0:c1], inp[:, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False, False)
+    n_tiles = min(n_threads, n_rows)
+    for t in prange(n_tiles):
+        r0, r1 = span(t, n_tiles, n_rows)
+        for i in range(r0, r1):
+            row, part = out[i], partial[i]
+            for j in range(row.shape[0]):
+                row[j] += part[j]
+        c0, c1 = span(0, 1, n_out)
+        bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
+
+
+@njit(**PARALLEL)
+def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
+    """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)).
+
+    The output is split into a grid of tiles, one per thread; bias and activation are applied
+    to each tile right after its matrix product, while it is still in cache.
+    scratch: optional 1-D C-contiguous buffer of the dtype, overlapping no other argument (its
+    contents are overwritten). When it holds B * OC elements, on 2 or more threads, a product of
+    at least 2 * MIN_TILE_WORK multiply-adds with far more inputs than batch rows (C > 2 *
+    threads * B) is split over the inputs instead: two half products, the second into scratch,
+    then one pass adds them and applies bias and activation. Results then differ in the last
+    bits from a call without scratch.
+    pre: optional (B, OC) array that receives the pre-activation inp @ weight + bias, for
+    activations whose gradient needs it (gelu); not written for the others.
+    """
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    n_threads = num_threads()
+    keep = out[:0] if pre is None else pre
+    if scratch is not None:
+        if splits_input(n_rows, n_in, n_out, n_threads, scratch.shape[0]):
+            _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), keep, inp,
+                                       weight, bias, activation)
+            return
+    grid_rows, grid_cols = grid(n_rows, n_out, n_in, n_threads)
+    n_tiles = grid_rows * grid_cols
+    if n_tiles == 1:
+        r0, r1 = span(0, 1, n_rows)
+        c0, c1 = span(0, 1, n_out)
+        _dense_forward_tile(out, keep, inp, weight, bias, activation, r0, r1, c0, c1)
+        return
+    for t in prange(n_tiles):
+        r0, r1 = span(t // grid_cols, grid_rows, n_rows)
+        c0, c1 = span(t % grid_cols, grid_cols, n_out)
+        _dense_forward_tile(out, keep, inp, weight, bias, activation, r0, r1, c0, c1)
+
+
+@njit(**SERIAL)
+def _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1):
+    """dweight[r0:r1, c0:c1]; the tiles of the first row (r0 == 0) also do dbias[c0:c1]."""
+    gemm(dweight[r0:r1, c0:c1], inp[:, r0:r1], dpre[:, c0:c1], 1.0, 0.0, True, False)
+    if r0 == 0:
+        b = dbias[c0:c1]
+        for j in range(b.shape[0]):
+            b[j] = 0
+        for i in range(dpre.shape[0]):  # row by row: memory is read in order
+            row = dpre[i, c0:c1]
+            for j in range(row.shape[0]):
+                b[j] += row[j]
+
+
+@njit(**SERIAL)
+def _input_grad_tile(dinp, dpre, weight, inp, inp_pre, inp_activation, r0, r1, c0, c1):
+    """dinp[r0:r1, c0:c1]."""
+    gemm(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
+    activation_grad_tile(dinp, inp_pre, inp, inp_activation, r0, r1, c0, c1)
+
+
+@njit(**PARALLEL)
+def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre=None):
+    """Backward of dense_forward, given dpre (B, OC) = dL/d(inp @ weight + bias).
+
+    dweight (C, OC) = inp^T @ dpre and dbias (OC,) = column sums of dpre (both overwritten).
+    dinp (B, C) = (dpre @ weight^T) * act'(.), where inp = act(inp_pre) for the activation code
+    inp_activation: that is the previous layer's dpre. Pass IDENTITY to get the plain
+    dL/d(inp). Pass a dinp with zero rows to skip it (first layer). inp_pre (B, C) is read only
+    for activations whose gradient needs their input (gelu).
+    Reads inp (B, C) and weight (C, OC).
+
+    dW, db and dinp tiles run in one parallel region. dW is split over its own elements, so each
+    is one thread's whole sum over the batch: no races and no partial buffers.
+    """
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    z = inp if inp_pre is None else inp_pre
+    # With both products to do, each gets half the threads: on 2 cores, the two whole products
+    # side by side ran 5-8% faster than each split in halves (fewer, larger BLAS calls).
+    w_threads = num_threads() if dinp.shape[0] == 0 else max(1, num_threads() // 2)
+    w_rows, w_cols = grid(n_in, n_out, n_rows, w_threads)
+    n_weight_tiles = w_rows * w_cols
+    i_rows, i_cols = 1, 1
+    if dinp.shape[0] > 0:
+        i_rows, i_cols = grid(n_rows, n_in, n_out, max(1, num_threads() - w_threads))
+    n_input_tiles = i_rows * i_cols if dinp.shape[0] > 0 else 0
+    n_tasks = n_weight_tiles + n_input_tiles
+    if num_threads() == 1 or n_tasks == 1 or (
+            n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
+        k0, k1 = span(0, 1, n_in)
+        c0, c1 = span(0, 1, n_out)
+        _weight_grad_tile(dweight, dbias, dpre, inp, k0, k1, c0, c1)
+        if n_input_tiles:
+            r0, r1 = span(0, 1, n_rows)
+            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, k0, k1)
+        return
+    for t in prange(n_weight_tiles + n_input_tiles):
+        if t < n_weight_tiles:
+            r0, r1 = span(t // w_cols, w_rows, n_in)
+            c0, c1 = span(t % w_cols, w_cols, n_out)
+            _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1)
+        else:
+            u = t - n_weight_tiles
+            r0, r1 = span(u // i_cols, i_rows, n_rows)
+            c0, c1 = span(u % i_cols, i_cols, n_in)
+            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)

@@ -1,0 +1,79 @@
+"""Entry points for fastbp's Python layer, and ``prepare``, which readies the units a run needs.
+
+The entries take a Workspace's, a Net's and an Update's fields as plain arguments (Python passes
+``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
+types tuple arguments in Python, which costs about 3 us a call and leaves garbage.
+"""
+import numpy as np
+from numba import njit
+
+from . import _units
+from ._config import SERIAL
+from .network import (Net, Workspace, apply_update, mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch,
+                      mlp_train_step, units_for)
+from .update import Update
+
+
+def prepare(dtype, loss, update_kind=None):
+    """Compile, or load from Numba's cache, the units that a model of this dtype and loss (and
+    an optimizer of this update kind) runs. Every entry below needs it first."""
+    _units.ensure(units_for(loss, update_kind), np.dtype(dtype))
+
+
+@njit(**SERIAL)
+def forward(acts, params, x, sizes, activations, param_offsets, capacity, checkpoint_every,
+            act_offsets, pre_offsets):
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets)
+    return mlp_forward(acts, params, x, net)
+
+
+@njit(**SERIAL)
+def loss(acts, deltas, losses, layer_sq, partials, params, x, target, sizes, activations,
+         param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets):
+    work = Workspace(acts, deltas, losses, layer_sq, partials)
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets)
+    return mlp_loss(work, params, x, target, net)
+
+
+@njit(**SERIAL)
+def loss_and_grad(grads, acts, deltas, losses, layer_sq, partials, params, x, target, sizes,
+                  activations, param_offsets, capacity, checkpoint_every, act_offsets,
+                  pre_offsets):
+    work = Workspace(acts, deltas, losses, layer_sq, partials)
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets)
+    return mlp_loss_and_grad(grads, work, params, x, target, net)
+
+
+@njit(**SERIAL)
+def train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, target, sizes,
+               activations, param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets,
+               kind, hyper, state):
+    work = Workspace(acts, deltas, losses, layer_sq, partials)
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets)
+    return mlp_train_step(params, grads, work, x, target, net, Update(kind, hyper, state))
+
+
+@njit(**SERIAL)
+def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch, y_batch,
+                step_losses, step_norms, step_layer_sq, x, target, order, batch_size, sizes,
+                activations, param_offsets, capacity, checkpoint_every, act_offsets,
+                pre_offsets, kind, hyper, state):
+    work = Workspace(acts, deltas, losses, layer_sq, partials)
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets)
+    return mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                           step_layer_sq, x, target, order, batch_size, net,
+                           Update(kind, hyper, state))
+
+
+@njit(**SERIAL)
+def update(params, grads, layer_sq, partials, param_offsets, kind, hyper, state):
+    """The update stage alone (network.apply_update): (gradient norm, applied)."""
+    work = Workspace(params[:0], params[:0], layer_sq[:0], layer_sq, partials)
+    net = Net(param_offsets[:0], param_offsets[:0], param_offsets, 0, 1, param_offsets[:0],
+              param_offsets[:0])
+    return apply_update(params, grads, work, net, Update(kind, hyper, state))

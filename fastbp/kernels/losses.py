@@ -1,0 +1,204 @@
+"""Losses, fused with their gradient where training needs it. Each returns the mean loss over the
+batch, summed in float64 in row order; per-sample losses go to a float64 array.
+
+Softmax cross-entropy takes integer labels (B,) in [0, OC), not checked here (see
+rows.labels_in_range); MSE takes targets (B, OC). The softmax's float32 exp is a polynomial
+that vectorises, within 1 ulp of the correctly rounded value.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._config import INLINED, PARALLEL, SERIAL
+from ._native import float64_from_bits, rows_view
+from ._tiling import n_tiles, span
+
+# Row helpers take the 2-D array and a row number: on rows as short as these (10 logits),
+# indexing x[i, j] from 0 was 1.3-1.7x faster than slicing out the row x[i] first (measured).
+
+@njit(**SERIAL)
+def _row_max(x, i):
+    top = x[i, 0]
+    for j in range(1, x.shape[1]):
+        if x[i, j] > top:
+            top = x[i, j]
+    return top
+
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+@njit(**INLINED)
+def _exp_float32(x):
+    """exp(x) for float32, in code LLVM can inline and vectorise (libm's expf is an opaque
+    call). In float64: x = k ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^8
+    (relative error below 3e-10, far under float32's half ulp), 2^k from its bit pattern; then
+    rounded to float32. NaN passes through; it saturates to 0 below -120 and to inf above 100,
+    where float32 has nothing left either way."""
+    v = np.float64(x)
+    v = v if not (v < -120.0) else -120.0  # written so that NaN is kept
+    v = v if not (v > 100.0) else 100.0
+    k = math.floor(v * _LOG2E + 0.5)
+    k = k if k == k else 0.0  # NaN: any exponent will do, r carries the NaN
+    r = v - k * _LN2
+    p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (
+        1 / 120 + r * (1 / 720 + r * (1 / 5040 + r * (1 / 40320))))))))
+    return np.float32(p * float64_from_bits((np.int64(k) + 1023) << 52))
+
+
+@njit(**INLINED)
+def _exp_rows(x, r0, r1):
+    """x[r0:r1] := exp(x[r0:r1]), in place; as one flat loop when those rows are contiguous."""
+    if x.strides[1] == x.itemsize and x.strides[0] == x.shape[1] * x.itemsize:
+        _exp_inplace(rows_view(x, r0, r1))
+        return
+    for i in range(r0, r1):
+        _exp_inplace(x[i])
+
+
+@njit(**SERIAL)
+def _exp_inplace(x):
+    """x (N,) := exp(x)."""
+    if x.itemsize == 4:
+        for k in range(x.shape[0]):
+            x[k] = _exp_float32(x[k])
+    else:
+        for k in range(x.shape[0]):
+            x[k] = math.exp(x[k])
+
+
+@njit(**INLINED)
+def _shift_rows(out, x, r0, r1):
+    """out[i] := x[i] - max(x[i]) for rows r0..r1-1; out may be x."""
+    for i in range(r0, r1):
+        top = _row_max(x, i)
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] - top
+
+
+@njit(**INLINED)
+def _normalise_row(x, i, scale):
+    """x[i] *= scale / sum(x[i]); returns the sum (float64)."""
+    total = 0.0
+    for j in range(x.shape[1]):
+        total += x[i, j]
+    inv = scale / total
+    for j in range(x.shape[1]):
+        x[i, j] *= inv
+    return total
+
+
+@njit(**INLINED)
+def _softmax_ce_rows(dlogits, losses, logits, labels, scale, r0, r1):
+    """Rows r0..r1-1 of the fused softmax cross-entropy (scale = 1/B). In passes over the whole
+    span, not row by row, so that the exponentials run as one vectorised loop: 1.1 us instead of
+    2.8 us for the whole kernel on 32 x 10 logits (measured)."""
+    for i in range(r0, r1):
+        # Before dlogits, which may be logits, is written; in float64, as the log is added.
+        # exp(x - max) <= 1: no overflow.
+        losses[i] = np.float64(_row_max(logits, i)) - logits[i, labels[i]]
+    _shift_rows(dlogits, logits, r0, r1)
+    _exp_rows(dlogits, r0, r1)
+    for i in range(r0, r1):
+        losses[i] += math.log(_normalise_row(dlogits, i, scale))
+        dlogits[i, labels[i]] -= scale
+
+
+@njit(**PARALLEL)
+def softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels):
+    """Fused softmax + cross-entropy, forward and backward in one pass over the logits.
+
+    losses (B,) = logsumexp(logits_i) - logits_i[labels_i]; dlogits (B, OC) = (softmax(logits)
+    - onehot(labels)) / B, the gradient of the mean loss. logits (B, OC); labels (B,) integers in
+    [0, OC), not checked here (see labels_in_range). dlogits may be logits. Returns the mean loss.
+    """
+    n_rows = logits.shape[0]
+    scale = 1.0 / n_rows
+    tiles = n_tiles(n_rows, 8 * logits.shape[1])
+    if tiles == 1:
+        _softmax_ce_rows(dlogits, losses, logits, labels, scale, 0, n_rows)
+        return _mean(losses)
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _softmax_ce_rows(dlogits, losses, logits, labels, scale, r0, r1)
+    return _mean(losses)
+
+
+@njit(**SERIAL)
+def softmax_cross_entropy_loss(losses, logits, labels):
+    """losses (B,) as in softmax_cross_entropy_forward_backward, no gradient; returns the mean.
+    (The same operations, but the sum of exponentials may be added in another order: the two
+    can differ by about 1e-16 of the largest term.)"""
+    for i in range(logits.shape[0]):
+        top = _row_max(logits, i)
+        total = 0.0
+        if logits.itemsize == 4:
+            for j in range(logits.shape[1]):
+                total += _exp_float32(logits[i, j] - top)
+        else:
+            for j in range(logits.shape[1]):
+                total += math.exp(logits[i, j] - top)
+        losses[i] = (np.float64(top) - logits[i, labels[i]]) + math.log(total)
+    return _mean(losses)
+
+
+@njit(**SERIAL)
+def softmax_forward(probs, logits):
+    """probs (B, OC) = softmax of each row of logits (B, OC); probs may be logits."""
+    n_rows = logits.shape[0]
+    _shift_rows(probs, logits, 0, n_rows)
+    _exp_rows(probs, 0, n_rows)
+    for i in range(n_rows):
+        _normalise_row(probs, i, 1.0)
+
+
+@njit(**PARALLEL)
+def mse_forward_backward(dpred, losses, pred, target):
+    """losses (B,) = 1/2 sum_j (pred - target)^2; dpred (B, OC) = (pred - target) / B.
+
+    pred, target (B, OC); dpred may be pred. Returns the mean loss.
+    """
+    n_rows = pred.shape[0]
+    scale = 1.0 / n_rows
+    tiles = n_tiles(n_rows, 4 * pred.shape[1])
+    if tiles == 1:
+        _mse_rows(dpred, losses, pred, target, scale)
+        return _mean(losses)
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _mse_rows(dpred[r0:r1], losses[r0:r1], pred[r0:r1], target[r0:r1], scale)
+    return _mean(losses)
+
+
+@njit(**SERIAL)
+def _mse_rows(dpred, losses, pred, target, scale):
+    for i in range(pred.shape[0]):
+        total = 0.0
+        for j in range(pred.shape[1]):
+            diff = pred[i, j] - target[i, j]
+            total += diff * diff
+            dpred[i, j] = diff * scale
+        losses[i] = 0.5 * total
+
+
+@njit(**SERIAL)
+def mse_loss(losses, pred, target):
+    """losses (B,) as in mse_forward_backward, no gradient; returns the mean."""
+    for i in range(pred.shape[0]):
+        total = 0.0
+        for j in range(pred.shape[1]):
+            diff = pred[i, j] - target[i, j]
+            total += diff * diff
+        losses[i] = 0.5 * total
+    return _mean(losses)
+
+
+@njit(**SERIAL)
+def _mean(x):
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += x[i]
+    return total / x.shape[0]
+

@@ -1,0 +1,346 @@
+"""The whole network: its description (Net), its buffers (Workspace), and forward, loss,
+gradient and training-step functions over them. Callable from Python through fastbp's entry
+points (``entry``) and from a user's own ``@njit`` code.
+
+Net: sizes (L+1,), activations (L,) codes, param_offsets (L+1,) (the flat parameter layout of
+fastbp.layout), capacity (rows the buffers hold), checkpoint_every (k), act_offsets (L,) where
+each layer's output starts in the flat activation buffer, and pre_offsets (L,) where its
+pre-activation starts, or -1 when it is not kept (only activations whose gradient reads their
+input keep it: gelu).
+
+Activations: with k = 1 every layer's output is kept. With k > 1 only every k-th layer's output
+(and the last one's) is kept; the others share a "segment" area at the end of the buffer,
+written during the forward pass and recomputed from the segment's kept input during the backward
+pass. A layer's pre-activation, when kept, lives right after its output and is kept or
+recomputed with it.
+
+Workspace: acts; deltas (two halves of capacity * max width, used in turn during the backward
+pass); per-sample losses (capacity,) float64; layer_sq (L,) float64, the per-layer squared
+gradient norms of the last update; partials (norm scratch).
+
+The heavy kernels are called through units (see _units): compiled once each, not once per
+caller.
+"""
+import math
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+from numba.extending import overload
+
+from .. import layout
+from ._config import INLINED, SERIAL
+from ._native import matrix_view
+from ._units import caller
+from .activations import ACTIVATIONS, IDENTITY
+from .rows import aligned_zeros
+from .update import SGD_KIND, Update, norm_partials_size
+
+Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
+                         "checkpoint_every", "act_offsets", "pre_offsets"])
+Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
+
+_dense_forward = caller("dense_forward")
+_dense_backward = caller("dense_backward")
+_softmax_ce = caller("softmax_cross_entropy_forward_backward")
+_softmax_ce_loss = caller("softmax_cross_entropy_loss")
+_mse = caller("mse_forward_backward")
+_mse_loss = caller("mse_loss")
+_activation_backward = caller("activation_backward")
+_take_rows = caller("take_rows")
+_clip_sgd_update = caller("clip_sgd_update")
+
+
+def units_for(loss, update_kind=None):
+    """Names of the units that training with this loss (and update kind) calls."""
+    names = ["dense_forward", "dense_backward", "take_rows"]
+    if loss == "softmax_cross_entropy":
+        names += ["softmax_cross_entropy_forward_backward", "softmax_cross_entropy_loss"]
+    else:
+        names += ["mse_forward_backward", "mse_loss", "activation_backward"]
+    if update_kind == SGD_KIND:
+        names.append("clip_sgd_update")
+    return names
+
+
+# -- building (plain Python) -------------------------------------------------------------------
+
+
+def _is_kept(layer, n_layers, checkpoint_every):
+    return (layer + 1) % checkpoint_every == 0 or layer == n_layers - 1
+
+
+def plan_activations(sizes, activations, capacity, checkpoint_every):
+    """Where each layer's output and kept pre-activation start in the flat activation buffer:
+    (act_offsets (L,), pre_offsets (L,), buffer length). See the module docstring."""
+    n_layers = len(sizes) - 1
+    widths = [capacity * int(s) for s in sizes[1:]]
+    keeps_pre = [ACTIVATIONS[int(code)].uses_input for code in activations]
+    blocks = [w * (2 if pre else 1) for w, pre in zip(widths, keeps_pre)]
+    act_offsets = np.zeros(n_layers, dtype=np.int64)
+    kept = 0
+    for layer in range(n_layers):
+        if _is_kept(layer, n_layers, checkpoint_every):
+            act_offsets[layer] = kept
+            kept += blocks[layer]
+    widest_segment = segment = 0
+    for layer in range(n_layers):
+        if _is_kept(layer, n_layers, checkpoint_every):
+            segment = 0
+        else:
+            act_offsets[layer] = kept + segment
+            segment += blocks[layer]
+            widest_segment = max(widest_segment, segment)
+    pre_offsets = np.array([offset + width if pre else -1 for offset, width, pre
+                            in zip(act_offsets, widths, keeps_pre)], dtype=np.int64)
+    return act_offsets, pre_offsets, kept + widest_segment
+
+
+def make_net(sizes, activations, capacity, checkpoint_every=1):
+    """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size)."""
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    activations = np.ascontiguousarray(activations, dtype=np.int64)
+    act_offsets, pre_offsets, acts_size = plan_activations(sizes, activations, capacity,
+                                                           checkpoint_every)
+    return Net(sizes, activations, layout.param_offsets(sizes), capacity, checkpoint_every,
+               act_offsets, pre_offsets), acts_size
+
+
+def make_workspace(net, acts_size, dtype):
+    """Allocate the Workspace a Net needs (plain Python)."""
+    n_layers = net.activations.shape[0]
+    return Workspace(aligned_zeros(acts_size, dtype),
+                     aligned_zeros(2 * net.capacity * int(net.sizes[1:].max()), dtype),
+                     np.empty(net.capacity, dtype=np.float64),
+                     np.zeros(n_layers, dtype=np.float64),
+                     np.empty(norm_partials_size(net.param_offsets), dtype=np.float64))
+
+
+# -- views -------------------------------------------------------------------------------------
+
+
+@njit(**INLINED)
+def _layer_params(params, net, layer):
+    start = net.param_offsets[layer]
+    n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+    weight = matrix_view(params, start, n_in, n_out)
+    bias = params[start + n_in * n_out:start + (n_in + 1) * n_out]
+    return weight, bias
+
+
+@njit(**INLINED)
+def _layer_output(acts, net, n_rows, layer):
+    return matrix_view(acts, net.act_offsets[layer], n_rows, net.sizes[layer + 1])
+
+
+@njit(**INLINED)
+def _layer_pre(acts, net, n_rows, layer):
+    """The layer's kept pre-activation, or a view with no rows when it keeps none."""
+    if net.pre_offsets[layer] < 0:
+        return matrix_view(acts, 0, 0, net.sizes[layer + 1])
+    return matrix_view(acts, net.pre_offsets[layer], n_rows, net.sizes[layer + 1])
+
+
+@njit(**INLINED)
+def _delta_half(deltas, half):
+    """Half 0 or 1 of the delta buffer, as a flat view."""
+    size = deltas.shape[0] // 2
+    return deltas[half * size:(half + 1) * size]
+
+
+@njit(**INLINED)
+def _delta(deltas, n_rows, width, half):
+    return matrix_view(_delta_half(deltas, half), 0, n_rows, width)
+
+
+# -- forward and loss --------------------------------------------------------------------------
+
+
+@njit(**SERIAL)
+def _forward_layers(acts, params, x, net, first, stop, scratch):
+    """Layers first..stop-1, reading layer first-1's output (x when first == 0). scratch: as
+    dense_forward's (an empty one for none)."""
+    n_rows = x.shape[0]
+    for layer in range(first, stop):
+        inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
+        weight, bias = _layer_params(params, net, layer)
+        _dense_forward(_layer_output(acts, net, n_rows, layer), inp, weight, bias,
+                       net.activations[layer], scratch, _layer_pre(acts, net, n_rows, layer))
+
+
+@njit(**INLINED)
+def _forward(acts, params, x, net, scratch):
+    """mlp_forward with a scratch for dense_forward (see _forward_layers)."""
+    n_layers = net.activations.shape[0]
+    _forward_layers(acts, params, x, net, 0, n_layers, scratch)
+    return _layer_output(acts, net, x.shape[0], n_layers - 1)
+
+
+@njit(**SERIAL)
+def mlp_forward(acts, params, x, net):
+    """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
+    x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer."""
+    return _forward(acts, params, x, net, acts[:0])
+
+
+def _loss_and_output_grad(dout, losses, output, target, acts, net):
+    """Mean loss, and dL/d(last pre-activation) into dout. The target's type picks the loss:
+    integer labels (B,) for softmax cross-entropy, values (B, OC) for MSE (whose gradient then
+    goes through the output activation; softmax-CE's output activation is the identity)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_loss_and_output_grad, jit_options=SERIAL)
+def _loss_and_output_grad_impl(dout, losses, output, target, acts, net):
+    if target.ndim == 1:
+        def softmax_ce(dout, losses, output, target, acts, net):
+            return _softmax_ce(dout, losses, output, target)
+        return softmax_ce
+
+    def mse(dout, losses, output, target, acts, net):
+        loss = _mse(dout, losses, output, target)
+        last = net.activations.shape[0] - 1
+        code = net.activations[last]
+        if code != IDENTITY:
+            pre = output
+            if net.pre_offsets[last] >= 0:
+                pre = _layer_pre(acts, net, output.shape[0], last)
+            _activation_backward(dout, dout, output, code, pre)
+        return loss
+    return mse
+
+
+def _batch_loss(losses, output, target):
+    """Mean loss without gradient; the target's type picks the loss (as above)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_batch_loss, jit_options=SERIAL)
+def _batch_loss_impl(losses, output, target):
+    if target.ndim == 1:
+        return lambda losses, output, target: _softmax_ce_loss(losses, output, target)
+    return lambda losses, output, target: _mse_loss(losses, output, target)
+
+
+@njit(**SERIAL)
+def mlp_loss(work, params, x, target, net):
+    """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
+    cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses. Its forward
+    pass splits products as mlp_loss_and_grad's does, so the two losses agree to rounding."""
+    output = _forward(work.acts, params, x, net, work.deltas)
+    return _batch_loss(work.losses[:x.shape[0]], output, target)
+
+
+# -- gradients, then update --------------------------------------------------------------------
+
+
+@njit(**SERIAL)
+def mlp_loss_and_grad(grads, work, params, x, target, net):
+    """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
+    returns the mean loss. With net.checkpoint_every = k > 1, each segment of k layers but the
+    last is recomputed from its kept input just before its backward pass."""
+    acts, deltas = work.acts, work.deltas
+    n_rows = x.shape[0]
+    n_layers = net.activations.shape[0]
+    k = net.checkpoint_every
+    # deltas are free until the loss gradient is written: the forward pass's scratch.
+    output = _forward(acts, params, x, net, deltas)
+    dpre = _delta(deltas, n_rows, net.sizes[n_layers], 0)
+    loss = _loss_and_output_grad(dpre, work.losses[:n_rows], output, target, acts, net)
+    half = 0
+    for layer in range(n_layers - 1, -1, -1):
+        segment_start = layer - layer % k
+        if k > 1 and layer % k == k - 1 and layer < n_layers - 1:
+            # Entering a new segment from its top: recompute the outputs it did not keep.
+            # The scratch is the half of deltas that dpre is not in: free until dinp is
+            # written. (Big enough for the same input splits as the first pass, so the
+            # recomputed outputs are bitwise the first ones.)
+            _forward_layers(acts, params, x, net, segment_start, layer,
+                            _delta_half(deltas, 1 - half))
+        weight, _ = _layer_params(params, net, layer)
+        dweight, dbias = _layer_params(grads, net, layer)
+        if layer == 0:
+            _dense_backward(_delta(deltas, 0, net.sizes[0], 1 - half), dweight, dbias, dpre, x,
+                            weight, IDENTITY, x)
+        else:
+            inp = _layer_output(acts, net, n_rows, layer - 1)
+            inp_pre = inp
+            if net.pre_offsets[layer - 1] >= 0:
+                inp_pre = _layer_pre(acts, net, n_rows, layer - 1)
+            dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
+            _dense_backward(dinp, dweight, dbias, dpre, inp, weight,
+                            net.activations[layer - 1], inp_pre)
+            dpre = dinp
+            half = 1 - half
+    return loss
+
+
+@njit(**INLINED)
+def apply_update(params, grads, work, net, update):
+    """The update stage: update params in place from grads by the optimizer's Update.
+    Returns (gradient norm before clipping, applied); the per-layer squared norms are left in
+    work.layer_sq. An update kind this build does not know is not applied."""
+    if update.kind == SGD_KIND:
+        return _clip_sgd_update(params, work.layer_sq, work.partials, grads, net.param_offsets,
+                                update.hyper[0], update.hyper[1])
+    return math.nan, False
+
+
+@njit(**SERIAL)
+def mlp_train_step(params, grads, work, x, target, net, update):
+    """mlp_loss_and_grad, then apply_update: one training step. Returns (loss, gradient norm,
+    applied). When the loss is NaN or Inf the update is not tried; see the update kernels
+    (clip_sgd_update) for when they refuse one."""
+    loss = mlp_loss_and_grad(grads, work, params, x, target, net)
+    if not math.isfinite(loss):
+        return loss, math.nan, False
+    norm, applied = apply_update(params, grads, work, net, update)
+    return loss, norm, applied
+
+
+def _take_targets(out, y, index):
+    """out[i] = y[index[i]] for labels (B,) or target rows (B, OC)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_take_targets, jit_options=SERIAL)
+def _take_targets_impl(out, y, index):
+    if y.ndim == 1:
+        def take_labels(out, y, index):
+            for i in range(index.shape[0]):
+                out[i] = y[index[i]]
+        return take_labels
+    return lambda out, y, index: _take_rows(out, y, index)
+
+
+@njit(**SERIAL)
+def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                    step_layer_sq, x, target, order, batch_size, net, update):
+    """Many training steps in one call, so that small networks pay no per-step call.
+
+    Batches are consecutive slices of ``order`` (row numbers into x and target, not checked),
+    gathered into x_batch (>= batch_size, C) and y_batch, then trained on with mlp_train_step.
+    Step k's loss, gradient norm and per-layer squared norms go to step_losses[k],
+    step_norms[k] and step_layer_sq[k] (float64 arrays with at least
+    ceil(len(order) / batch_size) rows). Returns the number of steps applied: when a step is
+    not applied (NaN or Inf loss or norm, or an update that would overflow) the epoch stops
+    there, its values recorded at that index.
+    """
+    n_samples = order.shape[0]
+    step = 0
+    for start in range(0, n_samples, batch_size):
+        stop = min(start + batch_size, n_samples)
+        index = order[start:stop]
+        xb = x_batch[:stop - start]
+        yb = y_batch[:stop - start]
+        _take_rows(xb, x, index)
+        _take_targets(yb, target, index)
+        loss, norm, applied = mlp_train_step(params, grads, work, xb, yb, net, update)
+        step_losses[step] = loss
+        step_norms[step] = norm
+        for layer in range(work.layer_sq.shape[0]):
+            step_layer_sq[step, layer] = work.layer_sq[layer]
+        if not applied:
+            return step
+        step += 1
+    return step
