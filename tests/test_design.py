@@ -271,3 +271,95 @@ def test_repeated_gradients_are_bitwise_identical():
     for _ in range(5):
         assert model.loss_and_grad(X, y) == loss
         assert np.array_equal(model.grads, grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# One place for compiler flags; no stale compiled code
+
+
+KERNELS_DIR = pathlib.Path(kernels.__file__).resolve().parent
+FLAG_SETS = {"SERIAL", "PARALLEL", "INLINED"}
+
+
+def _jit_calls(path):
+    """(line, how) of every njit/cfunc call in a source file: how is the set of names passed
+    as **kwargs, or a description of anything else."""
+    import ast
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("njit", "cfunc"):
+            spread = {kw.value.id for kw in node.keywords
+                      if kw.arg is None and isinstance(kw.value, ast.Name)}
+            plain = [kw.arg for kw in node.keywords if kw.arg is not None]
+            found.append((node.lineno, node.func.id, spread, plain, len(node.args)))
+        elif isinstance(node, ast.FunctionDef):
+            for dec in node.decorator_list:
+                if getattr(dec, "id", None) == "njit":  # a bare @njit
+                    found.append((dec.lineno, "njit", set(), [], 0))
+    return found
+
+
+def test_every_kernel_takes_its_flags_from_config():
+    """Every @njit in fastbp.kernels passes exactly one of _config's flag sets and nothing else
+    (so fastmath, caching and parallelism are set in one place); the only cfunc is the units'
+    (cache=True, with an explicit C signature)."""
+    offenders = []
+    for path in sorted(KERNELS_DIR.glob("*.py")):
+        for line, kind, spread, plain, n_args in _jit_calls(path):
+            ok = (kind == "njit" and len(spread) == 1 and spread <= FLAG_SETS and not plain
+                  and n_args == 0) or (kind == "cfunc" and path.name == "_units.py")
+            if not ok:
+                offenders.append(f"{path.name}:{line}")
+    assert not offenders, f"@njit with flags of its own: {offenders}"
+    assert _jit_calls(KERNELS_DIR / "dense.py"), "the check found no @njit at all"
+
+
+def test_flag_check_catches_a_kernel_with_its_own_flags(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from numba import njit\n@njit(cache=True, fastmath=True)\ndef f(x):\n"
+                   "    return x\n@njit\ndef g(x):\n    return x\n")
+    calls = sorted(_jit_calls(bad))
+    assert [c[0] for c in calls] == [2, 5]
+    assert calls[0][3] == ["cache", "fastmath"] and calls[1][2] == set()
+
+
+def test_fastmath_is_set_only_in_config():
+    for path in KERNELS_DIR.glob("*.py"):
+        if path.name != "_config.py":
+            assert "fastmath" not in path.read_text(), path.name
+
+
+def _fake_cache(folder, names):
+    for name in names:
+        (folder / name).write_bytes(b"x")
+
+
+def test_cache_guard_removes_code_compiled_from_other_sources(tmp_path):
+    """guard_cache removes the package's cached code when the sources' hash differs from the
+    stamp beside the cache, and only then; other modules' files stay."""
+    from fastbp.kernels import _config
+    ours = ["dense.dense_forward-71.py311.nbi", "dense.dense_forward-71.py311.1.nbc",
+            "network.mlp_forward-200.py311.nbi", "_units.unit_take_rows_float32-96.py311.nbi"]
+    theirs = ["mymodule.f-3.py311.nbi"]
+    _fake_cache(tmp_path, ours + theirs)
+    (tmp_path / "fastbp-kernels-sources.sha256").write_text("an older version")
+    _config.guard_cache(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(theirs + ["fastbp-kernels-sources.sha256"])
+    assert (tmp_path / "fastbp-kernels-sources.sha256").read_text() == _config.sources_hash()
+    _fake_cache(tmp_path, ours)  # compiled from the current sources: kept
+    _config.guard_cache(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= set(ours)
+
+
+def test_cache_guard_runs_at_import(tmp_path):
+    """Importing fastbp stamps the cache folder of the kernels with the sources' hash."""
+    code = ("import pathlib, fastbp; from fastbp.kernels import _config, network; "
+            "folder = pathlib.Path(network.mlp_forward._cache._cache_path); "
+            "print((folder / 'fastbp-kernels-sources.sha256').read_text() == "
+            "_config.sources_hash())")
+    result = subprocess.run([sys.executable, "-c", code],
+                            env=subprocess_env(NUMBA_CACHE_DIR=str(tmp_path)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "True"
