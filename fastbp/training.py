@@ -187,7 +187,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     # Without per-step hooks, steps run in compiled chunks of many batches (one call each, when
     # the optimizer describes its update to compiled code); chunks keep the progress bar moving
     # and Ctrl-C answered quickly.
-    compiled_update = callable(getattr(optimizer, "update_spec", None))
+    compiled_update = _has_compiled_update(optimizer)
     chunked = not step_hooks and grad_hook is None and compiled_update
     max_steps = -(-n_samples // batch_size)
     chunk_steps = max(32, -(-max_steps // 20))
@@ -247,6 +247,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     except FloatingPointError as exc:
                         raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
                                               f"{n_steps + 1}: {exc}") from None
+                    except _HookError as exc:
+                        raise exc.__cause__ from None  # the hook's own exception
                     loss_sum += loss * n
                     if norm is not None:
                         norm_sum += norm
@@ -271,7 +273,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             updates = max(n_updates, 1)
             record = {"loss": loss_sum / n_seen,
                       "grad_norm": norm_sum / updates if n_updates else math.nan,
-                      "layer_grad_norms": [float(v) for v in layer_norm_sum / updates],
+                      "layer_grad_norms": [float(v) if n_updates else math.nan
+                                           for v in layer_norm_sum / updates],
                       "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
                       "seconds": seconds}
             for prefix, scorer in scorers:
@@ -325,15 +328,26 @@ def _check_optimizer(optimizer, model):
         raise ValueError("optimizer: it was built for another model")
 
 
+def _has_compiled_update(optimizer):
+    """Whether the optimizer describes its update to compiled code (update_spec), checked."""
+    if not callable(getattr(optimizer, "update_spec", None)):
+        return False
+    spec = optimizer.update_spec()
+    if not isinstance(spec, kernels.Update) or spec.kind not in kernels.UPDATE_KINDS:
+        raise TypeError(f"optimizer: {type(optimizer).__name__}.update_spec() must return a "
+                        f"fastbp.kernels.Update of a known kind {kernels.UPDATE_KINDS}, got "
+                        f"{spec!r:.200}")
+    return True
+
+
 def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_losses,
                  step_norms, step_layer_sq):
     """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
     and y). Returns the number of steps applied; see kernels.mlp_train_epoch."""
     model._reserve(batch_size)
-    model._prepare(spec.kind)
-    done = kernels.entry.train_epoch(model.params, model.grads, *model._work, x_batch, y_batch,
-                                     step_losses, step_norms, step_layer_sq, X, y, rows,
-                                     batch_size, *model._net, *spec)
+    done = model._run(kernels.entry.train_epoch, model.params, model.grads, *model._work,
+                      x_batch, y_batch, step_losses, step_norms, step_layer_sq, X, y, rows,
+                      batch_size, *model._net, *spec, update_kind=spec.kind)
     n_batches = -(-len(rows) // batch_size)
     # After a divergence, layer_sq describes grads only if the failing step got as far as
     # the norm (its loss was finite).
@@ -341,16 +355,26 @@ def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_los
     return done
 
 
+class _HookError(Exception):
+    """Carries an exception of the gradient hook past the step's divergence handling."""
+
+
 def _step(model, optimizer, grad_hook, compiled_update, xb, yb):
     """One step on a gathered batch: (loss, gradient norm, or None when the hook skipped the
-    update). Raises FloatingPointError (parameters untouched) when the step is refused."""
+    update). Raises FloatingPointError (parameters untouched) when the step is refused, and
+    _HookError around whatever the hook raised."""
     if grad_hook is None and compiled_update:
         return optim.train_step(model, optimizer.update_spec(), xb, yb)
     loss = model._loss_and_grad_checked(xb, yb)
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
-    if grad_hook is not None and grad_hook(model) is False:
-        return loss, None
+    if grad_hook is not None:
+        try:
+            apply = grad_hook(model)
+        except Exception as exc:
+            raise _HookError() from exc
+        if apply is False:
+            return loss, None
     return loss, float(optimizer.step())
 
 

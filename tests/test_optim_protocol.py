@@ -376,3 +376,41 @@ def test_fit_reads_lr_and_clip_norm_changed_between_epochs():
         norms += fastbp.fit(b, X, y, opt_b, epochs=1, batch_size=8, shuffle=False)["grad_norm"]
     assert np.array_equal(a.params, b.params)
     np.testing.assert_allclose(ha["grad_norm"], norms, rtol=1e-14)
+
+
+def test_a_hook_raising_floating_point_error_is_not_called_divergence(rng):
+    """The hook's own FloatingPointError passes through fit as it was raised."""
+    model = fastbp.MLP([6, 5, 3], seed=0)
+    X, y = rng.normal(size=(20, 6)), rng.integers(0, 3, 20)
+
+    class Mine(FloatingPointError):
+        pass
+
+    def hook(m):
+        raise Mine("from the hook")
+    with pytest.raises(Mine, match="from the hook"):
+        fastbp.fit(model, X, y, fastbp.SGD(model, lr=0.1), epochs=1, batch_size=5,
+                   grad_hook=hook)
+
+
+def test_an_update_spec_of_an_unknown_kind_is_refused(rng):
+    model = fastbp.MLP([6, 5, 3], seed=0)
+    before = model.params.copy()
+
+    class Odd(fastbp.SGD):
+        def update_spec(self):
+            spec = super().update_spec()
+            return spec._replace(kind=99)
+    with pytest.raises(TypeError, match="update_spec"):
+        fastbp.fit(model, rng.normal(size=(20, 6)), rng.integers(0, 3, 20),
+                   Odd(model, lr=0.1), epochs=1, batch_size=5)
+    assert np.array_equal(model.params, before)
+
+
+def test_layer_grad_norms_are_nan_when_a_hook_skips_every_update(rng):
+    model = fastbp.MLP([6, 5, 3], seed=0)
+    history = fastbp.fit(model, rng.normal(size=(20, 6)), rng.integers(0, 3, 20),
+                         fastbp.SGD(model, lr=0.1), epochs=1, batch_size=5,
+                         grad_hook=lambda m: False)
+    assert np.isnan(history["grad_norm"][0])
+    assert all(np.isnan(v) for v in history["layer_grad_norms"][0])

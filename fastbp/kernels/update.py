@@ -23,6 +23,8 @@ array of its hyper-parameters), state (2-D array (n_buffers, P) of the parameter
 per-parameter buffers, in the parameters' layout; 0 rows when it keeps none)."""
 
 SGD_KIND = 0
+#: The update kinds network.apply_update knows.
+UPDATE_KINDS = (SGD_KIND,)
 
 
 def sgd_spec(lr, clip_norm, dtype):
