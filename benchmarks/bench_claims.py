@@ -190,15 +190,16 @@ class Allocations:
         train_step = kernels.mlp_train_step
 
         @njit
-        def loop(n, params, grads, work, x, target, net, lr, clip_norm):
+        def loop(n, params, grads, work, x, target, net, update):
             # steps run from compiled code: Python's argument boxing (one NRT MemInfo per
             # array argument per call) is paid once per loop, not per step
             for _ in range(n):
-                train_step(params, grads, work, x, target, net, lr, clip_norm)
+                train_step(params, grads, work, x, target, net, update)
 
-        m, o = self.net.model, self.net.optimizer
+        m = self.net.model
+        update = kernels.sgd_spec(1e-12, self.net.optimizer.clip_norm, m.dtype)
         self.loop = lambda n: loop(n, m.params, m.grads, m._work, self.net.X, self.net.y,
-                                   m._net, 1e-12, o.clip_norm)
+                                   m._net, update)
         self.loop(1)  # compile
 
     def track_allocations_per_step(self, network, dtype):

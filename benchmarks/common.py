@@ -89,9 +89,9 @@ class Net:
     loss_and_grad() kernels.mlp_loss_and_grad   (forward + loss + backward)
     train_step()    kernels.mlp_train_step      (the above + clipping + SGD update)
 
-    They call the kernels through the flat-argument entry points kernels._from_python_*, exactly
-    as fastbp.MLP and fastbp.SGD do (model.py, optim.py): this is the one place to update if
-    those internals change.
+    They call the flat-argument entry points of kernels.entry, exactly as fastbp.MLP and
+    fastbp.SGD do (model.py, optim.py): this is the one place to update if those internals
+    change.
     """
 
     def __init__(self, sizes, batch, dtype, seed=0):
@@ -104,14 +104,15 @@ class Net:
         self.optimizer = o = fastbp.SGD(m, lr=LR, clip_norm=CLIP_NORM)
         self.X, self.y = synthetic_batch(batch, sizes[0], self.dtype, seed)
         o.train_step(self.X, self.y)  # reserves the buffers; compiles or loads the kernels
-        clip = o.clip_norm
+        m.loss_and_grad(self.X, self.y)
+        m.forward(self.X)
+        spec = o.update_spec()
 
-        self.forward = lambda: kernels._from_python_forward(
-            m._work.acts, m.params, self.X, *m._net)
-        self.loss_and_grad = lambda: kernels._from_python_loss_and_grad(
+        self.forward = lambda: kernels.entry.forward(m._work.acts, m.params, self.X, *m._net)
+        self.loss_and_grad = lambda: kernels.entry.loss_and_grad(
             m.grads, *m._work, m.params, self.X, self.y, *m._net)
-        self.train_step = lambda: kernels._from_python_train_step(
-            m.params, m.grads, *m._work, self.X, self.y, *m._net, o.lr, clip)
+        self.train_step = lambda: kernels.entry.train_step(
+            m.params, m.grads, *m._work, self.X, self.y, *m._net, *spec)
         self.forward()
         self.loss_and_grad()
         self.train_step()
@@ -294,6 +295,8 @@ def _composed_module():
         if name.endswith(".py"):
             with open(os.path.join(package, name), "rb") as f:
                 digest.update(name.encode() + b"\0" + f.read())
+    from fastbp.kernels import _config  # the kernels package, hashed the same way
+    digest.update(_config.sources_hash().encode())
     digest.update(numba.__version__.encode() + _COMPOSED_SOURCE.encode())
     key = digest.hexdigest()[:20]
     folder = os.environ.get("FASTBP_BENCH_CACHE") or os.path.join(

@@ -3,7 +3,7 @@ validating layer over the compiled kernels (all numerics live in fastbp.kernels)
 import numpy as np
 
 from . import _validate, kernels, layout
-from ._threads import pin_kernel_blas
+from ._threads import get_num_threads, pin_kernel_blas
 
 #: Accepted activation names -> codes (from kernels.ACTIVATIONS, where each is defined).
 ACTIVATIONS = dict(kernels.CODES)
@@ -162,6 +162,7 @@ class MLP:
         self.weight_grads, self.bias_grads = layout.layer_views(self.grads, self.sizes)
         self._net = self._work = None
         self._capacity = 0
+        self._prepared = set()  # what _run has readied
         self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
         self._reserve(capacity)
 
@@ -222,20 +223,18 @@ class MLP:
     def _loss_and_grad_checked(self, X, y):
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
-        self._prepare()
-        return kernels.entry.loss_and_grad(self.grads, *self._work, self.params, X, y,
-                                           *self._net)
+        return self._run(kernels.entry.loss_and_grad, self.grads, *self._work, self.params, X, y,
+                         *self._net)
 
     def loss_value(self, X, y):
         """Mean loss of a batch, forward only (grads untouched)."""
         X, y = self._check_batch(X, y)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
-        self._prepare()
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            total += (stop - start) * kernels.entry.loss(
-                *self._work, self.params, X[start:stop], y[start:stop], *self._net)
+            total += (stop - start) * self._run(kernels.entry.loss, *self._work, self.params,
+                                                X[start:stop], y[start:stop], *self._net)
         return total / X.shape[0]
 
     def forward(self, X):
@@ -244,11 +243,10 @@ class MLP:
         X = _validate.features(X, self.sizes[0], self.dtype)
         out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
-        self._prepare()
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = kernels.entry.forward(self._work.acts, self.params,
-                                                    X[start:stop], *self._net)
+            out[start:stop] = self._run(kernels.entry.forward, self._work.acts, self.params,
+                                        X[start:stop], *self._net)
         return out
 
     def predict_proba(self, X):
@@ -265,11 +263,17 @@ class MLP:
             return out.argmax(axis=1)
         return out
 
-    def _prepare(self, update_kind=None):
-        """Ready the compiled units this model (and an update of this kind) runs, and keep the
-        kernels' BLAS at one thread: before every compiled call."""
-        kernels.prepare(self.dtype, self.loss, update_kind)
+    def _run(self, entry, *args, update_kind=None):
+        """entry(*args), for one of the compiled entries of kernels.entry. The first time for
+        an entry, update kind, capacity and thread count, it first readies the compiled code
+        this needs (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps
+        the kernels' BLAS at one thread."""
+        key = (entry, update_kind, self._capacity, get_num_threads())
+        if key not in self._prepared:
+            kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args)
+            self._prepared.add(key)
         pin_kernel_blas()
+        return entry(*args)
 
     def _require_classifier(self, what):
         if self.loss != "softmax_cross_entropy":

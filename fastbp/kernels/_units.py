@@ -15,6 +15,9 @@ code that finds a slot empty (a user's own ``@njit`` code calling the network fu
 Python to fill it through a callback, and skips the call if that fails.
 """
 import ctypes
+import os
+import subprocess
+import sys
 import types as pytypes
 from collections import namedtuple
 
@@ -38,8 +41,10 @@ _i64, _f64 = types.int64, types.float64
 
 Spec = namedtuple("Spec", ["name", "kernel", "argtypes", "restype"])
 SPECS = (
-    Spec("dense_forward", dense.dense_forward,
-         lambda dt: (_M[dt], _M[dt], _M[dt], _V[dt], _i64, _V[dt], _M[dt]), types.none),
+    Spec("dense_forward_grid", dense._dense_forward_grid,
+         lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64), types.none),
+    Spec("dense_forward_split_input", dense._dense_forward_split_input,
+         lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64), types.none),
     Spec("dense_backward", dense.dense_backward,
          lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _i64, _M[dt]), types.none),
     Spec("softmax_cross_entropy_forward_backward",
@@ -97,8 +102,8 @@ def _unit_template(argp, retp):
     _store(retp, KERNEL(*_load(argp, ARGS)))  # noqa: F821 (globals of each unit)
 
 
-def _make_unit(spec, dtype):
-    """The cfunc of one (kernel, dtype): compiled now, or loaded from Numba's cache."""
+def _unit_function(spec, dtype):
+    """The Python function of the unit of one (kernel, dtype)."""
     name = f"unit_{spec.name}_{dtype}"
     scope = {"KERNEL": spec.kernel, "ARGS": types.Tuple(spec.argtypes(dtype)),
              "_load": _load, "_store": _store, "__name__": __name__}
@@ -107,24 +112,113 @@ def _make_unit(spec, dtype):
     fn = pytypes.FunctionType(_unit_template.__code__, scope, name)
     fn.__qualname__ = name
     fn.__module__ = __name__
-    return cfunc(types.void(types.voidptr, types.voidptr), cache=True)(fn)
+    return fn
 
 
-def ensure(names, dtype):
+def _make_unit(spec, dtype):
+    """The cfunc of one (kernel, dtype): compiled now, or loaded from Numba's cache."""
+    return cfunc(types.void(types.voidptr, types.voidptr), cache=True)(
+        _unit_function(spec, dtype))
+
+
+# Relative compile times of the units (measured on 2 cores), to share them out between processes.
+_COST = {"dense_backward": 6, "dense_forward_grid": 5, "dense_forward_split_input": 5,
+         "softmax_cross_entropy_forward_backward": 3, "clip_sgd_update": 2,
+         "mse_forward_backward": 2, "activation_backward": 3}
+# The compile time, in the same units, of what the calling process compiles meanwhile.
+_MEANWHILE_COST = 5
+
+
+def ensure(names, dtype, meanwhile=None):
     """Compile (or load from Numba's cache) the units with these names for a NumPy dtype, and
-    put their addresses in the table. Cheap once done."""
-    dt = types.float32 if dtype.itemsize == 4 else types.float64
-    for name in names:
-        slot = _SLOTS[name, dt]
-        if not _table[slot]:
-            unit = _make_unit(_SPEC[name], dt)
-            _compiled[slot] = unit
-            _table[slot] = unit.address
+    put their addresses in the table; call meanwhile() (if given) on the way. Cheap once done.
+
+    When several units are missing from the cache and the machine has several cores, worker
+    processes compile a share of them into the cache while this process compiles its own share
+    and runs meanwhile(); then it loads theirs. FASTBP_COMPILE_WORKERS sets the most workers
+    (0: none); by default one per core but one.
+    """
+    dt = types.float32 if np.dtype(dtype).itemsize == 4 else types.float64
+    missing = [name for name in names if not _table[_SLOTS[name, dt]]]
+    cold = [name for name in missing if not _cached(_SPEC[name], dt)]
+    mine, theirs = _share(cold, _max_workers())
+    workers = [_spawn(group, dt) for group in theirs]
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        for name in missing:
+            if not any(name in group for group in theirs):
+                _install(name, dt)
+        for worker in workers:
+            worker.wait()
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    for name in missing:
+        _install(name, dt)  # from the cache, or compiled here if a worker failed
+
+
+def _install(name, dt):
+    slot = _SLOTS[name, dt]
+    if not _table[slot]:
+        unit = _make_unit(_SPEC[name], dt)
+        _compiled[slot] = unit
+        _table[slot] = unit.address
+
+
+def _cached(spec, dt):
+    """Whether Numba's cache holds this unit (an index file for it). Unknown: True."""
+    from numba.core.caching import FunctionCache
+    try:
+        return os.path.exists(FunctionCache(_unit_function(spec, dt))._index_path)
+    except Exception:  # a cache layout this code does not know
+        return True
+
+
+def _max_workers():
+    setting = os.environ.get("FASTBP_COMPILE_WORKERS")
+    if setting is not None and setting.strip().isdigit():
+        return int(setting)
+    return len(os.sched_getaffinity(0)) - 1 if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1) - 1
+
+
+def _share(cold, max_workers):
+    """(this process's units, [each worker's units]): the costliest first, each to the least
+    loaded, this process starting with what meanwhile() costs."""
+    n_groups = min(max_workers, len(cold) - 1) + 1 if len(cold) > 1 else 1
+    loads = [_MEANWHILE_COST] + [0] * (n_groups - 1)
+    groups = [[] for _ in range(n_groups)]
+    for name in sorted(cold, key=lambda n: -_COST.get(n, 1)):
+        k = loads.index(min(loads))
+        groups[k].append(name)
+        loads[k] += _COST.get(name, 1)
+    return groups[0], [g for g in groups[1:] if g]
+
+
+def _spawn(names, dt):
+    """A worker process that compiles these units into Numba's cache."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, FASTBP_COMPILE_WORKERS="0",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get(
+                   "PYTHONPATH", "").split(os.pathsep) if p]))
+    code = "import sys; from fastbp.kernels import _units; _units.compile_group(sys.argv[1:])"
+    return subprocess.Popen([sys.executable, "-c", code, str(dt), *names], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # failures: this process compiles it
+
+
+def compile_group(args):
+    """A worker's job: args = [dtype name, unit names...]."""
+    dt = getattr(types, args[0])
+    for name in args[1:]:
+        _make_unit(_SPEC[name], dt)
 
 
 def _fill_slot(slot):
     spec, dt = SPECS[slot // len(DTYPES)], DTYPES[slot % len(DTYPES)]
-    ensure([spec.name], np.dtype(str(dt)))
+    _install(spec.name, dt)
 
 
 _ensure_callback = ctypes.CFUNCTYPE(None, ctypes.c_int64)(_fill_slot)
@@ -153,8 +247,9 @@ def caller(name):
         slot = _SLOTS[name, dt]
 
         def codegen(context, builder, signature, llargs):
-            values = [context.cast(builder, builder.extract_value(llargs[0], i), a, d)
-                      for i, (a, d) in enumerate(zip(args, declared))]
+            values = [_borrowed(context, builder, d, context.cast(
+                builder, builder.extract_value(llargs[0], i), a, d))
+                for i, (a, d) in enumerate(zip(args, declared))]
             tupty = types.Tuple(declared)
             arg_slot = cgutils.alloca_once(builder, context.get_value_type(tupty))
             builder.store(context.make_tuple(builder, tupty, values), arg_slot)
@@ -175,6 +270,17 @@ def caller(name):
     source = f"def {name}({params}):\n    return call(({params},))\n"
     exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
     return njit(**INLINED)(scope[name])
+
+
+def _borrowed(context, builder, ty, value):
+    """An array as the unit sees it: without its reference-counting handle, so that the
+    unit's taking and dropping a reference costs nothing (the caller keeps it alive)."""
+    if not isinstance(ty, types.Array):
+        return value
+    array = context.make_array(ty)(context, builder, value=value)
+    array.meminfo = cgutils.get_null_value(array.meminfo.type)
+    array.parent = cgutils.get_null_value(array.parent.type)
+    return array._getvalue()
 
 
 def _call_slot(builder, slot, arg_slot, ret_slot):

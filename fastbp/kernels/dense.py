@@ -65,32 +65,39 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
     scratch: optional 1-D C-contiguous buffer of the dtype, overlapping no other argument (its
     contents are overwritten). When it holds B * OC elements, on 2 or more threads, a product of
     at least 2 * MIN_TILE_WORK multiply-adds with far more inputs than batch rows (C > 2 *
-    threads * B) is split over the inputs instead: two half products, the second into scratch,
-    then one pass adds them and applies bias and activation. Results then differ in the last
-    bits from a call without scratch.
+    threads * B) is split over the inputs instead (splits_input): two half products, the second
+    into scratch, then one pass adds them and applies bias and activation. Results then differ
+    in the last bits from a call without scratch.
     pre: optional (B, OC) array that receives the pre-activation inp @ weight + bias, for
     activations whose gradient needs it (gelu); not written for the others.
     """
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
-    n_threads = num_threads()
     keep = out[:0] if pre is None else pre
     if scratch is not None:
-        if splits_input(n_rows, n_in, n_out, n_threads, scratch.shape[0]):
+        if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
             _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), keep, inp,
                                        weight, bias, activation)
             return
-    grid_rows, grid_cols = grid(n_rows, n_out, n_in, n_threads)
+    _dense_forward_grid(out, keep, inp, weight, bias, activation)
+
+
+@njit(**PARALLEL)
+def _dense_forward_grid(out, pre, inp, weight, bias, activation):
+    """dense_forward split into a grid of output tiles (never over the inputs)."""
+    n_rows = inp.shape[0]
+    n_out = weight.shape[1]
+    grid_rows, grid_cols = grid(n_rows, n_out, inp.shape[1], num_threads())
     n_tiles = grid_rows * grid_cols
     if n_tiles == 1:
         r0, r1 = span(0, 1, n_rows)
         c0, c1 = span(0, 1, n_out)
-        _dense_forward_tile(out, keep, inp, weight, bias, activation, r0, r1, c0, c1)
+        _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1)
         return
     for t in prange(n_tiles):
         r0, r1 = span(t // grid_cols, grid_rows, n_rows)
         c0, c1 = span(t % grid_cols, grid_cols, n_out)
-        _dense_forward_tile(out, keep, inp, weight, bias, activation, r0, r1, c0, c1)
+        _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1)
 
 
 @njit(**SERIAL)

@@ -14,10 +14,15 @@ from .network import (Net, Workspace, apply_update, mlp_forward, mlp_loss, mlp_l
 from .update import Update
 
 
-def prepare(dtype, loss, update_kind=None):
-    """Compile, or load from Numba's cache, the units that a model of this dtype and loss (and
-    an optimizer of this update kind) runs. Every entry below needs it first."""
-    _units.ensure(units_for(loss, update_kind), np.dtype(dtype))
+def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=()):
+    """Compile, or load from Numba's cache, what a call entry(*args) runs: the entry itself and
+    the units that a model of this dtype and loss (and an optimizer of this update kind, and
+    this Net at the current thread count) calls. On a first run the units compile in worker
+    processes while this one compiles the entry (see _units.ensure)."""
+    def compile_entry():
+        if entry is not None:
+            entry.compile(tuple(entry.typeof_pyval(a) for a in args))
+    _units.ensure(units_for(loss, update_kind, net), np.dtype(dtype), meanwhile=compile_entry)
 
 
 @njit(**SERIAL)

@@ -24,15 +24,17 @@ caller.
 import math
 from collections import namedtuple
 
+import numba
 import numpy as np
 from numba import njit
 from numba.extending import overload
 
 from .. import layout
 from ._config import INLINED, SERIAL
-from ._native import matrix_view
+from ._native import matrix_view, num_threads
 from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
+from .dense import splits_input
 from .rows import aligned_zeros
 from .update import SGD_KIND, Update, norm_partials_size
 
@@ -40,7 +42,8 @@ Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
-_dense_forward = caller("dense_forward")
+_dense_forward_grid = caller("dense_forward_grid")
+_dense_forward_split_input = caller("dense_forward_split_input")
 _dense_backward = caller("dense_backward")
 _softmax_ce = caller("softmax_cross_entropy_forward_backward")
 _softmax_ce_loss = caller("softmax_cross_entropy_loss")
@@ -51,9 +54,12 @@ _take_rows = caller("take_rows")
 _clip_sgd_update = caller("clip_sgd_update")
 
 
-def units_for(loss, update_kind=None):
-    """Names of the units that training with this loss (and update kind) calls."""
-    names = ["dense_forward", "dense_backward", "take_rows"]
+def units_for(loss, update_kind=None, net=None):
+    """Names of the units that training with this loss (and update kind) calls; with a Net,
+    the input-split forward only if some layer of it can split at the current thread count."""
+    names = ["dense_forward_grid", "dense_backward", "take_rows"]
+    if net is None or _may_split_input(net):
+        names.append("dense_forward_split_input")
     if loss == "softmax_cross_entropy":
         names += ["softmax_cross_entropy_forward_backward", "softmax_cross_entropy_loss"]
     else:
@@ -64,6 +70,18 @@ def units_for(loss, update_kind=None):
 
 
 # -- building (plain Python) -------------------------------------------------------------------
+
+
+def _may_split_input(net):
+    """Whether dense_forward's input split (dense.splits_input) can trigger for some layer and
+    some batch of at most net.capacity rows, at the current thread count."""
+    threads = numba.get_num_threads()
+    scratch = net.capacity * int(net.sizes[1:].max())
+    for n_in, n_out in zip(net.sizes[:-1].tolist(), net.sizes[1:].tolist()):
+        rows = min(net.capacity, (n_in - 1) // (2 * threads))  # the most rows that split
+        if rows >= 1 and splits_input(rows, n_in, n_out, threads, scratch):
+            return True
+    return False
 
 
 def _is_kept(layer, n_layers, checkpoint_every):
@@ -164,8 +182,14 @@ def _forward_layers(acts, params, x, net, first, stop, scratch):
     for layer in range(first, stop):
         inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
         weight, bias = _layer_params(params, net, layer)
-        _dense_forward(_layer_output(acts, net, n_rows, layer), inp, weight, bias,
-                       net.activations[layer], scratch, _layer_pre(acts, net, n_rows, layer))
+        out = _layer_output(acts, net, n_rows, layer)
+        pre = _layer_pre(acts, net, n_rows, layer)
+        n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+        if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
+            _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
+                                       weight, bias, net.activations[layer])
+        else:
+            _dense_forward_grid(out, pre, inp, weight, bias, net.activations[layer])
 
 
 @njit(**INLINED)
