@@ -178,12 +178,15 @@ class MLP:
 
     def memory_report(self):
         """Bytes held, by kind: "params", "grads", "optimizer" (norm scratch; plain SGD keeps no
-        other state), "activations" (layer outputs, backward deltas and per-sample losses at the
-        current capacity) and "total". "capacity" is the batch size the buffers hold.
+        other state), "activations" (layer outputs, kept pre-activations, backward deltas and
+        per-sample losses at the current capacity) and "total". "capacity" is the batch size the
+        buffers hold.
 
-        Without checkpointing, activations = capacity * (sum(sizes[1:]) + 2 * max(sizes[1:])) *
-        itemsize + 8 * capacity; with checkpoint_every = k, only every k-th layer's width (and the
-        output's) counts in the sum, plus the widest run of k - 1 layers in between.
+        Without checkpointing, activations = capacity * (sum(blocks) + 2 * max(sizes[1:])) *
+        itemsize + 8 * capacity, where a layer's block is its width, twice its width for a gelu
+        layer (whose gradient needs its pre-activation, kept beside the output); with
+        checkpoint_every = k, only every k-th layer's block (and the output's) counts in the
+        sum, plus the widest run of k - 1 layers' blocks in between.
         """
         work = self._work
         report = {"params": self.params.nbytes, "grads": self.grads.nbytes,

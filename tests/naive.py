@@ -13,9 +13,6 @@ import math
 
 import numpy as np
 
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
-
-
 # -- parameter layout ---------------------------------------------------------------------------
 
 def n_params(sizes):
@@ -43,7 +40,14 @@ def flatten(weights, biases):
     return np.concatenate(parts)
 
 
-# -- scalar activations ---------------------------------------------------------------------------
+# -- activations ----------------------------------------------------------------------------------
+# Written from the textbook formulas, by name, not from fastbp.kernels.ACTIVATIONS (a test checks
+# that every activation of that table has an entry here).
+
+LEAKY_SLOPE = 0.01                      # PyTorch's default negative_slope
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
 
 def sigmoid_scalar(z):
     # Written per branch so that exp never overflows.
@@ -53,40 +57,48 @@ def sigmoid_scalar(z):
     return e / (1.0 + e)
 
 
+def normal_cdf(z):
+    """Phi(z) of the standard normal distribution, elementwise, float64."""
+    return np.vectorize(lambda v: 0.5 * math.erfc(-v * SQRT_HALF), otypes=[np.float64])(z)
+
+
+def normal_pdf(z):
+    return INV_SQRT_2PI * np.exp(-0.5 * z * z)
+
+
+# name -> (value(z), derivative(z)), both of float64 arrays, the derivative at the pre-activation
+ACTIVATIONS = {
+    "identity": (lambda z: z.copy(), np.ones_like),
+    "relu": (lambda z: np.where(z > 0, z, 0.0), lambda z: (z > 0).astype(np.float64)),
+    "sigmoid": (np.vectorize(sigmoid_scalar, otypes=[np.float64]),
+                lambda z: activation("sigmoid", z) * (1.0 - activation("sigmoid", z))),
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "leaky_relu": (lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
+                   lambda z: np.where(z > 0, 1.0, LEAKY_SLOPE)),
+    # exact GELU, z * Phi(z) (torch.nn.GELU() with approximate="none")
+    "gelu": (lambda z: z * normal_cdf(z), lambda z: normal_cdf(z) + z * normal_pdf(z)),
+}
+#: Activations with a kink at 0, where finite differences are meaningless.
+KINKED = ("relu", "leaky_relu")
+
+
+def _entry(name):
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"naive: no reference for activation {name!r}") from None
+
+
 def activation(name, z):
-    """Elementwise activation of a float64 array z."""
+    """Elementwise activation of z, as a new float64 array."""
     z = np.asarray(z, dtype=np.float64)
-    out = np.empty_like(z)
-    flat_in, flat_out = z.ravel(), out.ravel()
-    for i in range(flat_in.size):
-        v = flat_in[i]
-        if name == "identity":
-            flat_out[i] = v
-        elif name == "relu":
-            flat_out[i] = v if v > 0 else 0.0
-        elif name == "sigmoid":
-            flat_out[i] = sigmoid_scalar(v)
-        elif name == "tanh":
-            flat_out[i] = math.tanh(v)
-        else:
-            raise ValueError(name)
-    return out
+    return np.asarray(_entry(name)[0](z), dtype=np.float64).reshape(z.shape)
 
 
 def activation_derivative(name, z):
     """d act / d z at the pre-activation z (computed from z, not from the output)."""
     z = np.asarray(z, dtype=np.float64)
-    if name == "identity":
-        return np.ones_like(z)
-    if name == "relu":
-        return (z > 0).astype(np.float64)
-    if name == "sigmoid":
-        s = activation("sigmoid", z)
-        return s * (1.0 - s)
-    if name == "tanh":
-        t = np.tanh(z)
-        return 1.0 - t * t
-    raise ValueError(name)
+    return np.asarray(_entry(name)[1](z), dtype=np.float64).reshape(z.shape)
 
 
 # -- losses ------------------------------------------------------------------------------------
@@ -182,11 +194,12 @@ class Net:
         return float(losses.mean()), flatten(d_weights, d_biases)
 
     def min_abs_relu_preactivation(self, params, X):
-        """Per sample: the smallest |z| over the units that apply ReLU (inf if there are none)."""
+        """Per sample: the smallest |z| over the units whose activation has a kink at 0 (ReLU,
+        leaky ReLU: KINKED), inf if there are none."""
         zs, _ = self.forward(params, X)
         smallest = np.full(np.asarray(X).shape[0], np.inf)
         for z, name in zip(zs, self.acts):
-            if name == "relu":
+            if name in KINKED:
                 smallest = np.minimum(smallest, np.abs(z).min(axis=1))
         return smallest
 

@@ -6,8 +6,13 @@ import pytest
 
 import fastbp
 import helpers
+from fastbp import kernels
 
 DEEP = [12, 16, 16, 16, 16, 16, 16, 16, 5]          # 8 layers
+MIXED_SIZES = [7, 9, 8, 6, 5]
+MIXED = ["gelu", "leaky_relu", "tanh"]
+# gelu, whose pre-activation the network keeps too, in kept and in recomputed layers
+DEEP_GELU = ["gelu", "leaky_relu", "gelu", "gelu", "tanh", "relu", "gelu"]
 
 
 def _data(rng, n, sizes, loss):
@@ -69,6 +74,31 @@ def test_checkpointed_gradients_are_bitwise_the_plain_ones(k, loss, rng):
     assert np.array_equal(plain.forward(X), ckpt.forward(X))
 
 
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("sizes, hidden", [(MIXED_SIZES, MIXED), (DEEP, DEEP_GELU)],
+                         ids=["mixed", "deep"])
+@pytest.mark.parametrize("loss, out", [("softmax_cross_entropy", "identity"), ("mse", "gelu")])
+def test_checkpointed_gradients_with_gelu_are_bitwise_the_plain_ones(k, sizes, hidden, loss,
+                                                                     out, rng):
+    """gelu layers keep their pre-activation beside their output; with checkpointing both are
+    recomputed in the segments, and the gradients must not change by a bit."""
+    X, y = _data(rng, 29, sizes, loss)
+    plain, ckpt = (fastbp.MLP(sizes, activation=hidden, output_activation=out, loss=loss,
+                              dtype=np.float64, seed=4, checkpoint_every=every)
+                   for every in (1, k))
+    for model in (plain, ckpt):
+        model.params[...] = np.random.default_rng(0).normal(scale=0.5, size=model.n_params)
+    assert plain.loss_and_grad(X, y) == ckpt.loss_and_grad(X, y)
+    assert np.array_equal(plain.grads, ckpt.grads)
+    assert np.abs(plain.grads).max() > 1e-3
+    opt_plain, opt_ckpt = (fastbp.SGD(m, lr=0.05, clip_norm=1.0) for m in (plain, ckpt))
+    for n in (29, 4, 17):           # smaller batches use views of the buffers
+        assert opt_plain.train_step(X[:n], y[:n]) == opt_ckpt.train_step(X[:n], y[:n])
+        assert np.array_equal(plain.grads, ckpt.grads)
+    assert np.array_equal(plain.params, ckpt.params)
+    assert np.array_equal(plain.forward(X), ckpt.forward(X))
+
+
 @pytest.mark.skipif(helpers.max_threads() < 2, reason="needs 2 threads")
 def test_checkpointing_recomputes_split_products_bitwise(rng):
     """On 2 threads the 1024-input first layer splits its product over the inputs (see
@@ -94,15 +124,23 @@ def test_checkpointed_fit_matches_plain_fit(rng):
     assert np.array_equal(models[0].params, models[1].params)
 
 
-def _formula_bytes(sizes, batch, k, itemsize):
+def _keeps_input(name):
+    return kernels.ACTIVATIONS[kernels.CODES[name]].uses_input
+
+
+def _formula_bytes(sizes, batch, k, itemsize, activations=None):
     """Activation bytes: kept outputs (every k-th layer and the last), the widest run of layers
-    between two kept ones, two delta halves of the widest layer, and float64 per-sample losses."""
+    between two kept ones, two delta halves of the widest layer, and float64 per-sample losses.
+    A layer whose activation's gradient reads its input (gelu) counts twice, kept or in a run:
+    its pre-activation lies beside its output. activations: one name per layer (None: relu)."""
     widths = sizes[1:]
     n = len(widths)
-    kept = [w for layer, w in enumerate(widths) if (layer + 1) % k == 0 or layer == n - 1]
+    names = activations or ["relu"] * n
+    blocks = [w * (2 if _keeps_input(name) else 1) for w, name in zip(widths, names)]
+    kept = [b for layer, b in enumerate(blocks) if (layer + 1) % k == 0 or layer == n - 1]
     runs, run = [0], 0
-    for layer, w in enumerate(widths):
-        run = 0 if (layer + 1) % k == 0 or layer == n - 1 else run + w
+    for layer, b in enumerate(blocks):
+        run = 0 if (layer + 1) % k == 0 or layer == n - 1 else run + b
         runs.append(run)
     return batch * (sum(kept) + max(runs) + 2 * max(widths)) * itemsize + 8 * batch
 
@@ -119,6 +157,35 @@ def test_memory_report_matches_the_formula(k, dtype, rng):
     assert report["capacity"] == 50
     assert report["activations"] == _formula_bytes(sizes, 50, k, itemsize)
     assert report["params"] == report["grads"] == model.n_params * itemsize
+    assert report["total"] == sum(v for key, v in report.items()
+                                  if key not in ("total", "capacity"))
+
+
+GELU_SIZES = [10, 64, 64, 32, 64, 64, 48, 64, 3]
+GELU_CASES = {
+    "all-gelu": (["gelu"] * 7, "identity", "softmax_cross_entropy"),
+    "mixed": (["gelu", "relu", "relu", "gelu", "leaky_relu", "gelu", "tanh"], "identity",
+              "softmax_cross_entropy"),
+    "gelu-output": (["relu", "gelu", "relu", "relu", "gelu", "relu", "relu"], "gelu", "mse"),
+}
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("case", list(GELU_CASES))
+def test_memory_report_counts_gelu_pre_activations(case, k, rng):
+    """One more capacity x width buffer per gelu layer: always for kept layers, and for the
+    others inside the segment they are recomputed in (the widest segment counts)."""
+    hidden, out, loss = GELU_CASES[case]
+    model = fastbp.MLP(GELU_SIZES, activation=hidden, output_activation=out, loss=loss,
+                       dtype=np.float32, seed=0, checkpoint_every=k)
+    X, y = _data(rng, 50, GELU_SIZES, loss)
+    model.loss_and_grad(X, y)
+    report = model.memory_report()
+    names = hidden + [out]
+    assert report["activations"] == _formula_bytes(GELU_SIZES, 50, k, 4, names)
+    if k == 1:          # every layer kept: exactly one extra buffer per gelu layer
+        extra = sum(w for w, name in zip(GELU_SIZES[1:], names) if name == "gelu")
+        assert report["activations"] == _formula_bytes(GELU_SIZES, 50, 1, 4) + 50 * 4 * extra
     assert report["total"] == sum(v for key, v in report.items()
                                   if key not in ("total", "capacity"))
 

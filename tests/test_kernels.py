@@ -14,15 +14,31 @@ import naive
 from fastbp import kernels
 from helpers import max_threads
 
-CODES = {"identity": kernels.IDENTITY, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
-         "tanh": kernels.TANH}
+CODES = dict(kernels.CODES)     # every activation of kernels.ACTIVATIONS, by name
+#: Activations whose gradient reads the pre-activation z (activation_backward needs inp).
+USES_INPUT = [a.name for a in kernels.ACTIVATIONS if a.uses_input]
 NAMED = {"relu": (kernels.relu_forward, kernels.relu_backward),
          "sigmoid": (kernels.sigmoid_forward, kernels.sigmoid_backward),
          "tanh": (kernels.tanh_forward, kernels.tanh_backward)}
 EPS = 1e-3       # finite-difference step (fourth-order differences: truncation ~ EPS**4)
-MARGIN = 0.05    # how far every ReLU input stays from the kink, well beyond 2 * EPS * |x|
+MARGIN = 0.05    # how far every input of a kinked activation (naive.KINKED) stays from the
+                 # kink, well beyond 2 * EPS * |x|
 TOL = 1e-7       # max relative error, backward kernel against finite differences
 FLOOR = 1e-7     # below this size, gradients are compared absolutely
+
+
+# Absolute error an activation's formula makes beyond a few roundings, by name: gelu's
+# 0.5 * (1 + erf(z / sqrt(2))) (PyTorch's form too) cancels for z < 0, so its value, and its
+# gradient's Phi(z) term, err by about eps * |z| and eps where they are tiny (the reference
+# uses erfc, which does not cancel).
+CANCELS = {"gelu": lambda z: 4 * np.finfo(np.float64).eps * (1 + np.abs(z))}
+
+
+def assert_matches_reference(got, want, name, z, rtol, scale=1.0):
+    """|got - want| <= rtol |want| + (the cancellation allowance of CANCELS at z) * |scale|."""
+    allowance = CANCELS[name](z) * np.abs(scale) if name in CANCELS else 1e-300
+    excess = np.abs(got - want) - (rtol * np.abs(want) + allowance)
+    assert (excess <= 0).all(), f"{name}: off by up to {excess.max():.3g} beyond the tolerance"
 
 
 def off_kink(rng, shape, margin=MARGIN):
@@ -39,7 +55,7 @@ def test_activation_forward_matches_reference(name, rng):
     z = rng.normal(scale=3.0, size=(7, 5))
     out = np.empty_like(z)
     kernels.activation_forward(out, z, CODES[name])
-    np.testing.assert_allclose(out, naive.activation(name, z), rtol=1e-15, atol=1e-300)
+    assert_matches_reference(out, naive.activation(name, z), name, z, rtol=1e-15)
     if name in NAMED:
         out2 = np.full_like(z, np.nan)
         NAMED[name][0](out2, z)
@@ -62,19 +78,83 @@ def test_activation_backward_gradcheck(name, rng):
 
     f()
     dz = np.full_like(z, np.nan)
-    kernels.activation_backward(dz, G, out, CODES[name])
+    kernels.activation_backward(dz, G, out, CODES[name], z)
     numeric = naive.numeric_gradient(f, z, EPS)
     assert naive.max_relative_error(dz, numeric, FLOOR) < TOL
-    np.testing.assert_allclose(dz, G * naive.activation_derivative(name, z), rtol=1e-14)
+    assert_matches_reference(dz, G * naive.activation_derivative(name, z), name, z, rtol=1e-14,
+                             scale=G)
     f()
+    if name not in USES_INPUT:
+        # the output alone is enough (the network keeps no z for these)
+        dz_out = np.full_like(z, np.nan)
+        kernels.activation_backward(dz_out, G, out, CODES[name])
+        assert np.array_equal(dz_out, dz)
     if name in NAMED:
         dz2 = np.full_like(z, np.nan)
         NAMED[name][1](dz2, G, out)
         assert np.array_equal(dz, dz2)
     # dinp may be dout
     inplace = G.copy()
-    kernels.activation_backward(inplace, inplace, out, CODES[name])
+    kernels.activation_backward(inplace, inplace, out, CODES[name], z)
     assert np.array_equal(inplace, dz)
+
+
+def test_every_table_activation_is_tested():
+    """The codes are the table's indices, a module constant each, and the tests here cover
+    them all (CODES is the table's)."""
+    assert list(CODES) == [a.name for a in kernels.ACTIVATIONS]
+    assert list(CODES.values()) == list(range(len(kernels.ACTIVATIONS)))
+    for name, code in CODES.items():
+        assert getattr(kernels, name.upper()) == code
+    assert {"leaky_relu", "gelu"} <= set(CODES)
+    assert "gelu" in USES_INPUT
+
+
+@pytest.mark.parametrize("name", USES_INPUT)
+def test_activation_backward_without_input_raises(name, rng):
+    """gelu's gradient needs z: without inp, activation_backward refuses rather than guess."""
+    z = rng.normal(size=(4, 3))
+    out = np.empty_like(z)
+    kernels.activation_forward(out, z, CODES[name])
+    dz = np.zeros_like(z)
+    with pytest.raises(ValueError, match="needs inp"):
+        kernels.activation_backward(dz, np.ones_like(z), out, CODES[name])
+    with pytest.raises(ValueError, match="needs inp"):
+        kernels.activation_backward(dz, np.ones_like(z), out, CODES[name], None)
+
+
+@pytest.mark.parametrize("name", list(CODES))
+def test_activation_float32_matches_float64(name, rng):
+    """float32 values and gradients within 1e-4 of float64 on the same (float32) inputs, per
+    array as max|x32 - x64| / max|x64| (see test_model's float32 test for why normwise)."""
+    z32 = (rng.normal(scale=3.0, size=(40, 9))).astype(np.float32)
+    G32 = rng.normal(size=z32.shape).astype(np.float32)
+    results = {}
+    for dtype in (np.float32, np.float64):
+        z, G = z32.astype(dtype), G32.astype(dtype)
+        out, dz = np.empty_like(z), np.empty_like(z)
+        kernels.activation_forward(out, z, CODES[name])
+        kernels.activation_backward(dz, G, out, CODES[name], z)
+        assert out.dtype == dz.dtype == dtype
+        results[dtype] = out, dz
+    for got, want in zip(results[np.float32], results[np.float64]):
+        assert naive.normwise_error(got, want) < 1e-4
+        assert np.isfinite(got).all()
+
+
+def test_leaky_relu_and_gelu_values():
+    """A few values worked out by hand: slope 0.01 below 0; gelu(z) = z * Phi(z), exact."""
+    z = np.array([[-2.0, -0.5, 0.0, 0.5, 2.0]])
+    out = np.empty_like(z)
+    kernels.activation_forward(out, z, kernels.LEAKY_RELU)
+    assert out.tolist() == [[-0.02, -0.005, 0.0, 0.5, 2.0]]
+    kernels.activation_backward(out, np.ones_like(z), out.copy(), kernels.LEAKY_RELU, z)
+    assert out.tolist() == [[0.01, 0.01, 0.01, 1.0, 1.0]]      # PyTorch's choice at 0
+    kernels.activation_forward(out, z, kernels.GELU)
+    phi = [0.02275013194817922, 0.3085375387259869, 0.5, 0.6914624612740131,
+           0.9772498680518208]
+    np.testing.assert_allclose(out[0], z[0] * phi, rtol=1e-14, atol=0)
+    assert out[0, 2] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,12 +162,13 @@ def test_activation_backward_gradcheck(name, rng):
 
 
 def dense_case(rng, act, inp_act, n_rows=5, n_in=4, n_out=3):
-    """Raw input z0 (kept off ReLU's kink before and after the layer), weight, bias, G."""
+    """Raw input z0 (kept off the kink of naive.KINKED before and after the layer), weight,
+    bias, G."""
     W = rng.normal(size=(n_in, n_out))
     b = rng.normal(size=n_out)
     z0 = off_kink(rng, (60 * n_rows, n_in))
     pre = naive.activation(inp_act, z0) @ W + b
-    keep = np.abs(pre).min(axis=1) > MARGIN if act == "relu" else np.ones(len(z0), bool)
+    keep = np.abs(pre).min(axis=1) > MARGIN if act in naive.KINKED else np.ones(len(z0), bool)
     z0 = np.ascontiguousarray(z0[keep][:n_rows])
     assert z0.shape[0] == n_rows
     return z0, W, b, rng.normal(size=(n_rows, n_out))
@@ -97,27 +178,39 @@ def dense_case(rng, act, inp_act, n_rows=5, n_in=4, n_out=3):
 @pytest.mark.parametrize("act", list(CODES))
 def test_dense_backward_gradcheck(act, inp_act, rng):
     """f = sum(G * dense_forward(act_prev(z0), W, b, act)); dense_backward gives df/dW, df/db
-    and, through inp_activation = act_prev, df/dz0."""
+    and, through inp_activation = act_prev, df/dz0. Activations whose gradient reads z get it:
+    dense_forward keeps it in pre, dense_backward reads it as inp_pre."""
     z0, W, b, G = dense_case(rng, act, inp_act)
     n_rows, n_in = z0.shape
     n_out = W.shape[1]
     inp = np.empty_like(z0)
     out = np.empty((n_rows, n_out))
+    pre = np.full_like(out, np.nan)
 
     def f():
         kernels.activation_forward(inp, z0, CODES[inp_act])
-        kernels.dense_forward(out, inp, W, b, CODES[act])
+        kernels.dense_forward(out, inp, W, b, CODES[act], None, pre)
         return float((G * out).sum())
 
     f()
-    np.testing.assert_allclose(out, naive.activation(act, naive.activation(inp_act, z0) @ W + b),
-                               rtol=1e-13, atol=1e-15)
+    z = naive.activation(inp_act, z0) @ W + b
+    np.testing.assert_allclose(out, naive.activation(act, z), rtol=1e-13, atol=1e-15)
+    if act in USES_INPUT:
+        np.testing.assert_allclose(pre, z, rtol=1e-13, atol=1e-15)
+    else:
+        assert np.isnan(pre).all(), "pre is written only for activations that need it"
     dpre = np.empty_like(out)
-    kernels.activation_backward(dpre, G, out, CODES[act])
+    kernels.activation_backward(dpre, G, out, CODES[act], pre if act in USES_INPUT else None)
     dinp = np.full_like(z0, np.nan)
     dW = np.full_like(W, np.nan)
     db = np.full_like(b, np.nan)
-    kernels.dense_backward(dinp, dW, db, dpre, inp, W, CODES[inp_act])
+    kernels.dense_backward(dinp, dW, db, dpre, inp, W, CODES[inp_act], z0)
+    if inp_act not in USES_INPUT:
+        # without inp_pre (the output is enough): bitwise the same
+        dinp2 = np.full_like(z0, np.nan)
+        kernels.dense_backward(dinp2, np.empty_like(W), np.empty_like(b), dpre, inp, W,
+                               CODES[inp_act])
+        assert np.array_equal(dinp2, dinp)
 
     for analytic, wrt in ((dW, W), (db, b), (dinp, z0)):
         numeric = naive.numeric_gradient(f, wrt, EPS)
@@ -439,11 +532,12 @@ def test_labels_in_range():
 # Whole network, called directly with the documented buffers
 
 
+@pytest.mark.parametrize("hidden", [["tanh", "relu", "sigmoid"], ["gelu", "leaky_relu", "gelu"]])
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
-def test_mlp_kernels_with_documented_buffers(checkpoint_every, rng):
+def test_mlp_kernels_with_documented_buffers(checkpoint_every, hidden, rng):
     sizes = [5, 7, 6, 4, 3]
-    codes = [kernels.TANH, kernels.RELU, kernels.SIGMOID, kernels.IDENTITY]
-    ref = naive.Net(sizes, ["tanh", "relu", "sigmoid"])
+    codes = [CODES[name] for name in hidden] + [kernels.IDENTITY]
+    ref = naive.Net(sizes, hidden)
     params = rng.normal(scale=0.5, size=naive.n_params(sizes))
     capacity, n_rows = 16, 11       # a batch smaller than the buffers
     x = rng.normal(size=(n_rows, 5))

@@ -6,6 +6,7 @@ import pytest
 
 import fastbp
 import naive
+from fastbp import kernels
 from helpers import make_targets
 
 torch = pytest.importorskip("torch")
@@ -21,8 +22,13 @@ def torch_net(model):
 
 
 def torch_activation(name, z):
-    return {"identity": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid,
-            "tanh": torch.tanh}[name](z)
+    """The activation as the table's torch field names it: a torch.nn.functional function and
+    its keyword arguments (leaky_relu's negative_slope), or None for the identity."""
+    mapping = kernels.ACTIVATIONS[kernels.CODES[name]].torch
+    if mapping is None:
+        return z
+    function, kwargs = mapping
+    return getattr(torch.nn.functional, function)(z, **kwargs)
 
 
 def torch_loss(model, tensors, X, y):
@@ -53,6 +59,14 @@ CASES = [
     pytest.param([6, 9, 7, 3], "relu", "mse", "identity", id="relu2-mse"),
     pytest.param([6, 9, 3], "tanh", "mse", "sigmoid", id="tanh-mse-sigmoid"),
     pytest.param([6, 8, 8, 1], "sigmoid", "mse", "tanh", id="sigm2-mse-tanh"),
+    pytest.param([6, 9, 7, 4], "leaky_relu", "softmax_cross_entropy", "identity",
+                 id="leaky2-ce"),
+    pytest.param([6, 9, 7, 4], "gelu", "softmax_cross_entropy", "identity", id="gelu2-ce"),
+    pytest.param([7, 9, 8, 6, 5], ["gelu", "leaky_relu", "tanh"], "softmax_cross_entropy",
+                 "identity", id="gelu-leaky-tanh-ce"),
+    pytest.param([7, 9, 8, 6, 5], ["gelu", "leaky_relu", "tanh"], "mse", "gelu",
+                 id="gelu-leaky-tanh-mse-gelu"),
+    pytest.param([6, 8, 3], "tanh", "mse", "leaky_relu", id="tanh-mse-leaky"),
 ]
 
 
@@ -82,7 +96,7 @@ def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     assert max(errors.values()) < 1e-10, errors
 
 
-@pytest.mark.parametrize("sizes, act, loss, out_act", CASES[:3] + CASES[5:7])
+@pytest.mark.parametrize("sizes, act, loss, out_act", CASES[:3] + CASES[5:7] + CASES[10:12])
 def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     """float32 model against torch float64 on the same (float32) parameters and inputs;
     per-tensor normwise error (see test_model's float32 test for why normwise)."""
@@ -94,6 +108,17 @@ def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     expected, errors = torch_loss_and_errors(model, X, y)
     assert got == pytest.approx(expected, rel=1e-5)
     assert max(errors.values()) < 1e-4, errors
+
+
+def test_every_table_activation_maps_to_torch():
+    """The table's torch field of each activation, against torch.nn's module of that name (with
+    its defaults: leaky_relu slope 0.01, exact gelu), over both signs and 0."""
+    z = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    modules = {"identity": torch.nn.Identity(), "relu": torch.nn.ReLU(),
+               "sigmoid": torch.nn.Sigmoid(), "tanh": torch.nn.Tanh(),
+               "leaky_relu": torch.nn.LeakyReLU(), "gelu": torch.nn.GELU()}
+    for name in kernels.CODES:
+        assert torch.equal(torch_activation(name, z), modules[name](z)), name
 
 
 def torch_sgd_step(model, X, y, lr, clip_norm, tensors):
