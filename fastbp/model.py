@@ -226,8 +226,8 @@ class MLP:
     def _loss_and_grad_checked(self, X, y):
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
-        return self._run(kernels.entry.loss_and_grad, self.grads, *self._work, self.params, X, y,
-                         *self._net)
+        return self._run(kernels.entry.loss_and_grad,
+                         (self.grads, *self._work, self.params, X, y, *self._net))
 
     def loss_value(self, X, y):
         """Mean loss of a batch, forward only (grads untouched)."""
@@ -236,8 +236,8 @@ class MLP:
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            total += (stop - start) * self._run(kernels.entry.loss, *self._work, self.params,
-                                                X[start:stop], y[start:stop], *self._net)
+            total += (stop - start) * self._run(kernels.entry.loss, (
+                *self._work, self.params, X[start:stop], y[start:stop], *self._net))
         return total / X.shape[0]
 
     def forward(self, X):
@@ -248,8 +248,8 @@ class MLP:
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = self._run(kernels.entry.forward, self._work.acts, self.params,
-                                        X[start:stop], *self._net)
+            out[start:stop] = self._run(kernels.entry.forward,
+                                        (self._work.acts, self.params, X[start:stop], *self._net))
         return out
 
     def predict_proba(self, X):
@@ -266,11 +266,12 @@ class MLP:
             return out.argmax(axis=1)
         return out
 
-    def _run(self, entry, *args, update_kind=None):
-        """entry(*args), for one of the compiled entries of kernels.entry. The first time for
-        an entry, update kind, capacity and thread count, it first readies the compiled code
-        this needs (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps
-        the kernels' BLAS at one thread."""
+    def _run(self, entry, args, update_kind=None):
+        """entry(*args) for one of kernels.entry's compiled entries; args is a tuple (taken as
+        *args here, each call's tuple was left to the garbage collector). The first time for an
+        entry, update kind, capacity and thread count, it readies the compiled code this needs
+        (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps the
+        kernels' BLAS at one thread."""
         key = (entry, update_kind, self._capacity, get_num_threads())
         if key not in self._prepared:
             kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args)

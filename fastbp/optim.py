@@ -78,9 +78,9 @@ def apply_update(model, spec):
     """The update stage on model's current gradients, compiled: returns the gradient norm.
     Raises FloatingPointError (parameters untouched) when the step is refused."""
     work = model._work
-    norm, applied = model._run(kernels.entry.update, model.params, model.grads, work.layer_sq,
-                               work.partials, model._net.param_offsets, *spec,
-                               update_kind=spec.kind)
+    norm, applied = model._run(kernels.entry.update, (
+        model.params, model.grads, work.layer_sq, work.partials, model._net.param_offsets,
+        *spec), update_kind=spec.kind)
     model._grad_norms_fresh = True
     if not applied:
         raise FloatingPointError(refusal(0.0, norm, spec, model.dtype))
@@ -91,9 +91,9 @@ def train_step(model, spec, X, y):
     """Gradients then update for checked X and y, in one compiled call: (loss, norm). Raises
     FloatingPointError (parameters untouched) when the step is refused."""
     model._reserve(X.shape[0])
-    loss, norm, applied = model._run(kernels.entry.train_step, model.params, model.grads,
-                                     *model._work, X, y, *model._net, *spec,
-                                     update_kind=spec.kind)
+    loss, norm, applied = model._run(kernels.entry.train_step, (
+        model.params, model.grads, *model._work, X, y, *model._net, *spec),
+        update_kind=spec.kind)
     model._grad_norms_fresh = math.isfinite(loss)
     if not applied:
         raise FloatingPointError(refusal(loss, norm, spec, model.dtype))

@@ -345,9 +345,9 @@ def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_los
     """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
     and y). Returns the number of steps applied; see kernels.mlp_train_epoch."""
     model._reserve(batch_size)
-    done = model._run(kernels.entry.train_epoch, model.params, model.grads, *model._work,
-                      x_batch, y_batch, step_losses, step_norms, step_layer_sq, X, y, rows,
-                      batch_size, *model._net, *spec, update_kind=spec.kind)
+    done = model._run(kernels.entry.train_epoch, (
+        model.params, model.grads, *model._work, x_batch, y_batch, step_losses, step_norms,
+        step_layer_sq, X, y, rows, batch_size, *model._net, *spec), update_kind=spec.kind)
     n_batches = -(-len(rows) // batch_size)
     # After a divergence, layer_sq describes grads only if the failing step got as far as
     # the norm (its loss was finite).

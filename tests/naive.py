@@ -72,7 +72,9 @@ ACTIVATIONS = {
     "relu": (lambda z: np.where(z > 0, z, 0.0), lambda z: (z > 0).astype(np.float64)),
     "sigmoid": (np.vectorize(sigmoid_scalar, otypes=[np.float64]),
                 lambda z: activation("sigmoid", z) * (1.0 - activation("sigmoid", z))),
-    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    # libm's tanh, elementwise (NumPy's own can differ in the last bit)
+    "tanh": (np.vectorize(math.tanh, otypes=[np.float64]),
+             lambda z: 1.0 - activation("tanh", z) ** 2),
     "leaky_relu": (lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
                    lambda z: np.where(z > 0, 1.0, LEAKY_SLOPE)),
     # exact GELU, z * Phi(z) (torch.nn.GELU() with approximate="none")

@@ -657,3 +657,13 @@ def test_user_njit_function_calling_kernels(dtype, rng):
     assert loss == pytest.approx(ref_loss, rel=tol)
     assert naive.normwise_error(got, params) < tol
     assert naive.normwise_error(got - start.astype(dtype), params - start.astype(dtype)) < tol
+
+
+def test_dense_backward_with_gelu_input_needs_its_pre_activation(rng):
+    """Without inp_pre, a GELU input's gradient cannot be formed: ValueError, as
+    activation_backward raises."""
+    inp = rng.normal(size=(4, 3))
+    weight, dpre = rng.normal(size=(3, 2)), rng.normal(size=(4, 2))
+    with pytest.raises(ValueError, match="inp_pre"):
+        kernels.dense_backward(np.empty((4, 3)), np.empty((3, 2)), np.empty(2), dpre, inp,
+                               weight, kernels.GELU)

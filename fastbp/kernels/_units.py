@@ -9,12 +9,13 @@ Numba ``cfunc`` with its own place in Numba's on-disk cache) whose address goes 
 caller's compile sees only a call through that table. Only the units a run uses are compiled.
 
 Arguments travel as one tuple, stored in the caller's stack frame, whose address is passed; the
-unit reads it with the same Numba types (the ``SPECS`` below), so both sides agree on its
+unit reads it with the same Numba types (its ``register``-ed ones), so both sides agree on its
 layout. The table is filled from Python (``ensure``) before fastbp's entry points run; compiled
 code that finds a slot empty (a user's own ``@njit`` code calling the network functions) asks
 Python to fill it through a callback, and skips the call if that fails.
 """
 import ctypes
+import hashlib
 import os
 import subprocess
 import sys
@@ -29,45 +30,43 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from . import activations, dense, losses, rows, update
 from ._config import INLINED
 
-_M = {dt: types.Array(dt, 2, "C") for dt in (types.float32, types.float64)}   # matrices
-_V = {dt: types.Array(dt, 1, "C") for dt in (types.float32, types.float64)}   # vectors
-_LOSSES = types.Array(types.float64, 1, "C")
-_LABELS = types.Array(types.int64, 1, "C")
-_INDEX = types.Array(types.int64, 1, "A")
-_i64, _f64 = types.int64, types.float64
-
-Spec = namedtuple("Spec", ["name", "kernel", "argtypes", "restype"])
-SPECS = (
-    Spec("dense_forward_grid", dense._dense_forward_grid,
-         lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64), types.none),
-    Spec("dense_forward_split_input", dense._dense_forward_split_input,
-         lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64), types.none),
-    Spec("dense_backward", dense.dense_backward,
-         lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _i64, _M[dt]), types.none),
-    Spec("softmax_cross_entropy_forward_backward",
-         losses.softmax_cross_entropy_forward_backward,
-         lambda dt: (_M[dt], _LOSSES, _M[dt], _LABELS), _f64),
-    Spec("softmax_cross_entropy_loss", losses.softmax_cross_entropy_loss,
-         lambda dt: (_LOSSES, _M[dt], _LABELS), _f64),
-    Spec("mse_forward_backward", losses.mse_forward_backward,
-         lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64),
-    Spec("mse_loss", losses.mse_loss, lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64),
-    Spec("activation_backward", activations.activation_backward,
-         lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]), types.none),
-    Spec("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX), types.none),
-    Spec("clip_sgd_update", update.clip_sgd_update,
-         lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _f64, _f64),
-         types.Tuple((_f64, types.boolean))),
-)
 DTYPES = (types.float32, types.float64)
-_SLOTS = {(spec.name, dt): i * len(DTYPES) + k
-          for i, spec in enumerate(SPECS) for k, dt in enumerate(DTYPES)}
-_SPEC = {spec.name: spec for spec in SPECS}
+TABLE_SIZE = 4096  # slots; a unit's slot is a hash of what it is, see register
 
-_table = (ctypes.c_void_p * len(_SLOTS))()
+Spec = namedtuple("Spec", ["name", "kernel", "argtypes", "restype", "packed"])
+Spec.__doc__ = """A unit: kernel(*args) (packed: kernel(args), one tuple), args of the types
+argtypes(dtype), returning restype."""
+_SPEC = {}      # name -> Spec
+_SLOTS = {}     # (name, dtype) -> slot
+_BY_SLOT = {}   # slot -> (name, dtype)
+
+
+def register(name, kernel, argtypes, restype=types.none, packed=False):
+    """Declare a unit. Its slot in each dtype is a hash of its name, dtype and types (probing on
+    the rare collision), so compiled code that has a slot built in (fastbp's, or a user's own
+    cached @njit code calling the network functions) finds the same unit in every process and
+    version, or, if that unit changed or went, an empty slot and a clear message (_fill_slot),
+    never another unit."""
+    if name in _SPEC:
+        return
+    spec = Spec(name, kernel, argtypes, restype, packed)
+    _SPEC[name] = spec
+    for dt in DTYPES:
+        key = f"{name}|{dt}|{argtypes(dt)}|{restype}|{packed}".encode()
+        slot = int(hashlib.sha256(key).hexdigest()[:12], 16) % TABLE_SIZE
+        while slot in _BY_SLOT:
+            slot = (slot + 1) % TABLE_SIZE
+        _SLOTS[name, dt] = slot
+        _BY_SLOT[slot] = (name, dt)
+
+
+def _slot(name, dt):
+    return _SLOTS[name, dt]
+
+
+_table = (ctypes.c_void_p * TABLE_SIZE)()
 _compiled = {}  # slot -> the cfunc (kept alive: the table points into its code)
 llvm.add_symbol("fastbp_unit_table", ctypes.addressof(_table))
 
@@ -102,6 +101,10 @@ def _unit_template(argp, retp):
     _store(retp, KERNEL(*_load(argp, ARGS)))  # noqa: F821 (globals of each unit)
 
 
+def _packed_unit_template(argp, retp):
+    _store(retp, KERNEL(_load(argp, ARGS)))  # noqa: F821 (globals of each unit)
+
+
 def _unit_function(spec, dtype):
     """The Python function of the unit of one (kernel, dtype)."""
     name = f"unit_{spec.name}_{dtype}"
@@ -109,7 +112,8 @@ def _unit_function(spec, dtype):
              "_load": _load, "_store": _store, "__name__": __name__}
     # A function of its own name (Numba's cache files are named after it), made from one
     # template: its globals, not closure cells, carry the kernel, so its cache key is stable.
-    fn = pytypes.FunctionType(_unit_template.__code__, scope, name)
+    template = _packed_unit_template if spec.packed else _unit_template
+    fn = pytypes.FunctionType(template.__code__, scope, name)
     fn.__qualname__ = name
     fn.__module__ = __name__
     return fn
@@ -121,12 +125,12 @@ def _make_unit(spec, dtype):
         _unit_function(spec, dtype))
 
 
-# Relative compile times of the units (measured on 2 cores), to share them out between processes.
-_COST = {"dense_backward": 6, "dense_forward_grid": 5, "dense_forward_split_input": 5,
-         "softmax_cross_entropy_forward_backward": 3, "clip_sgd_update": 2,
-         "mse_forward_backward": 2, "activation_backward": 3}
-# The compile time, in the same units, of what the calling process compiles meanwhile.
-_MEANWHILE_COST = 5
+# Compile times of the units, in seconds on the 2-core machine (others: 0.5), to share them out
+# between processes; and of what the calling process compiles meanwhile (an entry).
+_COST = {"dense_backward": 3, "dense_forward_grid": 1.5, "dense_forward_split_input": 2,
+         "softmax_cross_entropy_forward_backward": 2.7, "clip_sgd_update": 2.2,
+         "mse_forward_backward": 1.5, "activation_backward": 2, "take_rows": 1}
+_MEANWHILE_COST = 4
 
 
 def ensure(names, dtype, meanwhile=None):
@@ -139,7 +143,7 @@ def ensure(names, dtype, meanwhile=None):
     (0: none); by default one per core but one.
     """
     dt = types.float32 if np.dtype(dtype).itemsize == 4 else types.float64
-    missing = [name for name in names if not _table[_SLOTS[name, dt]]]
+    missing = [name for name in names if not _table[_slot(name, dt)]]
     cold = [name for name in missing if not _cached(_SPEC[name], dt)]
     mine, theirs = _share(cold, _max_workers())
     workers = [_spawn(group, dt) for group in theirs]
@@ -160,7 +164,7 @@ def ensure(names, dtype, meanwhile=None):
 
 
 def _install(name, dt):
-    slot = _SLOTS[name, dt]
+    slot = _slot(name, dt)
     if not _table[slot]:
         unit = _make_unit(_SPEC[name], dt)
         _compiled[slot] = unit
@@ -190,10 +194,10 @@ def _share(cold, max_workers):
     n_groups = min(max_workers, len(cold) - 1) + 1 if len(cold) > 1 else 1
     loads = [_MEANWHILE_COST] + [0] * (n_groups - 1)
     groups = [[] for _ in range(n_groups)]
-    for name in sorted(cold, key=lambda n: -_COST.get(n, 1)):
+    for name in sorted(cold, key=lambda n: -_COST.get(n, 0.5)):
         k = loads.index(min(loads))
         groups[k].append(name)
-        loads[k] += _COST.get(name, 1)
+        loads[k] += _COST.get(name, 0.5)
     return groups[0], [g for g in groups[1:] if g]
 
 
@@ -203,7 +207,8 @@ def _spawn(names, dt):
     env = dict(os.environ, FASTBP_COMPILE_WORKERS="0",
                PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get(
                    "PYTHONPATH", "").split(os.pathsep) if p]))
-    code = "import sys; from fastbp.kernels import _units; _units.compile_group(sys.argv[1:])"
+    code = ("import sys; import fastbp.kernels; from fastbp.kernels import _units; "
+            "_units.compile_group(sys.argv[1:])")
     return subprocess.Popen([sys.executable, "-c", code, str(dt), *names], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # failures: this process compiles it
@@ -217,8 +222,13 @@ def compile_group(args):
 
 
 def _fill_slot(slot):
-    spec, dt = SPECS[slot // len(DTYPES)], DTYPES[slot % len(DTYPES)]
-    _install(spec.name, dt)
+    if slot not in _BY_SLOT:
+        raise RuntimeError(
+            f"fastbp: compiled code called unit slot {slot}, which this version of fastbp does "
+            "not have: it is a stale Numba cache of your own @njit code, compiled against "
+            "another version; delete that cache (__pycache__/*.nbi and *.nbc, or the "
+            "NUMBA_CACHE_DIR folder). The call was skipped.")
+    _install(*_BY_SLOT[slot])
 
 
 _ensure_callback = ctypes.CFUNCTYPE(None, ctypes.c_int64)(_fill_slot)
@@ -226,6 +236,42 @@ llvm.add_symbol("fastbp_unit_ensure", ctypes.cast(_ensure_callback, ctypes.c_voi
 
 
 # -- the caller side ---------------------------------------------------------------------------
+
+
+def _unit_types(name, args, dt_from):
+    """(declared argument types, dtype) of unit `name` for these argument types, or a
+    TypingError: the float arrays give the dtype; the arguments must convert."""
+    arrays = [a for a in dt_from if isinstance(a, types.Array) and a.dtype in DTYPES]
+    if not arrays:
+        raise TypingError(f"{name}: no float32 or float64 array among the arguments")
+    dt = arrays[0].dtype
+    declared = _SPEC[name].argtypes(dt)
+    return declared, dt
+
+
+def _check_convert(typingctx, name, args, declared):
+    if len(args) != len(declared) or any(
+            typingctx.can_convert(a, d) is None for a, d in zip(args, declared)):
+        raise TypingError(f"{name}: arguments {args} do not convert to {declared}")
+
+
+def _pack(context, builder, args, declared, values):
+    """The arguments as the declared tuple, in a stack slot: its address."""
+    values = [_borrowed(context, builder, d, context.cast(builder, v, a, d))
+              for v, a, d in zip(values, args, declared)]
+    tupty = types.Tuple(declared)
+    arg_slot = cgutils.alloca_once(builder, context.get_value_type(tupty))
+    builder.store(context.make_tuple(builder, tupty, values), arg_slot)
+    return arg_slot
+
+
+def _call_packed(context, builder, restype, slot, arg_slot):
+    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype))
+                if restype != types.none else arg_slot)
+    _call_slot(builder, slot, arg_slot, ret_slot)
+    if restype == types.none:
+        return context.get_dummy_value()
+    return builder.load(ret_slot)
 
 
 def caller(name):
@@ -236,40 +282,50 @@ def caller(name):
 
     @intrinsic
     def call(typingctx, args):
-        arrays = [a for a in args if isinstance(a, types.Array) and a.dtype in DTYPES]
-        if not arrays:
-            raise TypingError(f"{name}: no float32 or float64 array among the arguments")
-        dt = arrays[0].dtype
-        declared = spec.argtypes(dt)
-        if len(args) != len(declared) or any(
-                typingctx.can_convert(a, d) is None for a, d in zip(args, declared)):
-            raise TypingError(f"{name}: arguments {args} do not convert to {declared}")
-        slot = _SLOTS[name, dt]
+        declared, dt = _unit_types(name, args, args)
+        _check_convert(typingctx, name, args, declared)
+        slot = _slot(name, dt)
 
         def codegen(context, builder, signature, llargs):
-            values = [_borrowed(context, builder, d, context.cast(
-                builder, builder.extract_value(llargs[0], i), a, d))
-                for i, (a, d) in enumerate(zip(args, declared))]
-            tupty = types.Tuple(declared)
-            arg_slot = cgutils.alloca_once(builder, context.get_value_type(tupty))
-            builder.store(context.make_tuple(builder, tupty, values), arg_slot)
-            restype = signature.return_type
-            ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype))
-                        if restype != types.none else arg_slot)
-            _call_slot(builder, slot, arg_slot, ret_slot)
-            if restype == types.none:
-                return context.get_dummy_value()
-            return builder.load(ret_slot)
+            values = [builder.extract_value(llargs[0], i) for i in range(len(args))]
+            arg_slot = _pack(context, builder, args, declared, values)
+            return _call_packed(context, builder, signature.return_type,
+                                context.get_constant(types.int64, slot), arg_slot)
 
         return spec.restype(args), codegen
 
     # A plain function of the kernel's arity around call, inlined where it is used.
-    params = ", ".join(spec.kernel.py_func.__code__.co_varnames[
-        :spec.kernel.py_func.__code__.co_argcount])
+    code = spec.kernel.py_func.__code__
+    params = ", ".join(code.co_varnames[:code.co_argcount])
     scope = {"call": call}
     source = f"def {name}({params}):\n    return call(({params},))\n"
     exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
     return njit(**INLINED)(scope[name])
+
+
+def caller_by_code(names):
+    """An @njit-callable f(code, args) that calls unit names[code] with the tuple args (the
+    units of names are packed, with equal argument types)."""
+    first = names[0]
+
+    @intrinsic
+    def call(typingctx, code, args):
+        declared, dt = _unit_types(first, args, args)
+        _check_convert(typingctx, first, args, declared)
+        slots = [_slot(name, dt) for name in names]
+
+        def codegen(context, builder, signature, llargs):
+            values = [builder.extract_value(llargs[1], i) for i in range(len(args))]
+            arg_slot = _pack(context, builder, args, declared, values)
+            i64 = ir.IntType(64)
+            table = ir.Constant(ir.ArrayType(i64, len(slots)), slots)
+            lookup = cgutils.global_constant(builder, f"fastbp_slots_{first}_{dt}", table)
+            code_ = context.cast(builder, llargs[0], signature.args[0], types.int64)
+            slot = builder.load(builder.gep(lookup, [ir.Constant(ir.IntType(32), 0), code_]))
+            return _call_packed(context, builder, types.none, slot, arg_slot)
+
+        return types.none(code, args), codegen
+    return call
 
 
 def _borrowed(context, builder, ty, value):
@@ -284,18 +340,18 @@ def _borrowed(context, builder, ty, value):
 
 
 def _call_slot(builder, slot, arg_slot, ret_slot):
-    """Call the table's entry `slot` as void(i8*, i8*); fill an empty entry first."""
+    """Call the table's entry `slot` (an int64 value) as void(i8*, i8*); fill an empty entry
+    first."""
     module = builder.module
     i8p = ir.IntType(8).as_pointer()
     table = module.globals.get("fastbp_unit_table")
     if table is None:
-        table = ir.GlobalVariable(module, ir.ArrayType(i8p, len(_SLOTS)), "fastbp_unit_table")
-    entry = builder.gep(table, [ir.Constant(ir.IntType(32), 0),
-                                ir.Constant(ir.IntType(32), slot)])
+        table = ir.GlobalVariable(module, ir.ArrayType(i8p, TABLE_SIZE), "fastbp_unit_table")
+    entry = builder.gep(table, [ir.Constant(ir.IntType(32), 0), slot])
     with builder.if_then(cgutils.is_null(builder, builder.load(entry)), likely=False):
         fill = cgutils.get_or_insert_function(
             module, ir.FunctionType(ir.VoidType(), [ir.IntType(64)]), "fastbp_unit_ensure")
-        builder.call(fill, [ir.Constant(ir.IntType(64), slot)])
+        builder.call(fill, [slot])
     address = builder.load(entry)
     with builder.if_then(cgutils.is_not_null(builder, address), likely=True):
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p])

@@ -15,9 +15,10 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 
+from . import _units
 from ._config import INLINED, PARALLEL, SERIAL
 from ._tiling import n_tiles, span
 
@@ -186,13 +187,6 @@ def _bias_value_loop(value, grad, keep_pre, args):
 _bias_value = per_activation(_bias_value_loop)
 
 
-@njit(**SERIAL)
-def bias_activation_tile(z, pre, bias, activation, r0, r1, c0, c1):
-    """z[r0:r1, c0:c1] := act(z + bias[c0:c1]), in place. When pre has rows and the
-    activation's gradient needs its input, pre[r0:r1, c0:c1] := z + bias as well."""
-    _bias_value(activation, (z, pre, bias[c0:c1], r0, r1, c0, c1))
-
-
 @njit(**INLINED)
 def _grad_loop(value, grad, keep_pre, args):
     d, pre, out, r0, r1, c0, c1 = args
@@ -205,11 +199,76 @@ def _grad_loop(value, grad, keep_pre, args):
 _grad = per_activation(_grad_loop)
 
 
-@njit(**SERIAL)
+# The dense layer's epilogues on C-contiguous arrays (all that the network passes) run as units,
+# one per activation: a run compiles the loops of the activations it uses, and each once.
+
+def _specialised(loop, entry):
+    value, grad, keep = entry.value, entry.grad, entry.uses_input
+
+    @njit(**INLINED)
+    def run(args):
+        loop(value, grad, keep, args)
+    return run
+
+
+_BIAS_UNITS = [f"bias_activation_{a.name}" for a in ACTIVATIONS]
+_GRAD_UNITS = [f"activation_grad_{a.name}" for a in ACTIVATIONS]
+_M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}
+_V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}
+_BOUNDS = (types.int64,) * 4
+for _name, _entry in zip(_BIAS_UNITS, ACTIVATIONS):
+    _units.register(_name, _specialised(_bias_value_loop, _entry),
+                    lambda dt: (_M[dt], _M[dt], _V[dt]) + _BOUNDS, packed=True)
+for _name, _entry in zip(_GRAD_UNITS, ACTIVATIONS):
+    _units.register(_name, _specialised(_grad_loop, _entry),
+                    lambda dt: (_M[dt], _M[dt], _M[dt]) + _BOUNDS, packed=True)
+_bias_unit = _units.caller_by_code(_BIAS_UNITS)
+_grad_unit = _units.caller_by_code(_GRAD_UNITS)
+
+
+def epilogue_units(codes):
+    """Names of the epilogue units for these activation codes."""
+    return [_BIAS_UNITS[c] for c in codes] + [_GRAD_UNITS[c] for c in codes]
+
+
+def _all_c(*arrays):
+    return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+
+
+def bias_activation_tile(z, pre, bias, activation, r0, r1, c0, c1):
+    """z[r0:r1, c0:c1] := act(z + bias[c0:c1]), in place. When pre has rows and the
+    activation's gradient needs its input, pre[r0:r1, c0:c1] := z + bias as well."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(bias_activation_tile, jit_options=SERIAL)
+def _bias_activation_tile_impl(z, pre, bias, activation, r0, r1, c0, c1):
+    if _all_c(z, pre, bias):
+        def by_unit(z, pre, bias, activation, r0, r1, c0, c1):
+            _bias_unit(activation, (z, pre, bias[c0:c1], r0, r1, c0, c1))
+        return by_unit
+
+    def inline(z, pre, bias, activation, r0, r1, c0, c1):
+        _bias_value(activation, (z, pre, bias[c0:c1], r0, r1, c0, c1))
+    return inline
+
+
 def activation_grad_tile(d, pre, out, activation, r0, r1, c0, c1):
     """d[r0:r1, c0:c1] := dL/dz from d = dL/da, in place, where out = act(pre). pre is read
     only by activations whose gradient needs their input (pass out for the others)."""
-    _grad(activation, (d, pre, out, r0, r1, c0, c1))
+    raise NotImplementedError("compiled code only")
+
+
+@overload(activation_grad_tile, jit_options=SERIAL)
+def _activation_grad_tile_impl(d, pre, out, activation, r0, r1, c0, c1):
+    if _all_c(d, pre, out):
+        def by_unit(d, pre, out, activation, r0, r1, c0, c1):
+            _grad_unit(activation, (d, pre, out, r0, r1, c0, c1))
+        return by_unit
+
+    def inline(d, pre, out, activation, r0, r1, c0, c1):
+        _grad(activation, (d, pre, out, r0, r1, c0, c1))
+    return inline
 
 
 @njit(**INLINED)
@@ -252,7 +311,8 @@ def _activation_rows(out, inp, activation, r0, r1):
 def _activation_backward_rows(dinp, dout, out, inp, activation, r0, r1):
     """dinp[r0:r1] := dL/dz from dout = dL/da; dinp may be dout."""
     if dinp.ctypes.data == dout.ctypes.data:
-        activation_grad_tile(dinp, inp, out, activation, r0, r1, 0, out.shape[1])
+        c0, c1 = span(0, 1, out.shape[1])
+        _grad(activation, (dinp, inp, out, r0, r1, c0, c1))
     else:
         _grad_apart(activation, (dinp, dout, out, inp, r0, r1))
 

@@ -11,7 +11,7 @@ from numba import njit, prange
 from ._config import MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import gemm, matrix_view, num_threads
 from ._tiling import grid, span
-from .activations import activation_grad_tile, bias_activation_tile
+from .activations import activation_grad_tile, bias_activation_tile, uses_input
 
 
 @njit(**SERIAL)
@@ -56,7 +56,7 @@ def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation)
         bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
     """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)).
 
@@ -137,7 +137,12 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     """
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
-    z = inp if inp_pre is None else inp_pre
+    if inp_pre is None:
+        if uses_input(inp_activation):
+            raise ValueError("dense_backward: this inp_activation's gradient needs inp_pre")
+        z = inp
+    else:
+        z = inp_pre
     # With both products to do, each gets half the threads: on 2 cores, the two whole products
     # side by side ran 5-8% faster than each split in halves (fewer, larger BLAS calls).
     w_threads = num_threads() if dinp.shape[0] == 0 else max(1, num_threads() // 2)

@@ -26,12 +26,13 @@ from collections import namedtuple
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
 from numba.extending import overload
 
 from .. import layout
 from ._config import INLINED, SERIAL
 from ._native import matrix_view, num_threads
+from . import _units, activations, dense, losses, rows, update
 from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
@@ -41,6 +42,34 @@ from .update import SGD_KIND, Update, norm_partials_size
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
+
+# The units the network calls (see _units), with the argument types it calls them with.
+_M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}   # matrices
+_V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}   # vectors
+_LOSSES = types.Array(types.float64, 1, "C")
+_LABELS = types.Array(types.int64, 1, "C")
+_INDEX = types.Array(types.int64, 1, "A")
+_i64, _f64 = types.int64, types.float64
+_units.register("dense_forward_grid", dense._dense_forward_grid,
+                lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
+_units.register("dense_forward_split_input", dense._dense_forward_split_input,
+                lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
+_units.register("dense_backward", dense.dense_backward,
+                lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _i64, _M[dt]))
+_units.register("softmax_cross_entropy_forward_backward",
+                losses.softmax_cross_entropy_forward_backward,
+                lambda dt: (_M[dt], _LOSSES, _M[dt], _LABELS), _f64)
+_units.register("softmax_cross_entropy_loss", losses.softmax_cross_entropy_loss,
+                lambda dt: (_LOSSES, _M[dt], _LABELS), _f64)
+_units.register("mse_forward_backward", losses.mse_forward_backward,
+                lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64)
+_units.register("mse_loss", losses.mse_loss, lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64)
+_units.register("activation_backward", activations.activation_backward,
+                lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
+_units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
+_units.register("clip_sgd_update", update.clip_sgd_update,
+                lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _f64, _f64),
+                types.Tuple((_f64, types.boolean)))
 
 _dense_forward_grid = caller("dense_forward_grid")
 _dense_forward_split_input = caller("dense_forward_split_input")
@@ -56,8 +85,11 @@ _clip_sgd_update = caller("clip_sgd_update")
 
 def units_for(loss, update_kind=None, net=None):
     """Names of the units that training with this loss (and update kind) calls; with a Net,
-    the input-split forward only if some layer of it can split at the current thread count."""
+    the input-split forward only if some layer of it can split at the current thread count, and
+    the activations' loops only for its activations (else for all)."""
     names = ["dense_forward_grid", "dense_backward", "take_rows"]
+    codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
+    names += activations.epilogue_units(codes)
     if net is None or _may_split_input(net):
         names.append("dense_forward_split_input")
     if loss == "softmax_cross_entropy":
