@@ -125,12 +125,15 @@ def _make_unit(spec, dtype):
         _unit_function(spec, dtype))
 
 
-# Compile times of the units, in seconds on the 2-core machine (others: 0.5), to share them out
-# between processes; and of what the calling process compiles meanwhile (an entry).
-_COST = {"dense_backward": 3, "dense_forward_grid": 1.5, "dense_forward_split_input": 2,
-         "softmax_cross_entropy_forward_backward": 2.7, "clip_sgd_update": 2.2,
-         "mse_forward_backward": 1.5, "activation_backward": 2, "take_rows": 1}
-_MEANWHILE_COST = 4
+# Compile times of the units, in seconds on the 2-core machine (others: 0.25, an activation's
+# loop), to share them out between processes; of what the calling process compiles meanwhile
+# (an entry); and of a worker's start (its imports).
+_COST = {"dense_backward": 3.8, "softmax_cross_entropy_forward_backward": 3.0,
+         "clip_sgd_update": 2.3, "dense_forward_split_input": 2.4, "dense_forward_grid": 1.9,
+         "activation_backward": 2, "mse_forward_backward": 1.5, "take_rows": 1,
+         "softmax_cross_entropy_loss": 0.6, "mse_loss": 0.5}
+_MEANWHILE_COST = 3.5
+_WORKER_START_COST = 0.8
 
 
 def ensure(names, dtype, meanwhile=None):
@@ -175,7 +178,7 @@ def _cached(spec, dt):
     """Whether Numba's cache holds this unit (an index file for it). Unknown: True."""
     from numba.core.caching import FunctionCache
     try:
-        return os.path.exists(FunctionCache(_unit_function(spec, dt))._index_path)
+        return os.path.exists(FunctionCache(_unit_function(spec, dt))._cache_file._index_path)
     except Exception:  # a cache layout this code does not know
         return True
 
@@ -192,12 +195,12 @@ def _share(cold, max_workers):
     """(this process's units, [each worker's units]): the costliest first, each to the least
     loaded, this process starting with what meanwhile() costs."""
     n_groups = min(max_workers, len(cold) - 1) + 1 if len(cold) > 1 else 1
-    loads = [_MEANWHILE_COST] + [0] * (n_groups - 1)
+    loads = [_MEANWHILE_COST] + [_WORKER_START_COST] * (n_groups - 1)
     groups = [[] for _ in range(n_groups)]
-    for name in sorted(cold, key=lambda n: -_COST.get(n, 0.5)):
+    for name in sorted(cold, key=lambda n: -_COST.get(n, 0.25)):
         k = loads.index(min(loads))
         groups[k].append(name)
-        loads[k] += _COST.get(name, 0.5)
+        loads[k] += _COST.get(name, 0.25)
     return groups[0], [g for g in groups[1:] if g]
 
 
