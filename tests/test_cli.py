@@ -287,6 +287,33 @@ def test_sigint_in_a_real_process(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
 
 
+def test_sigint_while_compiling(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the first run
+    compiles, with an empty Numba cache: exit 130 within seconds, one line and no traceback, no
+    compile worker left running, nothing written."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", "--save",
+                             str(tmp_path / "m.npz")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("compiling kernels"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    leftover = subprocess.run(["ps", "-o", "pid=", "-g", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert leftover == [], "compile workers still running"
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_python_m_and_help():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-m", "fastbp", "train", "--help"],

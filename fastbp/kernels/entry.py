@@ -4,6 +4,10 @@ The entries take a Workspace's, a Net's and an Update's fields as plain argument
 ``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
 types tuple arguments in Python, which costs about 3 us a call and leaves garbage.
 """
+import contextlib
+import signal
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -22,7 +26,35 @@ def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=()):
     def compile_entry():
         if entry is not None:
             entry.compile(tuple(entry.typeof_pyval(a) for a in args))
-    _units.ensure(units_for(loss, update_kind, net), np.dtype(dtype), meanwhile=compile_entry)
+    with _ctrl_c_is_keyboard_interrupt():
+        _units.ensure(units_for(loss, update_kind, net), np.dtype(dtype),
+                      meanwhile=compile_entry)
+
+
+@contextlib.contextmanager
+def _ctrl_c_is_keyboard_interrupt():
+    """Ctrl-C in the middle of a compile can surface from Numba as another error (a half-built
+    library): report it as the KeyboardInterrupt it is. Only on the main thread, and only while
+    Python's own Ctrl-C handler is in place."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pressed = []
+
+    def on_ctrl_c(signum, frame):
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    except BaseException:
+        if pressed:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @njit(**SERIAL)
