@@ -363,3 +363,27 @@ def test_cache_guard_runs_at_import(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_compile_workers_fill_this_copys_cache(tmp_path):
+    """A first run's compile workers import the same fastbp as the process that starts them,
+    even from a folder holding another copy of it, so what they compile lands in the cache this
+    process reads: it then loads their units from the cache instead of compiling them again."""
+    decoy = tmp_path / "decoy"
+    (decoy / "fastbp").mkdir(parents=True)
+    (decoy / "fastbp" / "__init__.py").write_text("raise ImportError('the decoy fastbp')\n")
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import numpy as np, fastbp\n"
+        "from fastbp.kernels import _units\n"
+        "m = fastbp.MLP([6, 5, 3], seed=0)\n"
+        "m.loss_and_grad(np.zeros((4, 6)), np.zeros(4, dtype=int))\n"
+        "print(sum(1 for u in _units._compiled.values() if u.cache_hits),\n"
+        "      sum(1 for u in _units._compiled.values() if not u.cache_hits))\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=decoy,
+                            env=subprocess_env(NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+                                               FASTBP_COMPILE_WORKERS="1"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_workers, compiled_here = map(int, result.stdout.split()[-2:])
+    assert from_workers >= 1 and compiled_here >= 1

@@ -205,16 +205,16 @@ def _share(cold, max_workers):
 
 
 def _spawn(names, dt):
-    """A worker process that compiles these units into Numba's cache."""
+    """A worker process that compiles these units into Numba's cache. It must import this very
+    fastbp (or it would fill another cache): -I keeps the working folder and PYTHONPATH out of
+    its path, and this copy's folder goes first."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, FASTBP_COMPILE_WORKERS="0",
-               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get(
-                   "PYTHONPATH", "").split(os.pathsep) if p]))
-    code = ("import sys; import fastbp.kernels; from fastbp.kernels import _units; "
-            "_units.compile_group(sys.argv[1:])")
-    return subprocess.Popen([sys.executable, "-c", code, str(dt), *names], env=env,
+    code = (f"import sys; sys.path.insert(0, {root!r}); import fastbp.kernels; "
+            "from fastbp.kernels import _units; _units.compile_group(sys.argv[1:])")
+    return subprocess.Popen([sys.executable, "-I", "-c", code, str(dt), *names],
+                            env=dict(os.environ, FASTBP_COMPILE_WORKERS="0"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # failures: this process compiles it
+                            stderr=subprocess.DEVNULL)  # a failed worker's units: compiled here
 
 
 def compile_group(args):
