@@ -12,6 +12,13 @@ def _path_setup():
     return f"import sys\nif {root!r} not in sys.path:\n    sys.path.append({root!r})\n"
 
 
+# Setup code that gives the subprocess an empty Numba cache of its own.
+_EMPTY_CACHE = ("import atexit, os, shutil, tempfile\n"
+                "cache_dir = tempfile.mkdtemp(prefix='fastbp-cold-')\n"
+                "atexit.register(shutil.rmtree, cache_dir, True)\n"
+                "os.environ['NUMBA_CACHE_DIR'] = cache_dir\n")
+
+
 def timeraw_import():
     """`import fastbp` in a fresh interpreter (numpy, numba, the kernels' OpenBLAS and its
     symbols, Numba's thread pool)."""
@@ -48,10 +55,7 @@ class FirstStep:
     def timeraw_first_step(self, cache, dtype):
         setup = _path_setup()
         if cache == "cold":
-            setup += ("import atexit, os, shutil, tempfile\n"
-                      "cache_dir = tempfile.mkdtemp(prefix='fastbp-cold-')\n"
-                      "atexit.register(shutil.rmtree, cache_dir, True)\n"
-                      "os.environ['NUMBA_CACHE_DIR'] = cache_dir\n")
+            setup += _EMPTY_CACHE
         setup += ("import numpy as np\n"
                   "X = np.random.default_rng(0).random((32, 64))\n"
                   "y = np.arange(32) % 10\n")
@@ -81,10 +85,7 @@ class TrainCommand:
     def timeraw_train(self, cache):
         setup = _path_setup()
         if cache == "cold":
-            setup += ("import atexit, os, shutil, tempfile\n"
-                      "cache_dir = tempfile.mkdtemp(prefix='fastbp-cold-')\n"
-                      "atexit.register(shutil.rmtree, cache_dir, True)\n"
-                      "os.environ['NUMBA_CACHE_DIR'] = cache_dir\n")
+            setup += _EMPTY_CACHE
         code = ("from fastbp.cli import main\n"
                 "assert main(['train', '--quiet']) == 0\n")
         return code, setup

@@ -161,6 +161,18 @@ def _link(code, activation_entry, loop, rest):
     return link
 
 
+@njit(**INLINED)
+def activation_input(z, out, activation):
+    """What a gradient kernel reads as the activation's input: z, or out (which only the
+    activations that do not use their input accept) when z is None."""
+    if z is None:
+        if uses_input(activation):
+            raise ValueError("this activation's gradient needs inp, its input z (inp_pre in "
+                             "dense_backward)")
+        return out
+    return z
+
+
 # Tile kernels work on x[r0:r1, c0:c1]. They walk each row as a slice indexed from 0 (indexing
 # x[i, j] with j from a runtime c0 makes Numba handle negative j on every access, which LLVM
 # cannot vectorise), and when output and input are one buffer they read and write through one
@@ -335,16 +347,12 @@ def activation_backward(dinp, dout, out, activation, inp=None):
     """dinp (B, N) = dout (B, N) * act'(z), where out (B, N) = act(z); dinp may be dout.
     inp: z (B, N), needed by activations whose gradient reads their input (gelu; see
     uses_input), ignored by the others."""
-    if inp is None:
-        if uses_input(activation):
-            raise ValueError("activation_backward: this activation's gradient needs inp")
-        z = out
-    else:
-        z = inp
+    z = activation_input(inp, out, activation)
     n_rows = out.shape[0]
     tiles = n_tiles(n_rows, 2 * out.shape[1])
     if tiles == 1:
-        _activation_backward_rows(dinp, dout, out, z, activation, 0, n_rows)
+        r0, r1 = span(0, 1, n_rows)
+        _activation_backward_rows(dinp, dout, out, z, activation, r0, r1)
         return
     for t in prange(tiles):
         r0, r1 = span(t, tiles, n_rows)
