@@ -30,6 +30,7 @@ SMOKE = [
     r"Allocations\.\w+\('64-128-10 b32', 'float32'\)",
     r"timeraw_import$",
     r"FirstStep\.timeraw_first_step\('warm', 'float32'\)",
+    r"TrainCommand\.timeraw_train\('warm'\)",
     r"Checkpointing\.\w+\(2\)",
 ]
 
