@@ -281,20 +281,20 @@ class _CosineSchedule:
         self.optimizer.lr = self.rate(epoch + 1)
 
 
-def _warm_up(n_in, n_out, args, y_example):
-    """Compile (or load from Numba's cache) every kernel training will use, on a tiny model of
-    the same dtype and loss, so that epoch timings measure training only. It runs the compiled
-    steps and inference directly, not fit (which ends training cleanly on Ctrl-C), so that
+def _warm_up(model, optimizer, X_example, y_example, batch_size):
+    """Compile (or load from Numba's cache) every kernel that training this model at this batch
+    size will run (its activations, its loss, an input split if a layer can split), so that
+    epoch timings measure training only: the compiled epoch over no rows (nothing changes) and
+    inference on one row. Not through fit (which ends training cleanly on Ctrl-C), so that
     Ctrl-C stops it at once."""
-    dtype = np.dtype(args.dtype).type
-    tiny = MLP([n_in, 2, n_out], loss=args.loss, dtype=dtype, seed=0)
-    X, y = tiny._check_batch(np.zeros((4, n_in), dtype=dtype),
-                             np.zeros((4,) + y_example.shape[1:], dtype=y_example.dtype))
-    x_batch = kernels.aligned_zeros((2, n_in), dtype)
-    y_batch = np.empty((2,) + y.shape[1:], dtype=y.dtype)
-    _train_steps(tiny, SGD(tiny, lr=1e-3).update_spec(), X, y, np.arange(4), 2, x_batch, y_batch,
-                 np.empty(2), np.empty(2), np.empty((2, 2)))
-    tiny.predict(X)
+    X, y = model._check_batch(X_example[:1], y_example[:1])
+    x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), model.dtype)
+    y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
+    norms_fresh = model._grad_norms_fresh
+    _train_steps(model, optimizer.update_spec(), X, y, np.arange(0), batch_size, x_batch,
+                 y_batch, np.empty(1), np.empty(1), np.empty((1, len(model.sizes) - 1)))
+    model._grad_norms_fresh = norms_fresh
+    model.forward(X)
 
 
 def _kernels_cached():
@@ -372,7 +372,7 @@ def train(args):
     t0 = time.perf_counter()
     if not _kernels_cached():
         say("compiling kernels, first run only (later runs load them from Numba's cache)...")
-    _warm_up(ds.n_features, ds.n_classes, args, y_train)
+    _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)))
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 

@@ -336,3 +336,32 @@ def test_examples_write_their_pictures(tmp_path, script, name):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_warm_up_readies_everything_training_runs_and_changes_nothing():
+    """The warm-up compiles (or loads) what this model's training runs, its activations' loops
+    and an input split included, so that epoch timings measure training only; it leaves the
+    parameters as they were. (In a fresh interpreter: other tests fill the same table.)"""
+    code = """
+import numpy as np, fastbp
+from fastbp import cli
+from fastbp.kernels import _units, network
+import numba
+fastbp.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+rng = np.random.default_rng(0)
+model = fastbp.MLP([784, 32, 16, 10], activation=["leaky_relu", "gelu"], seed=0)
+optimizer = fastbp.SGD(model, lr=0.1)
+X, y = rng.normal(size=(50, 784)), rng.integers(0, 10, 50)
+before = model.params.copy()
+cli._warm_up(model, optimizer, X, y, 32)
+names = network.units_for(model.loss, optimizer.update_spec().kind, model._net)
+ready = [name for name in names if _units._table[_units._slot(name, _units.DTYPES[0])]]
+print(np.array_equal(model.params, before), sorted(names) == sorted(ready),
+      "dense_forward_split_input" in names or fastbp.get_num_threads() == 1,
+      "bias_activation_gelu" in names)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-4:] == ["True"] * 4

@@ -26,9 +26,9 @@ def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=()):
     def compile_entry():
         if entry is not None:
             entry.compile(tuple(entry.typeof_pyval(a) for a in args))
+    names = units_for(loss, update_kind, net, may_split=entry is not forward)
     with _ctrl_c_is_keyboard_interrupt():
-        _units.ensure(units_for(loss, update_kind, net), np.dtype(dtype),
-                      meanwhile=compile_entry)
+        _units.ensure(names, np.dtype(dtype), meanwhile=compile_entry)
 
 
 @contextlib.contextmanager

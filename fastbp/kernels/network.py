@@ -83,14 +83,15 @@ _take_rows = caller("take_rows")
 _clip_sgd_update = caller("clip_sgd_update")
 
 
-def units_for(loss, update_kind=None, net=None):
+def units_for(loss, update_kind=None, net=None, may_split=True):
     """Names of the units that training with this loss (and update kind) calls; with a Net,
-    the input-split forward only if some layer of it can split at the current thread count, and
-    the activations' loops only for its activations (else for all)."""
+    the input-split forward only if some layer of it can split at the current thread count
+    (never without may_split: inference does not split), and the activations' loops only for
+    its activations (else for all)."""
     names = ["dense_forward_grid", "dense_backward", "take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
-    if net is None or _may_split_input(net):
+    if may_split and (net is None or _may_split_input(net)):
         names.append("dense_forward_split_input")
     if loss == "softmax_cross_entropy":
         names += ["softmax_cross_entropy_forward_backward", "softmax_cross_entropy_loss"]
