@@ -134,7 +134,7 @@ class MLP:
     # -- copying ------------------------------------------------------------------------------
 
     _REBUILT = ("params", "grads", "weights", "biases", "weight_grads", "bias_grads", "_net",
-                "_work")
+                "_work", "_prepared")
 
     def __getstate__(self):
         """For pickle and copy: the settings and the values of the two flat buffers. The

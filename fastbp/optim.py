@@ -74,14 +74,21 @@ class SGD:
         return train_step(self.model, self.update_spec(), X, y)[0]
 
 
+def _check_kind(spec):
+    if not isinstance(spec, kernels.Update) or spec.kind not in kernels.UPDATE_KINDS:
+        raise TypeError(f"update: expected a fastbp.kernels.Update of a known kind "
+                        f"{kernels.UPDATE_KINDS}, got {spec!r:.200}")
+
+
 def apply_update(model, spec):
     """The update stage on model's current gradients, compiled: returns the gradient norm.
     Raises FloatingPointError (parameters untouched) when the step is refused."""
+    _check_kind(spec)
     work = model._work
     norm, applied = model._run(kernels.entry.update, (
         model.params, model.grads, work.layer_sq, work.partials, model._net.param_offsets,
         *spec), update_kind=spec.kind)
-    model._grad_norms_fresh = True
+    model._grad_norms_fresh = not math.isnan(norm)  # the norm pass ran
     if not applied:
         raise FloatingPointError(refusal(0.0, norm, spec, model.dtype))
     return norm
@@ -90,6 +97,7 @@ def apply_update(model, spec):
 def train_step(model, spec, X, y):
     """Gradients then update for checked X and y, in one compiled call: (loss, norm). Raises
     FloatingPointError (parameters untouched) when the step is refused."""
+    _check_kind(spec)
     model._reserve(X.shape[0])
     loss, norm, applied = model._run(kernels.entry.train_step, (
         model.params, model.grads, *model._work, X, y, *model._net, *spec),

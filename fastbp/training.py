@@ -332,11 +332,10 @@ def _has_compiled_update(optimizer):
     """Whether the optimizer describes its update to compiled code (update_spec), checked."""
     if not callable(getattr(optimizer, "update_spec", None)):
         return False
-    spec = optimizer.update_spec()
-    if not isinstance(spec, kernels.Update) or spec.kind not in kernels.UPDATE_KINDS:
-        raise TypeError(f"optimizer: {type(optimizer).__name__}.update_spec() must return a "
-                        f"fastbp.kernels.Update of a known kind {kernels.UPDATE_KINDS}, got "
-                        f"{spec!r:.200}")
+    try:
+        optim._check_kind(optimizer.update_spec())
+    except TypeError as exc:
+        raise TypeError(f"optimizer: {type(optimizer).__name__}.update_spec(): {exc}") from None
     return True
 
 

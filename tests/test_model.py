@@ -419,3 +419,14 @@ def test_gradcheck_samples_large_models(rng):
     model.loss_value = counting
     assert fastbp.gradcheck(model, X, y, max_params=50, seed=1) < 1e-7
     assert len(calls) == 4 * 50
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_loss_value_in_float32_matches_float64(loss, rng):
+    """loss_value (forward only) in float32, against the same model in float64."""
+    m64 = fastbp.MLP([5, 7, 3], loss=loss, dtype=np.float64, seed=0)
+    m32 = fastbp.MLP([5, 7, 3], loss=loss, dtype=np.float32, seed=0)
+    m32.params[:] = m64.params
+    X = rng.normal(size=(9, 5))
+    y = rng.integers(0, 3, 9) if loss != "mse" else rng.normal(size=(9, 3))
+    assert abs(m32.loss_value(X, y) - m64.loss_value(X, y)) < 1e-5 * max(1, m64.loss_value(X, y))

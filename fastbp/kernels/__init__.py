@@ -4,7 +4,8 @@ Every kernel is a Numba ``@njit`` function that writes into outputs given by the
 first, read-only inputs next, scalars last) and allocates nothing, so it can be called from
 Python or from a user's own ``@njit`` code. Each works in float32 and in float64; the arrays of
 one call must share one dtype. 2-D arrays must have unit stride along their last axis (rows may be
-strided); 1-D arrays must be contiguous. They run fastest on arrays that start on a cache line
+strided); 1-D arrays must be contiguous. The whole-network functions (``mlp_*``) need
+C-contiguous arrays throughout, x included. They run fastest on arrays that start on a cache line
 (``aligned_zeros`` makes them).
 
 Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).

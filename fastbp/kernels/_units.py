@@ -19,6 +19,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import types as pytypes
 from collections import namedtuple
 
@@ -149,7 +150,7 @@ def ensure(names, dtype, meanwhile=None):
     missing = [name for name in names if not _table[_slot(name, dt)]]
     cold = [name for name in missing if not _cached(_SPEC[name], dt)]
     mine, theirs = _share(cold, _max_workers())
-    workers = [_spawn(group, dt) for group in theirs]
+    workers = [worker for worker in map(_spawn, theirs, [dt] * len(theirs)) if worker]
     try:
         if meanwhile is not None:
             meanwhile()
@@ -166,9 +167,14 @@ def ensure(names, dtype, meanwhile=None):
         _install(name, dt)  # from the cache, or compiled here if a worker failed
 
 
+_install_lock = threading.Lock()
+
+
 def _install(name, dt):
     slot = _slot(name, dt)
-    if not _table[slot]:
+    with _install_lock:  # the callback can run on several of Numba's threads at once
+        if _table[slot]:
+            return
         unit = _make_unit(_SPEC[name], dt)
         _compiled[slot] = unit
         _table[slot] = unit.address
@@ -211,10 +217,13 @@ def _spawn(names, dt):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = (f"import sys; sys.path.insert(0, {root!r}); import fastbp.kernels; "
             "from fastbp.kernels import _units; _units.compile_group(sys.argv[1:])")
-    return subprocess.Popen([sys.executable, "-I", "-c", code, str(dt), *names],
-                            env=dict(os.environ, FASTBP_COMPILE_WORKERS="0"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # a failed worker's units: compiled here
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-c", code, str(dt), *names],
+                                env=dict(os.environ, FASTBP_COMPILE_WORKERS="0"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None  # no worker: its units are compiled here, as a failed worker's are
 
 
 def compile_group(args):
@@ -241,21 +250,16 @@ llvm.add_symbol("fastbp_unit_ensure", ctypes.cast(_ensure_callback, ctypes.c_voi
 # -- the caller side ---------------------------------------------------------------------------
 
 
-def _unit_types(name, args, dt_from):
-    """(declared argument types, dtype) of unit `name` for these argument types, or a
-    TypingError: the float arrays give the dtype; the arguments must convert."""
-    arrays = [a for a in dt_from if isinstance(a, types.Array) and a.dtype in DTYPES]
-    if not arrays:
-        raise TypingError(f"{name}: no float32 or float64 array among the arguments")
-    dt = arrays[0].dtype
-    declared = _SPEC[name].argtypes(dt)
-    return declared, dt
-
-
-def _check_convert(typingctx, name, args, declared):
-    if len(args) != len(declared) or any(
-            typingctx.can_convert(a, d) is None for a, d in zip(args, declared)):
-        raise TypingError(f"{name}: arguments {args} do not convert to {declared}")
+def _unit_types(typingctx, name, args):
+    """(declared argument types, dtype) of unit `name` for these argument types: the dtype in
+    which every argument converts to the unit's types, or a TypingError."""
+    for dt in DTYPES:
+        declared = _SPEC[name].argtypes(dt)
+        if len(args) == len(declared) and all(
+                typingctx.can_convert(a, d) is not None for a, d in zip(args, declared)):
+            return declared, dt
+    raise TypingError(f"{name}: arguments {args} convert to none of its types "
+                      f"{[_SPEC[name].argtypes(dt) for dt in DTYPES]}")
 
 
 def _pack(context, builder, args, declared, values):
@@ -269,7 +273,9 @@ def _pack(context, builder, args, declared, values):
 
 
 def _call_packed(context, builder, restype, slot, arg_slot):
-    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype))
+    # Zeroed: a call skipped (an empty slot that could not be filled) returns zeros, not
+    # whatever the stack held (for the clipped update: not applied).
+    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype), zfill=True)
                 if restype != types.none else arg_slot)
     _call_slot(builder, slot, arg_slot, ret_slot)
     if restype == types.none:
@@ -285,8 +291,7 @@ def caller(name):
 
     @intrinsic
     def call(typingctx, args):
-        declared, dt = _unit_types(name, args, args)
-        _check_convert(typingctx, name, args, declared)
+        declared, dt = _unit_types(typingctx, name, args)
         slot = _slot(name, dt)
 
         def codegen(context, builder, signature, llargs):
@@ -308,13 +313,12 @@ def caller(name):
 
 def caller_by_code(names):
     """An @njit-callable f(code, args) that calls unit names[code] with the tuple args (the
-    units of names are packed, with equal argument types)."""
+    units of names are packed, with equal argument types); names[0] for a code outside."""
     first = names[0]
 
     @intrinsic
     def call(typingctx, code, args):
-        declared, dt = _unit_types(first, args, args)
-        _check_convert(typingctx, first, args, declared)
+        declared, dt = _unit_types(typingctx, first, args)
         slots = [_slot(name, dt) for name in names]
 
         def codegen(context, builder, signature, llargs):
@@ -324,6 +328,10 @@ def caller_by_code(names):
             table = ir.Constant(ir.ArrayType(i64, len(slots)), slots)
             lookup = cgutils.global_constant(builder, f"fastbp_slots_{first}_{dt}", table)
             code_ = context.cast(builder, llargs[0], signature.args[0], types.int64)
+            # A code outside the table takes names[0]'s unit (the identity), never a slot
+            # read from beyond the lookup table.
+            known = builder.icmp_unsigned("<", code_, ir.Constant(i64, len(slots)))
+            code_ = builder.select(known, code_, ir.Constant(i64, 0))
             slot = builder.load(builder.gep(lookup, [ir.Constant(ir.IntType(32), 0), code_]))
             return _call_packed(context, builder, types.none, slot, arg_slot)
 

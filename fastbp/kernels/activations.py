@@ -135,22 +135,24 @@ def uses_input(activation):
 
 def per_activation(loop):
     """An inlined function f(activation, args) that runs loop(value, grad, uses_input, args)
-    with the functions of the table entry whose code is activation: a chain of ifs over the
-    codes, built from ACTIVATIONS. So each loop is written once, the branch on the code stays
+    with the functions of the table entry whose code is activation (the identity's for a code
+    outside the table): a chain of ifs over the codes, built from ACTIVATIONS. So each loop is written once, the branch on the code stays
     outside it, and the activation's functions are called directly (and inlined) inside it."""
-    chain = _no_activation
+    chain = _link(-1, ACTIVATIONS[IDENTITY], loop, None)  # a code outside the table
     for code in reversed(range(len(ACTIVATIONS))):
         chain = _link(code, ACTIVATIONS[code], loop, chain)
     return chain
 
 
-@njit(**INLINED)
-def _no_activation(activation, args):
-    pass
-
-
 def _link(code, activation_entry, loop, rest):
+    """The chain's link for one code; with rest None, the end of the chain, which runs for any
+    code (a code outside the table is the identity, as it always was)."""
     value, grad, keep = activation_entry.value, activation_entry.grad, activation_entry.uses_input
+    if rest is None:
+        @njit(**INLINED)
+        def last(activation, args):
+            loop(value, grad, keep, args)
+        return last
 
     @njit(**INLINED)
     def link(activation, args):
