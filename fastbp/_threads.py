@@ -2,9 +2,9 @@
 
 fastbp's kernels run Numba ``prange`` loops whose tiles each call BLAS. If that BLAS had its own
 worker threads, two pools would spin against each other and steps would run 50-100x slower. So
-the BLAS that the kernels call (``fastbp.kernels._native.openblas``, a library of their own) is limited
-to one thread, and Numba's pool is the only one: ``set_num_threads`` sets its size. NumPy's BLAS,
-a separate library, is not touched.
+the BLAS that the kernels call (``fastbp.kernels._native.openblas``, a library of their own) is
+limited to one thread, and Numba's pool is the only one: ``set_num_threads`` sets its size.
+NumPy's BLAS, a separate library, is not touched.
 """
 import ctypes
 

@@ -267,11 +267,11 @@ class MLP:
         return out
 
     def _run(self, entry, args, update_kind=None):
-        """entry(*args) for one of kernels.entry's compiled entries; args is a tuple (taken as
-        *args here, each call's tuple was left to the garbage collector). The first time for an
-        entry, update kind, capacity and thread count, it readies the compiled code this needs
-        (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps the
-        kernels' BLAS at one thread."""
+        """entry(*args) for one of kernels.entry's compiled entries. args is a tuple, not a
+        *args parameter: passed on through one, each call's tuple was left to the garbage
+        collector. The first time for an entry, update kind, capacity and thread count, it
+        readies the compiled code this needs (kernels.prepare: compiled, or loaded from Numba's
+        cache); always, it keeps the kernels' BLAS at one thread."""
         key = (entry, update_kind, self._capacity, get_num_threads())
         if key not in self._prepared:
             kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args)

@@ -136,17 +136,19 @@ def uses_input(activation):
 def per_activation(loop):
     """An inlined function f(activation, args) that runs loop(value, grad, uses_input, args)
     with the functions of the table entry whose code is activation (the identity's for a code
-    outside the table): a chain of ifs over the codes, built from ACTIVATIONS. So each loop is written once, the branch on the code stays
-    outside it, and the activation's functions are called directly (and inlined) inside it."""
-    chain = _link(-1, ACTIVATIONS[IDENTITY], loop, None)  # a code outside the table
+    outside the table): a chain of ifs over the codes, built from ACTIVATIONS. So each loop is
+    written once, the branch on the code stays outside it, and the activation's functions are
+    called directly (and inlined) inside it."""
+    chain = _link(None, ACTIVATIONS[IDENTITY], loop, None)  # the identity, and any other code
     for code in reversed(range(len(ACTIVATIONS))):
-        chain = _link(code, ACTIVATIONS[code], loop, chain)
+        if code != IDENTITY:
+            chain = _link(code, ACTIVATIONS[code], loop, chain)
     return chain
 
 
 def _link(code, activation_entry, loop, rest):
-    """The chain's link for one code; with rest None, the end of the chain, which runs for any
-    code (a code outside the table is the identity, as it always was)."""
+    """The chain's link for one code; with rest (and code) None, the end of the chain, which
+    runs for any code (a code outside the table is the identity, as it always was)."""
     value, grad, keep = activation_entry.value, activation_entry.grad, activation_entry.uses_input
     if rest is None:
         @njit(**INLINED)

@@ -13,8 +13,8 @@ from numba import njit
 
 from . import _units
 from ._config import SERIAL
-from .network import (Net, Workspace, apply_update, mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch,
-                      mlp_train_step, units_for)
+from .network import (Net, Workspace, apply_update, mlp_forward, mlp_loss,
+                      mlp_loss_and_grad, mlp_train_epoch, mlp_train_step, units_for)
 from .update import Update
 
 
@@ -110,7 +110,5 @@ def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch
 @njit(**SERIAL)
 def update(params, grads, layer_sq, partials, param_offsets, kind, hyper, state):
     """The update stage alone (network.apply_update): (gradient norm, applied)."""
-    work = Workspace(params[:0], params[:0], layer_sq[:0], layer_sq, partials)
-    net = Net(param_offsets[:0], param_offsets[:0], param_offsets, 0, 1, param_offsets[:0],
-              param_offsets[:0])
-    return apply_update(params, grads, work, net, Update(kind, hyper, state))
+    return apply_update(params, layer_sq, partials, grads, param_offsets,
+                        Update(kind, hyper, state))

@@ -37,7 +37,7 @@ from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
 from .rows import aligned_zeros
-from .update import SGD_KIND, Update, norm_partials_size
+from .update import SGD_KIND, norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets"])
@@ -333,12 +333,13 @@ def mlp_loss_and_grad(grads, work, params, x, target, net):
 
 
 @njit(**INLINED)
-def apply_update(params, grads, work, net, update):
+def apply_update(params, layer_sq, partials, grads, param_offsets, update):
     """The update stage: update params in place from grads by the optimizer's Update.
     Returns (gradient norm before clipping, applied); the per-layer squared norms are left in
-    work.layer_sq. An update kind this build does not know is not applied."""
+    layer_sq (partials: their scratch; both a Workspace's). An update kind this build does not
+    know is not applied."""
     if update.kind == SGD_KIND:
-        return _clip_sgd_update(params, work.layer_sq, work.partials, grads, net.param_offsets,
+        return _clip_sgd_update(params, layer_sq, partials, grads, param_offsets,
                                 update.hyper[0], update.hyper[1])
     return math.nan, False
 
@@ -351,7 +352,8 @@ def mlp_train_step(params, grads, work, x, target, net, update):
     loss = mlp_loss_and_grad(grads, work, params, x, target, net)
     if not math.isfinite(loss):
         return loss, math.nan, False
-    norm, applied = apply_update(params, grads, work, net, update)
+    norm, applied = apply_update(params, work.layer_sq, work.partials, grads, net.param_offsets,
+                                 update)
     return loss, norm, applied
 
 
