@@ -8,7 +8,8 @@ import pytest
 import fastbp
 import naive
 from fastbp import kernels
-from helpers import layer_errors, make_targets, off_kink_batch, reference_for
+from helpers import (assert_loss_and_grads_match_reference, layer_errors, make_targets,
+                     off_kink_batch, reference_for)
 
 NAMES = [a.name for a in kernels.ACTIVATIONS]
 MIXED_SIZES = [7, 9, 8, 6, 5]
@@ -119,16 +120,7 @@ def test_mixed_network_gradient_matches_finite_differences(loss, out_act, rng):
 @pytest.mark.parametrize("loss, out_act", MIXED_HEADS)
 def test_mixed_network_matches_reference(loss, out_act, rng):
     model = mixed_model(loss, out_act, seed=6)
-    model.params[...] = rng.normal(scale=0.7, size=model.n_params)
-    X = rng.normal(size=(17, MIXED_SIZES[0]))
-    y = make_targets(loss, 17, MIXED_SIZES[-1], rng)
-    model.grads[...] = np.nan
-    loss_value = model.loss_and_grad(X, y)
-    ref_loss, ref_grads = reference_for(model).loss_and_grad(model.params, X, y)
-    assert loss_value == pytest.approx(ref_loss, rel=1e-10)
-    errors = layer_errors(model, ref_grads)
-    assert max(errors.values()) < 1e-10, errors
-    assert model.loss_value(X, y) == pytest.approx(ref_loss, rel=1e-10)
+    X = assert_loss_and_grads_match_reference(model, rng)
     np.testing.assert_allclose(model.forward(X), reference_for(model).output(model.params, X),
                                rtol=1e-10, atol=1e-12)
 

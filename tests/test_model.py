@@ -8,7 +8,8 @@ import pytest
 
 import fastbp
 import naive
-from helpers import layer_errors, make_targets, max_threads, off_kink_batch, reference_for
+from helpers import (assert_loss_and_grads_match_reference, layer_errors, make_targets,
+                     max_threads, off_kink_batch, reference_for)
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
 # (loss, output activation): softmax-CE, and MSE with identity, sigmoid and tanh outputs
@@ -53,16 +54,7 @@ def test_network_gradient_matches_finite_differences(depth, act, loss, out_act, 
 @pytest.mark.parametrize("depth, act, loss, out_act", network_cases())
 def test_loss_and_every_gradient_match_reference(depth, act, loss, out_act, rng):
     model = build(depth, act, loss, out_act, seed=100 + depth)
-    model.params[...] = rng.normal(scale=0.7, size=model.n_params)   # nonzero biases too
-    X = rng.normal(size=(17, model.sizes[0]))
-    y = make_targets(loss, 17, model.sizes[-1], rng)
-    model.grads[...] = np.nan
-    loss_value = model.loss_and_grad(X, y)
-    ref_loss, ref_grads = reference_for(model).loss_and_grad(model.params, X, y)
-    assert loss_value == pytest.approx(ref_loss, rel=1e-10)
-    errors = layer_errors(model, ref_grads)
-    assert max(errors.values()) < 1e-10, errors
-    assert model.loss_value(X, y) == pytest.approx(ref_loss, rel=1e-10)
+    assert_loss_and_grads_match_reference(model, rng)
 
 
 @pytest.mark.skipif(max_threads() < 2, reason="needs 2 threads")
