@@ -4,14 +4,15 @@ from ._threads import get_num_threads, set_num_threads
 from .gradcheck import gradcheck
 from .model import MLP
 from .monitor import GradientHealthWarning, GradientMonitor
-from .optim import SGD
+from .optim import SGD, Adam, AdamW
+from . import schedules
 from .training import DivergenceError, History, fit
 from . import data
 from .data import DataError
-from .io import ModelFileError, load, save
+from .io import ModelFileError, load, load_checkpoint, save
 from .plotting import plot_history
 
 __version__ = "0.1.0"
-__all__ = ["MLP", "SGD", "fit", "gradcheck", "set_num_threads", "get_num_threads", "kernels",
+__all__ = ["MLP", "SGD", "Adam", "AdamW", "schedules", "load_checkpoint", "fit", "gradcheck", "set_num_threads", "get_num_threads", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
            "DataError", "save", "load", "ModelFileError", "plot_history", "__version__"]

@@ -17,9 +17,27 @@ def positive_number(name, value, allow_none=False):
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a positive number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a huge int
+        value = math.inf
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return value
+
+
+def number_in(name, value, low, high=None, high_open=False):
+    """A real number in [low, high] (or [low, high) with high_open; no high: [low, inf))."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or value < low or above:
+        bounds = f"[{low}, " + ("inf)" if high is None else f"{high}{')' if high_open else ']'}")
+        raise ValueError(f"{name}: expected a number in {bounds}, got {value!r}")
     return value
 
 

@@ -15,6 +15,12 @@ run code):
 ``params``             the flat parameter array (``model.params``), in that dtype and in the
                        layout of :mod:`fastbp.layout`
 ``metadata``           optional: JSON text given to ``save``
+``optimizer``          optional (``save(..., optimizer=opt)``): JSON text: the optimizer's
+                       name ("sgd", "adam", "adamw"), its constructor arguments, current
+                       ``lr``, ``steps`` taken, schedule position (``epochs_done``,
+                       ``samples_seen``) and schedule (name, arguments, state)
+``optimizer_state``    with ``optimizer``: its per-parameter buffers (momentum, moments),
+                       shape (buffers, parameters), in the model's dtype and layout
 =====================  ====================================================================
 
 Together these are every argument of ``MLP(...)`` but ``seed``, which only chose the initial
@@ -24,7 +30,8 @@ values that ``params`` replaces: ``load(save(model))`` builds the same model.
 it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
 new one, never a partial write. ``load`` checks every field (sizes, activations, loss, dtype,
 checkpoint_every, parameter count, finite values) and raises :class:`ModelFileError` with a
-one-line message when something does not fit. It reads versions 1 and 2.
+one-line message when something does not fit. It reads versions 1 and 2. ``load_checkpoint``
+also rebuilds the optimizer, after checking its fields against the model.
 """
 import json
 import os
@@ -35,8 +42,9 @@ import numpy as np
 from .data import DataError, read_npz
 from .layout import n_params
 from .model import ACTIVATIONS, LOSSES, MLP
+from . import optim, schedules
 
-__all__ = ["save", "load", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION",
+__all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION",
            "READABLE_VERSIONS"]
 
 FORMAT = "fastbp.MLP"
@@ -49,15 +57,22 @@ class ModelFileError(ValueError):
     """A model file is missing, unreadable, or not a valid fastbp model: one-line message."""
 
 
-def save(model, path, metadata=None):
+def save(model, path, metadata=None, optimizer=None):
     """Write ``model`` to ``path`` (exactly that name; ``.npz`` is the usual suffix), atomically.
 
     ``metadata``: an optional JSON-serialisable dict stored beside the weights (for example how
-    the inputs were scaled); read it back with ``read_metadata``. The folder must exist.
-    Returns the path.
+    the inputs were scaled); read it back with ``read_metadata``. ``optimizer``: a fastbp
+    optimizer of this model, whose state (moments, step count, schedule position) is stored
+    too, for ``load_checkpoint`` to resume from. The folder must exist. Returns the path.
     """
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+    if optimizer is not None:
+        if not isinstance(optimizer, optim.Optimizer) or optimizer.name not in optim.OPTIMIZERS:
+            raise TypeError(f"optimizer: expected a fastbp optimizer (SGD, Adam, AdamW), got "
+                            f"{type(optimizer).__name__}")
+        if optimizer.model is not model:
+            raise ValueError("optimizer: it was built for another model")
     path = os.fspath(path)
     arrays = {
         "format": np.array(FORMAT),
@@ -77,7 +92,75 @@ def save(model, path, metadata=None):
             arrays["metadata"] = np.array(json.dumps(metadata, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata: cannot be stored as JSON ({exc})") from None
+    if optimizer is not None:
+        arrays["optimizer"] = np.array(json.dumps(_optimizer_record(optimizer)))
+        arrays["optimizer_state"] = optimizer.state
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _optimizer_record(opt):
+    schedule = opt.lr_schedule
+    return {"name": opt.name, "config": opt.config(), "lr": opt.lr, "steps": opt.steps,
+            "epochs_done": opt.epochs_done, "samples_seen": opt.samples_seen,
+            "schedule": None if schedule is None else {
+                "name": schedule.name, "config": schedule.config(),
+                "state": schedule.state() if hasattr(schedule, "state") else {}}}
+
+
+def load_checkpoint(path):
+    """Read a model and its optimizer written by ``save(model, path, optimizer=opt)``: returns
+    (model, optimizer), the optimizer with the saved hyper-parameters, state and schedule
+    position, so that training continues as if never stopped. Raises ModelFileError when the
+    file has no optimizer, or its optimizer does not fit the model (kind, buffer shapes, dtype,
+    values); nothing is returned half-loaded."""
+    what = os.fspath(path)
+    model = load(path)
+    arrays = _read(path)
+    if "optimizer" not in arrays:
+        raise ModelFileError(f"{what}: holds no optimizer state (saved without optimizer=); "
+                             "use fastbp.load for the model alone")
+    try:
+        record = json.loads(_text(arrays, "optimizer", what))
+        opt = _rebuild_optimizer(model, record, arrays.get("optimizer_state"))
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{what}: optimizer: {exc}") from None
+    return model, opt
+
+
+def _rebuild_optimizer(model, record, state):
+    cls = optim.OPTIMIZERS.get(record["name"])
+    if cls is None:
+        raise ValueError(f"unknown optimizer {record['name']!r}")
+    config = dict(record["config"])
+    if "betas" in config:
+        config["betas"] = tuple(config["betas"])
+    schedule = record["schedule"]
+    if schedule is not None:
+        schedule = schedules.from_config(schedule["name"], schedule["config"], schedule["state"])
+    opt = cls(model, **config, lr_schedule=schedule)
+    if state is None or state.shape != opt.state.shape or state.dtype != opt.state.dtype:
+        got = "none" if state is None else f"{state.dtype} of shape {state.shape}"
+        raise ValueError(f"its state should be {opt.state.dtype} of shape {opt.state.shape} "
+                         f"for this model, got {got}")
+    if not np.all(np.isfinite(state)):
+        raise ValueError("its state contains NaN or Inf")
+    steps = record["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps should be a count, got {steps!r}")
+    opt.state[...] = state
+    opt.update_spec().hyper[optim.STEPS] = steps
+    opt.lr = record["lr"]
+    opt.epochs_done = _count("epochs_done", record["epochs_done"])
+    opt.samples_seen = _count("samples_seen", record["samples_seen"])
+    return opt
+
+
+def _count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} should be a count, got {value!r}")
+    return value
 
 
 def atomic_write(path, write):

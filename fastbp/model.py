@@ -1,5 +1,7 @@
 """The MLP: a flat parameter buffer, a flat gradient buffer, preallocated activations, and a
 validating layer over the compiled kernels (all numerics live in fastbp.kernels)."""
+import weakref
+
 import numpy as np
 
 from . import _validate, kernels, layout
@@ -134,7 +136,7 @@ class MLP:
     # -- copying ------------------------------------------------------------------------------
 
     _REBUILT = ("params", "grads", "weights", "biases", "weight_grads", "bias_grads", "_net",
-                "_work", "_prepared")
+                "_work", "_prepared", "_optimizers")
 
     def __getstate__(self):
         """For pickle and copy: the settings and the values of the two flat buffers. The
@@ -163,6 +165,7 @@ class MLP:
         self._net = self._work = None
         self._capacity = 0
         self._prepared = set()  # what _run has readied
+        self._optimizers = weakref.WeakSet()  # whose state memory_report counts
         self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
         self._reserve(capacity)
 
@@ -177,8 +180,8 @@ class MLP:
         self._net, self._work, self._capacity = net, work, n_rows
 
     def memory_report(self):
-        """Bytes held, by kind: "params", "grads", "optimizer" (norm scratch; plain SGD keeps no
-        other state), "activations" (layer outputs, kept pre-activations, backward deltas and
+        """Bytes held, by kind: "params", "grads", "optimizer" (the norm scratch, and the state of
+        every live fastbp optimizer of this model: moments, momentum buffers), "activations" (layer outputs, kept pre-activations, backward deltas and
         per-sample losses at the current capacity) and "total". "capacity" is the batch size the
         buffers hold.
 
@@ -190,7 +193,9 @@ class MLP:
         """
         work = self._work
         report = {"params": self.params.nbytes, "grads": self.grads.nbytes,
-                  "optimizer": work.partials.nbytes + work.layer_sq.nbytes,
+                  "optimizer": work.partials.nbytes + work.layer_sq.nbytes + sum(
+                      opt.state.nbytes + opt.update_spec().hyper.nbytes
+                      for opt in list(self._optimizers)),
                   "activations": work.acts.nbytes + work.deltas.nbytes + work.losses.nbytes,
                   "capacity": self._capacity}
         report["total"] = sum(v for k, v in report.items() if k != "capacity")

@@ -27,51 +27,221 @@ import math
 import numpy as np
 
 from . import _validate, kernels
+from .kernels.update import (AMSGRAD, BETA1, BETA2, CLIP_NORM, DAMPENING, DECOUPLED, EPS, LR,
+                             MOMENTUM, NESTEROV, STEPS, WEIGHT_DECAY)
 from .model import MLP
 
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
 
-class SGD:
-    """Plain SGD over ``model.params``: ``params -= lr * g``.
 
-    When ``clip_norm`` is set and the global L2 norm of all gradients exceeds it, the step uses
-    ``g * clip_norm / (norm + 1e-6)``, the rule of PyTorch's ``clip_grad_norm_``. ``model.grads``
-    is left as computed. ``lr`` may be changed between steps (a schedule does).
+class Optimizer:
+    """What fastbp's optimizers share. Each keeps its hyper-parameters and its state (moment
+    buffers, in the parameters' layout, and the step count) in one ``kernels.Update``, which the
+    compiled update reads and advances in place: ``step()``, ``train_step`` and ``fit`` all run
+    the same compiled pass.
+
+    ``lr`` (the current rate) and ``clip_norm`` may be changed between steps; the other
+    hyper-parameters are fixed at construction. With an ``lr_schedule`` (fastbp.schedules),
+    ``lr`` follows it: set for epoch 0 here and after each epoch by ``fit`` (``end_epoch``),
+    from ``base_lr``, the ``lr`` given.
     """
+    name = None  # the name save() stores and OPTIMIZERS maps back
 
-    def __init__(self, model, lr, clip_norm=None):
+    def __init__(self, model, spec, lr_schedule):
         if not isinstance(model, MLP):
             raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+        if lr_schedule is not None and not callable(getattr(lr_schedule, "rate", None)):
+            raise TypeError(f"lr_schedule: expected a schedule of fastbp.schedules, got "
+                            f"{type(lr_schedule).__name__}")
         self.model = model
-        self.lr = _validate.positive_number("lr", lr)
-        self.clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
-        self._spec = kernels.sgd_spec(self.lr, math.inf, model.dtype)
+        self._spec = spec
+        self.base_lr = float(spec.hyper[LR])
+        self.lr_schedule = lr_schedule
+        self.epochs_done = 0   # the schedule's position
+        self.samples_seen = 0
+        if lr_schedule is not None:
+            self.lr = lr_schedule.rate(self.base_lr, 0, 0)
+        model._optimizers.add(self)
+
+    # -- hyper-parameters ---------------------------------------------------------------------
+
+    @property
+    def lr(self):
+        return float(self._spec.hyper[LR])
+
+    @lr.setter
+    def lr(self, value):
+        self._spec.hyper[LR] = _validate.positive_number("lr", value)
+
+    @property
+    def clip_norm(self):
+        """Global-norm clipping threshold (the rule of PyTorch's clip_grad_norm_), or None."""
+        value = float(self._spec.hyper[CLIP_NORM])
+        return None if value == math.inf else value
+
+    @clip_norm.setter
+    def clip_norm(self, value):
+        value = _validate.positive_number("clip_norm", value, allow_none=True)
+        self._spec.hyper[CLIP_NORM] = math.inf if value is None else value
+
+    @property
+    def weight_decay(self):
+        return float(self._spec.hyper[WEIGHT_DECAY])
+
+    @property
+    def steps(self):
+        """Updates applied so far."""
+        return int(self._spec.hyper[STEPS])
+
+    @property
+    def state(self):
+        """The per-parameter state, (n_buffers, n_params) in the model's dtype (a view)."""
+        return self._spec.state
+
+    def config(self):
+        """The keyword arguments that build this optimizer again (but model and schedule)."""
+        raise NotImplementedError
 
     def __repr__(self):
-        return f"SGD(lr={self.lr}, clip_norm={self.clip_norm})"
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({options})"
+
+    # -- the update stage ---------------------------------------------------------------------
 
     def update_spec(self):
-        """The compiled description of this update, with the current lr and clip_norm."""
-        self._spec.hyper[0] = self.lr
-        self._spec.hyper[1] = math.inf if self.clip_norm is None else self.clip_norm
+        """The compiled description of this update (the live one: steps advance it)."""
         return self._spec
 
     def step(self):
         """Update the parameters from ``model.grads``; returns the gradient norm before clipping.
 
-        Raises FloatingPointError, leaving the parameters untouched, if the norm is NaN or Inf
-        or the update would overflow the model's dtype.
+        Raises FloatingPointError, leaving the parameters and the state untouched, if the norm
+        is NaN or Inf or the update would overflow the model's dtype.
         """
-        return apply_update(self.model, self.update_spec())
+        return apply_update(self.model, self._spec)
 
     def train_step(self, X, y):
         """``model.loss_and_grad(X, y)`` then ``step()``, in one compiled call. Returns the
         mean loss. (``fit`` goes one further: many steps per compiled call.)
 
-        Raises FloatingPointError, leaving the parameters untouched, if the loss or the
-        gradient norm is NaN or Inf, or the update would overflow the model's dtype.
+        Raises FloatingPointError, leaving the parameters and the state untouched, if the loss
+        or the gradient norm is NaN or Inf, or the update would overflow the model's dtype.
         """
         X, y = self.model._check_batch(X, y)
-        return train_step(self.model, self.update_spec(), X, y)[0]
+        return train_step(self.model, self._spec, X, y)[0]
+
+    def end_epoch(self, samples, loss):
+        """Advance the schedule past an epoch of ``samples`` rows whose watched loss was
+        ``loss`` (fit calls this); sets ``lr`` for the next epoch. No schedule: nothing."""
+        self.epochs_done += 1
+        self.samples_seen += int(samples)
+        if self.lr_schedule is None:
+            return
+        if callable(getattr(self.lr_schedule, "observe", None)):
+            self.lr_schedule.observe(float(loss))
+        self.lr = self.lr_schedule.rate(self.base_lr, self.epochs_done, self.samples_seen)
+
+
+def _betas(betas):
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r:.100}") from None
+    return (_validate.number_in("betas[0]", beta1, 0, 1, high_open=True),
+            _validate.number_in("betas[1]", beta2, 0, 1, high_open=True))
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with the options and arithmetic of ``torch.optim.SGD``.
+
+    Each step: clip (when ``clip_norm`` is set and the global L2 norm of all gradients exceeds
+    it, the gradients are scaled by ``clip_norm / (norm + 1e-6)``, the rule of PyTorch's
+    ``clip_grad_norm_``); add ``weight_decay * params`` (L2); with ``momentum``, update the
+    buffer ``b = momentum * b + (1 - dampening) * g`` (on the first step ``b = g``) and step
+    along ``g + momentum * b`` (``nesterov``) or ``b``; then ``params -= lr * step``.
+    ``model.grads`` is left as computed.
+    """
+    name = "sgd"
+
+    def __init__(self, model, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                 weight_decay=0.0, clip_norm=None, lr_schedule=None):
+        lr = _validate.positive_number("lr", lr)
+        momentum = _validate.number_in("momentum", momentum, 0)
+        dampening = _validate.number_in("dampening", dampening, 0, 1)
+        nesterov = _flag("nesterov", nesterov)
+        if nesterov and (momentum == 0 or dampening != 0):
+            raise ValueError(f"nesterov: needs a momentum and no dampening (momentum "
+                             f"{momentum}, dampening {dampening})")
+        weight_decay = _validate.number_in("weight_decay", weight_decay, 0)
+        clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
+        n_params = model.n_params if isinstance(model, MLP) else 0
+        spec = kernels.sgd_spec(lr, math.inf if clip_norm is None else clip_norm,
+                                getattr(model, "dtype", np.float64), momentum, dampening,
+                                nesterov, weight_decay, n_params)
+        super().__init__(model, spec, lr_schedule)
+
+    momentum = property(lambda self: float(self._spec.hyper[MOMENTUM]))
+    dampening = property(lambda self: float(self._spec.hyper[DAMPENING]))
+    nesterov = property(lambda self: bool(self._spec.hyper[NESTEROV]))
+
+    def config(self):
+        return {"lr": self.base_lr, "momentum": self.momentum, "dampening": self.dampening,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay,
+                "clip_norm": self.clip_norm}
+
+
+class Adam(Optimizer):
+    """Adam (and AMSGrad), with the options and arithmetic of ``torch.optim.Adam``: clip as
+    SGD does; add ``weight_decay * params`` to the gradient (L2); ``m += (1 - beta1) * (g - m)``;
+    ``v = beta2 * v + (1 - beta2) * g * g`` (with ``amsgrad``, its running maximum is used);
+    ``params -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)`` at step t."""
+    name = "adam"
+    _decoupled = False
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, clip_norm=None, lr_schedule=None):
+        lr = _validate.positive_number("lr", lr)
+        betas = _betas(betas)
+        eps = _validate.positive_number("eps", eps)
+        weight_decay = _validate.number_in("weight_decay", weight_decay, 0)
+        amsgrad = _flag("amsgrad", amsgrad)
+        clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
+        n_params = model.n_params if isinstance(model, MLP) else 0
+        spec = kernels.adam_spec(lr, math.inf if clip_norm is None else clip_norm,
+                                 getattr(model, "dtype", np.float64), n_params, betas, eps,
+                                 weight_decay, amsgrad, self._decoupled)
+        super().__init__(model, spec, lr_schedule)
+
+    betas = property(lambda self: (float(self._spec.hyper[BETA1]),
+                                   float(self._spec.hyper[BETA2])))
+    eps = property(lambda self: float(self._spec.hyper[EPS]))
+    amsgrad = property(lambda self: bool(self._spec.hyper[AMSGRAD]))
+
+    def config(self):
+        return {"lr": self.base_lr, "betas": self.betas, "eps": self.eps,
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad,
+                "clip_norm": self.clip_norm}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as ``torch.optim.AdamW``: each step first multiplies
+    the parameters by ``1 - lr * weight_decay``, and the gradient gets no L2 term."""
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, clip_norm=None, lr_schedule=None):
+        super().__init__(model, lr, betas, eps, weight_decay, amsgrad, clip_norm, lr_schedule)
+
+
+#: The optimizers by the name save() stores.
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW)}
 
 
 def _check_kind(spec):
@@ -115,6 +285,6 @@ def refusal(loss, norm, spec, dtype):
     elif not math.isfinite(norm):
         what = f"the gradient norm is {norm}"
     else:
-        what = (f"the update would overflow {np.dtype(dtype).name} (lr {spec.hyper[0]:g}, "
+        what = (f"the update would overflow {np.dtype(dtype).name} (lr {spec.hyper[LR]:g}, "
                 f"gradient norm {norm:g})")
     return what + "; parameters left unchanged"

@@ -66,7 +66,8 @@ _MONITORS = {"val_loss": min, "val_accuracy": max}
 
 def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         validation_data=None, validation_fraction=None, early_stopping=None,
-        monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None):
+        monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None,
+        accumulate=1):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). Each epoch visits
@@ -78,11 +79,20 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
 
     Each step has two stages: the gradients of the batch's mean loss go to ``model.grads``,
     then the optimizer's update stage changes ``model.params`` (see fastbp.optim for the
-    optimizer protocol).
+    optimizer protocol). After each epoch, an optimizer with ``end_epoch`` (fastbp's) advances
+    its learning-rate schedule, watching the validation loss when there are validation rows,
+    else the training loss.
 
     Parameters (beyond the model, data, optimizer and loop sizes)
     ----------
-    optimizer : an object following the optimizer protocol (fastbp.optim), e.g. fastbp.SGD
+    optimizer : an object following the optimizer protocol (fastbp.optim), e.g. fastbp.Adam
+    accumulate : int, default 1
+        Gradient accumulation: each update uses the gradient of ``accumulate`` consecutive
+        batches together (the mean loss over all their rows, each batch's gradient weighted by
+        its share of the rows), computed one batch at a time: the effective batch is
+        ``accumulate * batch_size`` rows while the activations take the memory of one batch
+        (plus one gradient-sized buffer). Steps, step callbacks and the gradient hook then
+        count updates.
     grad_hook : callable, optional
         ``grad_hook(model)``, called between the two stages of every step: it may change
         ``model.grads`` in place (scale, accumulate over batches, all-reduce across processes)
@@ -135,6 +145,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         raise TypeError(f"grad_hook: expected a callable, got {type(grad_hook).__name__}")
     epochs = _validate.positive_int("epochs", epochs)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    accumulate = _validate.positive_int("accumulate", accumulate)
     metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
     if early_stopping is not None:
         early_stopping = _validate.positive_int("early_stopping", early_stopping)
@@ -170,6 +181,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     if X_val is not None:
         scorers.append(("val_", _Scorer(model, X_val, y_val)))
     history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])
+    if _current_lr(optimizer) is not None:
+        history["lr"] = []
     for prefix, scorer in scorers:
         if prefix:
             history[prefix + "loss"] = []
@@ -189,7 +202,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     # and Ctrl-C answered quickly.
     compiled_update = _has_compiled_update(optimizer)
     chunked = not step_hooks and grad_hook is None and compiled_update
-    max_steps = -(-n_samples // batch_size)
+    rows_per_step = batch_size * accumulate
+    micro_grads = kernels.aligned_zeros(model.n_params if accumulate > 1 else 0, model.dtype)
+    max_steps = -(-n_samples // rows_per_step)
     chunk_steps = max(32, -(-max_steps // 20))
     step_losses = np.empty(max_steps, dtype=np.float64)
     step_norms = np.empty(max_steps, dtype=np.float64)
@@ -202,6 +217,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     try:
         for epoch in range(epochs):
             start_time = time.perf_counter()
+            epoch_lr = _current_lr(optimizer)
             order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
             loss_sum = norm_sum = 0.0
             layer_norm_sum = np.zeros(len(model.sizes) - 1)
@@ -213,19 +229,20 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                                   dynamic_ncols=True,
                                   disable=None)  # None: no bar when not on a terminal
             if chunked:
-                for first in range(0, n_samples, chunk_steps * batch_size):
-                    rows = order[first:first + chunk_steps * batch_size]
+                for first in range(0, n_samples, chunk_steps * rows_per_step):
+                    rows = order[first:first + chunk_steps * rows_per_step]
                     spec = optimizer.update_spec()
                     done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
-                                        step_losses, step_norms, step_layer_sq)
-                    wanted = -(-rows.shape[0] // batch_size)
+                                        step_losses, step_norms, step_layer_sq, accumulate,
+                                        micro_grads)
+                    wanted = -(-rows.shape[0] // rows_per_step)
                     if done < wanted:
                         raise DivergenceError(
                             f"training diverged at epoch {epoch + 1}, step "
                             f"{n_steps + done + 1}: " + optim.refusal(
                                 step_losses[done], step_norms[done], spec, model.dtype))
-                    sizes = np.full(done, batch_size, dtype=np.float64)
-                    sizes[-1] = rows.shape[0] - batch_size * (done - 1)
+                    sizes = np.full(done, rows_per_step, dtype=np.float64)
+                    sizes[-1] = rows.shape[0] - rows_per_step * (done - 1)
                     loss_sum += float(step_losses[:done] @ sizes)
                     norm_sum += float(step_norms[:done].sum())
                     layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
@@ -236,14 +253,12 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                         bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
                         bar.update(rows.shape[0])
             else:
-                for start in range(0, n_samples, batch_size):
-                    index = order[start:start + batch_size]
-                    n = index.shape[0]
-                    xb, yb = x_batch[:n], y_batch[:n]
-                    kernels.take_rows(xb, X, index)
-                    np.take(y, index, axis=0, out=yb)
+                for start in range(0, n_samples, rows_per_step):
+                    rows = order[start:start + rows_per_step]
+                    n = rows.shape[0]
                     try:
-                        loss, norm = _step(model, optimizer, grad_hook, compiled_update, xb, yb)
+                        loss, norm = _step(model, optimizer, grad_hook, compiled_update,
+                                           _Batches(X, y, rows, x_batch, y_batch, micro_grads))
                     except FloatingPointError as exc:
                         raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
                                               f"{n_steps + 1}: {exc}") from None
@@ -277,6 +292,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                                            for v in layer_norm_sum / updates],
                       "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
                       "seconds": seconds}
+            if epoch_lr is not None:
+                record["lr"] = epoch_lr
             for prefix, scorer in scorers:
                 loss_value, accuracy = scorer.score()
                 if prefix:
@@ -285,6 +302,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     record[prefix + "accuracy"] = accuracy
             for key, value in record.items():
                 history[key].append(value)
+            if callable(getattr(optimizer, "end_epoch", None)):
+                optimizer.end_epoch(n_seen, record.get("val_loss", record["loss"]))
 
             if watch is not None and watch.update(epoch, record[monitor]):
                 history.stop_reason = "early_stopping"
@@ -339,15 +358,24 @@ def _has_compiled_update(optimizer):
     return True
 
 
+def _current_lr(optimizer):
+    """The optimizer's learning rate, when it has one as a plain number."""
+    lr = getattr(optimizer, "lr", None)
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
 def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_losses,
-                 step_norms, step_layer_sq):
+                 step_norms, step_layer_sq, accumulate=1, micro_grads=None):
     """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
     and y). Returns the number of steps applied; see kernels.mlp_train_epoch."""
     model._reserve(batch_size)
+    if micro_grads is None:
+        micro_grads = np.empty(0, dtype=model.dtype)
     done = model._run(kernels.entry.train_epoch, (
         model.params, model.grads, *model._work, x_batch, y_batch, step_losses, step_norms,
-        step_layer_sq, X, y, rows, batch_size, *model._net, *spec), update_kind=spec.kind)
-    n_batches = -(-len(rows) // batch_size)
+        step_layer_sq, X, y, rows, batch_size, *model._net, *spec, accumulate, micro_grads),
+        update_kind=spec.kind)
+    n_batches = -(-len(rows) // (batch_size * accumulate))
     # After a divergence, layer_sq describes grads only if the failing step got as far as
     # the norm (its loss was finite).
     model._grad_norms_fresh = done == n_batches or math.isfinite(step_losses[done])
@@ -358,13 +386,51 @@ class _HookError(Exception):
     """Carries an exception of the gradient hook past the step's divergence handling."""
 
 
-def _step(model, optimizer, grad_hook, compiled_update, xb, yb):
-    """One step on a gathered batch: (loss, gradient norm, or None when the hook skipped the
+class _Batches:
+    """The rows of one step, gathered batch_size (x_batch's rows) at a time."""
+
+    def __init__(self, X, y, rows, x_batch, y_batch, micro_grads):
+        self.X, self.y, self.rows = X, y, rows
+        self.x_batch, self.y_batch, self.micro_grads = x_batch, y_batch, micro_grads
+
+    def __iter__(self):
+        """(x, y, share of the step's rows) for each batch."""
+        size = self.x_batch.shape[0]
+        for start in range(0, self.rows.shape[0], size):
+            index = self.rows[start:start + size]
+            xb, yb = self.x_batch[:index.shape[0]], self.y_batch[:index.shape[0]]
+            kernels.take_rows(xb, self.X, index)
+            np.take(self.y, index, axis=0, out=yb)
+            yield xb, yb, index.shape[0] / self.rows.shape[0]
+
+
+def _loss_and_grad(model, batches):
+    """The step's mean loss, and its gradient in model.grads: one batch's, or the weighted sum
+    of several (accumulated in batches.micro_grads, in kernels.mlp_train_epoch's order)."""
+    if batches.rows.shape[0] <= batches.x_batch.shape[0]:
+        xb, yb, _ = next(iter(batches))
+        return model._loss_and_grad_checked(xb, yb)
+    total = batches.micro_grads
+    total[:] = 0
+    loss = 0.0
+    for xb, yb, weight in batches:
+        part = model._loss_and_grad_checked(xb, yb)
+        if not math.isfinite(part):
+            return part
+        kernels.add_scaled(total, model.grads, weight)
+        loss += weight * part
+    np.copyto(model.grads, total)
+    return loss
+
+
+def _step(model, optimizer, grad_hook, compiled_update, batches):
+    """One step on a step's rows: (loss, gradient norm, or None when the hook skipped the
     update). Raises FloatingPointError (parameters untouched) when the step is refused, and
     _HookError around whatever the hook raised."""
-    if grad_hook is None and compiled_update:
+    if grad_hook is None and compiled_update and batches.micro_grads.size == 0:
+        xb, yb, _ = next(iter(batches))
         return optim.train_step(model, optimizer.update_spec(), xb, yb)
-    loss = model._loss_and_grad_checked(xb, yb)
+    loss = _loss_and_grad(model, batches)
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
     if grad_hook is not None:

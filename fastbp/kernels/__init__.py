@@ -42,8 +42,9 @@ from .network import (Net, Workspace, apply_update, make_net, make_workspace, ml
                       mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
                       plan_activations)
 from .rows import CACHE_LINE, aligned_zeros, all_finite, labels_in_range, take_rows
-from .update import (SGD_KIND, UPDATE_KINDS, Update, clip_sgd_update, layer_sums_of_squares,
-                     norm_partials_size, sgd_spec, sgd_update)
+from .update import (ADAM_KIND, SGD_KIND, UPDATE_KINDS, Update, adam_spec, adam_step, add_scaled,
+                     clip_sgd_update, layer_sums_of_squares, norm_partials_size, sgd_spec,
+                     sgd_step, sgd_update)
 
 __all__ = [
     "ACTIVATIONS", "CODES", "Activation", *(a.name.upper() for a in ACTIVATIONS),
@@ -54,7 +55,8 @@ __all__ = [
     "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
     "softmax_cross_entropy_loss", "mse_loss",
     "layer_sums_of_squares", "sgd_update", "clip_sgd_update", "norm_partials_size",
-    "Update", "SGD_KIND", "UPDATE_KINDS", "sgd_spec", "apply_update",
+    "sgd_step", "adam_step", "add_scaled",
+    "Update", "SGD_KIND", "ADAM_KIND", "UPDATE_KINDS", "sgd_spec", "adam_spec", "apply_update",
     "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",
     "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
     "take_rows", "all_finite", "labels_in_range", "gemm", "prepare",

@@ -98,13 +98,13 @@ def train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, targe
 def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch, y_batch,
                 step_losses, step_norms, step_layer_sq, x, target, order, batch_size, sizes,
                 activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                pre_offsets, kind, hyper, state):
+                pre_offsets, kind, hyper, state, accumulate, micro_grads):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets)
     return mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
                            step_layer_sq, x, target, order, batch_size, net,
-                           Update(kind, hyper, state))
+                           Update(kind, hyper, state), accumulate, micro_grads)
 
 
 @njit(**SERIAL)

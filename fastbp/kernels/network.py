@@ -37,7 +37,7 @@ from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
 from .rows import aligned_zeros
-from .update import SGD_KIND, norm_partials_size
+from .update import ADAM_KIND, SGD_KIND, norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets"])
@@ -67,9 +67,10 @@ _units.register("mse_loss", losses.mse_loss, lambda dt: (_LOSSES, _M[dt], _M[dt]
 _units.register("activation_backward", activations.activation_backward,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
 _units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
-_units.register("clip_sgd_update", update.clip_sgd_update,
-                lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _f64, _f64),
-                types.Tuple((_f64, types.boolean)))
+for _name, _step in (("sgd_step", update.sgd_step), ("adam_step", update.adam_step)):
+    _units.register(_name, _step,
+                    lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _LOSSES, _M[dt]),
+                    types.Tuple((_f64, types.boolean)))
 
 _dense_forward_grid = caller("dense_forward_grid")
 _dense_forward_split_input = caller("dense_forward_split_input")
@@ -80,7 +81,10 @@ _mse = caller("mse_forward_backward")
 _mse_loss = caller("mse_loss")
 _activation_backward = caller("activation_backward")
 _take_rows = caller("take_rows")
-_clip_sgd_update = caller("clip_sgd_update")
+_sgd_step = caller("sgd_step")
+_adam_step = caller("adam_step")
+# The unit of each update kind.
+UPDATE_UNITS = {SGD_KIND: "sgd_step", ADAM_KIND: "adam_step"}
 
 
 def units_for(loss, update_kind=None, net=None, may_split=True):
@@ -97,8 +101,8 @@ def units_for(loss, update_kind=None, net=None, may_split=True):
         names += ["softmax_cross_entropy_forward_backward", "softmax_cross_entropy_loss"]
     else:
         names += ["mse_forward_backward", "mse_loss", "activation_backward"]
-    if update_kind == SGD_KIND:
-        names.append("clip_sgd_update")
+    if update_kind in UPDATE_UNITS:
+        names.append(UPDATE_UNITS[update_kind])
     return names
 
 
@@ -339,8 +343,11 @@ def apply_update(params, layer_sq, partials, grads, param_offsets, update):
     layer_sq (partials: their scratch; both a Workspace's). An update kind this build does not
     know is not applied."""
     if update.kind == SGD_KIND:
-        return _clip_sgd_update(params, layer_sq, partials, grads, param_offsets,
-                                update.hyper[0], update.hyper[1])
+        return _sgd_step(params, layer_sq, partials, grads, param_offsets, update.hyper,
+                         update.state)
+    if update.kind == ADAM_KIND:
+        return _adam_step(params, layer_sq, partials, grads, param_offsets, update.hyper,
+                          update.state)
     return math.nan, False
 
 
@@ -348,7 +355,7 @@ def apply_update(params, layer_sq, partials, grads, param_offsets, update):
 def mlp_train_step(params, grads, work, x, target, net, update):
     """mlp_loss_and_grad, then apply_update: one training step. Returns (loss, gradient norm,
     applied). When the loss is NaN or Inf the update is not tried; see the update kernels
-    (clip_sgd_update) for when they refuse one."""
+    (update.sgd_step, adam_step) for when they refuse one."""
     loss = mlp_loss_and_grad(grads, work, params, x, target, net)
     if not math.isfinite(loss):
         return loss, math.nan, False
@@ -373,28 +380,66 @@ def _take_targets_impl(out, y, index):
 
 
 @njit(**SERIAL)
+def _gather(xb, yb, x, target, index):
+    _take_rows(xb, x, index)
+    _take_targets(yb, target, index)
+
+
+@njit(**SERIAL)
+def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target, rows,
+                               batch_size, net, params):
+    """The mean loss over `rows` and its gradient in grads, from micro-batches of batch_size
+    rows: grads = sum over micro-batches of (rows in it / all rows) * its gradient, each
+    computed into micro_grads. Stops at the first NaN or Inf loss and returns it."""
+    grads[:] = 0
+    total = 0.0
+    for start in range(0, rows.shape[0], batch_size):
+        stop = min(start + batch_size, rows.shape[0])
+        xb, yb = x_batch[:stop - start], y_batch[:stop - start]
+        _gather(xb, yb, x, target, rows[start:stop])
+        loss = mlp_loss_and_grad(micro_grads, work, params, xb, yb, net)
+        if not math.isfinite(loss):
+            return loss
+        weight = (stop - start) / rows.shape[0]
+        update.add_scaled(grads, micro_grads, weight)
+        total += weight * loss
+    return total
+
+
+@njit(**SERIAL)
 def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
-                    step_layer_sq, x, target, order, batch_size, net, update):
+                    step_layer_sq, x, target, order, batch_size, net, update, accumulate,
+                    micro_grads):
     """Many training steps in one call, so that small networks pay no per-step call.
 
-    Batches are consecutive slices of ``order`` (row numbers into x and target, not checked),
-    gathered into x_batch (>= batch_size, C) and y_batch, then trained on with mlp_train_step.
+    Each step takes the next accumulate * batch_size rows of ``order`` (row numbers into x and
+    target, not checked), gathered batch_size rows at a time into x_batch (>= batch_size, C)
+    and y_batch. With accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
+    the gradients of its batches are summed, weighted by their share of its rows, into grads
+    (the gradient of the mean loss over all its rows; micro_grads, of params' shape, holds
+    each batch's; pass an empty array when accumulate is 1), then apply_update.
     Step k's loss, gradient norm and per-layer squared norms go to step_losses[k],
     step_norms[k] and step_layer_sq[k] (float64 arrays with at least
-    ceil(len(order) / batch_size) rows). Returns the number of steps applied: when a step is
-    not applied (NaN or Inf loss or norm, or an update that would overflow) the epoch stops
-    there, its values recorded at that index.
+    ceil(len(order) / (accumulate * batch_size)) rows). Returns the number of steps applied:
+    when a step is not applied (NaN or Inf loss or norm, or an update that would overflow) the
+    epoch stops there, its values recorded at that index.
     """
     n_samples = order.shape[0]
+    rows_per_step = accumulate * batch_size
     step = 0
-    for start in range(0, n_samples, batch_size):
-        stop = min(start + batch_size, n_samples)
-        index = order[start:stop]
-        xb = x_batch[:stop - start]
-        yb = y_batch[:stop - start]
-        _take_rows(xb, x, index)
-        _take_targets(yb, target, index)
-        loss, norm, applied = mlp_train_step(params, grads, work, xb, yb, net, update)
+    for start in range(0, n_samples, rows_per_step):
+        rows = order[start:min(start + rows_per_step, n_samples)]
+        if accumulate == 1:
+            xb, yb = x_batch[:rows.shape[0]], y_batch[:rows.shape[0]]
+            _gather(xb, yb, x, target, rows)
+            loss, norm, applied = mlp_train_step(params, grads, work, xb, yb, net, update)
+        else:
+            loss = _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
+                                              target, rows, batch_size, net, params)
+            norm, applied = math.nan, False
+            if math.isfinite(loss):
+                norm, applied = apply_update(params, work.layer_sq, work.partials, grads,
+                                             net.param_offsets, update)
         step_losses[step] = loss
         step_norms[step] = norm
         for layer in range(work.layer_sq.shape[0]):

@@ -5,8 +5,17 @@ clipping that uses them, are the same whatever the thread count.
 
 The update stage: an optimizer describes its update to compiled code as an ``Update`` (kind,
 hyper-parameters, state); the network's training step computes the gradients, then applies the
-update of that kind (``network.apply_update``). Kinds: ``SGD_KIND`` (hyper = [lr, clip_norm],
-no state).
+update of that kind (``network.apply_update``). Kinds and their hyper-parameters (float64, at
+the indices named below; ``STEPS`` counts the updates applied and is advanced by the kernels):
+
+- ``SGD_KIND`` (``sgd_step``): lr, clip_norm, steps, weight_decay, momentum, dampening,
+  nesterov. State: the momentum buffer (1 row), none without momentum.
+- ``ADAM_KIND`` (``adam_step``): lr, clip_norm, steps, weight_decay, beta1, beta2, eps, amsgrad,
+  decoupled (AdamW's weight decay). State: first and second moments, and with amsgrad the
+  running maximum of the second (2 or 3 rows).
+
+The arithmetic is PyTorch's (torch.optim.SGD, Adam, AdamW, and clip_grad_norm_), operation for
+operation, so that float64 runs agree with it to rounding.
 """
 import math
 from collections import namedtuple
@@ -23,14 +32,34 @@ array of its hyper-parameters), state (2-D array (n_buffers, P) of the parameter
 per-parameter buffers, in the parameters' layout; 0 rows when it keeps none)."""
 
 SGD_KIND = 0
+ADAM_KIND = 1
 #: The update kinds network.apply_update knows.
-UPDATE_KINDS = (SGD_KIND,)
+UPDATE_KINDS = (SGD_KIND, ADAM_KIND)
+
+# Where each hyper-parameter sits in Update.hyper.
+LR, CLIP_NORM, STEPS, WEIGHT_DECAY = 0, 1, 2, 3
+MOMENTUM, DAMPENING, NESTEROV = 4, 5, 6                 # SGD_KIND
+BETA1, BETA2, EPS, AMSGRAD, DECOUPLED = 4, 5, 6, 7, 8   # ADAM_KIND
 
 
-def sgd_spec(lr, clip_norm, dtype):
-    """The Update of plain SGD with global-norm clipping (clip_norm = inf: none)."""
-    return Update(SGD_KIND, np.array([lr, clip_norm], dtype=np.float64),
-                  np.zeros((0, 0), dtype=dtype))
+def sgd_spec(lr, clip_norm, dtype, momentum=0.0, dampening=0.0, nesterov=False,
+             weight_decay=0.0, n_params=0):
+    """The Update of SGD (clip_norm = inf: no clipping); with momentum, its buffer for n_params
+    parameters, zeroed (the first step fills it)."""
+    hyper = np.zeros(7, dtype=np.float64)
+    hyper[[LR, CLIP_NORM, WEIGHT_DECAY, MOMENTUM, DAMPENING, NESTEROV]] = (
+        lr, clip_norm, weight_decay, momentum, dampening, float(nesterov))
+    rows = 1 if momentum != 0 else 0
+    return Update(SGD_KIND, hyper, np.zeros((rows, n_params), dtype=dtype))
+
+
+def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              amsgrad=False, decoupled=False):
+    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters."""
+    hyper = np.zeros(9, dtype=np.float64)
+    hyper[[LR, CLIP_NORM, WEIGHT_DECAY, BETA1, BETA2, EPS, AMSGRAD, DECOUPLED]] = (
+        lr, clip_norm, weight_decay, betas[0], betas[1], eps, float(amsgrad), float(decoupled))
+    return Update(ADAM_KIND, hyper, np.zeros((3 if amsgrad else 2, n_params), dtype=dtype))
 
 
 @njit(**INLINED)
@@ -126,6 +155,13 @@ def sgd_update(params, grads, step):
 
 
 @njit(**SERIAL)
+def add_scaled(total, x, weight):
+    """total (P,) += weight * x (P,), in place (gradient accumulation). One thread: a pass over
+    memory that a parallel loop would barely speed up, and cheap to compile into a caller."""
+    _axpy(total, total.dtype.type(-weight), x)
+
+
+@njit(**SERIAL)
 def clip_sgd_update(params, layer_sq, partials, grads, param_offsets, lr, clip_norm):
     """One SGD step with global-norm clipping. Returns (gradient norm before clipping, applied).
 
@@ -151,6 +187,129 @@ def clip_sgd_update(params, layer_sq, partials, grads, param_offsets, lr, clip_n
         return norm, False
     sgd_update(params, grads, step)
     return norm, True
+
+
+@njit(**SERIAL)
+def _clip_scale(norm, clip_norm):
+    """The factor clip_grad_norm_ multiplies the gradients by."""
+    coef = clip_norm / (norm + 1e-6)
+    return coef if coef < 1.0 else 1.0
+
+
+@njit(**SERIAL)
+def _sgd_chunk(p, g, buf, scale, lr, weight_decay, momentum, one_minus_dampening, nesterov,
+               first):
+    """torch.optim.SGD's update of one chunk, on the clipped gradient g * scale. buf: the
+    momentum buffer (unused without momentum)."""
+    for i in range(p.shape[0]):
+        d = g[i] * scale
+        if weight_decay != 0:
+            d = d + weight_decay * p[i]
+        if momentum != 0:
+            b = d if first else buf[i] * momentum + one_minus_dampening * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] = p[i] - lr * d
+
+
+@njit(**PARALLEL)
+def _sgd_pass(params, grads, buf, scale, hyper, first):
+    t = params.dtype.type
+    args = (t(scale), t(hyper[LR]), t(hyper[WEIGHT_DECAY]), t(hyper[MOMENTUM]),
+            t(1.0 - hyper[DAMPENING]), hyper[NESTEROV] != 0, first)
+    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    if n_chunks < 2 * num_threads():
+        _sgd_chunk(params, grads, buf, *args)
+        return
+    for c in prange(n_chunks):
+        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        _sgd_chunk(params[chunk], grads[chunk], buf[chunk], *args)   # buf may be empty
+
+
+@njit(**SERIAL)
+def sgd_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
+    """One torch.optim.SGD step (momentum, dampening, Nesterov, weight decay as L2) on the
+    gradient clipped as by clip_grad_norm_ (hyper and state: an sgd_spec Update's). Returns
+    (gradient norm before clipping, applied); refuses as clip_sgd_update does, and advances
+    hyper[STEPS] when applied. Without momentum or weight decay this is clip_sgd_update."""
+    if hyper[MOMENTUM] == 0 and hyper[WEIGHT_DECAY] == 0:
+        norm, applied = clip_sgd_update(params, layer_sq, partials, grads, param_offsets,
+                                        hyper[LR], hyper[CLIP_NORM])
+    else:
+        norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
+        scale = _clip_scale(norm, hyper[CLIP_NORM])
+        limit = 0.5 * _largest(params)
+        applied = (math.isfinite(norm) and hyper[LR] < limit
+                   and hyper[LR] * scale * norm < limit)
+        if applied:
+            buf = state[0] if state.shape[0] > 0 else params[:0]
+            _sgd_pass(params, grads, buf, scale, hyper, hyper[STEPS] == 0)
+    if applied:
+        hyper[STEPS] += 1
+    return norm, applied
+
+
+@njit(**SERIAL)
+def _adam_chunk(p, g, m, v, vmax, scale, weight_decay, decay, one_minus_beta1, beta2,
+                one_minus_beta2, eps, step_size, bc2_sqrt, amsgrad):
+    """torch.optim.Adam's (decay != 1: AdamW's) update of one chunk, on g * scale."""
+    for i in range(p.shape[0]):
+        d = g[i] * scale
+        if decay != 1:
+            p[i] = p[i] * decay
+        elif weight_decay != 0:
+            d = d + weight_decay * p[i]
+        mi = m[i] + one_minus_beta1 * (d - m[i])     # torch's lerp, for weights below 0.5
+        vi = v[i] * beta2 + one_minus_beta2 * d * d
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            vi = max(vmax[i], vi)
+            vmax[i] = vi
+        p[i] = p[i] + step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
+
+
+@njit(**PARALLEL)
+def _adam_pass(params, grads, state, scale, hyper):
+    t = params.dtype.type
+    steps = hyper[STEPS] + 1
+    lr, beta1, beta2 = hyper[LR], hyper[BETA1], hyper[BETA2]
+    decay = 1.0 - lr * hyper[WEIGHT_DECAY] if hyper[DECOUPLED] != 0 else 1.0
+    weight_decay = 0.0 if hyper[DECOUPLED] != 0 else hyper[WEIGHT_DECAY]
+    amsgrad = hyper[AMSGRAD] != 0
+    args = (t(scale), t(weight_decay), t(decay), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
+            t(hyper[EPS]), t(-lr / (1.0 - beta1 ** steps)), t(math.sqrt(1.0 - beta2 ** steps)),
+            amsgrad)
+    vmax = state[2] if amsgrad else state[1]
+    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    if n_chunks < 2 * num_threads():
+        _adam_chunk(params, grads, state[0], state[1], vmax, *args)
+        return
+    for c in prange(n_chunks):
+        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        _adam_chunk(params[chunk], grads[chunk], state[0][chunk], state[1][chunk], vmax[chunk],
+                    *args)
+
+
+@njit(**SERIAL)
+def adam_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
+    """One torch.optim.Adam step (hyper[DECOUPLED]: AdamW; hyper[AMSGRAD]: AMSGrad) on the
+    gradient clipped as by clip_grad_norm_ (hyper and state: an adam_spec Update's). Returns
+    (gradient norm before clipping, applied); advances hyper[STEPS] when applied. Refused
+    (nothing changed) when the norm is NaN or Inf, or when the clipped gradient's square, or
+    the largest change its step could make, would overflow the dtype."""
+    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
+    scale = _clip_scale(norm, hyper[CLIP_NORM])
+    largest = _largest(params)
+    biggest = scale * norm   # no gradient entry is larger
+    steps = hyper[STEPS] + 1
+    step_size = hyper[LR] / (1.0 - hyper[BETA1] ** steps)
+    applied = (math.isfinite(norm) and biggest < math.sqrt(0.25 * largest)
+               and step_size * (biggest + hyper[EPS]) / hyper[EPS] < 0.5 * largest)
+    if applied:
+        _adam_pass(params, grads, state, scale, hyper)
+        hyper[STEPS] = steps
+    return norm, applied
 
 
 @njit(**INLINED)
