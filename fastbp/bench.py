@@ -5,6 +5,7 @@
     python -m fastbp.bench --json results.json   # machine-readable, for CI and comparisons
     python -m fastbp.bench --cold-start          # import-to-first-step time, cold and warm cache
     python -m fastbp.bench --mnist DIR           # whole epochs on the MNIST IDX files in DIR
+    python -m fastbp.bench --optimizer adam      # Adam steps (beside SGD's) against torch's
 
 One step = forward + backward + global-norm clipping + SGD update, float32, ReLU hidden layers,
 softmax cross-entropy. FLOPs per step = 6 * p * batch. "Peak" is NumPy's float32 product of two
@@ -15,6 +16,13 @@ included); "fit" is the per-step time inside ``fit``'s compiled epoch loop (batc
 included, no per-step Python). PyTorch runs an eager loop (zero_grad, forward, loss, backward,
 clip_grad_norm_, SGD step) on preallocated tensors; JAX, when installed, the whole step under one
 ``jax.jit``.
+
+With ``--optimizer adam`` (or adamw) fastbp and PyTorch take Adam steps instead (torch.optim's
+default implementation for CPU tensors; JAX is left out), and three more figures are timed in
+the same rounds: fastbp's SGD "fit" step (for the Adam / SGD cost ratio), fastbp's update pass
+alone (``optimizer.step()`` on fixed gradients), and a NumPy copy moving as many bytes as the
+update pass must (it reads parameters, gradients and both moments and writes back all but the
+gradients: 7 values per parameter), the memory-bandwidth bar of the update.
 
 Everything of one config is timed in interleaved rounds: each round runs fastbp, PyTorch, JAX,
 the NumPy products and the peak product one after another, so that a slow spell of a shared
@@ -43,6 +51,7 @@ import numpy as np
 DEFAULT_CONFIGS = ["64-128-10:32", "784-256-128-10:128", "784-512-256-10:128",
                    "784-1024-1024-10:256", "2048-2048-2048-2048-10:512"]
 LR, CLIP = 0.01, 5.0
+ADAM_LR = 1e-3
 # Batches per timed epoch of the "fit" figure: 16, fewer for large steps (at least 2).
 EPOCH_FLOPS = 4e10
 # Timed runs of each callable per config; every figure is the median over them.
@@ -127,8 +136,16 @@ def step_products(sizes, batch, dtype=np.float32):
     return products
 
 
-def fastbp_steps(sizes, batch):
-    """(train_step callable, one-epoch callable, batches per epoch, parameter count)."""
+def _fastbp_optimizer(name, model):
+    import fastbp
+    if name == "sgd":
+        return fastbp.SGD(model, lr=LR, clip_norm=CLIP)
+    return {"adam": fastbp.Adam, "adamw": fastbp.AdamW}[name](model, lr=ADAM_LR, clip_norm=CLIP)
+
+
+def fastbp_steps(sizes, batch, optimizer="sgd"):
+    """(train_step callable, one-epoch callable, batches per epoch, parameter count, update
+    callable: the update pass alone)."""
     import fastbp
     from fastbp.layout import n_params
     from fastbp.training import _train_steps
@@ -138,7 +155,7 @@ def fastbp_steps(sizes, batch):
     X = rng.standard_normal((n, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], n)
     model = fastbp.MLP(sizes, seed=0)
-    opt = fastbp.SGD(model, lr=LR, clip_norm=CLIP)
+    opt = _fastbp_optimizer(optimizer, model)
     xb, yb = X[:batch], y[:batch]
 
     Xc, yc = model._check_batch(X, y)
@@ -152,10 +169,26 @@ def fastbp_steps(sizes, batch):
         done = _train_steps(model, opt.update_spec(), Xc, yc, order, batch, x_batch, y_batch,
                             losses, norms, layer_sq)
         assert done == n_batches, "the benchmark diverged"
-    return lambda: opt.train_step(xb, yb), epoch, n_batches, model.n_params
+    return lambda: opt.train_step(xb, yb), epoch, n_batches, model.n_params, opt.step
 
 
-def torch_step(sizes, batch, threads):
+def update_copy(n_params):
+    """A NumPy copy of as many bytes as Adam's update pass moves over n_params float32 values
+    (7 reads and writes per parameter), as a callable."""
+    src = np.ones(7 * n_params // 2, dtype=np.float32)
+    dst = np.empty_like(src)
+    return lambda: np.copyto(dst, src)
+
+
+def torch_optimizer(name, params, lr=None):
+    import torch
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=LR if lr is None else lr)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    return cls(params, lr=ADAM_LR if lr is None else lr)
+
+
+def torch_step(sizes, batch, threads, optimizer="sgd"):
     """A callable that runs one PyTorch eager training step."""
     import torch
     torch.set_num_threads(threads)
@@ -164,7 +197,7 @@ def torch_step(sizes, batch, threads):
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    opt = torch_optimizer(optimizer, net.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     X = torch.from_numpy(rng.standard_normal((batch, sizes[0])).astype(np.float32))
@@ -214,23 +247,28 @@ def jax_step(sizes, batch):
     return run
 
 
-def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False):
-    """Training throughput on real MNIST, 784-256-128-10, SGD lr 0.1, clip 5: samples/s over
-    whole epochs (shuffling and batch gathering included) and test accuracy, for fastbp.fit and
-    for a plain PyTorch loop with the same batch size."""
+MNIST_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
+
+
+def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False, optimizer="sgd"):
+    """Training throughput on real MNIST, 784-256-128-10, clip 5, SGD lr 0.1 (or Adam/AdamW lr
+    1e-3): samples/s over whole epochs (shuffling and batch gathering included) and test
+    accuracy, for fastbp.fit and for a plain PyTorch loop with the same optimizer and batch."""
     import fastbp
     data = fastbp.data.load("mnist", data_dir=data_dir, val_fraction=0.0, download=False)
     sizes = [784, 256, 128, 10]
+    lr = MNIST_LR[optimizer]
+    make = {"sgd": fastbp.SGD, "adam": fastbp.Adam, "adamw": fastbp.AdamW}[optimizer]
     model = fastbp.MLP(sizes, seed=0)
-    opt = fastbp.SGD(model, lr=0.1, clip_norm=5.0)
+    opt = make(model, lr=lr, clip_norm=5.0)
     fastbp.fit(model, data.X_train[:batch * 4], data.y_train[:batch * 4], opt, epochs=1,
                batch_size=batch, seed=0)  # compile outside the timing
     model = fastbp.MLP(sizes, seed=0)
-    opt = fastbp.SGD(model, lr=0.1, clip_norm=5.0)
+    opt = make(model, lr=lr, clip_norm=5.0)
     start = time.perf_counter()
     fastbp.fit(model, data.X_train, data.y_train, opt, epochs=epochs, batch_size=batch, seed=0)
     seconds = time.perf_counter() - start
-    result = {"epochs": epochs, "batch": batch,
+    result = {"optimizer": optimizer, "lr": lr, "epochs": epochs, "batch": batch,
               "fastbp_samples_per_s": epochs * len(data.y_train) / seconds,
               "fastbp_test_accuracy": float((model.predict(data.X_test) == data.y_test).mean())}
     if have_torch:
@@ -240,7 +278,7 @@ def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False):
         net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
                                   torch.nn.Linear(256, 128), torch.nn.ReLU(),
                                   torch.nn.Linear(128, 10))
-        topt = torch.optim.SGD(net.parameters(), lr=0.1)
+        topt = torch_optimizer(optimizer, net.parameters(), lr)
         loss_fn = torch.nn.CrossEntropyLoss()
         X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
         start = time.perf_counter()
@@ -309,8 +347,12 @@ def main(argv=None):
                         "standard output)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--no-jax", action="store_true", help="skip JAX")
+    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
+                        help="the optimizer of every step (see above)")
     parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "
                         "MNIST IDX files in DIR, against a plain PyTorch loop")
+    parser.add_argument("--mnist-epochs", type=int, default=3, metavar="N",
+                        help="epochs of the MNIST run (default 3)")
     parser.add_argument("--cold-start", action="store_true",
                         help="also time import to first step with a cold and a warm Numba cache")
     args = parser.parse_args(argv)
@@ -328,7 +370,8 @@ def main(argv=None):
 
     os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: a GPU must not stand in
     have = {}
-    for name, skip in (("torch", args.no_torch), ("jax", args.no_jax)):
+    adam = args.optimizer != "sgd"
+    for name, skip in (("torch", args.no_torch), ("jax", args.no_jax or adam)):
         if not skip:
             try:
                 __import__(name)
@@ -346,10 +389,13 @@ def main(argv=None):
     rows = []
     from threadpoolctl import threadpool_limits
     for sizes, batch in args.configs:
-        step, epoch, n_batches, p = fastbp_steps(sizes, batch)
+        step, epoch, n_batches, p, update = fastbp_steps(sizes, batch, args.optimizer)
         fns = {"step": step, "fit": epoch, "peak": peak_product()}
+        if adam:
+            fns["fit sgd"] = fastbp_steps(sizes, batch)[1]
+            fns["update"], fns["copy"] = update, update_copy(p)
         if have.get("torch"):
-            fns["torch"] = torch_step(sizes, batch, threads)
+            fns["torch"] = torch_step(sizes, batch, threads, args.optimizer)
         if have.get("jax"):
             fns["jax"] = jax_step(sizes, batch)
         products = step_products(sizes, batch)
@@ -359,6 +405,8 @@ def main(argv=None):
             runs = {name: np.array(times)
                     for name, times in interleaved_times(fns, args.min_time).items()}
         runs["fit"] /= n_batches
+        if adam:
+            runs["fit sgd"] /= n_batches
         runs["gemm"] = sum(runs.pop(f"gemm {i}") for i in range(len(products)))
         fit = runs["fit"]  # what fit runs; the ratios and GFLOP/s use it
         row = {"config": f"{'-'.join(map(str, sizes))}:{batch}", "params": p,
@@ -375,6 +423,14 @@ def main(argv=None):
                 row[f"speedup_vs_{name}"] = np.median(runs[name] / fit)
         row["numpy_gemm_us"] = np.median(runs["gemm"]) * 1e6
         row["percent_of_gemm"] = 100 * np.median(runs["gemm"] / fit)
+        if adam:
+            row.update(optimizer=args.optimizer,
+                       sgd_fit_step_us=np.median(runs["fit sgd"]) * 1e6,
+                       cost_vs_sgd=np.median(fit / runs["fit sgd"]),
+                       update_us=np.median(runs["update"]) * 1e6,
+                       copy_us=np.median(runs["copy"]) * 1e6,
+                       update_gb_per_s=28 * p / np.median(runs["update"]) / 1e9,
+                       percent_of_copy=100 * np.median(runs["copy"] / runs["update"]))
         rows.append(row)
 
         def cell(key, width, fmt):
@@ -385,12 +441,22 @@ def main(argv=None):
               f"{cell('speedup_vs_jax', 7, '.2f')}{cell('gflops', 9, '.1f')}"
               f"{cell('percent_of_peak', 8, '.0f')}{cell('numpy_gemm_us', 10, '.0f')}"
               f"{cell('percent_of_gemm', 8, '.0f')}")
+        if adam:
+            print(f"{'':<28}{args.optimizer} step / SGD step {row['cost_vs_sgd']:.3f} (SGD fit "
+                  f"{row['sgd_fit_step_us']:.0f} us); update pass {row['update_us']:.0f} us, "
+                  f"{row['update_gb_per_s']:.1f} GB/s, {row['percent_of_copy']:.0f}% of a copy "
+                  f"of the same bytes ({row['copy_us']:.0f} us)")
     print(f"peak: NumPy's float32 {PEAK_SIZE}x{PEAK_SIZE} matmul, timed in each config's rounds: "
           + ", ".join(f"{row['peak_gflops']:.0f}" for row in rows) + " GFLOP/s")
     result = {"machine": info, "threads": threads, "configs": rows}
     if args.mnist:
-        result["mnist"] = m = mnist_epochs(args.mnist, threads, have_torch=have.get("torch"))
-        line = (f"MNIST 784-256-128-10, batch {m['batch']}, {m['epochs']} epochs: fastbp "
+        runs = [args.optimizer] + (["sgd"] if adam else [])
+        result["mnist"] = [mnist_epochs(args.mnist, threads, args.mnist_epochs,
+                                        have_torch=have.get("torch"), optimizer=name)
+                           for name in runs]
+    for m in result.get("mnist", ()):
+        line = (f"MNIST 784-256-128-10, {m['optimizer']} lr {m['lr']:g}, batch {m['batch']}, "
+                f"{m['epochs']} epochs: fastbp "
                 f"{m['fastbp_samples_per_s']:,.0f} samples/s, test accuracy "
                 f"{m['fastbp_test_accuracy']:.4f}")
         if "torch_samples_per_s" in m:

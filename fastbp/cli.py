@@ -17,9 +17,11 @@ from . import __version__, kernels
 from ._threads import set_num_threads
 from .data import NAMED, SCALINGS, DataError
 from .data import load as load_data
+from .io import ModelFileError, load_checkpoint
 from .io import save as save_model
 from .model import ACTIVATIONS, LOSSES, MLP
-from .optim import SGD
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES, Adaptive, Constant, Cosine, InvScaling, Step
 from .training import DivergenceError, _train_steps, fit
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -27,8 +29,12 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 # Defaults: chosen so that `fastbp train` (the shipped digits) reaches 97% test accuracy or more
 # within seconds, and `--data mnist --layers 256,128 --epochs 5` reaches 97.5% or more.
 DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cross_entropy",
-                epochs=30, batch_size=32, lr=0.2, clip_norm="5", seed=0, dtype="float32",
-                val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto")
+                epochs=30, batch_size=32, clip_norm="5", seed=0, dtype="float32",
+                val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
+                optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
+                warmup=0, lr_gamma=0.1, power_t=0.5)
+# Learning rates when --lr is not given: SGD's reaches the accuracy above; Adam's is PyTorch's.
+DEFAULT_LR = {"sgd": 0.2, "adam": 1e-3, "adamw": 1e-3}
 
 
 class UsageError(Exception):
@@ -103,6 +109,14 @@ def _activations(text):
     return names
 
 
+def _betas(text):
+    parse = _float_type("beta", 0, 1, low_open=False)
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {text!r}")
+    return tuple(parse(part) for part in parts)
+
+
 def _clip(text):
     if text.strip().lower() in ("none", "off", "0"):
         return None
@@ -110,6 +124,7 @@ def _clip(text):
 
 
 _layers.__name__ = "layers"
+_betas.__name__ = "betas"
 _activations.__name__ = "activation"
 
 
@@ -120,7 +135,8 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train an MLP classifier and report its test accuracy",
-        description="Train an MLP classifier with mini-batch SGD and report its test accuracy. "
+        description="Train an MLP classifier with mini-batch SGD, Adam or AdamW and report its "
+        "test accuracy. "
         "Without options: the UCI digits shipped with fastbp, one hidden layer of 128 ReLU "
         "units, 30 epochs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -157,11 +173,39 @@ def build_parser():
     optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N")
     optim.add_argument("--batch-size", type=_int_type("batch size", 1), default=d["batch_size"],
                        metavar="N")
-    optim.add_argument("--lr", type=_float_type("learning rate", 0, None), default=d["lr"],
-                       help="learning rate (initial one, with --lr-schedule cosine)")
-    optim.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d["lr_schedule"],
-                       help="cosine: the rate falls from --lr towards 0 along a half cosine, "
-                       "once per epoch")
+    optim.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"])
+    optim.add_argument("--lr", type=_float_type("learning rate", 0, None),
+                       help="learning rate (the initial one, with a schedule); default: "
+                       + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+    optim.add_argument("--momentum", type=_float_type("momentum", 0, None, low_open=False),
+                       default=d["momentum"], help="SGD momentum")
+    optim.add_argument("--nesterov", action="store_true", help="SGD: Nesterov momentum")
+    optim.add_argument("--weight-decay", type=_float_type("weight decay", 0, None,
+                                                          low_open=False), metavar="WD",
+                       help="L2 penalty (sgd, adam) or decoupled decay (adamw); default: 0, "
+                       "adamw 0.01")
+    optim.add_argument("--betas", type=_betas, default=d["betas"], metavar="B1,B2",
+                       help="Adam's moment decay rates")
+    optim.add_argument("--eps", type=_float_type("eps", 0, None), default=d["eps"],
+                       help="Adam's term added to the denominator")
+    optim.add_argument("--amsgrad", action="store_true", help="Adam: the AMSGrad variant")
+    optim.add_argument("--lr-schedule", choices=tuple(SCHEDULES), default=d["lr_schedule"],
+                       help="per epoch: cosine falls from --lr towards 0 along a half cosine "
+                       "(after --warmup epochs of linear rise); step multiplies it by "
+                       "--lr-gamma every --lr-step epochs; invscaling divides it by (samples "
+                       "seen + 1) ** --power-t; adaptive divides it by 5 when the validation "
+                       "(else training) loss stops improving for 10 epochs")
+    optim.add_argument("--warmup", type=_int_type("warmup", 0), default=d["warmup"],
+                       metavar="N", help="cosine: epochs of linear warm-up")
+    optim.add_argument("--lr-step", type=_int_type("lr step", 1), metavar="N",
+                       help="step: epochs between decays (default: a third of --epochs)")
+    optim.add_argument("--lr-gamma", type=_float_type("lr gamma", 0, 1, high_open=False),
+                       default=d["lr_gamma"], metavar="G", help="step: decay factor")
+    optim.add_argument("--power-t", type=_float_type("power_t", 0, None, low_open=False),
+                       default=d["power_t"], metavar="P", help="invscaling: exponent")
+    optim.add_argument("--accumulate", type=_int_type("accumulate", 1), default=d["accumulate"],
+                       metavar="K", help="sum the gradients of K batches before each update "
+                       "(an effective batch of K x --batch-size rows)")
     optim.add_argument("--clip-norm", type=_clip, default=d["clip_norm"], metavar="X",
                        help="clip the global gradient norm to X ('none' to disable)")
     optim.add_argument("--early-stopping", type=_int_type("patience", 1), metavar="N",
@@ -172,8 +216,12 @@ def build_parser():
                        "order")
     optim.add_argument("--threads", type=_int_type("threads", 1), metavar="N",
                        help="threads for the kernels (default: all cores)")
+    optim.add_argument("--resume", metavar="PATH",
+                       help="continue the run saved in PATH (by --save): its model, optimizer "
+                       "state and schedule; --epochs is the total, counting the epochs done")
     out = train.add_argument_group("output")
-    out.add_argument("--save", metavar="PATH", help="write the trained model (.npz) to PATH")
+    out.add_argument("--save", metavar="PATH", help="write the trained model and its optimizer "
+                     "state (.npz) to PATH")
     out.add_argument("--plot", metavar="PATH", help="write training curves and per-layer "
                      "gradient norms to PATH (.png, .pdf, .svg; needs matplotlib)")
     out.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -216,6 +264,20 @@ def _check_args(args):
                          f"not to --data {args.data}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"fastbp train: --data-dir {args.data_dir}: no such folder")
+    if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
+        raise UsageError("fastbp train: --nesterov needs --optimizer sgd and a --momentum")
+    if args.optimizer != "sgd" and args.momentum != 0:
+        raise UsageError(f"fastbp train: --momentum applies to --optimizer sgd, not "
+                         f"{args.optimizer}")
+    if args.optimizer == "sgd" and args.amsgrad:
+        raise UsageError("fastbp train: --amsgrad applies to --optimizer adam or adamw")
+    if args.warmup and args.lr_schedule != "cosine":
+        raise UsageError("fastbp train: --warmup applies to --lr-schedule cosine")
+    if args.warmup >= args.epochs and args.lr_schedule == "cosine":
+        raise UsageError(f"fastbp train: --warmup {args.warmup} leaves no epoch of the "
+                         f"{args.epochs} for the cosine")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise UsageError(f"fastbp train: --resume {args.resume}: no such file")
     if args.save is not None:
         _check_output_path("--save", args.save)
     if args.plot is not None:
@@ -250,12 +312,12 @@ class _Printer:
 class _EpochReport:
     """Callback: one line per epoch."""
 
-    def __init__(self, say, epochs):
+    def __init__(self, say, epochs, first_epoch=0):
         self.say, self.width = say, len(str(epochs))
-        self.epochs = epochs
+        self.epochs, self.first_epoch = epochs, first_epoch
 
     def on_epoch_end(self, epoch, history, model):
-        parts = [f"epoch {epoch + 1:>{self.width}}/{self.epochs}",
+        parts = [f"epoch {self.first_epoch + epoch + 1:>{self.width}}/{self.epochs}",
                  f"loss {history['loss'][-1]:.4f}"]
         if "accuracy" in history:
             parts.append(f"train {100 * history['accuracy'][-1]:6.2f}%")
@@ -267,18 +329,65 @@ class _EpochReport:
         self.say("  ".join(parts))
 
 
-class _CosineSchedule:
-    """Callback: the learning rate follows a half cosine from lr (first epoch) towards 0, set
-    once per epoch (so it adds nothing to the steps)."""
+def _schedule(args):
+    name = args.lr_schedule
+    if name == "cosine":
+        return Cosine(args.epochs, warmup=args.warmup)
+    if name == "step":
+        return Step(args.lr_step or max(1, args.epochs // 3), args.lr_gamma)
+    if name == "invscaling":
+        return InvScaling(args.power_t)
+    if name == "adaptive":
+        return Adaptive()
+    return Constant()
 
-    def __init__(self, optimizer, lr, epochs):
-        self.optimizer, self.lr, self.epochs = optimizer, lr, epochs
 
-    def rate(self, epoch):
-        return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+def _new_model(args, sizes):
+    """The model and optimizer the options describe."""
+    activation = args.activation[0] if len(args.activation) == 1 else args.activation
+    model = MLP(sizes, activation=activation, loss=args.loss, dtype=np.dtype(args.dtype).type,
+                seed=args.seed)
+    options = dict(lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr,
+                   clip_norm=args.clip_norm, lr_schedule=_schedule(args))
+    if args.weight_decay is not None:
+        options["weight_decay"] = args.weight_decay
+    if args.optimizer == "sgd":
+        options.update(momentum=args.momentum, nesterov=args.nesterov)
+    else:
+        options.update(betas=args.betas, eps=args.eps, amsgrad=args.amsgrad)
+    return model, OPTIMIZERS[args.optimizer](model, **options)
 
-    def on_epoch_end(self, epoch, history, model):
-        self.optimizer.lr = self.rate(epoch + 1)
+
+def _resumed_model(args, ds):
+    """The model and optimizer saved in --resume, checked against the data."""
+    try:
+        model, optimizer = load_checkpoint(args.resume)
+    except ModelFileError as exc:
+        raise UsageError(f"fastbp train: --resume: {exc}") from None
+    if model.sizes[0] != ds.n_features or model.sizes[-1] != ds.n_classes:
+        raise UsageError(f"fastbp train: --resume {args.resume}: the model takes "
+                         f"{model.sizes[0]} features and {model.sizes[-1]} classes; the data "
+                         f"has {ds.n_features} and {ds.n_classes}")
+    if optimizer.epochs_done >= args.epochs:
+        raise UsageError(f"fastbp train: --resume {args.resume}: {optimizer.epochs_done} "
+                         f"epochs done already; --epochs is the total, so raise it above that")
+    return model, optimizer
+
+
+def _describe(optimizer):
+    clip = "off" if optimizer.clip_norm is None else f"{optimizer.clip_norm:g}"
+    schedule = optimizer.lr_schedule.name if optimizer.lr_schedule else "constant"
+    extra = ""
+    if optimizer.name == "sgd" and optimizer.momentum:
+        extra = f", momentum {optimizer.momentum:g}" + (" (Nesterov)" if optimizer.nesterov
+                                                       else "")
+    elif optimizer.name != "sgd":
+        extra = f", betas {optimizer.betas[0]:g},{optimizer.betas[1]:g}" + (
+            " (AMSGrad)" if optimizer.amsgrad else "")
+    if optimizer.weight_decay:
+        extra += f", weight decay {optimizer.weight_decay:g}"
+    return (f"{type(optimizer).__name__} lr {optimizer.base_lr:g} ({schedule}){extra}, clip "
+            f"norm {clip}")
 
 
 def _warm_up(model, optimizer, X_example, y_example, batch_size):
@@ -342,18 +451,20 @@ def train(args):
                          "raise --val-fraction")
 
     sizes = [ds.n_features] + args.layers + [ds.n_classes]
-    activation = args.activation[0] if len(args.activation) == 1 else args.activation
-    dtype = np.dtype(args.dtype).type
     try:
-        model = MLP(sizes, activation=activation, loss=args.loss, dtype=dtype, seed=args.seed)
-        optimizer = SGD(model, lr=args.lr, clip_norm=args.clip_norm)
+        if args.resume is not None:
+            model, optimizer = _resumed_model(args, ds)
+            sizes = list(model.sizes)
+        else:
+            model, optimizer = _new_model(args, sizes)
     except MemoryError:
         raise UsageError(f"fastbp train: not enough memory for a model of sizes {sizes}") \
             from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"fastbp train: {exc}") from None
 
-    if args.loss == "mse":
+    dtype = model.dtype
+    if model.loss == "mse":
         targets = [_one_hot(y, ds.n_classes, dtype) for y in (ds.y_train, ds.y_val, ds.y_test)]
     else:
         targets = [ds.y_train, ds.y_val, ds.y_test]
@@ -363,11 +474,15 @@ def train(args):
     threads = numba.get_num_threads()
     say(f"data   {ds.summary()}; {ds.scaling}")
     hidden = ("hidden " + "/".join(model.activations)) if model.activations else "no hidden layer"
-    say(f"model  {'-'.join(map(str, sizes))} ({hidden}), {args.loss}, {args.dtype}, "
-        f"{model.n_params:,} parameters")
-    clip = "off" if args.clip_norm is None else f"{args.clip_norm:g}"
-    say(f"train  SGD lr {args.lr:g} ({args.lr_schedule}), clip norm {clip}, batch "
-        f"{args.batch_size}, {args.epochs} epochs, seed {args.seed}, {threads} threads")
+    say(f"model  {'-'.join(map(str, sizes))} ({hidden}), {model.loss}, "
+        f"{np.dtype(model.dtype).name}, {model.n_params:,} parameters"
+        + (f"; resumed from {args.resume}" if args.resume else ""))
+    first_epoch = optimizer.epochs_done
+    epochs = args.epochs - first_epoch
+    accumulate = f" x {args.accumulate} accumulated" if args.accumulate > 1 else ""
+    say(f"train  {_describe(optimizer)}, batch {args.batch_size}{accumulate}, "
+        + (f"epochs {first_epoch + 1}-{args.epochs}" if first_epoch else f"{epochs} epochs")
+        + f", seed {args.seed}, {threads} threads")
 
     t0 = time.perf_counter()
     if not _kernels_cached():
@@ -376,16 +491,15 @@ def train(args):
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
-    callbacks = [_EpochReport(say, args.epochs)]
-    if args.lr_schedule == "cosine":
-        callbacks.append(_CosineSchedule(optimizer, args.lr, args.epochs))
+    callbacks = [_EpochReport(say, args.epochs, first_epoch)]
     validation = (ds.X_val, y_val) if len(ds.y_val) else None
     t0 = time.perf_counter()
     try:
-        history = fit(model, ds.X_train, y_train, optimizer, epochs=args.epochs,
+        history = fit(model, ds.X_train, y_train, optimizer, epochs=epochs,
                       batch_size=args.batch_size, seed=args.seed, validation_data=validation,
                       early_stopping=args.early_stopping, callbacks=callbacks,
-                      progress=not args.quiet and _have_tqdm())
+                      progress=not args.quiet and _have_tqdm(), accumulate=args.accumulate,
+                      initial_epoch=first_epoch)
     except DivergenceError as exc:
         print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
         return EXIT_FAILED
@@ -403,7 +517,7 @@ def train(args):
         say(f"weights of the best epoch ({history.best_epoch + 1}) restored")
 
     predictions = model.predict(ds.X_test)
-    if args.loss == "mse":
+    if model.loss == "mse":
         predictions = predictions.argmax(axis=1)
     n_correct = int(np.sum(predictions == ds.y_test))
     test_accuracy = n_correct / len(ds.y_test)
@@ -416,10 +530,10 @@ def train(args):
         metadata = {"data": ds.name, "class_names": list(ds.class_names),
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
                     "scale": ds.scale.tolist(), "image_shape": ds.image_shape,
-                    "test_accuracy": test_accuracy, "epochs": epochs_run,
+                    "test_accuracy": test_accuracy, "epochs": first_epoch + epochs_run,
                     "interrupted": history.interrupted, "fastbp_version": __version__}
         try:
-            saved = save_model(model, args.save, metadata=metadata)
+            saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)
         except OSError as exc:
             print(f"fastbp train: cannot write {args.save}: {exc.strerror or exc}",
                   file=sys.stderr)
@@ -441,8 +555,13 @@ def train(args):
     if args.json:
         summary = {
             "data": ds.name, "sizes": sizes, "activations": model.activations,
-            "loss": args.loss, "dtype": args.dtype, "n_params": model.n_params,
-            "lr": args.lr, "lr_schedule": args.lr_schedule, "clip_norm": args.clip_norm,
+            "loss": model.loss, "dtype": np.dtype(model.dtype).name,
+            "n_params": model.n_params, "optimizer": {"name": optimizer.name,
+                                                      **optimizer.config()},
+            "lr": optimizer.base_lr, "lr_schedule": (optimizer.lr_schedule.name
+                                                     if optimizer.lr_schedule else "constant"),
+            "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
+            "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
             "batch_size": args.batch_size, "seed": args.seed, "threads": threads,
             "rows": {"train": len(ds.y_train), "validation": len(ds.y_val),
                      "test": len(ds.y_test)},

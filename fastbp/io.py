@@ -43,6 +43,8 @@ from .data import DataError, read_npz
 from .layout import n_params
 from .model import ACTIVATIONS, LOSSES, MLP
 from . import optim, schedules
+from ._validate import number_in
+from .kernels.update import LR, STEPS
 
 __all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION",
            "READABLE_VERSIONS"]
@@ -150,8 +152,9 @@ def _rebuild_optimizer(model, record, state):
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps should be a count, got {steps!r}")
     opt.state[...] = state
-    opt.update_spec().hyper[optim.STEPS] = steps
-    opt.lr = record["lr"]
+    hyper = opt.update_spec().hyper
+    hyper[STEPS] = steps
+    hyper[LR] = number_in("lr", record["lr"], 0)  # 0: the end of a cosine
     opt.epochs_done = _count("epochs_done", record["epochs_done"])
     opt.samples_seen = _count("samples_seen", record["samples_seen"])
     return opt

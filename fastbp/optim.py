@@ -60,7 +60,7 @@ class Optimizer:
         self.epochs_done = 0   # the schedule's position
         self.samples_seen = 0
         if lr_schedule is not None:
-            self.lr = lr_schedule.rate(self.base_lr, 0, 0)
+            self._set_scheduled_lr()
         model._optimizers.add(self)
 
     # -- hyper-parameters ---------------------------------------------------------------------
@@ -139,7 +139,12 @@ class Optimizer:
             return
         if callable(getattr(self.lr_schedule, "observe", None)):
             self.lr_schedule.observe(float(loss))
-        self.lr = self.lr_schedule.rate(self.base_lr, self.epochs_done, self.samples_seen)
+        self._set_scheduled_lr()
+
+    def _set_scheduled_lr(self):
+        # A schedule may end at 0 (a cosine's last value, after its planned epochs).
+        lr = self.lr_schedule.rate(self.base_lr, self.epochs_done, self.samples_seen)
+        self._spec.hyper[LR] = _validate.number_in("lr_schedule rate", lr, 0)
 
 
 def _betas(betas):

@@ -67,7 +67,7 @@ _MONITORS = {"val_loss": min, "val_accuracy": max}
 def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         validation_data=None, validation_fraction=None, early_stopping=None,
         monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None,
-        accumulate=1):
+        accumulate=1, initial_epoch=0):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). Each epoch visits
@@ -99,6 +99,10 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         and returns None or True to apply the update, False to skip it for this batch. If it
         raises, training stops with that exception and the parameters are those from before
         that step. With a hook, steps run one compiled call each (gradients), then the update.
+    initial_epoch : int, default 0
+        When continuing a run that has done this many epochs with the same data and ``seed``
+        (e.g. after ``load_checkpoint``): the batch order picks up where that run left off, so
+        that the continued run is the uninterrupted one.
     validation_data : (X_val, y_val), optional
         Rows scored after every epoch, never trained on.
     validation_fraction : float in (0, 1), optional
@@ -146,6 +150,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     epochs = _validate.positive_int("epochs", epochs)
     batch_size = _validate.positive_int("batch_size", batch_size)
     accumulate = _validate.positive_int("accumulate", accumulate)
+    initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
     metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
     if early_stopping is not None:
         early_stopping = _validate.positive_int("early_stopping", early_stopping)
@@ -172,6 +177,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     n_samples = X.shape[0]
     batch_size = min(batch_size, n_samples)
     rng = np.random.default_rng(seed)
+    for _ in range(initial_epoch if shuffle else 0):
+        rng.permutation(n_samples)  # the orders of the epochs done
     x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
     y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
     pin_kernel_blas()

@@ -91,16 +91,54 @@ def test_early_stopping(capsys):
     assert summary["epochs_run"] == summary["best_epoch"] + 2
 
 
-def test_cosine_schedule_rates():
-    class Opt:
-        lr = 1.0
-    schedule = cli._CosineSchedule(Opt, 0.4, 4)
-    rates = []
-    for epoch in range(4):
-        rates.append(Opt.lr)
-        schedule.on_epoch_end(epoch, {}, None)
-    assert rates[0] == 1.0  # untouched before the first epoch ends: fit starts at --lr
-    assert rates[1:] == pytest.approx([0.4 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in (1, 2, 3)])
+@pytest.mark.parametrize("argv", [
+    ["--optimizer", "adam", "--lr-schedule", "constant"],
+    ["--optimizer", "adamw", "--amsgrad", "--weight-decay", "0.05", "--betas", "0.8,0.99"],
+    ["--momentum", "0.9", "--nesterov", "--lr", "0.02", "--weight-decay", "1e-4"],
+    ["--lr-schedule", "adaptive", "--accumulate", "2", "--lr", "0.3"],
+])
+def test_optimizers_train(argv, capsys):
+    summary = run_json(["--epochs", "12"] + argv, capsys)
+    assert summary["test_accuracy"] >= 0.93
+    expected = argv[argv.index("--optimizer") + 1] if "--optimizer" in argv else "sgd"
+    assert summary["optimizer"]["name"] == expected
+
+
+def test_step_and_invscaling_schedules(capsys):
+    summary = run_json(["--epochs", "6", "--lr", "0.3", "--lr-schedule", "step", "--lr-step",
+                        "2", "--lr-gamma", "0.5"], capsys)
+    assert summary["history"]["lr"] == pytest.approx([0.3, 0.3, 0.15, 0.15, 0.075, 0.075])
+    summary = run_json(["--epochs", "3", "--lr", "0.3", "--lr-schedule", "invscaling",
+                        "--power-t", "0.25", "--val-fraction", "0"], capsys)
+    n = summary["rows"]["train"]
+    assert summary["history"]["lr"] == pytest.approx([0.3 / (k * n + 1) ** 0.25
+                                                      for k in range(3)])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_continues_the_run_exactly(optimizer, tmp_path, capsys):
+    base = ["--optimizer", optimizer, "--layers", "32", "--lr-schedule", "step", "--lr-step",
+            "1", "--lr-gamma", "0.7"]
+    if optimizer == "sgd":
+        base += ["--momentum", "0.5"]
+    whole, first, second = (tmp_path / f"{name}.npz" for name in ("whole", "first", "second"))
+    run_json(base + ["--epochs", "4", "--save", str(whole)], capsys)
+    # 2 epochs, then resumed (the schedule comes from the file) to 4.
+    run_json(base + ["--epochs", "2", "--save", str(first)], capsys)
+    summary = run_json(["--resume", str(first), "--epochs", "4", "--save", str(second)], capsys)
+    assert summary["first_epoch"] == 3 and summary["epochs_run"] == 2
+    (a, opt_a), (b, opt_b) = fastbp.load_checkpoint(whole), fastbp.load_checkpoint(second)
+    assert np.array_equal(a.params, b.params)
+    assert np.array_equal(opt_a.state, opt_b.state) and opt_a.steps == opt_b.steps
+    assert opt_b.lr == opt_a.lr
+    code, out, err = run(["train", "--resume", str(second), "--epochs", "4"], capsys)
+    assert code == 2 and "4 epochs done" in err
+
+
+def test_cosine_schedule_rates(capsys):
+    summary = run_json(["--epochs", "4", "--lr", "0.4", "--warmup", "1"], capsys)
+    expected = [0.4 / 2] + [0.4 * 0.5 * (1 + np.cos(np.pi * e / 3)) for e in (0, 1, 2)]
+    assert summary["history"]["lr"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_save_and_plot(tmp_path, capsys):
@@ -204,6 +242,21 @@ def bad_inputs(tmp):
         (["train", "--data", "mnist", "--data-dir", str(liar)], "truncated"),
         (["train", "--data-dir", str(tmp)], "--data-dir"),
         (["train", "--save", str(tmp / "no" / "m.npz")], "does not exist"),
+        (["train", "--optimizer", "rmsprop"], "--optimizer"),
+        (["train", "--betas", "0.9"], "--betas"),
+        (["train", "--betas", "0.9,1"], "--betas"),
+        (["train", "--eps", "0"], "--eps"),
+        (["train", "--momentum", "-0.5"], "--momentum"),
+        (["train", "--weight-decay", "-1"], "--weight-decay"),
+        (["train", "--nesterov"], "--nesterov"),
+        (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
+        (["train", "--amsgrad"], "--amsgrad"),
+        (["train", "--accumulate", "0"], "--accumulate"),
+        (["train", "--lr-schedule", "linear"], "--lr-schedule"),
+        (["train", "--warmup", "2", "--lr-schedule", "constant"], "--warmup"),
+        (["train", "--warmup", "30"], "--warmup"),
+        (["train", "--resume", str(tmp / "none.npz")], "--resume"),
+        (["train", "--resume", str(tmp / "junk.npz")], "--resume"),
         (["train", "--save", str(tmp)], "is a folder"),
         (["train", "--plot", str(tmp / "no" / "c.png")], "does not exist"),
         (["train", "--frobnicate"], "unrecognized arguments"),
