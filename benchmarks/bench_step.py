@@ -58,6 +58,34 @@ class TrainStep(_Grid):
         self.net.train_step()
 
 
+class Optimizers:
+    """A training step with each optimizer (common.OPTIMIZERS), on the small, mid and wide nets:
+    time_train_step, and track_cost_vs_sgd, its time over plain SGD's, both timed interleaved in
+    one process. The claim: Adam's fused update pass adds at most 10% to a step of the mid and
+    wide nets (it moves 7 values per parameter, a memory-bound pass, against O(batch) FLOPs per
+    parameter of the rest of the step)."""
+
+    params = [common.OPTIMIZERS, list(common.SMALL_MID_WIDE)]
+    param_names = ["optimizer", "network"]
+    repeat = (3, 10, 1.0)
+    warmup_time = 0.05
+    timeout = 180
+
+    def setup(self, optimizer, network):
+        sizes, batch = common.SMALL_MID_WIDE[network]
+        self.net = common.Net(sizes, batch, "float32", optimizer=optimizer)
+        self.sgd = common.Net(sizes, batch, "float32")
+
+    def time_train_step(self, optimizer, network):
+        self.net.train_step()
+
+    def track_cost_vs_sgd(self, optimizer, network):
+        step, sgd = common.best_seconds([self.net.train_step, self.sgd.train_step])
+        return step / sgd
+
+    track_cost_vs_sgd.unit = "ratio"
+
+
 # Thread counts to try; those over what Numba may use here are skipped.
 THREADS = [1, 2, 4, 8, 16, 32]
 

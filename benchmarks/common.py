@@ -87,21 +87,21 @@ class Net:
 
     forward()       kernels.mlp_forward         (inference: every layer's dense_forward)
     loss_and_grad() kernels.mlp_loss_and_grad   (forward + loss + backward)
-    train_step()    kernels.mlp_train_step      (the above + clipping + SGD update)
+    train_step()    kernels.mlp_train_step      (the above + clipping + the optimizer's update)
 
     They call the flat-argument entry points of kernels.entry, exactly as fastbp.MLP and
     fastbp.SGD do (model.py, optim.py): this is the one place to update if those internals
     change.
     """
 
-    def __init__(self, sizes, batch, dtype, seed=0):
+    def __init__(self, sizes, batch, dtype, seed=0, optimizer="sgd"):
         import fastbp
         from fastbp import kernels
 
         self.sizes, self.batch = list(sizes), batch
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.model = m = fastbp.MLP(sizes, dtype=self.dtype, seed=seed)
-        self.optimizer = o = fastbp.SGD(m, lr=LR, clip_norm=CLIP_NORM)
+        self.optimizer = o = make_optimizer(optimizer, m)
         self.X, self.y = synthetic_batch(batch, sizes[0], self.dtype, seed)
         o.train_step(self.X, self.y)  # reserves the buffers; compiles or loads the kernels
         m.loss_and_grad(self.X, self.y)
@@ -124,6 +124,19 @@ class Net:
     @property
     def flops(self):
         return 6 * self.n_params * self.batch
+
+
+OPTIMIZERS = ["sgd", "momentum", "adam", "adamw"]
+
+
+def make_optimizer(name, model):
+    """One of OPTIMIZERS for model, with the suite's tiny learning rate (so that thousands of
+    timed steps on one batch change the model little)."""
+    import fastbp
+    return {"sgd": lambda: fastbp.SGD(model, lr=LR, clip_norm=CLIP_NORM),
+            "momentum": lambda: fastbp.SGD(model, lr=LR, momentum=0.9, clip_norm=CLIP_NORM),
+            "adam": lambda: fastbp.Adam(model, lr=LR, clip_norm=CLIP_NORM),
+            "adamw": lambda: fastbp.AdamW(model, lr=LR, clip_norm=CLIP_NORM)}[name]()
 
 
 # -- data -------------------------------------------------------------------------------------

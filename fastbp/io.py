@@ -75,6 +75,11 @@ def save(model, path, metadata=None, optimizer=None):
                             f"{type(optimizer).__name__}")
         if optimizer.model is not model:
             raise ValueError("optimizer: it was built for another model")
+        schedule = optimizer.lr_schedule
+        if schedule is not None and schedules.SCHEDULES.get(getattr(schedule, "name", None)) \
+                is not type(schedule):
+            raise TypeError(f"optimizer: its lr_schedule, a {type(schedule).__name__}, is not "
+                            "one of fastbp.schedules, so it cannot be saved")
     path = os.fspath(path)
     arrays = {
         "format": np.array(FORMAT),
@@ -126,7 +131,7 @@ def load_checkpoint(path):
         opt = _rebuild_optimizer(model, record, arrays.get("optimizer_state"))
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{what}: optimizer: {exc}") from None
     return model, opt
 
@@ -148,9 +153,7 @@ def _rebuild_optimizer(model, record, state):
                          f"for this model, got {got}")
     if not np.all(np.isfinite(state)):
         raise ValueError("its state contains NaN or Inf")
-    steps = record["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps should be a count, got {steps!r}")
+    steps = _count("steps", record["steps"])
     opt.state[...] = state
     hyper = opt.update_spec().hyper
     hyper[STEPS] = steps
@@ -161,8 +164,8 @@ def _rebuild_optimizer(model, record, state):
 
 
 def _count(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} should be a count, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2 ** 53:
+        raise ValueError(f"{name} should be a count, got {value!r:.50}")
     return value
 
 

@@ -21,7 +21,11 @@ def _number(name, value, low=None, high=None, low_open=False, integer=False):
     if isinstance(value, bool) or not isinstance(value, kind):
         what = "an integer" if integer else "a number"
         raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
-    value = int(value) if integer else float(value)
+    try:
+        value = int(value) if integer else float(value)
+        math.isfinite(value)
+    except OverflowError:
+        raise ValueError(f"{name}: {str(value)[:20]}... is out of range") from None
     below = low is not None and (value <= low if low_open else value < low)
     if not math.isfinite(value) or below or (high is not None and value > high):
         bounds = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
@@ -59,7 +63,8 @@ class Step:
 class Cosine:
     """Linear warm-up over the first ``warmup`` epochs (``base_lr * (e + 1) / (warmup + 1)``),
     then a half cosine from ``base_lr`` at epoch ``warmup`` towards ``min_lr`` at epoch
-    ``epochs`` (the planned length of the run; later epochs stay at ``min_lr``)."""
+    ``epochs`` (the planned length of the run; later epochs stay at ``min_lr``). A ``min_lr``
+    above ``base_lr`` counts as ``base_lr``: the rate never rises past it."""
     name = "cosine"
 
     def __init__(self, epochs, warmup=0, min_lr=0.0):
@@ -141,7 +146,8 @@ class Adaptive:
             self.bad_epochs = 0
 
     def rate(self, base_lr, epoch, samples):
-        return max(base_lr / self.factor ** self.divisions, min(self.min_lr, base_lr))
+        # factor ** -divisions underflows to 0 where factor ** divisions would overflow
+        return max(base_lr * self.factor ** -self.divisions, min(self.min_lr, base_lr))
 
 
 SCHEDULES = {cls.name: cls for cls in (Constant, Step, Cosine, InvScaling, Adaptive)}

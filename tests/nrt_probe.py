@@ -54,20 +54,28 @@ def main():
     report = {}
     # enough rows for the first layer's products to split into tiles on several threads
     n_rows = max(256, -(-2 * kernels.MIN_TILE_WORK // (32 * 64)))
-    cases = ((np.float64, "softmax_cross_entropy", [32, 64, 48, 10], n_rows),
-             (np.float32, "mse", [32, 64, 48, 10], n_rows),
+    sgd = lambda m: fastbp.SGD(m, lr=1e-3, clip_norm=1.0)  # noqa: E731
+    cases = ((np.float64, "softmax_cross_entropy", [32, 64, 48, 10], n_rows, sgd),
+             (np.float32, "mse", [32, 64, 48, 10], n_rows, sgd),
              # a first layer that splits its forward product over its inputs (2+ threads)
-             (np.float32, "softmax_cross_entropy", [1024, 64, 10], 8))
-    for dtype, loss, sizes, n_rows in cases:
+             (np.float32, "softmax_cross_entropy", [1024, 64, 10], 8, sgd),
+             # the optimizers' fused passes; over 4 chunks of parameters: parallel on 2 threads
+             (np.float64, "mse", [32, 64, 48, 10], n_rows,
+              lambda m: fastbp.SGD(m, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.1,
+                                   clip_norm=1.0)),
+             (np.float32, "softmax_cross_entropy", [256, 256, 10], 64,
+              lambda m: fastbp.Adam(m, amsgrad=True, weight_decay=0.01, clip_norm=1.0)),
+             (np.float32, "softmax_cross_entropy", [256, 256, 10], 64, fastbp.AdamW))
+    for dtype, loss, sizes, n_rows, make_optimizer in cases:
         model = fastbp.MLP(sizes, activation="relu", loss=loss, dtype=dtype, seed=0)
-        opt = fastbp.SGD(model, lr=1e-3, clip_norm=1.0)
+        opt = make_optimizer(model)
         X = rng.normal(size=(n_rows, sizes[0])).astype(dtype)
         y = (rng.integers(0, 10, size=n_rows) if loss != "mse"
              else rng.normal(size=(n_rows, 10)).astype(dtype))
         opt.train_step(X, y)                # grows the buffers, compiles
         args = (model.params, model.grads, model._work, X, y, model._net, opt.update_spec())
         train_steps(1, *args)               # compile the loop before counting
-        report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}"] = {
+        report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}-{opt!r}"] = {
             str(n): counts(lambda: train_steps(n, *args)) for n in repeats}
     x = rng.normal(size=(4, 4))
     allocating_steps(1, x)

@@ -432,14 +432,14 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
         if accumulate == 1:
             xb, yb = x_batch[:rows.shape[0]], y_batch[:rows.shape[0]]
             _gather(xb, yb, x, target, rows)
-            loss, norm, applied = mlp_train_step(params, grads, work, xb, yb, net, update)
+            loss = mlp_loss_and_grad(grads, work, params, xb, yb, net)
         else:
             loss = _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
                                               target, rows, batch_size, net, params)
-            norm, applied = math.nan, False
-            if math.isfinite(loss):
-                norm, applied = apply_update(params, work.layer_sq, work.partials, grads,
-                                             net.param_offsets, update)
+        norm, applied = math.nan, False
+        if math.isfinite(loss):   # as mlp_train_step
+            norm, applied = apply_update(params, work.layer_sq, work.partials, grads,
+                                         net.param_offsets, update)
         step_losses[step] = loss
         step_norms[step] = norm
         for layer in range(work.layer_sq.shape[0]):
