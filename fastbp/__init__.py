@@ -13,6 +13,7 @@ from .io import ModelFileError, load, load_checkpoint, save
 from .plotting import plot_history
 
 __version__ = "0.1.0"
-__all__ = ["MLP", "SGD", "Adam", "AdamW", "schedules", "load_checkpoint", "fit", "gradcheck", "set_num_threads", "get_num_threads", "kernels",
+__all__ = ["MLP", "SGD", "Adam", "AdamW", "schedules", "load_checkpoint", "fit", "gradcheck",
+           "set_num_threads", "get_num_threads", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
            "DataError", "save", "load", "ModelFileError", "plot_history", "__version__"]

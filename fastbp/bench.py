@@ -19,7 +19,8 @@ clip_grad_norm_, SGD step) on preallocated tensors; JAX, when installed, the who
 
 With ``--optimizer adam`` (or adamw) fastbp and PyTorch take Adam steps instead (torch.optim's
 default implementation for CPU tensors; JAX is left out), and three more figures are timed in
-the same rounds: fastbp's SGD "fit" step (for the Adam / SGD cost ratio), fastbp's update pass
+the same rounds: fastbp's and PyTorch's SGD steps (for the Adam / SGD cost ratio and SGD's
+x torch), fastbp's update pass
 alone (``optimizer.step()`` on fixed gradients), and a NumPy copy moving as many bytes as the
 update pass must (it reads parameters, gradients and both moments and writes back all but the
 gradients: 7 values per parameter), the memory-bandwidth bar of the update.
@@ -396,6 +397,8 @@ def main(argv=None):
             fns["update"], fns["copy"] = update, update_copy(p)
         if have.get("torch"):
             fns["torch"] = torch_step(sizes, batch, threads, args.optimizer)
+            if adam:
+                fns["torch sgd"] = torch_step(sizes, batch, threads)
         if have.get("jax"):
             fns["jax"] = jax_step(sizes, batch)
         products = step_products(sizes, batch)
@@ -431,6 +434,8 @@ def main(argv=None):
                        copy_us=np.median(runs["copy"]) * 1e6,
                        update_gb_per_s=28 * p / np.median(runs["update"]) / 1e9,
                        percent_of_copy=100 * np.median(runs["copy"] / runs["update"]))
+            if "torch sgd" in runs:
+                row["sgd_speedup_vs_torch"] = np.median(runs["torch sgd"] / runs["fit sgd"])
         rows.append(row)
 
         def cell(key, width, fmt):
@@ -442,8 +447,11 @@ def main(argv=None):
               f"{cell('percent_of_peak', 8, '.0f')}{cell('numpy_gemm_us', 10, '.0f')}"
               f"{cell('percent_of_gemm', 8, '.0f')}")
         if adam:
+            versus = (f", x torch {row['sgd_speedup_vs_torch']:.2f}"
+                      if "sgd_speedup_vs_torch" in row else "")
             print(f"{'':<28}{args.optimizer} step / SGD step {row['cost_vs_sgd']:.3f} (SGD fit "
-                  f"{row['sgd_fit_step_us']:.0f} us); update pass {row['update_us']:.0f} us, "
+                  f"{row['sgd_fit_step_us']:.0f} us{versus}); update pass "
+                  f"{row['update_us']:.0f} us, "
                   f"{row['update_gb_per_s']:.1f} GB/s, {row['percent_of_copy']:.0f}% of a copy "
                   f"of the same bytes ({row['copy_us']:.0f} us)")
     print(f"peak: NumPy's float32 {PEAK_SIZE}x{PEAK_SIZE} matmul, timed in each config's rounds: "

@@ -46,7 +46,8 @@ from . import optim, schedules
 from ._validate import number_in
 from .kernels.update import LR, STEPS
 
-__all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError", "FORMAT", "VERSION",
+__all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError",
+           "FORMAT", "VERSION",
            "READABLE_VERSIONS"]
 
 FORMAT = "fastbp.MLP"

@@ -181,7 +181,8 @@ class MLP:
 
     def memory_report(self):
         """Bytes held, by kind: "params", "grads", "optimizer" (the norm scratch, and the state of
-        every live fastbp optimizer of this model: moments, momentum buffers), "activations" (layer outputs, kept pre-activations, backward deltas and
+        every live fastbp optimizer of this model: moments, momentum buffers), "activations"
+        (layer outputs, kept pre-activations, backward deltas and
         per-sample losses at the current capacity) and "total". "capacity" is the batch size the
         buffers hold.
 

@@ -53,7 +53,7 @@ class Optimizer:
         if lr_schedule is not None and not callable(getattr(lr_schedule, "rate", None)):
             raise TypeError(f"lr_schedule: expected a schedule of fastbp.schedules, got "
                             f"{type(lr_schedule).__name__}")
-        self.model = model
+        self._model = model
         self._spec = spec
         self.base_lr = float(spec.hyper[LR])
         self.lr_schedule = lr_schedule
@@ -62,6 +62,11 @@ class Optimizer:
         if lr_schedule is not None:
             self._set_scheduled_lr()
         model._optimizers.add(self)
+
+    @property
+    def model(self):
+        """The model whose parameters this optimizer updates (fixed: its state fits them)."""
+        return self._model
 
     # -- hyper-parameters ---------------------------------------------------------------------
 
@@ -249,16 +254,34 @@ class AdamW(Adam):
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW)}
 
 
-def _check_kind(spec):
+def check_update(spec, model):
+    """Refuse, with a TypeError, an Update that compiled code cannot safely apply to model's
+    parameters: an unknown kind, or hyper-parameters or state of the wrong type or shape (the
+    kernels index them without bounds checks)."""
     if not isinstance(spec, kernels.Update) or spec.kind not in kernels.UPDATE_KINDS:
         raise TypeError(f"update: expected a fastbp.kernels.Update of a known kind "
                         f"{kernels.UPDATE_KINDS}, got {spec!r:.200}")
+    hyper, state = spec.hyper, spec.state
+    size = kernels.update.HYPER_SIZE[spec.kind]
+    if not (isinstance(hyper, np.ndarray) and hyper.dtype == np.float64 and hyper.ndim == 1
+            and hyper.shape[0] >= size and hyper.flags.c_contiguous):
+        raise TypeError(f"update: hyper must be a contiguous float64 array of {size} values "
+                        f"for kind {spec.kind}")
+    rows = kernels.update.state_rows(spec.kind, hyper)
+    if not (isinstance(state, np.ndarray) and state.dtype == model.dtype and state.ndim == 2
+            and state.shape[0] >= rows and (rows == 0 or state.shape[1] == model.n_params)
+            and state.flags.c_contiguous and state.flags.writeable):
+        raise TypeError(f"update: state must be a writable C-contiguous "
+                        f"{np.dtype(model.dtype).name} array of shape ({rows}, "
+                        f"{model.n_params}) for this update and model, got "
+                        f"{getattr(state, 'dtype', type(state).__name__)} of shape "
+                        f"{getattr(state, 'shape', None)}")
 
 
 def apply_update(model, spec):
     """The update stage on model's current gradients, compiled: returns the gradient norm.
     Raises FloatingPointError (parameters untouched) when the step is refused."""
-    _check_kind(spec)
+    check_update(spec, model)
     work = model._work
     norm, applied = model._run(kernels.entry.update, (
         model.params, model.grads, work.layer_sq, work.partials, model._net.param_offsets,
@@ -272,7 +295,7 @@ def apply_update(model, spec):
 def train_step(model, spec, X, y):
     """Gradients then update for checked X and y, in one compiled call: (loss, norm). Raises
     FloatingPointError (parameters untouched) when the step is refused."""
-    _check_kind(spec)
+    check_update(spec, model)
     model._reserve(X.shape[0])
     loss, norm, applied = model._run(kernels.entry.train_step, (
         model.params, model.grads, *model._work, X, y, *model._net, *spec),

@@ -239,6 +239,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                 for first in range(0, n_samples, chunk_steps * rows_per_step):
                     rows = order[first:first + chunk_steps * rows_per_step]
                     spec = optimizer.update_spec()
+                    optim.check_update(spec, model)
                     done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
                                         step_losses, step_norms, step_layer_sq, accumulate,
                                         micro_grads)
@@ -359,7 +360,7 @@ def _has_compiled_update(optimizer):
     if not callable(getattr(optimizer, "update_spec", None)):
         return False
     try:
-        optim._check_kind(optimizer.update_spec())
+        optim.check_update(optimizer.update_spec(), optimizer.model)
     except TypeError as exc:
         raise TypeError(f"optimizer: {type(optimizer).__name__}.update_spec(): {exc}") from None
     return True

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import schedules
+from fastbp import kernels, schedules
 from helpers import max_threads
 
 try:
@@ -1187,3 +1187,52 @@ def test_a_custom_schedule_works_but_cannot_be_saved(tmp_path):
     with pytest.raises(TypeError, match="lr_schedule"):
         fastbp.save(model, tmp_path / "run.npz", optimizer=opt)
     assert not (tmp_path / "run.npz").exists()
+
+
+@pytest.mark.parametrize("state, hyper_size", [
+    ((2, 5), None),                 # too few columns for the model
+    ((1, None), None),              # too few rows for Adam's moments
+    ("float32", None),              # another dtype than the model's
+    ((2, None), 4),                 # too short a hyper array
+])
+@pytest.mark.parametrize("how", ["apply_update", "train_step", "fit"])
+def test_an_update_that_does_not_fit_the_model_is_refused(state, hyper_size, how, rng):
+    """Compiled updates index hyper and state without bounds checks: the Python layer checks
+    them first, whatever the optimizer that built them."""
+    model = model_of()
+    good = fastbp.Adam(model).update_spec()
+    if state == "float32":
+        state = good.state.astype(np.float32)
+    else:
+        rows, cols = state
+        state = np.zeros((rows, model.n_params if cols is None else cols), model.dtype)
+    hyper = good.hyper if hyper_size is None else good.hyper[:hyper_size].copy()
+    spec = kernels.Update(kernels.ADAM_KIND, hyper, state)
+
+    class Custom:
+        def __init__(self):
+            self.model = model
+
+        def step(self):
+            raise AssertionError("not called")
+
+        def update_spec(self):
+            return spec
+
+    X, y = batches(rng, 1)[0]
+    before = model.params.copy()
+    with pytest.raises(TypeError, match="update: (state|hyper)"):
+        if how == "apply_update":
+            model.loss_and_grad(X, y)
+            fastbp.optim.apply_update(model, spec)
+        elif how == "train_step":
+            fastbp.optim.train_step(model, spec, *model._check_batch(X, y))
+        else:
+            fastbp.fit(model, X, y, Custom(), epochs=1, batch_size=4)
+    assert np.array_equal(model.params, before)
+
+
+def test_the_optimizers_model_cannot_be_swapped():
+    opt = fastbp.Adam(model_of())
+    with pytest.raises(AttributeError):
+        opt.model = model_of(sizes=[5, 40, 30, 3])

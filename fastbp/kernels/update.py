@@ -62,6 +62,18 @@ def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weig
     return Update(ADAM_KIND, hyper, np.zeros((3 if amsgrad else 2, n_params), dtype=dtype))
 
 
+#: Length of Update.hyper for each kind.
+HYPER_SIZE = {SGD_KIND: 7, ADAM_KIND: 9}
+
+
+def state_rows(kind, hyper):
+    """Rows of Update.state an update of this kind and these hyper-parameters uses (plain
+    Python: what the Python layer checks before handing an Update to compiled code)."""
+    if kind == SGD_KIND:
+        return 1 if hyper[MOMENTUM] != 0 else 0
+    return 3 if hyper[AMSGRAD] != 0 else 2
+
+
 @njit(**INLINED)
 def _layer_chunks(param_offsets, layer):
     return max(1, (param_offsets[layer + 1] - param_offsets[layer] + NORM_CHUNK - 1)
