@@ -210,7 +210,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     compiled_update = _has_compiled_update(optimizer)
     chunked = not step_hooks and grad_hook is None and compiled_update
     rows_per_step = batch_size * accumulate
-    micro_grads = kernels.aligned_zeros(model.n_params if accumulate > 1 else 0, model.dtype)
+    micro_grads = kernels.aligned_zeros(model.n_params, model.dtype) if accumulate > 1 else None
     max_steps = -(-n_samples // rows_per_step)
     chunk_steps = max(32, -(-max_steps // 20))
     step_losses = np.empty(max_steps, dtype=np.float64)
@@ -377,8 +377,6 @@ def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_los
     """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
     and y). Returns the number of steps applied; see kernels.mlp_train_epoch."""
     model._reserve(batch_size)
-    if micro_grads is None:
-        micro_grads = np.empty(0, dtype=model.dtype)
     done = model._run(kernels.entry.train_epoch, (
         model.params, model.grads, *model._work, x_batch, y_batch, step_losses, step_norms,
         step_layer_sq, X, y, rows, batch_size, *model._net, *spec, accumulate, micro_grads),
@@ -435,7 +433,7 @@ def _step(model, optimizer, grad_hook, compiled_update, batches):
     """One step on a step's rows: (loss, gradient norm, or None when the hook skipped the
     update). Raises FloatingPointError (parameters untouched) when the step is refused, and
     _HookError around whatever the hook raised."""
-    if grad_hook is None and compiled_update and batches.micro_grads.size == 0:
+    if grad_hook is None and compiled_update and batches.micro_grads is None:
         xb, yb, _ = next(iter(batches))
         return optim.train_step(model, optimizer.update_spec(), xb, yb)
     loss = _loss_and_grad(model, batches)

@@ -470,7 +470,7 @@ def test_sgd_update(dtype, rng):
 
 
 @pytest.mark.parametrize("clip_factor", [None, 0.25, 4.0])
-def test_clip_sgd_update_matches_reference(clip_factor, rng):
+def test_sgd_step_matches_reference(clip_factor, rng):
     n = 2 * kernels.NORM_CHUNK + 3
     params = rng.normal(size=n)
     grads = rng.normal(size=n)
@@ -481,23 +481,26 @@ def test_clip_sgd_update_matches_reference(clip_factor, rng):
                                            None if clip_factor is None else clip)
     offsets = _offsets(n // 3, n - n // 3)
     partials = np.empty(kernels.norm_partials_size(offsets))
-    norm, applied = kernels.clip_sgd_update(params, np.empty(2), partials, grads, offsets, 0.05,
-                                            clip)
-    assert applied
+    spec = kernels.sgd_spec(0.05, clip, np.float64)
+    norm, applied = kernels.sgd_step(params, np.empty(2), partials, grads, offsets, spec.hyper,
+                                     spec.state)
+    assert applied and spec.hyper[kernels.update.STEPS] == 1
     assert norm == pytest.approx(ref_norm, rel=1e-13)
     assert naive.normwise_error(params, expected) < 1e-14
     assert np.array_equal(grads, grads_before), "clipping must not change the gradients"
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_clip_sgd_update_leaves_params_on_nonfinite_norm(bad, rng):
+def test_sgd_step_leaves_params_on_nonfinite_norm(bad, rng):
     params = rng.normal(size=50)
     before = params.copy()
     grads = rng.normal(size=50)
     grads[17] = bad
-    norm, applied = kernels.clip_sgd_update(params, np.empty(1), np.empty(1), grads,
-                                            _offsets(50), 0.1, 1.0)
+    spec = kernels.sgd_spec(0.1, 1.0, np.float64)
+    norm, applied = kernels.sgd_step(params, np.empty(1), np.empty(1), grads, _offsets(50),
+                                     spec.hyper, spec.state)
     assert not math.isfinite(norm) and not applied
+    assert spec.hyper[kernels.update.STEPS] == 0
     assert np.array_equal(params, before)
 
 

@@ -43,7 +43,7 @@ from .network import (Net, Workspace, apply_update, make_net, make_workspace, ml
                       plan_activations)
 from .rows import CACHE_LINE, aligned_zeros, all_finite, labels_in_range, take_rows
 from .update import (ADAM_KIND, SGD_KIND, UPDATE_KINDS, Update, adam_spec, adam_step, add_scaled,
-                     clip_sgd_update, layer_sums_of_squares, norm_partials_size, sgd_spec,
+                     layer_sums_of_squares, norm_partials_size, sgd_spec,
                      sgd_step, sgd_update)
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
     "softmax_cross_entropy_loss", "mse_loss",
-    "layer_sums_of_squares", "sgd_update", "clip_sgd_update", "norm_partials_size",
+    "layer_sums_of_squares", "sgd_update", "norm_partials_size",
     "sgd_step", "adam_step", "add_scaled",
     "Update", "SGD_KIND", "ADAM_KIND", "UPDATE_KINDS", "sgd_spec", "adam_spec", "apply_update",
     "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",

@@ -417,7 +417,8 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     and y_batch. With accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
     the gradients of its batches are summed, weighted by their share of its rows, into grads
     (the gradient of the mean loss over all its rows; micro_grads, of params' shape, holds
-    each batch's; pass an empty array when accumulate is 1), then apply_update.
+    each batch's; pass None when accumulate is 1: that code is then not compiled), then
+    apply_update.
     Step k's loss, gradient norm and per-layer squared norms go to step_losses[k],
     step_norms[k] and step_layer_sq[k] (float64 arrays with at least
     ceil(len(order) / (accumulate * batch_size)) rows). Returns the number of steps applied:
@@ -429,7 +430,7 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     step = 0
     for start in range(0, n_samples, rows_per_step):
         rows = order[start:min(start + rows_per_step, n_samples)]
-        if accumulate == 1:
+        if micro_grads is None:   # a compile-time branch: the other is not compiled
             xb, yb = x_batch[:rows.shape[0]], y_batch[:rows.shape[0]]
             _gather(xb, yb, x, target, rows)
             loss = mlp_loss_and_grad(grads, work, params, xb, yb, net)

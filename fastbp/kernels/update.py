@@ -174,34 +174,6 @@ def add_scaled(total, x, weight):
 
 
 @njit(**SERIAL)
-def clip_sgd_update(params, layer_sq, partials, grads, param_offsets, lr, clip_norm):
-    """One SGD step with global-norm clipping. Returns (gradient norm before clipping, applied).
-
-    The norm is sqrt of the total of layer_sums_of_squares (which also fills layer_sq, the
-    per-layer sums of squares, in the same pass). When norm > clip_norm the step uses
-    grads * clip_norm / (norm + 1e-6) (the rule of PyTorch's clip_grad_norm_); grads are not
-    changed. Pass clip_norm = inf for no clipping.
-
-    The step is not applied (params untouched, applied False) when the norm is NaN or Inf, or
-    when the step itself could overflow the dtype: step size or step size times norm (the
-    largest change any parameter can see) above half the dtype's largest finite value.
-    """
-    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
-    if not math.isfinite(norm):
-        return norm, False
-    scale = 1.0
-    coef = clip_norm / (norm + 1e-6)
-    if coef < 1.0:
-        scale = coef
-    step = lr * scale
-    limit = 0.5 * _largest(params)
-    if not (step < limit and step * norm < limit):
-        return norm, False
-    sgd_update(params, grads, step)
-    return norm, True
-
-
-@njit(**SERIAL)
 def _clip_scale(norm, clip_norm):
     """The factor clip_grad_norm_ multiplies the gradients by."""
     coef = clip_norm / (norm + 1e-6)
@@ -242,21 +214,23 @@ def _sgd_pass(params, grads, buf, scale, hyper, first):
 def sgd_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
     """One torch.optim.SGD step (momentum, dampening, Nesterov, weight decay as L2) on the
     gradient clipped as by clip_grad_norm_ (hyper and state: an sgd_spec Update's). Returns
-    (gradient norm before clipping, applied); refuses as clip_sgd_update does, and advances
-    hyper[STEPS] when applied. Without momentum or weight decay this is clip_sgd_update."""
-    if hyper[MOMENTUM] == 0 and hyper[WEIGHT_DECAY] == 0:
-        norm, applied = clip_sgd_update(params, layer_sq, partials, grads, param_offsets,
-                                        hyper[LR], hyper[CLIP_NORM])
-    else:
-        norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
-        scale = _clip_scale(norm, hyper[CLIP_NORM])
-        limit = 0.5 * _largest(params)
-        applied = (math.isfinite(norm) and hyper[LR] < limit
-                   and hyper[LR] * scale * norm < limit)
-        if applied:
-            buf = state[0] if state.shape[0] > 0 else params[:0]
-            _sgd_pass(params, grads, buf, scale, hyper, hyper[STEPS] == 0)
+    (gradient norm before clipping, applied); advances hyper[STEPS] when applied.
+
+    The norm is sqrt of the total of layer_sums_of_squares (which also fills layer_sq, the
+    per-layer sums of squares, in the same pass). When norm > clip_norm the step uses
+    grads * clip_norm / (norm + 1e-6); grads are not changed (clip_norm = inf: no clipping).
+    The step is not applied (nothing changes) when the norm is NaN or Inf, or when the step
+    could overflow the dtype: lr, or lr times the clipped norm (the largest change the gradient
+    can make to a parameter), above half the dtype's largest finite value.
+    """
+    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
+    scale = _clip_scale(norm, hyper[CLIP_NORM])
+    limit = 0.5 * _largest(params)
+    applied = (math.isfinite(norm) and hyper[LR] < limit
+               and hyper[LR] * scale * norm < limit)
     if applied:
+        buf = state[0] if state.shape[0] > 0 else params[:0]
+        _sgd_pass(params, grads, buf, scale, hyper, hyper[STEPS] == 0)
         hyper[STEPS] += 1
     return norm, applied
 
