@@ -19,8 +19,17 @@ and optionally
     and ``train_step`` compute gradients and apply the update inside one compiled call (many
     steps per call in ``fit``), with the same results as ``step()``.
 
+``end_epoch(samples, loss)``
+    Called by ``fit`` after each epoch (the rows it trained on, the loss a schedule watches):
+    where a learning-rate schedule advances.
+``lr``
+    A number: ``fit`` records it per epoch in ``history["lr"]``.
+
 ``fit`` checks the protocol, computes the gradients, runs its gradient hook if one is given,
-then calls the update stage: ``step()``, or the compiled update of ``update_spec()``.
+then calls the update stage: ``step()``, or the compiled update of ``update_spec()`` (which
+must fit the model: ``check_update``).
+
+fastbp's optimizers (``SGD``, ``Adam``, ``AdamW``) have all of these, and ``train_step``.
 """
 import math
 

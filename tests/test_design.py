@@ -281,7 +281,7 @@ def test_repeated_gradients_are_bitwise_identical():
 
 
 KERNELS_DIR = pathlib.Path(kernels.__file__).resolve().parent
-FLAG_SETS = {"SERIAL", "PARALLEL", "INLINED"}
+FLAG_SETS = {"SERIAL", "PARALLEL", "INLINED", "ELEMENTWISE"}
 
 
 def _jit_calls(path):

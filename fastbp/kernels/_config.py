@@ -1,7 +1,7 @@
 """Compiler flags and tuning constants for every kernel: the one place that sets them.
 
-Every ``@njit`` in ``fastbp.kernels`` takes one of ``SERIAL``, ``PARALLEL`` or ``INLINED``
-(tests/test_design.py fails on any that sets its own).
+Every ``@njit`` in ``fastbp.kernels`` takes one of ``SERIAL``, ``PARALLEL``, ``INLINED`` or
+``ELEMENTWISE`` (tests/test_design.py fails on any that sets its own).
 
 Numba's on-disk cache checks only the source file a function is defined in, but a compiled
 function also holds copies of the functions it calls from other modules. ``guard_cache`` keeps
@@ -23,6 +23,10 @@ PARALLEL = dict(SERIAL, parallel=True)
 # Numba-level inlining, for small helpers whose callers must see through them (a scalar
 # function inside a vectorised loop) or that are called at few sites.
 INLINED = dict(SERIAL, inline="always")
+# Loops that divide by values that cannot be zero (Adam's denominator holds eps > 0): NumPy's
+# error model, which does not test every divisor for zero. Python's does, and that test kept
+# Adam's update loop from vectorising: 5x slower (measured).
+ELEMENTWISE = dict(SERIAL, error_model="numpy")
 
 # Multiply-adds a tile must hold before it is worth waking another thread for it: entering a
 # parallel region costs about 2 us on 2 threads and 8 us on 16 (measured), ~6 us of GEMM work.
