@@ -18,12 +18,13 @@ clip_grad_norm_, SGD step) on preallocated tensors; JAX, when installed, the who
 ``jax.jit``.
 
 With ``--optimizer adam`` (or adamw) fastbp and PyTorch take Adam steps instead (torch.optim's
-default implementation for CPU tensors; JAX is left out), and three more figures are timed in
-the same rounds: fastbp's and PyTorch's SGD steps (for the Adam / SGD cost ratio and SGD's
-x torch), fastbp's update pass
-alone (``optimizer.step()`` on fixed gradients), and a NumPy copy moving as many bytes as the
-update pass must (it reads parameters, gradients and both moments and writes back all but the
-gradients: 7 values per parameter), the memory-bandwidth bar of the update.
+default implementation for CPU tensors; JAX is left out), and more figures are timed in the
+same rounds: PyTorch with its fused Adam kernel (``fused=True``), fastbp's and PyTorch's SGD
+steps (for the Adam / SGD cost ratio and SGD's x torch), fastbp's update pass alone
+(``optimizer.step()`` on fixed gradients: the norm pass, then the update), and a copy moving as
+many bytes as the update must (it reads parameters, gradients and both moments and writes back
+all but the gradients: 7 values per parameter) on the same threads: the memory-bandwidth bar
+of the update.
 
 Everything of one config is timed in interleaved rounds: each round runs fastbp, PyTorch, JAX,
 the NumPy products and the peak product one after another, so that a slow spell of a shared
@@ -174,22 +175,34 @@ def fastbp_steps(sizes, batch, optimizer="sgd"):
 
 
 def update_copy(n_params):
-    """A NumPy copy of as many bytes as Adam's update pass moves over n_params float32 values
-    (7 reads and writes per parameter), as a callable."""
+    """A copy of as many bytes as Adam's update pass moves over n_params float32 values (7 reads
+    and writes per parameter), over the same threads and chunks as the update, as a callable."""
+    from numba import njit, prange
+
+    from .kernels._config import NORM_CHUNK, PARALLEL
+
+    @njit(**dict(PARALLEL, cache=False))
+    def copy(dst, src):
+        for c in prange((src.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK):
+            start = c * NORM_CHUNK
+            dst[start:start + NORM_CHUNK] = src[start:start + NORM_CHUNK]
     src = np.ones(7 * n_params // 2, dtype=np.float32)
     dst = np.empty_like(src)
-    return lambda: np.copyto(dst, src)
+    copy(dst, src)
+    return lambda: copy(dst, src)
 
 
-def torch_optimizer(name, params, lr=None):
+def torch_optimizer(name, params, lr=None, fused=False):
+    """torch.optim's optimizer of this name: its default implementation for CPU tensors, or with
+    fused=True its fused kernel."""
     import torch
     if name == "sgd":
         return torch.optim.SGD(params, lr=LR if lr is None else lr)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return cls(params, lr=ADAM_LR if lr is None else lr)
+    return cls(params, lr=ADAM_LR if lr is None else lr, **({"fused": True} if fused else {}))
 
 
-def torch_step(sizes, batch, threads, optimizer="sgd"):
+def torch_step(sizes, batch, threads, optimizer="sgd", fused=False):
     """A callable that runs one PyTorch eager training step."""
     import torch
     torch.set_num_threads(threads)
@@ -198,7 +211,7 @@ def torch_step(sizes, batch, threads, optimizer="sgd"):
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
-    opt = torch_optimizer(optimizer, net.parameters())
+    opt = torch_optimizer(optimizer, net.parameters(), fused=fused)
     loss_fn = torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     X = torch.from_numpy(rng.standard_normal((batch, sizes[0])).astype(np.float32))
@@ -254,7 +267,8 @@ MNIST_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False, optimizer="sgd"):
     """Training throughput on real MNIST, 784-256-128-10, clip 5, SGD lr 0.1 (or Adam/AdamW lr
     1e-3): samples/s over whole epochs (shuffling and batch gathering included) and test
-    accuracy, for fastbp.fit and for a plain PyTorch loop with the same optimizer and batch."""
+    accuracy, for fastbp.fit and for a plain PyTorch loop with the same optimizer (Adam: its fused
+    kernel, PyTorch's fastest on CPU) and batch."""
     import fastbp
     data = fastbp.data.load("mnist", data_dir=data_dir, val_fraction=0.0, download=False)
     sizes = [784, 256, 128, 10]
@@ -279,7 +293,7 @@ def mnist_epochs(data_dir, threads, epochs=3, batch=128, have_torch=False, optim
         net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
                                   torch.nn.Linear(256, 128), torch.nn.ReLU(),
                                   torch.nn.Linear(128, 10))
-        topt = torch_optimizer(optimizer, net.parameters(), lr)
+        topt = torch_optimizer(optimizer, net.parameters(), lr, fused=optimizer != "sgd")
         loss_fn = torch.nn.CrossEntropyLoss()
         X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
         start = time.perf_counter()
@@ -398,6 +412,7 @@ def main(argv=None):
         if have.get("torch"):
             fns["torch"] = torch_step(sizes, batch, threads, args.optimizer)
             if adam:
+                fns["torch fused"] = torch_step(sizes, batch, threads, args.optimizer, True)
                 fns["torch sgd"] = torch_step(sizes, batch, threads)
         if have.get("jax"):
             fns["jax"] = jax_step(sizes, batch)
@@ -436,6 +451,8 @@ def main(argv=None):
                        percent_of_copy=100 * np.median(runs["copy"] / runs["update"]))
             if "torch sgd" in runs:
                 row["sgd_speedup_vs_torch"] = np.median(runs["torch sgd"] / runs["fit sgd"])
+                row["torch_fused_us"] = np.median(runs["torch fused"]) * 1e6
+                row["speedup_vs_torch_fused"] = np.median(runs["torch fused"] / fit)
         rows.append(row)
 
         def cell(key, width, fmt):
@@ -447,7 +464,8 @@ def main(argv=None):
               f"{cell('percent_of_peak', 8, '.0f')}{cell('numpy_gemm_us', 10, '.0f')}"
               f"{cell('percent_of_gemm', 8, '.0f')}")
         if adam:
-            versus = (f", x torch {row['sgd_speedup_vs_torch']:.2f}"
+            versus = (f", x torch {row['sgd_speedup_vs_torch']:.2f}; x torch fused "
+                      f"{args.optimizer} {row['speedup_vs_torch_fused']:.2f}"
                       if "sgd_speedup_vs_torch" in row else "")
             print(f"{'':<28}{args.optimizer} step / SGD step {row['cost_vs_sgd']:.3f} (SGD fit "
                   f"{row['sgd_fit_step_us']:.0f} us{versus}); update pass "

@@ -56,3 +56,24 @@ def test_interleaved_times_takes_turns():
     # one settling call and one timed call (min_time 0 means one call per run).
     calibration = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
     assert log == calibration + ["a", "a", "b", "b", "c", "c"] * 4
+
+
+def test_bench_with_adam_writes_its_columns(tmp_path):
+    """--optimizer adam: Adam's step beside SGD's, the update pass and the copy of its bytes
+    (with PyTorch, its default and fused Adam and its SGD)."""
+    out = tmp_path / "bench.json"
+    result = _run("--threads", "1", "--configs", "8-16-4:8", "--min-time", "0.01", "--no-jax",
+                  "--optimizer", "adam", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    row = json.loads(out.read_text())["configs"][0]
+    assert row["optimizer"] == "adam"
+    for key in ("sgd_fit_step_us", "cost_vs_sgd", "update_us", "copy_us", "update_gb_per_s",
+                "percent_of_copy"):
+        assert row[key] > 0, key
+    assert row["update_gb_per_s"] == pytest.approx(28 * row["params"] / row["update_us"] / 1e3)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    for key in ("torch_us", "torch_fused_us", "speedup_vs_torch_fused", "sgd_speedup_vs_torch"):
+        assert row[key] > 0, key
