@@ -17,7 +17,7 @@ from . import __version__, kernels
 from ._threads import set_num_threads
 from .data import NAMED, SCALINGS, DataError
 from .data import load as load_data
-from .io import ModelFileError, load_checkpoint
+from .io import ModelFileError, load_checkpoint, read_metadata
 from .io import save as save_model
 from .model import ACTIVATIONS, LOSSES, MLP
 from .optim import OPTIMIZERS
@@ -228,7 +228,49 @@ def build_parser():
     out.add_argument("--json", action="store_true",
                      help="print a machine-readable summary (JSON) on stdout; the other lines "
                      "go to stderr")
+    parser.train_parser = train
     return parser
+
+
+def _given_options(argv):
+    """The dests of the options argv gives explicitly (a default is not given)."""
+    unset = object()
+    probe = build_parser()
+    probe.train_parser.set_defaults(**{action.dest: unset for action in
+                                       probe.train_parser._actions if action.dest != "help"})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
+
+
+# What --resume takes from the file, and the settings of the run that it must continue alike.
+MODEL_OPTIONS = ("layers", "activation", "loss", "dtype", "optimizer", "lr", "momentum",
+                 "nesterov", "weight_decay", "betas", "eps", "amsgrad", "lr_schedule", "warmup",
+                 "lr_step", "lr_gamma", "power_t", "clip_norm")
+RUN_OPTIONS = ("data", "label_column", "val_fraction", "test_fraction", "scale", "seed",
+               "batch_size", "accumulate")
+
+
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _check_resume(args):
+    """--resume continues a run: the model and optimizer come from the file, and the data and
+    batches must be the run's (as saved with it) for the continuation to be that run's."""
+    given = [_flag(dest) for dest in MODEL_OPTIONS if dest in getattr(args, "given", ())]
+    if given:
+        raise UsageError(f"fastbp train: --resume takes the model and the optimizer from "
+                         f"{args.resume}; drop {', '.join(given)}")
+    try:
+        run = read_metadata(args.resume).get("run")
+    except ModelFileError as exc:
+        raise UsageError(f"fastbp train: --resume: {exc}") from None
+    if not isinstance(run, dict):
+        return  # saved by fastbp.save from Python: nothing to compare
+    differ = [f"{_flag(dest)} {getattr(args, dest)} (the run's: {run[dest]})"
+              for dest in RUN_OPTIONS if dest in run and run[dest] != getattr(args, dest)]
+    if differ:
+        raise UsageError(f"fastbp train: --resume {args.resume}: give the settings of the run "
+                         f"it continues: {'; '.join(differ)}")
 
 
 # -- checks that must pass before any work is done ----------------------------------------
@@ -276,8 +318,10 @@ def _check_args(args):
     if args.warmup >= args.epochs and args.lr_schedule == "cosine":
         raise UsageError(f"fastbp train: --warmup {args.warmup} leaves no epoch of the "
                          f"{args.epochs} for the cosine")
-    if args.resume is not None and not os.path.isfile(args.resume):
-        raise UsageError(f"fastbp train: --resume {args.resume}: no such file")
+    if args.resume is not None:
+        if not os.path.isfile(args.resume):
+            raise UsageError(f"fastbp train: --resume {args.resume}: no such file")
+        _check_resume(args)
     if args.save is not None:
         _check_output_path("--save", args.save)
     if args.plot is not None:
@@ -531,7 +575,8 @@ def train(args):
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
                     "scale": ds.scale.tolist(), "image_shape": ds.image_shape,
                     "test_accuracy": test_accuracy, "epochs": first_epoch + epochs_run,
-                    "interrupted": history.interrupted, "fastbp_version": __version__}
+                    "interrupted": history.interrupted, "fastbp_version": __version__,
+                    "run": {dest: getattr(args, dest) for dest in RUN_OPTIONS}}
         try:
             saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)
         except OSError as exc:
@@ -603,6 +648,7 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
+        args.given = _given_options(argv)
         _check_args(args)
         return train(args)
     except UsageError as exc:

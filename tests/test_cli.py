@@ -418,3 +418,20 @@ print(np.array_equal(model.params, before), sorted(names) == sorted(ready),
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-4:] == ["True"] * 4
+
+
+def test_resume_refuses_other_settings_and_model_options(tmp_path, capsys):
+    saved = tmp_path / "run.npz"
+    run_json(["--epochs", "1", "--batch-size", "16", "--save", str(saved)], capsys)
+    before = saved.read_bytes()
+    for argv, expected in ((["--batch-size", "32"], "--batch-size 32 (the run's: 16)"),
+                           (["--batch-size", "16", "--seed", "3"], "--seed 3 (the run's: 0)"),
+                           (["--batch-size", "16", "--layers", "64", "--lr", "0.1"],
+                            "drop --layers, --lr"),
+                           (["--batch-size", "16", "--optimizer", "adam"], "drop --optimizer")):
+        code, out, err = run(["train", "--quiet", "--epochs", "3", "--resume", str(saved),
+                              "--save", str(saved)] + argv, capsys)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert saved.read_bytes() == before
+    summary = run_json(["--epochs", "3", "--resume", str(saved), "--batch-size", "16"], capsys)
+    assert summary["first_epoch"] == 2 and summary["epochs_run"] == 2
