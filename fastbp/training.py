@@ -131,7 +131,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         "samples_per_s": training throughput (steps only) and "seconds": the steps' wall time;
         "accuracy": accuracy on the training rows after the epoch (classifiers: softmax
         cross-entropy, or MSE on one-hot or 0/1 targets);
-        "val_loss", "val_accuracy": the same on the validation rows, when there are any.
+        "val_loss", "val_accuracy": the same on the validation rows, when there are any;
+        "lr": the optimizer's learning rate during the epoch (when it has a numeric ``lr``).
     Its attributes ``best_epoch``, ``stop_reason`` and ``interrupted`` say how training ended.
 
     Ctrl-C (KeyboardInterrupt) ends training cleanly: every step is one compiled call that
