@@ -193,8 +193,8 @@ def build_parser():
                        help="per epoch: cosine falls from --lr towards 0 along a half cosine "
                        "(after --warmup epochs of linear rise); step multiplies it by "
                        "--lr-gamma every --lr-step epochs; invscaling divides it by (samples "
-                       "seen + 1) ** --power-t; adaptive divides it by 5 when the validation "
-                       "(else training) loss stops improving for 10 epochs")
+                       "seen + 1) ** --power-t; adaptive divides it by 5 after more than 10 "
+                       "epochs in a row without the validation (else training) loss improving")
     optim.add_argument("--warmup", type=_int_type("warmup", 0), default=d["warmup"],
                        metavar="N", help="cosine: epochs of linear warm-up")
     optim.add_argument("--lr-step", type=_int_type("lr step", 1), metavar="N",
@@ -204,8 +204,9 @@ def build_parser():
     optim.add_argument("--power-t", type=_float_type("power_t", 0, None, low_open=False),
                        default=d["power_t"], metavar="P", help="invscaling: exponent")
     optim.add_argument("--accumulate", type=_int_type("accumulate", 1), default=d["accumulate"],
-                       metavar="K", help="sum the gradients of K batches before each update "
-                       "(an effective batch of K x --batch-size rows)")
+                       metavar="K", help="each update uses the gradient of K batches together "
+                       "(their mean over all their rows: an effective batch of K x --batch-size "
+                       "rows, with the memory of one batch)")
     optim.add_argument("--clip-norm", type=_clip, default=d["clip_norm"], metavar="X",
                        help="clip the global gradient norm to X ('none' to disable)")
     optim.add_argument("--early-stopping", type=_int_type("patience", 1), metavar="N",
@@ -217,8 +218,9 @@ def build_parser():
     optim.add_argument("--threads", type=_int_type("threads", 1), metavar="N",
                        help="threads for the kernels (default: all cores)")
     optim.add_argument("--resume", metavar="PATH",
-                       help="continue the run saved in PATH (by --save): its model, optimizer "
-                       "state and schedule; --epochs is the total, counting the epochs done")
+                       help="continue the run saved in PATH (by --save, also after Ctrl-C): its "
+                       "model, optimizer state, schedule and position, to the run's planned "
+                       "--epochs (or a given larger total); bitwise the uninterrupted run")
     out = train.add_argument_group("output")
     out.add_argument("--save", metavar="PATH", help="write the trained model and its optimizer "
                      "state (.npz) to PATH")
@@ -264,8 +266,19 @@ def _check_resume(args):
         run = read_metadata(args.resume).get("run")
     except ModelFileError as exc:
         raise UsageError(f"fastbp train: --resume: {exc}") from None
+    args.resume_run = run if isinstance(run, dict) else {}
     if not isinstance(run, dict):
         return  # saved by fastbp.save from Python: nothing to compare
+    if run.get("stop_reason") == "early_stopping":
+        raise UsageError(f"fastbp train: --resume {args.resume}: that run ended by early "
+                         "stopping and holds its best epoch's weights: nothing to continue")
+    planned = run.get("epochs")
+    if "epochs" not in getattr(args, "given", ()) and isinstance(planned, int):
+        args.epochs = planned
+    elif run.get("schedule") == "cosine" and planned != args.epochs:
+        raise UsageError(f"fastbp train: --resume {args.resume}: its cosine schedule spans "
+                         f"{planned} epochs; resume with --epochs {planned} (or without "
+                         "--epochs)")
     differ = [f"{_flag(dest)} {getattr(args, dest)} (the run's: {run[dest]})"
               for dest in RUN_OPTIONS if dest in run and run[dest] != getattr(args, dest)]
     if differ:
@@ -311,8 +324,16 @@ def _check_args(args):
     if args.optimizer != "sgd" and args.momentum != 0:
         raise UsageError(f"fastbp train: --momentum applies to --optimizer sgd, not "
                          f"{args.optimizer}")
-    if args.optimizer == "sgd" and args.amsgrad:
-        raise UsageError("fastbp train: --amsgrad applies to --optimizer adam or adamw")
+    given = getattr(args, "given", set())
+    for dests, applies, to in ((("amsgrad", "betas", "eps"), args.optimizer != "sgd",
+                                "--optimizer adam or adamw"),
+                               (("lr_step", "lr_gamma"), args.lr_schedule == "step",
+                                "--lr-schedule step"),
+                               (("power_t",), args.lr_schedule == "invscaling",
+                                "--lr-schedule invscaling")):
+        for dest in dests:
+            if not applies and (dest in given if dest != "amsgrad" else args.amsgrad):
+                raise UsageError(f"fastbp train: {_flag(dest)} applies to {to}")
     if args.warmup and args.lr_schedule != "cosine":
         raise UsageError("fastbp train: --warmup applies to --lr-schedule cosine")
     if args.warmup >= args.epochs and args.lr_schedule == "cosine":
@@ -320,7 +341,8 @@ def _check_args(args):
                          f"{args.epochs} for the cosine")
     if args.resume is not None:
         if not os.path.isfile(args.resume):
-            raise UsageError(f"fastbp train: --resume {args.resume}: no such file")
+            what = "is a folder" if os.path.isdir(args.resume) else "no such file"
+            raise UsageError(f"fastbp train: --resume {args.resume}: {what}")
         _check_resume(args)
     if args.save is not None:
         _check_output_path("--save", args.save)
@@ -402,12 +424,15 @@ def _new_model(args, sizes):
     return model, OPTIMIZERS[args.optimizer](model, **options)
 
 
-def _resumed_model(args, ds):
-    """The model and optimizer saved in --resume, checked against the data."""
+def _resumed_model(args):
+    """The model and optimizer saved in --resume."""
     try:
-        model, optimizer = load_checkpoint(args.resume)
+        return load_checkpoint(args.resume)
     except ModelFileError as exc:
         raise UsageError(f"fastbp train: --resume: {exc}") from None
+
+
+def _check_resumed_model(args, ds, model, optimizer):
     if model.sizes[0] != ds.n_features or model.sizes[-1] != ds.n_classes:
         raise UsageError(f"fastbp train: --resume {args.resume}: the model takes "
                          f"{model.sizes[0]} features and {model.sizes[-1]} classes; the data "
@@ -415,7 +440,18 @@ def _resumed_model(args, ds):
     if optimizer.epochs_done >= args.epochs:
         raise UsageError(f"fastbp train: --resume {args.resume}: {optimizer.epochs_done} "
                          f"epochs done already; --epochs is the total, so raise it above that")
-    return model, optimizer
+
+
+def _run_record(args, optimizer, history, n_train, first_epoch, first_step, steps):
+    """What --resume needs to continue this run: its data and batch settings, its planned
+    epochs, how it stopped, and how many steps into an unfinished epoch it got."""
+    batch = min(args.batch_size, n_train)
+    per_epoch = -(-n_train // (batch * min(args.accumulate, -(-n_train // batch))))
+    position = first_epoch * per_epoch + first_step + steps
+    return {**{dest: getattr(args, dest) for dest in RUN_OPTIONS}, "epochs": args.epochs,
+            "schedule": getattr(optimizer.lr_schedule, "name", "constant"),
+            "stop_reason": history.stop_reason,
+            "epoch_steps": position - optimizer.epochs_done * per_epoch}
 
 
 def _describe(optimizer):
@@ -479,11 +515,13 @@ def train(args):
     say = _Printer(args.quiet, to_stderr=args.json)
     if args.threads is not None:
         set_num_threads(args.threads)
+    resumed = _resumed_model(args) if args.resume is not None else None
+    dtype_name = np.dtype(resumed[0].dtype).name if resumed else args.dtype
 
     try:
         ds = load_data(args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, seed=args.seed,
-                       label_column=args.label_column, dtype=args.dtype,
+                       label_column=args.label_column, dtype=dtype_name,
                        scaling=args.scale, log=say)
     except DataError as exc:
         raise UsageError(f"fastbp train: {exc}") from None
@@ -496,8 +534,9 @@ def train(args):
 
     sizes = [ds.n_features] + args.layers + [ds.n_classes]
     try:
-        if args.resume is not None:
-            model, optimizer = _resumed_model(args, ds)
+        if resumed:
+            model, optimizer = resumed
+            _check_resumed_model(args, ds, model, optimizer)
             sizes = list(model.sizes)
         else:
             model, optimizer = _new_model(args, sizes)
@@ -522,6 +561,8 @@ def train(args):
         f"{np.dtype(model.dtype).name}, {model.n_params:,} parameters"
         + (f"; resumed from {args.resume}" if args.resume else ""))
     first_epoch = optimizer.epochs_done
+    first_step = getattr(args, "resume_run", {}).get("epoch_steps", 0) if resumed else 0
+    steps_before = optimizer.steps
     epochs = args.epochs - first_epoch
     accumulate = f" x {args.accumulate} accumulated" if args.accumulate > 1 else ""
     say(f"train  {_describe(optimizer)}, batch {args.batch_size}{accumulate}, "
@@ -543,7 +584,7 @@ def train(args):
                       batch_size=args.batch_size, seed=args.seed, validation_data=validation,
                       early_stopping=args.early_stopping, callbacks=callbacks,
                       progress=not args.quiet and _have_tqdm(), accumulate=args.accumulate,
-                      initial_epoch=first_epoch)
+                      initial_epoch=first_epoch, initial_step=first_step)
     except DivergenceError as exc:
         print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
         return EXIT_FAILED
@@ -576,7 +617,8 @@ def train(args):
                     "scale": ds.scale.tolist(), "image_shape": ds.image_shape,
                     "test_accuracy": test_accuracy, "epochs": first_epoch + epochs_run,
                     "interrupted": history.interrupted, "fastbp_version": __version__,
-                    "run": {dest: getattr(args, dest) for dest in RUN_OPTIONS}}
+                    "run": _run_record(args, optimizer, history, len(y_train),
+                                       first_epoch, first_step, optimizer.steps - steps_before)}
         try:
             saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)
         except OSError as exc:

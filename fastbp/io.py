@@ -101,7 +101,7 @@ def save(model, path, metadata=None, optimizer=None):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata: cannot be stored as JSON ({exc})") from None
     if optimizer is not None:
-        arrays["optimizer"] = np.array(json.dumps(_optimizer_record(optimizer)))
+        arrays["optimizer"] = np.array(json.dumps(_optimizer_record(optimizer), allow_nan=False))
         arrays["optimizer_state"] = optimizer.state
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
@@ -132,12 +132,16 @@ def load_checkpoint(path):
         opt = _rebuild_optimizer(model, record, arrays.get("optimizer_state"))
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+    except KeyError as exc:
+        raise ModelFileError(f"{what}: optimizer: its record lacks the field {exc}") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{what}: optimizer: {exc}") from None
     return model, opt
 
 
 def _rebuild_optimizer(model, record, state):
+    if not isinstance(record, dict):
+        raise ValueError("its record is not a JSON object")
     cls = optim.OPTIMIZERS.get(record["name"])
     if cls is None:
         raise ValueError(f"unknown optimizer {record['name']!r}")
@@ -146,6 +150,8 @@ def _rebuild_optimizer(model, record, state):
         config["betas"] = tuple(config["betas"])
     schedule = record["schedule"]
     if schedule is not None:
+        if not isinstance(schedule, dict) or not isinstance(schedule["config"], dict):
+            raise ValueError("its schedule is not a JSON object with a config")
         schedule = schedules.from_config(schedule["name"], schedule["config"], schedule["state"])
     opt = cls(model, **config, lr_schedule=schedule)
     if state is None or state.shape != opt.state.shape or state.dtype != opt.state.dtype:
@@ -154,13 +160,15 @@ def _rebuild_optimizer(model, record, state):
                          f"for this model, got {got}")
     if not np.all(np.isfinite(state)):
         raise ValueError("its state contains NaN or Inf")
+    if isinstance(opt, optim.Adam) and np.any(state[1:] < 0):
+        raise ValueError("its second moments (state rows 1 and up) contain negative values")
     steps = _count("steps", record["steps"])
     opt.state[...] = state
     hyper = opt.update_spec().hyper
     hyper[STEPS] = steps
     hyper[LR] = number_in("lr", record["lr"], 0)  # 0: the end of a cosine
-    opt.epochs_done = _count("epochs_done", record["epochs_done"])
-    opt.samples_seen = _count("samples_seen", record["samples_seen"])
+    opt._epochs_done = _count("epochs_done", record["epochs_done"])
+    opt._samples_seen = _count("samples_seen", record["samples_seen"])
     return opt
 
 

@@ -32,6 +32,7 @@ must fit the model: ``check_update``).
 fastbp's optimizers (``SGD``, ``Adam``, ``AdamW``) have all of these, and ``train_step``.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -59,15 +60,16 @@ class Optimizer:
     def __init__(self, model, spec, lr_schedule):
         if not isinstance(model, MLP):
             raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
-        if lr_schedule is not None and not callable(getattr(lr_schedule, "rate", None)):
-            raise TypeError(f"lr_schedule: expected a schedule of fastbp.schedules, got "
-                            f"{type(lr_schedule).__name__}")
+        if lr_schedule is not None and (isinstance(lr_schedule, type)
+                                        or not callable(getattr(lr_schedule, "rate", None))):
+            raise TypeError(f"lr_schedule: expected a schedule object of fastbp.schedules "
+                            f"(e.g. Cosine(30)), got {lr_schedule!r:.100}")
         self._model = model
         self._spec = spec
-        self.base_lr = float(spec.hyper[LR])
-        self.lr_schedule = lr_schedule
-        self.epochs_done = 0   # the schedule's position
-        self.samples_seen = 0
+        self._base_lr = float(spec.hyper[LR])
+        self._lr_schedule = lr_schedule
+        self._epochs_done = 0   # the schedule's position
+        self._samples_seen = 0
         if lr_schedule is not None:
             self._set_scheduled_lr()
         model._optimizers.add(self)
@@ -76,6 +78,13 @@ class Optimizer:
     def model(self):
         """The model whose parameters this optimizer updates (fixed: its state fits them)."""
         return self._model
+
+    # The schedule and its position: read-only (end_epoch advances them; load_checkpoint
+    # restores them).
+    base_lr = property(lambda self: self._base_lr, doc="The lr given; a schedule starts here.")
+    lr_schedule = property(lambda self: self._lr_schedule)
+    epochs_done = property(lambda self: self._epochs_done, doc="Epochs ended (end_epoch).")
+    samples_seen = property(lambda self: self._samples_seen, doc="Rows of those epochs.")
 
     # -- hyper-parameters ---------------------------------------------------------------------
 
@@ -146,9 +155,13 @@ class Optimizer:
 
     def end_epoch(self, samples, loss):
         """Advance the schedule past an epoch of ``samples`` rows whose watched loss was
-        ``loss`` (fit calls this); sets ``lr`` for the next epoch. No schedule: nothing."""
-        self.epochs_done += 1
-        self.samples_seen += int(samples)
+        ``loss`` (fit calls this); with a schedule, sets ``lr`` for the next epoch (replacing
+        any value set by hand)."""
+        samples = _validate.non_negative_int("samples", samples)
+        if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+            raise TypeError(f"loss: expected a number, got {type(loss).__name__}")
+        self._epochs_done += 1
+        self._samples_seen += samples
         if self.lr_schedule is None:
             return
         if callable(getattr(self.lr_schedule, "observe", None)):
@@ -163,11 +176,22 @@ class Optimizer:
 
 def _betas(betas):
     try:
+        if not isinstance(betas, (tuple, list, np.ndarray)):
+            raise TypeError
         beta1, beta2 = betas
     except (TypeError, ValueError):
         raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r:.100}") from None
     return (_validate.number_in("betas[0]", beta1, 0, 1, high_open=True),
             _validate.number_in("betas[1]", beta2, 0, 1, high_open=True))
+
+
+def _fits(name, value, model):
+    """value, if the model's dtype can hold it (the kernels use hyper-parameters in it)."""
+    dtype = getattr(model, "dtype", np.float64)
+    if value > float(np.finfo(dtype).max):
+        raise ValueError(f"{name}: {value:g} does not fit the model's "
+                         f"{np.dtype(dtype).name} parameters")
+    return value
 
 
 def _flag(name, value):
@@ -197,7 +221,9 @@ class SGD(Optimizer):
         if nesterov and (momentum == 0 or dampening != 0):
             raise ValueError(f"nesterov: needs a momentum and no dampening (momentum "
                              f"{momentum}, dampening {dampening})")
-        weight_decay = _validate.number_in("weight_decay", weight_decay, 0)
+        weight_decay = _fits("weight_decay", _validate.number_in("weight_decay", weight_decay, 0),
+                             model)
+        momentum = _fits("momentum", momentum, model)
         clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
         n_params = model.n_params if isinstance(model, MLP) else 0
         spec = kernels.sgd_spec(lr, math.inf if clip_norm is None else clip_norm,
@@ -228,7 +254,12 @@ class Adam(Optimizer):
         lr = _validate.positive_number("lr", lr)
         betas = _betas(betas)
         eps = _validate.positive_number("eps", eps)
-        weight_decay = _validate.number_in("weight_decay", weight_decay, 0)
+        tiny = float(np.finfo(getattr(model, "dtype", np.float64)).tiny)
+        if eps < tiny:
+            raise ValueError(f"eps: {eps:g} is below the smallest normal number of the model's "
+                             f"dtype ({tiny:g}); Adam divides by it")
+        weight_decay = _fits("weight_decay", _validate.number_in("weight_decay", weight_decay, 0),
+                             model)
         amsgrad = _flag("amsgrad", amsgrad)
         clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
         n_params = model.n_params if isinstance(model, MLP) else 0
@@ -322,6 +353,7 @@ def refusal(loss, norm, spec, dtype):
     elif not math.isfinite(norm):
         what = f"the gradient norm is {norm}"
     else:
+        eps = f"eps {spec.hyper[EPS]:g}, " if spec.kind == kernels.ADAM_KIND else ""
         what = (f"the update would overflow {np.dtype(dtype).name} (lr {spec.hyper[LR]:g}, "
-                f"gradient norm {norm:g})")
+                f"{eps}gradient norm {norm:g})")
     return what + "; parameters left unchanged"

@@ -98,7 +98,10 @@ class InvScaling:
         return {"power_t": self.power_t}
 
     def rate(self, base_lr, epoch, samples):
-        return base_lr / (samples + 1) ** self.power_t
+        try:
+            return base_lr / (samples + 1) ** self.power_t   # scikit-learn's arithmetic
+        except OverflowError:   # the rate is below any float
+            return 0.0
 
 
 class Adaptive:
@@ -123,13 +126,13 @@ class Adaptive:
                 "min_lr": self.min_lr}
 
     def state(self):
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "divisions": self.divisions}
+        """JSON-ready: best is None until a loss has been seen."""
+        return {"best": None if self.best == math.inf else self.best,
+                "bad_epochs": self.bad_epochs, "divisions": self.divisions}
 
     def load_state(self, state):
-        best = float(state["best"])
-        if math.isnan(best):
-            raise ValueError("adaptive schedule state: best loss is NaN")
-        self.best = best
+        best = state["best"]
+        self.best = math.inf if best is None else _number("best", best)
         self.bad_epochs = _number("bad_epochs", state["bad_epochs"], 0, integer=True)
         self.divisions = _number("divisions", state["divisions"], 0, integer=True)
 
@@ -160,5 +163,7 @@ def from_config(name, config, state=None):
                          f"{', '.join(SCHEDULES)}")
     schedule = SCHEDULES[name](**config)
     if state:
+        if not isinstance(state, dict) or not hasattr(schedule, "load_state"):
+            raise ValueError(f"lr_schedule: {name} keeps no state like {state!r:.60}")
         schedule.load_state(state)
     return schedule

@@ -23,6 +23,7 @@ A callback is any object with some of these methods (all optional; a missing one
 epoch's metrics then cover the steps taken) or after that epoch.
 """
 import math
+import numbers
 import time
 import warnings
 
@@ -67,7 +68,7 @@ _MONITORS = {"val_loss": min, "val_accuracy": max}
 def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         validation_data=None, validation_fraction=None, early_stopping=None,
         monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None,
-        accumulate=1, initial_epoch=0):
+        accumulate=1, initial_epoch=0, initial_step=0):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). Each epoch visits
@@ -102,7 +103,12 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     initial_epoch : int, default 0
         When continuing a run that has done this many epochs with the same data and ``seed``
         (e.g. after ``load_checkpoint``): the batch order picks up where that run left off, so
-        that the continued run is the uninterrupted one.
+        that the continued run is the uninterrupted one. At most the optimizer's
+        ``epochs_done``, when it has one.
+    initial_step : int, default 0
+        With ``initial_epoch``, for a run stopped within an epoch after this many steps (e.g.
+        by Ctrl-C): the first epoch starts at its next step. Its history entry then covers the
+        remaining steps only.
     validation_data : (X_val, y_val), optional
         Rows scored after every epoch, never trained on.
     validation_fraction : float in (0, 1), optional
@@ -152,6 +158,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     batch_size = _validate.positive_int("batch_size", batch_size)
     accumulate = _validate.positive_int("accumulate", accumulate)
     initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
+    initial_step = _validate.non_negative_int("initial_step", initial_step)
     metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
     if early_stopping is not None:
         early_stopping = _validate.positive_int("early_stopping", early_stopping)
@@ -177,6 +184,15 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
 
     n_samples = X.shape[0]
     batch_size = min(batch_size, n_samples)
+    accumulate = min(accumulate, -(-n_samples // batch_size))  # no step spans more than an epoch
+    rows_per_step = batch_size * accumulate
+    if initial_step * rows_per_step >= n_samples:
+        raise ValueError(f"initial_step: {initial_step}, but an epoch has "
+                         f"{-(-n_samples // rows_per_step)} steps")
+    done = getattr(optimizer, "epochs_done", None)
+    if isinstance(done, int) and initial_epoch > done:
+        raise ValueError(f"initial_epoch: {initial_epoch}, but the optimizer has ended {done} "
+                         "epochs (a run continued must have done them)")
     rng = np.random.default_rng(seed)
     for _ in range(initial_epoch if shuffle else 0):
         rng.permutation(n_samples)  # the orders of the epochs done
@@ -210,7 +226,6 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     # and Ctrl-C answered quickly.
     compiled_update = _has_compiled_update(optimizer)
     chunked = not step_hooks and grad_hook is None and compiled_update
-    rows_per_step = batch_size * accumulate
     micro_grads = kernels.aligned_zeros(model.n_params, model.dtype) if accumulate > 1 else None
     max_steps = -(-n_samples // rows_per_step)
     chunk_steps = max(32, -(-max_steps // 20))
@@ -227,17 +242,19 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             start_time = time.perf_counter()
             epoch_lr = _current_lr(optimizer)
             order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
+            skipped = initial_step * rows_per_step if epoch == 0 else 0
+            order = order[skipped:]
             loss_sum = norm_sum = 0.0
             layer_norm_sum = np.zeros(len(model.sizes) - 1)
             n_steps = n_seen = n_updates = 0
             stop = False
             if bar_factory is not None:
-                bar = bar_factory(total=n_samples, desc=f"epoch {epoch + 1}/{epochs}",
+                bar = bar_factory(total=order.shape[0], desc=f"epoch {epoch + 1}/{epochs}",
                                   unit="sample", unit_scale=True, leave=False,
                                   dynamic_ncols=True,
                                   disable=None)  # None: no bar when not on a terminal
             if chunked:
-                for first in range(0, n_samples, chunk_steps * rows_per_step):
+                for first in range(0, order.shape[0], chunk_steps * rows_per_step):
                     rows = order[first:first + chunk_steps * rows_per_step]
                     spec = optimizer.update_spec()
                     optim.check_update(spec, model)
@@ -262,7 +279,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                         bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
                         bar.update(rows.shape[0])
             else:
-                for start in range(0, n_samples, rows_per_step):
+                for start in range(0, order.shape[0], rows_per_step):
                     rows = order[start:start + rows_per_step]
                     n = rows.shape[0]
                     try:
@@ -311,8 +328,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     record[prefix + "accuracy"] = accuracy
             for key, value in record.items():
                 history[key].append(value)
-            if callable(getattr(optimizer, "end_epoch", None)):
-                optimizer.end_epoch(n_seen, record.get("val_loss", record["loss"]))
+            # Only a whole epoch moves the schedule on (a step callback may stop one early).
+            if callable(getattr(optimizer, "end_epoch", None)) and n_seen == order.shape[0]:
+                optimizer.end_epoch(skipped + n_seen, record.get("val_loss", record["loss"]))
 
             if watch is not None and watch.update(epoch, record[monitor]):
                 history.stop_reason = "early_stopping"
@@ -368,9 +386,9 @@ def _has_compiled_update(optimizer):
 
 
 def _current_lr(optimizer):
-    """The optimizer's learning rate, when it has one as a plain number."""
+    """The optimizer's learning rate, when it has one as a number."""
     lr = getattr(optimizer, "lr", None)
-    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+    return float(lr) if isinstance(lr, numbers.Real) and not isinstance(lr, bool) else None
 
 
 def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_losses,

@@ -251,6 +251,12 @@ def bad_inputs(tmp):
         (["train", "--nesterov"], "--nesterov"),
         (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
         (["train", "--amsgrad"], "--amsgrad"),
+        (["train", "--betas", "0.8,0.9"], "--betas applies"),
+        (["train", "--eps", "1e-6"], "--eps applies"),
+        (["train", "--lr-step", "2"], "--lr-step applies"),
+        (["train", "--lr-gamma", "0.5", "--lr-schedule", "constant"], "--lr-gamma applies"),
+        (["train", "--power-t", "0.3"], "--power-t applies"),
+        (["train", "--resume", str(tmp)], "is a folder"),
         (["train", "--accumulate", "0"], "--accumulate"),
         (["train", "--lr-schedule", "linear"], "--lr-schedule"),
         (["train", "--warmup", "2", "--lr-schedule", "constant"], "--warmup"),
@@ -422,7 +428,8 @@ print(np.array_equal(model.params, before), sorted(names) == sorted(ready),
 
 def test_resume_refuses_other_settings_and_model_options(tmp_path, capsys):
     saved = tmp_path / "run.npz"
-    run_json(["--epochs", "1", "--batch-size", "16", "--save", str(saved)], capsys)
+    run_json(["--epochs", "1", "--batch-size", "16", "--lr-schedule", "constant", "--save",
+              str(saved)], capsys)
     before = saved.read_bytes()
     for argv, expected in ((["--batch-size", "32"], "--batch-size 32 (the run's: 16)"),
                            (["--batch-size", "16", "--seed", "3"], "--seed 3 (the run's: 0)"),
@@ -435,3 +442,44 @@ def test_resume_refuses_other_settings_and_model_options(tmp_path, capsys):
     assert saved.read_bytes() == before
     summary = run_json(["--epochs", "3", "--resume", str(saved), "--batch-size", "16"], capsys)
     assert summary["first_epoch"] == 2 and summary["epochs_run"] == 2
+
+
+def test_resume_after_ctrl_c_within_an_epoch_is_the_uninterrupted_run(tmp_path, capsys,
+                                                                       monkeypatch):
+    """Ctrl-C in the middle of epoch 2 (simulated after the 9th compiled chunk of steps), then
+    --resume: the same parameters, state and step count as one run that never stopped."""
+    base = ["--epochs", "4", "--batch-size", "8", "--optimizer", "adam"]
+    whole, stopped, resumed = (tmp_path / f"{n}.npz" for n in ("whole", "stopped", "resumed"))
+    run_json(base + ["--save", str(whole)], capsys)
+    chunk = fastbp.training._train_steps
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        done = chunk(*args, **kwargs)
+        calls.append(done)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return done
+    monkeypatch.setattr(fastbp.training, "_train_steps", interrupted)
+    code, _, _ = run(["train", "--quiet"] + base + ["--save", str(stopped)], capsys)
+    monkeypatch.undo()
+    assert code == 130
+    run_info = fastbp.io.read_metadata(stopped)["run"]
+    assert run_info["stop_reason"] == "interrupted" and run_info["epoch_steps"] > 0
+    summary = run_json(["--resume", str(stopped), "--batch-size", "8", "--save", str(resumed)],
+                       capsys)
+    assert summary["first_epoch"] == 2
+    (a, opt_a), (b, opt_b) = fastbp.load_checkpoint(whole), fastbp.load_checkpoint(resumed)
+    assert np.array_equal(a.params, b.params) and np.array_equal(opt_a.state, opt_b.state)
+    assert opt_a.steps == opt_b.steps and opt_a.epochs_done == opt_b.epochs_done == 4
+
+
+def test_resume_refuses_a_cosine_of_another_length_and_an_early_stopped_run(tmp_path, capsys):
+    cosine, stopped = tmp_path / "cosine.npz", tmp_path / "stopped.npz"
+    run_json(["--epochs", "2", "--save", str(cosine)], capsys)
+    code, _, err = run(["train", "--resume", str(cosine), "--epochs", "5"], capsys)
+    assert code == 2 and "cosine schedule spans 2 epochs" in err
+    run_json(["--epochs", "200", "--early-stopping", "1", "--lr-schedule", "constant",
+              "--lr", "0.3", "--save", str(stopped)], capsys)
+    code, _, err = run(["train", "--resume", str(stopped), "--epochs", "300"], capsys)
+    assert code == 2 and "early stopping" in err

@@ -1236,3 +1236,56 @@ def test_the_optimizers_model_cannot_be_swapped():
     opt = fastbp.Adam(model_of())
     with pytest.raises(AttributeError):
         opt.model = model_of(sizes=[5, 40, 30, 3])
+
+
+def test_fit_resumed_within_an_epoch_is_the_uninterrupted_run(tmp_path):
+    """initial_step: a run stopped 5 steps into its second epoch, saved and resumed, ends as
+    the run that never stopped (parameters, state, steps and schedule position)."""
+    X, y = blobs(n=90)
+
+    def adam(model):
+        return fastbp.Adam(model, lr=0.01, lr_schedule=schedules.InvScaling(0.3))
+    whole = model_of()
+    opt = adam(whole)
+    fastbp.fit(whole, X, y, opt, epochs=3, batch_size=8, seed=4)
+
+    class StopAfter:
+        def __init__(self):
+            self.steps = 0
+
+        def on_step_end(self, epoch, step, loss, norm, model):
+            self.steps += 1
+            return self.steps == 12 + 5   # 12 steps an epoch
+
+    part = model_of()
+    part_opt = adam(part)
+    history = fastbp.fit(part, X, y, part_opt, epochs=3, batch_size=8, seed=4,
+                         callbacks=[StopAfter()])
+    assert history.stop_reason == "callback" and part_opt.epochs_done == 1
+    fastbp.save(part, tmp_path / "part.npz", optimizer=part_opt)
+    model, loaded = fastbp.load_checkpoint(tmp_path / "part.npz")
+    fastbp.fit(model, X, y, loaded, epochs=2, batch_size=8, seed=4, initial_epoch=1,
+               initial_step=5)
+    assert np.array_equal(model.params, whole.params)
+    assert np.array_equal(loaded.state, opt.state) and loaded.steps == opt.steps
+    assert loaded.samples_seen == opt.samples_seen and loaded.lr == opt.lr
+
+
+def test_initial_epoch_and_step_are_checked():
+    X, y = blobs(n=40)
+    model = model_of()
+    opt = fastbp.SGD(model, lr=0.1)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        fastbp.fit(model, X, y, opt, epochs=1, batch_size=8, initial_epoch=1)
+    with pytest.raises(ValueError, match="initial_step"):
+        fastbp.fit(model, X, y, opt, epochs=1, batch_size=8, initial_step=5)
+
+
+def test_an_accumulation_longer_than_the_epoch_is_one_step_per_epoch():
+    X, y = blobs(n=40)
+    a, b = model_of(), model_of()
+    fastbp.fit(a, X, y, fastbp.SGD(a, lr=0.1), epochs=2, batch_size=8, accumulate=2 ** 62,
+               shuffle=False)
+    fastbp.fit(b, X, y, fastbp.SGD(b, lr=0.1), epochs=2, batch_size=8, accumulate=5,
+               shuffle=False)
+    assert np.array_equal(a.params, b.params)
