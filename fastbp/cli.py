@@ -291,12 +291,13 @@ def _check_resume(args):
 
 def _check_output_path(option, path):
     folder = os.path.dirname(os.path.abspath(path))
+    where = f"fastbp train: {option} {path}"
     if os.path.isdir(path):
-        raise UsageError(f"{option} {path}: is a folder; give a file name")
+        raise UsageError(f"{where}: is a folder; give a file name")
     if not os.path.isdir(folder):
-        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+        raise UsageError(f"{where}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+        raise UsageError(f"{where}: the folder {folder} is not writable")
 
 
 def _check_args(args):
