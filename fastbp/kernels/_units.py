@@ -130,7 +130,7 @@ def _make_unit(spec, dtype):
 # loop), to share them out between processes; of what the calling process compiles meanwhile
 # (an entry); and of a worker's start (its imports).
 _COST = {"dense_backward": 3.8, "softmax_cross_entropy_forward_backward": 3.0,
-         "sgd_step": 2.8, "adam_step": 2.8, "dense_forward_split_input": 2.4,
+         "sgd_step": 4.5, "adam_step": 4.5, "dense_forward_split_input": 2.4,
          "dense_forward_grid": 1.9,
          "activation_backward": 2, "mse_forward_backward": 1.5, "take_rows": 1,
          "softmax_cross_entropy_loss": 0.6, "mse_loss": 0.5}
