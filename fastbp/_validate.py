@@ -41,20 +41,20 @@ def number_in(name, value, low, high=None, high_open=False):
     return value
 
 
-def non_negative_int(name, value):
+def _int_at_least(name, value, low, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected a non-negative integer, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative integer, got {value}")
+        raise TypeError(f"{name}: expected a {what} integer, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name}: expected a {what} integer, got {value}")
     return int(value)
+
+
+def non_negative_int(name, value):
+    return _int_at_least(name, value, 0, "non-negative")
 
 
 def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return int(value)
+    return _int_at_least(name, value, 1, "positive")
 
 
 def _as_array(name, value):

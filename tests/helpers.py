@@ -110,3 +110,13 @@ def assert_loss_and_grads_match_reference(model, rng, n_rows=17):
     assert max(errors.values()) < 1e-10, errors
     assert model.loss_value(X, y) == pytest.approx(ref_loss, rel=1e-10)
     return X
+
+
+def blobs(n=96, n_features=5, n_classes=3, seed=0, spread=3.0):
+    """Gaussian blobs around class centres drawn with standard deviation `spread`: float64 X,
+    int labels (a well-conditioned classification problem)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, spread, (n_classes, n_features))
+    y = np.arange(n) % n_classes
+    X = centres[y] + rng.normal(size=(n, n_features))
+    return X, y

@@ -9,15 +9,7 @@ import pytest
 import fastbp
 import naive
 from fastbp import kernels
-
-
-def blobs(n=96, n_features=5, n_classes=3, seed=0):
-    """Gaussian blobs: float64 X, int labels."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (n_classes, n_features))
-    y = np.arange(n) % n_classes
-    X = centres[y] + rng.normal(size=(n, n_features))
-    return X, y
+from helpers import blobs
 
 
 SIZES = [5, 12, 3]

@@ -20,7 +20,7 @@ import pytest
 
 import fastbp
 from fastbp import kernels, schedules
-from helpers import max_threads
+from helpers import blobs as blobs_of, max_threads
 
 try:
     import torch
@@ -44,12 +44,8 @@ def batches(rng, n_steps, rows=16, sizes=SIZES):
 
 
 def blobs(n=96, n_features=5, n_classes=3, seed=0):
-    """Gaussian blobs: float64 X, int labels (a well-conditioned classification problem)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 2, (n_classes, n_features))
-    y = np.arange(n) % n_classes
-    X = centres[y] + rng.normal(size=(n, n_features))
-    return X, y
+    """Well-conditioned blobs, closer together than helpers.blobs' default."""
+    return blobs_of(n, n_features, n_classes, seed, spread=2.0)
 
 
 def rel_error(actual, expected, floor=1e-3):
