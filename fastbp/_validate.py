@@ -57,7 +57,7 @@ def positive_int(name, value):
     return _int_at_least(name, value, 1, "positive")
 
 
-def _as_array(name, value):
+def as_array(name, value):
     if isinstance(value, np.ndarray):
         return value
     try:
@@ -74,7 +74,7 @@ def _contiguous(array, dtype):
 
 def features(X, n_features, dtype, name="X"):
     """X as a C-contiguous (N, n_features) array of dtype, finite, N >= 1."""
-    X = _as_array(name, X)
+    X = as_array(name, X)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {X.shape}")
     if X.shape[0] == 0:
@@ -91,7 +91,7 @@ def features(X, n_features, dtype, name="X"):
 
 def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
     """Labels (N,) int64 in [0, n_outputs) for softmax-CE; values (N, n_outputs) for MSE."""
-    y = _as_array(name, y)
+    y = as_array(name, y)
     if y.ndim == 0 or y.shape[0] != n_rows:
         got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
         raise ValueError(f"{name}: expected {n_rows} rows to match X, got {got}")

@@ -52,9 +52,14 @@ class MLP:
     Attributes
     ----------
     params : 1-D array of every parameter, layer by layer: W (fan_in, fan_out) row-major, then
-        b (fan_out,) (see fastbp.layout). Writing into it changes the model.
-    grads : array of the same layout, written by ``loss_and_grad``.
-    weights, biases, weight_grads, bias_grads : lists of per-layer views into params and grads.
+        b (fan_out,) (see fastbp.layout). Writing into it changes the model; assigning an array
+        (``model.params = best``) copies its values in, after checking shape, type and
+        finiteness: the buffer, and every view of it, stay the model's.
+    grads : array of the same layout, written by ``loss_and_grad`` (assigned alike).
+    weights, biases, weight_grads, bias_grads : per-layer views into params and grads (a new
+        list each time; write into the views).
+    sizes, activations, output_activation, loss, dtype, checkpoint_every : read-only (the
+        lists are copies).
     """
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
@@ -89,12 +94,13 @@ class MLP:
             raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__}")
         checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
 
-        self.sizes = sizes
-        self.loss = loss
-        self.dtype = dtype
-        self.activations = [name for code in hidden for name, c in ACTIVATIONS.items() if c == code]
-        self.output_activation = output_activation
-        self.checkpoint_every = checkpoint_every
+        self._sizes = tuple(sizes)
+        self._loss = loss
+        self._dtype = dtype
+        self._activations = tuple(name for code in hidden for name, c in ACTIVATIONS.items()
+                                  if c == code)
+        self._output_activation = output_activation
+        self._checkpoint_every = checkpoint_every
         self._codes = hidden + [output_code]
 
         self._allocate(layout.n_params(sizes), capacity=1)
@@ -124,9 +130,61 @@ class MLP:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 weight[...] = rng.uniform(-limit, limit, weight.shape)
 
+    # -- structure and buffers ----------------------------------------------------------------
+    # The structure is read-only (compiled code relies on it); the two buffers take new values,
+    # checked and copied in place, never a new array (the views and workspace point into them).
+
+    sizes = property(lambda self: list(self._sizes), doc="Layer widths, input first (a copy).")
+    activations = property(lambda self: list(self._activations),
+                           doc="Hidden-layer activations (a copy).")
+    output_activation = property(lambda self: self._output_activation)
+    loss = property(lambda self: self._loss)
+    dtype = property(lambda self: self._dtype)
+    checkpoint_every = property(lambda self: self._checkpoint_every)
+    weights = property(lambda self: list(self._weights),
+                       doc="Per-layer weight views (fan_in, fan_out) into params: write into them.")
+    biases = property(lambda self: list(self._biases), doc="Per-layer bias views into params.")
+    weight_grads = property(lambda self: list(self._weight_grads),
+                            doc="Per-layer weight-gradient views into grads.")
+    bias_grads = property(lambda self: list(self._bias_grads),
+                          doc="Per-layer bias-gradient views into grads.")
+
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._assign("params", self._params, value, finite=True)
+
+    @property
+    def grads(self):
+        return self._grads
+
+    @grads.setter
+    def grads(self, value):
+        self._assign("grads", self._grads, value, finite=False)
+        self._grad_norms_fresh = False
+
+    def _assign(self, name, buffer, value, finite):
+        """Copy value into buffer after checking it fits (shape, a real dtype, finite)."""
+        value = _validate.as_array(name, value)
+        if value.shape != buffer.shape:
+            raise ValueError(f"{name}: expected shape {buffer.shape} (this model's parameter "
+                             f"count), got {value.shape}")
+        if value.dtype.kind not in "fiu" or value.dtype == np.bool_:
+            raise TypeError(f"{name}: expected real numbers, got {value.dtype}")
+        with np.errstate(over="ignore"):
+            converted = value.astype(buffer.dtype, copy=False)
+        if finite and not np.all(np.isfinite(converted)):
+            raise ValueError(f"{name}: contains NaN or Inf (or values beyond "
+                             f"{np.dtype(buffer.dtype).name})")
+        if converted is not buffer:
+            np.copyto(buffer, converted)
+
     @property
     def n_params(self):
-        return self.params.size
+        return self._params.size
 
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
@@ -135,8 +193,8 @@ class MLP:
 
     # -- copying ------------------------------------------------------------------------------
 
-    _REBUILT = ("params", "grads", "weights", "biases", "weight_grads", "bias_grads", "_net",
-                "_work", "_prepared", "_optimizers")
+    _REBUILT = ("_params", "_grads", "_weights", "_biases", "_weight_grads", "_bias_grads",
+                "_net", "_work", "_prepared", "_optimizers")
 
     def __getstate__(self):
         """For pickle and copy: the settings and the values of the two flat buffers. The
@@ -158,10 +216,10 @@ class MLP:
     def _allocate(self, n_params, capacity):
         """Fresh, aligned, zeroed params and grads with their per-layer views, and a workspace
         for `capacity` rows (its gradient norms not yet computed)."""
-        self.params = kernels.aligned_zeros(n_params, self.dtype)
-        self.grads = kernels.aligned_zeros(n_params, self.dtype)
-        self.weights, self.biases = layout.layer_views(self.params, self.sizes)
-        self.weight_grads, self.bias_grads = layout.layer_views(self.grads, self.sizes)
+        self._params = kernels.aligned_zeros(n_params, self.dtype)
+        self._grads = kernels.aligned_zeros(n_params, self.dtype)
+        self._weights, self._biases = layout.layer_views(self._params, self._sizes)
+        self._weight_grads, self._bias_grads = layout.layer_views(self._grads, self._sizes)
         self._net = self._work = None
         self._capacity = 0
         self._prepared = set()  # what _run has readied
@@ -173,7 +231,7 @@ class MLP:
         """Grow the buffers to hold n_rows (never shrinks; smaller batches use views)."""
         if n_rows <= self._capacity:
             return
-        net, acts_size = kernels.make_net(self.sizes, self._codes, n_rows, self.checkpoint_every)
+        net, acts_size = kernels.make_net(self._sizes, self._codes, n_rows, self.checkpoint_every)
         work = kernels.make_workspace(net, acts_size, self.dtype)
         if self._work is not None:
             work.layer_sq[:] = self._work.layer_sq
@@ -220,8 +278,8 @@ class MLP:
     # -- checked entry points -----------------------------------------------------------------
 
     def _check_batch(self, X, y):
-        X = _validate.features(X, self.sizes[0], self.dtype)
-        y = _validate.targets(y, X.shape[0], self.sizes[-1], self.loss, self.dtype)
+        X = _validate.features(X, self._sizes[0], self.dtype)
+        y = _validate.targets(y, X.shape[0], self._sizes[-1], self.loss, self.dtype)
         return X, y
 
     def loss_and_grad(self, X, y):
@@ -249,8 +307,8 @@ class MLP:
     def forward(self, X):
         """Output of the last layer for X (N, sizes[0]), as a new (N, sizes[-1]) array: logits for
         softmax cross-entropy, values for MSE."""
-        X = _validate.features(X, self.sizes[0], self.dtype)
-        out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
+        X = _validate.features(X, self._sizes[0], self.dtype)
+        out = np.empty((X.shape[0], self._sizes[-1]), dtype=self.dtype)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])

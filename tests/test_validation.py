@@ -305,3 +305,72 @@ def test_inference_converts_too():
     for variant in layouts(X).values():
         assert np.array_equal(model.forward(variant), expected)
     assert np.array_equal(model.predict(np.asfortranarray(X)), expected.argmax(axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reassigning a model's attributes: structure is read-only, buffers take values in place
+
+
+STRUCTURE = ["sizes", "activations", "output_activation", "loss", "dtype", "checkpoint_every",
+             "weights", "biases", "weight_grads", "bias_grads"]
+
+
+@pytest.mark.parametrize("name", STRUCTURE)
+def test_structure_attributes_are_read_only(name):
+    model = fastbp.MLP([4, 6, 3], seed=0)
+    before = repr(getattr(model, name))
+    with pytest.raises(AttributeError):
+        setattr(model, name, [4, 1000, 3])
+    assert repr(getattr(model, name)) == before
+
+
+def test_mutating_the_returned_lists_changes_nothing():
+    model = fastbp.MLP([4, 6, 3], seed=0)
+    model.sizes[0] = 100
+    model.activations[0] = "tanh"
+    model.weights[0] = np.zeros(3)
+    assert model.sizes == [4, 6, 3] and model.activations == ["relu"]
+    assert model.weights[0].shape == (4, 6)
+    model.loss_and_grad(np.ones((2, 4)), np.array([0, 2]))   # still runs on its own buffers
+
+
+@pytest.mark.parametrize("name", ["params", "grads"])
+@pytest.mark.parametrize("value, error", [
+    (np.zeros(3, np.float32), ValueError),            # too short: compiled code read past it
+    (np.zeros((1, 51), np.float32), ValueError),      # the right size, the wrong shape
+    (np.array(["a"] * 51), TypeError),
+    (np.zeros(51, dtype=bool), TypeError),
+    ("abc", (TypeError, ValueError)),
+])
+def test_assigning_a_buffer_that_does_not_fit_is_refused(name, value, error):
+    model = fastbp.MLP([4, 6, 3], seed=0)
+    assert model.n_params == 51
+    before = getattr(model, name).copy()
+    with pytest.raises(error, match=name):
+        setattr(model, name, value)
+    assert np.array_equal(getattr(model, name), before)
+    model.loss_and_grad(np.ones((2, 4)), np.array([0, 2]))
+
+
+def test_assigning_params_copies_in_place_and_keeps_the_views():
+    model = fastbp.MLP([4, 6, 3], seed=0)
+    buffer, first_weight = model.params, model.weights[0]
+    best = np.arange(51, dtype=np.float64) / 51   # another dtype: converted
+    model.params = best
+    assert model.params is buffer and np.array_equal(model.params, best.astype(np.float32))
+    first_weight[0, 0] = 7.0
+    assert model.params[0] == 7.0                     # the views still point into params
+    with pytest.raises(ValueError, match="params: contains NaN"):
+        model.params = np.full(51, np.nan)
+    with pytest.raises(ValueError, match="params"):
+        model.params = np.full(51, 1e300)            # beyond float32
+    assert model.params[0] == 7.0
+
+
+def test_assigning_grads_refreshes_the_gradient_norms():
+    model = fastbp.MLP([4, 6, 3], seed=0)
+    model.loss_and_grad(np.ones((2, 4)), np.array([0, 2]))
+    model.grad_norms()
+    model.grads = np.ones(51)
+    expected = [np.sqrt(w.size + b.size) for w, b in zip(model.weight_grads, model.bias_grads)]
+    np.testing.assert_allclose(model.grad_norms(), expected, rtol=1e-6)
