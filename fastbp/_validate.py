@@ -41,6 +41,18 @@ def number_in(name, value, low, high=None, high_open=False):
     return value
 
 
+def seed(name, value):
+    """None, or an integer NumPy's generators accept (0 or more)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative integer or None, got "
+                        f"{type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer or None, got {value}")
+    return int(value)
+
+
 def _int_at_least(name, value, low, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a {what} integer, got {type(value).__name__}")

@@ -292,6 +292,10 @@ def _check_resume(args):
 def _check_output_path(option, path):
     folder = os.path.dirname(os.path.abspath(path))
     where = f"fastbp train: {option} {path}"
+    if not path.strip():
+        raise UsageError(f"fastbp train: {option}: the file name is empty")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UsageError(f"{where}: names a folder; give a file name")
     if os.path.isdir(path):
         raise UsageError(f"{where}: is a folder; give a file name")
     if not os.path.isdir(folder):
@@ -349,6 +353,9 @@ def _check_args(args):
         _check_output_path("--save", args.save)
     if args.plot is not None:
         _check_output_path("--plot", args.plot)
+        if args.save is not None and os.path.abspath(args.save) == os.path.abspath(args.plot):
+            raise UsageError(f"fastbp train: --save and --plot name the same file "
+                             f"({args.plot}); one would overwrite the other")
         try:
             from .plotting import require_matplotlib
             Figure = require_matplotlib()

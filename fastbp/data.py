@@ -644,9 +644,16 @@ def load(source="digits", data_dir=None, val_fraction=0.1, test_fraction=0.2, se
             raise ValueError(f"{arg}: expected a number in [0, 1), got {value!r}")
     if scaling not in SCALINGS:
         raise ValueError(f"scaling: expected one of {', '.join(SCALINGS)}, got {scaling!r}")
-    dtype = np.dtype(dtype)
+    given = dtype
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
     if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+        raise ValueError(f"dtype: expected float32 or float64, got {given!r:.60}")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source: expected a data set name or a file path, got "
+                        f"{type(source).__name__}")
     source = os.fspath(source)
     X_test = y_test = None
     class_names = None

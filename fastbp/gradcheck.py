@@ -25,6 +25,7 @@ def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7):
     """
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+    seed = _validate.seed("seed", seed)
     if eps is None:
         eps = 1e-3 if model.dtype == np.float64 else 1e-2
     eps = _validate.positive_number("eps", eps)

@@ -121,7 +121,7 @@ def load_checkpoint(path):
     position, so that training continues as if never stopped. Raises ModelFileError when the
     file has no optimizer, or its optimizer does not fit the model (kind, buffer shapes, dtype,
     values); nothing is returned half-loaded."""
-    what = os.fspath(path)
+    what = path = _path(path)
     model = load(path)
     arrays = _read(path)
     if "optimizer" not in arrays:
@@ -212,6 +212,14 @@ def _umask():
     return mask
 
 
+def _path(path):
+    """A file path (str, bytes or os.PathLike) as text."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"path: expected a file path, got {type(path).__name__}") from None
+
+
 def _read(path):
     try:
         return read_npz(path)
@@ -235,7 +243,7 @@ def load(path):
     Raises ModelFileError (a ValueError) naming the file and the problem when the file is
     missing, is not a fastbp model, or its fields do not agree with each other.
     """
-    what = os.fspath(path)
+    what = path = _path(path)
     arrays = _read(path)
     if "format" not in arrays or "params" not in arrays:
         raise ModelFileError(f"{what}: not a fastbp model file (no 'format' and 'params' "
@@ -314,7 +322,7 @@ def _checkpoint_every(arrays, version, what):
 
 def read_metadata(path):
     """The metadata dict stored by ``save(..., metadata=...)``, or {} when there is none."""
-    what = os.fspath(path)
+    what = path = _path(path)
     arrays = _read(path)
     if "metadata" not in arrays:
         return {}

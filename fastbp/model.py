@@ -90,8 +90,7 @@ class MLP:
             dtype = None
         if dtype not in DTYPES:
             raise TypeError("dtype: expected np.float32 or np.float64")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__}")
+        seed = _validate.seed("seed", seed)
         checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
 
         self._sizes = tuple(sizes)

@@ -162,7 +162,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
     if early_stopping is not None:
         early_stopping = _validate.positive_int("early_stopping", early_stopping)
-    if monitor not in _MONITORS:
+    seed = _validate.seed("seed", seed)
+    if not isinstance(monitor, str) or monitor not in _MONITORS:
         raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
     callbacks = _check_callbacks(callbacks)
     X, y = model._check_batch(X, y)

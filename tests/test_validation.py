@@ -2,6 +2,8 @@
 bitwise unchanged; inputs of another dtype or layout are converted, never misread."""
 import re
 
+import os
+
 import numpy as np
 import pytest
 
@@ -374,3 +376,30 @@ def test_assigning_grads_refreshes_the_gradient_norms():
     model.grads = np.ones(51)
     expected = [np.sqrt(w.size + b.size) for w, b in zip(model.weight_grads, model.bias_grads)]
     np.testing.assert_allclose(model.grad_norms(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, error, name", [
+    (lambda m, X, y: fastbp.fit(m, X, y, fastbp.SGD(m, 0.1), 1, 2, seed=-1), ValueError, "seed"),
+    (lambda m, X, y: fastbp.fit(m, X, y, fastbp.SGD(m, 0.1), 1, 2, seed="a"), TypeError, "seed"),
+    (lambda m, X, y: fastbp.fit(m, X, y, fastbp.SGD(m, 0.1), 1, 2, monitor=["val_loss"]),
+     ValueError, "monitor"),
+    (lambda m, X, y: fastbp.gradcheck(m, X, y, seed="a"), TypeError, "seed"),
+    (lambda m, X, y: fastbp.MLP([4, 3, 2], seed=-1), ValueError, "seed"),
+    (lambda m, X, y: fastbp.SGD(m, 10 ** 400), ValueError, "lr"),
+    (lambda m, X, y: fastbp.data.load("digits", dtype="banana"), ValueError, "dtype"),
+    (lambda m, X, y: fastbp.data.load(None), TypeError, "source"),
+    (lambda m, X, y: fastbp.load(3.5), TypeError, "path"),
+])
+def test_small_arguments_are_refused_naming_them(call, error, name):
+    model = fastbp.MLP([4, 3, 2], seed=0)
+    before = model.params.copy()
+    X, y = np.ones((4, 4)), np.array([0, 1, 0, 1])
+    with pytest.raises(error, match=name):
+        call(model, X, y)
+    assert np.array_equal(model.params, before)
+
+
+def test_a_bytes_path_is_a_path(tmp_path):
+    model = fastbp.MLP([4, 3, 2], seed=0)
+    path = fastbp.save(model, tmp_path / "m.npz")
+    assert np.array_equal(fastbp.load(os.fsencode(path)).params, model.params)
