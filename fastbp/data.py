@@ -463,8 +463,9 @@ def split_indices(n, fraction, rng, labels=None):
 
 
 def _standardise(X_train):
-    offset = X_train.mean(axis=0)
-    scale = X_train.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):   # huge features: checked by the caller
+        offset = X_train.mean(axis=0)
+        scale = X_train.std(axis=0)
     scale[scale < 1e-12] = 1.0
     return offset, scale
 
@@ -714,12 +715,18 @@ def load(source="digits", data_dir=None, val_fraction=0.1, test_fraction=0.2, se
     if X_test is None:
         keep, test = split_indices(len(y), test_fraction,
                                    np.random.default_rng(TEST_SPLIT_SEED), y)
+        if len(test) == 0:
+            raise DataError(f"{name}: test_fraction {test_fraction} of {len(y)} rows leaves no "
+                            "test row; give more rows or a larger fraction")
         X, y, X_test, y_test = X[keep], y[keep], X[test], y[test]
     if len(y) < 2:
         raise DataError(f"{name}: only {len(y)} training row(s) after the test split")
     train, val = split_indices(len(y), val_fraction, np.random.default_rng(seed), y)
     if len(train) == 0:
         raise DataError(f"{name}: no training rows left after the validation split")
+    if val_fraction > 0 and len(val) == 0:
+        raise DataError(f"{name}: val_fraction {val_fraction} of {len(y)} training rows leaves "
+                        "no validation row; give more rows, a larger fraction, or 0 for none")
     X_train, y_train, X_val, y_val = X[train], y[train], X[val], y[val]
 
     scaling = auto if scaling == "auto" else scaling
@@ -736,10 +743,22 @@ def load(source="digits", data_dir=None, val_fraction=0.1, test_fraction=0.2, se
         scale = np.ones(X.shape[1])
         description = "features not scaled"
 
+    if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise DataError(f"{name}: features too large to scale (largest magnitude "
+                        f"{float(np.max(np.abs(X_train))):.3g}); rescale them first")
+
     def prepare(a):
-        if scaling == "unit":  # one pass, straight into the working dtype
-            return np.divide(a, dtype.type(max_value), dtype=dtype)
-        return np.ascontiguousarray((a - offset) / scale, dtype=dtype)
+        with np.errstate(over="ignore"):
+            if scaling == "unit" and max_value <= np.finfo(dtype).max:
+                out = np.divide(a, dtype.type(max_value), dtype=dtype)  # one pass, in dtype
+            elif scaling == "unit":   # a divisor beyond dtype: divide in float64 first
+                out = np.ascontiguousarray(a / max_value, dtype=dtype)
+            else:
+                out = np.ascontiguousarray((a - offset) / scale, dtype=dtype)
+        if not np.all(np.isfinite(out)):
+            raise DataError(f"{name}: features beyond the range of {dtype.name} after "
+                            f"{scaling} scaling; rescale them or use another --scale")
+        return out
 
     return Dataset(name=name, X_train=prepare(X_train), y_train=y_train.astype(np.int64),
                    X_val=prepare(X_val), y_val=y_val.astype(np.int64),

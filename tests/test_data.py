@@ -466,3 +466,27 @@ def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="could not download train-images.*--data-dir"):
         data.fetch("fashion-mnist", mirrors=[gone])
     assert os.listdir(tmp_path) == []
+
+
+def test_splits_that_leave_a_part_empty_are_refused(tmp_path):
+    path = tmp_path / "tiny.csv"
+    path.write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    with pytest.raises(DataError, match=r"test_fraction 0.2 of 4 rows"):
+        data.load(str(path))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "small.npz", X=rng.normal(size=(12, 3)), y=np.arange(12) % 2)
+    with pytest.raises(DataError, match=r"val_fraction 0.05 of 10 training rows"):
+        data.load(str(tmp_path / "small.npz"), val_fraction=0.05)
+    ds = data.load(str(tmp_path / "small.npz"), val_fraction=0.0)   # no validation: asked for
+    assert len(ds.y_val) == 0 and len(ds.y_test) > 0
+
+
+@pytest.mark.parametrize("scaling, message", [("standard", "too large to scale"),
+                                              ("none", "beyond the range of float32")])
+def test_features_that_cannot_be_scaled_or_held_are_refused(tmp_path, scaling, message):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "huge.npz", X=rng.normal(size=(60, 3)) * 1e200, y=np.arange(60) % 2)
+    with pytest.raises(DataError, match=message):
+        data.load(str(tmp_path / "huge.npz"), scaling=scaling)
+    ds = data.load(str(tmp_path / "huge.npz"), scaling="unit")   # divided by the largest: fine
+    assert np.all(np.isfinite(ds.X_train)) and np.abs(ds.X_train).max() <= 1
