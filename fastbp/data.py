@@ -554,6 +554,11 @@ def fetch(name, cache=None, mirrors=None, download=True, log=None):
             except DataError as exc:
                 raise DataError(f"{exc} (no network? fetch the four files yourself and give "
                                 "their folder as data_dir / --data-dir)") from None
+            except OSError as exc:   # the cache folder: not a folder, not writable, full
+                raise DataError(f"{name}: cannot write the download cache {folder}: "
+                                f"{exc.strerror or exc} (set FASTBP_CACHE_DIR to a writable "
+                                "folder, or give the files' folder as data_dir / --data-dir)"
+                                ) from None
     except BaseException:
         for d in reversed(new_dirs):  # leave no empty folders behind
             try:

@@ -490,3 +490,12 @@ def test_features_that_cannot_be_scaled_or_held_are_refused(tmp_path, scaling, m
         data.load(str(tmp_path / "huge.npz"), scaling=scaling)
     ds = data.load(str(tmp_path / "huge.npz"), scaling="unit")   # divided by the largest: fine
     assert np.all(np.isfinite(ds.X_train)) and np.abs(ds.X_train).max() <= 1
+
+
+def test_an_unusable_download_cache_is_a_data_error(tmp_path, monkeypatch):
+    """A cache folder under a file (or unwritable): one DataError, before any network access."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(DataError, match="cannot write the download cache"):
+        data.fetch("mnist", mirrors=["http://127.0.0.1:9/"])
