@@ -70,6 +70,8 @@ def save(model, path, metadata=None, optimizer=None):
     """
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+    if not np.all(np.isfinite(model.params)):
+        raise ValueError("model: its params contain NaN or Inf; load would refuse the file")
     if optimizer is not None:
         if not isinstance(optimizer, optim.Optimizer) or optimizer.name not in optim.OPTIMIZERS:
             raise TypeError(f"optimizer: expected a fastbp optimizer (SGD, Adam, AdamW), got "
@@ -98,7 +100,7 @@ def save(model, path, metadata=None, optimizer=None):
             raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
         try:
             arrays["metadata"] = np.array(json.dumps(metadata, allow_nan=False))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"metadata: cannot be stored as JSON ({exc})") from None
     if optimizer is not None:
         arrays["optimizer"] = np.array(json.dumps(_optimizer_record(optimizer), allow_nan=False))
@@ -320,6 +322,10 @@ def _checkpoint_every(arrays, version, what):
     return int(value)
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON (save refuses it too)")
+
+
 def read_metadata(path):
     """The metadata dict stored by ``save(..., metadata=...)``, or {} when there is none."""
     what = path = _path(path)
@@ -327,9 +333,11 @@ def read_metadata(path):
     if "metadata" not in arrays:
         return {}
     try:
-        value = json.loads(_text(arrays, "metadata", what))
-    except json.JSONDecodeError as exc:
+        value = json.loads(_text(arrays, "metadata", what), parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
         raise ModelFileError(f"{what}: metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{what}: metadata is nested too deeply") from None
     if not isinstance(value, dict):
         raise ModelFileError(f"{what}: metadata is not a JSON object")
     return value

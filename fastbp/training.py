@@ -213,6 +213,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             history[prefix + "loss"] = []
         if scorer.kind is not None:
             history[prefix + "accuracy"] = []
+    fit_keys = tuple(history)
 
     step_hooks = [cb.on_step_end for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
     epoch_hooks = [cb.on_epoch_end for cb in callbacks
@@ -347,9 +348,11 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         history.stop_reason = "interrupted"
         if bar is not None:
             bar.close()
-        # An interrupt between two appends leaves an epoch half-recorded: drop it.
-        complete = min(len(v) for v in history.values())
-        for values in history.values():
+        # An interrupt between two appends leaves an epoch half-recorded: drop it (from the
+        # lists fit fills; a callback's own entries are its business).
+        ours = [history[key] for key in fit_keys if isinstance(history.get(key), list)]
+        complete = min((len(values) for values in ours), default=0)
+        for values in ours:
             del values[complete:]
     if watch is not None:
         history.best_epoch = watch.restore()

@@ -343,3 +343,25 @@ def test_float32_digits_with_validation_learns():
                          validation_data=(ds.X_val, ds.y_val))
     assert history["val_accuracy"][-1] > 0.9
     assert history["loss"][-1] < history["loss"][0]
+
+
+def test_an_interrupt_keeps_the_complete_epochs_whatever_callbacks_store():
+    """A callback that adds its own entries (a string, an empty list) to the history must not
+    turn Ctrl-C into an error or drop the completed epochs."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 5)), rng.integers(0, 3, 64)
+    model = fastbp.MLP([5, 8, 3], dtype=np.float64, seed=0)
+
+    class Interrupting:
+        def on_train_begin(self, model, history):
+            history["note"] = "mine"
+            history["empty"] = []
+
+        def on_epoch_end(self, epoch, history, model):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    history = fastbp.fit(model, X, y, fastbp.SGD(model, lr=0.1), epochs=5, batch_size=16,
+                         callbacks=[Interrupting()])
+    assert history.interrupted and history.n_epochs == 3 and len(history["grad_norm"]) == 3
+    assert history["note"] == "mine" and history["empty"] == []

@@ -234,3 +234,29 @@ def test_file_is_a_plain_zip_of_npy(tmp_path):
     fastbp.save(model, tmp_path / "m.npz")
     with zipfile.ZipFile(tmp_path / "m.npz") as z:
         assert all(name.endswith(".npy") for name in z.namelist())
+
+
+def test_save_refuses_nonfinite_params_and_writes_nothing(tmp_path):
+    model = fastbp.MLP([3, 4, 2], seed=0)
+    model.weights[0][0, 0] = np.nan   # through a view: the setter would refuse it
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fastbp.save(model, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_metadata_that_is_not_json_or_too_deep_is_refused(tmp_path):
+    model = fastbp.MLP([3, 4, 2], seed=0)
+    deep = current = {}
+    for _ in range(100_000):
+        current["a"] = current = {}
+    with pytest.raises(ValueError, match="metadata"):
+        fastbp.save(model, tmp_path / "deep.npz", metadata=deep)
+    path = fastbp.save(model, tmp_path / "m.npz", metadata={"x": 1})
+    with np.load(path) as f:
+        arrays = {key: f[key] for key in f.files}
+    for text, message in (('{"x": NaN}', "not valid JSON"),
+                          ("[" * 100_000, "nested too deeply|not valid")):
+        arrays["metadata"] = np.array(text)
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(fastbp.ModelFileError, match=message):
+            fastbp.io.read_metadata(tmp_path / "bad.npz")
