@@ -305,7 +305,7 @@ def _jit_calls(path):
 def test_every_kernel_takes_its_flags_from_config():
     """Every @njit in fastbp.kernels passes exactly one of _config's flag sets and nothing else
     (so fastmath, caching and parallelism are set in one place); the only cfunc is the units'
-    (cache=True, with an explicit C signature)."""
+    (caching as _config.CACHE says, with an explicit C signature)."""
     offenders = []
     for path in sorted(KERNELS_DIR.glob("*.py")):
         for line, kind, spread, plain, n_args in _jit_calls(path):
@@ -390,3 +390,39 @@ def test_compile_workers_fill_this_copys_cache(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     from_workers, compiled_here = map(int, result.stdout.split()[-2:])
     assert from_workers >= 1 and compiled_here >= 1
+
+
+NO_CACHE_SCRIPT = """
+import warnings
+import numpy as np
+import numba.core.caching as caching
+
+in_tree = getattr(caching, "InTreeCacheLocator", None) or caching._InTreeCacheLocator
+impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+
+class ReadOnly(in_tree):
+    def ensure_cache_path(self):
+        raise OSError("read-only file system")
+
+impl._locator_classes = [ReadOnly]   # no folder Numba could cache in
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastbp
+assert any("no writable folder" in str(w.message) for w in caught), caught
+assert not fastbp.kernels._config.CACHE
+rng = np.random.default_rng(0)
+model = fastbp.MLP([6, 8, 3], seed=0)
+X, y = rng.normal(size=(32, 6)), rng.integers(0, 3, 32)
+history = fastbp.fit(model, X, y, fastbp.Adam(model), epochs=2, batch_size=8, seed=0)
+print(history["loss"][-1] < history["loss"][0])
+"""
+
+
+def test_a_read_only_install_runs_compiling_in_memory(tmp_path):
+    """No writable cache folder anywhere (a read-only install and home): import works with one
+    warning, and training compiles in memory. (Simulated: every cache locator of Numba refuses
+    to write, as on a read-only file system; cache=True would then fail at import.)"""
+    result = subprocess.run([sys.executable, "-c", NO_CACHE_SCRIPT], capture_output=True,
+                            text=True, timeout=600, env=subprocess_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("True")

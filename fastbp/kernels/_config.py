@@ -18,7 +18,30 @@ import pathlib
 # for them keep working; arcp and contract, with which the code Numba compiles in-process and
 # the code it reloads from its cache differed in the last bit.
 FASTMATH = {"nsz", "reassoc"}
-SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH)
+
+
+def _cache_usable():
+    """Whether Numba has somewhere to cache this package's compiled code: one of its cache
+    locators (NUMBA_CACHE_DIR, __pycache__ beside the sources, a per-user folder) is writable.
+    A read-only install with no writable home has none, and cache=True would then fail at
+    import; without a cache, fastbp compiles in memory on every run instead, and says so once."""
+    try:
+        from numba.core.caching import FunctionCache
+    except ImportError:  # another Numba: let it decide
+        return True
+    try:
+        FunctionCache(_cache_usable)   # finds a locator exactly as cache=True does
+    except RuntimeError:
+        return False
+    return True
+
+
+CACHE = _cache_usable()
+if not CACHE:
+    import warnings
+    warnings.warn("fastbp: no writable folder for Numba's cache of compiled kernels (set "
+                  "NUMBA_CACHE_DIR to one); compiling in memory, on every run", stacklevel=2)
+SERIAL = dict(cache=CACHE, nogil=True, fastmath=FASTMATH)
 PARALLEL = dict(SERIAL, parallel=True)
 # Numba-level inlining, for small helpers whose callers must see through them (a scalar
 # function inside a vectorised loop) or that are called at few sites.

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from ._config import INLINED
+from ._config import CACHE, INLINED
 
 DTYPES = (types.float32, types.float64)
 TABLE_SIZE = 4096  # slots; a unit's slot is a hash of what it is, see register
@@ -122,7 +122,7 @@ def _unit_function(spec, dtype):
 
 def _make_unit(spec, dtype):
     """The cfunc of one (kernel, dtype): compiled now, or loaded from Numba's cache."""
-    return cfunc(types.void(types.voidptr, types.voidptr), cache=True)(
+    return cfunc(types.void(types.voidptr, types.voidptr), cache=CACHE)(
         _unit_function(spec, dtype))
 
 
@@ -150,7 +150,8 @@ def ensure(names, dtype, meanwhile=None):
     dt = types.float32 if np.dtype(dtype).itemsize == 4 else types.float64
     missing = [name for name in names if not _table[_slot(name, dt)]]
     cold = [name for name in missing if not _cached(_SPEC[name], dt)]
-    mine, theirs = _share(cold, _max_workers())
+    # Workers hand their units over through the cache: without one, this process does all.
+    mine, theirs = _share(cold, _max_workers() if CACHE else 0)
     workers = [worker for worker in map(_spawn, theirs, [dt] * len(theirs)) if worker]
     try:
         if meanwhile is not None:
