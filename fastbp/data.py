@@ -209,6 +209,10 @@ def _open_maybe_gzip(path):
     return raw, False, raw
 
 
+# More dimensions than any image set needs (NumPy's own limit is 64).
+_IDX_MAX_DIMS = 8
+
+
 def read_idx(path, max_bytes=MAX_ARRAY_BYTES):
     """Read one IDX file (gzipped or raw) into a native-endian array of its declared shape.
 
@@ -231,6 +235,9 @@ def read_idx(path, max_bytes=MAX_ARRAY_BYTES):
             raise DataError(f"{what}: not an IDX file (magic number {magic.hex()}; expected "
                             "0000 then a type code 08/09/0b/0c/0d/0e and a dimension count)")
         dtype, ndim = _IDX_TYPES[magic[2]], magic[3]
+        if ndim > _IDX_MAX_DIMS:
+            raise DataError(f"{what}: the header announces {ndim} dimensions; an IDX data set "
+                            f"has at most {_IDX_MAX_DIMS}")
         try:
             dims_raw = stream.read(4 * ndim)
         except (EOFError, OSError, zlib.error) as exc:
@@ -307,6 +314,8 @@ def _read_npy(stream, what):
                         "load; store numbers only")
     if dtype.itemsize == 0:
         raise DataError(f"{what}: has an unsupported dtype {dtype}")
+    if any(d < 0 for d in shape) or len(shape) > _IDX_MAX_DIMS:
+        raise DataError(f"{what}: the header announces an impossible shape {shape}")
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > MAX_ARRAY_BYTES:
         raise DataError(f"{what}: the header announces shape {shape} ({nbytes} bytes), more "
@@ -332,11 +341,13 @@ def read_csv(path, label_column=-1):
     rows, labels = [], []
     n_fields = None
     try:
-        with opener(path, "rt", newline="") as f:
+        # utf-8-sig: a byte-order mark is not part of the first field
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             for line_no, fields in enumerate(csv.reader(f), start=1):
                 if not fields or all(not s.strip() for s in fields):
                     continue
                 if n_fields is None:
+                    first_line = line_no
                     n_fields = len(fields)
                     if n_fields < 2:
                         raise DataError(f"{what}: line {line_no}: expected a label and at least "
@@ -353,7 +364,7 @@ def read_csv(path, label_column=-1):
                 try:
                     values = [float(s) for s in fields]
                 except ValueError:
-                    if not rows and not labels:  # a header line
+                    if line_no == first_line:  # the one header line
                         continue
                     bad = next(s for s in fields if not _is_number(s))
                     raise DataError(f"{what}: line {line_no}: {bad!r} is not a number") from None
@@ -377,7 +388,7 @@ def _read_numeric_csv(path, label_column):
     careful reader (a header, names as labels, or any problem it should explain)."""
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
     try:
-        with opener(path, "rt") as f, warnings.catch_warnings():
+        with opener(path, "rt", encoding="utf-8-sig") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "input contained no data": handled below
             table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
     except Exception:  # noqa: BLE001  (the careful reader reports what is wrong)
@@ -598,6 +609,8 @@ def read_idx_set(folder, name="IDX data", n_classes=10):
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{labels_path}: {labels.shape[0]} labels for "
                             f"{images.shape[0]} images in {images_path.name}")
+        if images.shape[0] == 0 or images[0].size == 0:
+            raise DataError(f"{images_path}: holds no images (shape {images.shape})")
         if labels.size and labels.max() >= n_classes:
             raise DataError(f"{labels_path}: label {labels.max()} out of range 0..{n_classes - 1}")
         out += [images.reshape(images.shape[0], -1), labels]
@@ -784,6 +797,8 @@ def _check_xy(arrays, what, x_key="X", y_key="y"):
                         f"{X.shape}")
     if X.dtype.kind not in "biuf":
         raise DataError(f"{what}: {x_key} must hold real numbers, got dtype {X.dtype}")
+    if X.shape[0] == 0 or 0 in X.shape[1:]:
+        raise DataError(f"{what}: {x_key} is empty (shape {X.shape})")
     X = X.reshape(X.shape[0], -1)
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{what}: {x_key} is empty (shape {X.shape})")

@@ -499,3 +499,39 @@ def test_an_unusable_download_cache_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(DataError, match="cannot write the download cache"):
         data.fetch("mnist", mirrors=["http://127.0.0.1:9/"])
+
+
+def _npy_with_header(shape_text):
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': %s, }" % shape_text
+    header += " " * (63 - len(header) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+
+
+def test_loader_edge_cases_are_data_errors_naming_the_file(tmp_path):
+    import zipfile
+    np.savez(tmp_path / "zero.npz", X=np.zeros((0, 3)), y=np.zeros(0, np.int64))
+    with pytest.raises(DataError, match=r"zero.npz: X is empty"):
+        data.load(str(tmp_path / "zero.npz"))
+    with zipfile.ZipFile(tmp_path / "neg.npz", "w") as archive:
+        archive.writestr("X.npy", _npy_with_header("(-1, 3)"))
+        archive.writestr("y.npy", _npy_with_header("(2,)") + bytes(16))
+    with pytest.raises(DataError, match="impossible shape"):
+        data.read_npz(tmp_path / "neg.npz")
+    deep = tmp_path / "deep-idx"
+    deep.write_bytes(bytes([0, 0, 8, 70]) + (1).to_bytes(4, "big") * 70 + b"\0")
+    with pytest.raises(DataError, match="70 dimensions"):
+        data.read_idx(deep)
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row_and_allows_one_header(tmp_path):
+    rows = "".join(f"{i},{i + 1},{i % 2}\n" for i in range(10))
+    (tmp_path / "bom.csv").write_text(rows, encoding="utf-8-sig")
+    X, labels = data.read_csv(tmp_path / "bom.csv")
+    assert X.shape == (10, 2) and X[0, 0] == 0
+    (tmp_path / "bom-text.csv").write_text("a,b,c\n" + rows.replace("0,1,0", "0,1,zero"),
+                                           encoding="utf-8-sig")
+    X, labels = data.read_csv(tmp_path / "bom-text.csv")   # the careful reader
+    assert X.shape == (10, 2) and labels[0] == "zero"
+    (tmp_path / "two.csv").write_text("a,b,c\nx,y,z\n" + rows)
+    with pytest.raises(DataError, match="line 2: 'x' is not a number"):
+        data.read_csv(tmp_path / "two.csv")
