@@ -58,8 +58,6 @@ class Optimizer:
     name = None  # the name save() stores and OPTIMIZERS maps back
 
     def __init__(self, model, spec, lr_schedule):
-        if not isinstance(model, MLP):
-            raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
         if lr_schedule is not None and (isinstance(lr_schedule, type)
                                         or not callable(getattr(lr_schedule, "rate", None))):
             raise TypeError(f"lr_schedule: expected a schedule object of fastbp.schedules "
@@ -187,11 +185,22 @@ def _betas(betas):
 
 def _fits(name, value, model):
     """value, if the model's dtype can hold it (the kernels use hyper-parameters in it)."""
-    dtype = getattr(model, "dtype", np.float64)
-    if value > float(np.finfo(dtype).max):
+    if value > float(np.finfo(model.dtype).max):
         raise ValueError(f"{name}: {value:g} does not fit the model's "
-                         f"{np.dtype(dtype).name} parameters")
+                         f"{np.dtype(model.dtype).name} parameters")
     return value
+
+
+def _common(model, lr, weight_decay, clip_norm):
+    """The model and the arguments every optimizer takes, checked: (lr, weight_decay,
+    clip_norm, inf for none)."""
+    if not isinstance(model, MLP):
+        raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+    lr = _validate.positive_number("lr", lr)
+    weight_decay = _fits("weight_decay", _validate.number_in("weight_decay", weight_decay, 0),
+                         model)
+    clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
+    return lr, weight_decay, math.inf if clip_norm is None else clip_norm
 
 
 def _flag(name, value):
@@ -214,21 +223,16 @@ class SGD(Optimizer):
 
     def __init__(self, model, lr, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, clip_norm=None, lr_schedule=None):
-        lr = _validate.positive_number("lr", lr)
+        lr, weight_decay, clip_norm = _common(model, lr, weight_decay, clip_norm)
         momentum = _validate.number_in("momentum", momentum, 0)
         dampening = _validate.number_in("dampening", dampening, 0, 1)
         nesterov = _flag("nesterov", nesterov)
         if nesterov and (momentum == 0 or dampening != 0):
             raise ValueError(f"nesterov: needs a momentum and no dampening (momentum "
                              f"{momentum}, dampening {dampening})")
-        weight_decay = _fits("weight_decay", _validate.number_in("weight_decay", weight_decay, 0),
-                             model)
         momentum = _fits("momentum", momentum, model)
-        clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
-        n_params = model.n_params if isinstance(model, MLP) else 0
-        spec = kernels.sgd_spec(lr, math.inf if clip_norm is None else clip_norm,
-                                getattr(model, "dtype", np.float64), momentum, dampening,
-                                nesterov, weight_decay, n_params)
+        spec = kernels.sgd_spec(lr, clip_norm, model.dtype, momentum, dampening, nesterov,
+                                weight_decay, model.n_params)
         super().__init__(model, spec, lr_schedule)
 
     momentum = property(lambda self: float(self._spec.hyper[MOMENTUM]))
@@ -251,20 +255,15 @@ class Adam(Optimizer):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, clip_norm=None, lr_schedule=None):
-        lr = _validate.positive_number("lr", lr)
+        lr, weight_decay, clip_norm = _common(model, lr, weight_decay, clip_norm)
         betas = _betas(betas)
         eps = _validate.positive_number("eps", eps)
-        tiny = float(np.finfo(getattr(model, "dtype", np.float64)).tiny)
+        tiny = float(np.finfo(model.dtype).tiny)
         if eps < tiny:
             raise ValueError(f"eps: {eps:g} is below the smallest normal number of the model's "
                              f"dtype ({tiny:g}); Adam divides by it")
-        weight_decay = _fits("weight_decay", _validate.number_in("weight_decay", weight_decay, 0),
-                             model)
         amsgrad = _flag("amsgrad", amsgrad)
-        clip_norm = _validate.positive_number("clip_norm", clip_norm, allow_none=True)
-        n_params = model.n_params if isinstance(model, MLP) else 0
-        spec = kernels.adam_spec(lr, math.inf if clip_norm is None else clip_norm,
-                                 getattr(model, "dtype", np.float64), n_params, betas, eps,
+        spec = kernels.adam_spec(lr, clip_norm, model.dtype, model.n_params, betas, eps,
                                  weight_decay, amsgrad, self._decoupled)
         super().__init__(model, spec, lr_schedule)
 

@@ -42,36 +42,43 @@ MOMENTUM, DAMPENING, NESTEROV = 4, 5, 6                 # SGD_KIND
 BETA1, BETA2, EPS, AMSGRAD, DECOUPLED = 4, 5, 6, 7, 8   # ADAM_KIND
 
 
-def sgd_spec(lr, clip_norm, dtype, momentum=0.0, dampening=0.0, nesterov=False,
-             weight_decay=0.0, n_params=0):
-    """The Update of SGD (clip_norm = inf: no clipping); with momentum, its buffer for n_params
-    parameters, zeroed (the first step fills it)."""
-    hyper = np.zeros(7, dtype=np.float64)
-    hyper[[LR, CLIP_NORM, WEIGHT_DECAY, MOMENTUM, DAMPENING, NESTEROV]] = (
-        lr, clip_norm, weight_decay, momentum, dampening, float(nesterov))
-    rows = 1 if momentum != 0 else 0
-    return Update(SGD_KIND, hyper, np.zeros((rows, n_params), dtype=dtype))
-
-
-def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-              amsgrad=False, decoupled=False):
-    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters."""
-    hyper = np.zeros(9, dtype=np.float64)
-    hyper[[LR, CLIP_NORM, WEIGHT_DECAY, BETA1, BETA2, EPS, AMSGRAD, DECOUPLED]] = (
-        lr, clip_norm, weight_decay, betas[0], betas[1], eps, float(amsgrad), float(decoupled))
-    return Update(ADAM_KIND, hyper, np.zeros((3 if amsgrad else 2, n_params), dtype=dtype))
-
-
 #: Length of Update.hyper for each kind.
 HYPER_SIZE = {SGD_KIND: 7, ADAM_KIND: 9}
 
 
 def state_rows(kind, hyper):
     """Rows of Update.state an update of this kind and these hyper-parameters uses (plain
-    Python: what the Python layer checks before handing an Update to compiled code)."""
+    Python: what the specs allocate, and what the Python layer checks before handing an
+    Update to compiled code)."""
     if kind == SGD_KIND:
         return 1 if hyper[MOMENTUM] != 0 else 0
     return 3 if hyper[AMSGRAD] != 0 else 2
+
+
+def _spec(kind, values, dtype, n_params):
+    """An Update of this kind with these hyper-parameters ({index: value}) and zeroed state."""
+    hyper = np.zeros(HYPER_SIZE[kind], dtype=np.float64)
+    for index, value in values.items():
+        hyper[index] = value
+    return Update(kind, hyper, np.zeros((state_rows(kind, hyper), n_params), dtype=dtype))
+
+
+def sgd_spec(lr, clip_norm, dtype, momentum=0.0, dampening=0.0, nesterov=False,
+             weight_decay=0.0, n_params=0):
+    """The Update of SGD (clip_norm = inf: no clipping); with momentum, its buffer for n_params
+    parameters, zeroed (the first step fills it)."""
+    return _spec(SGD_KIND, {LR: lr, CLIP_NORM: clip_norm, WEIGHT_DECAY: weight_decay,
+                            MOMENTUM: momentum, DAMPENING: dampening,
+                            NESTEROV: float(nesterov)}, dtype, n_params)
+
+
+def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              amsgrad=False, decoupled=False):
+    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters."""
+    return _spec(ADAM_KIND, {LR: lr, CLIP_NORM: clip_norm, WEIGHT_DECAY: weight_decay,
+                             BETA1: betas[0], BETA2: betas[1], EPS: eps,
+                             AMSGRAD: float(amsgrad), DECOUPLED: float(decoupled)},
+                 dtype, n_params)
 
 
 @njit(**INLINED)
