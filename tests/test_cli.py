@@ -486,3 +486,18 @@ def test_resume_refuses_a_cosine_of_another_length_and_an_early_stopped_run(tmp_
               "--lr", "0.3", "--save", str(stopped)], capsys)
     code, _, err = run(["train", "--resume", str(stopped), "--epochs", "300"], capsys)
     assert code == 2 and "early stopping" in err
+
+
+def test_data_that_cannot_be_read_within_memory_exits_2_with_one_line(tmp_path, capsys,
+                                                                      monkeypatch):
+    big = tmp_path / "big.csv.gz"
+    big.write_bytes(gzip.compress(b"1,2,3,0\n" * 300_000))   # 2.4 MB of text, 10 kB on disk
+    cases = [(["--data", str(big)], "1M", "characters of text"),
+             (["--data", "digits"], "lots", "FASTBP_MAX_DATA_BYTES: expected a size")]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.csv")
+        cases.append((["--data", str(tmp_path / "pipe.csv")], "", "not a regular file"))
+    for argv, limit, expected in cases:
+        monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", limit)
+        code, out, err = run(["train", "--quiet", "--epochs", "1"] + argv, capsys)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import struct
 import tracemalloc
 from pathlib import Path
@@ -430,7 +431,7 @@ def test_fetch_uses_verified_cache_and_replaces_damaged_files(tmp_path, monkeypa
         payloads[stem + ".gz"] = gzip.compress(idx_bytes(arr))
     for name, payload in payloads.items():
         base = _served(tmp_path, name, payload)
-    remote = data._Remote(mirrors=(base,), class_names=tuple("0123456789"),
+    remote = data.named._Remote(mirrors=(base,), class_names=tuple("0123456789"),
                           sha256={k: hashlib.sha256(v).hexdigest() for k, v in payloads.items()})
     monkeypatch.setitem(data.NAMED, "mnist", remote)
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "cache"))
@@ -535,3 +536,156 @@ def test_csv_with_a_byte_order_mark_keeps_its_first_row_and_allows_one_header(tm
     (tmp_path / "two.csv").write_text("a,b,c\nx,y,z\n" + rows)
     with pytest.raises(DataError, match="line 2: 'x' is not a number"):
         data.read_csv(tmp_path / "two.csv")
+
+
+# -- memory limit and file kinds ------------------------------------------------------------
+
+
+def _peak_of(call):
+    """(exception raised by call, peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as caught:
+            call()
+        return caught.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("text, expected", [("12345", 12345), ("500M", 500 << 20),
+                                            ("16G", 16 << 30), ("2KiB", 2048)])
+def test_memory_limit_from_the_environment(monkeypatch, text, expected):
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", text)
+    assert data.memory_limit() == expected
+
+
+def test_memory_limit_default_and_bad_setting(monkeypatch):
+    monkeypatch.delenv("FASTBP_MAX_DATA_BYTES", raising=False)
+    assert 0 < data.memory_limit() < 1 << 50
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "lots")
+    with pytest.raises(DataError, match="FASTBP_MAX_DATA_BYTES.*'lots'"):
+        data.memory_limit()
+
+
+def _gzipped_csv(path, n_rows):
+    row = "0," * 63 + "1\n"
+    path.write_bytes(gzip.compress((row * n_rows).encode()))
+    return path
+
+
+def _npz_of(path, **arrays):
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+# Files of a few kilobytes that inflate to 2-5 MB, past a 1 MiB limit, and what refuses them.
+INFLATING = {
+    "gzipped IDX": (lambda p: write(p / "big.gz", idx_bytes(np.zeros((6000, 28, 28), np.uint8)),
+                                    gz=True), data.read_idx, "shape \\(6000, 28, 28\\)"),
+    "npz member": (lambda p: _npz_of(p / "one.npz", X=np.zeros((300, 2000))),
+                   data.read_npz, "shape \\(300, 2000\\)"),
+    "npz members together": (lambda p: _npz_of(p / "two.npz", X=np.zeros((100, 1250)),
+                                                X_test=np.zeros((100, 1250))),
+                             data.read_npz, "X_test.*shape \\(100, 1250\\)"),
+    "gzipped CSV": (lambda p: _gzipped_csv(p / "big.csv.gz", 40_000), data.read_csv,
+                    "characters of text"),
+}
+
+
+@pytest.mark.parametrize("kind", INFLATING)
+def test_small_files_that_inflate_past_the_limit_are_refused_before_inflating(
+        tmp_path, monkeypatch, kind):
+    make, reader, message = INFLATING[kind]
+    path = make(tmp_path)
+    assert path.stat().st_size < 64 << 10
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "1M")
+    error, peak = _peak_of(lambda: reader(path))
+    assert str(path) in str(error) and re.search(message, str(error)), error
+    assert "FASTBP_MAX_DATA_BYTES" in str(error)
+    # Up to the limit may be read before the refusal (the first member of a pair), no more.
+    assert peak < 1.5 * (1 << 20), f"{kind}: {peak} bytes traced before refusing"
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "64M")
+    reader(path)  # the same file within a larger limit
+
+
+def test_a_plain_csv_counts_four_times_its_text(tmp_path, monkeypatch):
+    path = tmp_path / "x.csv"
+    path.write_text("0,1\n" * 1000)                # 4,000 bytes of text
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "15999")
+    with pytest.raises(DataError, match="4,000 bytes of text"):
+        data.read_csv(path)
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "16000")
+    assert data.read_csv(path)[0].shape == (1000, 1)
+
+
+def test_the_scaled_arrays_are_held_to_the_limit_too(monkeypatch):
+    # The digits decode to 115 kB of uint8; as float64 they take 920 kB.
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "500K")
+    with pytest.raises(DataError, match="scaled float64 features.*set by FASTBP_MAX_DATA_BYTES.*float32"):
+        data.load("digits", dtype="float64")
+    monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", "2M")
+    assert data.load("digits", dtype="float64").X_train.dtype == np.float64
+
+
+def test_running_out_of_memory_is_a_data_error(tmp_path, monkeypatch):
+    path = write(tmp_path / "ok", idx_bytes(np.zeros((3, 4), np.uint8)))
+
+    def no_memory(*args):
+        raise MemoryError
+    monkeypatch.setattr(data.files, "_read_exact", no_memory)
+    with pytest.raises(DataError, match="not enough memory"):
+        data.read_idx(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "apply_scaling", no_memory)
+    with pytest.raises(DataError, match="digits: not enough memory"):
+        data.load("digits")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("name, reader", [("x", data.read_idx), ("x.npz", data.read_npz),
+                                          ("x.csv", data.read_csv), ("x.csv", data.load)])
+def test_fifos_and_devices_are_refused_without_blocking(tmp_path, name, reader):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)   # opening it to read would block until a writer comes
+    with pytest.raises(DataError, match="not a regular file"):
+        reader(fifo)
+    if os.path.exists("/dev/zero"):
+        endless = tmp_path / ("zero-" + name)
+        endless.symlink_to("/dev/zero")
+        with pytest.raises(DataError, match="not a regular file"):
+            reader(endless)
+
+
+@pytest.mark.parametrize("label", [65_536, 1_000_000])
+def test_the_class_count_is_capped(tmp_path, label):
+    path = _npz_of(tmp_path / "x.npz", X=np.zeros((4, 2)), y=np.array([0, 1, 1, label]))
+    with pytest.raises(DataError, match="at most 65,536 classes"):
+        data.load(path)
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_text("".join(f"{i},{c}\n" for i, c in enumerate([0, 1, 1, label] * 3)))
+    with pytest.raises(DataError, match=f"label {label}.*at most 65,536 classes"):
+        data.load(csv_path)
+
+
+def test_test_rows_of_a_class_never_seen_in_training_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    path = _npz_of(tmp_path / "x.npz", X=rng.normal(size=(20, 3)), y=np.arange(20) % 2,
+                   X_test=rng.normal(size=(4, 3)), y_test=np.array([0, 1, 2, 2]))
+    with pytest.raises(DataError, match="class '2'.*no training row"):
+        data.load(path)
+    # A split can do the same: a class of one row, test_fraction rounding it into the test rows.
+    alone = _npz_of(tmp_path / "alone.npz", X=rng.normal(size=(21, 3)),
+                    y=np.r_[np.arange(20) % 2, 2])
+    with pytest.raises(DataError, match="class '2'.*no training row"):
+        data.load(alone, test_fraction=0.6)
+
+
+def test_blockwise_standardisation_matches_numpy(monkeypatch):
+    X = np.random.default_rng(1).normal(3.0, 2.0, size=(10_000, 5)) * [1, 10, 1e-3, 1e5, 0]
+    monkeypatch.setattr(data.prepare, "_BLOCK_ROWS", 999)
+    offset, scale, _ = data.prepare.fit_scaling(X, "standard", None, "x")
+    np.testing.assert_allclose(offset, X.mean(axis=0), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(scale[:4], X.std(axis=0)[:4], rtol=1e-12)
+    assert scale[4] == 1.0   # a constant column is only centred
+    scaled = data.prepare.apply_scaling(X, offset, scale, np.dtype(np.float64), "x")
+    np.testing.assert_array_equal(scaled, (X - offset) / scale)

@@ -1,0 +1,157 @@
+"""Labels, splits and scaling: from the arrays a file holds to the rows a model trains on.
+
+Scaling works through blocks of rows, so that it never holds a float64 copy of a whole data set
+beside the raw array and the result.
+"""
+import numpy as np
+
+from .files import DataError
+
+__all__ = ["MAX_CLASSES", "split_indices"]
+
+# Most classes a data set may have. Labels are class indices 0..C-1, so one stray large label
+# would otherwise build a model with that many outputs.
+MAX_CLASSES = 1 << 16
+# Rows per block when scaling.
+_BLOCK_ROWS = 4096
+
+
+# -------------------------------------------------------------------------------------------------
+# Labels
+
+
+def labels_from_strings(labels, what):
+    """int64 labels 0..C-1 and the class names (None for numeric labels) from the text of a
+    label column. Names become classes in sorted order."""
+    try:
+        values = labels.astype(np.float64)
+    except ValueError:
+        names = sorted(set(labels.tolist()))
+        if any(not name for name in names):
+            raise DataError(f"{what}: some labels are empty") from None
+        if len(names) > MAX_CLASSES:
+            raise DataError(f"{what}: {len(names):,} different labels; fastbp takes at most "
+                            f"{MAX_CLASSES:,} classes")
+        lookup = {name: i for i, name in enumerate(names)}
+        return np.array([lookup[s] for s in labels.tolist()], dtype=np.int64), names
+    return integer_labels(values, what), None
+
+
+def integer_labels(values, what):
+    """Whole numbers 0..MAX_CLASSES-1 as int64 class labels; DataError otherwise."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise DataError(f"{what}: labels must be one value per sample, got shape {values.shape}")
+    if values.size == 0:
+        raise DataError(f"{what}: no labels")
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"{what}: labels contain NaN or Inf")
+        if not np.all(values == np.round(values)):
+            bad = values[values != np.round(values)][0]
+            raise DataError(f"{what}: labels must be whole numbers (class indices), found "
+                            f"{bad:g}")
+    elif values.dtype.kind not in "iub":
+        raise DataError(f"{what}: labels must be integers, got dtype {values.dtype}")
+    if values.min() < 0:
+        raise DataError(f"{what}: labels must be 0 or more, found {values.min():g}")
+    if values.max() >= MAX_CLASSES:
+        raise DataError(f"{what}: label {values.max():.0f} would make a model with "
+                        f"{values.max() + 1:,.0f} outputs; labels are class indices 0..C-1 and "
+                        f"fastbp takes at most {MAX_CLASSES:,} classes (labels given as names "
+                        "are numbered for you)")
+    return values.astype(np.int64)
+
+
+def check_test_classes(y_train, y_test, class_names, what):
+    """Refuse test rows of a class that no training row has: the model could not learn it."""
+    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
+    if unseen.size:
+        names = ", ".join(repr(class_names[c]) for c in unseen[:5])
+        more = f" and {unseen.size - 5} more" if unseen.size > 5 else ""
+        raise DataError(f"{what}: the test rows hold class {names}{more}, which no training row "
+                        "has; the model cannot learn a class it never sees")
+
+
+# -------------------------------------------------------------------------------------------------
+# Splits
+
+
+def split_indices(n, fraction, rng, labels=None):
+    """(kept, held_out): a random ``fraction`` of range(n) held out, stratified by ``labels`` when
+    given (each class contributes its share, rounded). Both index arrays are sorted."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction: expected a number in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return np.arange(n), np.arange(0)
+    held = []
+    if labels is None:
+        held.append(rng.permutation(n)[:int(round(fraction * n))])
+    else:
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            held.append(rng.permutation(members)[:int(round(fraction * members.size))])
+    held = np.sort(np.concatenate(held))
+    mask = np.ones(n, dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+# -------------------------------------------------------------------------------------------------
+# Scaling
+
+
+def _blocks(n_rows):
+    return (slice(start, start + _BLOCK_ROWS) for start in range(0, n_rows, _BLOCK_ROWS))
+
+
+def _standardise(X_train):
+    """(offset, scale): column means and standard deviations (1 for constant columns)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # huge features: checked by the caller
+        total = sum(X_train[rows].sum(axis=0, dtype=np.float64) for rows in _blocks(len(X_train)))
+        offset = total / len(X_train)
+        squares = sum(np.square(X_train[rows] - offset).sum(axis=0)
+                      for rows in _blocks(len(X_train)))
+        scale = np.sqrt(squares / len(X_train))
+    scale[scale < 1e-12] = 1.0
+    return offset, scale
+
+
+def fit_scaling(X_train, scaling, max_value, name):
+    """(offset, scale, description) for ``X = (raw - offset) / scale`` measured on the training
+    rows; ``max_value`` is the known largest value for "unit" scaling, or None to measure it."""
+    n_features = X_train.shape[1]
+    offset = np.zeros(n_features)
+    if scaling == "unit":
+        if max_value is None:
+            max_value = float(max(np.abs(X_train[rows]).max() for rows in _blocks(len(X_train))))
+        scale = np.full(n_features, max_value or 1.0)
+        description = f"features divided by {scale[0]:g}"
+    elif scaling == "standard":
+        offset, scale = _standardise(X_train)
+        description = "features standardised (mean and deviation of the training rows)"
+    else:
+        scale = np.ones(n_features)
+        description = "features not scaled"
+    if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        largest = max(float(np.abs(X_train[rows]).max()) for rows in _blocks(len(X_train)))
+        raise DataError(f"{name}: features too large to scale (largest magnitude "
+                        f"{largest:.3g}); rescale them first")
+    return offset, scale, description
+
+
+def apply_scaling(X, offset, scale, dtype, name):
+    """``(X - offset) / scale`` as a new C-contiguous array of ``dtype``, block by block;
+    DataError when a value falls outside the range of ``dtype``."""
+    out = np.empty(X.shape, dtype=dtype)
+    divide_only = not offset.any() and np.all(scale == scale[0])
+    with np.errstate(over="ignore"):
+        for rows in _blocks(len(X)):
+            if divide_only and scale[0] <= np.finfo(dtype).max:
+                np.divide(X[rows], dtype.type(scale[0]), out=out[rows], dtype=dtype)
+            else:
+                out[rows] = (X[rows] - offset) / scale
+            if not np.all(np.isfinite(out[rows])):
+                raise DataError(f"{name}: features beyond the range of {dtype.name} after "
+                                "scaling; rescale them or use another --scale")
+    return out
