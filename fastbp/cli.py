@@ -8,7 +8,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -599,26 +601,21 @@ def train(args):
     t_train = time.perf_counter() - t0
 
     epochs_run = history.n_epochs
-    if history.interrupted:
-        say(f"interrupted: {epochs_run} complete epoch(s); the model holds the last good "
-            "weights" + (f" (best epoch {history.best_epoch + 1})"
-                         if history.best_epoch is not None else ""), force=True)
-    elif history.stop_reason == "early_stopping":
-        say(f"early stop after epoch {epochs_run}: no validation improvement for "
-            f"{args.early_stopping} epochs; weights of epoch {history.best_epoch + 1} restored")
-    elif history.best_epoch is not None and history.best_epoch + 1 != epochs_run:
-        say(f"weights of the best epoch ({history.best_epoch + 1}) restored")
-
-    predictions = model.predict(ds.X_test)
-    if model.loss == "mse":
-        predictions = predictions.argmax(axis=1)
-    n_correct = int(np.sum(predictions == ds.y_test))
-    test_accuracy = n_correct / len(ds.y_test)
+    _report_stop(say, args, history)
+    # From here on the trained weights must not be lost: a Ctrl-C skips what is left to do but
+    # the save, which it cannot interrupt.
+    interrupted = history.interrupted
+    try:
+        n_correct = _n_correct(model, ds)
+    except KeyboardInterrupt:
+        interrupted, n_correct = True, None
+        say("interrupted: the test rows were not scored", force=True)
+    test_accuracy = None if n_correct is None else n_correct / len(ds.y_test)
     samples = sum(s * t for s, t in zip(history["samples_per_s"], history["seconds"]))
     steps_time = sum(history["seconds"])
     throughput = samples / steps_time if steps_time > 0 else 0.0
 
-    saved = None
+    saved = plotted = None
     if args.save is not None:
         metadata = {"data": ds.name, "class_names": list(ds.class_names),
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
@@ -627,24 +624,24 @@ def train(args):
                     "interrupted": history.interrupted, "fastbp_version": __version__,
                     "run": _run_record(args, optimizer, history, len(y_train),
                                        first_epoch, first_step, optimizer.steps - steps_before)}
+        with _HeldInterrupt() as held:
+            try:
+                saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)
+            except OSError as exc:
+                print(f"fastbp train: cannot write {args.save}: {exc.strerror or exc}",
+                      file=sys.stderr)
+                return EXIT_INTERRUPTED if interrupted or held.received else EXIT_FAILED
+        interrupted = interrupted or held.received
+    if args.plot is not None and epochs_run > 0 and interrupted == history.interrupted:
         try:
-            saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)
-        except OSError as exc:
-            print(f"fastbp train: cannot write {args.save}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return EXIT_FAILED if not history.interrupted else EXIT_INTERRUPTED
-    plotted = None
-    if args.plot is not None and epochs_run > 0:
-        from .plotting import plot_history
-        names = [f"layer {i + 1} ({a}\u2192{b})" for i, (a, b) in
-                 enumerate(zip(sizes[:-1], sizes[1:]))]
-        try:
-            plotted = plot_history(history, args.plot, layer_names=names,
-                                   title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}")
+            plotted = _plot(args, ds, sizes, history)
+        except KeyboardInterrupt:
+            interrupted = True
+            say("interrupted: no curves written", force=True)
         except OSError as exc:
             print(f"fastbp train: cannot write {args.plot}: {exc.strerror or exc}",
                   file=sys.stderr)
-            return EXIT_FAILED if not history.interrupted else EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     t_total = time.perf_counter() - t_start
 
     if args.json:
@@ -670,8 +667,9 @@ def train(args):
         }
         print(json.dumps(summary, default=_json_default))
     else:
-        say(f"test accuracy {100 * test_accuracy:.2f}% ({n_correct}/{len(ds.y_test)})",
-            force=True)
+        if n_correct is not None:
+            say(f"test accuracy {100 * test_accuracy:.2f}% ({n_correct}/{len(ds.y_test)})",
+                force=True)
         say(f"time {t_total:.2f} s in all (data {t_data:.2f} s, kernels {t_compile:.2f} s, "
             f"training {t_train:.2f} s); {throughput:,.0f} samples/s over {epochs_run} "
             "epochs", force=True)
@@ -679,7 +677,57 @@ def train(args):
             say(f"model saved to {saved}", force=True)
         if plotted:
             say(f"curves written to {plotted}", force=True)
-    return EXIT_INTERRUPTED if history.interrupted else 0
+    return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _report_stop(say, args, history):
+    """A line on why training stopped before its last epoch, or which weights it kept."""
+    epochs_run = history.n_epochs
+    if history.interrupted:
+        say(f"interrupted: {epochs_run} complete epoch(s); the model holds the last good "
+            "weights" + (f" (best epoch {history.best_epoch + 1})"
+                         if history.best_epoch is not None else ""), force=True)
+    elif history.stop_reason == "early_stopping":
+        say(f"early stop after epoch {epochs_run}: no validation improvement for "
+            f"{args.early_stopping} epochs; weights of epoch {history.best_epoch + 1} restored")
+    elif history.best_epoch is not None and history.best_epoch + 1 != epochs_run:
+        say(f"weights of the best epoch ({history.best_epoch + 1}) restored")
+
+
+def _n_correct(model, ds):
+    """How many test rows the model classifies right."""
+    predictions = model.predict(ds.X_test)
+    if model.loss == "mse":
+        predictions = predictions.argmax(axis=1)
+    return int(np.sum(predictions == ds.y_test))
+
+
+def _plot(args, ds, sizes, history):
+    from .plotting import plot_history
+    names = [f"layer {i + 1} ({a}\u2192{b})" for i, (a, b) in
+             enumerate(zip(sizes[:-1], sizes[1:]))]
+    return plot_history(history, args.plot, layer_names=names,
+                        title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}")
+
+
+class _HeldInterrupt:
+    """Holds Ctrl-C (SIGINT) back until the block ends and records it in ``received``: a save
+    must finish, or the trained weights are lost."""
+
+    def __enter__(self):
+        self.received = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _have_tqdm():

@@ -35,7 +35,6 @@ also rebuilds the optimizer, after checking its fields against the model.
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -44,6 +43,7 @@ from .layout import n_params
 from .model import ACTIVATIONS, LOSSES, MLP
 from . import optim, schedules
 from ._validate import number_in
+from ._tempfiles import create_beside
 from .kernels.update import LR, STEPS
 
 __all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError",
@@ -185,7 +185,8 @@ def atomic_write(path, write):
 
     The data goes to a temporary file in the same folder, is flushed to disk, and replaces
     ``path`` only once ``write`` has returned: on any error (or Ctrl-C) the temporary file is
-    removed and ``path`` is left as it was. Returns ``path``.
+    removed and ``path`` is left as it was; one left by a killed process is removed by the next
+    write to ``path``. Returns ``path``.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -193,7 +194,7 @@ def atomic_write(path, write):
         raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path}: is a folder")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = create_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -501,3 +501,33 @@ def test_data_that_cannot_be_read_within_memory_exits_2_with_one_line(tmp_path, 
         monkeypatch.setenv("FASTBP_MAX_DATA_BYTES", limit)
         code, out, err = run(["train", "--quiet", "--epochs", "1"] + argv, capsys)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def _trained_params(path):
+    return fastbp.load(path).params
+
+
+def test_ctrl_c_after_training_still_saves_the_trained_weights(tmp_path, capsys, monkeypatch):
+    argv = ["train", "--quiet", "--epochs", "2", "--batch-size", "64", "--save"]
+    assert run(argv + [str(tmp_path / "whole.npz")], capsys)[0] == 0
+    expected = _trained_params(tmp_path / "whole.npz")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:   # Ctrl-C while the test rows are scored
+        patch.setattr(fastbp.MLP, "predict", interrupted)
+        code, out, err = run(argv + [str(tmp_path / "scoring.npz")], capsys)
+    assert code == 130 and "test rows were not scored" in out + err
+    np.testing.assert_array_equal(_trained_params(tmp_path / "scoring.npz"), expected)
+
+    real_savez = np.savez_compressed
+
+    def savez_interrupted(*args, **kwargs):   # a real SIGINT in the middle of the save
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_savez(*args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "savez_compressed", savez_interrupted)
+        code, out, err = run(argv + [str(tmp_path / "saving.npz")], capsys)
+    assert code == 130 and "model saved to" in out + err, err
+    np.testing.assert_array_equal(_trained_params(tmp_path / "saving.npz"), expected)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

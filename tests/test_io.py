@@ -1,14 +1,21 @@
 """fastbp.save / fastbp.load: round trips, no pickle, atomic writes, validation on load."""
 import os
 import re
+import signal
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastbp
 from fastbp import io as fio
+from fastbp._tempfiles import create_beside
 from fastbp.io import ModelFileError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def trained(sizes=(5, 7, 4, 3), dtype=np.float32, **kw):
@@ -260,3 +267,22 @@ def test_metadata_that_is_not_json_or_too_deep_is_refused(tmp_path):
         np.savez(tmp_path / "bad.npz", **arrays)
         with pytest.raises(fastbp.ModelFileError, match=message):
             fastbp.io.read_metadata(tmp_path / "bad.npz")
+
+
+def test_a_save_killed_midway_leaves_a_temporary_file_that_the_next_save_removes(tmp_path):
+    path = tmp_path / "m.npz"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from fastbp._tempfiles import create_beside\n"
+        "create_beside(sys.argv[1], '.tmp')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(path)], cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    stale = [p.name for p in tmp_path.iterdir()]
+    assert len(stale) == 1 and stale[0].startswith(".m.npz.")
+    live_fd, live = create_beside(path, ".tmp")   # this process is still writing its own
+    os.close(live_fd)
+    other_fd, other = create_beside(tmp_path / "other.npz", ".tmp")   # another file's
+    os.close(other_fd)
+    fastbp.save(fastbp.MLP([3, 2], seed=0), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m.npz", os.path.basename(live), os.path.basename(other)])

@@ -3,12 +3,12 @@ their four IDX files; and the UCI digits shipped with fastbp."""
 import hashlib
 import importlib.resources
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._tempfiles import create_beside
 from .files import CHUNK, DataError, read_idx
 
 __all__ = ["NAMED", "cache_dir", "download_verified", "fetch", "read_idx_set", "digits_path"]
@@ -98,7 +98,7 @@ def download_verified(urls, dest, sha256, max_bytes=256 << 20, timeout=60):
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        fd, tmp = create_beside(dest, ".part")
         try:
             digest = hashlib.sha256()
             size = 0
