@@ -1,16 +1,22 @@
 """fastbp: fast, allocation-free training of multilayer perceptrons on multicore CPUs."""
-from . import kernels
-from ._threads import get_num_threads, set_num_threads
-from .gradcheck import gradcheck
-from .model import MLP
-from .monitor import GradientHealthWarning, GradientMonitor
-from .optim import SGD, Adam, AdamW
-from . import schedules
-from .training import DivergenceError, History, fit
-from . import data
-from .data import DataError
-from .io import ModelFileError, load, load_checkpoint, save
-from .plotting import plot_history
+from . import _environment
+
+_environment.check()
+try:
+    from . import kernels
+    from ._threads import get_num_threads, set_num_threads
+    from .gradcheck import gradcheck
+    from .model import MLP
+    from .monitor import GradientHealthWarning, GradientMonitor
+    from .optim import SGD, Adam, AdamW
+    from . import schedules
+    from .training import DivergenceError, History, fit
+    from . import data
+    from .data import DataError
+    from .io import ModelFileError, load, load_checkpoint, save
+    from .plotting import plot_history
+except KeyboardInterrupt:
+    _environment.interrupted()
 
 __version__ = "0.1.0"
 __all__ = ["MLP", "SGD", "Adam", "AdamW", "schedules", "load_checkpoint", "fit", "gradcheck",

@@ -318,15 +318,27 @@ class MLP:
     def predict_proba(self, X):
         """Class probabilities (N, C) (softmax cross-entropy models only)."""
         self._require_classifier("predict_proba")
-        out = self.forward(X)
+        out = self._finite_forward(X)
         kernels.softmax_forward(out, out)
         return out
 
     def predict(self, X):
         """Class labels (N,) int64 for softmax cross-entropy; output values otherwise."""
-        out = self.forward(X)
+        out = self._finite_forward(X)
         if self.loss == "softmax_cross_entropy":
             return out.argmax(axis=1)
+        return out
+
+    def _finite_forward(self, X):
+        """forward(X), refusing outputs that overflowed: a NaN has no class (argmax would say
+        0) and no probability."""
+        out = self.forward(X)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(f"X: the outputs of {rows.size} row(s) (the first: row {rows[0]}) "
+                             f"overflow to Inf or NaN in {np.dtype(self.dtype).name}; their "
+                             "values are too large for this model's weights (scale them)")
         return out
 
     def _run(self, entry, args, update_kind=None):

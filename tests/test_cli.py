@@ -1,6 +1,7 @@
 """The fastbp command: `fastbp train` end to end, its outputs, bad input (exit 2, one line,
 nothing written) and Ctrl-C (exit 130, last good weights saved)."""
 import gzip
+import importlib.util
 import json
 import os
 import signal
@@ -531,3 +532,44 @@ def test_ctrl_c_after_training_still_saves_the_trained_weights(tmp_path, capsys,
     assert code == 130 and "model saved to" in out + err, err
     np.testing.assert_array_equal(_trained_params(tmp_path / "saving.npz"), expected)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _command(args, env_update=None, code=None):
+    """Run the fastbp command (python -m fastbp, or the given code) in a fresh interpreter."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(env_update or {})
+    argv = [sys.executable, "-m", "fastbp"] + args if code is None else [sys.executable, "-c",
+                                                                          code] + args
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600,
+                          cwd=str(ROOT.parent))
+
+
+NUMBA_SETTINGS = [({"NUMBA_NUM_THREADS": "0"}, "NUMBA_NUM_THREADS=0: Numba needs at least one"),
+                  ({"NUMBA_DISABLE_JIT": "1"}, "NUMBA_DISABLE_JIT is set"),
+                  ({"NUMBA_THREADING_LAYER": "banana"}, "NUMBA_THREADING_LAYER=banana")]
+if importlib.util.find_spec("tbb") is None:
+    NUMBA_SETTINGS.append(({"NUMBA_THREADING_LAYER": "tbb"}, "NUMBA_THREADING_LAYER=tbb"))
+
+
+@pytest.mark.parametrize("setting, message", NUMBA_SETTINGS)
+def test_numba_settings_that_stop_fastbp_are_one_line(setting, message):
+    result = _command(["train", "--epochs", "1"], setting)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"fastbp: {message}")
+    library = _command([], setting, code="import fastbp")
+    assert library.returncode == 1 and f"ImportError: fastbp: {message}" in library.stderr
+
+
+def test_ctrl_c_while_fastbp_imports_exits_130_without_a_traceback():
+    # A Ctrl-C arriving while fastbp's modules load, made deterministic by an import hook.
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'fastbp.plotting':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv[0] = 'fastbp'\n"
+            "from fastbp.cli import main\n")
+    result = _command(["train"], code=code)
+    assert result.returncode == 130 and result.stderr == "fastbp: interrupted\n", result.stderr

@@ -422,3 +422,15 @@ def test_loss_value_in_float32_matches_float64(loss, rng):
     X = rng.normal(size=(9, 5))
     y = rng.integers(0, 3, 9) if loss != "mse" else rng.normal(size=(9, 3))
     assert abs(m32.loss_value(X, y) - m64.loss_value(X, y)) < 1e-5 * max(1, m64.loss_value(X, y))
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_predictions_that_overflow_are_refused_not_given_class_0(loss):
+    model = fastbp.MLP([2, 8, 3], loss=loss, seed=0)
+    X = np.array([[0.5, -1.0], [3e38, -3e38], [1.0, 2.0]], dtype=np.float32)
+    assert not np.isfinite(model.forward(X)[1]).all()
+    for predict in ([model.predict] + ([model.predict_proba] if loss != "mse" else [])):
+        with pytest.raises(ValueError, match=r"X: the outputs of 1 row\(s\) \(the first: row 1\) "
+                                             "overflow"):
+            predict(X)
+    assert model.predict(X[[0, 2]]).shape[0] == 2

@@ -1,0 +1,65 @@
+"""Checks, at import, that Numba can compile and run fastbp's kernels in this environment.
+
+Some Numba settings break fastbp in ways that surface late and obscurely: ``NUMBA_NUM_THREADS=0``
+fails inside ``import numba``, ``NUMBA_DISABLE_JIT=1`` leaves no compiled code to call, and a
+``NUMBA_THREADING_LAYER`` that cannot load fails at the first parallel loop. Each is reported
+here in one sentence: an ImportError for a library user, one line on stderr and exit status 2
+for the ``fastbp`` command (which also exits 130, without a traceback, on Ctrl-C while fastbp
+imports).
+"""
+import os
+import sys
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _problem():
+    """What stops Numba from running fastbp's kernels here, or None."""
+    threads = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if threads.lstrip("+-").isdigit() and int(threads) < 1:
+        return (f"NUMBA_NUM_THREADS={threads}: Numba needs at least one thread; unset it or "
+                "give a positive count")
+    try:
+        import numba
+        from numba.np.ufunc import parallel
+    except Exception as exc:  # noqa: BLE001  (any failure to start Numba ends here)
+        return f"Numba cannot start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+    if numba.config.DISABLE_JIT:
+        return ("NUMBA_DISABLE_JIT is set: fastbp's kernels only run compiled; unset it")
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        try:
+            parallel._launch_threads()
+        except (ValueError, ImportError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            return (f"NUMBA_THREADING_LAYER={os.environ['NUMBA_THREADING_LAYER']}: {first} "
+                    "(unset it, or install the layer it names)")
+    return None
+
+
+def _running_the_command():
+    """True when this import starts the ``fastbp`` command (its script, or python -m fastbp)."""
+    if sys.argv and os.path.basename(sys.argv[0]) in ("fastbp", "fastbp.exe", "fastbp-script.py"):
+        return True
+    argv = getattr(sys, "orig_argv", [])
+    return sys.argv[:1] == ["-m"] and any(a == "-m" and b == "fastbp"
+                                          for a, b in zip(argv, argv[1:]))
+
+
+def check():
+    """Raise ImportError naming the setting that stops fastbp (or exit 2 from the command)."""
+    problem = _problem()
+    if problem is None:
+        return
+    if _running_the_command():
+        print(f"fastbp: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    raise ImportError(f"fastbp: {problem}")
+
+
+def interrupted():
+    """Ctrl-C while fastbp imports: the command exits 130 in silence; a library user gets the
+    KeyboardInterrupt."""
+    if _running_the_command():
+        print("fastbp: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
+    raise KeyboardInterrupt
