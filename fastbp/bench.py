@@ -504,4 +504,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("fastbp.bench: interrupted", file=sys.stderr)
+        sys.exit(130)
