@@ -138,6 +138,8 @@ def load_checkpoint(path):
         raise ModelFileError(f"{what}: optimizer: its record lacks the field {exc}") from None
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{what}: optimizer: {exc}") from None
+    except RecursionError:
+        raise ModelFileError(f"{what}: optimizer: its record is nested too deeply") from None
     return model, opt
 
 

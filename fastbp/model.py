@@ -23,6 +23,10 @@ def _activation_code(name, value):
     return ACTIVATIONS[value]
 
 
+# Widest layer: the kernels' BLAS takes 32-bit matrix dimensions.
+MAX_WIDTH = 2 ** 31 - 1
+
+
 class MLP:
     """A multilayer perceptron trained by backpropagation.
 
@@ -117,6 +121,9 @@ class MLP:
         for s in sizes:
             if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
                 raise ValueError(f"sizes: every width must be a positive integer, got {sizes}")
+            if s > MAX_WIDTH:
+                raise ValueError(f"sizes: a width of {s} is more than the {MAX_WIDTH} that the "
+                                 "kernels' BLAS (32-bit dimensions) can multiply")
         return [int(s) for s in sizes]
 
     def _initialise(self, seed):

@@ -131,8 +131,11 @@ def test_idx_lying_header_allocates_nothing_large(tmp_path, gz):
 
 def test_idx_absurd_header_is_refused_before_reading(tmp_path):
     payload = idx_bytes(np.zeros(4, dtype=np.uint8), dims=(2 ** 32 - 1,) * 3)
-    with pytest.raises(DataError, match="limit"):
+    with pytest.raises(DataError, match="impossible shape"):   # beyond any index
         data.read_idx(write(tmp_path / "huge", payload))
+    payload = idx_bytes(np.zeros(4, dtype=np.uint8), dims=(2 ** 31, 2 ** 20))
+    with pytest.raises(DataError, match="memory limit"):       # possible, but too large
+        data.read_idx(write(tmp_path / "large", payload))
 
 
 def test_idx_missing_file_and_folder(tmp_path):

@@ -113,6 +113,15 @@ def _memory_safe(reader):
     return guarded
 
 
+def _check_shape(shape, itemsize, what):
+    """Refuse a header's shape that no array can have: too many axes, a negative or non-integer
+    length, or more bytes than an index can count (even beside a zero-length axis)."""
+    if len(shape) > MAX_DIMS or any(isinstance(d, bool) or not isinstance(d, int) or d < 0
+                                    for d in shape) \
+            or math.prod(d for d in shape if d) * itemsize >= np.iinfo(np.intp).max:
+        raise DataError(f"{what}: the header announces an impossible shape {shape}")
+
+
 # -------------------------------------------------------------------------------------------------
 # Opening files
 
@@ -229,6 +238,7 @@ def read_idx(path, max_bytes=None):
         if len(dims_raw) < 4 * ndim:
             raise DataError(f"{what}: truncated header ({ndim} dimensions announced)")
         dims = tuple(int.from_bytes(dims_raw[4 * i:4 * i + 4], "big") for i in range(ndim))
+        _check_shape(dims, dtype.itemsize, what)
         nbytes = math.prod(dims) * dtype.itemsize
         _check_size(nbytes, what, f"the header announces an array of shape {dims}", limit)
         size = os.fstat(raw.fileno()).st_size
@@ -264,7 +274,7 @@ def read_npz(path):
     raw = _open_regular(path, what)
     try:
         archive = zipfile.ZipFile(raw)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raw.close()
         raise DataError(f"{what}: not a readable .npz file ({exc})") from None
     arrays = {}
@@ -278,7 +288,9 @@ def read_npz(path):
             try:
                 with archive.open(info) as stream:
                     arrays[key] = _read_npy(stream, member, budget, _most(info))
-            except (*_COMPRESSION_ERRORS, RuntimeError) as exc:
+            except DataError:
+                raise
+            except (*_COMPRESSION_ERRORS, RuntimeError, OSError, ValueError) as exc:
                 raise DataError(f"{member}: corrupt data ({exc})") from None
             budget -= arrays[key].nbytes
     return arrays
@@ -307,10 +319,9 @@ def _read_npy(stream, what, limit, most):
     if dtype.hasobject:
         raise DataError(f"{what}: holds Python objects (pickled data), which fastbp does not "
                         "load; store numbers only")
-    if dtype.itemsize == 0:
+    if dtype.itemsize == 0 or dtype.subdtype is not None:
         raise DataError(f"{what}: has an unsupported dtype {dtype}")
-    if any(d < 0 for d in shape) or len(shape) > MAX_DIMS:
-        raise DataError(f"{what}: the header announces an impossible shape {shape}")
+    _check_shape(shape, dtype.itemsize, what)
     nbytes = math.prod(shape) * dtype.itemsize
     _check_size(nbytes, what, f"the header announces shape {shape}", limit)
     buf = _read_exact(stream, nbytes, what, most)
