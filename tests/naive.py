@@ -4,7 +4,9 @@ SGD, written from the formulas and not from fastbp's code.
 Conventions (the public contract of fastbp): layer l maps a (B, n_in) batch to (B, n_out) by
 ``a @ W + b`` with W of shape (n_in, n_out); the flat parameter vector holds, layer by layer, W in
 row-major order and then b. Losses are means over the batch: softmax cross-entropy with integer
-labels, or MSE ``1/2 * sum_j (yhat_j - y_j)^2`` per sample.
+labels, MSE ``1/2 * sum_j (yhat_j - y_j)^2`` per sample, or binary cross-entropy on logits
+``sum_j -t_j log p_j - (1 - t_j) log(1 - p_j)``, p = sigmoid(logit), per sample. An L2 penalty
+``l2 / (2 B) * sum ||W||^2`` (weights only) may be added to the batch's mean loss.
 
 Everything is computed in float64, whatever the dtype of the inputs, one sample at a time where
 that keeps the formulas obvious. Speed is not a goal.
@@ -140,19 +142,45 @@ def mse(pred, target):
     return 0.5 * (diff * diff).sum(axis=1), diff / pred.shape[0]
 
 
+def binary_cross_entropy(logits, target):
+    """Per-sample sum_j of -t log p - (1 - t) log(1 - p), p = sigmoid(logit) (B,), and d(mean
+    loss)/d logits = (p - t) / B (B, C). log p and log(1 - p) are written as -log(1 + e^-z) and
+    -log(1 + e^z), by sign, so that no logarithm of 0 is taken."""
+    logits = np.asarray(logits, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64).reshape(logits.shape)
+    n, c = logits.shape
+    losses = np.zeros(n)
+    grad = np.empty_like(logits)
+    for i in range(n):
+        for j in range(c):
+            z, t = float(logits[i, j]), float(target[i, j])
+            log_p = -math.log1p(math.exp(-z)) if z >= 0 else z - math.log1p(math.exp(z))
+            log_q = -z - math.log1p(math.exp(-z)) if z >= 0 else -math.log1p(math.exp(z))
+            losses[i] += -t * log_p - (1.0 - t) * log_q
+            grad[i, j] = (sigmoid_scalar(z) - t) / n
+    return losses, grad
+
+
+def l2_penalty(weights, l2, n_rows):
+    """(l2 / (2 B)) * sum ||W||^2 and the gradients (l2 / B) * W, weights only."""
+    value = l2 / (2.0 * n_rows) * sum(float((w * w).sum()) for w in weights)
+    return value, [l2 / n_rows * w for w in weights]
+
+
 # -- the network ---------------------------------------------------------------------------------
 
 class Net:
     """Reference MLP. activations: one name per hidden layer; output_activation for the last."""
 
     def __init__(self, sizes, activations, output_activation="identity",
-                 loss="softmax_cross_entropy"):
+                 loss="softmax_cross_entropy", l2=0.0):
         self.sizes = list(sizes)
         if isinstance(activations, str):
             activations = [activations] * (len(sizes) - 2)
         self.acts = list(activations) + [output_activation]
         assert len(self.acts) == len(sizes) - 1
         self.loss = loss
+        self.l2 = l2
 
     def forward(self, params, X):
         """Pre-activations zs and activations hs (hs[0] = X) of every layer, float64."""
@@ -172,11 +200,15 @@ class Net:
     def loss_and_output_grad(self, output, y):
         if self.loss == "softmax_cross_entropy":
             return softmax_cross_entropy(output, np.asarray(y))
+        if self.loss == "binary_cross_entropy":
+            return binary_cross_entropy(output, y)
         return mse(output, y)
 
     def loss_value(self, params, X, y):
+        """The objective: the mean loss, plus the L2 penalty."""
         losses, _ = self.loss_and_output_grad(self.output(params, X), y)
-        return float(losses.mean())
+        weights, _ = unflatten(params, self.sizes)
+        return float(losses.mean()) + l2_penalty(weights, self.l2, losses.shape[0])[0]
 
     def loss_and_grad(self, params, X, y):
         """Mean loss and the flat float64 gradient (same layout as params), by the chain rule."""
@@ -193,7 +225,9 @@ class Net:
             if layer > 0:
                 delta = (delta @ weights[layer].T) * activation_derivative(self.acts[layer - 1],
                                                                            zs[layer - 1])
-        return float(losses.mean()), flatten(d_weights, d_biases)
+        penalty, d_penalty = l2_penalty(weights, self.l2, losses.shape[0])
+        d_weights = [d + p for d, p in zip(d_weights, d_penalty)]
+        return float(losses.mean()) + penalty, flatten(d_weights, d_biases)
 
     def min_abs_relu_preactivation(self, params, X):
         """Per sample: the smallest |z| over the units whose activation has a kink at 0 (ReLU,

@@ -424,6 +424,154 @@ def test_mse_gradcheck(rng):
     assert kernels.mse_loss(losses2, pred, target) == pytest.approx(mean, rel=1e-14)
 
 
+def bce_targets(rng, shape):
+    """0/1 indicators, with about a quarter of them replaced by probabilities in (0, 1)."""
+    target = (rng.random(shape) < 0.5).astype(np.float64)
+    soft = rng.random(shape) < 0.25
+    target[soft] = rng.random(int(soft.sum()))
+    return target
+
+
+def test_binary_cross_entropy_gradcheck(rng):
+    logits = rng.normal(scale=2.0, size=(6, 3))
+    target = bce_targets(rng, (6, 3))
+    dlogits = np.empty_like(logits)
+    losses = np.empty(6)
+
+    def f():
+        return kernels.binary_cross_entropy_forward_backward(dlogits, losses, logits, target)
+
+    mean = f()
+    ref_losses, ref_grad = naive.binary_cross_entropy(logits, target)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-14)
+    assert mean == pytest.approx(ref_losses.mean(), rel=1e-14)
+    np.testing.assert_allclose(dlogits, ref_grad, rtol=1e-13, atol=1e-17)
+    analytic = dlogits.copy()
+    numeric = naive.numeric_gradient(f, logits, EPS)
+    assert naive.max_relative_error(analytic, numeric, FLOOR) < TOL
+    # dlogits may be logits
+    inplace = logits.copy()
+    assert kernels.binary_cross_entropy_forward_backward(inplace, losses, inplace, target) \
+        == mean
+    assert np.array_equal(inplace, analytic)
+    # the loss-only kernel agrees, bitwise
+    losses2 = np.empty(6)
+    assert kernels.binary_cross_entropy_loss(losses2, logits, target) == mean
+    assert np.array_equal(losses2, losses)
+
+
+def test_binary_cross_entropy_is_scikit_learns_binary_log_loss(rng):
+    """The mean equals scikit-learn's binary_log_loss of the sigmoid probabilities (summed over
+    the outputs, divided by the rows), written out: -sum(t log p + (1 - t) log(1 - p)) / B."""
+    logits = rng.normal(scale=3.0, size=(40, 5))
+    target = (rng.random((40, 5)) < 0.4).astype(np.float64)
+    mean = kernels.binary_cross_entropy_loss(np.empty(40), logits, target)
+    prob = 1.0 / (1.0 + np.exp(-logits))
+    formula = -(target * np.log(prob) + (1 - target) * np.log(1 - prob)).sum() / 40
+    assert mean == pytest.approx(formula, rel=1e-12)
+    base = pytest.importorskip("sklearn.neural_network._base")
+    assert mean == pytest.approx(base.binary_log_loss(target, prob), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_cross_entropy_is_stable_for_huge_logits(dtype):
+    """Logits of +-1e4 (and the largest finite ones): no overflow, no warning; the losses are
+    |z| where the target disagrees and 0 where it agrees, the gradient exactly (p - t) / B."""
+    big = np.finfo(dtype).max
+    logits = np.array([[1e4, -1e4, 1e4, -1e4], [big, -big, 0.0, 30.0]], dtype=dtype)
+    target = np.array([[0, 1, 1, 0], [0, 1, 1, 1]], dtype=dtype)
+    dlogits, losses = np.empty_like(logits), np.empty(2)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean = kernels.binary_cross_entropy_forward_backward(dlogits, losses, logits, target)
+    assert losses[0] == 2e4
+    assert losses[1] == pytest.approx(2 * float(big) + math.log(2), rel=1e-15)
+    assert mean == pytest.approx(losses.mean(), rel=1e-15)
+    assert np.array_equal(dlogits[:, :3], np.array([[0.5, -0.5, 0.0], [0.5, -0.5, -0.25]],
+                                                   dtype=dtype))
+    assert dlogits[0, 3] == 0.0
+    # sigmoid(30) - 1, rounded in float64 near 1: about 1e-3 relative
+    assert dlogits[1, 3] == pytest.approx(-math.exp(-30) / (1 + math.exp(-30)) / 2, rel=1e-2)
+    nan = logits.copy()
+    nan[0, 1] = np.nan
+    assert math.isnan(kernels.binary_cross_entropy_forward_backward(dlogits, losses, nan, target))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_cross_entropy_row_tiles_and_float32(dtype, rng):
+    """Enough rows to split over row tiles on 2+ threads: the same bits as on one thread; float32
+    within float32 rounding of the float64 reference (each element is computed in float64)."""
+    n_rows = 4 * kernels.MIN_TILE_WORK // (16 * 8)
+    logits = rng.normal(scale=3.0, size=(n_rows, 8)).astype(dtype)
+    target = bce_targets(rng, (n_rows, 8)).astype(dtype)
+    results = []
+    for threads in sorted({1, min(2, max_threads())}):
+        fastbp.set_num_threads(threads)
+        dlogits, losses = np.empty_like(logits), np.empty(n_rows)
+        mean = kernels.binary_cross_entropy_forward_backward(dlogits, losses, logits, target)
+        results.append((mean, dlogits, losses))
+    for mean, dlogits, losses in results[1:]:
+        assert mean == results[0][0]
+        assert np.array_equal(dlogits, results[0][1]) and np.array_equal(losses, results[0][2])
+    mean, dlogits, losses = results[0]
+    ref_losses, ref_grad = naive.binary_cross_entropy(logits, target)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
+    tol = 2.0 ** -24 if dtype == np.float32 else 1e-14
+    assert naive.normwise_error(dlogits, ref_grad) < 2 * tol
+
+
+def _layer_sizes_offsets(sizes):
+    offsets = np.asarray(fastbp.layout.param_offsets(sizes), dtype=np.int64)
+    return np.asarray(sizes, dtype=np.int64), offsets
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_l2_penalty_kernels(dtype, rng):
+    """l2 / (2B) sum ||W||^2 over the weights only, and (l2 / B) W added to the weights'
+    gradients, biases' left alone; the loss-only kernel gives the same bits; with enough
+    chunks to run in parallel (a chunk that holds weights and biases too), the same bits on 1
+    and 2 threads."""
+    sizes, offsets = _layer_sizes_offsets([200, 300, 40])
+    assert kernels.norm_partials_size(offsets) >= 4       # parallel on 2 threads
+    params = rng.normal(size=offsets[-1]).astype(dtype)
+    grads0 = rng.normal(size=offsets[-1]).astype(dtype)
+    partials = np.empty(kernels.norm_partials_size(offsets))
+    l2, n_rows = 0.37, 23
+    weights, _ = naive.unflatten(params, list(sizes))
+    expected, d_expected = naive.l2_penalty(weights, l2, n_rows)
+    d_expected = naive.flatten(d_expected, [np.zeros(n) for n in sizes[1:]])
+    results = []
+    for threads in sorted({1, min(2, max_threads())}):
+        fastbp.set_num_threads(threads)
+        grads = grads0.copy()
+        value = kernels.l2_penalty_forward_backward(grads, partials, params, offsets, sizes, l2,
+                                                    n_rows)
+        results.append((value, grads))
+        assert kernels.l2_penalty_loss(partials, params, offsets, sizes, l2, n_rows) == value
+    for value, grads in results[1:]:
+        assert value == results[0][0] and np.array_equal(grads, results[0][1])
+    value, grads = results[0]
+    rel = 2.0 ** -23 if dtype == np.float32 else 1e-13
+    assert value == pytest.approx(expected, rel=rel)
+    added = grads.astype(np.float64) - grads0
+    is_bias = d_expected == 0
+    assert np.array_equal(grads[is_bias], grads0[is_bias])
+    np.testing.assert_allclose(added[~is_bias], d_expected[~is_bias],
+                               rtol=1e-5 if dtype == np.float32 else 1e-9, atol=rel)
+
+
+def test_l2_penalty_gradcheck(rng):
+    sizes, offsets = _layer_sizes_offsets([3, 4, 2])
+    params = rng.normal(size=offsets[-1])
+    partials = np.empty(kernels.norm_partials_size(offsets))
+    grads = np.zeros_like(params)
+    kernels.l2_penalty_forward_backward(grads, partials, params, offsets, sizes, 1.3, 7)
+    numeric = naive.numeric_gradient(
+        lambda: kernels.l2_penalty_loss(partials, params, offsets, sizes, 1.3, 7), params, EPS)
+    assert naive.max_relative_error(grads, numeric, FLOOR) < TOL
+    assert np.abs(grads).max() > 0.1
+
+
 # ---------------------------------------------------------------------------------------------
 # Norm, clipping and SGD
 

@@ -13,8 +13,9 @@ from numba import njit
 
 from . import _units
 from ._config import SERIAL
-from .network import (Net, Workspace, apply_update, mlp_forward, mlp_loss,
-                      mlp_loss_and_grad, mlp_train_epoch, mlp_train_step, units_for)
+from .network import (Net, Workspace, _accumulated_loss_and_grad, _l2_penalty, apply_update,
+                      mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
+                      units_for)
 from .update import Update
 
 
@@ -59,38 +60,59 @@ def _ctrl_c_is_keyboard_interrupt():
 
 @njit(**SERIAL)
 def forward(acts, params, x, sizes, activations, param_offsets, capacity, checkpoint_every,
-            act_offsets, pre_offsets):
+            act_offsets, pre_offsets, loss_code, l2):
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets)
+              pre_offsets, loss_code, l2)
     return mlp_forward(acts, params, x, net)
 
 
 @njit(**SERIAL)
 def loss(acts, deltas, losses, layer_sq, partials, params, x, target, sizes, activations,
-         param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets):
+         param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets, loss_code, l2):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets)
+              pre_offsets, loss_code, l2)
     return mlp_loss(work, params, x, target, net)
+
+
+@njit(**SERIAL)
+def l2_penalty(partials, params, param_offsets, sizes, l2, n_rows):
+    """The L2 penalty of n_rows rows (losses.l2_penalty_loss), through its unit."""
+    return _l2_penalty(params[:0], partials, params, param_offsets, sizes, l2, n_rows)
 
 
 @njit(**SERIAL)
 def loss_and_grad(grads, acts, deltas, losses, layer_sq, partials, params, x, target, sizes,
                   activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                  pre_offsets):
+                  pre_offsets, loss_code, l2):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets)
+              pre_offsets, loss_code, l2)
     return mlp_loss_and_grad(grads, work, params, x, target, net)
+
+
+@njit(**SERIAL)
+def accumulated_loss_and_grad(grads, micro_grads, acts, deltas, losses, layer_sq, partials,
+                              params, x_batch, y_batch, x, target, rows, batch_size, sizes,
+                              activations, param_offsets, capacity, checkpoint_every,
+                              act_offsets, pre_offsets, loss_code, l2):
+    """The mean loss over x[rows], target[rows] and its gradient in grads, from batches of
+    batch_size rows, as one step of train_epoch with accumulation computes them (fit's path
+    with a gradient hook or step callbacks)."""
+    work = Workspace(acts, deltas, losses, layer_sq, partials)
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets, loss_code, l2)
+    return _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target,
+                                      rows, batch_size, net, params)
 
 
 @njit(**SERIAL)
 def train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, target, sizes,
                activations, param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets,
-               kind, hyper, state):
+               loss_code, l2, kind, hyper, state):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets)
+              pre_offsets, loss_code, l2)
     return mlp_train_step(params, grads, work, x, target, net, Update(kind, hyper, state))
 
 
@@ -98,10 +120,10 @@ def train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, targe
 def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch, y_batch,
                 step_losses, step_norms, step_layer_sq, x, target, order, batch_size, sizes,
                 activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                pre_offsets, kind, hyper, state, accumulate, micro_grads):
+                pre_offsets, loss_code, l2, kind, hyper, state, accumulate, micro_grads):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets)
+              pre_offsets, loss_code, l2)
     return mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
                            step_layer_sq, x, target, order, batch_size, net,
                            Update(kind, hyper, state), accumulate, micro_grads)

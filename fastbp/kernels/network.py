@@ -4,9 +4,19 @@ points (``entry``) and from a user's own ``@njit`` code.
 
 Net: sizes (L+1,), activations (L,) codes, param_offsets (L+1,) (the flat parameter layout of
 fastbp.layout), capacity (rows the buffers hold), checkpoint_every (k), act_offsets (L,) where
-each layer's output starts in the flat activation buffer, and pre_offsets (L,) where its
+each layer's output starts in the flat activation buffer, pre_offsets (L,) where its
 pre-activation starts, or -1 when it is not kept (only activations whose gradient reads their
-input keep it: gelu).
+input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type) and l2
+(the L2 penalty on the weights, scikit-learn's alpha; 0 for none).
+
+Losses: integer labels (B,) always take softmax cross-entropy, chosen by their type when the
+code is compiled. MSE and binary cross-entropy both take float targets (B, OC), so their type
+cannot tell them apart: the Net's loss code does, in a runtime branch (one comparison a step).
+Either branch calls its loss through a unit, so a run still compiles only its own loss's
+units (units_for). The L2 penalty is a stage after the data loss's gradient, also a unit, and
+skipped (no bit changed, nothing compiled) when l2 is 0; it lives in the Net alone, so every
+path that computes the objective (mlp_loss, mlp_loss_and_grad, the training step and epoch,
+accumulation) reads it from there.
 
 Activations: with k = 1 every layer's output is kept. With k > 1 only every k-th layer's output
 (and the last one's) is kept; the others share a "segment" area at the end of the buffer,
@@ -37,10 +47,11 @@ from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
 from .rows import aligned_zeros
+from .losses import BINARY_CROSS_ENTROPY, LOSS_CODES
 from .update import ADAM_KIND, SGD_KIND, norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
-                         "checkpoint_every", "act_offsets", "pre_offsets"])
+                         "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
 # The units the network calls (see _units), with the argument types it calls them with.
@@ -64,6 +75,13 @@ _units.register("softmax_cross_entropy_loss", losses.softmax_cross_entropy_loss,
 _units.register("mse_forward_backward", losses.mse_forward_backward,
                 lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64)
 _units.register("mse_loss", losses.mse_loss, lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64)
+_units.register("binary_cross_entropy_forward_backward",
+                losses.binary_cross_entropy_forward_backward,
+                lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64)
+_units.register("binary_cross_entropy_loss", losses.binary_cross_entropy_loss,
+                lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64)
+_units.register("l2_penalty_forward_backward", losses.l2_penalty_forward_backward,
+                lambda dt: (_V[dt], _LOSSES, _V[dt], _LABELS, _LABELS, _f64, _i64), _f64)
 _units.register("activation_backward", activations.activation_backward,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
 _units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
@@ -79,6 +97,9 @@ _softmax_ce = caller("softmax_cross_entropy_forward_backward")
 _softmax_ce_loss = caller("softmax_cross_entropy_loss")
 _mse = caller("mse_forward_backward")
 _mse_loss = caller("mse_loss")
+_bce = caller("binary_cross_entropy_forward_backward")
+_bce_loss = caller("binary_cross_entropy_loss")
+_l2_penalty = caller("l2_penalty_forward_backward")
 _activation_backward = caller("activation_backward")
 _take_rows = caller("take_rows")
 _sgd_step = caller("sgd_step")
@@ -91,7 +112,8 @@ def units_for(loss, update_kind=None, net=None, may_split=True):
     """Names of the units that training with this loss (and update kind) calls; with a Net,
     the input-split forward only if some layer of it can split at the current thread count
     (never without may_split: inference does not split), and the activations' loops only for
-    its activations (else for all)."""
+    its activations (else for all), and the L2 penalty's only if its l2 is not 0 (else
+    always)."""
     names = ["dense_forward_grid", "dense_backward", "take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
@@ -99,8 +121,12 @@ def units_for(loss, update_kind=None, net=None, may_split=True):
         names.append("dense_forward_split_input")
     if loss == "softmax_cross_entropy":
         names += ["softmax_cross_entropy_forward_backward", "softmax_cross_entropy_loss"]
+    elif loss == "binary_cross_entropy":
+        names += ["binary_cross_entropy_forward_backward", "binary_cross_entropy_loss"]
     else:
         names += ["mse_forward_backward", "mse_loss", "activation_backward"]
+    if net is None or net.l2 != 0:
+        names.append("l2_penalty_forward_backward")
     if update_kind in UPDATE_UNITS:
         names.append(UPDATE_UNITS[update_kind])
     return names
@@ -151,14 +177,17 @@ def plan_activations(sizes, activations, capacity, checkpoint_every):
     return act_offsets, pre_offsets, kept + widest_segment
 
 
-def make_net(sizes, activations, capacity, checkpoint_every=1):
-    """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size)."""
+def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0):
+    """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size).
+    loss: a name of losses.LOSS_CODES, or None to choose by the target's type (integer labels:
+    softmax cross-entropy; float targets: MSE). l2: the L2 penalty on the weights (>= 0)."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     activations = np.ascontiguousarray(activations, dtype=np.int64)
     act_offsets, pre_offsets, acts_size = plan_activations(sizes, activations, capacity,
                                                            checkpoint_every)
+    code = -1 if loss is None else LOSS_CODES[loss]
     return Net(sizes, activations, layout.param_offsets(sizes), capacity, checkpoint_every,
-               act_offsets, pre_offsets), acts_size
+               act_offsets, pre_offsets, code, float(l2)), acts_size
 
 
 def make_workspace(net, acts_size, dtype):
@@ -245,9 +274,10 @@ def mlp_forward(acts, params, x, net):
 
 
 def _loss_and_output_grad(dout, losses, output, target, acts, net):
-    """Mean loss, and dL/d(last pre-activation) into dout. The target's type picks the loss:
-    integer labels (B,) for softmax cross-entropy, values (B, OC) for MSE (whose gradient then
-    goes through the output activation; softmax-CE's output activation is the identity)."""
+    """Mean loss, and dL/d(last pre-activation) into dout. Integer labels (B,) take softmax
+    cross-entropy; values (B, OC) binary cross-entropy when net.loss says so, else MSE (whose
+    gradient then goes through the output activation; the output activation of the two
+    cross-entropies is the identity)."""
     raise NotImplementedError("compiled code only")
 
 
@@ -258,7 +288,9 @@ def _loss_and_output_grad_impl(dout, losses, output, target, acts, net):
             return _softmax_ce(dout, losses, output, target)
         return softmax_ce
 
-    def mse(dout, losses, output, target, acts, net):
+    def float_targets(dout, losses, output, target, acts, net):
+        if net.loss == BINARY_CROSS_ENTROPY:   # see the module docstring
+            return _bce(dout, losses, output, target)
         loss = _mse(dout, losses, output, target)
         last = net.activations.shape[0] - 1
         code = net.activations[last]
@@ -268,28 +300,38 @@ def _loss_and_output_grad_impl(dout, losses, output, target, acts, net):
                 pre = _layer_pre(acts, net, output.shape[0], last)
             _activation_backward(dout, dout, output, code, pre)
         return loss
-    return mse
+    return float_targets
 
 
-def _batch_loss(losses, output, target):
-    """Mean loss without gradient; the target's type picks the loss (as above)."""
+def _batch_loss(losses, output, target, net):
+    """Mean loss without gradient; the loss is picked as above."""
     raise NotImplementedError("compiled code only")
 
 
 @overload(_batch_loss, jit_options=SERIAL)
-def _batch_loss_impl(losses, output, target):
+def _batch_loss_impl(losses, output, target, net):
     if target.ndim == 1:
-        return lambda losses, output, target: _softmax_ce_loss(losses, output, target)
-    return lambda losses, output, target: _mse_loss(losses, output, target)
+        return lambda losses, output, target, net: _softmax_ce_loss(losses, output, target)
+
+    def float_targets(losses, output, target, net):
+        if net.loss == BINARY_CROSS_ENTROPY:
+            return _bce_loss(losses, output, target)
+        return _mse_loss(losses, output, target)
+    return float_targets
 
 
 @njit(**SERIAL)
 def mlp_loss(work, params, x, target, net):
-    """Mean loss of the batch (forward only). target: integer labels (B,) for softmax
-    cross-entropy, values (B, OC) for MSE; the per-sample losses go to work.losses. Its forward
+    """Mean loss of the batch (forward only), plus the L2 penalty when net.l2 is not 0.
+    target: integer labels (B,) for softmax cross-entropy, values (B, OC) for MSE and binary
+    cross-entropy; the per-sample losses (without the penalty) go to work.losses. Its forward
     pass splits products as mlp_loss_and_grad's does, so the two losses agree to rounding."""
     output = _forward(work.acts, params, x, net, work.deltas)
-    return _batch_loss(work.losses[:x.shape[0]], output, target)
+    loss = _batch_loss(work.losses[:x.shape[0]], output, target, net)
+    if net.l2 != 0:
+        loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets, net.sizes,
+                            net.l2, x.shape[0])
+    return loss
 
 
 # -- gradients, then update --------------------------------------------------------------------
@@ -299,7 +341,20 @@ def mlp_loss(work, params, x, target, net):
 def mlp_loss_and_grad(grads, work, params, x, target, net):
     """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
     returns the mean loss. With net.checkpoint_every = k > 1, each segment of k layers but the
-    last is recomputed from its kept input just before its backward pass."""
+    last is recomputed from its kept input just before its backward pass. With net.l2 > 0 the
+    objective is the mean loss plus the L2 penalty of the batch's B rows, (l2 / (2 B))
+    sum ||W||^2, and (l2 / B) W is added to each weight's gradient (losses.
+    l2_penalty_forward_backward)."""
+    loss = _data_loss_and_grad(grads, work, params, x, target, net)
+    if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
+        loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
+                            x.shape[0])
+    return loss
+
+
+@njit(**SERIAL)
+def _data_loss_and_grad(grads, work, params, x, target, net):
+    """mlp_loss_and_grad without the L2 penalty."""
     acts, deltas = work.acts, work.deltas
     n_rows = x.shape[0]
     n_layers = net.activations.shape[0]
@@ -390,19 +445,23 @@ def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, ta
                                batch_size, net, params):
     """The mean loss over `rows` and its gradient in grads, from micro-batches of batch_size
     rows: grads = sum over micro-batches of (rows in it / all rows) * its gradient, each
-    computed into micro_grads. Stops at the first NaN or Inf loss and returns it."""
+    computed into micro_grads; then the L2 penalty of all those rows, as one batch of them
+    would have it. Stops at the first NaN or Inf loss and returns it."""
     grads[:] = 0
     total = 0.0
     for start in range(0, rows.shape[0], batch_size):
         stop = min(start + batch_size, rows.shape[0])
         xb, yb = x_batch[:stop - start], y_batch[:stop - start]
         _gather(xb, yb, x, target, rows[start:stop])
-        loss = mlp_loss_and_grad(micro_grads, work, params, xb, yb, net)
+        loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net)
         if not math.isfinite(loss):
             return loss
         weight = (stop - start) / rows.shape[0]
         update.add_scaled(grads, micro_grads, weight)
         total += weight * loss
+    if net.l2 != 0:
+        total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
+                             rows.shape[0])
     return total
 
 
