@@ -102,7 +102,8 @@ def features(X, n_features, dtype, name="X"):
 
 
 def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
-    """Labels (N,) int64 in [0, n_outputs) for softmax-CE; values (N, n_outputs) for MSE."""
+    """Labels (N,) int64 in [0, n_outputs) for softmax-CE; values (N, n_outputs) for MSE, in
+    [0, 1] for binary cross-entropy."""
     y = as_array(name, y)
     if y.ndim == 0 or y.shape[0] != n_rows:
         got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
@@ -123,10 +124,14 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
     if y.ndim != 2 or y.shape[1] != n_outputs:
         raise ValueError(f"{name}: expected shape ({n_rows}, {n_outputs})"
                          + (f" or ({n_rows},)" if n_outputs == 1 else "")
-                         + f" for the mse loss, got {y.shape}")
+                         + f" for the {loss} loss, got {y.shape}")
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {y.dtype}")
     y = _contiguous(y, dtype)
     if not kernels.all_finite(y):
         raise ValueError(f"{name}: contains NaN or Inf")
+    if loss == "binary_cross_entropy" and not (y.min() >= 0 and y.max() <= 1):
+        raise ValueError(f"{name}: binary_cross_entropy targets must be in [0, 1] (0/1 "
+                         f"indicators, or probabilities), got values from {y.min()} to "
+                         f"{y.max()}")
     return y

@@ -8,6 +8,9 @@ from .model import MLP
 def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7):
     """Largest relative error between ``model.loss_and_grad`` and central differences.
 
+    The function differentiated is ``model.loss_value``: the mean loss (any of the model's
+    losses) plus the model's L2 penalty, the objective that ``loss_and_grad`` differentiates.
+
     For each checked parameter the numeric derivative is the fourth-order central difference
     (-L(+2h) + 8 L(+h) - 8 L(-h) + L(-2h)) / (12 h), h = ``eps``. Its truncation error is
     O(h^4) instead of the two-point rule's O(h^2), so h can be large enough (1e-3) for rounding

@@ -9,7 +9,10 @@ from ._threads import get_num_threads, pin_kernel_blas
 
 #: Accepted activation names -> codes (from kernels.ACTIVATIONS, where each is defined).
 ACTIVATIONS = dict(kernels.CODES)
-LOSSES = ("softmax_cross_entropy", "mse")
+#: Accepted loss names (from kernels.LOSS_CODES).
+LOSSES = tuple(kernels.LOSS_CODES)
+# Losses whose output activation must be the identity (the loss holds its own nonlinearity).
+_FUSED = ("softmax_cross_entropy", "binary_cross_entropy")
 DTYPES = (np.float32, np.float64)
 # Inference runs in chunks of at most this many rows, so predicting on a large data set does not
 # grow the training buffers to its size.
@@ -39,11 +42,15 @@ class MLP:
         Hidden-layer activation ("relu", "sigmoid", "tanh", "identity", "leaky_relu" (slope
         0.01), "gelu" (exact, erf form)), or one per hidden layer.
     output_activation : str
-        Activation of the last layer. Must be "identity" with softmax cross-entropy (the softmax
-        is fused into the loss).
+        Activation of the last layer. Must be "identity" with softmax and binary cross-entropy
+        (the softmax or sigmoid is fused into the loss).
     loss : str
         "softmax_cross_entropy": mean over the batch, integer labels 0..C-1.
         "mse": 1/2 sum_j (yhat_j - y_j)^2 averaged over the batch; y of shape (N, C), or (N,) if C=1.
+        "binary_cross_entropy": a sigmoid per output and its cross-entropy, summed over the C
+        outputs and averaged over the batch (scikit-learn's binary_log_loss); y of shape (N, C)
+        (or (N,) if C=1) with values in [0, 1]: 0/1 indicators for multilabel or binary
+        classification. predict gives the indicators of logits > 0, predict_proba sigmoid(logits).
     dtype : np.float32 or np.float64
     seed : int or None
         Seed of the initialisation: He normal for ReLU, leaky ReLU and GELU layers, Glorot
@@ -52,6 +59,12 @@ class MLP:
         Gradient checkpointing: keep the activations of every k-th layer only (and the
         output's), and recompute the others segment by segment during the backward pass. 1 (the
         default) keeps them all. Gradients are bitwise the same; see memory_report().
+    l2 : float
+        L2 penalty on the weights (not the biases), scikit-learn's alpha: for a batch of B rows
+        the objective is the mean loss plus (l2 / (2 B)) sum over layers of ||W||^2, and each
+        weight's gradient gets (l2 / B) W. Everywhere the objective is computed: loss_and_grad,
+        loss_value, train_step, fit (with accumulate, B is the rows of the whole update). 0 (the
+        default): none, at no cost.
 
     Attributes
     ----------
@@ -62,12 +75,13 @@ class MLP:
     grads : array of the same layout, written by ``loss_and_grad`` (assigned alike).
     weights, biases, weight_grads, bias_grads : per-layer views into params and grads (a new
         list each time; write into the views).
-    sizes, activations, output_activation, loss, dtype, checkpoint_every : read-only (the
+    sizes, activations, output_activation, loss, dtype, checkpoint_every, l2 : read-only (the
         lists are copies).
     """
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
-                 loss="softmax_cross_entropy", dtype=np.float32, seed=None, checkpoint_every=1):
+                 loss="softmax_cross_entropy", dtype=np.float32, seed=None, checkpoint_every=1,
+                 l2=0.0):
         sizes = self._check_sizes(sizes)
         n_layers = len(sizes) - 1
         if isinstance(activation, str):
@@ -85,9 +99,10 @@ class MLP:
         if not isinstance(loss, str) or loss not in LOSSES:
             raise ValueError(f"loss: unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
         output_code = _activation_code("output_activation", output_activation)
-        if loss == "softmax_cross_entropy" and output_code != kernels.IDENTITY:
-            raise ValueError(f"output_activation: must be 'identity' with softmax_cross_entropy "
-                             f"(the softmax is part of the loss), got {output_activation!r}")
+        if loss in _FUSED and output_code != kernels.IDENTITY:
+            part = "softmax" if loss == "softmax_cross_entropy" else "sigmoid"
+            raise ValueError(f"output_activation: must be 'identity' with {loss} (the {part} "
+                             f"is part of the loss), got {output_activation!r}")
         try:
             dtype = np.dtype(dtype).type
         except TypeError:
@@ -96,6 +111,10 @@ class MLP:
             raise TypeError("dtype: expected np.float32 or np.float64")
         seed = _validate.seed("seed", seed)
         checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
+        l2 = _validate.number_in("l2", l2, 0)
+        if l2 > float(np.finfo(dtype).max):
+            raise ValueError(f"l2: {l2:g} does not fit the model's {np.dtype(dtype).name} "
+                             "parameters")
 
         self._sizes = tuple(sizes)
         self._loss = loss
@@ -104,6 +123,7 @@ class MLP:
                                   if c == code)
         self._output_activation = output_activation
         self._checkpoint_every = checkpoint_every
+        self._l2 = l2
         self._codes = hidden + [output_code]
 
         self._allocate(layout.n_params(sizes), capacity=1)
@@ -147,6 +167,7 @@ class MLP:
     loss = property(lambda self: self._loss)
     dtype = property(lambda self: self._dtype)
     checkpoint_every = property(lambda self: self._checkpoint_every)
+    l2 = property(lambda self: self._l2, doc="L2 penalty on the weights (scikit-learn's alpha).")
     weights = property(lambda self: list(self._weights),
                        doc="Per-layer weight views (fan_in, fan_out) into params: write into them.")
     biases = property(lambda self: list(self._biases), doc="Per-layer bias views into params.")
@@ -195,7 +216,7 @@ class MLP:
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
                 f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__}, "
-                f"checkpoint_every={self.checkpoint_every})")
+                f"checkpoint_every={self.checkpoint_every}, l2={self.l2!r})")
 
     # -- copying ------------------------------------------------------------------------------
 
@@ -212,6 +233,7 @@ class MLP:
 
     def __setstate__(self, state):
         state = dict(state)
+        state.setdefault("_l2", 0.0)  # pickled before l2 existed
         params, grads = state.pop("params"), state.pop("grads")
         self.__dict__.update(state)
         self._allocate(params.size, capacity=max(1, self._capacity))
@@ -237,7 +259,8 @@ class MLP:
         """Grow the buffers to hold n_rows (never shrinks; smaller batches use views)."""
         if n_rows <= self._capacity:
             return
-        net, acts_size = kernels.make_net(self._sizes, self._codes, n_rows, self.checkpoint_every)
+        net, acts_size = kernels.make_net(self._sizes, self._codes, n_rows, self.checkpoint_every,
+                                          self._loss, self._l2)
         work = kernels.make_workspace(net, acts_size, self.dtype)
         if self._work is not None:
             work.layer_sq[:] = self._work.layer_sq
@@ -300,19 +323,27 @@ class MLP:
                          (self.grads, *self._work, self.params, X, y, *self._net))
 
     def loss_value(self, X, y):
-        """Mean loss of a batch, forward only (grads untouched)."""
+        """Mean loss of a batch, plus the L2 penalty of its rows (the objective that
+        loss_and_grad differentiates), forward only (grads untouched)."""
         X, y = self._check_batch(X, y)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        # In chunks without the penalty, which is of all the rows: added once, below.
+        net = self._net._replace(l2=0.0)
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
             total += (stop - start) * self._run(kernels.entry.loss, (
-                *self._work, self.params, X[start:stop], y[start:stop], *self._net))
-        return total / X.shape[0]
+                *self._work, self.params, X[start:stop], y[start:stop], *net))
+        loss = total / X.shape[0]
+        if self._net.l2 != 0:
+            loss += self._run(kernels.entry.l2_penalty, (
+                self._work.partials, self.params, self._net.param_offsets, self._net.sizes,
+                self._net.l2, X.shape[0]))
+        return loss
 
     def forward(self, X):
         """Output of the last layer for X (N, sizes[0]), as a new (N, sizes[-1]) array: logits for
-        softmax cross-entropy, values for MSE."""
+        the cross-entropies, values for MSE."""
         X = _validate.features(X, self._sizes[0], self.dtype)
         out = np.empty((X.shape[0], self._sizes[-1]), dtype=self.dtype)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
@@ -323,17 +354,25 @@ class MLP:
         return out
 
     def predict_proba(self, X):
-        """Class probabilities (N, C) (softmax cross-entropy models only)."""
+        """Probabilities (N, C): of each class (softmax cross-entropy: the softmax of the
+        logits, rows summing to 1), or of each output being 1 (binary cross-entropy: the sigmoid
+        of each logit). Cross-entropy models only."""
         self._require_classifier("predict_proba")
         out = self._finite_forward(X)
-        kernels.softmax_forward(out, out)
+        if self.loss == "softmax_cross_entropy":
+            kernels.softmax_forward(out, out)
+        else:
+            kernels.sigmoid_forward(out, out)
         return out
 
     def predict(self, X):
-        """Class labels (N,) int64 for softmax cross-entropy; output values otherwise."""
+        """Class labels (N,) int64 for softmax cross-entropy; 0/1 indicators (N, C) int64 of
+        logits > 0 (probability > 1/2) for binary cross-entropy; output values for MSE."""
         out = self._finite_forward(X)
         if self.loss == "softmax_cross_entropy":
             return out.argmax(axis=1)
+        if self.loss == "binary_cross_entropy":
+            return (out > 0).astype(np.int64)
         return out
 
     def _finite_forward(self, X):
@@ -362,6 +401,6 @@ class MLP:
         return entry(*args)
 
     def _require_classifier(self, what):
-        if self.loss != "softmax_cross_entropy":
-            raise ValueError(f"{what}: needs loss='softmax_cross_entropy', this model uses "
-                             f"{self.loss!r}")
+        if self.loss not in _FUSED:
+            raise ValueError(f"{what}: needs loss='softmax_cross_entropy' or "
+                             f"'binary_cross_entropy', this model uses {self.loss!r}")

@@ -90,7 +90,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     accumulate : int, default 1
         Gradient accumulation: each update uses the gradient of ``accumulate`` consecutive
         batches together (the mean loss over all their rows, each batch's gradient weighted by
-        its share of the rows), computed one batch at a time: the effective batch is
+        its share of the rows, plus the L2 penalty of the model's ``l2`` over all those rows, as
+        for one batch of them), computed one batch at a time: the effective batch is
         ``accumulate * batch_size`` rows while the activations take the memory of one batch
         (plus one gradient-sized buffer). Steps, step callbacks and the gradient hook then
         count updates.
@@ -136,8 +137,11 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         (each from the step's own clipping pass);
         "samples_per_s": training throughput (steps only) and "seconds": the steps' wall time;
         "accuracy": accuracy on the training rows after the epoch (classifiers: softmax
-        cross-entropy, or MSE on one-hot or 0/1 targets);
-        "val_loss", "val_accuracy": the same on the validation rows, when there are any;
+        cross-entropy, or MSE or binary cross-entropy on one-hot or 0/1 targets; binary
+        cross-entropy on 0/1 multilabel targets: the share of rows with every label right);
+        "val_loss", "val_accuracy": the same on the validation rows, when there are any
+        ("val_loss" is the data loss alone, without the model's L2 penalty, which "loss",
+        the training objective, includes);
         "lr": the optimizer's learning rate during the epoch (when it has a numeric ``lr``).
     Its attributes ``best_epoch``, ``stop_reason`` and ``interrupted`` say how training ended.
 
@@ -422,34 +426,27 @@ class _Batches:
         self.X, self.y, self.rows = X, y, rows
         self.x_batch, self.y_batch, self.micro_grads = x_batch, y_batch, micro_grads
 
-    def __iter__(self):
-        """(x, y, share of the step's rows) for each batch."""
-        size = self.x_batch.shape[0]
-        for start in range(0, self.rows.shape[0], size):
-            index = self.rows[start:start + size]
-            xb, yb = self.x_batch[:index.shape[0]], self.y_batch[:index.shape[0]]
-            kernels.take_rows(xb, self.X, index)
-            np.take(self.y, index, axis=0, out=yb)
-            yield xb, yb, index.shape[0] / self.rows.shape[0]
+    def one(self):
+        """(x, y) of a step of at most one batch."""
+        n = self.rows.shape[0]
+        xb, yb = self.x_batch[:n], self.y_batch[:n]
+        kernels.take_rows(xb, self.X, self.rows)
+        np.take(self.y, self.rows, axis=0, out=yb)
+        return xb, yb
 
 
 def _loss_and_grad(model, batches):
-    """The step's mean loss, and its gradient in model.grads: one batch's, or the weighted sum
-    of several (accumulated in batches.micro_grads, in kernels.mlp_train_epoch's order)."""
+    """The step's objective, and its gradient in model.grads: one batch's, or, over several,
+    as kernels.mlp_train_epoch accumulates them (one compiled call: the same arithmetic, and
+    the L2 penalty of all the step's rows)."""
     if batches.rows.shape[0] <= batches.x_batch.shape[0]:
-        xb, yb, _ = next(iter(batches))
-        return model._loss_and_grad_checked(xb, yb)
-    total = batches.micro_grads
-    total[:] = 0
-    loss = 0.0
-    for xb, yb, weight in batches:
-        part = model._loss_and_grad_checked(xb, yb)
-        if not math.isfinite(part):
-            return part
-        kernels.add_scaled(total, model.grads, weight)
-        loss += weight * part
-    np.copyto(model.grads, total)
-    return loss
+        return model._loss_and_grad_checked(*batches.one())
+    batch_size = batches.x_batch.shape[0]
+    model._reserve(batch_size)
+    model._grad_norms_fresh = False
+    return model._run(kernels.entry.accumulated_loss_and_grad, (
+        model.grads, batches.micro_grads, *model._work, model.params, batches.x_batch,
+        batches.y_batch, batches.X, batches.y, batches.rows, batch_size, *model._net))
 
 
 def _step(model, optimizer, grad_hook, compiled_update, batches):
@@ -457,8 +454,7 @@ def _step(model, optimizer, grad_hook, compiled_update, batches):
     update). Raises FloatingPointError (parameters untouched) when the step is refused, and
     _HookError around whatever the hook raised."""
     if grad_hook is None and compiled_update and batches.micro_grads is None:
-        xb, yb, _ = next(iter(batches))
-        return optim.train_step(model, optimizer.update_spec(), xb, yb)
+        return optim.train_step(model, optimizer.update_spec(), *batches.one())
     loss = _loss_and_grad(model, batches)
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
@@ -524,22 +520,28 @@ def _metric_rows(X, y, limit, seed):
 
 
 def _accuracy_kind(model, y):
-    """How to score accuracy for these targets: "labels", "onehot", "binary" or None."""
+    """How to score accuracy for these targets: "labels", "onehot", "binary", "multilabel" or
+    None."""
     if y is None:
         return None
     if model.loss == "softmax_cross_entropy":
         return "labels"
+    zero_one = np.all((y == 0) | (y == 1))
     if y.shape[1] == 1:
-        return "binary" if np.all((y == 0) | (y == 1)) else None
-    onehot = np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)
-    return "onehot" if onehot else None
+        return "binary" if zero_one else None
+    if zero_one and np.all(y.sum(axis=1) == 1):
+        return "onehot"
+    return "multilabel" if zero_one and model.loss == "binary_cross_entropy" else None
 
 
 class _Scorer:
     """Loss and accuracy of the model on fixed rows, from one forward pass.
 
     The loss is recomputed here in float64 NumPy from the outputs (the formulas of the model's
-    loss), so that scoring costs one inference pass and no extra compiled kernel.
+    loss), so that scoring costs one inference pass and no extra compiled kernel. It is the
+    data loss alone: the model's L2 penalty, a term of the training objective, is left out.
+    A binary cross-entropy model's output is a logit, 1 when above 0 (probability > 1/2); an
+    MSE model's output is 1 when above 1/2.
     """
 
     def __init__(self, model, X, y):
@@ -551,18 +553,25 @@ class _Scorer:
     def score(self):
         out = self.model.forward(self.X).astype(np.float64)
         y = self.y
-        if self.model.loss == "softmax_cross_entropy":
+        loss_name = self.model.loss
+        if loss_name == "softmax_cross_entropy":
             top = out.max(axis=1)
             log_norm = top + np.log(np.exp(out - top[:, None]).sum(axis=1))
             loss = float(np.mean(log_norm - out[np.arange(out.shape[0]), y]))
+        elif loss_name == "binary_cross_entropy":
+            terms = np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))
+            loss = float(np.mean(np.sum(terms, axis=1)))
         else:
             loss = float(np.mean(0.5 * np.sum((out - y) ** 2, axis=1)))
+        threshold = 0.0 if loss_name == "binary_cross_entropy" else 0.5
         if self.kind == "labels":
             accuracy = float(np.mean(out.argmax(axis=1) == y))
         elif self.kind == "onehot":
             accuracy = float(np.mean(out.argmax(axis=1) == self.target_labels))
         elif self.kind == "binary":
-            accuracy = float(np.mean((out[:, 0] > 0.5) == (y[:, 0] > 0.5)))
+            accuracy = float(np.mean((out[:, 0] > threshold) == (y[:, 0] > 0.5)))
+        elif self.kind == "multilabel":   # every output of the row right (scikit-learn's)
+            accuracy = float(np.mean(np.all((out > threshold) == (y > 0.5), axis=1)))
         else:
             accuracy = None
         return loss, accuracy

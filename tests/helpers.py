@@ -30,12 +30,18 @@ def subprocess_env(**extra):
 def make_targets(loss, n_rows, n_out, rng):
     if loss == "softmax_cross_entropy":
         return rng.integers(0, n_out, size=n_rows)
+    if loss == "binary_cross_entropy":   # 0/1 indicators, and a few probabilities between
+        target = (rng.random((n_rows, n_out)) < 0.5).astype(np.float64)
+        soft = rng.random((n_rows, n_out)) < 0.25
+        target[soft] = rng.random(int(soft.sum()))
+        return target
     return rng.normal(size=(n_rows, n_out))
 
 
 def reference_for(model):
     """The naive reference network with the same architecture as a fastbp.MLP."""
-    return naive.Net(model.sizes, model.activations, model.output_activation, model.loss)
+    return naive.Net(model.sizes, model.activations, model.output_activation, model.loss,
+                     model.l2)
 
 
 def off_kink_batch(model, n_rows, rng, margin=0.05, scale=1.0):

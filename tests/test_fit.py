@@ -278,6 +278,73 @@ def test_mse_accuracy_for_one_hot_and_binary_targets():
     assert "accuracy" not in history
 
 
+def bce_loss(logits, target):
+    """scikit-learn's binary_log_loss of sigmoid(logits), written out."""
+    p = 1.0 / (1.0 + np.exp(-logits))
+    return -(target * np.log(p) + (1 - target) * np.log(1 - p)).sum() / len(target)
+
+
+def test_binary_cross_entropy_metrics_for_multilabel_one_hot_and_binary_targets():
+    """Multilabel 0/1 targets: accuracy is the share of rows with every label right (logits >
+    0, as predict); val_loss the mean binary cross-entropy, without the L2 penalty (which the
+    training loss, the objective, includes). One-hot targets: the argmax. One output: logit >
+    0 against the target."""
+    X, labels = blobs()
+    rng = np.random.default_rng(4)
+    y = np.stack([labels == 0, labels != 1, rng.random(240) < 0.5], axis=1).astype(float)
+    model, opt = make(loss="binary_cross_entropy", lr=0.3, l2=0.5)
+    history = fastbp.fit(model, X, y, opt, epochs=3, batch_size=16, seed=0,
+                         validation_data=(X[:50], y[:50]))
+    predicted = model.predict(X[:50])
+    assert history["val_accuracy"][-1] == np.mean(np.all(predicted == y[:50], axis=1))
+    assert 0.2 < history["val_accuracy"][-1] < 1   # the random column: not every row right
+    data_loss = bce_loss(model.forward(X[:50]), y[:50])
+    assert history["val_loss"][-1] == pytest.approx(data_loss, rel=1e-9)
+    squares = sum((w ** 2).sum() for w in model.weights)
+    assert model.loss_value(X[:50], y[:50]) == pytest.approx(data_loss + 0.5 / 100 * squares,
+                                                             rel=1e-12)
+
+    onehot = np.eye(3)[labels]
+    model, opt = make(loss="binary_cross_entropy", lr=0.3)
+    history = fastbp.fit(model, X, onehot, opt, epochs=2, batch_size=16, seed=0)
+    assert history["accuracy"][-1] == np.mean(model.forward(X).argmax(axis=1) == labels)
+
+    model, opt = make(sizes=(6, 4, 1), loss="binary_cross_entropy", lr=0.3)
+    yb = (labels == 2).astype(float)
+    history = fastbp.fit(model, X, yb, opt, epochs=2, batch_size=16, seed=0)
+    assert history["accuracy"][-1] == np.mean(model.predict(X)[:, 0] == yb)
+    assert history["accuracy"][-1] > 0.8
+
+
+class StepCounter:
+    def on_step_end(self, epoch, step, loss, grad_norm, model):
+        pass
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
+def test_l2_in_fit_is_the_one_batch_objective(loss, rng):
+    """One step of fit over the whole set (compiled chunk, per-step callback, gradient hook)
+    is SGD on the objective mean loss + l2 / (2 N) sum ||W||^2, by the naive reference; the
+    history's loss is that objective."""
+    import naive
+    from helpers import make_targets, reference_for
+    X = rng.normal(size=(37, 6))
+    y = make_targets(loss, 37, 3, rng)
+    results = []
+    for options in ({}, {"callbacks": [StepCounter()]}, {"grad_hook": lambda m: None}):
+        model = fastbp.MLP([6, 7, 3], activation="tanh", loss=loss, dtype=np.float64, seed=2,
+                           l2=1.7)
+        start = model.params.copy()
+        history = fastbp.fit(model, X, y, fastbp.SGD(model, lr=0.1), epochs=1, batch_size=37,
+                             shuffle=False, **options)
+        results.append((history["loss"][0], model.params.copy()))
+    ref_loss, ref_grads = reference_for(model).loss_and_grad(start, X, y)
+    assert results[0][0] == pytest.approx(ref_loss, rel=1e-12)
+    assert naive.normwise_error(results[0][1], start - 0.1 * ref_grads) < 1e-13
+    for loss_value, params in results[1:]:
+        assert loss_value == results[0][0] and np.array_equal(params, results[0][1])
+
+
 def test_metrics_rows_limits_the_training_sample():
     X, y = blobs(300)
     model, opt = make()

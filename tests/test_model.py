@@ -8,13 +8,15 @@ import pytest
 
 import fastbp
 import naive
+from fastbp.model import LOSSES
 from helpers import (assert_loss_and_grads_match_reference, layer_errors, make_targets,
                      max_threads, off_kink_batch, reference_for)
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
-# (loss, output activation): softmax-CE, and MSE with identity, sigmoid and tanh outputs
-HEADS = [("softmax_cross_entropy", "identity"), ("mse", "identity"), ("mse", "sigmoid"),
-         ("mse", "tanh")]
+# (loss, output activation): softmax-CE, binary CE, and MSE with identity, sigmoid and tanh
+# outputs
+HEADS = [("softmax_cross_entropy", "identity"), ("binary_cross_entropy", "identity"),
+         ("mse", "identity"), ("mse", "sigmoid"), ("mse", "tanh")]
 HIDDEN = [6, 7, 5]
 
 
@@ -28,10 +30,19 @@ def network_cases():
     return cases
 
 
-def build(depth, act, loss, out_act, dtype=np.float64, seed=0, n_in=5, n_out=3):
+def build(depth, act, loss, out_act, dtype=np.float64, seed=0, n_in=5, n_out=3, l2=0.0):
     sizes = [n_in] + HIDDEN[:depth - 1] + [n_out]
     return fastbp.MLP(sizes, activation=act, output_activation=out_act, loss=loss, dtype=dtype,
-                      seed=seed)
+                      seed=seed, l2=l2)
+
+
+def test_every_loss_has_a_head_here():
+    assert {loss for loss, _ in HEADS} == set(fastbp.model.LOSSES)
+
+
+# With an L2 penalty: each head, through two hidden layers (and one without any)
+L2_CASES = [pytest.param(depth, "tanh", loss, out_act, l2, id=f"depth{depth}-{loss}-{out_act}-l2={l2}")
+            for loss, out_act in HEADS for depth, l2 in ((3, 0.7), (1, 3.0))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +68,32 @@ def test_loss_and_every_gradient_match_reference(depth, act, loss, out_act, rng)
     assert_loss_and_grads_match_reference(model, rng)
 
 
+@pytest.mark.parametrize("depth, act, loss, out_act, l2", L2_CASES)
+def test_l2_penalty_gradient_matches_finite_differences_and_reference(depth, act, loss, out_act,
+                                                                      l2, rng):
+    """The objective with the L2 penalty (loss_value) against its backprop gradient, and both
+    against the naive reference; the penalty changes every weight gradient (l2 / B) W, and no
+    bias gradient."""
+    model = build(depth, act, loss, out_act, seed=depth, l2=l2)
+    X, y = off_kink_batch(model, 12, rng)
+    model.loss_and_grad(X, y)
+    analytic = model.grads.copy()
+    numeric = naive.numeric_gradient(lambda: model.loss_value(X, y), model.params, 1e-3)
+    assert naive.max_relative_error(analytic, numeric, 1e-7) < 1e-7
+    assert_loss_and_grads_match_reference(model, rng, n_rows=12)
+
+    plain = build(depth, act, loss, out_act, seed=depth)
+    plain.params[...] = model.params
+    X, y = off_kink_batch(model, 12, rng)
+    penalised_loss, plain_loss = model.loss_and_grad(X, y), plain.loss_and_grad(X, y)
+    squares = sum(float((w.astype(np.float64) ** 2).sum()) for w in model.weights)
+    assert penalised_loss - plain_loss == pytest.approx(l2 / (2 * 12) * squares, rel=1e-12)
+    for layer in range(len(model.weights)):
+        np.testing.assert_allclose(model.weight_grads[layer] - plain.weight_grads[layer],
+                                   l2 / 12 * model.weights[layer], rtol=1e-12, atol=1e-15)
+        assert np.array_equal(model.bias_grads[layer], plain.bias_grads[layer])
+
+
 @pytest.mark.skipif(max_threads() < 2, reason="needs 2 threads")
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
 def test_gradients_match_reference_when_the_first_layer_splits_its_inputs(checkpoint_every, rng):
@@ -75,12 +112,16 @@ def test_gradients_match_reference_when_the_first_layer_splits_its_inputs(checkp
     assert model.loss_value(X, y) == pytest.approx(loss_value, rel=1e-14)  # split the same way
 
 
-@pytest.mark.parametrize("act, loss, out_act", [("relu", "softmax_cross_entropy", "identity"),
-                                                ("sigmoid", "mse", "sigmoid"),
-                                                ("tanh", "mse", "identity")])
-def test_reference_itself_matches_finite_differences(act, loss, out_act, rng):
+@pytest.mark.parametrize("act, loss, out_act, l2", [
+    ("relu", "softmax_cross_entropy", "identity", 0.0),
+    ("sigmoid", "mse", "sigmoid", 0.0),
+    ("tanh", "mse", "identity", 0.0),
+    ("tanh", "binary_cross_entropy", "identity", 0.0),
+    ("relu", "binary_cross_entropy", "identity", 2.0),
+    ("sigmoid", "mse", "tanh", 0.5)])
+def test_reference_itself_matches_finite_differences(act, loss, out_act, l2, rng):
     """The naive reference is checked too, so that agreement with it means something."""
-    model = build(3, act, loss, out_act, seed=7)
+    model = build(3, act, loss, out_act, seed=7, l2=l2)
     ref = reference_for(model)
     X, y = off_kink_batch(model, 8, rng)
     params = model.params.astype(np.float64)
@@ -124,6 +165,7 @@ def test_mse_single_output_accepts_1d_targets(rng):
     ([10, 24, 16, 4], "tanh", "softmax_cross_entropy", "identity"),
     ([10, 24, 16, 3], "sigmoid", "mse", "sigmoid"),
     ([10, 20, 20, 20, 2], "relu", "mse", "identity"),
+    ([10, 24, 16, 5], "tanh", "binary_cross_entropy", "identity"),
 ])
 def test_float32_gradients_match_float64_reference(sizes, act, loss, out_act, rng):
     """float32 gradients within 1e-4 of the float64 reference, measured per tensor as
@@ -139,7 +181,7 @@ def test_float32_gradients_match_float64_reference(sizes, act, loss, out_act, rn
                        dtype=np.float32, seed=11)
     X = rng.normal(size=(64, sizes[0])).astype(np.float32)
     y = make_targets(loss, 64, sizes[-1], rng)
-    if loss == "mse":
+    if loss != "softmax_cross_entropy":
         y = y.astype(np.float32)
     loss32 = model.loss_and_grad(X, y)
     assert model.grads.dtype == np.float32
@@ -217,13 +259,14 @@ def test_a_copy_is_a_whole_independent_model(how, rng):
     leave them pointing at copies of the old ones), and training it leaves the original as is."""
     import copy
     import pickle
-    model = fastbp.MLP([4, 6, 3], activation="tanh", dtype=np.float64, seed=0, checkpoint_every=2)
+    model = fastbp.MLP([4, 6, 3], activation="tanh", dtype=np.float64, seed=0, checkpoint_every=2,
+                       l2=0.25)
     X, y = rng.normal(size=(9, 4)), np.arange(9) % 3
     model.loss_and_grad(X, y)
     before = model.params.copy()
     twin = {"deepcopy": copy.deepcopy, "copy": copy.copy,
             "pickle": lambda m: pickle.loads(pickle.dumps(m))}[how](model)
-    assert repr(twin) == repr(model)
+    assert repr(twin) == repr(model) and twin.l2 == 0.25
     assert np.array_equal(twin.params, model.params) and np.array_equal(twin.grads, model.grads)
     assert not np.shares_memory(twin.params, model.params)
     for views, flat in ((twin.weights, twin.params), (twin.biases, twin.params),
@@ -289,6 +332,28 @@ def test_forward_predict_and_predict_proba(rng):
         reg.predict_proba(X)
 
 
+@pytest.mark.parametrize("n_out", [1, 4])
+def test_binary_cross_entropy_predict_and_predict_proba(n_out, rng):
+    """predict: the 0/1 indicators (N, C) int64 of logits > 0; predict_proba: sigmoid(logits),
+    each in (0, 1), not normalised over the outputs."""
+    model = fastbp.MLP([4, 6, n_out], activation="tanh", loss="binary_cross_entropy",
+                       dtype=np.float64, seed=2)
+    model.params[...] = rng.normal(scale=2.0, size=model.n_params)
+    X = rng.normal(size=(40, 4))
+    logits = model.forward(X)
+    np.testing.assert_allclose(logits, reference_for(model).output(model.params, X), rtol=1e-13)
+    labels = model.predict(X)
+    assert labels.dtype == np.int64 and labels.shape == (40, n_out)
+    assert np.array_equal(labels, (logits > 0).astype(np.int64))
+    assert 0 < labels.mean() < 1                      # not vacuous: both answers occur
+    probs = model.predict_proba(X)
+    assert probs.shape == (40, n_out)
+    expected = naive.activation("sigmoid", logits)
+    np.testing.assert_allclose(probs, expected, rtol=1e-14)
+    assert np.array_equal(probs > 0.5, labels == 1)
+    assert np.array_equal(model.forward(X), logits), "predict_proba must not change forward"
+
+
 def test_inference_on_more_rows_than_one_chunk(rng):
     """forward and loss_value run large inputs in chunks; the result must not show it."""
     model = fastbp.MLP([3, 4, 2], activation="tanh", dtype=np.float64, seed=0)
@@ -350,11 +415,15 @@ def test_classifier_with_huge_logits(dtype, rng):
 # fastbp.gradcheck
 
 
-@pytest.mark.parametrize("act, loss, out_act", [("tanh", "softmax_cross_entropy", "identity"),
-                                                ("sigmoid", "mse", "tanh"),
-                                                ("identity", "mse", "sigmoid")])
-def test_gradcheck_smooth_networks(act, loss, out_act, rng):
-    model = build(3, act, loss, out_act, seed=4)
+@pytest.mark.parametrize("act, loss, out_act, l2", [
+    ("tanh", "softmax_cross_entropy", "identity", 0.0),
+    ("sigmoid", "mse", "tanh", 0.0),
+    ("identity", "mse", "sigmoid", 0.0),
+    ("tanh", "binary_cross_entropy", "identity", 0.0),
+    ("sigmoid", "binary_cross_entropy", "identity", 1.5),
+    ("tanh", "softmax_cross_entropy", "identity", 0.3)])
+def test_gradcheck_smooth_networks(act, loss, out_act, l2, rng):
+    model = build(3, act, loss, out_act, seed=4, l2=l2)
     X = rng.normal(size=(10, 5))
     y = make_targets(loss, 10, 3, rng)
     model.loss_and_grad(X[:3], y[:3])       # grads hold something else beforehand
@@ -413,18 +482,19 @@ def test_gradcheck_samples_large_models(rng):
     assert len(calls) == 4 * 50
 
 
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
-def test_loss_value_in_float32_matches_float64(loss, rng):
+@pytest.mark.parametrize("l2", [0.0, 0.8])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_value_in_float32_matches_float64(loss, l2, rng):
     """loss_value (forward only) in float32, against the same model in float64."""
-    m64 = fastbp.MLP([5, 7, 3], loss=loss, dtype=np.float64, seed=0)
-    m32 = fastbp.MLP([5, 7, 3], loss=loss, dtype=np.float32, seed=0)
+    m64 = fastbp.MLP([5, 7, 3], loss=loss, dtype=np.float64, seed=0, l2=l2)
+    m32 = fastbp.MLP([5, 7, 3], loss=loss, dtype=np.float32, seed=0, l2=l2)
     m32.params[:] = m64.params
     X = rng.normal(size=(9, 5))
-    y = rng.integers(0, 3, 9) if loss != "mse" else rng.normal(size=(9, 3))
+    y = make_targets(loss, 9, 3, rng)
     assert abs(m32.loss_value(X, y) - m64.loss_value(X, y)) < 1e-5 * max(1, m64.loss_value(X, y))
 
 
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_predictions_that_overflow_are_refused_not_given_class_0(loss):
     model = fastbp.MLP([2, 8, 3], loss=loss, seed=0)
     X = np.array([[0.5, -1.0], [3e38, -3e38], [1.0, 2.0]], dtype=np.float32)

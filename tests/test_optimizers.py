@@ -33,8 +33,8 @@ SIZES = [5, 7, 6, 3]
 ACTS = ["tanh", "relu"]
 
 
-def model_of(dtype=np.float64, seed=3, sizes=SIZES, activation=ACTS):
-    return fastbp.MLP(list(sizes), activation=activation, dtype=dtype, seed=seed)
+def model_of(dtype=np.float64, seed=3, sizes=SIZES, activation=ACTS, **kwargs):
+    return fastbp.MLP(list(sizes), activation=activation, dtype=dtype, seed=seed, **kwargs)
 
 
 def batches(rng, n_steps, rows=16, sizes=SIZES):
@@ -521,17 +521,25 @@ class StepCounter:
         self.steps += 1
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.3])
 @pytest.mark.parametrize("n, batch_size, k", ACCUMULATE_SHAPES)
 @pytest.mark.parametrize("make_optimizer", ACCUMULATE_OPTIMIZERS)
-def test_accumulation_equals_a_k_times_larger_batch(make_optimizer, n, batch_size, k):
+def test_accumulation_equals_a_k_times_larger_batch(make_optimizer, n, batch_size, k, l2):
+    """Also with the L2 penalty, whose B is then the rows of the whole update (not of each
+    batch): the penalty must be added once, over all of them."""
     X, y = blobs(n, seed=2)
-    a, b = model_of(), model_of()
+    a, b = model_of(l2=l2), model_of(l2=l2)
     opt_a, opt_b = make_optimizer(a), make_optimizer(b)
     ha = fastbp.fit(a, X, y, opt_a, epochs=3, batch_size=batch_size, accumulate=k,
                     shuffle=False)
     hb = fastbp.fit(b, X, y, opt_b, epochs=3, batch_size=k * batch_size, shuffle=False)
     assert opt_a.steps == opt_b.steps == 3 * -(-n // (k * batch_size))
     assert not np.array_equal(a.params, model_of().params)
+    if l2:  # the penalty changed the run
+        plain = model_of()
+        fastbp.fit(plain, X, y, make_optimizer(plain), epochs=3, batch_size=k * batch_size,
+                   shuffle=False)
+        assert rel_error(plain.params, b.params) > 1e-6
     assert rel_error(a.params, b.params) < 1e-12
     if opt_b.state.size:
         assert rowwise_error(opt_a.state, opt_b.state) < 1e-12
@@ -539,13 +547,14 @@ def test_accumulation_equals_a_k_times_larger_batch(make_optimizer, n, batch_siz
         np.testing.assert_allclose(ha[key], hb[key], rtol=1e-12, err_msg=key)
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.3])
 @pytest.mark.parametrize("n, batch_size, k", ACCUMULATE_SHAPES)
 @pytest.mark.parametrize("make_optimizer", ACCUMULATE_OPTIMIZERS)
-def test_accumulation_slow_path_is_bitwise_the_fast_path(make_optimizer, n, batch_size, k):
-    """A callback with on_step_end (one step per call, Python accumulation, opt.step())
-    against the compiled chunks: the same bits, and one callback per update."""
+def test_accumulation_slow_path_is_bitwise_the_fast_path(make_optimizer, n, batch_size, k, l2):
+    """A callback with on_step_end (one step per call, then opt.step()) against the compiled
+    chunks: the same bits, and one callback per update."""
     X, y = blobs(n, seed=2)
-    a, b = model_of(), model_of()
+    a, b = model_of(l2=l2), model_of(l2=l2)
     opt_a, opt_b = make_optimizer(a), make_optimizer(b)
     counter = StepCounter()
     ha = fastbp.fit(a, X, y, opt_a, epochs=3, batch_size=batch_size, accumulate=k, seed=6,

@@ -1,6 +1,7 @@
 """The same computation in fastbp and in PyTorch float64 autograd (micrograd/tinygrad style):
-loss and every gradient tensor, by name, within 1e-10; SGD with clipping against
-torch.nn.utils.clip_grad_norm_ and a manual update. Skipped when torch is not installed."""
+loss and every gradient tensor, by name, within 1e-10, for every loss, with and without the L2
+penalty; SGD with clipping against torch.nn.utils.clip_grad_norm_ and a manual update. Skipped
+when torch is not installed."""
 import numpy as np
 import pytest
 
@@ -36,10 +37,18 @@ def torch_loss(model, tensors, X, y):
     names = model.activations + [model.output_activation]
     for l, name in enumerate(names):
         h = torch_activation(name, h @ tensors[f"W{l}"] + tensors[f"b{l}"])
+    n_rows = h.shape[0]
+    # scikit-learn's alpha: l2 / (2 B) times the squared norms of the weights (not the biases)
+    penalty = model.l2 / (2 * n_rows) * sum((tensors[f"W{l}"] ** 2).sum()
+                                            for l in range(len(names)))
     if model.loss == "softmax_cross_entropy":
-        return torch.nn.functional.cross_entropy(h, torch.tensor(np.asarray(y), dtype=torch.long))
+        return torch.nn.functional.cross_entropy(
+            h, torch.tensor(np.asarray(y), dtype=torch.long)) + penalty
     target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
-    return 0.5 * ((h - target) ** 2).sum(dim=1).mean()
+    if model.loss == "binary_cross_entropy":
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            h, target, reduction="sum") / n_rows + penalty
+    return 0.5 * ((h - target) ** 2).sum(dim=1).mean() + penalty
 
 
 def fastbp_grads(model):
@@ -67,7 +76,19 @@ CASES = [
     pytest.param([7, 9, 8, 6, 5], ["gelu", "leaky_relu", "tanh"], "mse", "gelu",
                  id="gelu-leaky-tanh-mse-gelu"),
     pytest.param([6, 8, 3], "tanh", "mse", "leaky_relu", id="tanh-mse-leaky"),
+    pytest.param([6, 9, 7, 4], "tanh", "binary_cross_entropy", "identity", id="tanh2-bce"),
+    pytest.param([6, 9, 1], "relu", "binary_cross_entropy", "identity", id="relu-bce1"),
+    pytest.param([7, 9, 8, 5], ["gelu", "sigmoid"], "binary_cross_entropy", "identity",
+                 id="gelu-sigm-bce"),
 ]
+# Each loss with the L2 penalty (scikit-learn's alpha)
+L2_CASES = [pytest.param(sizes, act, loss, out_act, l2, id=f"{loss}-l2={l2}")
+            for sizes, act, loss, out_act in (([6, 9, 7, 4], "tanh", "softmax_cross_entropy",
+                                               "identity"),
+                                              ([6, 9, 3], "tanh", "mse", "sigmoid"),
+                                              ([6, 9, 7, 4], "relu", "binary_cross_entropy",
+                                               "identity"))
+            for l2 in (1e-4, 0.8)]
 
 
 def torch_loss_and_errors(model, X, y):
@@ -82,10 +103,16 @@ def torch_loss_and_errors(model, X, y):
     return expected.item(), errors
 
 
-@pytest.mark.parametrize("sizes, act, loss, out_act", CASES)
-def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
+def test_every_loss_is_compared_with_torch():
+    assert {case.values[2] for case in CASES} == set(fastbp.model.LOSSES)
+
+
+@pytest.mark.parametrize("sizes, act, loss, out_act, l2",
+                         [pytest.param(*case.values, 0.0, id=case.id) for case in CASES]
+                         + L2_CASES)
+def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, rng):
     model = fastbp.MLP(sizes, activation=act, output_activation=out_act, loss=loss,
-                       dtype=np.float64, seed=21)
+                       dtype=np.float64, seed=21, l2=l2)
     model.biases[0][...] = rng.normal(size=sizes[1])       # nonzero biases
     X = rng.normal(size=(23, sizes[0]))
     y = make_targets(loss, 23, sizes[-1], rng)
@@ -96,7 +123,8 @@ def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     assert max(errors.values()) < 1e-10, errors
 
 
-@pytest.mark.parametrize("sizes, act, loss, out_act", CASES[:3] + CASES[5:7] + CASES[10:12])
+@pytest.mark.parametrize("sizes, act, loss, out_act",
+                         CASES[:3] + CASES[5:7] + CASES[10:12] + CASES[13:14])
 def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     """float32 model against torch float64 on the same (float32) parameters and inputs;
     per-tensor normwise error (see test_model's float32 test for why normwise)."""
@@ -177,6 +205,25 @@ def test_training_trajectory_matches_torch(rng):
         assert loss == pytest.approx(torch_loss_value, rel=1e-10)
         assert naive.normwise_error(model.params, flat_torch(tensors)) < 1e-10
     assert 0 < clipped < 10
+
+
+@pytest.mark.parametrize("loss", ["binary_cross_entropy", "softmax_cross_entropy"])
+def test_training_trajectory_with_l2_matches_torch(loss, rng):
+    """Ten SGD steps (fused train_step) of the penalised objective; batches of changing size,
+    so that the penalty's 1 / B changes too."""
+    sizes = [5, 8, 6, 3]
+    model = fastbp.MLP(sizes, activation=["tanh", "sigmoid"], loss=loss, dtype=np.float64,
+                       seed=9, l2=0.5)
+    tensors = torch_net(model)
+    opt = fastbp.SGD(model, lr=0.5)
+    for step in range(10):
+        n = 5 + 3 * step
+        X = rng.normal(size=(n, 5))
+        y = make_targets(loss, n, 3, rng)
+        loss_value = opt.train_step(X, y)
+        torch_loss_value, _ = torch_sgd_step(model, X, y, 0.5, None, tensors)
+        assert loss_value == pytest.approx(torch_loss_value, rel=1e-10)
+        assert naive.normwise_error(model.params, flat_torch(tensors)) < 1e-10
 
 
 def test_train_step_equals_loss_and_grad_then_step(rng):

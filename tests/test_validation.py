@@ -20,11 +20,18 @@ def regressor(dtype=np.float64, n_out=N_OUT):
     return fastbp.MLP([N_IN, 6, n_out], activation="tanh", loss="mse", dtype=dtype, seed=0)
 
 
+def binary_classifier(dtype=np.float64, n_out=N_OUT):
+    return fastbp.MLP([N_IN, 6, n_out], activation="tanh", loss="binary_cross_entropy",
+                      dtype=dtype, seed=0)
+
+
 def good_batch(model, n=8):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n, N_IN))
     if model.loss == "mse":
         return X, rng.normal(size=(n, model.sizes[-1]))
+    if model.loss == "binary_cross_entropy":
+        return X, (rng.random((n, model.sizes[-1])) < 0.5).astype(np.float64)
     return X, rng.integers(0, N_OUT, size=n)
 
 
@@ -61,6 +68,15 @@ BAD_BATCHES = [
     ("mse-y-wrong-width", "mse", lambda X, y: (X, y[:, :-1]), "y"),
     ("mse-y-1d-for-3-outputs", "mse", lambda X, y: (X, y[:, 0]), "y"),
     ("mse-y-too-short", "mse", lambda X, y: (X, y[:-1]), "y"),
+    ("bce-y-nan", "bce", lambda X, y: (X, with_nan(y, np.nan)), "y"),
+    ("bce-y-inf", "bce", lambda X, y: (X, with_nan(y, np.inf)), "y"),
+    ("bce-y-above-1", "bce", lambda X, y: (X, with_nan(y, 1.5)), "y"),
+    ("bce-y-negative", "bce", lambda X, y: (X, with_nan(y, -0.25)), "y"),
+    ("bce-y-labels", "bce", lambda X, y: (X, np.arange(len(y)) % N_OUT), "y"),   # 1-D, C=3
+    ("bce-y-wrong-width", "bce", lambda X, y: (X, y[:, :-1]), "y"),
+    ("bce-y-3d", "bce", lambda X, y: (X, y[:, :, None]), "y"),
+    ("bce-y-strings", "bce", lambda X, y: (X, y.astype(str)), "y"),
+    ("bce-y-too-short", "bce", lambda X, y: (X, y[:-1]), "y"),
 ]
 
 
@@ -86,7 +102,7 @@ def call(entry, model, X, y):
 @pytest.mark.parametrize("case_id, kind, spoil, name", BAD_BATCHES,
                          ids=[c[0] for c in BAD_BATCHES])
 def test_bad_batch_raises_and_changes_nothing(entry, case_id, kind, spoil, name):
-    model = classifier() if kind == "clf" else regressor()
+    model = {"clf": classifier, "mse": regressor, "bce": binary_classifier}[kind]()
     X, y = good_batch(model)
     model.loss_and_grad(X, y)          # grads hold real values
     model.params[0] = 0.125            # and params are not just the initialisation
@@ -124,6 +140,10 @@ def test_bad_inference_input(method, spoil, name):
     (dict(output_activation="softmax"), "output_activation"),
     (dict(output_activation="sigmoid"), "output_activation"),    # with softmax-CE
     (dict(output_activation="tanh"), "output_activation"),       # with softmax-CE
+    (dict(output_activation="sigmoid", loss="binary_cross_entropy"), "output_activation"),
+    (dict(l2=-0.1), "l2"), (dict(l2=float("nan")), "l2"), (dict(l2=float("inf")), "l2"),
+    (dict(l2="0.1"), "l2"), (dict(l2=None), "l2"), (dict(l2=True), "l2"),
+    (dict(l2=1e300, dtype=np.float32), "l2"),
     (dict(loss="hinge"), "loss"),
     (dict(loss="cross_entropy"), "loss"),
     (dict(loss=None), "loss"),
@@ -148,6 +168,26 @@ def test_bad_model_arguments(kwargs, name):
 def test_output_activation_with_mse_is_allowed():
     for out in ("identity", "relu", "sigmoid", "tanh"):
         fastbp.MLP([2, 3, 2], loss="mse", output_activation=out)
+
+
+def test_l2_accepts_numbers_and_keeps_them_as_floats():
+    for value in (0, 0.0, 3, np.float32(0.5), np.int64(2), 1e300):
+        model = fastbp.MLP([2, 3, 2], l2=value, dtype=np.float64)
+        assert model.l2 == float(value) and type(model.l2) is float
+
+
+def test_binary_cross_entropy_targets_are_converted():
+    """0/1 targets as bools, ints, another float dtype, or (N,) for one output, give the
+    result of the float array (N, C) itself."""
+    model = binary_classifier()
+    X, y = good_batch(model)
+    expected = outcome(model, X, y, "train_step")
+    for variant in (y.astype(bool), y.astype(np.int8), y.astype(np.float32), y.tolist(),
+                    np.asfortranarray(y)):
+        assert_same_outcome(outcome(model, X, variant, "train_step"), expected)
+    single = binary_classifier(n_out=1)
+    assert_same_outcome(outcome(single, X, y[:, 0], "train_step"),
+                        outcome(single, X, y[:, :1], "train_step"))
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -234,7 +274,7 @@ def layouts(X):
 def outcome(model, X, y, entry):
     model = fastbp.MLP(model.sizes, activation=model.activations,
                        output_activation=model.output_activation, loss=model.loss,
-                       dtype=model.dtype, seed=0)
+                       dtype=model.dtype, seed=0, l2=model.l2)
     if entry == "loss_and_grad":
         loss = model.loss_and_grad(X, y)
     elif entry == "train_step":
@@ -314,7 +354,7 @@ def test_inference_converts_too():
 
 
 STRUCTURE = ["sizes", "activations", "output_activation", "loss", "dtype", "checkpoint_every",
-             "weights", "biases", "weight_grads", "bias_grads"]
+             "l2", "weights", "biases", "weight_grads", "bias_grads"]
 
 
 @pytest.mark.parametrize("name", STRUCTURE)
