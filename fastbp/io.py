@@ -5,13 +5,15 @@ run code):
 
 =====================  ====================================================================
 ``format``             the text "fastbp.MLP"
-``version``            format version, 2
+``version``            format version, 3
 ``sizes``              int64 layer widths, input first
 ``activations``        text, one per hidden layer
 ``output_activation``  text
 ``loss``               text
 ``dtype``              "float32" or "float64"
 ``checkpoint_every``   int64, at least 1 (absent from version 1 files, which load with 1)
+``l2``                 float64, at least 0: the L2 penalty (absent from versions 1 and 2,
+                       which load with 0)
 ``params``             the flat parameter array (``model.params``), in that dtype and in the
                        layout of :mod:`fastbp.layout`
 ``metadata``           optional: JSON text given to ``save``
@@ -29,8 +31,10 @@ values that ``params`` replaces: ``load(save(model))`` builds the same model.
 ``save`` writes to a temporary file in the destination folder, flushes it to disk and renames
 it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
 new one, never a partial write. ``load`` checks every field (sizes, activations, loss, dtype,
-checkpoint_every, parameter count, finite values) and raises :class:`ModelFileError` with a
-one-line message when something does not fit. It reads versions 1 and 2. ``load_checkpoint``
+checkpoint_every, l2, parameter count, finite values) and raises :class:`ModelFileError` with a
+one-line message when something does not fit. It reads versions 1 to 3. (Version 3 added l2: a
+fastbp that reads only version 2 refuses such a file rather than load it without its penalty,
+which a resumed run would then train without.) ``load_checkpoint``
 also rebuilds the optimizer, after checking its fields against the model.
 """
 import json
@@ -51,9 +55,10 @@ __all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "
            "READABLE_VERSIONS"]
 
 FORMAT = "fastbp.MLP"
-VERSION = 2
-# Versions that load() reads. Version 1 had no checkpoint_every (it loads as 1).
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+# Versions that load() reads. Version 1 had no checkpoint_every (it loads as 1); versions 1 and
+# 2 had no l2 (they load with 0).
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class ModelFileError(ValueError):
@@ -93,6 +98,7 @@ def save(model, path, metadata=None, optimizer=None):
         "loss": np.array(model.loss),
         "dtype": np.array(np.dtype(model.dtype).name),
         "checkpoint_every": np.array(model.checkpoint_every, dtype=np.int64),
+        "l2": np.array(model.l2, dtype=np.float64),
         "params": model.params,
     }
     if metadata is not None:
@@ -287,6 +293,7 @@ def load(path):
     if dtype_name not in ("float32", "float64"):
         raise ModelFileError(f"{what}: dtype {dtype_name!r}, expected float32 or float64")
     checkpoint_every = _checkpoint_every(arrays, version, what)
+    l2 = _l2(arrays, version, what)
 
     params = arrays["params"]
     expected = n_params(sizes)
@@ -301,7 +308,7 @@ def load(path):
     try:
         model = MLP(sizes, activation=activations, output_activation=output_activation,
                     loss=loss, dtype=np.dtype(dtype_name).type,
-                    checkpoint_every=checkpoint_every)
+                    checkpoint_every=checkpoint_every, l2=l2)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{what}: {exc}") from None
     model.params[...] = params
@@ -323,6 +330,21 @@ def _checkpoint_every(arrays, version, what):
         raise ModelFileError(f"{what}: 'checkpoint_every' must be a positive integer, got "
                              f"{int(value)}")
     return int(value)
+
+
+def _l2(arrays, version, what):
+    """The stored l2 as a float; 0 for versions 1 and 2, which lack it. (MLP checks the rest:
+    not negative, finite, within the dtype.)"""
+    value = arrays.get("l2")
+    if value is None:
+        if version < 3:
+            return 0.0
+        raise ModelFileError(f"{what}: missing the field 'l2'; not a version {version} fastbp "
+                             "model file")
+    if value.shape != () or value.dtype.kind not in "iuf":
+        raise ModelFileError(f"{what}: 'l2' must be a number, got {value.dtype} of shape "
+                             f"{value.shape}")
+    return float(value)
 
 
 def _no_constant(name):

@@ -23,6 +23,8 @@ def trained(sizes=(5, 7, 4, 3), dtype=np.float32, **kw):
     X = np.random.default_rng(0).normal(size=(40, sizes[0]))
     if model.loss == "mse":
         y = np.random.default_rng(1).normal(size=(40, sizes[-1]))
+    elif model.loss == "binary_cross_entropy":
+        y = (np.random.default_rng(1).random((40, sizes[-1])) < 0.5).astype(np.float64)
     else:
         y = np.arange(40) % sizes[-1]
     fastbp.fit(model, X, y, fastbp.SGD(model, lr=0.05), epochs=2, batch_size=8, seed=0)
@@ -49,6 +51,8 @@ def rewrite(path, **changes):
     {},
     {"activation": ["tanh", "sigmoid"]},
     {"activation": "identity", "output_activation": "sigmoid", "loss": "mse"},
+    {"activation": "tanh", "loss": "binary_cross_entropy", "l2": 0.25},
+    {"l2": 1e-4},
 ])
 def test_round_trip(tmp_path, dtype, kw):
     model, X = trained(dtype=dtype, **kw)
@@ -59,20 +63,74 @@ def test_round_trip(tmp_path, dtype, kw):
     assert loaded.output_activation == model.output_activation and loaded.loss == model.loss
     assert loaded.dtype == model.dtype and loaded.params.dtype == model.params.dtype
     assert loaded.checkpoint_every == model.checkpoint_every == 1
+    assert loaded.l2 == model.l2 == kw.get("l2", 0.0)
     np.testing.assert_array_equal(loaded.params, model.params)
     np.testing.assert_array_equal(loaded.forward(X), model.forward(X))
+    if model.loss != "mse":
+        np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+        np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
     # Plain arrays: NumPy reads the file with pickle disabled.
     assert set(fields(path)) == {"format", "version", "sizes", "activations",
                                  "output_activation", "loss", "dtype", "checkpoint_every",
-                                 "params"}
-    assert int(fields(path)["version"]) == fio.VERSION == 2
+                                 "l2", "params"}
+    assert int(fields(path)["version"]) == fio.VERSION == 3
+
+
+def test_l2_and_binary_cross_entropy_survive_a_checkpoint(tmp_path):
+    """load_checkpoint brings l2 back with the model: the resumed steps are the uninterrupted
+    run's, bit for bit (they would not be without the penalty)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 5))
+    y = (rng.random((30, 3)) < 0.5).astype(float)
+    model = fastbp.MLP([5, 6, 3], activation="tanh", loss="binary_cross_entropy",
+                       dtype=np.float64, seed=1, l2=0.6)
+    opt = fastbp.Adam(model, lr=0.05)
+    fastbp.fit(model, X, y, opt, epochs=2, batch_size=8, seed=0)
+    fastbp.save(model, tmp_path / "c.npz", optimizer=opt)
+    fastbp.fit(model, X, y, opt, epochs=2, batch_size=8, seed=0, initial_epoch=2)
+    loaded, loaded_opt = fastbp.load_checkpoint(tmp_path / "c.npz")
+    assert loaded.l2 == 0.6 and loaded.loss == "binary_cross_entropy"
+    fastbp.fit(loaded, X, y, loaded_opt, epochs=2, batch_size=8, seed=0, initial_epoch=2)
+    assert loaded.params.tobytes() == model.params.tobytes()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_without_l2_load_with_none(tmp_path, version):
+    model, X = trained(activation="tanh", loss="binary_cross_entropy", l2=0.5)
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    rewrite(path, version=np.array(version), l2=None)
+    loaded = fastbp.load(path)
+    assert loaded.l2 == 0.0 and loaded.loss == "binary_cross_entropy"
+    assert loaded.params.tobytes() == model.params.tobytes()
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "missing the field 'l2'"),
+    (np.array(-0.5), "l2: expected a number in"),
+    (np.array(np.nan), "l2: expected a number in"),
+    (np.array(np.inf), "l2: expected a number in"),
+    (np.array([0.5, 0.5]), r"'l2' must be a number, got float64 of shape \(2,\)"),
+    (np.array(True), "'l2' must be a number, got bool"),
+    (np.array("0.5"), "'l2' must be a number, got <U3"),
+])
+def test_bad_l2_is_refused(tmp_path, value, message):
+    model, _ = trained(l2=0.5)
+    path = tmp_path / "m.npz"
+    fastbp.save(model, path)
+    rewrite(path, l2=value)
+    with pytest.raises(ModelFileError) as info:
+        fastbp.load(path)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(str(path))
+    assert re.search(message, text), text
 
 
 def test_round_trip_keeps_every_constructor_argument(tmp_path):
     """checkpoint_every (lost by format version 1) and mixed hidden activations come back, with
     the parameters bit for bit; only the seed is not stored (params replace what it chose)."""
     kw = dict(activation=["tanh", "relu", "sigmoid", "identity"], output_activation="sigmoid",
-              loss="mse", checkpoint_every=3)
+              loss="mse", checkpoint_every=3, l2=0.3)
     model, X = trained(sizes=(5, 7, 6, 4, 5, 3), dtype=np.float64, **kw)
     path = tmp_path / "m.npz"
     fastbp.save(model, path)
@@ -83,6 +141,7 @@ def test_round_trip_keeps_every_constructor_argument(tmp_path):
     assert loaded.loss == model.loss == "mse"
     assert loaded.dtype is model.dtype is np.float64
     assert loaded.checkpoint_every == model.checkpoint_every == 3
+    assert loaded.l2 == model.l2 == 0.3
     assert repr(loaded) == repr(model)
     assert loaded.params.tobytes() == model.params.tobytes()
     assert int(fields(path)["checkpoint_every"]) == 3
@@ -198,7 +257,7 @@ def test_save_errors(tmp_path):
     ({"sizes": np.array([5, 0, 4, 3])}, "positive layer widths"),
     ({"sizes": np.array([5.0, 7.0, 4.0, 3.0])}, "positive layer widths"),
     ({"format": np.array("something.else")}, "format is 'something.else'"),
-    ({"version": np.array(3)}, "format version 3; this fastbp reads versions 1, 2"),
+    ({"version": np.array(4)}, "format version 4; this fastbp reads versions 1, 2, 3"),
     ({"version": np.array(0)}, "format version 0"),
     ({"loss": None}, "missing the field 'loss'"),
     ({"params": None}, "not a fastbp model file"),
