@@ -55,27 +55,36 @@ def main():
     # enough rows for the first layer's products to split into tiles on several threads
     n_rows = max(256, -(-2 * kernels.MIN_TILE_WORK // (32 * 64)))
     sgd = lambda m: fastbp.SGD(m, lr=1e-3, clip_norm=1.0)  # noqa: E731
-    cases = ((np.float64, "softmax_cross_entropy", [32, 64, 48, 10], n_rows, sgd),
-             (np.float32, "mse", [32, 64, 48, 10], n_rows, sgd),
+    adam = lambda m: fastbp.Adam(m, amsgrad=True, weight_decay=0.01, clip_norm=1.0)  # noqa: E731
+    # (dtype, loss, sizes, rows, optimizer, l2)
+    cases = ((np.float64, "softmax_cross_entropy", [32, 64, 48, 10], n_rows, sgd, 0.0),
+             (np.float32, "mse", [32, 64, 48, 10], n_rows, sgd, 0.0),
              # a first layer that splits its forward product over its inputs (2+ threads)
-             (np.float32, "softmax_cross_entropy", [1024, 64, 10], 8, sgd),
+             (np.float32, "softmax_cross_entropy", [1024, 64, 10], 8, sgd, 0.0),
              # the optimizers' fused passes; over 4 chunks of parameters: parallel on 2 threads
              (np.float64, "mse", [32, 64, 48, 10], n_rows,
               lambda m: fastbp.SGD(m, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.1,
-                                   clip_norm=1.0)),
-             (np.float32, "softmax_cross_entropy", [256, 256, 10], 64,
-              lambda m: fastbp.Adam(m, amsgrad=True, weight_decay=0.01, clip_norm=1.0)),
-             (np.float32, "softmax_cross_entropy", [256, 256, 10], 64, fastbp.AdamW))
-    for dtype, loss, sizes, n_rows, make_optimizer in cases:
-        model = fastbp.MLP(sizes, activation="relu", loss=loss, dtype=dtype, seed=0)
+                                   clip_norm=1.0), 0.0),
+             (np.float32, "softmax_cross_entropy", [256, 256, 10], 64, adam, 0.0),
+             (np.float32, "softmax_cross_entropy", [256, 256, 10], 64, fastbp.AdamW, 0.0),
+             # binary cross-entropy and the L2 stage: serial, and (over 4 chunks of
+             # parameters) parallel on 2 threads
+             (np.float64, "binary_cross_entropy", [32, 64, 48, 10], n_rows, sgd, 0.1),
+             (np.float32, "binary_cross_entropy", [256, 256, 10], 64, adam, 0.1))
+    for dtype, loss, sizes, n_rows, make_optimizer, l2 in cases:
+        model = fastbp.MLP(sizes, activation="relu", loss=loss, dtype=dtype, seed=0, l2=l2)
         opt = make_optimizer(model)
         X = rng.normal(size=(n_rows, sizes[0])).astype(dtype)
-        y = (rng.integers(0, 10, size=n_rows) if loss != "mse"
-             else rng.normal(size=(n_rows, 10)).astype(dtype))
+        if loss == "softmax_cross_entropy":
+            y = rng.integers(0, 10, size=n_rows)
+        elif loss == "mse":
+            y = rng.normal(size=(n_rows, 10)).astype(dtype)
+        else:
+            y = (rng.random((n_rows, 10)) < 0.5).astype(dtype)
         opt.train_step(X, y)                # grows the buffers, compiles
         args = (model.params, model.grads, model._work, X, y, model._net, opt.update_spec())
         train_steps(1, *args)               # compile the loop before counting
-        report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}-{opt!r}"] = {
+        report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}-l2={l2}-{opt!r}"] = {
             str(n): counts(lambda: train_steps(n, *args)) for n in repeats}
     x = rng.normal(size=(4, 4))
     allocating_steps(1, x)

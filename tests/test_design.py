@@ -37,7 +37,7 @@ def test_compiled_training_step_makes_no_nrt_allocations():
     control = report.pop("control")
     report.pop("threads")
     assert control["50"]["alloc"] - control["1"]["alloc"] == 49
-    assert len(report) == 6
+    assert len(report) == 8
     for case, by_n in report.items():
         assert by_n["50"]["alloc"] == by_n["1"]["alloc"], (case, by_n)
         assert by_n["50"]["mi_alloc"] == by_n["1"]["mi_alloc"], (case, by_n)
@@ -75,22 +75,28 @@ def traced_steps(model, opt, X, y, n_steps):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "bce-l2"])
 def test_training_steps_do_not_allocate_in_python(dtype, optimizer):
     """tracemalloc (which sees NumPy's allocations) over 200 fused steps and 200 loss_and_grad
     + step pairs: no growth, and a peak of a few hundred bytes (Python floats, call frames)
     that does not depend on the batch size, so no batch-sized array is made. (One thread: the
-    Python side is the same at any thread count, and a busy machine slows parallel steps.)"""
+    Python side is the same at any thread count, and a busy machine slows parallel steps.)
+    "bce-l2": a binary cross-entropy model with an L2 penalty, trained by SGD."""
     fastbp.set_num_threads(1)
     rng = np.random.default_rng(0)
     peaks = {}
     for n_rows in (16, 8192):
-        model = fastbp.MLP([16, 32, 4], activation="relu", dtype=dtype, seed=0)
+        bce = optimizer == "bce-l2"
+        model = fastbp.MLP([16, 32, 4], activation="relu", dtype=dtype, seed=0,
+                           loss="binary_cross_entropy" if bce else "softmax_cross_entropy",
+                           l2=0.1 if bce else 0.0)
         opt = {"sgd": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0),
                "momentum": lambda: fastbp.SGD(model, lr=1e-3, momentum=0.9, weight_decay=0.1),
-               "adam": lambda: fastbp.Adam(model, amsgrad=True, clip_norm=1.0)}[optimizer]()
+               "adam": lambda: fastbp.Adam(model, amsgrad=True, clip_norm=1.0),
+               "bce-l2": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0)}[optimizer]()
         X = rng.normal(size=(n_rows, 16)).astype(dtype)
-        y = rng.integers(0, 4, size=n_rows)
+        y = ((rng.random((n_rows, 4)) < 0.5).astype(dtype) if bce
+             else rng.integers(0, 4, size=n_rows))
         growth, peak = traced_steps(model, opt, X, y, 200)
         assert growth < 2048, f"{growth} bytes more after 400 steps (batch {n_rows})"
         assert peak < 8192, f"peak of {peak} bytes during the steps (batch {n_rows})"
