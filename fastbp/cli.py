@@ -169,7 +169,9 @@ def build_parser():
                        metavar="NAME", help=f"hidden activation: {', '.join(ACTIVATIONS)}; or "
                        "one per hidden layer, comma-separated")
     model.add_argument("--loss", choices=LOSSES, default=d["loss"],
-                       help="mse trains on one-hot targets with a linear output layer")
+                       help="mse trains on one-hot targets with a linear output layer, "
+                       "binary_cross_entropy on one-hot targets with a sigmoid per class "
+                       "(one-vs-rest; the class predicted is the largest logit)")
     model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
     optim = train.add_argument_group("training")
     optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N")
@@ -557,7 +559,7 @@ def train(args):
         raise UsageError(f"fastbp train: {exc}") from None
 
     dtype = model.dtype
-    if model.loss == "mse":
+    if model.loss != "softmax_cross_entropy":   # mse, binary_cross_entropy
         targets = [_one_hot(y, ds.n_classes, dtype) for y in (ds.y_train, ds.y_val, ds.y_test)]
     else:
         targets = [ds.y_train, ds.y_val, ds.y_test]
@@ -696,9 +698,10 @@ def _report_stop(say, args, history):
 
 def _n_correct(model, ds):
     """How many test rows the model classifies right."""
-    predictions = model.predict(ds.X_test)
-    if model.loss == "mse":
-        predictions = predictions.argmax(axis=1)
+    if model.loss == "softmax_cross_entropy":
+        predictions = model.predict(ds.X_test)
+    else:   # one output per class: the largest (binary cross-entropy: its logit)
+        predictions = model.forward(ds.X_test).argmax(axis=1)
     return int(np.sum(predictions == ds.y_test))
 
 

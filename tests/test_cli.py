@@ -83,6 +83,18 @@ def test_mse_loss_trains_on_one_hot_targets(capsys):
     assert summary["loss"] == "mse" and summary["test_accuracy"] > 0.8
 
 
+def test_binary_cross_entropy_loss_trains_on_one_hot_targets(capsys, tmp_path):
+    """One sigmoid per class on one-hot targets; the test rows are classified by the largest
+    logit; the model saves as what it is."""
+    saved = tmp_path / "bce.npz"
+    summary = run_json(["--loss", "binary_cross_entropy", "--epochs", "10", "--lr", "0.3",
+                        "--save", str(saved)], capsys)
+    assert summary["loss"] == "binary_cross_entropy" and summary["test_accuracy"] > 0.8
+    assert summary["history"]["val_accuracy"][-1] > 0.8
+    model = fastbp.load(saved)
+    assert model.loss == "binary_cross_entropy"
+
+
 def test_early_stopping(capsys):
     summary = run_json(["--epochs", "200", "--early-stopping", "2", "--lr-schedule", "constant",
                         "--lr", "0.3"], capsys)
