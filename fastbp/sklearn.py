@@ -1,0 +1,552 @@
+"""scikit-learn's MLPClassifier and MLPRegressor, trained by fastbp.
+
+    from fastbp.sklearn import MLPClassifier      # instead of sklearn.neural_network
+
+Same parameters (names, meanings, defaults), fitted attributes, methods, warnings and stopping
+rules as scikit-learn's, so that code, pipelines and grid searches run unchanged; the training
+runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
+(``pip install "fastbp[sklearn]"``).
+
+fastbp's own parameters: ``dtype`` (float32 by default: the float64 of scikit-learn on request),
+``clip_norm`` (global gradient-norm clipping, none by default) and ``n_threads`` (default: all
+cores, or ``OMP_NUM_THREADS`` when set, as joblib sets it in each worker process of
+``cross_val_score(n_jobs=k)`` and ``GridSearchCV(n_jobs=k)``, so k processes share the cores
+instead of each taking all of them).
+
+Where the arithmetic differs from scikit-learn's, and why (docs/sklearn.md has the details):
+
+- float32 by default (pass ``dtype="float64"`` for scikit-learn's precision).
+- Adam is PyTorch's (fastbp.Adam): ``epsilon`` is added to the bias-corrected root of the second
+  moment, where scikit-learn adds it before the correction; the two differ by less than
+  ``epsilon`` relative to each update.
+- SGD's momentum is PyTorch's (a buffer of gradients, scaled by the current rate), which equals
+  scikit-learn's (a velocity of past steps) while the rate is constant; with the ``invscaling``
+  and ``adaptive`` rates, a change of rate applies to the past steps at once.
+- MLPRegressor with several outputs: ``loss_`` is the objective that scikit-learn's gradient
+  minimises (the squared errors summed over outputs, halved, averaged over rows), where
+  scikit-learn reports that divided by the number of outputs. With one output they are equal.
+"""
+import numbers
+import os
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import scipy.optimize
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from . import _threads
+from .model import MLP
+from .optim import SGD, Adam
+from .training import DivergenceError
+from .training import fit as _train
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+# scikit-learn's activation names, and the fastbp activation of each ("logistic" is fastbp's
+# "sigmoid"); fastbp's other activations are accepted under their own names.
+_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
+                "leaky_relu": "leaky_relu", "gelu": "gelu"}
+_SOLVERS = ("lbfgs", "sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+# scikit-learn's adaptive rate stops dividing below this.
+_MIN_ADAPTIVE_LR = 1e-6
+
+
+# -------------------------------------------------------------------------------------------------
+# Parameter checks (at fit, scikit-learn's convention)
+
+
+def _number(name, value, low, high=np.inf, low_open=False, high_open=False, integer=False,
+            infinite=False):
+    kinds = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+    if not np.isfinite(value) and not (infinite and value == np.inf):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        left, right = "(" if low_open else "[", ")" if high_open or high == np.inf else "]"
+        raise ValueError(f"{name}: expected a value in {left}{low}, {high}{right}, got {value!r}")
+    return value
+
+
+def _choice(name, value, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got "
+                         f"{value!r}")
+    return value
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def _hidden_sizes(value):
+    sizes = list(value) if np.iterable(value) and not isinstance(value, str) else [value]
+    for size in sizes:
+        _number("hidden_layer_sizes", size, 1, integer=True)
+    return [int(s) for s in sizes]
+
+
+# -------------------------------------------------------------------------------------------------
+# The shared estimator
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: parameters, checks, the training loops."""
+
+    def _check_params(self):
+        _hidden_sizes(self.hidden_layer_sizes)
+        _choice("activation", self.activation, tuple(_ACTIVATIONS))
+        _choice("solver", self.solver, _SOLVERS)
+        _number("alpha", self.alpha, 0)
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            _number("batch_size", self.batch_size, 1, integer=True)
+        _choice("learning_rate", self.learning_rate, _LEARNING_RATES)
+        _number("learning_rate_init", self.learning_rate_init, 0, low_open=True)
+        _number("power_t", self.power_t, 0)
+        _number("max_iter", self.max_iter, 1, integer=True)
+        _flag("shuffle", self.shuffle)
+        _number("tol", self.tol, 0)
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            _number("verbose", self.verbose, 0, integer=True)
+        _flag("warm_start", self.warm_start)
+        _number("momentum", self.momentum, 0, 1)
+        _flag("nesterovs_momentum", self.nesterovs_momentum)
+        _flag("early_stopping", self.early_stopping)
+        _number("validation_fraction", self.validation_fraction, 0, 1, high_open=True)
+        _number("beta_1", self.beta_1, 0, 1, high_open=True)
+        _number("beta_2", self.beta_2, 0, 1, high_open=True)
+        _number("epsilon", self.epsilon, 0, low_open=True)
+        _number("n_iter_no_change", self.n_iter_no_change, 1, infinite=True)
+        _number("max_fun", self.max_fun, 1, integer=True)
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype: expected float32 or float64, got {self.dtype!r}")
+        if self.clip_norm is not None:
+            _number("clip_norm", self.clip_norm, 0, low_open=True)
+        if self.n_threads is not None:
+            _number("n_threads", self.n_threads, 1, integer=True)
+
+    # -- fitted attributes that are views of the model -------------------------------------------
+
+    @property
+    def coefs_(self):
+        """Weight matrices (n_in, n_out), one per layer: views of the model's parameters."""
+        return self._fitted_model().weights
+
+    @property
+    def intercepts_(self):
+        """Bias vectors (n_out,), one per layer: views of the model's parameters."""
+        return self._fitted_model().biases
+
+    def _fitted_model(self):
+        model = self.__dict__.get("_model")
+        if model is None:
+            raise AttributeError("not fitted yet: coefs_ and intercepts_ exist after fit")
+        return model
+
+    # -- fit ----------------------------------------------------------------------------------------
+
+    def _fit(self, X, y, incremental):
+        self._check_params()
+        first = not hasattr(self, "_model") or (not self.warm_start and not incremental)
+        X, target = self._validate_input(X, y, incremental, reset=first)
+        n_outputs = len(self.classes_) if target.ndim == 1 else target.shape[1]
+        sizes = [X.shape[1]] + _hidden_sizes(self.hidden_layer_sizes) + [n_outputs]
+        if not first and self._model.sizes != sizes:
+            raise ValueError(f"warm_start and partial_fit continue the fitted network of layer "
+                             f"sizes {self._model.sizes}; this call asks for {sizes}")
+        self._random_state = check_random_state(self.random_state)
+        if first:
+            self._initialize(sizes)
+        dtype = self._model.dtype
+        X = np.ascontiguousarray(X, dtype=dtype)
+        if target.dtype.kind == "f":
+            target = np.ascontiguousarray(target, dtype=dtype)
+        with self._threads():
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(X, target)
+            else:
+                self._fit_stochastic(X, target, incremental)
+        return self
+
+    def _initialize(self, sizes):
+        """A new model, initialised as scikit-learn's is: Glorot uniform weights and biases
+        (bound sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...) for logistic), drawn from
+        random_state in scikit-learn's order, so that a seed gives its initial weights."""
+        self._model = MLP(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss(),
+                          dtype=np.dtype(self.dtype).type, seed=0, l2=float(self.alpha))
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for weight, bias in zip(self._model.weights, self._model.biases):
+            bound = np.sqrt(factor / (weight.shape[0] + weight.shape[1]))
+            weight[...] = self._random_state.uniform(-bound, bound, weight.shape)
+            bias[...] = self._random_state.uniform(-bound, bound, bias.shape)
+        self.n_outputs_ = sizes[-1]
+        self.n_layers_ = len(sizes)
+        self.out_activation_ = self._output_activation()
+        self.n_iter_ = 0
+        self.t_ = 0
+        if self.solver != "lbfgs":
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    @contextmanager
+    def _threads(self):
+        """fastbp's thread count for this fit: n_threads, else OMP_NUM_THREADS (which joblib
+        sets to cores / n_jobs in its workers), else what it is."""
+        wanted = self.n_threads
+        if wanted is None:
+            try:
+                wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+            except ValueError:
+                wanted = None
+        if wanted is None:
+            yield
+            return
+        import numba
+        before = _threads.get_num_threads()
+        _threads.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            _threads.set_num_threads(before)
+
+    def _new_optimizer(self):
+        model = self._model
+        if self.solver == "sgd":
+            return SGD(model, self.learning_rate_init, momentum=self.momentum,
+                       nesterov=self.nesterovs_momentum and self.momentum > 0,
+                       clip_norm=self.clip_norm)
+        return Adam(model, self.learning_rate_init, betas=(self.beta_1, self.beta_2),
+                    eps=self.epsilon, clip_norm=self.clip_norm)
+
+    def _batch_size(self, n_samples):
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going "
+                          "to be clipped")
+        return int(np.clip(self.batch_size, 1, n_samples))
+
+    def _fit_stochastic(self, X, target, incremental):
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        X_val = y_val = None
+        if self.early_stopping:
+            stratify = target if is_classifier(self) and target.ndim == 1 else None
+            X, X_val, target, y_val = train_test_split(
+                X, target, random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+        epochs = _Epochs(self, X_val, y_val, X.shape[0], incremental)
+        seed = int(self._random_state.randint(np.iinfo(np.int32).max))
+        try:
+            history = _train(self._model, X, target, self._optimizer,
+                             epochs=1 if incremental else self.max_iter,
+                             batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
+                             seed=seed, callbacks=[epochs])
+        except DivergenceError as exc:
+            raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The input "
+                             "data may contain large values and need to be preprocessed.") \
+                from None
+        if history.interrupted:
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping:
+            self._model.params = epochs.best_params
+        if not incremental and not epochs.stopped and self.n_iter_ == self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                          "and the optimization hasn't converged yet.", ConvergenceWarning)
+
+    def _fit_lbfgs(self, X, target):
+        """Full-batch L-BFGS (SciPy's L-BFGS-B, as scikit-learn) over fastbp's loss and
+        gradient: each evaluation writes the point into the model's parameter buffer and reads
+        the gradient from its gradient buffer."""
+        model = self._model
+        X, target = model._check_batch(X, target)
+
+        def loss_and_grad(point):
+            model.params[...] = point
+            loss = model._loss_and_grad_checked(X, target)
+            return loss, model.grads.astype(np.float64)
+
+        result = scipy.optimize.minimize(
+            loss_and_grad, model.params.astype(np.float64), method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        if not np.all(np.isfinite(result.x)):
+            raise ValueError("Solver produced non-finite parameter weights. The input data may "
+                             "contain large values and need to be preprocessed.")
+        model.params[...] = result.x
+        self.n_iter_ = min(int(result.nit), self.max_iter)
+        self.loss_ = float(result.fun)
+        if result.status != 0:
+            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) "
+                          f"(status={result.status}): {result.message}. Increase the number of "
+                          "iterations (max_iter) or scale the data.", ConvergenceWarning)
+
+    # -- prediction -----------------------------------------------------------------------------
+
+    def _checked_X(self, X):
+        """X after scikit-learn's checks, in the model's dtype."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return X.astype(self._model.dtype, copy=False)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+    def _check_solver(self):
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver} is not stochastic.")
+        return True
+
+
+class _Epochs:
+    """fit's epoch callback: scikit-learn's bookkeeping after each epoch (loss_curve_, t_,
+    n_iter_), its learning-rate rules and its stopping rule (n_iter_no_change epochs without an
+    improvement by tol, of the training loss or, with early_stopping, the validation score)."""
+
+    def __init__(self, estimator, X_val, y_val, n_train, incremental):
+        self.estimator, self.X_val, self.y_val = estimator, X_val, y_val
+        self.n_train, self.incremental = n_train, incremental
+        self.best_params = estimator._model.params.copy()
+        self.stopped = False
+
+    def on_epoch_end(self, epoch, history, model):
+        est = self.estimator
+        est.n_iter_ += 1
+        est.loss_ = history["loss"][-1]
+        est.t_ += self.n_train
+        est.loss_curve_.append(est.loss_)
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+        self._count_no_improvement(est)
+        opt = est._optimizer
+        if est.learning_rate == "invscaling":
+            opt.lr = est.learning_rate_init / est.t_ ** est.power_t
+        if est._no_improvement_count > est.n_iter_no_change:
+            watched = "Validation score" if est.early_stopping else "Training loss"
+            message = (f"{watched} did not improve more than tol={est.tol:f} for "
+                       f"{est.n_iter_no_change} consecutive epochs.")
+            if est.learning_rate == "adaptive" and opt.lr > _MIN_ADAPTIVE_LR:
+                opt.lr = opt.lr / 5.0
+                if est.verbose:
+                    print(f"{message} Setting learning rate to {opt.lr:f}")
+                est._no_improvement_count = 0
+            else:
+                if est.verbose:
+                    print(message + " Stopping.")
+                self.stopped = True
+                return True
+        return self.incremental
+
+    def _count_no_improvement(self, est):
+        if est.early_stopping:
+            score = est._validation_score(self.X_val, self.y_val)
+            est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
+            if score < est.best_validation_score_ + est.tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best_params = est._model.params.copy()
+        else:
+            if est.loss_curve_[-1] > est.best_loss_ - est.tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            est.best_loss_ = min(est.best_loss_, est.loss_curve_[-1])
+
+
+# -------------------------------------------------------------------------------------------------
+# The classifier
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """scikit-learn's MLPClassifier, trained by fastbp (see the module docstring).
+
+    Multiclass targets train a softmax output with cross-entropy; binary and multilabel
+    (indicator matrix) targets logistic outputs with binary cross-entropy, as scikit-learn.
+    """
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype="float32", clip_norm=None, n_threads=None):
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
+
+    def _multiclass(self):
+        return self._label_binarizer.y_type_ == "multiclass"
+
+    def _loss(self):
+        return "softmax_cross_entropy" if self._multiclass() else "binary_cross_entropy"
+
+    def _output_activation(self):
+        return "softmax" if self._multiclass() else "logistic"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
+                             reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer().fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(f"warm_start can only be used where `y` has the same "
+                                     f"classes as in the previous call to fit. Previously got "
+                                     f"{self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        if self._multiclass():
+            return X, np.searchsorted(self.classes_, y).astype(np.int64)
+        return X, self._label_binarizer.transform(y).astype(X.dtype)
+
+    def _validation_score(self, X, y):
+        return accuracy_score(self._label_binarizer.inverse_transform(y) if y.ndim == 2
+                              else self.classes_[y], self._predict_checked(X))
+
+    def fit(self, X, y):
+        """Fit the model to data matrix X and target(s) y (class labels, or a label indicator
+        matrix for multilabel classification). Returns self."""
+        return self._fit(X, y, incremental=False)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y). ``classes``, all the classes of the task, is required on the
+        first call. Returns self."""
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, incremental=True)
+
+    def predict(self, X):
+        """Class labels (n_samples,), or an indicator matrix for multilabel targets."""
+        return self._predict_checked(self._checked_X(X))
+
+    def _predict_checked(self, X):
+        if self._multiclass():
+            return self.classes_[self._model.predict(X)]
+        probabilities = self._model.predict_proba(X)
+        if self.n_outputs_ == 1:
+            probabilities = probabilities.ravel()
+        return self._label_binarizer.inverse_transform(probabilities)
+
+    def predict_proba(self, X):
+        """Probability of each class (n_samples, n_classes), in the order of classes_."""
+        X = self._checked_X(X)
+        probabilities = self._model.predict_proba(X)
+        if self.n_outputs_ == 1:
+            return np.hstack([1 - probabilities, probabilities])
+        return probabilities
+
+    def predict_log_proba(self, X):
+        """The logarithm of predict_proba."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+# -------------------------------------------------------------------------------------------------
+# The regressor
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """scikit-learn's MLPRegressor (squared error, identity output), trained by fastbp (see the
+    module docstring)."""
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype="float32", clip_norm=None, n_threads=None):
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
+
+    def _check_params(self):
+        if self.loss != "squared_error":
+            raise ValueError(f"loss: fastbp's MLPRegressor supports 'squared_error' only, got "
+                             f"{self.loss!r}")
+        super()._check_params()
+
+    def _loss(self):
+        return "mse"
+
+    def _output_activation(self):
+        return "identity"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, (y.reshape(-1, 1) if y.ndim == 1 else y)
+
+    def _validation_score(self, X, y):
+        return r2_score(y, self._model.predict(X))
+
+    def fit(self, X, y):
+        """Fit the model to data matrix X and targets y. Returns self."""
+        return self._fit(X, y, incremental=False)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y):
+        """One epoch over (X, y). Returns self."""
+        return self._fit(X, y, incremental=True)
+
+    def predict(self, X):
+        """Predicted values (n_samples,), or (n_samples, n_outputs) for several outputs."""
+        X = self._checked_X(X)
+        values = self._model.predict(X)
+        return values.ravel() if self.n_outputs_ == 1 else values

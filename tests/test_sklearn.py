@@ -1,0 +1,252 @@
+"""fastbp.sklearn: scikit-learn's MLPClassifier and MLPRegressor on fastbp's kernels.
+
+Checked against scikit-learn itself: its estimator checks, and, in float64 with the same seed,
+its training to rounding wherever the arithmetic is defined the same way (plain SGD, momentum
+at a constant rate, L-BFGS). Skipped without scikit-learn.
+"""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn import neural_network                                      # noqa: E402
+from sklearn.datasets import load_digits, make_multilabel_classification  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError       # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score      # noqa: E402
+from sklearn.pipeline import make_pipeline                               # noqa: E402
+from sklearn.preprocessing import StandardScaler                        # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks      # noqa: E402
+
+from fastbp.sklearn import MLPClassifier, MLPRegressor                  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def _both(fastbp_class, sklearn_class, **params):
+    """The same estimator from fastbp (float64) and from scikit-learn."""
+    return fastbp_class(dtype="float64", **params), sklearn_class(**params)
+
+
+def _assert_same_network(ours, theirs, rtol, atol=None):
+    assert ours.n_iter_ == theirs.n_iter_
+    for mine, reference in zip(ours.coefs_ + ours.intercepts_,
+                               theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(mine, reference, rtol=rtol,
+                                   atol=rtol * 1e-3 if atol is None else atol)
+
+
+# -- the same training as scikit-learn's, in float64 ----------------------------------------------
+
+FULL_BATCH_SGD = dict(solver="sgd", shuffle=False, learning_rate_init=0.05, max_iter=15,
+                      alpha=1e-3, random_state=3, n_iter_no_change=100, hidden_layer_sizes=(20,))
+
+
+@pytest.mark.parametrize("momentum, activation", [(0.0, "relu"), (0.9, "tanh"),
+                                                  (0.5, "logistic")])
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+def test_sgd_at_a_constant_rate_is_scikit_learns_to_rounding(digits, task, momentum,
+                                                             activation):
+    X, y = digits[0][:300], digits[1][:300]
+    if task == "binary":
+        y = y % 2
+    elif task == "multilabel":
+        y = np.stack([y % 2, y > 4, y == 3], axis=1).astype(int)
+    params = dict(FULL_BATCH_SGD, momentum=momentum, activation=activation,
+                  batch_size=64 if task == "multiclass" else 300)
+    if task == "regression":
+        ours, theirs = _both(MLPRegressor, neural_network.MLPRegressor, **params)
+        y = np.stack([y / 10.0, np.sin(y)], axis=1)
+    else:
+        ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    _assert_same_network(ours, theirs, rtol=1e-9)
+    if task != "regression":   # the regressor's loss_ differs by design with 2 outputs
+        np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-10)
+        np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+        np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_lbfgs_follows_scikit_learns_path(digits):
+    X, y = digits[0][:300], digits[1][:300]
+    ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, solver="lbfgs",
+                         max_iter=15, alpha=1e-2, random_state=0, hidden_layer_sizes=(16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    _assert_same_network(ours, theirs, rtol=1e-6)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-8)
+
+
+def test_adam_differs_from_scikit_learns_only_by_where_epsilon_goes(digits):
+    # scikit-learn adds epsilon before the bias correction of the second moment, PyTorch (and
+    # fastbp) after it: with epsilon negligible the two runs agree closely. Not to rounding:
+    # where a gradient is nearly 0, Adam's step (lr times about +-1) follows its rounding.
+    X, y = digits[0][:300], digits[1][:300]
+    ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, solver="adam",
+                         shuffle=False, max_iter=10, epsilon=1e-15, random_state=1,
+                         hidden_layer_sizes=(16,), n_iter_no_change=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    _assert_same_network(ours, theirs, rtol=1e-6, atol=1e-3 * ours.learning_rate_init)
+
+
+# -- scikit-learn's behaviour ---------------------------------------------------------------------
+
+
+def test_stopping_rules_warnings_and_verbose_output(digits, capsys):
+    X, y = digits
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations \\(3\\)"):
+        model = MLPClassifier(max_iter=3, random_state=0, verbose=True).fit(X, y)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [f"Iteration {i}, loss = {loss:.8f}"
+                       for i, loss in zip((1, 2, 3), model.loss_curve_)]
+    assert model.n_iter_ == 3 and model.t_ == 3 * len(y)
+
+    # A tolerance no epoch can beat stops at scikit-learn's epoch, without a warning; adaptive
+    # divides the rate by 5 at each trigger instead, until it is below 1e-6.
+    for params in (dict(tol=100.0, n_iter_no_change=2),
+                   dict(solver="sgd", learning_rate="adaptive", tol=100.0, n_iter_no_change=1)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            ours = MLPClassifier(random_state=0, **params).fit(X, y)
+            theirs = neural_network.MLPClassifier(random_state=0, **params).fit(X, y)
+        assert ours.n_iter_ == theirs.n_iter_ < 200
+    assert ours._optimizer.lr == pytest.approx(theirs._optimizer.learning_rate, rel=1e-12)
+
+
+def test_early_stopping_keeps_the_best_validation_weights(digits):
+    X, y = digits
+    model = MLPClassifier(early_stopping=True, n_iter_no_change=3, max_iter=60,
+                          random_state=0, learning_rate_init=0.05).fit(X, y)
+    assert model.best_loss_ is None and len(model.validation_scores_) == model.n_iter_
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert model.n_iter_ < 60
+
+
+def test_warm_start_and_partial_fit_continue_the_network(digits):
+    X, y = digits
+    model = MLPClassifier(max_iter=2, warm_start=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+        first = model.coefs_[0].copy()
+        model.fit(X, y)
+    assert model.n_iter_ == 4 and not np.array_equal(model.coefs_[0], first)
+    with pytest.raises(ValueError, match="same classes"):
+        model.fit(X, y % 3)
+
+    partial = MLPClassifier(random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        partial.partial_fit(X[:100], y[:100])
+    partial.partial_fit(X[:100], y[:100], classes=np.arange(10))
+    partial.partial_fit(X[100:200], y[100:200])
+    assert partial.n_iter_ == 2 and list(partial.classes_) == list(range(10))
+    params = np.concatenate([c.ravel() for c in partial.coefs_])
+    with pytest.raises(ValueError, match="classes not in"):
+        partial.partial_fit(X[:10], y[:10] + 20)
+    assert np.array_equal(params, np.concatenate([c.ravel() for c in partial.coefs_]))
+    assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
+
+
+def test_string_labels_probabilities_and_scores(digits):
+    X, y = digits
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                      "nine"])[y]
+    model = MLPClassifier(max_iter=30, random_state=0).fit(X, names)
+    assert set(model.predict(X[:50])) <= set(names)
+    proba = model.predict_proba(X[:50])
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(model.predict_log_proba(X[:50])), proba, rtol=1e-5)
+    assert model.score(X, names) > 0.97
+    assert [c.shape for c in model.coefs_] == [(64, 100), (100, 10)]
+    assert model.n_layers_ == 3 and model.n_outputs_ == 10 and model.out_activation_ == "softmax"
+
+
+def test_multilabel_and_multi_output_regression():
+    X, Y = make_multilabel_classification(n_samples=300, n_features=10, n_classes=4,
+                                          random_state=0)
+    model = MLPClassifier(max_iter=300, random_state=0).fit(X, Y)
+    assert model.predict(X).shape == (300, 4) and model.out_activation_ == "logistic"
+    assert model.score(X, Y) > 0.5
+    regressor = MLPRegressor(max_iter=500, random_state=0).fit(X, Y * 2.0 - 1.0)
+    assert regressor.predict(X).shape == (300, 4) and regressor.score(X, Y * 2.0 - 1.0) > 0.5
+
+
+def test_pipelines_searches_pickles_and_worker_processes(digits):
+    X, y = digits
+    pipeline = make_pipeline(StandardScaler(), MLPClassifier(max_iter=20, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search = GridSearchCV(pipeline, {"mlpclassifier__alpha": [1e-4, 1e-2]}, cv=2).fit(X, y)
+        scores = cross_val_score(MLPClassifier(max_iter=20, random_state=0), X, y, cv=2,
+                                 n_jobs=2)
+    assert search.best_score_ > 0.85 and np.all(scores > 0.85)
+    model = search.best_estimator_
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"),
+    (dict(activation="softplus"), "activation"),
+    (dict(solver="newton"), "solver"),
+    (dict(alpha=-1.0), "alpha"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(learning_rate_init=0.0), "learning_rate_init"),
+    (dict(momentum=1.5), "momentum"),
+    (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(beta_2=1.0), "beta_2"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(clip_norm=-1.0), "clip_norm"),
+    (dict(n_threads=0), "n_threads"),
+])
+def test_bad_parameters_are_refused_at_fit_naming_them(digits, params, message):
+    model = MLPClassifier(**params)   # scikit-learn's convention: constructing checks nothing
+    with pytest.raises(ValueError, match=message):
+        model.fit(*digits)
+
+
+def test_bad_data_is_refused_and_the_fitted_model_kept(digits):
+    X, y = digits
+    model = MLPClassifier(max_iter=5, random_state=0)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    before = [c.copy() for c in model.coefs_]
+    bad = X.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(bad, y)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(X[:, :10])
+    for mine, old in zip(model.coefs_, before):
+        np.testing.assert_array_equal(mine, old)
+
+
+# -- scikit-learn's own estimator checks ----------------------------------------------------------
+
+
+@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
