@@ -706,6 +706,42 @@ def test_mlp_kernels_with_documented_buffers(checkpoint_every, hidden, rng):
     assert kernels.mlp_loss(work, params, x, labels, net) == pytest.approx(loss, rel=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mlp_kernels_by_the_nets_loss_and_l2(dtype, rng):
+    """make_net's loss picks between the float-target losses (a Net made without one, as
+    before it had one, keeps MSE, bit for bit, and softmax-CE for labels); l2 > 0 adds the
+    penalty to mlp_loss_and_grad and mlp_loss, as the reference defines it."""
+    sizes, hidden = [5, 7, 6, 4], ["tanh", "gelu"]
+    codes = [CODES[name] for name in hidden] + [kernels.IDENTITY]
+    params = rng.normal(scale=0.5, size=naive.n_params(sizes)).astype(dtype)
+    x = rng.normal(size=(11, 5)).astype(dtype)
+    targets = {"mse": rng.normal(size=(11, 4)).astype(dtype),
+               "binary_cross_entropy": bce_targets(rng, (11, 4)).astype(dtype),
+               "softmax_cross_entropy": rng.integers(0, 4, size=11)}
+
+    def run(loss, target, l2=0.0, given=True):
+        net, acts_size = (kernels.make_net(sizes, codes, 16, 2, loss, l2) if given
+                          else kernels.make_net(sizes, codes, 16, 2))
+        work = kernels.make_workspace(net, acts_size, dtype)
+        grads = np.full_like(params, np.nan)
+        value = kernels.mlp_loss_and_grad(grads, work, params, x, target, net)
+        return value, grads, kernels.mlp_loss(work, params, x, target, net)
+
+    for loss in ("mse", "softmax_cross_entropy"):
+        old, new = run(None, targets[loss], given=False), run(loss, targets[loss])
+        assert old[0] == new[0] and old[2] == new[2] and np.array_equal(old[1], new[1])
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for loss, target in targets.items():
+        for l2 in (0.0, 0.9):
+            value, grads, forward_only = run(loss, target, l2)
+            ref = naive.Net(sizes, hidden, loss=loss, l2=l2)
+            ref_loss, ref_grads = ref.loss_and_grad(params.astype(np.float64),
+                                                    x.astype(np.float64), target)
+            assert value == pytest.approx(ref_loss, rel=tol), (loss, l2)
+            assert naive.normwise_error(grads, ref_grads) < 10 * tol, (loss, l2)
+            assert forward_only == pytest.approx(value, rel=tol), (loss, l2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Numerics at extreme inputs
 
