@@ -1,0 +1,126 @@
+"""fastbp.sklearn against scikit-learn's own MLPClassifier: fit time and test accuracy, in one run.
+
+    python -m fastbp.bench_sklearn                                    # the shipped digits
+    python -m fastbp.bench_sklearn --letters ../shared/data/letters/letter-recognition.data \\
+        --mnist ../shared/data/mnist --json results.json
+
+Each case fits both estimators with the same parameters, the same number of epochs (tol=0 and
+n_iter_no_change=max_iter, so neither stops early) and random_state=0, for the Adam and the SGD
+solver, and scores both on the same held-out rows. fastbp runs with its default dtype (float32)
+on ``--threads`` threads; scikit-learn's matrix products get the same number of BLAS threads.
+fastbp is compiled (or loaded from Numba's cache) by a short fit before the timed one. Each fit is
+timed ``--repeats`` times, alternating the two libraries; the figure is the fastest.
+
+The data: the shipped digits (fastbp.data's test split, features standardised on the training
+rows); UCI letters (the usual split: the first 16,000 rows train, the last 4,000 test;
+standardised); MNIST (the official split; pixels divided by 255).
+"""
+import argparse
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+
+# name, hidden layers, batch size, epochs, SGD's learning rate
+CASES = {"digits": ((100,), 200, 100, 0.01), "letters": ((256, 128), 64, 20, 0.01),
+         "mnist": ((256, 128), 200, 5, 0.01)}
+
+
+def load_case(name, path=None):
+    """(X_train, y_train, X_test, y_test) in float64, scaled as the module docstring says."""
+    from fastbp import data
+    if name == "digits":
+        ds = data.load("digits", val_fraction=0, dtype="float64")
+        return ds.X_train, ds.y_train, ds.X_test, ds.y_test
+    if name == "mnist":
+        ds = data.load("mnist", data_dir=path, val_fraction=0, dtype="float64")
+        return ds.X_train, ds.y_train, ds.X_test, ds.y_test
+    X, labels = data.read_csv(path, label_column=0)
+    X_train, X_test = X[:16000], X[16000:]
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    return (X_train - mean) / std, labels[:16000], (X_test - mean) / std, labels[16000:]
+
+
+def _params(case, solver):
+    hidden, batch, epochs, sgd_lr = CASES[case]
+    params = dict(hidden_layer_sizes=hidden, batch_size=batch, max_iter=epochs, tol=0.0,
+                  n_iter_no_change=epochs, solver=solver, random_state=0)
+    if solver == "sgd":
+        params["learning_rate_init"] = sgd_lr
+    return params
+
+
+def compare(case, data, solver, threads, repeats):
+    """Fit time and test accuracy of both estimators on one case."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier as Reference
+    from threadpoolctl import threadpool_limits
+
+    from fastbp.sklearn import MLPClassifier
+
+    X_train, y_train, X_test, y_test = data
+    params = _params(case, solver)
+    estimators = {"fastbp": lambda: MLPClassifier(**params, n_threads=threads),
+                  "sklearn": lambda: Reference(**params)}
+    seconds = {name: [] for name in estimators}
+    accuracy = {}
+    with warnings.catch_warnings(), threadpool_limits(limits=threads, user_api="blas"):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(**dict(params, max_iter=1), n_threads=threads).fit(X_train[:500],
+                                                                         y_train[:500])
+        for _ in range(repeats):
+            for name, make in estimators.items():
+                estimator = make()
+                start = time.perf_counter()
+                estimator.fit(X_train, y_train)
+                seconds[name].append(time.perf_counter() - start)
+                accuracy[name] = estimator.score(X_test, y_test)
+    fastbp_s, sklearn_s = min(seconds["fastbp"]), min(seconds["sklearn"])
+    return {"case": case, "solver": solver, "hidden": list(params["hidden_layer_sizes"]),
+            "batch": params["batch_size"], "epochs": params["max_iter"],
+            "train_rows": len(y_train), "test_rows": len(y_test),
+            "fastbp_fit_s": fastbp_s, "sklearn_fit_s": sklearn_s, "speedup": sklearn_s / fastbp_s,
+            "fastbp_accuracy": accuracy["fastbp"], "sklearn_accuracy": accuracy["sklearn"]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastbp.bench_sklearn",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--letters", metavar="FILE", help="UCI letter-recognition.data")
+    parser.add_argument("--mnist", metavar="DIR", help="folder of the four MNIST IDX files")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both libraries (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=2, help="fits per estimator (default 2)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.threads or cores
+
+    from fastbp.bench import machine
+    info = machine()
+    print(f"{info['cpu']}, {threads} threads; fastbp float32 against scikit-learn float64")
+    print(f"{'case':<9}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}{'fastbp s':>10}"
+          f"{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}")
+    rows = []
+    for case, path in (("digits", None), ("letters", args.letters), ("mnist", args.mnist)):
+        if case != "digits" and path is None:
+            continue
+        data = load_case(case, path)
+        for solver in ("adam", "sgd"):
+            row = compare(case, data, solver, threads, args.repeats)
+            rows.append(row)
+            print(f"{case:<9}{solver:<7}{'-'.join(map(str, row['hidden'])):<10}"
+                  f"{row['batch']:>6}{row['epochs']:>7}{row['fastbp_fit_s']:>10.3f}"
+                  f"{row['sklearn_fit_s']:>10.3f}{row['speedup']:>9.1f}"
+                  f"{100 * row['fastbp_accuracy']:>10.2f}%{100 * row['sklearn_accuracy']:>11.2f}%")
+    result = {"machine": info, "threads": threads, "cases": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
