@@ -2,7 +2,8 @@
 
 Conversions (documented in the README): X and regression targets of another dtype, or not
 C-contiguous, or read-only, are copied into a C-contiguous array of the model's dtype; class labels
-of another integer dtype are copied to int64. Nothing is ever reinterpreted in place.
+of another integer dtype are copied to int64; sample weights of another dtype to float64. Nothing
+is ever reinterpreted in place.
 """
 import math
 import numbers
@@ -81,7 +82,8 @@ def as_array(name, value):
 def _contiguous(array, dtype):
     if array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable:
         return array
-    return np.array(array, dtype=dtype, order="C")
+    with np.errstate(over="ignore", invalid="ignore"):   # values beyond dtype: refused after
+        return np.array(array, dtype=dtype, order="C")
 
 
 def features(X, n_features, dtype, name="X"):
@@ -135,3 +137,32 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
                          f"indicators, or probabilities), got values from {y.min()} to "
                          f"{y.max()}")
     return y
+
+
+def sample_weight(weights, n_rows, name="sample_weight"):
+    """None, or the sample weights as a C-contiguous float64 array (n_rows,): real, finite,
+    >= 0, not all 0, with a finite sum."""
+    if weights is None:
+        return None
+    weights = as_array(name, weights)
+    if weights.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array (one weight per row of X), got shape "
+                         f"{weights.shape}")
+    if weights.shape[0] != n_rows:
+        raise ValueError(f"{name}: expected {n_rows} weights (one per row of X), got "
+                         f"{weights.shape[0]}")
+    if weights.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {weights.dtype}")
+    with np.errstate(over="ignore"):   # a longdouble beyond float64 becomes Inf: refused below
+        weights = _contiguous(weights, np.float64)
+    if not kernels.all_finite(weights.reshape(1, -1)):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    if weights.min() < 0:
+        raise ValueError(f"{name}: weights must be >= 0, got {weights.min()}")
+    with np.errstate(over="ignore"):
+        total = float(weights.sum())
+    if total == 0:
+        raise ValueError(f"{name}: every weight is 0 (the weighted mean loss 0/0 is undefined)")
+    if not math.isfinite(total):
+        raise ValueError(f"{name}: the weights sum to more than float64 holds (scale them)")
+    return weights

@@ -92,7 +92,21 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._spec.hyper[LR] = _validate.positive_number("lr", value)
+        self._spec.hyper[LR] = self._stable_lr(_validate.positive_number("lr", value),
+                                               self.weight_decay)
+
+    # The largest lr * weight_decay that keeps the decay from amplifying the parameters: each
+    # SGD step multiplies them by 1 - lr * weight_decay, each AdamW step too (which must stay
+    # positive); None where decay cannot amplify them (Adam's L2 term goes through the moments).
+    _max_lr_decay = None
+
+    @classmethod
+    def _stable_lr(cls, lr, weight_decay):
+        if cls._max_lr_decay is not None and lr * weight_decay > cls._max_lr_decay:
+            raise ValueError(f"lr: lr x weight_decay = {lr * weight_decay:g} is more than "
+                             f"{cls._max_lr_decay:g}, where every step of {cls.__name__} would "
+                             "make the parameters grow instead of decay")
+        return lr
 
     @property
     def clip_norm(self):
@@ -141,15 +155,17 @@ class Optimizer:
         """
         return apply_update(self.model, self._spec)
 
-    def train_step(self, X, y):
-        """``model.loss_and_grad(X, y)`` then ``step()``, in one compiled call. Returns the
-        mean loss. (``fit`` goes one further: many steps per compiled call.)
+    def train_step(self, X, y, sample_weight=None):
+        """``model.loss_and_grad(X, y, sample_weight)`` then ``step()``, in one compiled call.
+        Returns the mean loss (weighted by sample_weight when given). (``fit`` goes one
+        further: many steps per compiled call.)
 
         Raises FloatingPointError, leaving the parameters and the state untouched, if the loss
         or the gradient norm is NaN or Inf, or the update would overflow the model's dtype.
         """
         X, y = self.model._check_batch(X, y)
-        return train_step(self.model, self._spec, X, y)[0]
+        weights = _validate.sample_weight(sample_weight, X.shape[0])
+        return train_step(self.model, self._spec, X, y, weights)[0]
 
     def end_epoch(self, samples, loss):
         """Advance the schedule past an epoch of ``samples`` rows whose watched loss was
@@ -221,10 +237,13 @@ class SGD(Optimizer):
     """
     name = "sgd"
 
+    _max_lr_decay = 2.0
+
     def __init__(self, model, lr, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, clip_norm=None, lr_schedule=None):
         lr, weight_decay, clip_norm = _common(model, lr, weight_decay, clip_norm)
-        momentum = _validate.number_in("momentum", momentum, 0)
+        self._stable_lr(lr, weight_decay)
+        momentum = _validate.number_in("momentum", momentum, 0, 1)
         dampening = _validate.number_in("dampening", dampening, 0, 1)
         nesterov = _flag("nesterov", nesterov)
         if nesterov and (momentum == 0 or dampening != 0):
@@ -256,6 +275,7 @@ class Adam(Optimizer):
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, clip_norm=None, lr_schedule=None):
         lr, weight_decay, clip_norm = _common(model, lr, weight_decay, clip_norm)
+        self._stable_lr(lr, weight_decay)
         betas = _betas(betas)
         eps = _validate.positive_number("eps", eps)
         tiny = float(np.finfo(model.dtype).tiny)
@@ -283,6 +303,7 @@ class AdamW(Adam):
     the parameters by ``1 - lr * weight_decay``, and the gradient gets no L2 term."""
     name = "adamw"
     _decoupled = True
+    _max_lr_decay = 1.0
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, clip_norm=None, lr_schedule=None):
@@ -331,14 +352,15 @@ def apply_update(model, spec):
     return norm
 
 
-def train_step(model, spec, X, y):
-    """Gradients then update for checked X and y, in one compiled call: (loss, norm). Raises
-    FloatingPointError (parameters untouched) when the step is refused."""
+def train_step(model, spec, X, y, weights=None):
+    """Gradients then update for checked X and y (and sample weights, float64, or None), in
+    one compiled call: (loss, norm). Raises FloatingPointError (parameters untouched) when the
+    step is refused."""
     check_update(spec, model)
     model._reserve(X.shape[0])
     loss, norm, applied = model._run(kernels.entry.train_step, (
-        model.params, model.grads, *model._work, X, y, *model._net, *spec),
-        update_kind=spec.kind)
+        model.params, model.grads, *model._work, X, y, *model._net, *spec, weights),
+        update_kind=spec.kind, weighted=weights is not None)
     model._grad_norms_fresh = math.isfinite(loss)
     if not applied:
         raise FloatingPointError(refusal(loss, norm, spec, model.dtype))

@@ -692,3 +692,17 @@ def test_blockwise_standardisation_matches_numpy(monkeypatch):
     assert scale[4] == 1.0   # a constant column is only centred
     scaled = data.prepare.apply_scaling(X, offset, scale, np.dtype(np.float64), "x")
     np.testing.assert_array_equal(scaled, (X - offset) / scale)
+
+
+def test_tiny_features_scale_by_their_maximum_and_huge_labels_read_well(tmp_path):
+    path = _npz_of(tmp_path / "tiny.npz", X=np.full((13, 1), 1e-232) * np.arange(1, 14)[:, None],
+                   y=np.arange(13) % 2)
+    ds = data.load(path, scaling="unit", dtype=np.float32, val_fraction=0)
+    assert np.all(np.isfinite(ds.X_train)) and ds.X_train.max() <= 1.0
+    for label in (np.uint64(2 ** 64 - 1), 1e300):
+        huge = _npz_of(tmp_path / "huge.npz", X=np.zeros((3, 1)),
+                       y=np.array([0, 1, label], dtype=np.array(label).dtype))
+        with pytest.raises(DataError, match=r"label (1.84467e\+19|1e\+300) is not a "
+                                            r"class index") as caught:
+            data.load(huge)
+        assert len(str(caught.value)) < 300

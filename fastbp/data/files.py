@@ -274,8 +274,8 @@ def read_npz(path):
     raw = _open_regular(path, what)
     try:
         archive = zipfile.ZipFile(raw)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raw.close()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+        raw.close()  # RuntimeError: zipfile's NotImplementedError for unknown versions
         raise DataError(f"{what}: not a readable .npz file ({exc})") from None
     arrays = {}
     budget = memory_limit()

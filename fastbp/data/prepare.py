@@ -56,8 +56,9 @@ def integer_labels(values, what):
     if values.min() < 0:
         raise DataError(f"{what}: labels must be 0 or more, found {values.min():g}")
     if values.max() >= MAX_CLASSES:
-        raise DataError(f"{what}: label {values.max():.0f} would make a model with "
-                        f"{values.max() + 1:,.0f} outputs; labels are class indices 0..C-1 and "
+        largest = values.max().item()   # a Python number: no overflow in the message
+        shown = f"{largest:.6g}" if abs(largest) >= 1e15 else f"{largest:.0f}"
+        raise DataError(f"{what}: label {shown} is not a class index: labels are 0..C-1 and "
                         f"fastbp takes at most {MAX_CLASSES:,} classes (labels given as names "
                         "are numbered for you)")
     return values.astype(np.int64)
@@ -147,7 +148,7 @@ def apply_scaling(X, offset, scale, dtype, name):
     divide_only = not offset.any() and np.all(scale == scale[0])
     with np.errstate(over="ignore"):
         for rows in _blocks(len(X)):
-            if divide_only and scale[0] <= np.finfo(dtype).max:
+            if divide_only and np.finfo(dtype).tiny <= scale[0] <= np.finfo(dtype).max:
                 np.divide(X[rows], dtype.type(scale[0]), out=out[rows], dtype=dtype)
             else:
                 out[rows] = (X[rows] - offset) / scale
