@@ -9,9 +9,9 @@ runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
 
 fastbp's own parameters: ``dtype`` (float32 by default: the float64 of scikit-learn on request),
 ``clip_norm`` (global gradient-norm clipping, none by default) and ``n_threads`` (default: all
-cores, or ``OMP_NUM_THREADS`` when set, as joblib sets it in each worker process of
-``cross_val_score(n_jobs=k)`` and ``GridSearchCV(n_jobs=k)``, so k processes share the cores
-instead of each taking all of them).
+cores). In the worker processes of ``cross_val_score(n_jobs=k)`` or ``GridSearchCV(n_jobs=k)``,
+joblib sets ``NUMBA_NUM_THREADS`` to cores / k, so that the k processes share the cores instead
+of each taking all of them: fastbp then uses that many threads (``n_threads`` cannot exceed it).
 
 Where the arithmetic differs from scikit-learn's, and why (docs/sklearn.md has the details):
 
@@ -27,7 +27,6 @@ Where the arithmetic differs from scikit-learn's, and why (docs/sklearn.md has t
   scikit-learn reports that divided by the number of outputs. With one output they are equal.
 """
 import numbers
-import os
 import warnings
 from contextlib import contextmanager
 
@@ -215,20 +214,14 @@ class _BaseMLP(BaseEstimator):
 
     @contextmanager
     def _threads(self):
-        """fastbp's thread count for this fit: n_threads, else OMP_NUM_THREADS (which joblib
-        sets to cores / n_jobs in its workers), else what it is."""
-        wanted = self.n_threads
-        if wanted is None:
-            try:
-                wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
-            except ValueError:
-                wanted = None
-        if wanted is None:
+        """fastbp's thread count for this fit: n_threads, or what it is (all cores, unless
+        NUMBA_NUM_THREADS says less, as joblib's worker processes do)."""
+        if self.n_threads is None:
             yield
             return
         import numba
         before = _threads.get_num_threads()
-        _threads.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
+        _threads.set_num_threads(min(int(self.n_threads), numba.config.NUMBA_NUM_THREADS))
         try:
             yield
         finally:

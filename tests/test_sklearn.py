@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline                               # noqa:
 from sklearn.preprocessing import StandardScaler                        # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks      # noqa: E402
 
+import fastbp                                                            # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor                  # noqa: E402
 
 
@@ -198,6 +199,39 @@ def test_pipelines_searches_pickles_and_worker_processes(digits):
     model = search.best_estimator_
     again = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))
+
+
+def _threads_in_a_fit(X, y, n_threads=None):
+    """(fastbp's threads during a fit, after it), seen by an epoch callback."""
+    seen = []
+
+    class Recorder:
+        def on_epoch_end(self, epoch, history, model):
+            seen.append(fastbp.get_num_threads())
+    import fastbp.sklearn as estimators
+    real_train = estimators._train
+    estimators._train = lambda *a, callbacks, **k: real_train(*a, callbacks=callbacks
+                                                              + [Recorder()], **k)
+    try:
+        MLPClassifier(max_iter=1, n_threads=n_threads).fit(X, y)
+    finally:
+        estimators._train = real_train
+    return seen[0], fastbp.get_num_threads()
+
+
+def test_worker_processes_share_the_cores(digits):
+    import os
+
+    from joblib import Parallel, delayed
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        in_workers = Parallel(n_jobs=2)(delayed(_threads_in_a_fit)(X, y) for _ in range(2))
+        before = fastbp.get_num_threads()
+        here = _threads_in_a_fit(X, y, n_threads=1)
+    assert [during for during, _ in in_workers] == [max(1, cores // 2)] * 2
+    assert here == (1, before)   # n_threads holds for the fit only
 
 
 # -- bad input ------------------------------------------------------------------------------------
