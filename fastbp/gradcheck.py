@@ -5,11 +5,12 @@ from . import _validate
 from .model import MLP
 
 
-def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7):
+def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7, sample_weight=None):
     """Largest relative error between ``model.loss_and_grad`` and central differences.
 
     The function differentiated is ``model.loss_value``: the mean loss (any of the model's
-    losses) plus the model's L2 penalty, the objective that ``loss_and_grad`` differentiates.
+    losses) plus the model's L2 penalty, the objective that ``loss_and_grad`` differentiates
+    (both weighted by ``sample_weight`` when it is given).
 
     For each checked parameter the numeric derivative is the fourth-order central difference
     (-L(+2h) + 8 L(+h) - 8 L(-h) + L(-2h)) / (12 h), h = ``eps``. Its truncation error is
@@ -35,10 +36,12 @@ def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7):
     max_params = _validate.positive_int("max_params", max_params)
     floor = _validate.positive_number("floor", floor)
     X, y = model._check_batch(X, y)
+    weights = _validate.sample_weight(sample_weight, X.shape[0])
+    weighted = {} if weights is None else {"sample_weight": weights}
     params = model.params
     saved_params, saved_grads = params.copy(), model.grads.copy()
     try:
-        model.loss_and_grad(X, y)
+        model.loss_and_grad(X, y, **weighted)
         analytic = model.grads.astype(np.float64)
         if params.size <= max_params:
             checked = np.arange(params.size)
@@ -51,7 +54,7 @@ def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7):
             loss_at = []
             for step in (2 * eps, eps, -eps, -2 * eps):
                 params[i] = original + step
-                loss_at.append(model.loss_value(X, y))
+                loss_at.append(model.loss_value(X, y, **weighted))
             params[i] = original
             # Differences first: four equal losses (a zero gradient) then give exactly 0.
             numeric = (8 * (loss_at[1] - loss_at[2]) - (loss_at[0] - loss_at[3])) / (12 * eps)

@@ -311,34 +311,53 @@ class MLP:
         y = _validate.targets(y, X.shape[0], self._sizes[-1], self.loss, self.dtype)
         return X, y
 
-    def loss_and_grad(self, X, y):
-        """Forward and backward for one batch: overwrites ``grads``, returns the mean loss."""
-        X, y = self._check_batch(X, y)
-        return self._loss_and_grad_checked(X, y)
+    def loss_and_grad(self, X, y, sample_weight=None):
+        """Forward and backward for one batch: overwrites ``grads``, returns the mean loss.
 
-    def _loss_and_grad_checked(self, X, y):
+        sample_weight: optional, one weight >= 0 per row (not all 0): the objective is then
+        scikit-learn's weighted one, sum_i w_i loss_i / sum_i w_i, with the L2 penalty over
+        sum_i w_i rows (l2 / (2 sum_i w_i)) sum ||W||^2.
+        """
+        X, y = self._check_batch(X, y)
+        weights = _validate.sample_weight(sample_weight, X.shape[0])
+        return self._loss_and_grad_checked(X, y, weights)
+
+    def _loss_and_grad_checked(self, X, y, weights=None):
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
         return self._run(kernels.entry.loss_and_grad,
-                         (self.grads, *self._work, self.params, X, y, *self._net))
+                         (self.grads, *self._work, self.params, X, y, *self._net, weights),
+                         weighted=weights is not None)
 
-    def loss_value(self, X, y):
+    def loss_value(self, X, y, sample_weight=None):
         """Mean loss of a batch, plus the L2 penalty of its rows (the objective that
-        loss_and_grad differentiates), forward only (grads untouched)."""
+        loss_and_grad differentiates, weighted as it is by sample_weight), forward only (grads
+        untouched)."""
         X, y = self._check_batch(X, y)
+        weights = _validate.sample_weight(sample_weight, X.shape[0])
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
         # In chunks without the penalty, which is of all the rows: added once, below.
         net = self._net._replace(l2=0.0)
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            total += (stop - start) * self._run(kernels.entry.loss, (
-                *self._work, self.params, X[start:stop], y[start:stop], *net))
-        loss = total / X.shape[0]
+            # A chunk's share: its rows, or its weight (the entry returns its weighted mean).
+            if weights is None:
+                share, chunk_weights = stop - start, None
+            else:
+                chunk_weights = weights[start:stop]
+                share = kernels.weight_sum(chunk_weights)
+                if share == 0:
+                    continue
+            total += share * self._run(kernels.entry.loss, (
+                *self._work, self.params, X[start:stop], y[start:stop], *net, chunk_weights),
+                weighted=weights is not None)
+        rows = X.shape[0] if weights is None else kernels.weight_sum(weights)
+        loss = total / rows
         if self._net.l2 != 0:
             loss += self._run(kernels.entry.l2_penalty, (
                 self._work.partials, self.params, self._net.param_offsets, self._net.sizes,
-                self._net.l2, X.shape[0]))
+                self._net.l2, rows))
         return loss
 
     def forward(self, X):
@@ -387,15 +406,16 @@ class MLP:
                              "values are too large for this model's weights (scale them)")
         return out
 
-    def _run(self, entry, args, update_kind=None):
+    def _run(self, entry, args, update_kind=None, weighted=False):
         """entry(*args) for one of kernels.entry's compiled entries. args is a tuple, not a
         *args parameter: passed on through one, each call's tuple was left to the garbage
-        collector. The first time for an entry, update kind, capacity and thread count, it
-        readies the compiled code this needs (kernels.prepare: compiled, or loaded from Numba's
-        cache); always, it keeps the kernels' BLAS at one thread."""
-        key = (entry, update_kind, self._capacity, get_num_threads())
+        collector. The first time for an entry, update kind, capacity, thread count and
+        weighting, it readies the compiled code this needs (kernels.prepare: compiled, or
+        loaded from Numba's cache); always, it keeps the kernels' BLAS at one thread."""
+        key = (entry, update_kind, self._capacity, get_num_threads(), weighted)
         if key not in self._prepared:
-            kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args)
+            kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args,
+                            weighted)
             self._prepared.add(key)
         pin_kernel_blas()
         return entry(*args)

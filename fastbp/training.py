@@ -68,7 +68,7 @@ _MONITORS = {"val_loss": min, "val_accuracy": max}
 def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         validation_data=None, validation_fraction=None, early_stopping=None,
         monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None,
-        accumulate=1, initial_epoch=0, initial_step=0):
+        accumulate=1, initial_epoch=0, initial_step=0, sample_weight=None):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). Each epoch visits
@@ -87,6 +87,17 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     Parameters (beyond the model, data, optimizer and loop sizes)
     ----------
     optimizer : an object following the optimizer protocol (fastbp.optim), e.g. fastbp.Adam
+    sample_weight : array (N,), optional
+        One weight >= 0 per row of X (not all 0), gathered with the rows: each step's
+        objective is then scikit-learn's weighted mean over its rows, sum_i w_i loss_i /
+        sum_i w_i, plus the L2 penalty over sum_i w_i rows (with ``accumulate``, the sums run
+        over all the rows of the update). A step whose rows all weigh 0 is skipped: no
+        gradient, no update (an optimizer's step count and state stay), and no call of the
+        gradient hook; it counts 0 in the epoch's "loss", and step callbacks get loss 0.0 and
+        grad_norm None. The epoch's "loss" is the mean of its steps' objectives weighted by
+        their rows, as scikit-learn's ``loss_`` is. With ``validation_fraction`` the held-out
+        rows' weights are dropped: validation scores, and the training accuracy, are
+        unweighted.
     accumulate : int, default 1
         Gradient accumulation: each update uses the gradient of ``accumulate`` consecutive
         batches together (the mean loss over all their rows, each batch's gradient weighted by
@@ -171,11 +182,13 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
     callbacks = _check_callbacks(callbacks)
     X, y = model._check_batch(X, y)
+    weights = _validate.sample_weight(sample_weight, X.shape[0])
 
     if validation_data is not None and validation_fraction is not None:
         raise ValueError("validation_data, validation_fraction: give one or the other")
     if validation_fraction is not None:
-        X, y, X_val, y_val = _hold_out(model, X, y, validation_fraction, seed)
+        X, y, X_val, y_val, weights = _hold_out(model, X, y, validation_fraction, seed,
+                                                weights)
     elif validation_data is not None:
         X_val, y_val = _unpack_validation(model, validation_data)
     else:
@@ -203,6 +216,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         rng.permutation(n_samples)  # the orders of the epochs done
     x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
     y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
+    w_batch = None if weights is None else np.empty(batch_size, dtype=np.float64)
     pin_kernel_blas()
 
     train_probe = _metric_rows(X, y, metrics_rows, seed)
@@ -266,7 +280,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     optim.check_update(spec, model)
                     done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
                                         step_losses, step_norms, step_layer_sq, accumulate,
-                                        micro_grads)
+                                        micro_grads, weights, w_batch)
                     wanted = -(-rows.shape[0] // rows_per_step)
                     if done < wanted:
                         raise DivergenceError(
@@ -276,10 +290,16 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     sizes = np.full(done, rows_per_step, dtype=np.float64)
                     sizes[-1] = rows.shape[0] - rows_per_step * (done - 1)
                     loss_sum += float(step_losses[:done] @ sizes)
-                    norm_sum += float(step_norms[:done].sum())
-                    layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
+                    if weights is None:
+                        norm_sum += float(step_norms[:done].sum())
+                        layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
+                        n_updates += done
+                    else:   # steps of weight 0 were skipped: their norms are NaN
+                        applied = ~np.isnan(step_norms[:done])
+                        norm_sum += float(step_norms[:done][applied].sum())
+                        layer_norm_sum += np.sqrt(step_layer_sq[:done][applied]).sum(axis=0)
+                        n_updates += int(applied.sum())
                     n_steps += done
-                    n_updates += done
                     n_seen += rows.shape[0]
                     if bar is not None:
                         bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
@@ -290,7 +310,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     n = rows.shape[0]
                     try:
                         loss, norm = _step(model, optimizer, grad_hook, compiled_update,
-                                           _Batches(X, y, rows, x_batch, y_batch, micro_grads))
+                                           _Batches(X, y, rows, x_batch, y_batch, micro_grads,
+                                                    weights, w_batch))
                     except FloatingPointError as exc:
                         raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
                                               f"{n_steps + 1}: {exc}") from None
@@ -400,14 +421,16 @@ def _current_lr(optimizer):
 
 
 def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_losses,
-                 step_norms, step_layer_sq, accumulate=1, micro_grads=None):
+                 step_norms, step_layer_sq, accumulate=1, micro_grads=None, weights=None,
+                 w_batch=None):
     """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
-    and y). Returns the number of steps applied; see kernels.mlp_train_epoch."""
+    and y, and sample weights or None). Returns the number of steps done (applied, or skipped
+    for weighing 0); see kernels.mlp_train_epoch."""
     model._reserve(batch_size)
     done = model._run(kernels.entry.train_epoch, (
         model.params, model.grads, *model._work, x_batch, y_batch, step_losses, step_norms,
-        step_layer_sq, X, y, rows, batch_size, *model._net, *spec, accumulate, micro_grads),
-        update_kind=spec.kind)
+        step_layer_sq, X, y, rows, batch_size, *model._net, *spec, accumulate, micro_grads,
+        weights, w_batch), update_kind=spec.kind, weighted=weights is not None)
     n_batches = -(-len(rows) // (batch_size * accumulate))
     # After a divergence, layer_sq describes grads only if the failing step got as far as
     # the norm (its loss was finite).
@@ -420,19 +443,29 @@ class _HookError(Exception):
 
 
 class _Batches:
-    """The rows of one step, gathered batch_size (x_batch's rows) at a time."""
+    """The rows of one step, gathered batch_size (x_batch's rows) at a time, with their sample
+    weights (into w_batch) when there are any."""
 
-    def __init__(self, X, y, rows, x_batch, y_batch, micro_grads):
+    def __init__(self, X, y, rows, x_batch, y_batch, micro_grads, weights=None, w_batch=None):
         self.X, self.y, self.rows = X, y, rows
         self.x_batch, self.y_batch, self.micro_grads = x_batch, y_batch, micro_grads
+        self.weights, self.w_batch = weights, w_batch
 
     def one(self):
-        """(x, y) of a step of at most one batch."""
+        """(x, y, weights or None) of a step of at most one batch."""
         n = self.rows.shape[0]
         xb, yb = self.x_batch[:n], self.y_batch[:n]
         kernels.take_rows(xb, self.X, self.rows)
         np.take(self.y, self.rows, axis=0, out=yb)
-        return xb, yb
+        wb = None
+        if self.weights is not None:
+            wb = self.w_batch[:n]
+            np.take(self.weights, self.rows, out=wb)
+        return xb, yb, wb
+
+    def weightless(self):
+        """Whether every row of the step weighs 0 (the step is then skipped)."""
+        return self.weights is not None and not self.weights[self.rows].any()
 
 
 def _loss_and_grad(model, batches):
@@ -446,13 +479,16 @@ def _loss_and_grad(model, batches):
     model._grad_norms_fresh = False
     return model._run(kernels.entry.accumulated_loss_and_grad, (
         model.grads, batches.micro_grads, *model._work, model.params, batches.x_batch,
-        batches.y_batch, batches.X, batches.y, batches.rows, batch_size, *model._net))
+        batches.y_batch, batches.X, batches.y, batches.rows, batch_size, *model._net,
+        batches.weights, batches.w_batch), weighted=batches.weights is not None)
 
 
 def _step(model, optimizer, grad_hook, compiled_update, batches):
     """One step on a step's rows: (loss, gradient norm, or None when the hook skipped the
-    update). Raises FloatingPointError (parameters untouched) when the step is refused, and
-    _HookError around whatever the hook raised."""
+    update or the rows all weigh 0). Raises FloatingPointError (parameters untouched) when the
+    step is refused, and _HookError around whatever the hook raised."""
+    if batches.weightless():   # as kernels.mlp_train_epoch: nothing to learn from
+        return 0.0, None
     if grad_hook is None and compiled_update and batches.micro_grads is None:
         return optim.train_step(model, optimizer.update_spec(), *batches.one())
     loss = _loss_and_grad(model, batches)
@@ -487,7 +523,7 @@ def _split_rng(seed):
     return np.random.default_rng(None if seed is None else [int(seed), 0x5EED])
 
 
-def _hold_out(model, X, y, fraction, seed):
+def _hold_out(model, X, y, fraction, seed, weights=None):
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not 0 < fraction < 1:
         raise ValueError(f"validation_fraction: expected a number in (0, 1), got {fraction!r}")
@@ -498,7 +534,12 @@ def _hold_out(model, X, y, fraction, seed):
         raise ValueError(f"validation_fraction: {fraction} of {X.shape[0]} rows leaves "
                          f"{keep.size} for training and {held.size} for validation; both need "
                          "at least one")
-    return X[keep], y[keep], X[held], y[held]
+    if weights is not None:   # the held-out rows' weights are dropped (see fit)
+        weights = weights[keep]
+        if not weights.any():
+            raise ValueError(f"sample_weight: the {keep.size} rows that validation_fraction "
+                             f"{fraction} leaves for training all weigh 0")
+    return X[keep], y[keep], X[held], y[held], weights
 
 
 def _unpack_validation(model, validation_data):

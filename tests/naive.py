@@ -6,7 +6,9 @@ Conventions (the public contract of fastbp): layer l maps a (B, n_in) batch to (
 row-major order and then b. Losses are means over the batch: softmax cross-entropy with integer
 labels, MSE ``1/2 * sum_j (yhat_j - y_j)^2`` per sample, or binary cross-entropy on logits
 ``sum_j -t_j log p_j - (1 - t_j) log(1 - p_j)``, p = sigmoid(logit), per sample. An L2 penalty
-``l2 / (2 B) * sum ||W||^2`` (weights only) may be added to the batch's mean loss.
+``l2 / (2 B) * sum ||W||^2`` (weights only) may be added to the batch's mean loss. With sample
+weights w (scikit-learn's definition) the mean is ``sum_i w_i loss_i / sum_i w_i`` and B in the
+penalty is ``sum_i w_i``.
 
 Everything is computed in float64, whatever the dtype of the inputs, one sample at a time where
 that keeps the formulas obvious. Speed is not a goal.
@@ -204,17 +206,23 @@ class Net:
             return binary_cross_entropy(output, y)
         return mse(output, y)
 
-    def loss_value(self, params, X, y):
-        """The objective: the mean loss, plus the L2 penalty."""
+    def loss_value(self, params, X, y, sample_weight=None):
+        """The objective: the (weighted) mean loss, plus the L2 penalty."""
         losses, _ = self.loss_and_output_grad(self.output(params, X), y)
         weights, _ = unflatten(params, self.sizes)
-        return float(losses.mean()) + l2_penalty(weights, self.l2, losses.shape[0])[0]
+        sw, total = _sample_weights(sample_weight, losses.shape[0])
+        return float((sw * losses).sum() / total) + l2_penalty(weights, self.l2, total)[0]
 
-    def loss_and_grad(self, params, X, y):
-        """Mean loss and the flat float64 gradient (same layout as params), by the chain rule."""
+    def loss_and_grad(self, params, X, y, sample_weight=None):
+        """(Weighted) mean loss and the flat float64 gradient (same layout as params), by the
+        chain rule."""
         weights, _ = unflatten(params, self.sizes)
         zs, hs = self.forward(params, X)
         losses, d_out = self.loss_and_output_grad(hs[-1], y)
+        sw, total = _sample_weights(sample_weight, losses.shape[0])
+        if sample_weight is not None:
+            # d_out is the mean's gradient, each row / B: the weighted mean's has w_i / total
+            d_out = d_out * losses.shape[0] * (sw / total)[:, None]
         # delta = dL/dz of the current layer
         delta = d_out * activation_derivative(self.acts[-1], zs[-1])
         d_weights = [None] * len(weights)
@@ -225,9 +233,9 @@ class Net:
             if layer > 0:
                 delta = (delta @ weights[layer].T) * activation_derivative(self.acts[layer - 1],
                                                                            zs[layer - 1])
-        penalty, d_penalty = l2_penalty(weights, self.l2, losses.shape[0])
+        penalty, d_penalty = l2_penalty(weights, self.l2, total)
         d_weights = [d + p for d, p in zip(d_weights, d_penalty)]
-        return float(losses.mean()) + penalty, flatten(d_weights, d_biases)
+        return float((sw * losses).sum() / total) + penalty, flatten(d_weights, d_biases)
 
     def min_abs_relu_preactivation(self, params, X):
         """Per sample: the smallest |z| over the units whose activation has a kink at 0 (ReLU,
@@ -238,6 +246,14 @@ class Net:
             if name in KINKED:
                 smallest = np.minimum(smallest, np.abs(z).min(axis=1))
         return smallest
+
+
+def _sample_weights(sample_weight, n_rows):
+    """(weights (B,) float64, their sum): ones and B without sample weights."""
+    if sample_weight is None:
+        return np.ones(n_rows), float(n_rows)
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    return sw, float(sw.sum())
 
 
 def clipped_sgd(params, grads, lr, clip_norm=None):

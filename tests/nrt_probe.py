@@ -3,7 +3,9 @@ when that is set before numba is imported). Prints, as JSON, how many NRT alloca
 @njit loop makes when it runs a compiled training step n times, for several n.
 
 Every array passed from Python into compiled code gets one NRT MemInfo, so the calls from Python
-are wrapped in one @njit loop: its allocation count must not depend on n.
+are wrapped in one @njit loop: its allocation count must not depend on n. Also with sample
+weights: weighted steps, and weighted epochs of fit's compiled loop (with a step of weight 0,
+which is skipped), with and without gradient accumulation.
 """
 import json
 import os
@@ -25,6 +27,29 @@ def train_steps(n, params, grads, work, x, target, net, update):
     for _ in range(n):
         loss, norm, applied = kernels.mlp_train_step(params, grads, work, x, target, net, update)
         total += loss + norm
+    return total
+
+
+@njit(cache=True)
+def weighted_train_steps(n, params, grads, work, x, target, net, update, weights):
+    total = 0.0
+    for _ in range(n):
+        loss, norm, applied = kernels.mlp_train_step(params, grads, work, x, target, net, update,
+                                                     weights)
+        total += loss + norm
+    return total
+
+
+@njit(cache=True)
+def weighted_train_epochs(n, params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                          step_layer_sq, x, target, order, batch_size, net, update, accumulate,
+                          micro_grads, weights, w_batch):
+    total = 0
+    for _ in range(n):
+        total += kernels.mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses,
+                                         step_norms, step_layer_sq, x, target, order,
+                                         batch_size, net, update, accumulate, micro_grads,
+                                         weights, w_batch)
     return total
 
 
@@ -86,6 +111,36 @@ def main():
         train_steps(1, *args)               # compile the loop before counting
         report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}-l2={l2}-{opt!r}"] = {
             str(n): counts(lambda: train_steps(n, *args)) for n in repeats}
+    # sample weights: (dtype, loss, rows, accumulate)
+    for dtype, loss, n_rows, accumulate in ((np.float64, "softmax_cross_entropy", 64, 1),
+                                            (np.float32, "binary_cross_entropy", 64, 2)):
+        sizes = [32, 64, 10]
+        model = fastbp.MLP(sizes, activation="relu", loss=loss, dtype=dtype, seed=0, l2=0.1)
+        opt = fastbp.SGD(model, lr=1e-3, momentum=0.9, clip_norm=1.0)
+        X = rng.normal(size=(n_rows, sizes[0])).astype(dtype)
+        y = (rng.integers(0, 10, size=n_rows) if loss == "softmax_cross_entropy"
+             else (rng.random((n_rows, 10)) < 0.5).astype(dtype))
+        weights = rng.random(n_rows)
+        weights[16:32] = 0   # rows 16-31 weigh 0: in the epochs, skipped steps
+        opt.train_step(X, y, sample_weight=weights)
+        args = (model.params, model.grads, model._work, X, y, model._net, opt.update_spec(),
+                weights)
+        weighted_train_steps(1, *args)
+        report[f"weighted-step-{np.dtype(dtype).name}-{loss}"] = {
+            str(n): counts(lambda: weighted_train_steps(n, *args)) for n in repeats}
+        batch_size = 8
+        n_steps = -(-n_rows // (batch_size * accumulate))
+        micro_grads = (kernels.aligned_zeros(model.n_params, dtype) if accumulate > 1
+                       else None)
+        args = (model.params, model.grads, model._work,
+                kernels.aligned_zeros((batch_size, sizes[0]), dtype),
+                np.empty((batch_size,) + y.shape[1:], dtype=y.dtype),
+                np.empty(n_steps), np.empty(n_steps), np.empty((n_steps, 2)), X, y,
+                np.arange(n_rows), batch_size, model._net, opt.update_spec(), accumulate,
+                micro_grads, weights, np.empty(batch_size))
+        assert weighted_train_epochs(1, *args) == n_steps
+        report[f"weighted-epoch-{np.dtype(dtype).name}-{loss}-accumulate={accumulate}"] = {
+            str(n): counts(lambda: weighted_train_epochs(n, *args)) for n in repeats}
     x = rng.normal(size=(4, 4))
     allocating_steps(1, x)
     report["control"] = {str(n): counts(lambda: allocating_steps(n, x)) for n in repeats}

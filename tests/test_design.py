@@ -28,7 +28,9 @@ def test_compiled_training_step_makes_no_nrt_allocations():
     """Numba's NRT statistics in a child interpreter: a user @njit loop that runs
     kernels.mlp_train_step 1 or 50 times makes the same number of allocations (the one MemInfo
     per array argument that enters compiled code), and frees them all. A control loop that does
-    allocate shows that the statistics see allocations."""
+    allocate shows that the statistics see allocations. Also with sample weights: the step,
+    and fit's compiled epoch loop (one step of weight 0 skipped), with and without
+    accumulation."""
     result = subprocess.run([sys.executable, str(HERE / "nrt_probe.py"), "1", "50"],
                             env=subprocess_env(NUMBA_NRT_STATS="1"), capture_output=True,
                             text=True, timeout=600)
@@ -37,7 +39,7 @@ def test_compiled_training_step_makes_no_nrt_allocations():
     control = report.pop("control")
     report.pop("threads")
     assert control["50"]["alloc"] - control["1"]["alloc"] == 49
-    assert len(report) == 8
+    assert len(report) == 12
     for case, by_n in report.items():
         assert by_n["50"]["alloc"] == by_n["1"]["alloc"], (case, by_n)
         assert by_n["50"]["mi_alloc"] == by_n["1"]["mi_alloc"], (case, by_n)
@@ -45,26 +47,27 @@ def test_compiled_training_step_makes_no_nrt_allocations():
             assert c["alloc"] == c["free"] and c["mi_alloc"] == c["mi_free"], (case, n, c)
 
 
-def traced_steps(model, opt, X, y, n_steps):
-    """(growth, peak) in bytes of traced Python memory over n_steps of each training path."""
+def traced_steps(model, opt, X, y, n_steps, w=None):
+    """(growth, peak) in bytes of traced Python memory over n_steps of each training path
+    (with sample weights w, when given)."""
     for _ in range(10):       # warm: buffers grown, dispatch caches filled
-        opt.train_step(X, y)
-        model.loss_and_grad(X, y)
+        opt.train_step(X, y, w)
+        model.loss_and_grad(X, y, w)
         opt.step()
     tracemalloc.start()
     try:
         # Warm-up under tracing, so that caches filled once are not counted as growth.
         for _ in range(100):
-            opt.train_step(X, y)
-            model.loss_and_grad(X, y)
+            opt.train_step(X, y, w)
+            model.loss_and_grad(X, y, w)
             opt.step()
         gc.collect()  # only memory that stays counts as growth
         start, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         for _ in range(n_steps):
-            opt.train_step(X, y)
+            opt.train_step(X, y, w)
         for _ in range(n_steps):
-            model.loss_and_grad(X, y)
+            model.loss_and_grad(X, y, w)
             opt.step()
         _, peak = tracemalloc.get_traced_memory()
         gc.collect()
@@ -75,35 +78,78 @@ def traced_steps(model, opt, X, y, n_steps):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "bce-l2"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "bce-l2", "weighted"])
 def test_training_steps_do_not_allocate_in_python(dtype, optimizer):
     """tracemalloc (which sees NumPy's allocations) over 200 fused steps and 200 loss_and_grad
     + step pairs: no growth, and a peak of a few hundred bytes (Python floats, call frames)
     that does not depend on the batch size, so no batch-sized array is made. (One thread: the
     Python side is the same at any thread count, and a busy machine slows parallel steps.)
-    "bce-l2": a binary cross-entropy model with an L2 penalty, trained by SGD."""
+    "bce-l2": a binary cross-entropy model with an L2 penalty, trained by SGD; "weighted":
+    that with sample weights (float64, so taken as they are)."""
     fastbp.set_num_threads(1)
     rng = np.random.default_rng(0)
     peaks = {}
     for n_rows in (16, 8192):
-        bce = optimizer == "bce-l2"
+        bce = optimizer in ("bce-l2", "weighted")
         model = fastbp.MLP([16, 32, 4], activation="relu", dtype=dtype, seed=0,
                            loss="binary_cross_entropy" if bce else "softmax_cross_entropy",
                            l2=0.1 if bce else 0.0)
         opt = {"sgd": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0),
                "momentum": lambda: fastbp.SGD(model, lr=1e-3, momentum=0.9, weight_decay=0.1),
                "adam": lambda: fastbp.Adam(model, amsgrad=True, clip_norm=1.0),
-               "bce-l2": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0)}[optimizer]()
+               "bce-l2": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0),
+               "weighted": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0)}[optimizer]()
         X = rng.normal(size=(n_rows, 16)).astype(dtype)
         y = ((rng.random((n_rows, 4)) < 0.5).astype(dtype) if bce
              else rng.integers(0, 4, size=n_rows))
-        growth, peak = traced_steps(model, opt, X, y, 200)
+        w = rng.random(n_rows) + 0.5 if optimizer == "weighted" else None
+        growth, peak = traced_steps(model, opt, X, y, 200, w)
         assert growth < 2048, f"{growth} bytes more after 400 steps (batch {n_rows})"
         assert peak < 8192, f"peak of {peak} bytes during the steps (batch {n_rows})"
         peaks[n_rows] = peak
     # Any array with even one byte per row would add 8192 bytes to the big batch's peak; the
     # peaks themselves move by a few KB with Python's and Numba's dispatch caches.
     assert peaks[8192] <= peaks[16] + 4096
+
+
+def traced_fit_peak(n_rows, sample_weight, per_step):
+    """Peak traced Python memory (bytes above the start) of a 2-epoch fit of n_rows rows."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n_rows, 16))
+    y = rng.integers(0, 4, size=n_rows)
+
+    class PerStep:
+        def on_step_end(self, *args):
+            pass
+    model = fastbp.MLP([16, 32, 4], dtype=np.float64, seed=0, l2=0.1)
+    opt = fastbp.SGD(model, lr=1e-3)
+    options = dict(epochs=2, batch_size=64, seed=0, sample_weight=sample_weight,
+                   callbacks=[PerStep()] if per_step else (), metrics_rows=64)
+    fastbp.fit(model, X, y, opt, **options)   # warm
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        fastbp.fit(model, X, y, opt, **options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - start
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_a_weighted_fit_allocates_no_more_than_an_unweighted_one(per_step):
+    """tracemalloc over fit (its compiled chunks, or one call per step): sample weights add
+    only the batch-sized buffer they are gathered into, a few small per-chunk arrays, and one
+    step's worth of rows in the per-step path, nothing of the data set's size (here 160 KB per
+    float64 column of rows, with rows of weight 0, so some steps are skipped)."""
+    fastbp.set_num_threads(1)
+    n_rows = 20000
+    w = np.random.default_rng(1).random(n_rows)
+    w[:640] = 0
+    plain = traced_fit_peak(n_rows, None, per_step)
+    weighted = traced_fit_peak(n_rows, w, per_step)
+    assert weighted - plain < 8192, (plain, weighted)
 
 
 def test_buffers_grow_once_and_smaller_batches_reuse_them():

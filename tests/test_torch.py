@@ -1,7 +1,7 @@
 """The same computation in fastbp and in PyTorch float64 autograd (micrograd/tinygrad style):
 loss and every gradient tensor, by name, within 1e-10, for every loss, with and without the L2
-penalty; SGD with clipping against torch.nn.utils.clip_grad_norm_ and a manual update. Skipped
-when torch is not installed."""
+penalty, with and without sample weights; SGD with clipping against
+torch.nn.utils.clip_grad_norm_ and a manual update. Skipped when torch is not installed."""
 import numpy as np
 import pytest
 
@@ -33,14 +33,11 @@ def torch_activation(name, z):
 
 
 def torch_loss(model, tensors, X, y):
-    h = torch.tensor(np.asarray(X, dtype=np.float64))
-    names = model.activations + [model.output_activation]
-    for l, name in enumerate(names):
-        h = torch_activation(name, h @ tensors[f"W{l}"] + tensors[f"b{l}"])
+    h = torch_output(model, tensors, X)
     n_rows = h.shape[0]
     # scikit-learn's alpha: l2 / (2 B) times the squared norms of the weights (not the biases)
     penalty = model.l2 / (2 * n_rows) * sum((tensors[f"W{l}"] ** 2).sum()
-                                            for l in range(len(names)))
+                                            for l in range(len(model.sizes) - 1))
     if model.loss == "softmax_cross_entropy":
         return torch.nn.functional.cross_entropy(
             h, torch.tensor(np.asarray(y), dtype=torch.long)) + penalty
@@ -49,6 +46,34 @@ def torch_loss(model, tensors, X, y):
         return torch.nn.functional.binary_cross_entropy_with_logits(
             h, target, reduction="sum") / n_rows + penalty
     return 0.5 * ((h - target) ** 2).sum(dim=1).mean() + penalty
+
+
+def torch_output(model, tensors, X):
+    h = torch.tensor(np.asarray(X, dtype=np.float64))
+    names = model.activations + [model.output_activation]
+    for l, name in enumerate(names):
+        h = torch_activation(name, h @ tensors[f"W{l}"] + tensors[f"b{l}"])
+    return h
+
+
+def torch_weighted_loss(model, tensors, X, y, w):
+    """scikit-learn's weighted objective from PyTorch's per-row losses (reduction="none"):
+    sum_i w_i loss_i / sum_i w_i + l2 / (2 sum_i w_i) sum ||W||^2."""
+    h = torch_output(model, tensors, X)
+    w = torch.tensor(np.asarray(w, dtype=np.float64))
+    if model.loss == "softmax_cross_entropy":
+        rows = torch.nn.functional.cross_entropy(
+            h, torch.tensor(np.asarray(y), dtype=torch.long), reduction="none")
+    else:
+        target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
+        if model.loss == "binary_cross_entropy":
+            rows = torch.nn.functional.binary_cross_entropy_with_logits(
+                h, target, reduction="none").sum(dim=1)
+        else:
+            rows = 0.5 * torch.nn.functional.mse_loss(h, target, reduction="none").sum(dim=1)
+    penalty = model.l2 / (2 * w.sum()) * sum((tensors[f"W{l}"] ** 2).sum()
+                                             for l in range(len(model.sizes) - 1))
+    return (w * rows).sum() / w.sum() + penalty
 
 
 def fastbp_grads(model):
@@ -121,6 +146,33 @@ def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, r
     expected, errors = torch_loss_and_errors(model, X, y)
     assert got == pytest.approx(expected, rel=1e-10)
     assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("sizes, act, loss, out_act, l2",
+                         [pytest.param(*CASES[i].values, 0.0, id=CASES[i].id)
+                          for i in (0, 5, 6, 11, 13, 14)] + L2_CASES)
+def test_weighted_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, rng):
+    """Sample weights (some 0, one large): loss and every gradient tensor within 1e-10 of
+    PyTorch float64 on the per-row losses, weighted."""
+    model = fastbp.MLP(sizes, activation=act, output_activation=out_act, loss=loss,
+                       dtype=np.float64, seed=21, l2=l2)
+    model.biases[0][...] = rng.normal(size=sizes[1])
+    X = rng.normal(size=(23, sizes[0]))
+    y = make_targets(loss, 23, sizes[-1], rng)
+    w = rng.random(23) * 2
+    w[[1, 7]] = 0
+    w[4] = 30.0
+    model.grads[...] = np.nan
+    got = model.loss_and_grad(X, y, sample_weight=w)
+    tensors = torch_net(model)
+    expected = torch_weighted_loss(model, tensors, X, y, w)
+    expected.backward()
+    ours = fastbp_grads(model)
+    errors = {name: naive.normwise_error(ours[name], t.grad.numpy())
+              for name, t in tensors.items()}
+    assert got == pytest.approx(expected.item(), rel=1e-10)
+    assert max(errors.values()) < 1e-10, errors
+    assert model.loss_value(X, y, sample_weight=w) == pytest.approx(expected.item(), rel=1e-10)
 
 
 @pytest.mark.parametrize("sizes, act, loss, out_act",

@@ -11,7 +11,8 @@ C-contiguous arrays throughout, x included. They run fastest on arrays that star
 Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).
 
 Losses: softmax cross-entropy (integer labels), MSE, and binary cross-entropy (a sigmoid per
-output, fused); the L2 penalty on the weights is a stage after the loss's gradient.
+output, fused); the L2 penalty on the weights, and sample weights, are stages after the loss's
+gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``,
@@ -41,8 +42,9 @@ from .dense import dense_backward, dense_forward, splits_input
 from .entry import prepare
 from .losses import (LOSS_CODES, binary_cross_entropy_forward_backward,
                      binary_cross_entropy_loss, l2_penalty_forward_backward, l2_penalty_loss,
-                     mse_forward_backward, mse_loss, softmax_cross_entropy_forward_backward,
-                     softmax_cross_entropy_loss, softmax_forward)
+                     mse_forward_backward, mse_loss, sample_weights_forward_backward,
+                     sample_weights_loss, softmax_cross_entropy_forward_backward,
+                     softmax_cross_entropy_loss, softmax_forward, weight_sum)
 from .network import (Net, Workspace, apply_update, make_net, make_workspace, mlp_forward,
                       mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
                       plan_activations)
@@ -60,6 +62,7 @@ __all__ = [
     "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
     "softmax_cross_entropy_loss", "mse_loss", "binary_cross_entropy_forward_backward",
     "binary_cross_entropy_loss", "l2_penalty_forward_backward", "l2_penalty_loss", "LOSS_CODES",
+    "sample_weights_forward_backward", "sample_weights_loss", "weight_sum",
     "layer_sums_of_squares", "sgd_update", "norm_partials_size",
     "sgd_step", "adam_step", "add_scaled",
     "Update", "SGD_KIND", "ADAM_KIND", "UPDATE_KINDS", "sgd_spec", "adam_spec", "apply_update",

@@ -2,7 +2,9 @@
 
 The entries take a Workspace's, a Net's and an Update's fields as plain arguments (Python passes
 ``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
-types tuple arguments in Python, which costs about 3 us a call and leaves garbage.
+types tuple arguments in Python, which costs about 3 us a call and leaves garbage. Those that
+compute an objective take the sample weights last: None for none (then they run the code from
+before weights, see network's docstring), else a float64 array.
 """
 import contextlib
 import signal
@@ -19,15 +21,17 @@ from .network import (Net, Workspace, _accumulated_loss_and_grad, _l2_penalty, a
 from .update import Update
 
 
-def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=()):
+def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=(), weighted=False):
     """Compile, or load from Numba's cache, what a call entry(*args) runs: the entry itself and
     the units that a model of this dtype and loss (and an optimizer of this update kind, and
-    this Net at the current thread count) calls. On a first run the units compile in worker
-    processes while this one compiles the entry (see _units.ensure)."""
+    this Net at the current thread count, and sample weights when weighted) calls. On a first
+    run the units compile in worker processes while this one compiles the entry (see
+    _units.ensure)."""
     def compile_entry():
         if entry is not None:
             entry.compile(tuple(entry.typeof_pyval(a) for a in args))
-    names = units_for(loss, update_kind, net, may_split=entry is not forward)
+    names = units_for(loss, update_kind, net, may_split=entry is not forward,
+                      weighted=weighted)
     with _ctrl_c_is_keyboard_interrupt():
         _units.ensure(names, np.dtype(dtype), meanwhile=compile_entry)
 
@@ -68,11 +72,12 @@ def forward(acts, params, x, sizes, activations, param_offsets, capacity, checkp
 
 @njit(**SERIAL)
 def loss(acts, deltas, losses, layer_sq, partials, params, x, target, sizes, activations,
-         param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets, loss_code, l2):
+         param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets, loss_code, l2,
+         weights):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets, loss_code, l2)
-    return mlp_loss(work, params, x, target, net)
+    return mlp_loss(work, params, x, target, net, weights)
 
 
 @njit(**SERIAL)
@@ -84,18 +89,18 @@ def l2_penalty(partials, params, param_offsets, sizes, l2, n_rows):
 @njit(**SERIAL)
 def loss_and_grad(grads, acts, deltas, losses, layer_sq, partials, params, x, target, sizes,
                   activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                  pre_offsets, loss_code, l2):
+                  pre_offsets, loss_code, l2, weights):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets, loss_code, l2)
-    return mlp_loss_and_grad(grads, work, params, x, target, net)
+    return mlp_loss_and_grad(grads, work, params, x, target, net, weights)
 
 
 @njit(**SERIAL)
 def accumulated_loss_and_grad(grads, micro_grads, acts, deltas, losses, layer_sq, partials,
                               params, x_batch, y_batch, x, target, rows, batch_size, sizes,
                               activations, param_offsets, capacity, checkpoint_every,
-                              act_offsets, pre_offsets, loss_code, l2):
+                              act_offsets, pre_offsets, loss_code, l2, weights, w_batch):
     """The mean loss over x[rows], target[rows] and its gradient in grads, from batches of
     batch_size rows, as one step of train_epoch with accumulation computes them (fit's path
     with a gradient hook or step callbacks)."""
@@ -103,30 +108,33 @@ def accumulated_loss_and_grad(grads, micro_grads, acts, deltas, losses, layer_sq
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets, loss_code, l2)
     return _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target,
-                                      rows, batch_size, net, params)
+                                      rows, batch_size, net, params, weights, w_batch)
 
 
 @njit(**SERIAL)
 def train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, target, sizes,
                activations, param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets,
-               loss_code, l2, kind, hyper, state):
+               loss_code, l2, kind, hyper, state, weights):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets, loss_code, l2)
-    return mlp_train_step(params, grads, work, x, target, net, Update(kind, hyper, state))
+    return mlp_train_step(params, grads, work, x, target, net, Update(kind, hyper, state),
+                          weights)
 
 
 @njit(**SERIAL)
 def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch, y_batch,
                 step_losses, step_norms, step_layer_sq, x, target, order, batch_size, sizes,
                 activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                pre_offsets, loss_code, l2, kind, hyper, state, accumulate, micro_grads):
+                pre_offsets, loss_code, l2, kind, hyper, state, accumulate, micro_grads,
+                weights, w_batch):
     work = Workspace(acts, deltas, losses, layer_sq, partials)
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets, loss_code, l2)
     return mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
                            step_layer_sq, x, target, order, batch_size, net,
-                           Update(kind, hyper, state), accumulate, micro_grads)
+                           Update(kind, hyper, state), accumulate, micro_grads, weights,
+                           w_batch)
 
 
 @njit(**SERIAL)

@@ -9,6 +9,9 @@ exp is a polynomial that vectorises, within 1 ulp of the correctly rounded value
 The L2 penalty on the weights (scikit-learn's ``alpha``) is a term of the objective too:
 ``l2_penalty_forward_backward`` adds it, and its gradient, after a data loss's.
 
+Sample weights are a stage after the loss too (``sample_weights_forward_backward``): it turns
+the mean loss and its gradient into the weighted mean's, sum_i w_i loss_i / sum_i w_i.
+
 Codes of the losses, as a Net carries them (network.make_net): ``LOSS_CODES``.
 """
 import math
@@ -16,7 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._config import INLINED, PARALLEL, SERIAL
+from ._config import ELEMENTWISE, INLINED, PARALLEL, SERIAL
 from ._native import float64_from_bits, num_threads, rows_view
 from ._tiling import n_tiles, span
 from .update import _axpy, _chunk, _sum_of_squares, norm_partials_size
@@ -269,6 +272,59 @@ def binary_cross_entropy_loss(losses, logits, target):
     return _mean(losses)
 
 
+@njit(**ELEMENTWISE)   # a total_weight of 0 gives NaN, not an exception
+def sample_weights_forward_backward(dout, losses, weights, total_weight):
+    """Sample weights, applied after a loss: the weighted mean of the per-row losses, and its
+    gradient in place of the plain mean's.
+
+    dout (B, OC) holds the gradient of the batch's mean loss, each row carrying a factor 1/B
+    (as every loss here, and an output activation's backward after MSE, leave it); row i is
+    multiplied by w_i / (total_weight / B), so that it carries w_i / total_weight instead.
+    Returns sum_i w_i losses_i / total_weight. losses (B,) float64, the rows' unweighted
+    losses; weights (B,) float64, >= 0 (not checked here); total_weight: their sum, or, when
+    several batches make one update (accumulation), the sum over all its rows (0 makes the
+    loss NaN, 0/0, which a training step refuses). A row of
+    weight 0 counts as absent: its dout row is set to 0 and its loss left out (an Inf there
+    gives no NaN). dout may be empty (no gradient: sample_weights_loss).
+
+    A stage of its own rather than a weight argument of each loss kernel: one small kernel
+    serves the three losses and MSE's output activations, compiled only when weights are
+    used, and the loss kernels (so every unweighted result) stay as they are. Its cost is one
+    pass over the output's delta (B x OC), in weighted steps only.
+    """
+    mean_weight = total_weight / losses.shape[0]
+    for i in range(dout.shape[0]):
+        w = weights[i]
+        scale = w / mean_weight   # float64: each product is rounded once, into dout
+        for j in range(dout.shape[1]):
+            dout[i, j] = dout[i, j] * scale if w != 0.0 else 0.0
+    return sample_weights_loss(losses, weights, total_weight)
+
+
+@njit(**ELEMENTWISE)
+def sample_weights_loss(losses, weights, total_weight):
+    """The weighted mean of sample_weights_forward_backward, which calls this, no gradient:
+    sum_i w_i losses_i / total_weight, rows of weight 0 left out, summed in float64 in row
+    order."""
+    total = 0.0
+    for i in range(losses.shape[0]):
+        w = weights[i]
+        if w != 0.0:
+            total += w * losses[i]
+    return total / total_weight
+
+
+@njit(**SERIAL)
+def weight_sum(weights):
+    """The sum of weights (B,), in float64: the total_weight of
+    sample_weights_forward_backward (fastbp computes every total with this function, so that
+    all its paths agree on it to the bit)."""
+    total = 0.0
+    for i in range(weights.shape[0]):
+        total += weights[i]
+    return total
+
+
 @njit(**SERIAL)
 def _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c):
     """Chunk c (of update.layer_sums_of_squares's chunks): partials[c] = the sum of squares of
@@ -288,14 +344,15 @@ def l2_penalty_forward_backward(grads, partials, params, param_offsets, sizes, l
     """The L2 penalty on the weights (not the biases) of a batch of B = n_rows rows, as
     scikit-learn's alpha: adds (l2 / B) W to each weight's gradient in grads, in place (bias
     gradients are left alone), and returns the penalty (l2 / (2 B)) sum_layers ||W||^2, to add
-    to the batch's mean loss.
+    to the batch's mean loss. With sample weights, B is the rows' total weight (n_rows may be
+    a float).
 
     grads, params (P,) in the layout of param_offsets (L+1,) and sizes (L+1,) (see
     fastbp.layout); grads may be empty (no gradient: l2_penalty_loss). partials: float64
     scratch of update.norm_partials_size(param_offsets). Squares are summed as
     update.layer_sums_of_squares sums them, over fixed-size chunks (in parallel when there are
     many) added in order, so the value does not depend on the thread count. l2 >= 0,
-    n_rows >= 1.
+    n_rows > 0.
     """
     n_chunks = norm_partials_size(param_offsets)
     scale = params.dtype.type(l2 / n_rows)

@@ -18,6 +18,16 @@ skipped (no bit changed, nothing compiled) when l2 is 0; it lives in the Net alo
 path that computes the objective (mlp_loss, mlp_loss_and_grad, the training step and epoch,
 accumulation) reads it from there.
 
+Sample weights: the functions that compute the objective take an optional ``weights`` (B,)
+float64 array, one weight >= 0 per row (the Python layer checks them). The objective is then
+scikit-learn's, sum_i w_i loss_i / sum_i w_i plus the L2 penalty with the weights' sum in
+place of B (losses.sample_weights_forward_backward, a unit, rescales the output's delta after
+the loss). Without them (None, or left out) each function runs the code it ran before weights
+existed: a compile-time branch, so the unweighted results are bitwise unchanged and cost no
+extra pass, and the weighted code is compiled only when used. A batch whose weights sum to 0
+has no weighted mean: its loss is NaN (0/0), so a training step refuses it; ``fit`` skips
+such steps instead (see mlp_train_epoch).
+
 Activations: with k = 1 every layer's output is kept. With k > 1 only every k-th layer's output
 (and the last one's) is kept; the others share a "segment" area at the end of the buffer,
 written during the forward pass and recomputed from the segment's kept input during the backward
@@ -47,7 +57,7 @@ from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
 from .rows import aligned_zeros
-from .losses import BINARY_CROSS_ENTROPY, LOSS_CODES
+from .losses import BINARY_CROSS_ENTROPY, LOSS_CODES, weight_sum
 from .update import ADAM_KIND, SGD_KIND, norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
@@ -80,8 +90,11 @@ _units.register("binary_cross_entropy_forward_backward",
                 lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64)
 _units.register("binary_cross_entropy_loss", losses.binary_cross_entropy_loss,
                 lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64)
+# n_rows is a float: the rows' count, or their total weight.
 _units.register("l2_penalty_forward_backward", losses.l2_penalty_forward_backward,
-                lambda dt: (_V[dt], _LOSSES, _V[dt], _LABELS, _LABELS, _f64, _i64), _f64)
+                lambda dt: (_V[dt], _LOSSES, _V[dt], _LABELS, _LABELS, _f64, _f64), _f64)
+_units.register("sample_weights_forward_backward", losses.sample_weights_forward_backward,
+                lambda dt: (_M[dt], _LOSSES, _LOSSES, _f64), _f64)
 _units.register("activation_backward", activations.activation_backward,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
 _units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
@@ -100,6 +113,7 @@ _mse_loss = caller("mse_loss")
 _bce = caller("binary_cross_entropy_forward_backward")
 _bce_loss = caller("binary_cross_entropy_loss")
 _l2_penalty = caller("l2_penalty_forward_backward")
+_sample_weights = caller("sample_weights_forward_backward")
 _activation_backward = caller("activation_backward")
 _take_rows = caller("take_rows")
 _sgd_step = caller("sgd_step")
@@ -108,12 +122,12 @@ _adam_step = caller("adam_step")
 UPDATE_UNITS = {SGD_KIND: "sgd_step", ADAM_KIND: "adam_step"}
 
 
-def units_for(loss, update_kind=None, net=None, may_split=True):
+def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False):
     """Names of the units that training with this loss (and update kind) calls; with a Net,
     the input-split forward only if some layer of it can split at the current thread count
     (never without may_split: inference does not split), and the activations' loops only for
     its activations (else for all), and the L2 penalty's only if its l2 is not 0 (else
-    always)."""
+    always); the sample weights' stage only when weighted."""
     names = ["dense_forward_grid", "dense_backward", "take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
@@ -127,6 +141,8 @@ def units_for(loss, update_kind=None, net=None, may_split=True):
         names += ["mse_forward_backward", "mse_loss", "activation_backward"]
     if net is None or net.l2 != 0:
         names.append("l2_penalty_forward_backward")
+    if weighted:
+        names.append("sample_weights_forward_backward")
     if update_kind in UPDATE_UNITS:
         names.append(UPDATE_UNITS[update_kind])
     return names
@@ -321,16 +337,27 @@ def _batch_loss_impl(losses, output, target, net):
 
 
 @njit(**SERIAL)
-def mlp_loss(work, params, x, target, net):
+def mlp_loss(work, params, x, target, net, weights=None):
     """Mean loss of the batch (forward only), plus the L2 penalty when net.l2 is not 0.
     target: integer labels (B,) for softmax cross-entropy, values (B, OC) for MSE and binary
-    cross-entropy; the per-sample losses (without the penalty) go to work.losses. Its forward
-    pass splits products as mlp_loss_and_grad's does, so the two losses agree to rounding."""
+    cross-entropy; the per-sample losses (without the penalty, unweighted) go to work.losses.
+    Its forward pass splits products as mlp_loss_and_grad's does, so the two losses agree to
+    rounding. weights (B,) float64, optional: the weighted mean instead, and the penalty over
+    the weights' sum (see the module docstring)."""
     output = _forward(work.acts, params, x, net, work.deltas)
-    loss = _batch_loss(work.losses[:x.shape[0]], output, target, net)
-    if net.l2 != 0:
+    losses = work.losses[:x.shape[0]]
+    loss = _batch_loss(losses, output, target, net)
+    if weights is None:   # compile-time: the code from before weights
+        if net.l2 != 0:
+            loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets,
+                                net.sizes, net.l2, x.shape[0])
+        return loss
+    total_weight = weight_sum(weights)
+    loss = _sample_weights(matrix_view(work.deltas, 0, 0, output.shape[1]), losses, weights,
+                           total_weight)
+    if net.l2 != 0 and total_weight != 0:
         loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets, net.sizes,
-                            net.l2, x.shape[0])
+                            net.l2, total_weight)
     return loss
 
 
@@ -338,23 +365,33 @@ def mlp_loss(work, params, x, target, net):
 
 
 @njit(**SERIAL)
-def mlp_loss_and_grad(grads, work, params, x, target, net):
+def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None):
     """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
     returns the mean loss. With net.checkpoint_every = k > 1, each segment of k layers but the
     last is recomputed from its kept input just before its backward pass. With net.l2 > 0 the
     objective is the mean loss plus the L2 penalty of the batch's B rows, (l2 / (2 B))
     sum ||W||^2, and (l2 / B) W is added to each weight's gradient (losses.
-    l2_penalty_forward_backward)."""
-    loss = _data_loss_and_grad(grads, work, params, x, target, net)
-    if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
+    l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
+    sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2, W = sum_i w_i (scikit-learn's; see the
+    module docstring)."""
+    if weights is None:   # compile-time: the code from before weights
+        loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0)
+        if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
+            loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes,
+                                net.l2, x.shape[0])
+        return loss
+    total_weight = weight_sum(weights)
+    loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight)
+    if net.l2 != 0 and total_weight != 0:   # (of no weight: the loss is NaN already)
         loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
-                            x.shape[0])
+                            total_weight)
     return loss
 
 
 @njit(**SERIAL)
-def _data_loss_and_grad(grads, work, params, x, target, net):
-    """mlp_loss_and_grad without the L2 penalty."""
+def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight):
+    """mlp_loss_and_grad without the L2 penalty; with weights (else None), the weighted mean
+    over total_weight (their sum, or that of all the rows of an accumulated update)."""
     acts, deltas = work.acts, work.deltas
     n_rows = x.shape[0]
     n_layers = net.activations.shape[0]
@@ -363,6 +400,8 @@ def _data_loss_and_grad(grads, work, params, x, target, net):
     output = _forward(acts, params, x, net, deltas)
     dpre = _delta(deltas, n_rows, net.sizes[n_layers], 0)
     loss = _loss_and_output_grad(dpre, work.losses[:n_rows], output, target, acts, net)
+    if weights is not None:   # compile-time
+        loss = _sample_weights(dpre, work.losses[:n_rows], weights, total_weight)
     half = 0
     for layer in range(n_layers - 1, -1, -1):
         segment_start = layer - layer % k
@@ -407,11 +446,12 @@ def apply_update(params, layer_sq, partials, grads, param_offsets, update):
 
 
 @njit(**SERIAL)
-def mlp_train_step(params, grads, work, x, target, net, update):
+def mlp_train_step(params, grads, work, x, target, net, update, weights=None):
     """mlp_loss_and_grad, then apply_update: one training step. Returns (loss, gradient norm,
-    applied). When the loss is NaN or Inf the update is not tried; see the update kernels
-    (update.sgd_step, adam_step) for when they refuse one."""
-    loss = mlp_loss_and_grad(grads, work, params, x, target, net)
+    applied). When the loss is NaN or Inf the update is not tried (so a batch whose weights
+    sum to 0 is refused); see the update kernels (update.sgd_step, adam_step) for when they
+    refuse one. weights: optional sample weights (B,) float64, as mlp_loss_and_grad's."""
+    loss = mlp_loss_and_grad(grads, work, params, x, target, net, weights)
     if not math.isfinite(loss):
         return loss, math.nan, False
     norm, applied = apply_update(params, work.layer_sq, work.partials, grads, net.param_offsets,
@@ -442,33 +482,63 @@ def _gather(xb, yb, x, target, index):
 
 @njit(**SERIAL)
 def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target, rows,
-                               batch_size, net, params):
+                               batch_size, net, params, weights, w_batch):
     """The mean loss over `rows` and its gradient in grads, from micro-batches of batch_size
     rows: grads = sum over micro-batches of (rows in it / all rows) * its gradient, each
     computed into micro_grads; then the L2 penalty of all those rows, as one batch of them
-    would have it. Stops at the first NaN or Inf loss and returns it."""
+    would have it. Stops at the first NaN or Inf loss and returns it.
+
+    With sample weights (weights (N,) float64, gathered into w_batch (>= batch_size,); else
+    both None): the weighted mean over all of them, each micro-batch's weighted sum divided
+    by the weight W of all the rows (whose sum must not be 0) and added as it is, and the
+    penalty over W."""
     grads[:] = 0
     total = 0.0
+    if weights is None:   # compile-time: the code from before weights
+        for start in range(0, rows.shape[0], batch_size):
+            stop = min(start + batch_size, rows.shape[0])
+            xb, yb = x_batch[:stop - start], y_batch[:stop - start]
+            _gather(xb, yb, x, target, rows[start:stop])
+            loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, None, 0.0)
+            if not math.isfinite(loss):
+                return loss
+            weight = (stop - start) / rows.shape[0]
+            update.add_scaled(grads, micro_grads, weight)
+            total += weight * loss
+        if net.l2 != 0:
+            total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes,
+                                 net.l2, rows.shape[0])
+        return total
+    total_weight = _rows_weight(weights, rows)
     for start in range(0, rows.shape[0], batch_size):
         stop = min(start + batch_size, rows.shape[0])
-        xb, yb = x_batch[:stop - start], y_batch[:stop - start]
+        xb, yb, wb = x_batch[:stop - start], y_batch[:stop - start], w_batch[:stop - start]
         _gather(xb, yb, x, target, rows[start:stop])
-        loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net)
+        _take_targets(wb, weights, rows[start:stop])
+        loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, wb, total_weight)
         if not math.isfinite(loss):
             return loss
-        weight = (stop - start) / rows.shape[0]
-        update.add_scaled(grads, micro_grads, weight)
-        total += weight * loss
+        update.add_scaled(grads, micro_grads, 1.0)
+        total += loss
     if net.l2 != 0:
         total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
-                             rows.shape[0])
+                             total_weight)
+    return total
+
+
+@njit(**SERIAL)
+def _rows_weight(weights, rows):
+    """sum of weights[rows], in float64 (0 exactly when every one of them is 0)."""
+    total = 0.0
+    for i in range(rows.shape[0]):
+        total += weights[rows[i]]
     return total
 
 
 @njit(**SERIAL)
 def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
                     step_layer_sq, x, target, order, batch_size, net, update, accumulate,
-                    micro_grads):
+                    micro_grads, weights=None, w_batch=None):
     """Many training steps in one call, so that small networks pay no per-step call.
 
     Each step takes the next accumulate * batch_size rows of ``order`` (row numbers into x and
@@ -483,19 +553,39 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     ceil(len(order) / (accumulate * batch_size)) rows). Returns the number of steps applied:
     when a step is not applied (NaN or Inf loss or norm, or an update that would overflow) the
     epoch stops there, its values recorded at that index.
+
+    Sample weights (optional): weights (N,) float64, one per row of x, gathered with the rows
+    into w_batch (>= batch_size,) float64; each step's objective is then the weighted mean
+    over its rows (with accumulation, over all the rows of the step). A step whose rows all
+    weigh 0 has nothing to learn from and is skipped: no gradient, no update, grads and
+    params untouched; it counts as done, with loss 0 and NaN for its norm and per-layer
+    squared norms (the mark that it was skipped: an applied step's norm is finite).
     """
     n_samples = order.shape[0]
     rows_per_step = accumulate * batch_size
     step = 0
     for start in range(0, n_samples, rows_per_step):
         rows = order[start:min(start + rows_per_step, n_samples)]
+        if weights is not None:   # compile-time, as the other tests of weights
+            if _rows_weight(weights, rows) == 0.0:
+                step_losses[step] = 0.0
+                step_norms[step] = math.nan
+                step_layer_sq[step, :] = math.nan
+                step += 1
+                continue
         if micro_grads is None:   # a compile-time branch: the other is not compiled
             xb, yb = x_batch[:rows.shape[0]], y_batch[:rows.shape[0]]
             _gather(xb, yb, x, target, rows)
-            loss = mlp_loss_and_grad(grads, work, params, xb, yb, net)
+            if weights is None:
+                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net)
+            else:
+                wb = w_batch[:rows.shape[0]]
+                _take_targets(wb, weights, rows)
+                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, wb)
         else:
             loss = _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
-                                              target, rows, batch_size, net, params)
+                                              target, rows, batch_size, net, params, weights,
+                                              w_batch)
         norm, applied = math.nan, False
         if math.isfinite(loss):   # as mlp_train_step
             norm, applied = apply_update(params, work.layer_sq, work.partials, grads,
