@@ -40,9 +40,10 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                      validate_data)
 
-from . import _threads
+from . import _threads, _validate
 from .model import MLP
 from .optim import SGD, Adam
 from .training import DivergenceError
@@ -161,7 +162,7 @@ class _BaseMLP(BaseEstimator):
 
     # -- fit ----------------------------------------------------------------------------------------
 
-    def _fit(self, X, y, incremental):
+    def _fit(self, X, y, sample_weight, incremental):
         self._check_params()
         first = not hasattr(self, "_model") or (not self.warm_start and not incremental)
         X, target = self._validate_input(X, y, incremental, reset=first)
@@ -177,11 +178,13 @@ class _BaseMLP(BaseEstimator):
         X = np.ascontiguousarray(X, dtype=dtype)
         if target.dtype.kind == "f":
             target = np.ascontiguousarray(target, dtype=dtype)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         with self._threads():
             if self.solver == "lbfgs":
-                self._fit_lbfgs(X, target)
+                self._fit_lbfgs(X, target, sample_weight)
             else:
-                self._fit_stochastic(X, target, incremental)
+                self._fit_stochastic(X, target, sample_weight, incremental)
         return self
 
     def _initialize(self, sizes):
@@ -244,27 +247,30 @@ class _BaseMLP(BaseEstimator):
                           "to be clipped")
         return int(np.clip(self.batch_size, 1, n_samples))
 
-    def _fit_stochastic(self, X, target, incremental):
+    def _fit_stochastic(self, X, target, sample_weight, incremental):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        X_val = y_val = None
+        validation = None
         if self.early_stopping:
             stratify = target if is_classifier(self) and target.ndim == 1 else None
-            X, X_val, target, y_val = train_test_split(
-                X, target, random_state=self._random_state,
-                test_size=self.validation_fraction, stratify=stratify)
+            arrays = (X, target) if sample_weight is None else (X, target, sample_weight)
+            parts = train_test_split(*arrays, random_state=self._random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X, X_val, target, y_val = parts[:4]
+            sample_weight, val_weight = parts[4:] if sample_weight is not None else (None, None)
+            validation = (X_val, y_val, val_weight)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
-        epochs = _Epochs(self, X_val, y_val, X.shape[0], incremental)
+        epochs = _Epochs(self, validation, X.shape[0], incremental)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
         try:
             history = _train(self._model, X, target, self._optimizer,
                              epochs=1 if incremental else self.max_iter,
                              batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
-                             seed=seed, callbacks=[epochs])
+                             seed=seed, callbacks=[epochs], sample_weight=sample_weight)
         except DivergenceError as exc:
             raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The input "
                              "data may contain large values and need to be preprocessed.") \
@@ -277,16 +283,17 @@ class _BaseMLP(BaseEstimator):
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning)
 
-    def _fit_lbfgs(self, X, target):
+    def _fit_lbfgs(self, X, target, sample_weight):
         """Full-batch L-BFGS (SciPy's L-BFGS-B, as scikit-learn) over fastbp's loss and
         gradient: each evaluation writes the point into the model's parameter buffer and reads
         the gradient from its gradient buffer."""
         model = self._model
         X, target = model._check_batch(X, target)
+        weights = _validate.sample_weight(sample_weight, X.shape[0])
 
         def loss_and_grad(point):
             model.params[...] = point
-            loss = model._loss_and_grad_checked(X, target)
+            loss = model._loss_and_grad_checked(X, target, weights)
             return loss, model.grads.astype(np.float64)
 
         result = scipy.optimize.minimize(
@@ -328,8 +335,8 @@ class _Epochs:
     n_iter_), its learning-rate rules and its stopping rule (n_iter_no_change epochs without an
     improvement by tol, of the training loss or, with early_stopping, the validation score)."""
 
-    def __init__(self, estimator, X_val, y_val, n_train, incremental):
-        self.estimator, self.X_val, self.y_val = estimator, X_val, y_val
+    def __init__(self, estimator, validation, n_train, incremental):
+        self.estimator, self.validation = estimator, validation
         self.n_train, self.incremental = n_train, incremental
         self.best_params = estimator._model.params.copy()
         self.stopped = False
@@ -364,7 +371,7 @@ class _Epochs:
 
     def _count_no_improvement(self, est):
         if est.early_stopping:
-            score = est._validation_score(self.X_val, self.y_val)
+            score = est._validation_score(*self.validation)
             est.validation_scores_.append(score)
             if est.verbose:
                 print(f"Validation score: {score:f}")
@@ -436,17 +443,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return X, np.searchsorted(self.classes_, y).astype(np.int64)
         return X, self._label_binarizer.transform(y).astype(X.dtype)
 
-    def _validation_score(self, X, y):
-        return accuracy_score(self._label_binarizer.inverse_transform(y) if y.ndim == 2
-                              else self.classes_[y], self._predict_checked(X))
+    def _validation_score(self, X, y, sample_weight):
+        labels = self._label_binarizer.inverse_transform(y) if y.ndim == 2 else self.classes_[y]
+        return accuracy_score(labels, self._predict_checked(X), sample_weight=sample_weight)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y (class labels, or a label indicator
-        matrix for multilabel classification). Returns self."""
-        return self._fit(X, y, incremental=False)
+        matrix for multilabel classification), each row weighted by ``sample_weight`` when
+        given (scikit-learn's weighted loss). Returns self."""
+        return self._fit(X, y, sample_weight, incremental=False)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y). ``classes``, all the classes of the task, is required on the
         first call. Returns self."""
         if _check_partial_fit_first_call(self, classes):
@@ -455,7 +463,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
         """Class labels (n_samples,), or an indicator matrix for multilabel targets."""
@@ -526,17 +534,18 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         return X, (y.reshape(-1, 1) if y.ndim == 1 else y)
 
-    def _validation_score(self, X, y):
-        return r2_score(y, self._model.predict(X))
+    def _validation_score(self, X, y, sample_weight):
+        return r2_score(y, self._model.predict(X), sample_weight=sample_weight)
 
-    def fit(self, X, y):
-        """Fit the model to data matrix X and targets y. Returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and targets y, each row weighted by ``sample_weight``
+        when given (scikit-learn's weighted loss). Returns self."""
+        return self._fit(X, y, sample_weight, incremental=False)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y). Returns self."""
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
         """Predicted values (n_samples,), or (n_samples, n_outputs) for several outputs."""

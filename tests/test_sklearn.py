@@ -78,6 +78,21 @@ def test_sgd_at_a_constant_rate_is_scikit_learns_to_rounding(digits, task, momen
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_sample_weights_train_as_scikit_learns(digits, solver):
+    X, y = digits[0][:300], digits[1][:300]
+    weights = np.random.default_rng(0).uniform(0, 3, size=300)
+    weights[:20] = 0
+    params = dict(FULL_BATCH_SGD, batch_size=300, momentum=0.9) if solver == "sgd" else \
+        dict(solver="lbfgs", max_iter=15, alpha=1e-2, random_state=0, hidden_layer_sizes=(16,))
+    ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y, sample_weight=weights)
+        theirs.fit(X, y, sample_weight=weights)
+    _assert_same_network(ours, theirs, rtol=1e-9 if solver == "sgd" else 1e-6)
+
+
 def test_lbfgs_follows_scikit_learns_path(digits):
     X, y = digits[0][:300], digits[1][:300]
     ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, solver="lbfgs",
@@ -279,8 +294,14 @@ def test_bad_data_is_refused_and_the_fitted_model_kept(digits):
 # -- scikit-learn's own estimator checks ----------------------------------------------------------
 
 
+# Parameters for single checks, as scikit-learn's own suite gives its MLPs some: this check's
+# tolerance (rtol 1e-7) is float64's, and fastbp's default float32 differs from it by rounding.
+CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": {"dtype": "float64"}}
+
+
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
 def test_scikit_learn_estimator_checks(estimator, check):
+    estimator.set_params(**CHECK_PARAMS.get(getattr(check, "func", check).__name__, {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
