@@ -13,18 +13,9 @@ cores). In the worker processes of ``cross_val_score(n_jobs=k)`` or ``GridSearch
 joblib sets ``NUMBA_NUM_THREADS`` to cores / k, so that the k processes share the cores instead
 of each taking all of them: fastbp then uses that many threads (``n_threads`` cannot exceed it).
 
-Where the arithmetic differs from scikit-learn's, and why (docs/sklearn.md has the details):
-
-- float32 by default (pass ``dtype="float64"`` for scikit-learn's precision).
-- Adam is PyTorch's (fastbp.Adam): ``epsilon`` is added to the bias-corrected root of the second
-  moment, where scikit-learn adds it before the correction; the two differ by less than
-  ``epsilon`` relative to each update.
-- SGD's momentum is PyTorch's (a buffer of gradients, scaled by the current rate), which equals
-  scikit-learn's (a velocity of past steps) while the rate is constant; with the ``invscaling``
-  and ``adaptive`` rates, a change of rate applies to the past steps at once.
-- MLPRegressor with several outputs: ``loss_`` is the objective that scikit-learn's gradient
-  minimises (the squared errors summed over outputs, halved, averaged over rows), where
-  scikit-learn reports that divided by the number of outputs. With one output they are equal.
+Where the arithmetic differs from scikit-learn's (float32 by default, Adam's epsilon, SGD's
+momentum under a changing rate, the multi-output regressor's loss_), and by how much:
+docs/sklearn.md.
 """
 import numbers
 import warnings
