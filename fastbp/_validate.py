@@ -3,10 +3,13 @@
 Conversions (documented in the README): X and regression targets of another dtype, or not
 C-contiguous, or read-only, are copied into a C-contiguous array of the model's dtype; class labels
 of another integer dtype are copied to int64; sample weights of another dtype to float64. Nothing
-is ever reinterpreted in place.
+is ever reinterpreted in place. A SciPy sparse X becomes SparseRows: CSR (another format is
+converted to CSR, a copy), its values in the model's dtype (a copy when they are not), never
+densified as a whole.
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -87,7 +90,12 @@ def _contiguous(array, dtype):
 
 
 def features(X, n_features, dtype, name="X"):
-    """X as a C-contiguous (N, n_features) array of dtype, finite, N >= 1."""
+    """X as a C-contiguous (N, n_features) array of dtype, finite, N >= 1; a SciPy sparse X
+    as SparseRows (see sparse_features)."""
+    if isinstance(X, SparseRows) and X.dtype == dtype and X.shape[1] == n_features:
+        return X   # checked when it was made
+    if isinstance(X, SparseRows) or is_sparse(X):
+        return sparse_features(X, n_features, dtype, name)
     X = as_array(name, X)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {X.shape}")
@@ -166,3 +174,73 @@ def sample_weight(weights, n_rows, name="sample_weight"):
     if not math.isfinite(total):
         raise ValueError(f"{name}: the weights sum to more than float64 holds (scale them)")
     return weights
+
+
+def is_sparse(X):
+    """Whether X is a SciPy sparse matrix or array. Never imports SciPy: when scipy.sparse is
+    not loaded, X cannot be one."""
+    module = sys.modules.get("scipy.sparse")
+    return module is not None and hasattr(X, "tocsr") and module.issparse(X)
+
+
+class SparseRows:
+    """A checked sparse X: CSR arrays (data in the model's dtype; indices and indptr both int32
+    or both int64; all C-contiguous and writable) and its shape. ``csr`` is what compiled code
+    takes (kernels.CSR); ``X[rows]`` (an index array) is a new SparseRows of those rows, with
+    their values copied (a fraction of the data: hold-out and metric rows), never dense."""
+    ndim = 2
+
+    def __init__(self, data, indices, indptr, shape):
+        self.data, self.indices, self.indptr = data, indices, indptr
+        self.shape, self.dtype = tuple(shape), data.dtype
+
+    @property
+    def csr(self):
+        return kernels.CSR(self.data, self.indices, self.indptr)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.indptr[rows]
+        counts = self.indptr[rows + 1] - starts
+        indptr = np.zeros(rows.shape[0] + 1, dtype=self.indptr.dtype)
+        np.cumsum(counts, out=indptr[1:])
+        # positions in data of each chosen row's values, row after row
+        where = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+        return SparseRows(self.data[where], self.indices[where], indptr,
+                          (rows.shape[0], self.shape[1]))
+
+
+def sparse_features(X, n_features, dtype, name="X"):
+    """A SciPy sparse X (any format; or SparseRows of another dtype) as SparseRows in dtype:
+    2-D, (N, n_features), N >= 1, real values, all finite, a well-formed structure (the
+    compiled gather trusts it). Only what must change is copied: a format other than CSR is
+    converted to CSR (a copy of the matrix, once), values of another dtype are converted, and
+    indices whose type is not int32 or int64 (or differs from indptr's) become int64."""
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D sparse matrix (samples, features), got shape "
+                         f"{X.shape}")
+    n_rows, n_cols = X.shape
+    if n_rows == 0:
+        raise ValueError(f"{name}: the batch is empty (shape {X.shape})")
+    if n_cols != n_features:
+        raise ValueError(f"{name}: expected {n_features} features (columns), got {n_cols}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {X.dtype}")
+    if not isinstance(X, SparseRows) and X.format != "csr":
+        X = X.tocsr()   # a copy of the whole matrix, in CSR form
+    data, indices, indptr = X.data, X.indices, X.indptr
+    index_type = indices.dtype
+    if index_type != indptr.dtype or index_type not in (np.int32, np.int64):
+        index_type = np.int64
+    indices, indptr = _contiguous(indices, index_type), _contiguous(indptr, index_type)
+    if indptr.shape != (n_rows + 1,) or data.ndim != 1 or indices.ndim != 1 or not \
+            kernels.csr_is_valid(indices, indptr, n_cols, min(data.shape[0], indices.shape[0])):
+        raise ValueError(f"{name}: not a well-formed CSR matrix (indptr of {n_rows + 1} "
+                         f"nondecreasing row starts from 0, column indices in 0..{n_cols - 1})")
+    data = _contiguous(data, dtype)
+    if not kernels.all_finite(data[:indptr[-1]].reshape(1, -1)):   # the stored values
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return SparseRows(data, indices, indptr, (n_rows, n_cols))

@@ -307,22 +307,50 @@ class MLP:
     # -- checked entry points -----------------------------------------------------------------
 
     def _check_batch(self, X, y):
+        """(X, y) checked and converted; a sparse X as _validate.SparseRows (see _dense)."""
         X = _validate.features(X, self._sizes[0], self.dtype)
         y = _validate.targets(y, X.shape[0], self._sizes[-1], self.loss, self.dtype)
         return X, y
+
+    def _dense(self, X):
+        """A checked X as a dense array: itself, or a sparse one densified whole (for one
+        batch: loss_and_grad, train_step)."""
+        if not isinstance(X, _validate.SparseRows):
+            return X
+        return self._rows(X, 0, X.shape[0], kernels.aligned_zeros(X.shape, self.dtype))
+
+    def _chunk_buffer(self, X):
+        """Where _rows densifies chunks of a sparse X of at most capacity rows (None for a
+        dense X: its chunks are views)."""
+        if not isinstance(X, _validate.SparseRows):
+            return None
+        return kernels.aligned_zeros((min(X.shape[0], self._capacity), X.shape[1]), self.dtype)
+
+    def _rows(self, X, start, stop, buffer):
+        """Rows start..stop-1 of a checked X: a view of a dense X, or those of a sparse X
+        densified into buffer (compiled: kernels.take_csr_rows's unit)."""
+        if not isinstance(X, _validate.SparseRows):
+            return X[start:stop]
+        out = buffer[:stop - start]
+        self._run(kernels.entry.take_csr_rows,
+                  (out, X.data, X.indices, X.indptr, np.arange(start, stop)),
+                  sparse_index=X.indices.dtype)
+        return out
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """Forward and backward for one batch: overwrites ``grads``, returns the mean loss.
 
         sample_weight: optional, one weight >= 0 per row (not all 0): the objective is then
         scikit-learn's weighted one, sum_i w_i loss_i / sum_i w_i, with the L2 penalty over
-        sum_i w_i rows (l2 / (2 sum_i w_i)) sum ||W||^2.
+        sum_i w_i rows (l2 / (2 sum_i w_i)) sum ||W||^2. X may be a SciPy sparse matrix: it is
+        one batch, densified.
         """
         X, y = self._check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
         return self._loss_and_grad_checked(X, y, weights)
 
     def _loss_and_grad_checked(self, X, y, weights=None):
+        X = self._dense(X)
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
         return self._run(kernels.entry.loss_and_grad,
@@ -332,12 +360,13 @@ class MLP:
     def loss_value(self, X, y, sample_weight=None):
         """Mean loss of a batch, plus the L2 penalty of its rows (the objective that
         loss_and_grad differentiates, weighted as it is by sample_weight), forward only (grads
-        untouched)."""
+        untouched). A sparse X is densified a chunk of rows at a time, as by forward."""
         X, y = self._check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
         # In chunks without the penalty, which is of all the rows: added once, below.
         net = self._net._replace(l2=0.0)
+        buffer = self._chunk_buffer(X)
         total = 0.0
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
@@ -350,8 +379,8 @@ class MLP:
                 if share == 0:
                     continue
             total += share * self._run(kernels.entry.loss, (
-                *self._work, self.params, X[start:stop], y[start:stop], *net, chunk_weights),
-                weighted=weights is not None)
+                *self._work, self.params, self._rows(X, start, stop, buffer), y[start:stop],
+                *net, chunk_weights), weighted=weights is not None)
         rows = X.shape[0] if weights is None else kernels.weight_sum(weights)
         loss = total / rows
         if self._net.l2 != 0:
@@ -362,14 +391,16 @@ class MLP:
 
     def forward(self, X):
         """Output of the last layer for X (N, sizes[0]), as a new (N, sizes[-1]) array: logits for
-        the cross-entropies, values for MSE."""
+        the cross-entropies, values for MSE. X may be a SciPy sparse matrix: it is densified
+        a chunk of rows at a time (INFERENCE_CHUNK at most), never whole."""
         X = _validate.features(X, self._sizes[0], self.dtype)
         out = np.empty((X.shape[0], self._sizes[-1]), dtype=self.dtype)
         self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        buffer = self._chunk_buffer(X)
         for start in range(0, X.shape[0], self._capacity):
             stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = self._run(kernels.entry.forward,
-                                        (self._work.acts, self.params, X[start:stop], *self._net))
+            out[start:stop] = self._run(kernels.entry.forward, (
+                self._work.acts, self.params, self._rows(X, start, stop, buffer), *self._net))
         return out
 
     def predict_proba(self, X):
@@ -406,16 +437,17 @@ class MLP:
                              "values are too large for this model's weights (scale them)")
         return out
 
-    def _run(self, entry, args, update_kind=None, weighted=False):
+    def _run(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
         """entry(*args) for one of kernels.entry's compiled entries. args is a tuple, not a
         *args parameter: passed on through one, each call's tuple was left to the garbage
-        collector. The first time for an entry, update kind, capacity, thread count and
-        weighting, it readies the compiled code this needs (kernels.prepare: compiled, or
-        loaded from Numba's cache); always, it keeps the kernels' BLAS at one thread."""
-        key = (entry, update_kind, self._capacity, get_num_threads(), weighted)
+        collector. The first time for an entry, update kind, capacity, thread count, weighting
+        and sparse index type (of a CSR X's indices, or None), it readies the compiled code
+        this needs (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps
+        the kernels' BLAS at one thread."""
+        key = (entry, update_kind, self._capacity, get_num_threads(), weighted, sparse_index)
         if key not in self._prepared:
             kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args,
-                            weighted)
+                            weighted, sparse_index)
             self._prepared.add(key)
         pin_kernel_blas()
         return entry(*args)

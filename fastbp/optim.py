@@ -158,14 +158,15 @@ class Optimizer:
     def train_step(self, X, y, sample_weight=None):
         """``model.loss_and_grad(X, y, sample_weight)`` then ``step()``, in one compiled call.
         Returns the mean loss (weighted by sample_weight when given). (``fit`` goes one
-        further: many steps per compiled call.)
+        further: many steps per compiled call.) A sparse X (SciPy) is densified: it is one
+        batch.
 
         Raises FloatingPointError, leaving the parameters and the state untouched, if the loss
         or the gradient norm is NaN or Inf, or the update would overflow the model's dtype.
         """
         X, y = self.model._check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
-        return train_step(self.model, self._spec, X, y, weights)[0]
+        return train_step(self.model, self._spec, self.model._dense(X), y, weights)[0]
 
     def end_epoch(self, samples, loss):
         """Advance the schedule past an epoch of ``samples`` rows whose watched loss was

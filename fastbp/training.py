@@ -71,7 +71,10 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         accumulate=1, initial_epoch=0, initial_step=0, sample_weight=None):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
-    X and y are checked and converted once (see the README on conversions). Each epoch visits
+    X and y are checked and converted once (see the README on conversions). X may be a SciPy
+    sparse matrix or array (CSR; another format is converted to CSR once, which copies it): it
+    is never densified whole, each batch is densified into the batch buffer, in the compiled
+    steps, and the parameters are bitwise those of a fit on X.toarray(). Each epoch visits
     every training sample once, in a fresh random order when ``shuffle`` (reproducible from
     ``seed``); the last batch of an epoch may be smaller. Batches are gathered into one
     preallocated buffer. Steps run in compiled chunks of many batches, one call per chunk (about
@@ -216,6 +219,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         rng.permutation(n_samples)  # the orders of the epochs done
     x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
     y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
+    sparse_index = X.indices.dtype if isinstance(X, _validate.SparseRows) else None
     w_batch = None if weights is None else np.empty(batch_size, dtype=np.float64)
     pin_kernel_blas()
 
@@ -280,7 +284,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     optim.check_update(spec, model)
                     done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
                                         step_losses, step_norms, step_layer_sq, accumulate,
-                                        micro_grads, weights, w_batch)
+                                        micro_grads, weights, w_batch, sparse_index)
                     wanted = -(-rows.shape[0] // rows_per_step)
                     if done < wanted:
                         raise DivergenceError(
@@ -310,8 +314,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     n = rows.shape[0]
                     try:
                         loss, norm = _step(model, optimizer, grad_hook, compiled_update,
-                                           _Batches(X, y, rows, x_batch, y_batch, micro_grads,
-                                                    weights, w_batch))
+                                           _Batches(model, X, y, rows, x_batch, y_batch,
+                                                    micro_grads, weights, w_batch))
                     except FloatingPointError as exc:
                         raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
                                               f"{n_steps + 1}: {exc}") from None
@@ -422,15 +426,16 @@ def _current_lr(optimizer):
 
 def _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch, step_losses,
                  step_norms, step_layer_sq, accumulate=1, micro_grads=None, weights=None,
-                 w_batch=None):
+                 w_batch=None, sparse_index=None):
     """Steps over the batches of `rows` in one compiled call (fit's fast path, for checked X
     and y, and sample weights or None). Returns the number of steps done (applied, or skipped
     for weighing 0); see kernels.mlp_train_epoch."""
     model._reserve(batch_size)
     done = model._run(kernels.entry.train_epoch, (
         model.params, model.grads, *model._work, x_batch, y_batch, step_losses, step_norms,
-        step_layer_sq, X, y, rows, batch_size, *model._net, *spec, accumulate, micro_grads,
-        weights, w_batch), update_kind=spec.kind, weighted=weights is not None)
+        step_layer_sq, _compiled_x(X), y, rows, batch_size, *model._net, *spec, accumulate,
+        micro_grads, weights, w_batch), update_kind=spec.kind, weighted=weights is not None,
+        sparse_index=sparse_index)
     n_batches = -(-len(rows) // (batch_size * accumulate))
     # After a divergence, layer_sq describes grads only if the failing step got as far as
     # the norm (its loss was finite).
@@ -442,12 +447,18 @@ class _HookError(Exception):
     """Carries an exception of the gradient hook past the step's divergence handling."""
 
 
+def _compiled_x(X):
+    """A checked X as compiled code takes it: the array, or a sparse X's kernels.CSR."""
+    return X.csr if isinstance(X, _validate.SparseRows) else X
+
+
 class _Batches:
     """The rows of one step, gathered batch_size (x_batch's rows) at a time, with their sample
     weights (into w_batch) when there are any."""
 
-    def __init__(self, X, y, rows, x_batch, y_batch, micro_grads, weights=None, w_batch=None):
-        self.X, self.y, self.rows = X, y, rows
+    def __init__(self, model, X, y, rows, x_batch, y_batch, micro_grads, weights=None,
+                 w_batch=None):
+        self.model, self.X, self.y, self.rows = model, X, y, rows
         self.x_batch, self.y_batch, self.micro_grads = x_batch, y_batch, micro_grads
         self.weights, self.w_batch = weights, w_batch
 
@@ -455,7 +466,12 @@ class _Batches:
         """(x, y, weights or None) of a step of at most one batch."""
         n = self.rows.shape[0]
         xb, yb = self.x_batch[:n], self.y_batch[:n]
-        kernels.take_rows(xb, self.X, self.rows)
+        if isinstance(self.X, _validate.SparseRows):   # densified into x_batch
+            self.model._run(kernels.entry.take_csr_rows, (
+                xb, self.X.data, self.X.indices, self.X.indptr, self.rows),
+                sparse_index=self.X.indices.dtype)
+        else:
+            kernels.take_rows(xb, self.X, self.rows)
         np.take(self.y, self.rows, axis=0, out=yb)
         wb = None
         if self.weights is not None:
@@ -477,10 +493,12 @@ def _loss_and_grad(model, batches):
     batch_size = batches.x_batch.shape[0]
     model._reserve(batch_size)
     model._grad_norms_fresh = False
+    sparse = isinstance(batches.X, _validate.SparseRows)
     return model._run(kernels.entry.accumulated_loss_and_grad, (
         model.grads, batches.micro_grads, *model._work, model.params, batches.x_batch,
-        batches.y_batch, batches.X, batches.y, batches.rows, batch_size, *model._net,
-        batches.weights, batches.w_batch), weighted=batches.weights is not None)
+        batches.y_batch, _compiled_x(batches.X), batches.y, batches.rows, batch_size,
+        *model._net, batches.weights, batches.w_batch), weighted=batches.weights is not None,
+        sparse_index=batches.X.indices.dtype if sparse else None)
 
 
 def _step(model, optimizer, grad_hook, compiled_update, batches):

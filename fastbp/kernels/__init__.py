@@ -16,7 +16,8 @@ gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``,
-``update`` (norms, clipping, parameter updates), ``rows`` (row gathering, input checks),
+``update`` (norms, clipping, parameter updates), ``rows`` (row gathering, from dense and from
+CSR sparse matrices, and input checks),
 ``network`` (Net, Workspace, whole-network functions), ``entry`` (what fastbp's Python layer
 calls); ``_config`` holds every compiler flag and tuning constant, ``_tiling`` the thread split,
 ``_native`` BLAS and views, ``_units`` the table through which the network calls the heavy
@@ -48,7 +49,8 @@ from .losses import (LOSS_CODES, binary_cross_entropy_forward_backward,
 from .network import (Net, Workspace, apply_update, make_net, make_workspace, mlp_forward,
                       mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
                       plan_activations)
-from .rows import CACHE_LINE, aligned_zeros, all_finite, labels_in_range, take_rows
+from .rows import (CACHE_LINE, CSR, aligned_zeros, all_finite, csr_is_valid, labels_in_range,
+                   take_csr_rows, take_rows)
 from .update import (ADAM_KIND, SGD_KIND, UPDATE_KINDS, Update, adam_spec, adam_step, add_scaled,
                      layer_sums_of_squares, norm_partials_size, sgd_spec,
                      sgd_step, sgd_update)
@@ -68,7 +70,8 @@ __all__ = [
     "Update", "SGD_KIND", "ADAM_KIND", "UPDATE_KINDS", "sgd_spec", "adam_spec", "apply_update",
     "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",
     "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
-    "take_rows", "all_finite", "labels_in_range", "gemm", "prepare",
+    "take_rows", "take_csr_rows", "CSR", "csr_is_valid", "all_finite", "labels_in_range",
+    "gemm", "prepare",
     "MIN_TILE_WORK", "NORM_CHUNK", "CACHE_LINE",
 ]
 

@@ -136,7 +136,7 @@ _COST = {"dense_backward": 3.8, "softmax_cross_entropy_forward_backward": 3.0,
          "softmax_cross_entropy_loss": 0.6, "mse_loss": 0.5,
          # Not measured: guessed from the kernels they resemble (mse's, and the norm pass).
          "binary_cross_entropy_forward_backward": 1.5, "binary_cross_entropy_loss": 0.5,
-         "l2_penalty_forward_backward": 1.5}
+         "l2_penalty_forward_backward": 1.5, "take_csr_rows": 1, "take_csr_rows_int32": 1}
 _MEANWHILE_COST = 3.5
 _WORKER_START_COST = 0.8
 

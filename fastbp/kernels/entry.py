@@ -17,21 +17,24 @@ from . import _units
 from ._config import SERIAL
 from .network import (Net, Workspace, _accumulated_loss_and_grad, _l2_penalty, apply_update,
                       mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
-                      units_for)
+                      take_x_rows, units_for)
+from .rows import CSR
 from .update import Update
 
 
-def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=(), weighted=False):
+def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=(), weighted=False,
+            sparse_index=None):
     """Compile, or load from Numba's cache, what a call entry(*args) runs: the entry itself and
     the units that a model of this dtype and loss (and an optimizer of this update kind, and
-    this Net at the current thread count, and sample weights when weighted) calls. On a first
-    run the units compile in worker processes while this one compiles the entry (see
+    this Net at the current thread count, and sample weights when weighted, and a CSR matrix
+    whose indices are of the NumPy dtype sparse_index, when given) calls. On a first run the
+    units compile in worker processes while this one compiles the entry (see
     _units.ensure)."""
     def compile_entry():
         if entry is not None:
             entry.compile(tuple(entry.typeof_pyval(a) for a in args))
-    names = units_for(loss, update_kind, net, may_split=entry is not forward,
-                      weighted=weighted)
+    names = units_for(loss, update_kind, net, may_split=entry not in (forward, take_csr_rows),
+                      weighted=weighted, sparse_index=sparse_index)
     with _ctrl_c_is_keyboard_interrupt():
         _units.ensure(names, np.dtype(dtype), meanwhile=compile_entry)
 
@@ -135,6 +138,13 @@ def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch
                            step_layer_sq, x, target, order, batch_size, net,
                            Update(kind, hyper, state), accumulate, micro_grads, weights,
                            w_batch)
+
+
+@njit(**SERIAL)
+def take_csr_rows(out, data, indices, indptr, index):
+    """out = rows index of the CSR matrix (data, indices, indptr), densified, through the
+    network's unit (network.take_x_rows): fit's per-step path and inference on sparse X."""
+    take_x_rows(out, CSR(data, indices, indptr), index)
 
 
 @njit(**SERIAL)

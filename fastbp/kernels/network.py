@@ -38,6 +38,10 @@ Workspace: acts; deltas (two halves of capacity * max width, used in turn during
 pass); per-sample losses (capacity,) float64; layer_sq (L,) float64, the per-layer squared
 gradient norms of the last update; partials (norm scratch).
 
+Sparse x: the functions that gather a batch's rows from the data set (mlp_train_epoch) take a
+rows.CSR in place of a dense x; each batch is densified into x_batch (rows.take_csr_rows, a
+unit for each index type, compiled only when used) and the rest of the step is the dense one.
+
 The heavy kernels are called through units (see _units): compiled once each, not once per
 caller.
 """
@@ -70,6 +74,7 @@ _V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}   # vectors
 _LOSSES = types.Array(types.float64, 1, "C")
 _LABELS = types.Array(types.int64, 1, "C")
 _INDEX = types.Array(types.int64, 1, "A")
+_INT32 = types.Array(types.int32, 1, "C")
 _i64, _f64 = types.int64, types.float64
 _units.register("dense_forward_grid", dense._dense_forward_grid,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
@@ -98,6 +103,11 @@ _units.register("sample_weights_forward_backward", losses.sample_weights_forward
 _units.register("activation_backward", activations.activation_backward,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
 _units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
+# A CSR matrix's rows, by the type of its indices (see CSR_UNITS).
+_units.register("take_csr_rows", rows.take_csr_rows,
+                lambda dt: (_M[dt], _V[dt], _LABELS, _LABELS, _INDEX))
+_units.register("take_csr_rows_int32", rows.take_csr_rows,
+                lambda dt: (_M[dt], _V[dt], _INT32, _INT32, _INDEX))
 for _name, _step in (("sgd_step", update.sgd_step), ("adam_step", update.adam_step)):
     _units.register(_name, _step,
                     lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _LOSSES, _M[dt]),
@@ -116,18 +126,24 @@ _l2_penalty = caller("l2_penalty_forward_backward")
 _sample_weights = caller("sample_weights_forward_backward")
 _activation_backward = caller("activation_backward")
 _take_rows = caller("take_rows")
+_take_csr_rows = caller("take_csr_rows")
+_take_csr_rows_int32 = caller("take_csr_rows_int32")
 _sgd_step = caller("sgd_step")
 _adam_step = caller("adam_step")
 # The unit of each update kind.
 UPDATE_UNITS = {SGD_KIND: "sgd_step", ADAM_KIND: "adam_step"}
+# The unit that densifies a CSR matrix's rows, by the NumPy type of its indices.
+CSR_UNITS = {np.dtype(np.int64): "take_csr_rows", np.dtype(np.int32): "take_csr_rows_int32"}
 
 
-def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False):
+def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
+              sparse_index=None):
     """Names of the units that training with this loss (and update kind) calls; with a Net,
     the input-split forward only if some layer of it can split at the current thread count
     (never without may_split: inference does not split), and the activations' loops only for
     its activations (else for all), and the L2 penalty's only if its l2 is not 0 (else
-    always); the sample weights' stage only when weighted."""
+    always); the sample weights' stage only when weighted; the CSR gather for sparse data
+    whose indices have the NumPy dtype sparse_index, when given."""
     names = ["dense_forward_grid", "dense_backward", "take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
@@ -143,6 +159,8 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False):
         names.append("l2_penalty_forward_backward")
     if weighted:
         names.append("sample_weights_forward_backward")
+    if sparse_index is not None:
+        names.append(CSR_UNITS[np.dtype(sparse_index)])
     if update_kind in UPDATE_UNITS:
         names.append(UPDATE_UNITS[update_kind])
     return names
@@ -474,9 +492,25 @@ def _take_targets_impl(out, y, index):
     return lambda out, y, index: _take_rows(out, y, index)
 
 
+def take_x_rows(out, x, index):
+    """out (B, C) = rows index (B,) of x: a dense (M, C) matrix (rows.take_rows), or a
+    rows.CSR (densified: rows.take_csr_rows), through their units."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(take_x_rows, jit_options=SERIAL)
+def _take_x_rows_impl(out, x, index):
+    if isinstance(x, types.BaseTuple):   # a CSR: its indices' type picks the unit
+        if x.types[1].dtype == types.int32:
+            return lambda out, x, index: _take_csr_rows_int32(out, x.data, x.indices, x.indptr,
+                                                              index)
+        return lambda out, x, index: _take_csr_rows(out, x.data, x.indices, x.indptr, index)
+    return lambda out, x, index: _take_rows(out, x, index)
+
+
 @njit(**SERIAL)
 def _gather(xb, yb, x, target, index):
-    _take_rows(xb, x, index)
+    take_x_rows(xb, x, index)
     _take_targets(yb, target, index)
 
 
@@ -543,7 +577,8 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
 
     Each step takes the next accumulate * batch_size rows of ``order`` (row numbers into x and
     target, not checked), gathered batch_size rows at a time into x_batch (>= batch_size, C)
-    and y_batch. With accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
+    and y_batch. x: a dense (N, C) matrix, or a rows.CSR of N rows and C columns (checked
+    beforehand: rows.csr_is_valid), whose batches are densified into x_batch. With accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
     the gradients of its batches are summed, weighted by their share of its rows, into grads
     (the gradient of the mean loss over all its rows; micro_grads, of params' shape, holds
     each batch's; pass None when accumulate is 1: that code is then not compiled), then

@@ -1,4 +1,6 @@
-"""Row gathering and input checks."""
+"""Row gathering (from dense matrices, and from CSR sparse ones, densified) and input checks."""
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -6,6 +8,14 @@ from ._config import PARALLEL, SERIAL
 from ._tiling import n_tiles, span
 
 CACHE_LINE = 64
+
+CSR = namedtuple("CSR", ["data", "indices", "indptr"])
+CSR.__doc__ = """A sparse matrix in compressed sparse row form, as compiled code takes it (the
+fields of SciPy's csr_matrix): data (nnz,) the stored values, in the model's dtype; indices
+(nnz,) their column numbers; indptr (M+1,) where each row's values start in data (row i:
+indptr[i]..indptr[i+1]-1). indices and indptr are both int32 or both int64, and all three are
+C-contiguous. Its column count is that of the buffer its rows are gathered into. The network's
+functions that gather rows (mlp_train_epoch) take one in place of a dense x."""
 
 
 def aligned_zeros(shape, dtype):
@@ -46,6 +56,50 @@ def _take_rows_span(out, x, index, r0, r1):
         src = index[i]
         for j in range(out.shape[1]):
             out[i, j] = x[src, j]
+
+
+@njit(**PARALLEL)
+def take_csr_rows(out, data, indices, indptr, index):
+    """out (B, N) = rows index (B,) of the CSR matrix (data, indices, indptr) (see CSR) with N
+    columns, densified: each row of out is zeroed, then the row's stored values are added at
+    their columns (duplicates summed: the values of SciPy's toarray). Row numbers and the
+    matrix's structure are not checked here (see csr_is_valid)."""
+    n_rows = out.shape[0]
+    # Zeroing the row costs as take_rows's copy does; the stored values add a scattered write
+    # each (not measured: weighed as take_rows).
+    tiles = n_tiles(n_rows, 8 * out.shape[1])
+    if tiles == 1:
+        _take_csr_span(out, data, indices, indptr, index, 0, n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _take_csr_span(out, data, indices, indptr, index, r0, r1)
+
+
+@njit(**SERIAL)
+def _take_csr_span(out, data, indices, indptr, index, r0, r1):
+    for i in range(r0, r1):
+        row = out[i]
+        for j in range(row.shape[0]):
+            row[j] = 0
+        src = index[i]
+        for k in range(indptr[src], indptr[src + 1]):
+            row[indices[k]] += data[k]
+
+
+@njit(**SERIAL)
+def csr_is_valid(indices, indptr, n_cols, nnz):
+    """Whether a CSR structure is one take_csr_rows can read without going out of bounds:
+    indptr (M+1,) starts at 0, never decreases and ends at most at nnz (the length of data and
+    of indices), and every column number of a stored value is in [0, n_cols)."""
+    if indptr.shape[0] == 0 or indptr[0] != 0 or indptr[indptr.shape[0] - 1] > nnz:
+        return False
+    ok = True
+    for i in range(indptr.shape[0] - 1):
+        ok &= indptr[i] <= indptr[i + 1]
+    for k in range(indptr[indptr.shape[0] - 1]):
+        ok &= (indices[k] >= 0) & (indices[k] < n_cols)
+    return ok
 
 
 @njit(**SERIAL)
