@@ -34,10 +34,10 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from . import _threads, _validate
+from . import _threads, _validate, kernels
 from .model import MLP
 from .optim import SGD, Adam
-from .training import DivergenceError
+from .training import DivergenceError, _Batches, _loss_and_grad
 from .training import fit as _train
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -166,7 +166,7 @@ class _BaseMLP(BaseEstimator):
         if first:
             self._initialize(sizes)
         dtype = self._model.dtype
-        X = np.ascontiguousarray(X, dtype=dtype)
+        X = X.astype(dtype) if hasattr(X, "tocsr") else np.ascontiguousarray(X, dtype=dtype)
         if target.dtype.kind == "f":
             target = np.ascontiguousarray(target, dtype=dtype)
         if sample_weight is not None:
@@ -277,15 +277,17 @@ class _BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, X, target, sample_weight):
         """Full-batch L-BFGS (SciPy's L-BFGS-B, as scikit-learn) over fastbp's loss and
         gradient: each evaluation writes the point into the model's parameter buffer and reads
-        the gradient from its gradient buffer."""
+        the gradient from its gradient buffer. A sparse X is evaluated LBFGS_CHUNK rows at a
+        time (the gradient accumulated as fit's accumulate does), never densified whole."""
         model = self._model
         X, target = model._check_batch(X, target)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
+        evaluate = (lambda: model._loss_and_grad_checked(X, target, weights)) \
+            if not isinstance(X, _validate.SparseRows) else _chunked(model, X, target, weights)
 
         def loss_and_grad(point):
             model.params[...] = point
-            loss = model._loss_and_grad_checked(X, target, weights)
-            return loss, model.grads.astype(np.float64)
+            return evaluate(), model.grads.astype(np.float64)
 
         result = scipy.optimize.minimize(
             loss_and_grad, model.params.astype(np.float64), method="L-BFGS-B", jac=True,
@@ -304,14 +306,15 @@ class _BaseMLP(BaseEstimator):
     # -- prediction -----------------------------------------------------------------------------
 
     def _checked_X(self, X):
-        """X after scikit-learn's checks, in the model's dtype."""
+        """X after scikit-learn's checks, in the model's dtype (a sparse X stays sparse)."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        X = validate_data(self, X, accept_sparse=["csr", "csc"],
+                          dtype=(np.float64, np.float32), reset=False)
         return X.astype(self._model.dtype, copy=False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         return tags
 
     def _check_solver(self):
@@ -319,6 +322,22 @@ class _BaseMLP(BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
                                  f"{self.solver} is not stochastic.")
         return True
+
+
+# Rows per evaluation chunk of L-BFGS over a sparse X.
+LBFGS_CHUNK = 4096
+
+
+def _chunked(model, X, target, weights):
+    """The full-batch objective and gradient of a sparse X (checked), computed LBFGS_CHUNK
+    rows at a time in one compiled call: a function of no arguments, for the current params."""
+    chunk = min(LBFGS_CHUNK, X.shape[0])
+    batches = _Batches(model, X, target, np.arange(X.shape[0]),
+                       kernels.aligned_zeros((chunk, X.shape[1]), model.dtype),
+                       np.empty((chunk,) + target.shape[1:], dtype=target.dtype),
+                       kernels.aligned_zeros(model.n_params, model.dtype), weights,
+                       None if weights is None else np.empty(chunk))
+    return lambda: _loss_and_grad(model, batches)
 
 
 class _Epochs:
@@ -413,8 +432,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return "softmax" if self._multiclass() else "logistic"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
-                             reset=reset)
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
@@ -519,8 +538,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return "identity"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
-                             dtype=(np.float64, np.float32), reset=reset)
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, (y.reshape(-1, 1) if y.ndim == 1 else y)

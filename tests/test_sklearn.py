@@ -93,6 +93,27 @@ def test_sample_weights_train_as_scikit_learns(digits, solver):
     _assert_same_network(ours, theirs, rtol=1e-9 if solver == "sgd" else 1e-6)
 
 
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_sparse_X_trains_as_dense_X(digits, solver, monkeypatch):
+    import scipy.sparse
+
+    import fastbp.sklearn as estimators
+    monkeypatch.setattr(estimators, "LBFGS_CHUNK", 128)   # several chunks
+    X, y = digits
+    X = np.where(np.abs(X) > 1.0, X, 0.0)   # about 80% zeros
+    params = dict(max_iter=5, random_state=0, hidden_layer_sizes=(32,), solver=solver,
+                  dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dense = MLPClassifier(**params).fit(X, y)
+        sparse = MLPClassifier(**params).fit(scipy.sparse.csr_matrix(X), y)
+    # Adam: the same batches densified from CSR, bitwise; L-BFGS: the full batch summed in
+    # chunks, to rounding.
+    _assert_same_network(sparse, dense, rtol=0 if solver == "adam" else 1e-6,
+                         atol=0 if solver == "adam" else 1e-8)
+    np.testing.assert_array_equal(sparse.predict(scipy.sparse.csc_matrix(X)), dense.predict(X))
+
+
 def test_lbfgs_follows_scikit_learns_path(digits):
     X, y = digits[0][:300], digits[1][:300]
     ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, solver="lbfgs",
@@ -294,9 +315,10 @@ def test_bad_data_is_refused_and_the_fitted_model_kept(digits):
 # -- scikit-learn's own estimator checks ----------------------------------------------------------
 
 
-# Parameters for single checks, as scikit-learn's own suite gives its MLPs some: this check's
+# Parameters for single checks, as scikit-learn's own suite gives its MLPs some: these checks'
 # tolerance (rtol 1e-7) is float64's, and fastbp's default float32 differs from it by rounding.
-CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": {"dtype": "float64"}}
+CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": {"dtype": "float64"},
+                "check_sample_weight_equivalence_on_sparse_data": {"dtype": "float64"}}
 
 
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
