@@ -261,7 +261,8 @@ class _BaseMLP(BaseEstimator):
             history = _train(self._model, X, target, self._optimizer,
                              epochs=1 if incremental else self.max_iter,
                              batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
-                             seed=seed, callbacks=[epochs], sample_weight=sample_weight)
+                             seed=seed, callbacks=[epochs], sample_weight=sample_weight,
+                             metrics_rows=0)   # scikit-learn scores no training accuracy
         except DivergenceError as exc:
             raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The input "
                              "data may contain large values and need to be preprocessed.") \

@@ -140,7 +140,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         issued once and training runs without a bar).
     metrics_rows : int
         Training accuracy is measured at the end of each epoch on at most this many training
-        rows (a fixed sample drawn with ``seed``), to keep its cost small on large sets.
+        rows (a fixed sample drawn with ``seed``), to keep its cost small on large sets; 0 for
+        none (no "accuracy" in the history: a forward pass less per epoch).
 
     Returns
     -------
@@ -177,7 +178,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     accumulate = _validate.positive_int("accumulate", accumulate)
     initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
     initial_step = _validate.non_negative_int("initial_step", initial_step)
-    metrics_rows = _validate.positive_int("metrics_rows", metrics_rows)
+    metrics_rows = _validate.non_negative_int("metrics_rows", metrics_rows)
     if early_stopping is not None:
         early_stopping = _validate.positive_int("early_stopping", early_stopping)
     seed = _validate.seed("seed", seed)
@@ -223,8 +224,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     w_batch = None if weights is None else np.empty(batch_size, dtype=np.float64)
     pin_kernel_blas()
 
-    train_probe = _metric_rows(X, y, metrics_rows, seed)
-    scorers = [("", _Scorer(model, *train_probe))]
+    scorers = []
+    if metrics_rows > 0:
+        scorers.append(("", _Scorer(model, *_metric_rows(X, y, metrics_rows, seed))))
     if X_val is not None:
         scorers.append(("val_", _Scorer(model, X_val, y_val)))
     history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])

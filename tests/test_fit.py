@@ -353,6 +353,19 @@ def test_metrics_rows_limits_the_training_sample():
     assert round(history["accuracy"][0] * 7, 9) == round(history["accuracy"][0] * 7)
 
 
+def test_no_metrics_rows_skip_the_training_accuracy_and_change_no_step():
+    X, y = blobs(300)
+    runs = []
+    for rows in (0, 10000):
+        model, opt = make()
+        history = fastbp.fit(model, X, y, opt, epochs=2, batch_size=16, seed=0,
+                             metrics_rows=rows)
+        runs.append((model.params.copy(), history))
+    assert "accuracy" not in runs[0][1] and len(runs[1][1]["accuracy"]) == 2
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1]["loss"] == runs[1][1]["loss"]
+
+
 def test_divergence_error_still_raised():
     X, y = blobs()
     model = fastbp.MLP([6, 16, 3], dtype=np.float32, seed=0)

@@ -812,7 +812,7 @@ FIT_OPTIONS = {
     "early_stopping": (st.integers(1, 3), st.sampled_from([0, -1, 1.0, "2"])),
     "monitor": (st.sampled_from(["val_loss", "val_accuracy"]),
                 st.sampled_from(["loss", ["val_loss"], None])),
-    "metrics_rows": (st.integers(1, 4) | st.just(10 ** 9), st.sampled_from([0, -1, 2.5])),
+    "metrics_rows": (st.integers(0, 4) | st.just(10 ** 9), st.sampled_from([-1, 2.5])),
     "accumulate": (st.integers(1, 4) | st.just(10 ** 9), st.sampled_from([0, -1, 2.0])),
     "initial_epoch": (st.just(0), st.sampled_from([-1, 1, 10 ** 9, 1.0])),
     "initial_step": (st.integers(0, 1), st.sampled_from([-1, 10 ** 9, 1.0])),
