@@ -110,9 +110,9 @@ class Net:
 
         self.forward = lambda: kernels.entry.forward(m._work.acts, m.params, self.X, *m._net)
         self.loss_and_grad = lambda: kernels.entry.loss_and_grad(
-            m.grads, *m._work, m.params, self.X, self.y, *m._net)
+            m.grads, *m._work, m.params, self.X, self.y, *m._net, None)   # None: no weights
         self.train_step = lambda: kernels.entry.train_step(
-            m.params, m.grads, *m._work, self.X, self.y, *m._net, *spec)
+            m.params, m.grads, *m._work, self.X, self.y, *m._net, *spec, None)
         self.forward()
         self.loss_and_grad()
         self.train_step()
