@@ -12,6 +12,8 @@ import numba
 
 from .kernels._native import openblas
 
+_chosen = False   # whether set_num_threads was called (fit(comm=) then keeps the count)
+
 # Looked up once: a ctypes attribute lookup per call would cost more than the call.
 _get_blas_threads = openblas.scipy_openblas_get_num_threads
 _get_blas_threads.restype = ctypes.c_int
@@ -41,8 +43,15 @@ def set_num_threads(n):
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n: expected an integer from 1 to {limit}, got {n!r}")
+    global _chosen
     pin_kernel_blas()
     numba.set_num_threads(n)
+    _chosen = True
+
+
+def chosen():
+    """Whether set_num_threads chose the thread count."""
+    return _chosen
 
 
 def get_num_threads():

@@ -221,7 +221,7 @@ class MLP:
     # -- copying ------------------------------------------------------------------------------
 
     _REBUILT = ("_params", "_grads", "_weights", "_biases", "_weight_grads", "_bias_grads",
-                "_net", "_work", "_prepared", "_optimizers")
+                "_net", "_work", "_prepared", "_optimizers", "_grad_buffer")
 
     def __getstate__(self):
         """For pickle and copy: the settings and the values of the two flat buffers. The
@@ -245,7 +245,10 @@ class MLP:
         """Fresh, aligned, zeroed params and grads with their per-layer views, and a workspace
         for `capacity` rows (its gradient norms not yet computed)."""
         self._params = kernels.aligned_zeros(n_params, self.dtype)
-        self._grads = kernels.aligned_zeros(n_params, self.dtype)
+        # Spare slots after the gradients: data-parallel training sums the step's loss and a
+        # stop flag with them, in one MPI call on one buffer (fastbp.distributed).
+        self._grad_buffer = kernels.aligned_zeros(n_params + layout.GRAD_TAIL, self.dtype)
+        self._grads = self._grad_buffer[:n_params]
         self._weights, self._biases = layout.layer_views(self._params, self._sizes)
         self._weight_grads, self._bias_grads = layout.layer_views(self._grads, self._sizes)
         self._net = self._work = None
@@ -349,12 +352,15 @@ class MLP:
         weights = _validate.sample_weight(sample_weight, X.shape[0])
         return self._loss_and_grad_checked(X, y, weights)
 
-    def _loss_and_grad_checked(self, X, y, weights=None):
+    def _loss_and_grad_checked(self, X, y, weights=None, penalty=True):
+        """loss_and_grad on checked arguments; without penalty, of the data loss alone (a
+        data-parallel step adds the penalty after summing the ranks' gradients)."""
         X = self._dense(X)
         self._reserve(X.shape[0])
         self._grad_norms_fresh = False
+        net = self._net if penalty else self._net._replace(l2=0.0)
         return self._run(kernels.entry.loss_and_grad,
-                         (self.grads, *self._work, self.params, X, y, *self._net, weights),
+                         (self.grads, *self._work, self.params, X, y, *net, weights),
                          weighted=weights is not None)
 
     def loss_value(self, X, y, sample_weight=None):

@@ -22,14 +22,16 @@ A callback is any object with some of these methods (all optional; a missing one
 ``on_step_end`` and ``on_epoch_end`` may return True to stop training: after that step (the
 epoch's metrics then cover the steps taken) or after that epoch.
 """
+import contextlib
 import math
 import numbers
 import time
 import warnings
+import zlib
 
 import numpy as np
 
-from . import _validate, kernels, optim
+from . import _validate, distributed, kernels, optim
 from ._threads import pin_kernel_blas
 from .model import MLP
 
@@ -68,7 +70,8 @@ _MONITORS = {"val_loss": min, "val_accuracy": max}
 def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         validation_data=None, validation_fraction=None, early_stopping=None,
         monitor="val_loss", callbacks=(), progress=False, metrics_rows=10000, grad_hook=None,
-        accumulate=1, initial_epoch=0, initial_step=0, sample_weight=None):
+        accumulate=1, initial_epoch=0, initial_step=0, sample_weight=None, comm=None,
+        shard=False):
     """Train ``model`` on (X, y) with ``optimizer`` for ``epochs`` passes of mini-batches.
 
     X and y are checked and converted once (see the README on conversions). X may be a SciPy
@@ -142,6 +145,23 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         Training accuracy is measured at the end of each epoch on at most this many training
         rows (a fixed sample drawn with ``seed``), to keep its cost small on large sets; 0 for
         none (no "accuracy" in the history: a forward pass less per epoch).
+    comm : an MPI communicator (mpi4py's, e.g. MPI.COMM_WORLD), optional
+        Data-parallel training (docs/mpi.md): every process of the communicator calls fit
+        with the same model, optimizer and settings; the parameters start as rank 0's and
+        every step is the step one process would take on the same rows (to rounding: the
+        sums run in another order), on every rank alike. Each rank computes the gradient of
+        its share of the step's rows; one all-reduce sums them. The history, early stopping
+        and every stop decision are the same on every rank; only rank 0 shows a progress bar.
+        Each rank uses its node's cores divided by its ranks on the node, unless
+        ``set_num_threads`` chose a count. Mismatched settings or data raise on every rank;
+        an exception on one rank alone (in a callback, say) ends the whole job (MPI_Abort),
+        since the others would wait for it forever.
+    shard : bool, default False
+        With ``comm``: False, every rank passes the same X and y (and sample_weight,
+        validation_data); True, each passes its own part of the rows, the parts in rank
+        order making up the data set (and its own part of the validation rows;
+        ``validation_fraction`` is refused). The step order is drawn over the whole set, so
+        the result does not depend on how it was split.
 
     Returns
     -------
@@ -168,43 +188,59 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     Raises DivergenceError (a FloatingPointError) naming the epoch and step if the loss or the
     gradient norm becomes NaN or Inf; the parameters keep their last finite values.
     """
-    if not isinstance(model, MLP):
-        raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
-    _check_optimizer(optimizer, model)
-    if grad_hook is not None and not callable(grad_hook):
-        raise TypeError(f"grad_hook: expected a callable, got {type(grad_hook).__name__}")
-    epochs = _validate.positive_int("epochs", epochs)
-    batch_size = _validate.positive_int("batch_size", batch_size)
-    accumulate = _validate.positive_int("accumulate", accumulate)
-    initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
-    initial_step = _validate.non_negative_int("initial_step", initial_step)
-    metrics_rows = _validate.non_negative_int("metrics_rows", metrics_rows)
-    if early_stopping is not None:
-        early_stopping = _validate.positive_int("early_stopping", early_stopping)
-    seed = _validate.seed("seed", seed)
-    if not isinstance(monitor, str) or monitor not in _MONITORS:
-        raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
-    callbacks = _check_callbacks(callbacks)
-    X, y = model._check_batch(X, y)
-    weights = _validate.sample_weight(sample_weight, X.shape[0])
+    ranks = _ranks(comm, shard)
+    # With comm, a refusal on one rank is a refusal on every rank (none waits for another).
+    with ranks.agreed_errors() if ranks is not None else contextlib.nullcontext():
+        if not isinstance(model, MLP):
+            raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+        _check_optimizer(optimizer, model)
+        if grad_hook is not None and not callable(grad_hook):
+            raise TypeError(f"grad_hook: expected a callable, got {type(grad_hook).__name__}")
+        epochs = _validate.positive_int("epochs", epochs)
+        batch_size = _validate.positive_int("batch_size", batch_size)
+        accumulate = _validate.positive_int("accumulate", accumulate)
+        initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
+        initial_step = _validate.non_negative_int("initial_step", initial_step)
+        metrics_rows = _validate.non_negative_int("metrics_rows", metrics_rows)
+        if early_stopping is not None:
+            early_stopping = _validate.positive_int("early_stopping", early_stopping)
+        seed = _validate.seed("seed", seed)
+        if not isinstance(monitor, str) or monitor not in _MONITORS:
+            raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
+        callbacks = _check_callbacks(callbacks)
+        X, y = model._check_batch(X, y)
+        weights = _validate.sample_weight(sample_weight, X.shape[0])
 
-    if validation_data is not None and validation_fraction is not None:
-        raise ValueError("validation_data, validation_fraction: give one or the other")
-    if validation_fraction is not None:
-        X, y, X_val, y_val, weights = _hold_out(model, X, y, validation_fraction, seed,
-                                                weights)
-    elif validation_data is not None:
-        X_val, y_val = _unpack_validation(model, validation_data)
-    else:
-        X_val = y_val = None
-    if early_stopping is not None and X_val is None:
-        raise ValueError("early_stopping: needs validation rows (validation_data or "
-                         "validation_fraction)")
-    if monitor == "val_accuracy" and early_stopping is not None \
-            and _accuracy_kind(model, y_val) is None:
-        raise ValueError("monitor: val_accuracy needs class labels or one-hot targets")
+        if validation_data is not None and validation_fraction is not None:
+            raise ValueError("validation_data, validation_fraction: give one or the other")
+        if shard and validation_fraction is not None:
+            raise ValueError("validation_fraction: refused with shard=True (the rows held out "
+                             "would depend on the split); give each rank's validation_data")
+        if validation_fraction is not None:
+            X, y, X_val, y_val, weights = _hold_out(model, X, y, validation_fraction, seed,
+                                                    weights)
+        elif validation_data is not None:
+            X_val, y_val = _unpack_validation(model, validation_data)
+        else:
+            X_val = y_val = None
+        if early_stopping is not None and X_val is None:
+            raise ValueError("early_stopping: needs validation rows (validation_data or "
+                             "validation_fraction)")
+        if monitor == "val_accuracy" and early_stopping is not None \
+                and _accuracy_kind(model, y_val) is None:
+            raise ValueError("monitor: val_accuracy needs class labels or one-hot targets")
+    if ranks is not None:
+        seed = ranks.common_seed(seed)
+        weights_all = ranks.set_rows(X.shape[0], weights)
+        ranks.check_same(_rank_settings(
+            model, optimizer, X, y, weights, X_val, y_val, ranks,
+            epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            accumulate=accumulate, initial_epoch=initial_epoch, initial_step=initial_step,
+            metrics_rows=metrics_rows, early_stopping=early_stopping, monitor=monitor,
+            validation_fraction=validation_fraction, grad_hook=grad_hook is not None))
+        ranks.broadcast(model.params)
 
-    n_samples = X.shape[0]
+    n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows
     batch_size = min(batch_size, n_samples)
     accumulate = min(accumulate, -(-n_samples // batch_size))  # no step spans more than an epoch
     rows_per_step = batch_size * accumulate
@@ -226,9 +262,11 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
 
     scorers = []
     if metrics_rows > 0:
-        scorers.append(("", _Scorer(model, *_metric_rows(X, y, metrics_rows, seed))))
+        if ranks is not None and shard:   # each rank samples its part's share
+            metrics_rows = -(-metrics_rows * X.shape[0] // n_samples)
+        scorers.append(("", _Scorer(model, *_metric_rows(X, y, metrics_rows, seed), ranks)))
     if X_val is not None:
-        scorers.append(("val_", _Scorer(model, X_val, y_val)))
+        scorers.append(("val_", _Scorer(model, X_val, y_val, ranks)))
     history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])
     if _current_lr(optimizer) is not None:
         history["lr"] = []
@@ -242,7 +280,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     step_hooks = [cb.on_step_end for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
     epoch_hooks = [cb.on_epoch_end for cb in callbacks
                    if callable(getattr(cb, "on_epoch_end", None))]
-    bar_factory = _progress_factory(progress)
+    bar_factory = _progress_factory(progress and (ranks is None or ranks.rank == 0))
     watch = None
     if early_stopping is not None:
         watch = _BestWeights(model, monitor, early_stopping)
@@ -251,7 +289,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     # the optimizer describes its update to compiled code); chunks keep the progress bar moving
     # and Ctrl-C answered quickly.
     compiled_update = _has_compiled_update(optimizer)
-    chunked = not step_hooks and grad_hook is None and compiled_update
+    chunked = not step_hooks and grad_hook is None and compiled_update and ranks is None
     micro_grads = kernels.aligned_zeros(model.n_params, model.dtype) if accumulate > 1 else None
     max_steps = -(-n_samples // rows_per_step)
     chunk_steps = max(32, -(-max_steps // 20))
@@ -263,6 +301,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         if callable(getattr(cb, "on_train_begin", None)):
             cb.on_train_begin(model, history)
     bar = None
+    if ranks is not None:
+        ranks.begin()   # threads per rank, Ctrl-C held for the ranks to share
     try:
         for epoch in range(epochs):
             start_time = time.perf_counter()
@@ -315,9 +355,16 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     rows = order[start:start + rows_per_step]
                     n = rows.shape[0]
                     try:
-                        loss, norm = _step(model, optimizer, grad_hook, compiled_update,
-                                           _Batches(model, X, y, rows, x_batch, y_batch,
-                                                    micro_grads, weights, w_batch))
+                        if ranks is None:
+                            loss, norm = _step(model, optimizer, grad_hook, compiled_update,
+                                               _Batches(model, X, y, rows, x_batch, y_batch,
+                                                        micro_grads, weights, w_batch))
+                        else:
+                            loss, norm = _step_on_ranks(
+                                model, optimizer, grad_hook, ranks, _Batches(
+                                    model, X, y, ranks.local_rows(rows), x_batch, y_batch,
+                                    micro_grads, weights, w_batch),
+                                n if weights_all is None else float(weights_all[rows].sum()))
                     except FloatingPointError as exc:
                         raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
                                               f"{n_steps + 1}: {exc}") from None
@@ -333,6 +380,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                     for hook in step_hooks:
                         if hook(epoch, n_steps - 1, loss, norm, model) is True:
                             stop = True
+                    if ranks is not None and step_hooks:
+                        stop = ranks.any(stop)
                     if stop:
                         history.stop_reason = "callback"
                         break
@@ -370,9 +419,12 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
                 stop = True
             for hook in epoch_hooks:
                 if hook(epoch, history, model) is True:
-                    if history.stop_reason == "completed":
-                        history.stop_reason = "callback"
                     stop = True
+            if ranks is not None:
+                ranks.check_replicas(model.params, epoch)
+                stop = ranks.any(stop)
+            if stop and history.stop_reason == "completed":
+                history.stop_reason = "callback"
             if stop:
                 break
     except KeyboardInterrupt:
@@ -385,6 +437,17 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         complete = min((len(values) for values in ours), default=0)
         for values in ours:
             del values[complete:]
+    except Exception as exc:
+        if ranks is not None and ranks.size > 1 \
+                and not isinstance(exc, (DivergenceError, distributed.ReplicaDriftError)):
+            ranks.abort(exc)   # this rank's alone: the others would wait for it forever
+        raise
+    finally:
+        if ranks is not None:
+            ranks.end()
+    if ranks is not None and history.stop_reason != "interrupted" \
+            and ranks.any(ranks.interrupted):   # Ctrl-C after the last step
+        history.stop_reason = "interrupted"
     if watch is not None:
         history.best_epoch = watch.restore()
     for cb in callbacks:
@@ -486,20 +549,21 @@ class _Batches:
         return self.weights is not None and not self.weights[self.rows].any()
 
 
-def _loss_and_grad(model, batches):
+def _loss_and_grad(model, batches, penalty=True):
     """The step's objective, and its gradient in model.grads: one batch's, or, over several,
     as kernels.mlp_train_epoch accumulates them (one compiled call: the same arithmetic, and
-    the L2 penalty of all the step's rows)."""
+    the L2 penalty of all the step's rows). Without penalty, the data loss alone."""
     if batches.rows.shape[0] <= batches.x_batch.shape[0]:
-        return model._loss_and_grad_checked(*batches.one())
+        return model._loss_and_grad_checked(*batches.one(), penalty=penalty)
     batch_size = batches.x_batch.shape[0]
     model._reserve(batch_size)
     model._grad_norms_fresh = False
+    net = model._net if penalty else model._net._replace(l2=0.0)
     sparse = isinstance(batches.X, _validate.SparseRows)
     return model._run(kernels.entry.accumulated_loss_and_grad, (
         model.grads, batches.micro_grads, *model._work, model.params, batches.x_batch,
         batches.y_batch, _compiled_x(batches.X), batches.y, batches.rows, batch_size,
-        *model._net, batches.weights, batches.w_batch), weighted=batches.weights is not None,
+        *net, batches.weights, batches.w_batch), weighted=batches.weights is not None,
         sparse_index=batches.X.indices.dtype if sparse else None)
 
 
@@ -522,6 +586,79 @@ def _step(model, optimizer, grad_hook, compiled_update, batches):
         if apply is False:
             return loss, None
     return loss, float(optimizer.step())
+
+
+def _step_on_ranks(model, optimizer, grad_hook, ranks, batches, step_weight):
+    """_step's data-parallel twin: batches holds this rank's rows of a step whose rows weigh
+    step_weight in all (their count, or their sample weights' sum; the same on every rank).
+    This rank's data gradient is scaled by its share of that weight, the ranks' are summed,
+    then the L2 penalty of all the step's rows is added and the update applied, on every rank
+    alike. Raises KeyboardInterrupt after the step when Ctrl-C reached some rank."""
+    if step_weight == 0:   # as _step: every row of the step weighs 0
+        return 0.0, None
+    rows = batches.rows
+    weight = rows.shape[0] if batches.weights is None else batches.weights[rows].sum()
+    if weight > 0:
+        share = float(weight) / step_weight
+        loss_share = _loss_and_grad(model, batches, penalty=False) * share
+        np.multiply(model.grads, share, out=model.grads)
+    else:
+        loss_share = 0.0
+        model.grads.fill(0)
+    model._grad_norms_fresh = False
+    loss, interrupted = ranks.sum_step(model._grad_buffer, loss_share)
+    if model.l2 != 0:
+        net = model._net
+        loss += model._run(kernels.entry.add_l2_penalty, (
+            model.grads, model._work.partials, model.params, net.param_offsets, net.sizes,
+            net.l2, float(step_weight)))
+    if not math.isfinite(loss):   # the sum: every rank refuses alike
+        raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
+    norm = None
+    if grad_hook is not None:
+        try:
+            apply = grad_hook(model)
+        except Exception as exc:
+            raise _HookError() from exc
+    if grad_hook is None or apply is not False:
+        norm = float(optimizer.step())
+    if interrupted:
+        raise KeyboardInterrupt
+    return loss, norm
+
+
+def _ranks(comm, shard):
+    """distributed.Ranks for a communicator, or None."""
+    if comm is None:
+        if shard is not False:
+            raise ValueError("shard: needs comm (data-parallel training over MPI)")
+        return None
+    return distributed.Ranks(comm, shard)
+
+
+def _rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **settings):
+    """What must be the same on every rank of a data-parallel fit, as comparable values."""
+    spec = optimizer.update_spec() if callable(getattr(optimizer, "update_spec", None)) \
+        else None
+    described = {
+        "model sizes": tuple(model.sizes), "activations": tuple(model.activations),
+        "output activation": model.output_activation, "loss": model.loss,
+        "l2": model.l2, "dtype": np.dtype(model.dtype).name,
+        "optimizer": type(optimizer).__name__,
+        "optimizer settings and state (CRC-32)": None if spec is None else zlib.crc32(
+            spec.state.view(np.uint8), zlib.crc32(spec.hyper.view(np.uint8))),
+        "X columns": X.shape[1], "sparse X": isinstance(X, _validate.SparseRows),
+        "y columns": y.shape[1:], "y dtype": str(y.dtype),
+        "sample_weight given": weights is not None, "validation rows given": X_val is not None,
+        **settings}
+    if not ranks.shard:
+        described.update(distributed.data_fingerprint(X, y))
+        if weights is not None:
+            described["sample_weight (CRC-32)"] = zlib.crc32(weights.view(np.uint8))
+        if X_val is not None:
+            described.update({"validation " + key: value for key, value in
+                              distributed.data_fingerprint(X_val, y_val).items()})
+    return described
 
 
 def _check_callbacks(callbacks):
@@ -605,37 +742,52 @@ class _Scorer:
     MSE model's output is 1 when above 1/2.
     """
 
-    def __init__(self, model, X, y):
-        self.model, self.X, self.y = model, X, y
+    def __init__(self, model, X, y, ranks=None):
         self.kind = _accuracy_kind(model, y)
+        if ranks is not None:   # each rank scores its slice (or its part); sums are shared
+            if ranks.shard:
+                self.kind = ranks.common(self.kind)
+            else:
+                rows = np.arange(y.shape[0])[ranks.slice_of(y.shape[0])]
+                X, y = X[rows], y[rows]
+        self.model, self.X, self.y, self.ranks = model, X, y, ranks
         if self.kind == "onehot":
             self.target_labels = y.argmax(axis=1)
 
     def score(self):
+        """(mean loss, accuracy or None) over the rows (all the ranks' rows, with ranks)."""
+        sums = self._sums() if self.y.shape[0] else (0.0, 0.0, 0)
+        if self.ranks is not None:
+            sums = self.ranks.sum_scores(sums)
+        loss_sum, correct, n = sums
+        return loss_sum / n, None if self.kind is None else correct / n
+
+    def _sums(self):
+        """(sum of the rows' losses, rows right, rows)."""
         out = self.model.forward(self.X).astype(np.float64)
         y = self.y
         loss_name = self.model.loss
         if loss_name == "softmax_cross_entropy":
             top = out.max(axis=1)
             log_norm = top + np.log(np.exp(out - top[:, None]).sum(axis=1))
-            loss = float(np.mean(log_norm - out[np.arange(out.shape[0]), y]))
+            loss = float(np.sum(log_norm - out[np.arange(out.shape[0]), y]))
         elif loss_name == "binary_cross_entropy":
             terms = np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))
-            loss = float(np.mean(np.sum(terms, axis=1)))
+            loss = float(np.sum(np.sum(terms, axis=1)))
         else:
-            loss = float(np.mean(0.5 * np.sum((out - y) ** 2, axis=1)))
+            loss = float(np.sum(0.5 * np.sum((out - y) ** 2, axis=1)))
         threshold = 0.0 if loss_name == "binary_cross_entropy" else 0.5
         if self.kind == "labels":
-            accuracy = float(np.mean(out.argmax(axis=1) == y))
+            right = out.argmax(axis=1) == y
         elif self.kind == "onehot":
-            accuracy = float(np.mean(out.argmax(axis=1) == self.target_labels))
+            right = out.argmax(axis=1) == self.target_labels
         elif self.kind == "binary":
-            accuracy = float(np.mean((out[:, 0] > threshold) == (y[:, 0] > 0.5)))
+            right = (out[:, 0] > threshold) == (y[:, 0] > 0.5)
         elif self.kind == "multilabel":   # every output of the row right (scikit-learn's)
-            accuracy = float(np.mean(np.all((out > threshold) == (y > 0.5), axis=1)))
+            right = np.all((out > threshold) == (y > 0.5), axis=1)
         else:
-            accuracy = None
-        return loss, accuracy
+            right = np.zeros(0)
+        return loss, float(np.count_nonzero(right)), out.shape[0]
 
 
 class _BestWeights:

@@ -90,6 +90,13 @@ def l2_penalty(partials, params, param_offsets, sizes, l2, n_rows):
 
 
 @njit(**SERIAL)
+def add_l2_penalty(grads, partials, params, param_offsets, sizes, l2, n_rows):
+    """Adds the L2 penalty's gradient of n_rows rows to grads; returns the penalty: the stage
+    a data-parallel step runs after summing the ranks' data gradients."""
+    return _l2_penalty(grads, partials, params, param_offsets, sizes, l2, n_rows)
+
+
+@njit(**SERIAL)
 def loss_and_grad(grads, acts, deltas, losses, layer_sq, partials, params, x, target, sizes,
                   activations, param_offsets, capacity, checkpoint_every, act_offsets,
                   pre_offsets, loss_code, l2, weights):

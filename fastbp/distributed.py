@@ -1,0 +1,240 @@
+"""Data-parallel training over MPI: what ``fit(..., comm=)`` does with the communicator.
+
+Every rank holds a full replica of the model. Each step's rows are the rows one process would
+take (the same seeded order of all the data set's rows); each rank computes the data gradient of
+its share of them, scaled by that share, and one in-place all-reduce (sum) of the gradient
+buffer makes every rank's gradient that of the whole step. The L2 penalty, clipping and the
+update then run on every rank alike, so the parameters stay bitwise equal (checked after each
+epoch). The step's loss and a stop flag (Ctrl-C) ride in two spare slots after the gradients
+(``MLP._grad_buffer``), so a step makes one MPI call.
+
+Only this module talks to MPI; it needs nothing of mpi4py but the communicator object handed in
+(``Allreduce``, ``allgather``, ``Bcast``, ``Get_rank``, ``Get_size``, ``Abort``, ``Split_type``).
+"""
+import contextlib
+import os
+import signal
+import sys
+import threading
+import traceback
+import zlib
+
+import numba
+import numpy as np
+
+from . import _threads
+from .layout import LOSS_SLOT, STOP_SLOT
+
+_COMM_METHODS = ("Allreduce", "allgather", "Bcast", "Get_rank", "Get_size", "Abort")
+
+# How many rows of X the data check of an unsharded run hashes (evenly spaced).
+_CHECKED_ROWS = 256
+
+
+class RankMismatchError(ValueError):
+    """The ranks of a data-parallel fit were given different models, optimizers, settings or
+    data (raised on every rank)."""
+
+
+class ReplicaDriftError(RuntimeError):
+    """The ranks' parameters are no longer bitwise equal (raised on every rank)."""
+
+
+class Ranks:
+    """The processes of a communicator training one model together (see the module docstring).
+
+    shard: False, every rank was given the same X and y and takes its rows of each step by
+    index; True, each rank was given its own part of the rows, the parts in rank order making
+    up the data set.
+    """
+
+    def __init__(self, comm, shard):
+        lacks = [name for name in _COMM_METHODS if not callable(getattr(comm, name, None))]
+        if lacks:
+            raise TypeError(f"comm: expected an MPI communicator (mpi4py's MPI.COMM_WORLD, say), "
+                            f"got {type(comm).__name__}, which lacks {', '.join(lacks)}")
+        if not isinstance(shard, bool):
+            raise TypeError(f"shard: expected True or False, got {type(shard).__name__}")
+        self.comm, self.shard = comm, shard
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.interrupted = False
+        self.offset = 0          # the first global row of this rank's part (shard)
+        self.n_local = None
+        self.n_total = None
+
+    # -- agreement ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def agreed_errors(self):
+        """Checks that each rank runs alone: when any rank's fail, every rank raises (its own
+        exception, or one naming the rank that failed), so that none waits for the others in
+        an MPI call."""
+        failure = None
+        try:
+            yield
+        except Exception as exc:
+            failure = exc
+        reports = self.comm.allgather(None if failure is None
+                                      else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        for rank, report in enumerate(reports):
+            if report is not None:
+                raise RankMismatchError(f"rank {rank} of {self.size} refused the fit: {report}")
+
+    def check_same(self, what):
+        """Refuse (on every rank) when the ranks' descriptions `what` (dicts of comparable
+        values) differ; names the first differing entry and the ranks."""
+        everyone = self.comm.allgather(what)
+        for rank, theirs in enumerate(everyone):
+            for key, value in everyone[0].items():
+                if theirs.get(key) != value:
+                    raise RankMismatchError(
+                        f"ranks 0 and {rank} differ in {key}: {value!r} against "
+                        f"{theirs.get(key)!r}; every rank must be given the same model, "
+                        "optimizer and settings" + ("" if self.shard else
+                                                    ", and the same X and y (or shard=True)"))
+
+    def broadcast(self, array):
+        """Rank 0's values of `array` on every rank, in place."""
+        self.comm.Bcast(array, root=0)
+
+    def common_seed(self, seed):
+        """The seed every rank uses: the given one (checked equal later), or for None, one
+        drawn on rank 0."""
+        if seed is not None:
+            return seed
+        return self.comm.allgather(int(np.random.SeedSequence().entropy % 2**63))[0]
+
+    def common(self, value):
+        """value when every rank has the same, else None."""
+        values = self.comm.allgather(value)
+        return value if all(v == value for v in values) else None
+
+    def any(self, flag):
+        """Whether `flag` is true on any rank (every rank gets the same answer)."""
+        return any(self.comm.allgather(bool(flag)))
+
+    def check_replicas(self, params, epoch):
+        """Raise ReplicaDriftError on every rank when the parameters are not bitwise equal."""
+        sums = self.comm.allgather(zlib.crc32(params.view(np.uint8)))
+        if len(set(sums)) > 1:
+            raise ReplicaDriftError(
+                f"after epoch {epoch + 1} the ranks' parameters differ (CRC-32 by rank: "
+                f"{sums}); a callback or gradient hook changed them, or decided, differently "
+                "on some rank")
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def set_rows(self, n_local, weights):
+        """Learn how the rows are spread: sets n_total (the data set's rows) and, with shard,
+        this rank's offset; returns every row's sample weight (all ranks' parts, in order;
+        None when unweighted)."""
+        self.n_local = n_local
+        if not self.shard:
+            self.n_total = n_local
+            return weights
+        counts = self.comm.allgather(n_local)
+        self.offset, self.n_total = sum(counts[:self.rank]), sum(counts)
+        if weights is None:
+            return None
+        return np.concatenate(self.comm.allgather(weights))
+
+    def local_rows(self, rows):
+        """This rank's rows of a step's global rows, as indices into its X: with shard, those in
+        its part; else its contiguous slice of them (sizes differing by at most one)."""
+        if self.shard:
+            mine = rows[(rows >= self.offset) & (rows < self.offset + self.n_local)]
+            return mine - self.offset
+        n = rows.shape[0]
+        return rows[self.rank * n // self.size:(self.rank + 1) * n // self.size]
+
+    def slice_of(self, n):
+        """This rank's contiguous slice of n rows every rank holds (for scoring)."""
+        return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
+
+    # -- the step's reduction -----------------------------------------------------------------
+
+    def sum_step(self, grad_buffer, loss_share):
+        """Sum the ranks' scaled gradients in place (one MPI call) with their loss shares and
+        stop flags; returns (the step's data loss, whether some rank was interrupted)."""
+        grad_buffer[LOSS_SLOT] = loss_share
+        grad_buffer[STOP_SLOT] = 1.0 if self.interrupted else 0.0
+        self.comm.Allreduce(_in_place(), grad_buffer)
+        return float(grad_buffer[LOSS_SLOT]), \
+            bool(grad_buffer[STOP_SLOT] > 0)
+
+    def sum_scores(self, sums):
+        """Element-wise sums over the ranks of a small float64 vector."""
+        sums = np.asarray(sums, dtype=np.float64)
+        self.comm.Allreduce(_in_place(), sums)
+        return sums
+
+    # -- the process ----------------------------------------------------------------------------
+
+    def begin(self):
+        """Ready this rank to train; end() undoes it.
+
+        Threads: unless fastbp.set_num_threads (or NUMBA_NUM_THREADS) chose the count, this
+        rank uses its share of its node's cores (cores // ranks on the node): ranks with every
+        core each would oversubscribe the machine. Ctrl-C (SIGINT, which mpiexec passes to
+        every rank) sets a flag that the next step's all-reduce shares, so that every rank
+        stops after the same step (main thread only)."""
+        self._threads_before = numba.get_num_threads()
+        if not (_threads.chosen() or "NUMBA_NUM_THREADS" in os.environ):
+            node = self.comm.Split_type(_mpi().COMM_TYPE_SHARED, key=self.rank)
+            share = max(1, len(os.sched_getaffinity(0)) // node.Get_size())
+            node.Free()
+            numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
+        self._sigint_before = None
+        if threading.current_thread() is threading.main_thread():
+            self._sigint_before = signal.signal(signal.SIGINT, self._hold_interrupt)
+
+    def _hold_interrupt(self, signum, frame):
+        self.interrupted = True
+
+    def end(self):
+        numba.set_num_threads(self._threads_before)
+        if self._sigint_before is not None:
+            signal.signal(signal.SIGINT, self._sigint_before)
+
+    def abort(self, exc):
+        """End the whole job after an exception on this rank alone (the others would wait for
+        it forever in their next MPI call): the traceback on stderr, then MPI_Abort."""
+        print(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI job", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        sys.stderr.flush()
+        self.comm.Abort(1)
+
+
+def data_fingerprint(X, y):
+    """A cheap description of an unsharded data set, to check that every rank has the same:
+    the shapes, the dtypes, and a CRC-32 of up to 256 evenly spaced rows of X (for a sparse X,
+    their values and column indices) and of all of y."""
+    rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], _CHECKED_ROWS)).astype(int))
+    sample = X[rows]
+    parts = [sample] if isinstance(sample, np.ndarray) else [sample.data, sample.indices]
+    crc = 0
+    for part in parts + [y]:
+        crc = zlib.crc32(np.ascontiguousarray(part).view(np.uint8), crc)
+    return {"X shape": tuple(X.shape), "X dtype": str(X.dtype), "y shape": tuple(y.shape),
+            "y dtype": str(y.dtype), "X and y (CRC-32 of a sample)": crc}
+
+
+def _mpi():
+    from mpi4py import MPI   # only ever reached with an mpi4py communicator in hand
+    return MPI
+
+
+def _in_place():
+    return _mpi().IN_PLACE
+
+
+def launched_ranks():
+    """The number of processes mpiexec (MPICH, Intel MPI, Open MPI, MVAPICH) started this
+    job with, from the environment it gives each; 1 when not started by one."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
