@@ -3,8 +3,12 @@
 Exit status: 0 on success; 2 for bad options or unusable data (one line on stderr, nothing
 written); 1 when training diverges or an output file cannot be written; 130 after Ctrl-C
 (with ``--save``, the last good weights are written first).
+
+Started by ``mpiexec -n N``, the N processes train one model together (fit's ``comm``, see
+docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -15,7 +19,7 @@ import time
 
 import numpy as np
 
-from . import __version__, kernels
+from . import __version__, distributed, kernels
 from ._threads import set_num_threads
 from .data import NAMED, SCALINGS, DataError
 from .data import load as load_data
@@ -378,12 +382,12 @@ def _check_args(args):
 class _Printer:
     """Human-readable lines: stdout normally, stderr with --json, nothing with --quiet."""
 
-    def __init__(self, quiet, to_stderr):
-        self.quiet = quiet
+    def __init__(self, quiet, to_stderr, silent=False):
+        self.quiet, self.silent = quiet, silent
         self.stream = sys.stderr if to_stderr else sys.stdout
 
     def __call__(self, line="", force=False):
-        if force or not self.quiet:
+        if (force or not self.quiet) and not self.silent:
             print(line, file=self.stream, flush=True)
 
 
@@ -522,41 +526,18 @@ def _json_default(value):
 # -- the command --------------------------------------------------------------------------
 
 
-def train(args):
+def train(args, ranks=None):
+    """The command, on one process or (ranks: distributed.Ranks) on each of an MPI job's."""
     t_start = time.perf_counter()
-    say = _Printer(args.quiet, to_stderr=args.json)
+    lead = ranks is None or ranks.rank == 0
+    say = _Printer(args.quiet, to_stderr=args.json, silent=not lead)
     if args.threads is not None:
         set_num_threads(args.threads)
-    resumed = _resumed_model(args) if args.resume is not None else None
-    dtype_name = np.dtype(resumed[0].dtype).name if resumed else args.dtype
-
-    try:
-        ds = load_data(args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
-                       test_fraction=args.test_fraction, seed=args.seed,
-                       label_column=args.label_column, dtype=dtype_name,
-                       scaling=args.scale, log=say)
-    except DataError as exc:
-        raise UsageError(f"fastbp train: {exc}") from None
-    except ValueError as exc:  # arguments that only the loader can judge
-        raise UsageError(f"fastbp train: {exc}") from None
+    elif ranks is not None:
+        set_num_threads(distributed.node_threads(ranks.comm))
+    with _together(ranks):
+        ds, model, optimizer, sizes = _data_and_model(args, say)
     t_data = time.perf_counter() - t_start
-    if args.early_stopping is not None and len(ds.y_val) == 0:
-        raise UsageError("fastbp train: --early-stopping: the validation split is empty; "
-                         "raise --val-fraction")
-
-    sizes = [ds.n_features] + args.layers + [ds.n_classes]
-    try:
-        if resumed:
-            model, optimizer = resumed
-            _check_resumed_model(args, ds, model, optimizer)
-            sizes = list(model.sizes)
-        else:
-            model, optimizer = _new_model(args, sizes)
-    except MemoryError:
-        raise UsageError(f"fastbp train: not enough memory for a model of sizes {sizes}") \
-            from None
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"fastbp train: {exc}") from None
 
     dtype = model.dtype
     if model.loss != "softmax_cross_entropy":   # mse, binary_cross_entropy
@@ -573,7 +554,7 @@ def train(args):
         f"{np.dtype(model.dtype).name}, {model.n_params:,} parameters"
         + (f"; resumed from {args.resume}" if args.resume else ""))
     first_epoch = optimizer.epochs_done
-    first_step = getattr(args, "resume_run", {}).get("epoch_steps", 0) if resumed else 0
+    first_step = getattr(args, "resume_run", {}).get("epoch_steps", 0) if args.resume else 0
     steps_before = optimizer.steps
     epochs = args.epochs - first_epoch
     accumulate = f" x {args.accumulate} accumulated" if args.accumulate > 1 else ""
@@ -592,15 +573,20 @@ def train(args):
     validation = (ds.X_val, y_val) if len(ds.y_val) else None
     t0 = time.perf_counter()
     try:
-        history = fit(model, ds.X_train, y_train, optimizer, epochs=epochs,
-                      batch_size=args.batch_size, seed=args.seed, validation_data=validation,
-                      early_stopping=args.early_stopping, callbacks=callbacks,
-                      progress=not args.quiet and _have_tqdm(), accumulate=args.accumulate,
-                      initial_epoch=first_epoch, initial_step=first_step)
-    except DivergenceError as exc:
-        print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
+        with _together(ranks):
+            history = fit(model, ds.X_train, y_train, optimizer, epochs=epochs,
+                          batch_size=args.batch_size, seed=args.seed,
+                          validation_data=validation, early_stopping=args.early_stopping,
+                          callbacks=callbacks, progress=not args.quiet and _have_tqdm(),
+                          accumulate=args.accumulate, initial_epoch=first_epoch,
+                          initial_step=first_step, comm=ranks and ranks.comm)
+    except DivergenceError as exc:   # (on every rank alike)
+        if lead:
+            print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
         return EXIT_FAILED
     t_train = time.perf_counter() - t0
+    if not lead:   # rank 0 reports and writes the files
+        return EXIT_INTERRUPTED if history.interrupted else 0
 
     epochs_run = history.n_epochs
     _report_stop(say, args, history)
@@ -682,6 +668,67 @@ def train(args):
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _data_and_model(args, say):
+    """The data set, and the model and optimizer (new, or those of --resume), with its
+    sizes."""
+    resumed = _resumed_model(args) if args.resume is not None else None
+    dtype_name = np.dtype(resumed[0].dtype).name if resumed else args.dtype
+    try:
+        ds = load_data(args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
+                       test_fraction=args.test_fraction, seed=args.seed,
+                       label_column=args.label_column, dtype=dtype_name,
+                       scaling=args.scale, log=say)
+    except DataError as exc:
+        raise UsageError(f"fastbp train: {exc}") from None
+    except ValueError as exc:  # arguments that only the loader can judge
+        raise UsageError(f"fastbp train: {exc}") from None
+    if args.early_stopping is not None and len(ds.y_val) == 0:
+        raise UsageError("fastbp train: --early-stopping: the validation split is empty; "
+                         "raise --val-fraction")
+    sizes = [ds.n_features] + args.layers + [ds.n_classes]
+    try:
+        if resumed:
+            model, optimizer = resumed
+            _check_resumed_model(args, ds, model, optimizer)
+            sizes = list(model.sizes)
+        else:
+            model, optimizer = _new_model(args, sizes)
+    except MemoryError:
+        raise UsageError(f"fastbp train: not enough memory for a model of sizes {sizes}") \
+            from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"fastbp train: {exc}") from None
+    return ds, model, optimizer, sizes
+
+
+@contextlib.contextmanager
+def _together(ranks):
+    """Under MPI, a refusal on one rank is a refusal on every rank (a UsageError), so that
+    none waits for another; alone, nothing."""
+    if ranks is None:
+        yield
+        return
+    try:
+        with ranks.agreed_errors():
+            yield
+    except distributed.RankMismatchError as exc:
+        raise UsageError(f"fastbp train: {exc}") from None
+
+
+def _mpi_ranks():
+    """distributed.Ranks of MPI's world when mpiexec started this process among several,
+    else None."""
+    n = distributed.launched_ranks()
+    if n <= 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UsageError(f"fastbp train: started by mpiexec as one of {n} processes, but "
+                         "mpi4py is not installed (pip install 'fastbp[mpi]')") from None
+    return distributed.Ranks(MPI.COMM_WORLD, shard=False)
+
+
 def _report_stop(say, args, history):
     """A line on why training stopped before its last epoch, or which weights it kept."""
     epochs_run = history.n_epochs
@@ -750,14 +797,31 @@ def main(argv=None):
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
         args.given = _given_options(argv)
-        _check_args(args)
-        return train(args)
-    except UsageError as exc:
-        print(str(exc), file=sys.stderr)
+        ranks = _mpi_ranks()
+        with _together(ranks):
+            _check_args(args)
+        return train(args, ranks)
+    except UsageError as exc:   # (under MPI, on every rank alike: rank 0 says it)
+        if distributed.launched_rank() == 0:
+            print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("fastbp: interrupted; nothing written", file=sys.stderr)
+        if distributed.launched_rank() == 0:
+            print("fastbp: interrupted; nothing written", file=sys.stderr)
+        _end_job(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
+    except BaseException as exc:   # under MPI: one rank's failure ends the job, not a hang
+        if distributed.launched_ranks() > 1 and not isinstance(exc, SystemExit):
+            from mpi4py import MPI
+            distributed.Ranks(MPI.COMM_WORLD, shard=False).abort(exc)
+        raise
+
+
+def _end_job(status):
+    """Under MPI, after an interrupt outside training (where the ranks agree on when to
+    stop), end every rank: one may be waiting in an MPI call for this one."""
+    if distributed.launched_ranks() > 1 and "mpi4py.MPI" in sys.modules:
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -74,13 +74,12 @@ class Ranks:
             yield
         except Exception as exc:
             failure = exc
-        reports = self.comm.allgather(None if failure is None
-                                      else f"{type(failure).__name__}: {failure}")
+        reports = self.comm.allgather(None if failure is None else str(failure))
         if failure is not None:
             raise failure
         for rank, report in enumerate(reports):
             if report is not None:
-                raise RankMismatchError(f"rank {rank} of {self.size} refused the fit: {report}")
+                raise RankMismatchError(f"rank {rank} of {self.size} failed: {report}")
 
     def check_same(self, what):
         """Refuse (on every rank) when the ranks' descriptions `what` (dicts of comparable
@@ -182,10 +181,7 @@ class Ranks:
         stops after the same step (main thread only)."""
         self._threads_before = numba.get_num_threads()
         if not (_threads.chosen() or "NUMBA_NUM_THREADS" in os.environ):
-            node = self.comm.Split_type(_mpi().COMM_TYPE_SHARED, key=self.rank)
-            share = max(1, len(os.sched_getaffinity(0)) // node.Get_size())
-            node.Free()
-            numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(node_threads(self.comm))
         self._sigint_before = None
         if threading.current_thread() is threading.main_thread():
             self._sigint_before = signal.signal(signal.SIGINT, self._hold_interrupt)
@@ -205,6 +201,17 @@ class Ranks:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
         self.comm.Abort(1)
+
+
+def node_threads(comm):
+    """This rank's share of its node's cores: the cores it may run on // the communicator's
+    ranks on its node (at least 1; at most NUMBA_NUM_THREADS)."""
+    node = comm.Split_type(_mpi().COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        share = max(1, len(os.sched_getaffinity(0)) // node.Get_size())
+    finally:
+        node.Free()
+    return min(share, numba.config.NUMBA_NUM_THREADS)
 
 
 def data_fingerprint(X, y):
@@ -228,6 +235,15 @@ def _mpi():
 
 def _in_place():
     return _mpi().IN_PLACE
+
+
+def launched_rank():
+    """This process's rank in the job mpiexec started (0 when not started by one)."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def launched_ranks():

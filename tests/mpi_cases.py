@@ -1,0 +1,152 @@
+"""Data-parallel fits for tests/test_mpi.py, run by it under ``mpiexec -n N``.
+
+``python tests/mpi_cases.py OUT`` (under mpiexec) runs every case of CASES on each rank and
+writes OUT/<case>-<rank>.npz: the parameters and the history's losses, or the refusal's
+exception. test_mpi.py runs the same cases in one process (``train(case, None)``) and compares.
+``python tests/mpi_cases.py OUT --fail KIND`` instead fails one rank mid-training (see fail()).
+"""
+import os
+import signal
+import sys
+
+import numpy as np
+
+import fastbp
+
+N_ROWS, N_FEATURES, N_CLASSES = 203, 7, 3
+
+
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N_ROWS, N_FEATURES))
+    y = rng.integers(0, N_CLASSES, N_ROWS)
+    weights = rng.uniform(0, 2, N_ROWS)
+    weights[rng.random(N_ROWS) < 0.2] = 0.0   # some rows weigh nothing
+    return X, y, weights
+
+
+def _sgd(model):
+    return fastbp.SGD(model, lr=0.1)
+
+
+def _momentum_clipped(model):
+    return fastbp.SGD(model, lr=0.1, momentum=0.9, nesterov=True, clip_norm=0.5)
+
+
+def _adam_clipped(model):
+    return fastbp.Adam(model, lr=0.01, clip_norm=0.3)
+
+
+def _adamw(model):
+    return fastbp.AdamW(model, lr=0.01, weight_decay=0.1)
+
+
+# name: (optimizer, model options, fit options, shard, sample weights)
+CASES = {
+    "sgd": (_sgd, {}, dict(batch_size=32, epochs=3), False, False),
+    "momentum_clipped_l2": (_momentum_clipped, dict(l2=0.01), dict(batch_size=32, epochs=3),
+                            False, False),
+    "adam_clipped": (_adam_clipped, {}, dict(batch_size=25, epochs=3), False, False),
+    "adamw_accumulate": (_adamw, {}, dict(batch_size=16, epochs=2, accumulate=3), False, False),
+    "batch_smaller_than_ranks": (_sgd, {}, dict(batch_size=2, epochs=1), False, False),
+    "weights_l2": (_adam_clipped, dict(l2=0.05), dict(batch_size=20, epochs=2), False, True),
+    "mse_tanh": (_momentum_clipped, dict(loss="mse", activation="tanh"),
+                 dict(batch_size=30, epochs=3), False, False),
+    "early_stopping": (_momentum_clipped, {}, dict(batch_size=16, epochs=12, early_stopping=2,
+                                                   validation_fraction=0.25), False, False),
+    "shard": (_momentum_clipped, dict(l2=0.01), dict(batch_size=32, epochs=3), True, False),
+    "shard_adam_weights": (_adam_clipped, {}, dict(batch_size=24, epochs=2), True, True),
+    "shard_tiny_batches": (_sgd, {}, dict(batch_size=2, epochs=1), True, False),
+}
+
+
+def shard_bounds(n_ranks):
+    """Uneven parts: rank r of n gets a part of its own size (the last takes the rest)."""
+    cuts = [min(N_ROWS - 1, 17 + 61 * r) for r in range(n_ranks - 1)]
+    return [0] + cuts + [N_ROWS]
+
+
+def train(case, comm):
+    """(model, history) of the case, on one process (comm None) or on this rank."""
+    make_optimizer, model_options, fit_options, shard, weighted = CASES[case]
+    X, y, weights = data()
+    model = fastbp.MLP([N_FEATURES, 16, 8, N_CLASSES if "loss" not in model_options else 2],
+                       dtype=np.float64, seed=3, **model_options)
+    if model.loss == "mse":
+        y = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1)
+    if comm is not None and shard:
+        bounds = shard_bounds(comm.Get_size())
+        part = slice(bounds[comm.Get_rank()], bounds[comm.Get_rank() + 1])
+        X, y, weights = X[part], y[part], weights[part]
+    extra = dict(comm=comm, shard=shard) if comm is not None else {}
+    history = fastbp.fit(model, X, y, make_optimizer(model), seed=11,
+                         sample_weight=weights if weighted else None, **fit_options, **extra)
+    return model, history
+
+
+def _refusals(comm):
+    """Settings that differ between ranks, or a bad argument on one rank: every rank must
+    raise. name: a function of the rank returning fit's keyword arguments."""
+    X, y, _ = data()
+
+    def model(rank, hidden=16):
+        return fastbp.MLP([N_FEATURES, hidden, N_CLASSES], dtype=np.float64, seed=3)
+
+    def fit(rank, m=None, **changes):
+        m = m or model(rank)
+        options = dict(X=X, y=y, optimizer=fastbp.SGD(m, lr=0.1), epochs=1, batch_size=32,
+                       seed=1, comm=comm)
+        options.update(changes)
+        return fastbp.fit(m, **options)
+
+    return {
+        "other_model": lambda r: fit(r, m=model(r, hidden=16 + r)),
+        "other_data": lambda r: fit(r, X=X + r),
+        "other_batch_size": lambda r: fit(r, batch_size=32 + r),
+        "bad_epochs_on_one_rank": lambda r: fit(r, epochs=0 if r == 1 else 1),
+        "no_shard_validation_fraction": lambda r: fit(r, shard=True, validation_fraction=0.2),
+    }
+
+
+def main(out):
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    for case in CASES:
+        model, history = train(case, comm)
+        np.savez(os.path.join(out, f"{case}-{rank}.npz"), params=model.params,
+                 loss=np.array(history["loss"]), stop_reason=history.stop_reason,
+                 best_epoch=-1 if history.best_epoch is None else history.best_epoch,
+                 val_loss=np.array(history.get("val_loss", [])))
+    for case, run in _refusals(comm).items():
+        try:
+            run(rank)
+            error = "none"
+        except Exception as exc:   # the test wants every rank to have raised
+            error = f"{type(exc).__name__}: {exc}"
+        np.savez(os.path.join(out, f"refusal-{case}-{rank}.npz"), error=error)
+
+
+def fail(kind):
+    """Train with a callback that fails on rank 1 alone: raises, or kills its process."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+
+    class FailOnRankOne:
+        def on_epoch_end(self, epoch, history, model):
+            if comm.Get_rank() == 1 and epoch == 1:
+                if kind == "raise":
+                    raise RuntimeError("a callback failed on rank 1")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    X, y, _ = data()
+    model = fastbp.MLP([N_FEATURES, 16, N_CLASSES], seed=3)
+    fastbp.fit(model, X, y, fastbp.SGD(model, lr=0.1), epochs=1000, batch_size=32, seed=1,
+               comm=comm, callbacks=[FailOnRankOne()])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[2] == "--fail":
+        fail(sys.argv[3])
+    else:
+        main(sys.argv[1])

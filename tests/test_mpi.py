@@ -1,0 +1,250 @@
+"""Data-parallel training over MPI (fit's comm, mpiexec -n N fastbp train).
+
+The cases of tests/mpi_cases.py run under ``mpiexec -n 2`` and ``-n 3`` (one launch each) and
+are compared here with the same fits in one process: parameters to 1e-9 relative in float64
+(only the order of the sums differs), bitwise equal on every rank. Without mpi4py and its
+mpiexec (pip install ".[mpi]") these tests skip; the in-process checks of the arguments run
+everywhere.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cli, distributed
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mpi_cases  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                        os.environ.get("PATH", "")]))
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI = MPIEXEC is not None
+except ImportError:
+    HAVE_MPI = False
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec "
+                               "(pip install '.[mpi]')")
+LAUNCH_TIMEOUT = 600   # a bound on a hang, not a timing: the launches take seconds warm
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def mpiexec(n, args, timeout=LAUNCH_TIMEOUT, **kwargs):
+    return subprocess.run([MPIEXEC, "-n", str(n), *args], capture_output=True, text=True,
+                          timeout=timeout, env=kwargs.pop("env", _env()), **kwargs)
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2 ranks", "3 ranks"])
+def ranks_run(request, tmp_path_factory):
+    """Every case of mpi_cases, run once under mpiexec -n N: (N, the folder of results)."""
+    if not HAVE_MPI:
+        pytest.skip("needs mpi4py and mpiexec (pip install '.[mpi]')")
+    out = tmp_path_factory.mktemp(f"mpi{request.param}")
+    done = mpiexec(request.param, [sys.executable, str(Path(mpi_cases.__file__)), str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return request.param, out
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", list(mpi_cases.CASES))
+def test_ranks_train_as_one_process(ranks_run, case):
+    n, out = ranks_run
+    model, history = mpi_cases.train(case, None)
+    ranks = [np.load(out / f"{case}-{rank}.npz") for rank in range(n)]
+    for result in ranks[1:]:   # replicas: bitwise the same
+        np.testing.assert_array_equal(result["params"], ranks[0]["params"])
+    first = fastbp.MLP(model.sizes, activation=model.activations[0], dtype=np.float64, seed=3)
+    assert not np.allclose(model.params, first.params)   # it trained
+    scale = np.max(np.abs(model.params))
+    assert np.max(np.abs(ranks[0]["params"] - model.params)) <= 1e-9 * scale
+    np.testing.assert_allclose(ranks[0]["loss"], history["loss"], rtol=1e-9)
+    np.testing.assert_allclose(ranks[0]["val_loss"], history.get("val_loss", []), rtol=1e-9)
+    assert str(ranks[0]["stop_reason"]) == history.stop_reason
+    assert int(ranks[0]["best_epoch"]) == (-1 if history.best_epoch is None
+                                           else history.best_epoch)
+
+
+def test_the_early_stopping_case_stops_early():
+    """(So that its comparison covers a restore of the best weights.)"""
+    _, history = mpi_cases.train("early_stopping", None)
+    assert history.stop_reason == "early_stopping"
+
+
+@needs_mpi
+@pytest.mark.parametrize("case, words", [
+    ("other_model", "model sizes"), ("other_data", "X and y"),
+    ("other_batch_size", "batch_size"), ("bad_epochs_on_one_rank", "epochs"),
+    ("no_shard_validation_fraction", "validation_fraction")])
+def test_every_rank_refuses(ranks_run, case, words):
+    n, out = ranks_run
+    errors = [str(np.load(out / f"refusal-{case}-{rank}.npz")["error"]) for rank in range(n)]
+    for rank, error in enumerate(errors):
+        assert error != "none" and words in error, (rank, error)
+
+
+@needs_mpi
+def test_each_rank_uses_its_share_of_the_cores(tmp_path):
+    script = ("import sys, numba, numpy as np, fastbp; from mpi4py import MPI\n"
+              "m = fastbp.MLP([3, 4, 2]); seen = []\n"
+              "class Threads:\n"
+              "    def on_epoch_end(self, epoch, history, model):\n"
+              "        seen.append(numba.get_num_threads())\n"
+              "fastbp.fit(m, np.ones((8, 3)), np.zeros(8, int), fastbp.SGD(m, lr=0.1), "
+              "epochs=1, batch_size=4, seed=0, comm=MPI.COMM_WORLD, callbacks=[Threads()])\n"
+              "with open(f'{sys.argv[1]}/{MPI.COMM_WORLD.Get_rank()}', 'w') as f:\n"
+              "    f.write(f'{seen[0]} {numba.get_num_threads()}')\n")
+    env = {k: v for k, v in _env().items() if k != "NUMBA_NUM_THREADS"}
+    done = mpiexec(3, [sys.executable, "-c", script, str(tmp_path)], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    share = max(1, min(len(os.sched_getaffinity(0)) // 3, numba.config.NUMBA_NUM_THREADS))
+    during_and_after = [tuple(map(int, (tmp_path / str(rank)).read_text().split()))
+                        for rank in range(3)]
+    assert during_and_after == [(share, numba.config.NUMBA_NUM_THREADS)] * 3
+
+
+@needs_mpi
+@pytest.mark.parametrize("kind", ["raise", "kill"])
+def test_a_failing_rank_ends_the_job(tmp_path, kind):
+    """An exception, or a killed process, on rank 1 alone: the job ends with a non-zero status
+    (a hang would reach the timeout and fail the test)."""
+    done = mpiexec(2, [sys.executable, str(Path(mpi_cases.__file__)), str(tmp_path), "--fail",
+                       kind], timeout=300)
+    assert done.returncode != 0
+    if kind == "raise":
+        assert "rank 1 of 2 failed" in done.stderr
+        assert "a callback failed on rank 1" in done.stderr
+
+
+def _cli_json(result):
+    lines = [line for line in result.stdout.split("\n") if line.strip()]
+    assert len(lines) == 1, result.stdout   # one report: rank 0's
+    return json.loads(lines[0])
+
+
+@needs_mpi
+def test_mpiexec_fastbp_train(tmp_path):
+    args = ["train", "--epochs", "4", "--json", "--quiet"]
+    alone = subprocess.run([sys.executable, "-m", "fastbp", *args, "--threads", "1"],
+                           capture_output=True, text=True, env=_env(), timeout=LAUNCH_TIMEOUT)
+    together = mpiexec(2, [sys.executable, "-m", "fastbp", *args, "--save",
+                           str(tmp_path / "m.npz")], cwd=tmp_path)
+    assert together.returncode == 0, together.stderr[-3000:]
+    one, two = _cli_json(alone), _cli_json(together)
+    assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.005
+    np.testing.assert_allclose(two["history"]["loss"], one["history"]["loss"], rtol=1e-4)
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]   # written once, by rank 0
+    assert fastbp.load(tmp_path / "m.npz").sizes == [64, 128, 10]
+
+
+@needs_mpi
+def test_mpiexec_fastbp_train_refusal_is_one_line(tmp_path):
+    done = mpiexec(2, [sys.executable, "-m", "fastbp", "train", "--data",
+                       str(tmp_path / "missing.csv")])
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.split("\n") if line.strip()]
+    assert len(lines) == 1 and "missing.csv" in lines[0], done.stderr
+
+
+@needs_mpi
+def test_ctrl_c_under_mpiexec_saves_once(tmp_path):
+    """SIGINT to mpiexec (which passes it to every rank): the ranks stop after the same step,
+    rank 0 saves the weights, the job exits 130."""
+    path = tmp_path / "m.npz"
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "fastbp", "train",
+                             "--epochs", "100000", "--save", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=tmp_path)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch "):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert out.count("model saved") == 1 and out.count("interrupted: ") == 1
+    assert fastbp.io.read_metadata(path)["interrupted"] is True
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+@needs_mpi
+def test_cold_start_of_two_ranks_with_an_empty_cache(tmp_path):
+    """Both ranks compile at once into one empty Numba cache; both runs, and a second one
+    from that cache, work."""
+    env = dict(_env(), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    for _ in range(2):
+        done = mpiexec(2, [sys.executable, "-m", "fastbp", "train", "--epochs", "2", "--json",
+                           "--quiet"], env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert _cli_json(done)["test_accuracy"] > 0.9
+
+
+# -- in one process ---------------------------------------------------------------------------
+
+
+def _small():
+    X, y, _ = mpi_cases.data()
+    model = fastbp.MLP([mpi_cases.N_FEATURES, 8, mpi_cases.N_CLASSES], dtype=np.float64, seed=0)
+    return model, X, y, fastbp.SGD(model, lr=0.1)
+
+
+def test_comm_must_be_a_communicator():
+    model, X, y, opt = _small()
+    before = model.params.copy()
+    with pytest.raises(TypeError, match="comm: expected an MPI communicator"):
+        fastbp.fit(model, X, y, opt, epochs=1, batch_size=8, comm="COMM_WORLD")
+    np.testing.assert_array_equal(model.params, before)
+
+
+def test_shard_needs_comm():
+    model, X, y, opt = _small()
+    with pytest.raises(ValueError, match="shard: needs comm"):
+        fastbp.fit(model, X, y, opt, epochs=1, batch_size=8, shard=True)
+
+
+@needs_mpi
+def test_one_rank_is_one_process():
+    """COMM_SELF: the data-parallel step (penalty added after the sum) on one rank."""
+    from mpi4py import MPI
+    results = []
+    for comm in (None, MPI.COMM_SELF):
+        X, y, weights = mpi_cases.data()
+        model = fastbp.MLP([mpi_cases.N_FEATURES, 8, mpi_cases.N_CLASSES], dtype=np.float64,
+                           seed=0, l2=0.1)
+        history = fastbp.fit(model, X, y, fastbp.Adam(model, lr=0.01), epochs=2, batch_size=16,
+                             seed=4, sample_weight=weights, comm=comm)
+        results.append((model.params.copy(), history["loss"]))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-12)
+
+
+def test_the_command_without_mpi4py_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py fails
+    assert cli.main(["train", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "mpi4py is not installed" in err and "fastbp[mpi]" in err
+
+
+def test_launched_ranks_reads_the_launchers_environment(monkeypatch):
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launched_ranks() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert distributed.launched_ranks() == 4
