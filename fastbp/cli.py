@@ -28,7 +28,7 @@ from .io import save as save_model
 from .model import ACTIVATIONS, LOSSES, MLP
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES, Adaptive, Constant, Cosine, InvScaling, Step
-from .training import DivergenceError, _train_steps, fit
+from .training import DivergenceError, _train_steps, fit, ready_step_on_ranks
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -486,13 +486,21 @@ def _describe(optimizer):
             f"norm {clip}")
 
 
-def _warm_up(model, optimizer, X_example, y_example, batch_size):
+def _warm_up(model, optimizer, X_example, y_example, batch_size, ranks=None):
     """Compile (or load from Numba's cache) every kernel that training this model at this batch
     size will run (its activations, its loss, an input split if a layer can split), so that
-    epoch timings measure training only: the compiled epoch over no rows (nothing changes) and
-    inference on one row. Not through fit (which ends training cleanly on Ctrl-C), so that
-    Ctrl-C stops it at once."""
+    epoch timings measure training only: the compiled epoch over no rows (nothing changes), or
+    under MPI the data-parallel step's kernels, and inference on one row. Not through fit
+    (which ends training cleanly on Ctrl-C), so that Ctrl-C stops it at once. Under MPI, one
+    rank per node goes first and the others then load what it compiled from the cache."""
     X, y = model._check_batch(X_example[:1], y_example[:1])
+    if ranks is not None:
+        def ready():
+            model._reserve(batch_size)
+            ready_step_on_ranks(model, optimizer, X, y)
+            model.forward(X)
+        ranks.node_leader_first(ready)
+        return
     x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), model.dtype)
     y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
     norms_fresh = model._grad_norms_fresh
@@ -565,7 +573,7 @@ def train(args, ranks=None):
     t0 = time.perf_counter()
     if not _kernels_cached():
         say("compiling kernels, first run only (later runs load them from Numba's cache)...")
-    _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)))
+    _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)), ranks)
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 import zlib
 
@@ -193,6 +194,22 @@ class Ranks:
         numba.set_num_threads(self._threads_before)
         if self._sigint_before is not None:
             signal.signal(signal.SIGINT, self._sigint_before)
+
+    def node_leader_first(self, task):
+        """Run task() on the first rank of each node, then on the node's others: what the
+        first compiles into Numba's cache, the others load (several ranks compiling the
+        same kernels at once would share the node's cores)."""
+        node = self.comm.Split_type(_mpi().COMM_TYPE_SHARED, key=self.rank)
+        try:
+            if node.Get_rank() == 0:
+                task()
+            done = node.Ibarrier()
+            while not done.Test():   # waiting without spinning: MPI's Barrier would take a core
+                time.sleep(0.02)
+            if node.Get_rank() != 0:
+                task()
+        finally:
+            node.Free()
 
     def abort(self, exc):
         """End the whole job after an exception on this rank alone (the others would wait for

@@ -450,13 +450,17 @@ class MLP:
         and sparse index type (of a CSR X's indices, or None), it readies the compiled code
         this needs (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps
         the kernels' BLAS at one thread."""
+        self._ready(entry, args, update_kind, weighted, sparse_index)
+        pin_kernel_blas()
+        return entry(*args)
+
+    def _ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
+        """What _run readies before its call, without the call."""
         key = (entry, update_kind, self._capacity, get_num_threads(), weighted, sparse_index)
         if key not in self._prepared:
             kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args,
                             weighted, sparse_index)
             self._prepared.add(key)
-        pin_kernel_blas()
-        return entry(*args)
 
     def _require_classifier(self, what):
         if self.loss not in _FUSED:

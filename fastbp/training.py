@@ -627,6 +627,24 @@ def _step_on_ranks(model, optimizer, grad_hook, ranks, batches, step_weight):
     return loss, norm
 
 
+def ready_step_on_ranks(model, optimizer, X, y):
+    """Compile (or load from Numba's cache) what _step_on_ranks runs for this model,
+    optimizer (fastbp's) and checked X, y (a row or more), changing no parameter and no
+    optimizer state (the gradients are overwritten)."""
+    spec = optimizer.update_spec()
+    model._reserve(X.shape[0])
+    work, net = model._work, model._net
+    # All the units at once (the update's too): compiled side by side (kernels.prepare).
+    model._ready(kernels.entry.loss_and_grad, (model.grads, *work, model.params, X, y, *net,
+                                               None), update_kind=spec.kind)
+    model._loss_and_grad_checked(X, y, penalty=False)
+    model._ready(kernels.entry.update, (model.params, model.grads, work.layer_sq, work.partials,
+                                        net.param_offsets, *spec), update_kind=spec.kind)
+    if model.l2 != 0:
+        model._run(kernels.entry.add_l2_penalty, (model.grads, work.partials, model.params,
+                                                  net.param_offsets, net.sizes, net.l2, 1.0))
+
+
 def _ranks(comm, shard):
     """distributed.Ranks for a communicator, or None."""
     if comm is None:
