@@ -16,6 +16,13 @@ in µs per step:
   (median of many, after a barrier); "share": its part of the data-parallel step.
 
 Rank 0 prints a table and writes ``--json``. Timings are medians over ``--repeats`` runs.
+
+    python -m fastbp.bench_mpi --cost-model one.json [--machine-threads 16]
+
+prints instead what the cost model (docs/mpi.md) predicts for a step on N machines from the
+one-process step times in one.json (this module's, or fastbp.bench's ``fit_step_us``): the
+step's compute divided by N, plus a ring all-reduce that moves 2 (N - 1) / N times the gradient
+bytes over each link, at 10 and 100 Gbit/s.
 """
 import argparse
 import json
@@ -69,6 +76,34 @@ def allreduce_us(n_values, comm, calls=200):
     return float(np.median(times)) * 1e6
 
 
+MACHINES = (2, 4, 8, 16, 32, 64)
+LINKS_GBIT = (10, 100)
+
+
+def predicted_step_us(step_us, n_params, machines, gbit):
+    """The cost model: compute / N + ring all-reduce of the float32 gradient (µs)."""
+    seconds = 2 * (machines - 1) / machines * 4 * n_params / (gbit * 1e9 / 8)
+    return step_us / machines + seconds * 1e6
+
+
+def cost_model(path):
+    """Markdown: per config, the predicted speed-up over one machine for each link and N."""
+    with open(path) as f:
+        measured = json.load(f)
+    rows = measured.get("results") or measured.get("configs")
+    lines = ["| config | params | 1 machine | link | " + " | ".join(f"N={n}" for n in MACHINES)
+             + " |", "|---|---:|---:|---|" + "---:|" * len(MACHINES)]
+    for row in rows:
+        step_us = row.get("fit_us") or row.get("fit_step_us")
+        n_params = row.get("n_params") or row.get("params")
+        for gbit in LINKS_GBIT:
+            speedups = [step_us / predicted_step_us(step_us, n_params, n, gbit)
+                        for n in MACHINES]
+            lines.append(f"| {row['config']} | {n_params:,} | {step_us:,.0f} µs | {gbit} Gbit/s | "
+                         + " | ".join(f"{s:.2g}x" for s in speedups) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench_mpi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +111,12 @@ def main(argv=None):
                         help="comma-separated sizes:batch configs")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--json", metavar="PATH", help="write the results here (rank 0)")
+    parser.add_argument("--cost-model", metavar="PATH", help="print the cost model's "
+                        "predictions from the one-process results in PATH, and stop")
     args = parser.parse_args(argv)
+    if args.cost_model:
+        print(cost_model(args.cost_model))
+        return 0
     configs = [parse_config(text) for text in args.configs.split(",")]
 
     from . import distributed

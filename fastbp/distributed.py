@@ -8,8 +8,10 @@ update then run on every rank alike, so the parameters stay bitwise equal (check
 epoch). The step's loss and a stop flag (Ctrl-C) ride in two spare slots after the gradients
 (``MLP._grad_buffer``), so a step makes one MPI call.
 
-Only this module talks to MPI; it needs nothing of mpi4py but the communicator object handed in
-(``Allreduce``, ``allgather``, ``Bcast``, ``Get_rank``, ``Get_size``, ``Abort``, ``Split_type``).
+Training talks to MPI only here (the command also starts it, when mpiexec launched it); this
+needs nothing of mpi4py but the communicator object handed in
+(``Allreduce``, ``allgather``, ``Bcast``, ``Get_rank``, ``Get_size``, ``Abort``, ``Split_type``)
+and MPI's constants.
 """
 import contextlib
 import os
@@ -214,7 +216,8 @@ class Ranks:
     def abort(self, exc):
         """End the whole job after an exception on this rank alone (the others would wait for
         it forever in their next MPI call): the traceback on stderr, then MPI_Abort."""
-        print(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI job", file=sys.stderr)
+        print(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI job",
+              file=sys.stderr)
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
         self.comm.Abort(1)

@@ -153,7 +153,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         its share of the step's rows; one all-reduce sums them. The history, early stopping
         and every stop decision are the same on every rank; only rank 0 shows a progress bar.
         Each rank uses its node's cores divided by its ranks on the node, unless
-        ``set_num_threads`` chose a count. Mismatched settings or data raise on every rank;
+        ``set_num_threads`` chose a count. ``grad_hook`` sees the summed gradient on every
+        rank and must decide alike on all (the parameters are compared after each epoch:
+        distributed.ReplicaDriftError). Mismatched settings or data raise on every rank;
         an exception on one rank alone (in a callback, say) ends the whole job (MPI_Abort),
         since the others would wait for it forever.
     shard : bool, default False

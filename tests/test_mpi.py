@@ -76,6 +76,14 @@ def test_ranks_train_as_one_process(ranks_run, case):
                                            else history.best_epoch)
 
 
+@pytest.mark.parametrize("case", [name for name in mpi_cases.CASES if "clip" in name])
+def test_the_clipped_cases_clip(case):
+    """(So that their comparison covers the norm of the summed gradient.)"""
+    model, history = mpi_cases.train(case, None)
+    optimizer = mpi_cases.CASES[case][0](model)
+    assert max(history["grad_norm"]) > optimizer.clip_norm
+
+
 def test_the_early_stopping_case_stops_early():
     """(So that its comparison covers a restore of the best weights.)"""
     _, history = mpi_cases.train("early_stopping", None)
