@@ -19,6 +19,14 @@ DTYPES = (np.float32, np.float64)
 INFERENCE_CHUNK = 4096
 
 
+def _checked_l2(value, dtype):
+    l2 = _validate.number_in("l2", value, 0)
+    if l2 > float(np.finfo(dtype).max):
+        raise ValueError(f"l2: {l2:g} does not fit the model's {np.dtype(dtype).name} "
+                         "parameters")
+    return l2
+
+
 def _activation_code(name, value):
     if not isinstance(value, str) or value not in ACTIVATIONS:
         raise ValueError(f"{name}: unknown activation {value!r}; expected one of "
@@ -75,8 +83,8 @@ class MLP:
     grads : array of the same layout, written by ``loss_and_grad`` (assigned alike).
     weights, biases, weight_grads, bias_grads : per-layer views into params and grads (a new
         list each time; write into the views).
-    sizes, activations, output_activation, loss, dtype, checkpoint_every, l2 : read-only (the
-        lists are copies).
+    sizes, activations, output_activation, loss, dtype, checkpoint_every : read-only (the
+        lists are copies). l2 may be changed (checked as at construction).
     """
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
@@ -111,10 +119,7 @@ class MLP:
             raise TypeError("dtype: expected np.float32 or np.float64")
         seed = _validate.seed("seed", seed)
         checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
-        l2 = _validate.number_in("l2", l2, 0)
-        if l2 > float(np.finfo(dtype).max):
-            raise ValueError(f"l2: {l2:g} does not fit the model's {np.dtype(dtype).name} "
-                             "parameters")
+        l2 = _checked_l2(l2, dtype)
 
         self._sizes = tuple(sizes)
         self._loss = loss
@@ -167,7 +172,17 @@ class MLP:
     loss = property(lambda self: self._loss)
     dtype = property(lambda self: self._dtype)
     checkpoint_every = property(lambda self: self._checkpoint_every)
-    l2 = property(lambda self: self._l2, doc="L2 penalty on the weights (scikit-learn's alpha).")
+
+    @property
+    def l2(self):
+        """L2 penalty on the weights (scikit-learn's alpha); may be changed between steps."""
+        return self._l2
+
+    @l2.setter
+    def l2(self, value):
+        self._l2 = _checked_l2(value, self.dtype)
+        self._net = self._net._replace(l2=self._l2)
+        self._prepared.clear()   # a penalty, where there was none, needs its kernel readied
     weights = property(lambda self: list(self._weights),
                        doc="Per-layer weight views (fan_in, fan_out) into params: write into them.")
     biases = property(lambda self: list(self._biases), doc="Per-layer bias views into params.")

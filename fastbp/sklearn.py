@@ -165,6 +165,8 @@ class _BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first:
             self._initialize(sizes)
+        else:   # this call's alpha, as scikit-learn takes it
+            self._model.l2 = float(self.alpha)
         dtype = self._model.dtype
         X = X.astype(dtype) if hasattr(X, "tocsr") else np.ascontiguousarray(X, dtype=dtype)
         if target.dtype.kind == "f":
@@ -255,6 +257,7 @@ class _BaseMLP(BaseEstimator):
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
+        self.n_iter_ = 0   # each call counts its own epochs, as scikit-learn's (t_ goes on)
         epochs = _Epochs(self, validation, X.shape[0], incremental)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
         try:

@@ -239,7 +239,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
             accumulate=accumulate, initial_epoch=initial_epoch, initial_step=initial_step,
             metrics_rows=metrics_rows, early_stopping=early_stopping, monitor=monitor,
-            validation_fraction=validation_fraction, grad_hook=grad_hook is not None))
+            validation_fraction=validation_fraction, grad_hook=grad_hook is not None,
+            step_callbacks=any(callable(getattr(cb, "on_step_end", None)) for cb in callbacks)))
         ranks.broadcast(model.params)
 
     n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows

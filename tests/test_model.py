@@ -504,3 +504,20 @@ def test_predictions_that_overflow_are_refused_not_given_class_0(loss):
                                              "overflow"):
             predict(X)
     assert model.predict(X[[0, 2]]).shape[0] == 2
+
+
+def test_l2_can_be_changed_between_steps(rng):
+    """Setting l2 gives the objective and gradient of a model built with it, also from 0
+    (the penalty's kernel is then readied); a bad value is refused, the model unchanged."""
+    X = rng.normal(size=(12, 5))
+    y = rng.integers(0, 3, 12)
+    model = fastbp.MLP([5, 7, 3], dtype=np.float64, seed=2)
+    built = fastbp.MLP([5, 7, 3], dtype=np.float64, seed=2, l2=0.3)
+    model.loss_and_grad(X, y)   # readied without a penalty
+    model.l2 = 0.3
+    assert model.loss_and_grad(X, y) == built.loss_and_grad(X, y)
+    np.testing.assert_array_equal(model.grads, built.grads)
+    for bad, error in ((-1.0, ValueError), ("0.1", TypeError), (math.inf, ValueError)):
+        with pytest.raises(error, match="l2"):
+            model.l2 = bad
+        assert model.l2 == 0.3 and model.loss_value(X, y) == built.loss_value(X, y)

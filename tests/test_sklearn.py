@@ -93,6 +93,21 @@ def test_sample_weights_train_as_scikit_learns(digits, solver):
     _assert_same_network(ours, theirs, rtol=1e-9 if solver == "sgd" else 1e-6)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_warm_start_with_a_new_alpha_trains_as_scikit_learns(digits, solver):
+    """A warm-started fit takes that call's alpha (scikit-learn reads it at every fit)."""
+    X, y = digits[0][:300], digits[1][:300]
+    params = dict(FULL_BATCH_SGD, batch_size=300, alpha=0.0) if solver == "sgd" else \
+        dict(solver="lbfgs", max_iter=10, alpha=0.0, random_state=0, hidden_layer_sizes=(16,))
+    ours, theirs = _both(MLPClassifier, neural_network.MLPClassifier, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for alpha in (0.0, 0.5, 0.05):
+            for model in (ours, theirs):
+                model.set_params(alpha=alpha, warm_start=True).fit(X, y)
+    _assert_same_network(ours, theirs, rtol=1e-9 if solver == "sgd" else 1e-6)
+
+
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])
 def test_sparse_X_trains_as_dense_X(digits, solver, monkeypatch):
     import scipy.sparse
@@ -182,7 +197,9 @@ def test_warm_start_and_partial_fit_continue_the_network(digits):
         model.fit(X, y)
         first = model.coefs_[0].copy()
         model.fit(X, y)
-    assert model.n_iter_ == 4 and not np.array_equal(model.coefs_[0], first)
+    # each fit counts its own epochs (scikit-learn 1.9's n_iter_); the loss curve goes on
+    assert model.n_iter_ == 2 and len(model.loss_curve_) == 4
+    assert not np.array_equal(model.coefs_[0], first)
     with pytest.raises(ValueError, match="same classes"):
         model.fit(X, y % 3)
 
@@ -191,7 +208,8 @@ def test_warm_start_and_partial_fit_continue_the_network(digits):
         partial.partial_fit(X[:100], y[:100])
     partial.partial_fit(X[:100], y[:100], classes=np.arange(10))
     partial.partial_fit(X[100:200], y[100:200])
-    assert partial.n_iter_ == 2 and list(partial.classes_) == list(range(10))
+    assert partial.n_iter_ == 1 and len(partial.loss_curve_) == 2
+    assert list(partial.classes_) == list(range(10))
     params = np.concatenate([c.ravel() for c in partial.coefs_])
     with pytest.raises(ValueError, match="classes not in"):
         partial.partial_fit(X[:10], y[:10] + 20)
