@@ -224,7 +224,8 @@ def train(args, ranks=None):
     accumulate = f" x {args.accumulate} accumulated" if args.accumulate > 1 else ""
     say(f"train  {_describe(optimizer)}, batch {args.batch_size}{accumulate}, "
         + (f"epochs {first_epoch + 1}-{args.epochs}" if first_epoch else f"{epochs} epochs")
-        + f", seed {args.seed}, {threads} threads")
+        + f", seed {args.seed}, {threads} threads"
+        + ("" if ranks is None else f" on each of {ranks.size} MPI ranks"))
 
     t0 = time.perf_counter()
     if not _kernels_cached():
@@ -307,6 +308,7 @@ def train(args, ranks=None):
             "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
             "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
             "batch_size": args.batch_size, "seed": args.seed, "threads": threads,
+            "ranks": 1 if ranks is None else ranks.size,
             "rows": {"train": len(ds.y_train), "validation": len(ds.y_val),
                      "test": len(ds.y_test)},
             "epochs_run": epochs_run, "stop_reason": history.stop_reason,

@@ -150,6 +150,8 @@ def test_mpiexec_fastbp_train(tmp_path):
                            str(tmp_path / "m.npz")], cwd=tmp_path)
     assert together.returncode == 0, together.stderr[-3000:]
     one, two = _cli_json(alone), _cli_json(together)
+    share = max(1, min(len(os.sched_getaffinity(0)) // 2, numba.config.NUMBA_NUM_THREADS))
+    assert (one["ranks"], two["ranks"], two["threads"]) == (1, 2, share)
     assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.005
     np.testing.assert_allclose(two["history"]["loss"], one["history"]["loss"], rtol=1e-4)
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]   # written once, by rank 0
