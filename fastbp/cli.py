@@ -142,7 +142,7 @@ def _describe(optimizer):
             f"norm {clip}")
 
 
-def _warm_up(model, optimizer, X_example, y_example, batch_size, ranks=None):
+def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, ranks=None):
     """Compile (or load from Numba's cache) every kernel that training this model at this batch
     size will run (its activations, its loss, an input split if a layer can split), so that
     epoch timings measure training only: the compiled epoch over no rows (nothing changes), or
@@ -152,8 +152,7 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, ranks=None):
     X, y = model._check_batch(X_example[:1], y_example[:1])
     if ranks is not None:
         def ready():
-            model._reserve(batch_size)
-            ready_step_on_ranks(model, optimizer, X, y)
+            ready_step_on_ranks(model, optimizer, X, y, batch_size, accumulate)
             model.forward(X)
         ranks.node_leader_first(ready)
         return
@@ -197,7 +196,7 @@ def train(args, ranks=None):
     say = _Printer(args.quiet, to_stderr=args.json, silent=not lead)
     if args.threads is not None:
         set_num_threads(args.threads)
-    elif ranks is not None:
+    elif ranks is not None and "NUMBA_NUM_THREADS" not in os.environ:
         set_num_threads(distributed.node_threads(ranks.comm))
     with _together(ranks):
         ds, model, optimizer, sizes = _data_and_model(args, say)
@@ -230,7 +229,8 @@ def train(args, ranks=None):
     t0 = time.perf_counter()
     if not _kernels_cached():
         say("compiling kernels, first run only (later runs load them from Numba's cache)...")
-    _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)), ranks)
+    _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)),
+             args.accumulate, ranks)
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
@@ -392,7 +392,7 @@ def _mpi_ranks():
     except ImportError:
         raise UsageError(f"fastbp train: started by mpiexec as one of {n} processes, but "
                          "mpi4py is not installed (pip install 'fastbp[mpi]')") from None
-    return distributed.Ranks(MPI.COMM_WORLD, shard=False)
+    return distributed.Ranks(MPI.COMM_WORLD)
 
 
 def _report_stop(say, args, history):
@@ -479,7 +479,7 @@ def main(argv=None):
     except BaseException as exc:   # under MPI: one rank's failure ends the job, not a hang
         if distributed.launched_ranks() > 1 and not isinstance(exc, SystemExit):
             from mpi4py import MPI
-            distributed.Ranks(MPI.COMM_WORLD, shard=False).abort(exc)
+            distributed.Ranks(MPI.COMM_WORLD).abort(exc)
         raise
 
 

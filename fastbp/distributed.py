@@ -46,19 +46,17 @@ class ReplicaDriftError(RuntimeError):
 class Ranks:
     """The processes of a communicator training one model together (see the module docstring).
 
-    shard: False, every rank was given the same X and y and takes its rows of each step by
-    index; True, each rank was given its own part of the rows, the parts in rank order making
-    up the data set.
+    shard (set by fit once checked): False, every rank was given the same X and y and takes
+    its rows of each step by index; True, each rank was given its own part of the rows, the
+    parts in rank order making up the data set.
     """
 
-    def __init__(self, comm, shard):
+    def __init__(self, comm):
         lacks = [name for name in _COMM_METHODS if not callable(getattr(comm, name, None))]
         if lacks:
             raise TypeError(f"comm: expected an MPI communicator (mpi4py's MPI.COMM_WORLD, say), "
                             f"got {type(comm).__name__}, which lacks {', '.join(lacks)}")
-        if not isinstance(shard, bool):
-            raise TypeError(f"shard: expected True or False, got {type(shard).__name__}")
-        self.comm, self.shard = comm, shard
+        self.comm, self.shard = comm, False
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.interrupted = False
         self.offset = 0          # the first global row of this rank's part (shard)
@@ -101,17 +99,13 @@ class Ranks:
         """Rank 0's values of `array` on every rank, in place."""
         self.comm.Bcast(array, root=0)
 
-    def common_seed(self, seed):
-        """The seed every rank uses: the given one (checked equal later), or for None, one
-        drawn on rank 0."""
-        if seed is not None:
-            return seed
+    def shared_seed(self):
+        """A seed drawn on rank 0, the same on every rank (for seed=None)."""
         return self.comm.allgather(int(np.random.SeedSequence().entropy % 2**63))[0]
 
-    def common(self, value):
-        """value when every rank has the same, else None."""
-        values = self.comm.allgather(value)
-        return value if all(v == value for v in values) else None
+    def all_of(self, flags):
+        """Each of the flags (a tuple of bools) and-ed over the ranks."""
+        return tuple(all(column) for column in zip(*self.comm.allgather(tuple(flags))))
 
     def any(self, flag):
         """Whether `flag` is true on any rank (every rank gets the same answer)."""
@@ -174,6 +168,20 @@ class Ranks:
 
     # -- the process ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def training(self, agreed=()):
+        """begin() ... end(). An exception on this rank, unless of the `agreed` types (which
+        every rank raises alike), ends the whole job: see abort()."""
+        self.begin()
+        try:
+            yield
+        except BaseException as exc:
+            self.end()
+            if self.size > 1 and isinstance(exc, Exception) and not isinstance(exc, agreed):
+                self.abort(exc)
+            raise
+        self.end()
+
     def begin(self):
         """Ready this rank to train; end() undoes it.
 
@@ -196,6 +204,7 @@ class Ranks:
         numba.set_num_threads(self._threads_before)
         if self._sigint_before is not None:
             signal.signal(signal.SIGINT, self._sigint_before)
+            self._sigint_before = None
 
     def node_leader_first(self, task):
         """Run task() on the first rank of each node, then on the node's others: what the

@@ -190,9 +190,17 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     Raises DivergenceError (a FloatingPointError) naming the epoch and step if the loss or the
     gradient norm becomes NaN or Inf; the parameters keep their last finite values.
     """
-    ranks = _ranks(comm, shard)
+    ranks = None if comm is None else distributed.Ranks(comm)
+    # rank 0's draw, for seed=None (each step's rows must be the same on every rank)
+    shared_seed = None if ranks is None else ranks.shared_seed()
     # With comm, a refusal on one rank is a refusal on every rank (none waits for another).
     with ranks.agreed_errors() if ranks is not None else contextlib.nullcontext():
+        if not isinstance(shard, bool):
+            raise TypeError(f"shard: expected True or False, got {type(shard).__name__}")
+        if shard and ranks is None:
+            raise ValueError("shard: needs comm (data-parallel training over MPI)")
+        if ranks is not None:
+            ranks.shard = shard
         if not isinstance(model, MLP):
             raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
         _check_optimizer(optimizer, model)
@@ -207,6 +215,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         if early_stopping is not None:
             early_stopping = _validate.positive_int("early_stopping", early_stopping)
         seed = _validate.seed("seed", seed)
+        seed_given = seed
+        if seed is None and ranks is not None:
+            seed = shared_seed
         if not isinstance(monitor, str) or monitor not in _MONITORS:
             raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
         callbacks = _check_callbacks(callbacks)
@@ -231,232 +242,231 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         if monitor == "val_accuracy" and early_stopping is not None \
                 and _accuracy_kind(model, y_val) is None:
             raise ValueError("monitor: val_accuracy needs class labels or one-hot targets")
-    if ranks is not None:
-        seed = ranks.common_seed(seed)
+        done = getattr(optimizer, "epochs_done", None)
+        if isinstance(done, int) and initial_epoch > done:
+            raise ValueError(f"initial_epoch: {initial_epoch}, but the optimizer has ended "
+                             f"{done} epochs (a run continued must have done them)")
+        if ranks is not None:
+            settings = _rank_settings(
+                model, optimizer, X, y, weights, X_val, y_val, ranks,
+                epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed_given,
+                shard=shard, accumulate=accumulate, initial_epoch=initial_epoch,
+                initial_step=initial_step, metrics_rows=metrics_rows,
+                early_stopping=early_stopping, monitor=monitor,
+                validation_fraction=validation_fraction, grad_hook=grad_hook is not None,
+                step_callbacks=any(callable(getattr(cb, "on_step_end", None))
+                                   for cb in callbacks))
+    if ranks is not None:   # every rank gets here, for the same collective calls
+        ranks.check_same(settings)
         weights_all = ranks.set_rows(X.shape[0], weights)
-        ranks.check_same(_rank_settings(
-            model, optimizer, X, y, weights, X_val, y_val, ranks,
-            epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
-            accumulate=accumulate, initial_epoch=initial_epoch, initial_step=initial_step,
-            metrics_rows=metrics_rows, early_stopping=early_stopping, monitor=monitor,
-            validation_fraction=validation_fraction, grad_hook=grad_hook is not None,
-            step_callbacks=any(callable(getattr(cb, "on_step_end", None)) for cb in callbacks)))
         ranks.broadcast(model.params)
 
-    n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows
-    batch_size = min(batch_size, n_samples)
-    accumulate = min(accumulate, -(-n_samples // batch_size))  # no step spans more than an epoch
-    rows_per_step = batch_size * accumulate
-    if initial_step * rows_per_step >= n_samples:
-        raise ValueError(f"initial_step: {initial_step}, but an epoch has "
-                         f"{-(-n_samples // rows_per_step)} steps")
-    done = getattr(optimizer, "epochs_done", None)
-    if isinstance(done, int) and initial_epoch > done:
-        raise ValueError(f"initial_epoch: {initial_epoch}, but the optimizer has ended {done} "
-                         "epochs (a run continued must have done them)")
-    rng = np.random.default_rng(seed)
-    for _ in range(initial_epoch if shuffle else 0):
-        rng.permutation(n_samples)  # the orders of the epochs done
-    x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
-    y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
-    sparse_index = X.indices.dtype if isinstance(X, _validate.SparseRows) else None
-    w_batch = None if weights is None else np.empty(batch_size, dtype=np.float64)
-    pin_kernel_blas()
+    # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
+    # exception on one rank ends the job (the others would wait for it forever), but for those
+    # every rank raises alike.
+    with contextlib.nullcontext() if ranks is None else ranks.training(
+            agreed=(DivergenceError, distributed.ReplicaDriftError)):
+        n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows
+        batch_size = min(batch_size, n_samples)
+        # no step spans more than an epoch
+        accumulate = min(accumulate, -(-n_samples // batch_size))
+        rows_per_step = batch_size * accumulate
+        if initial_step * rows_per_step >= n_samples:
+            raise ValueError(f"initial_step: {initial_step}, but an epoch has "
+                             f"{-(-n_samples // rows_per_step)} steps")
+        rng = np.random.default_rng(seed)
+        for _ in range(initial_epoch if shuffle else 0):
+            rng.permutation(n_samples)  # the orders of the epochs done
+        x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
+        y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
+        sparse_index = X.indices.dtype if isinstance(X, _validate.SparseRows) else None
+        w_batch = None if weights is None else np.empty(batch_size, dtype=np.float64)
+        pin_kernel_blas()
 
-    scorers = []
-    if metrics_rows > 0:
-        if ranks is not None and shard:   # each rank samples its part's share
-            metrics_rows = -(-metrics_rows * X.shape[0] // n_samples)
-        scorers.append(("", _Scorer(model, *_metric_rows(X, y, metrics_rows, seed), ranks)))
-    if X_val is not None:
-        scorers.append(("val_", _Scorer(model, X_val, y_val, ranks)))
-    history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])
-    if _current_lr(optimizer) is not None:
-        history["lr"] = []
-    for prefix, scorer in scorers:
-        if prefix:
-            history[prefix + "loss"] = []
-        if scorer.kind is not None:
-            history[prefix + "accuracy"] = []
-    fit_keys = tuple(history)
+        scorers = []
+        if metrics_rows > 0:
+            scorers.append(("", _Scorer(model, *_metric_rows(X, y, metrics_rows, seed, ranks),
+                                        ranks)))
+        if X_val is not None:
+            scorers.append(("val_", _Scorer(model, X_val, y_val, ranks)))
+        history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])
+        if _current_lr(optimizer) is not None:
+            history["lr"] = []
+        for prefix, scorer in scorers:
+            if prefix:
+                history[prefix + "loss"] = []
+            if scorer.kind is not None:
+                history[prefix + "accuracy"] = []
+        fit_keys = tuple(history)
 
-    step_hooks = [cb.on_step_end for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
-    epoch_hooks = [cb.on_epoch_end for cb in callbacks
-                   if callable(getattr(cb, "on_epoch_end", None))]
-    bar_factory = _progress_factory(progress and (ranks is None or ranks.rank == 0))
-    watch = None
-    if early_stopping is not None:
-        watch = _BestWeights(model, monitor, early_stopping)
+        step_hooks = [cb.on_step_end for cb in callbacks
+                      if callable(getattr(cb, "on_step_end", None))]
+        epoch_hooks = [cb.on_epoch_end for cb in callbacks
+                       if callable(getattr(cb, "on_epoch_end", None))]
+        bar_factory = _progress_factory(progress and (ranks is None or ranks.rank == 0))
+        watch = None
+        if early_stopping is not None:
+            watch = _BestWeights(model, monitor, early_stopping)
 
-    # Without per-step hooks, steps run in compiled chunks of many batches (one call each, when
-    # the optimizer describes its update to compiled code); chunks keep the progress bar moving
-    # and Ctrl-C answered quickly.
-    compiled_update = _has_compiled_update(optimizer)
-    chunked = not step_hooks and grad_hook is None and compiled_update and ranks is None
-    micro_grads = kernels.aligned_zeros(model.n_params, model.dtype) if accumulate > 1 else None
-    max_steps = -(-n_samples // rows_per_step)
-    chunk_steps = max(32, -(-max_steps // 20))
-    step_losses = np.empty(max_steps, dtype=np.float64)
-    step_norms = np.empty(max_steps, dtype=np.float64)
-    step_layer_sq = np.empty((max_steps, len(model.sizes) - 1), dtype=np.float64)
+        # Without per-step hooks, steps run in compiled chunks of many batches (one call each, when
+        # the optimizer describes its update to compiled code); chunks keep the progress bar moving
+        # and Ctrl-C answered quickly.
+        compiled_update = _has_compiled_update(optimizer)
+        chunked = not step_hooks and grad_hook is None and compiled_update and ranks is None
+        micro_grads = kernels.aligned_zeros(model.n_params, model.dtype) if accumulate > 1 else None
+        max_steps = -(-n_samples // rows_per_step)
+        chunk_steps = max(32, -(-max_steps // 20))
+        step_losses = np.empty(max_steps, dtype=np.float64)
+        step_norms = np.empty(max_steps, dtype=np.float64)
+        step_layer_sq = np.empty((max_steps, len(model.sizes) - 1), dtype=np.float64)
 
-    for cb in callbacks:
-        if callable(getattr(cb, "on_train_begin", None)):
-            cb.on_train_begin(model, history)
-    bar = None
-    if ranks is not None:
-        ranks.begin()   # threads per rank, Ctrl-C held for the ranks to share
-    try:
-        for epoch in range(epochs):
-            start_time = time.perf_counter()
-            epoch_lr = _current_lr(optimizer)
-            order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
-            skipped = initial_step * rows_per_step if epoch == 0 else 0
-            order = order[skipped:]
-            loss_sum = norm_sum = 0.0
-            layer_norm_sum = np.zeros(len(model.sizes) - 1)
-            n_steps = n_seen = n_updates = 0
-            stop = False
-            if bar_factory is not None:
-                bar = bar_factory(total=order.shape[0], desc=f"epoch {epoch + 1}/{epochs}",
-                                  unit="sample", unit_scale=True, leave=False,
-                                  dynamic_ncols=True,
-                                  disable=None)  # None: no bar when not on a terminal
-            if chunked:
-                for first in range(0, order.shape[0], chunk_steps * rows_per_step):
-                    rows = order[first:first + chunk_steps * rows_per_step]
-                    spec = optimizer.update_spec()
-                    optim.check_update(spec, model)
-                    done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
-                                        step_losses, step_norms, step_layer_sq, accumulate,
-                                        micro_grads, weights, w_batch, sparse_index)
-                    wanted = -(-rows.shape[0] // rows_per_step)
-                    if done < wanted:
-                        raise DivergenceError(
-                            f"training diverged at epoch {epoch + 1}, step "
-                            f"{n_steps + done + 1}: " + optim.refusal(
-                                step_losses[done], step_norms[done], spec, model.dtype))
-                    sizes = np.full(done, rows_per_step, dtype=np.float64)
-                    sizes[-1] = rows.shape[0] - rows_per_step * (done - 1)
-                    loss_sum += float(step_losses[:done] @ sizes)
-                    if weights is None:
-                        norm_sum += float(step_norms[:done].sum())
-                        layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
-                        n_updates += done
-                    else:   # steps of weight 0 were skipped: their norms are NaN
-                        applied = ~np.isnan(step_norms[:done])
-                        norm_sum += float(step_norms[:done][applied].sum())
-                        layer_norm_sum += np.sqrt(step_layer_sq[:done][applied]).sum(axis=0)
-                        n_updates += int(applied.sum())
-                    n_steps += done
-                    n_seen += rows.shape[0]
-                    if bar is not None:
-                        bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
-                        bar.update(rows.shape[0])
-            else:
-                for start in range(0, order.shape[0], rows_per_step):
-                    rows = order[start:start + rows_per_step]
-                    n = rows.shape[0]
-                    try:
-                        if ranks is None:
-                            loss, norm = _step(model, optimizer, grad_hook, compiled_update,
-                                               _Batches(model, X, y, rows, x_batch, y_batch,
-                                                        micro_grads, weights, w_batch))
-                        else:
-                            loss, norm = _step_on_ranks(
-                                model, optimizer, grad_hook, ranks, _Batches(
-                                    model, X, y, ranks.local_rows(rows), x_batch, y_batch,
-                                    micro_grads, weights, w_batch),
-                                n if weights_all is None else float(weights_all[rows].sum()))
-                    except FloatingPointError as exc:
-                        raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
-                                              f"{n_steps + 1}: {exc}") from None
-                    except _HookError as exc:
-                        raise exc.__cause__ from None  # the hook's own exception
-                    loss_sum += loss * n
-                    if norm is not None:
-                        norm_sum += norm
-                        layer_norm_sum += model.grad_norms()  # from the step's own norm pass
-                        n_updates += 1
-                    n_steps += 1
-                    n_seen += n
-                    for hook in step_hooks:
-                        if hook(epoch, n_steps - 1, loss, norm, model) is True:
-                            stop = True
-                    if ranks is not None and step_hooks:
-                        stop = ranks.any(stop)
-                    if stop:
-                        history.stop_reason = "callback"
-                        break
-                    if bar is not None:
-                        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-                        bar.update(n)
-            seconds = time.perf_counter() - start_time
+        for cb in callbacks:
+            if callable(getattr(cb, "on_train_begin", None)):
+                cb.on_train_begin(model, history)
+        bar = None
+        try:
+            for epoch in range(epochs):
+                start_time = time.perf_counter()
+                epoch_lr = _current_lr(optimizer)
+                order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
+                skipped = initial_step * rows_per_step if epoch == 0 else 0
+                order = order[skipped:]
+                loss_sum = norm_sum = 0.0
+                layer_norm_sum = np.zeros(len(model.sizes) - 1)
+                n_steps = n_seen = n_updates = 0
+                stop = False
+                if bar_factory is not None:
+                    bar = bar_factory(total=order.shape[0], desc=f"epoch {epoch + 1}/{epochs}",
+                                      unit="sample", unit_scale=True, leave=False,
+                                      dynamic_ncols=True,
+                                      disable=None)  # None: no bar when not on a terminal
+                if chunked:
+                    for first in range(0, order.shape[0], chunk_steps * rows_per_step):
+                        rows = order[first:first + chunk_steps * rows_per_step]
+                        spec = optimizer.update_spec()
+                        optim.check_update(spec, model)
+                        done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
+                                            step_losses, step_norms, step_layer_sq, accumulate,
+                                            micro_grads, weights, w_batch, sparse_index)
+                        wanted = -(-rows.shape[0] // rows_per_step)
+                        if done < wanted:
+                            raise DivergenceError(
+                                f"training diverged at epoch {epoch + 1}, step "
+                                f"{n_steps + done + 1}: " + optim.refusal(
+                                    step_losses[done], step_norms[done], spec, model.dtype))
+                        sizes = np.full(done, rows_per_step, dtype=np.float64)
+                        sizes[-1] = rows.shape[0] - rows_per_step * (done - 1)
+                        loss_sum += float(step_losses[:done] @ sizes)
+                        if weights is None:
+                            norm_sum += float(step_norms[:done].sum())
+                            layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
+                            n_updates += done
+                        else:   # steps of weight 0 were skipped: their norms are NaN
+                            applied = ~np.isnan(step_norms[:done])
+                            norm_sum += float(step_norms[:done][applied].sum())
+                            layer_norm_sum += np.sqrt(step_layer_sq[:done][applied]).sum(axis=0)
+                            n_updates += int(applied.sum())
+                        n_steps += done
+                        n_seen += rows.shape[0]
+                        if bar is not None:
+                            bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
+                            bar.update(rows.shape[0])
+                else:
+                    for start in range(0, order.shape[0], rows_per_step):
+                        rows = order[start:start + rows_per_step]
+                        n = rows.shape[0]
+                        try:
+                            if ranks is None:
+                                loss, norm = _step(model, optimizer, grad_hook, compiled_update,
+                                                   _Batches(model, X, y, rows, x_batch, y_batch,
+                                                            micro_grads, weights, w_batch))
+                            else:
+                                loss, norm = _step_on_ranks(
+                                    model, optimizer, grad_hook, ranks, _Batches(
+                                        model, X, y, ranks.local_rows(rows), x_batch, y_batch,
+                                        micro_grads, weights, w_batch),
+                                    n if weights_all is None else float(weights_all[rows].sum()))
+                        except FloatingPointError as exc:
+                            raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
+                                                  f"{n_steps + 1}: {exc}") from None
+                        except _HookError as exc:
+                            raise exc.__cause__ from None  # the hook's own exception
+                        loss_sum += loss * n
+                        if norm is not None:
+                            norm_sum += norm
+                            layer_norm_sum += model.grad_norms()  # from the step's own norm pass
+                            n_updates += 1
+                        n_steps += 1
+                        n_seen += n
+                        for hook in step_hooks:
+                            if hook(epoch, n_steps - 1, loss, norm, model) is True:
+                                stop = True
+                        if ranks is not None and step_hooks:
+                            stop = ranks.any(stop)
+                        if stop:
+                            history.stop_reason = "callback"
+                            break
+                        if bar is not None:
+                            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                            bar.update(n)
+                seconds = time.perf_counter() - start_time
+                if bar is not None:
+                    bar.close()
+                    bar = None
+
+                updates = max(n_updates, 1)
+                record = {"loss": loss_sum / n_seen,
+                          "grad_norm": norm_sum / updates if n_updates else math.nan,
+                          "layer_grad_norms": [float(v) if n_updates else math.nan
+                                               for v in layer_norm_sum / updates],
+                          "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
+                          "seconds": seconds}
+                if epoch_lr is not None:
+                    record["lr"] = epoch_lr
+                for prefix, scorer in scorers:
+                    loss_value, accuracy = scorer.score()
+                    if prefix:
+                        record[prefix + "loss"] = loss_value
+                    if scorer.kind is not None:
+                        record[prefix + "accuracy"] = accuracy
+                for key, value in record.items():
+                    history[key].append(value)
+                # Only a whole epoch moves the schedule on (a step callback may stop one early).
+                if callable(getattr(optimizer, "end_epoch", None)) and n_seen == order.shape[0]:
+                    optimizer.end_epoch(skipped + n_seen, record.get("val_loss", record["loss"]))
+
+                if watch is not None and watch.update(epoch, record[monitor]):
+                    history.stop_reason = "early_stopping"
+                    stop = True
+                for hook in epoch_hooks:
+                    if hook(epoch, history, model) is True:
+                        stop = True
+                if ranks is not None:
+                    ranks.check_replicas(model.params, epoch)
+                    stop = ranks.any(stop)
+                if stop and history.stop_reason == "completed":
+                    history.stop_reason = "callback"
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            history.stop_reason = "interrupted"
             if bar is not None:
                 bar.close()
-                bar = None
-
-            updates = max(n_updates, 1)
-            record = {"loss": loss_sum / n_seen,
-                      "grad_norm": norm_sum / updates if n_updates else math.nan,
-                      "layer_grad_norms": [float(v) if n_updates else math.nan
-                                           for v in layer_norm_sum / updates],
-                      "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
-                      "seconds": seconds}
-            if epoch_lr is not None:
-                record["lr"] = epoch_lr
-            for prefix, scorer in scorers:
-                loss_value, accuracy = scorer.score()
-                if prefix:
-                    record[prefix + "loss"] = loss_value
-                if scorer.kind is not None:
-                    record[prefix + "accuracy"] = accuracy
-            for key, value in record.items():
-                history[key].append(value)
-            # Only a whole epoch moves the schedule on (a step callback may stop one early).
-            if callable(getattr(optimizer, "end_epoch", None)) and n_seen == order.shape[0]:
-                optimizer.end_epoch(skipped + n_seen, record.get("val_loss", record["loss"]))
-
-            if watch is not None and watch.update(epoch, record[monitor]):
-                history.stop_reason = "early_stopping"
-                stop = True
-            for hook in epoch_hooks:
-                if hook(epoch, history, model) is True:
-                    stop = True
-            if ranks is not None:
-                ranks.check_replicas(model.params, epoch)
-                stop = ranks.any(stop)
-            if stop and history.stop_reason == "completed":
-                history.stop_reason = "callback"
-            if stop:
-                break
-    except KeyboardInterrupt:
-        history.stop_reason = "interrupted"
-        if bar is not None:
-            bar.close()
-        # An interrupt between two appends leaves an epoch half-recorded: drop it (from the
-        # lists fit fills; a callback's own entries are its business).
-        ours = [history[key] for key in fit_keys if isinstance(history.get(key), list)]
-        complete = min((len(values) for values in ours), default=0)
-        for values in ours:
-            del values[complete:]
-    except Exception as exc:
-        if ranks is not None and ranks.size > 1 \
-                and not isinstance(exc, (DivergenceError, distributed.ReplicaDriftError)):
-            ranks.abort(exc)   # this rank's alone: the others would wait for it forever
-        raise
-    finally:
-        if ranks is not None:
-            ranks.end()
-    if ranks is not None and history.stop_reason != "interrupted" \
-            and ranks.any(ranks.interrupted):   # Ctrl-C after the last step
-        history.stop_reason = "interrupted"
-    if watch is not None:
-        history.best_epoch = watch.restore()
-    for cb in callbacks:
-        if callable(getattr(cb, "on_train_end", None)):
-            cb.on_train_end(model, history)
-    return history
+            # An interrupt between two appends leaves an epoch half-recorded: drop it (from the
+            # lists fit fills; a callback's own entries are its business).
+            ours = [history[key] for key in fit_keys if isinstance(history.get(key), list)]
+            complete = min((len(values) for values in ours), default=0)
+            for values in ours:
+                del values[complete:]
+        if ranks is not None and history.stop_reason != "interrupted" \
+                and ranks.any(ranks.interrupted):   # Ctrl-C after the last step
+            history.stop_reason = "interrupted"
+        if watch is not None:
+            history.best_epoch = watch.restore()
+        for cb in callbacks:
+            if callable(getattr(cb, "on_train_end", None)):
+                cb.on_train_end(model, history)
+        return history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,12 +640,12 @@ def _step_on_ranks(model, optimizer, grad_hook, ranks, batches, step_weight):
     return loss, norm
 
 
-def ready_step_on_ranks(model, optimizer, X, y):
+def ready_step_on_ranks(model, optimizer, X, y, batch_size, accumulate=1):
     """Compile (or load from Numba's cache) what _step_on_ranks runs for this model,
-    optimizer (fastbp's) and checked X, y (a row or more), changing no parameter and no
-    optimizer state (the gradients are overwritten)."""
+    optimizer (fastbp's), checked X, y (a row or more), batch size and accumulation, changing
+    no parameter and no optimizer state (the gradients are overwritten)."""
     spec = optimizer.update_spec()
-    model._reserve(X.shape[0])
+    model._reserve(max(batch_size, X.shape[0]))
     work, net = model._work, model._net
     # All the units at once (the update's too): compiled side by side (kernels.prepare).
     model._ready(kernels.entry.loss_and_grad, (model.grads, *work, model.params, X, y, *net,
@@ -643,18 +653,15 @@ def ready_step_on_ranks(model, optimizer, X, y):
     model._loss_and_grad_checked(X, y, penalty=False)
     model._ready(kernels.entry.update, (model.params, model.grads, work.layer_sq, work.partials,
                                         net.param_offsets, *spec), update_kind=spec.kind)
+    if accumulate > 1:
+        x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
+        y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
+        model._ready(kernels.entry.accumulated_loss_and_grad, (
+            model.grads, kernels.aligned_zeros(model.n_params, model.dtype), *work,
+            model.params, x_batch, y_batch, X, y, np.arange(1), batch_size, *net, None, None))
     if model.l2 != 0:
         model._run(kernels.entry.add_l2_penalty, (model.grads, work.partials, model.params,
                                                   net.param_offsets, net.sizes, net.l2, 1.0))
-
-
-def _ranks(comm, shard):
-    """distributed.Ranks for a communicator, or None."""
-    if comm is None:
-        if shard is not False:
-            raise ValueError("shard: needs comm (data-parallel training over MPI)")
-        return None
-    return distributed.Ranks(comm, shard)
 
 
 def _rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **settings):
@@ -668,6 +675,9 @@ def _rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **setti
         "optimizer": type(optimizer).__name__,
         "optimizer settings and state (CRC-32)": None if spec is None else zlib.crc32(
             spec.state.view(np.uint8), zlib.crc32(spec.hyper.view(np.uint8))),
+        "optimizer schedule": _schedule_described(getattr(optimizer, "lr_schedule", None)),
+        **{f"optimizer {name}": getattr(optimizer, name, None)
+           for name in ("base_lr", "epochs_done", "samples_seen")},
         "X columns": X.shape[1], "sparse X": isinstance(X, _validate.SparseRows),
         "y columns": y.shape[1:], "y dtype": str(y.dtype),
         "sample_weight given": weights is not None, "validation rows given": X_val is not None,
@@ -680,6 +690,13 @@ def _rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **setti
             described.update({"validation " + key: value for key, value in
                               distributed.data_fingerprint(X_val, y_val).items()})
     return described
+
+
+def _schedule_described(schedule):
+    """A learning-rate schedule as comparable values: its kind, settings and state."""
+    if schedule is None:
+        return None
+    return type(schedule).__name__, sorted((k, repr(v)) for k, v in vars(schedule).items())
 
 
 def _check_callbacks(callbacks):
@@ -731,24 +748,33 @@ def _unpack_validation(model, validation_data):
     return X_val, y_val
 
 
-def _metric_rows(X, y, limit, seed):
-    if X.shape[0] <= limit:
+def _metric_rows(X, y, limit, seed, ranks=None):
+    """At most limit training rows, drawn with seed (with shard: those of this rank's part,
+    of the rows drawn from the whole set, as one process draws them)."""
+    shard = ranks is not None and ranks.shard
+    n = ranks.n_total if shard else X.shape[0]
+    if n <= limit:
         return X, y
-    rows = np.sort(_split_rng(seed).choice(X.shape[0], limit, replace=False))
+    rows = np.sort(_split_rng(seed).choice(n, limit, replace=False))
+    if shard:
+        rows = rows[(rows >= ranks.offset) & (rows < ranks.offset + X.shape[0])] - ranks.offset
     return X[rows], y[rows]
 
 
-def _accuracy_kind(model, y):
+def _accuracy_kind(model, y, ranks=None):
     """How to score accuracy for these targets: "labels", "onehot", "binary", "multilabel" or
-    None."""
+    None. With shard ranks, for the targets of all the parts (every rank must call)."""
     if y is None:
         return None
     if model.loss == "softmax_cross_entropy":
         return "labels"
-    zero_one = np.all((y == 0) | (y == 1))
+    zero_one = bool(np.all((y == 0) | (y == 1)))
+    one_hot = zero_one and bool(np.all(y.sum(axis=1) == 1))
+    if ranks is not None and ranks.shard:
+        zero_one, one_hot = ranks.all_of((zero_one, one_hot))
     if y.shape[1] == 1:
         return "binary" if zero_one else None
-    if zero_one and np.all(y.sum(axis=1) == 1):
+    if one_hot:
         return "onehot"
     return "multilabel" if zero_one and model.loss == "binary_cross_entropy" else None
 
@@ -764,13 +790,10 @@ class _Scorer:
     """
 
     def __init__(self, model, X, y, ranks=None):
-        self.kind = _accuracy_kind(model, y)
-        if ranks is not None:   # each rank scores its slice (or its part); sums are shared
-            if ranks.shard:
-                self.kind = ranks.common(self.kind)
-            else:
-                rows = np.arange(y.shape[0])[ranks.slice_of(y.shape[0])]
-                X, y = X[rows], y[rows]
+        self.kind = _accuracy_kind(model, y, ranks)
+        if ranks is not None and not ranks.shard:   # each rank scores a slice; sums shared
+            rows = np.arange(y.shape[0])[ranks.slice_of(y.shape[0])]
+            X, y = X[rows], y[rows]
         self.model, self.X, self.y, self.ranks = model, X, y, ranks
         if self.kind == "onehot":
             self.target_labels = y.argmax(axis=1)

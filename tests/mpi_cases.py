@@ -57,6 +57,10 @@ CASES = {
     "shard": (_momentum_clipped, dict(l2=0.01), dict(batch_size=32, epochs=3), True, False),
     "shard_adam_weights": (_adam_clipped, {}, dict(batch_size=24, epochs=2), True, True),
     "shard_tiny_batches": (_sgd, {}, dict(batch_size=2, epochs=1), True, False),
+    # accuracy of multilabel targets whose first rows are one-hot (a part may be all one-hot),
+    # on a sample of the rows
+    "shard_multilabel_metrics": (_adam_clipped, dict(loss="binary_cross_entropy"),
+                                 dict(batch_size=32, epochs=2, metrics_rows=50), True, False),
 }
 
 
@@ -70,10 +74,14 @@ def train(case, comm):
     """(model, history) of the case, on one process (comm None) or on this rank."""
     make_optimizer, model_options, fit_options, shard, weighted = CASES[case]
     X, y, weights = data()
-    model = fastbp.MLP([N_FEATURES, 16, 8, N_CLASSES if "loss" not in model_options else 2],
+    model = fastbp.MLP([N_FEATURES, 16, 8, 2 if model_options.get("loss") == "mse" else 3],
                        dtype=np.float64, seed=3, **model_options)
     if model.loss == "mse":
         y = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1)
+    elif model.loss == "binary_cross_entropy":
+        labels = y
+        y = (X[:, :3] > 0).astype(np.float64)
+        y[:100] = np.eye(3)[labels[:100]]
     if comm is not None and shard:
         bounds = shard_bounds(comm.Get_size())
         part = slice(bounds[comm.Get_rank()], bounds[comm.Get_rank() + 1])
@@ -99,8 +107,31 @@ def _refusals(comm):
         options.update(changes)
         return fastbp.fit(m, **options)
 
+    def fit_resumed(rank):   # rank 1's optimizer has ended an epoch, the others' none
+        m = model(rank)
+        optimizer = fastbp.SGD(m, lr=0.1)
+        if rank == 1:
+            optimizer.end_epoch(N_ROWS, 1.0)
+        return fit(rank, m=m, optimizer=optimizer, initial_epoch=1)
+
+    def fit_scheduled(rank):
+        m = model(rank)
+        schedule = fastbp.schedules.Step(1, 0.5) if rank == 0 else None
+        return fit(rank, m=m, optimizer=fastbp.SGD(m, lr=0.1, lr_schedule=schedule))
+
     return {
         "other_model": lambda r: fit(r, m=model(r, hidden=16 + r)),
+        "seed_on_some_ranks": lambda r: fit(r, seed=None if r == 0 else 1),
+        "shard_on_one_rank": lambda r: fit(r, shard=r == 1),
+        "shard_not_a_bool_on_one_rank": lambda r: fit(r, shard=1 if r == 1 else False),
+        "weights_on_one_rank": lambda r: fit(r, shard=True, X=X[r::3], y=y[r::3],
+                                             sample_weight=np.ones(len(y[r::3]))
+                                             if r == 0 else None),
+        "optimizer_epochs_differ": fit_resumed,
+        "schedule_differs": fit_scheduled,
+        # not a refusal: seed None is drawn on rank 0 before rows are held out
+        "validation_fraction_without_seed": lambda r: fit(r, seed=None,
+                                                          validation_fraction=0.2),
         "other_data": lambda r: fit(r, X=X + r),
         "other_batch_size": lambda r: fit(r, batch_size=32 + r),
         "bad_epochs_on_one_rank": lambda r: fit(r, epochs=0 if r == 1 else 1),
@@ -116,6 +147,7 @@ def main(out):
         model, history = train(case, comm)
         np.savez(os.path.join(out, f"{case}-{rank}.npz"), params=model.params,
                  loss=np.array(history["loss"]), stop_reason=history.stop_reason,
+                 accuracy=np.array(history.get("accuracy", [])),
                  best_epoch=-1 if history.best_epoch is None else history.best_epoch,
                  val_loss=np.array(history.get("val_loss", [])))
     for case, run in _refusals(comm).items():
@@ -133,6 +165,10 @@ def fail(kind):
     comm = MPI.COMM_WORLD
 
     class FailOnRankOne:
+        def on_train_begin(self, model, history):
+            if comm.Get_rank() == 1 and kind == "begin":
+                raise RuntimeError("a callback failed on rank 1")
+
         def on_epoch_end(self, epoch, history, model):
             if comm.Get_rank() == 1 and epoch == 1:
                 if kind == "raise":

@@ -71,6 +71,7 @@ def test_ranks_train_as_one_process(ranks_run, case):
     assert np.max(np.abs(ranks[0]["params"] - model.params)) <= 1e-9 * scale
     np.testing.assert_allclose(ranks[0]["loss"], history["loss"], rtol=1e-9)
     np.testing.assert_allclose(ranks[0]["val_loss"], history.get("val_loss", []), rtol=1e-9)
+    np.testing.assert_allclose(ranks[0]["accuracy"], history.get("accuracy", []), rtol=1e-12)
     assert str(ranks[0]["stop_reason"]) == history.stop_reason
     assert int(ranks[0]["best_epoch"]) == (-1 if history.best_epoch is None
                                            else history.best_epoch)
@@ -94,12 +95,19 @@ def test_the_early_stopping_case_stops_early():
 @pytest.mark.parametrize("case, words", [
     ("other_model", "model sizes"), ("other_data", "X and y"),
     ("other_batch_size", "batch_size"), ("bad_epochs_on_one_rank", "epochs"),
-    ("no_shard_validation_fraction", "validation_fraction")])
+    ("no_shard_validation_fraction", "validation_fraction"), ("seed_on_some_ranks", "seed"),
+    ("shard_on_one_rank", "shard"), ("shard_not_a_bool_on_one_rank", "shard"),
+    ("weights_on_one_rank", "sample_weight"), ("optimizer_epochs_differ", "initial_epoch"),
+    ("schedule_differs", "schedule"), ("validation_fraction_without_seed", None)])
 def test_every_rank_refuses(ranks_run, case, words):
+    """Each rank raised (words: in every rank's message), or none did (words None)."""
     n, out = ranks_run
     errors = [str(np.load(out / f"refusal-{case}-{rank}.npz")["error"]) for rank in range(n)]
     for rank, error in enumerate(errors):
-        assert error != "none" and words in error, (rank, error)
+        if words is None:
+            assert error == "none", (rank, error)
+        else:
+            assert error != "none" and words in error, (rank, error)
 
 
 @needs_mpi
@@ -123,14 +131,15 @@ def test_each_rank_uses_its_share_of_the_cores(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("kind", ["raise", "kill"])
+@pytest.mark.parametrize("kind", ["raise", "begin", "kill"])
 def test_a_failing_rank_ends_the_job(tmp_path, kind):
-    """An exception, or a killed process, on rank 1 alone: the job ends with a non-zero status
-    (a hang would reach the timeout and fail the test)."""
+    """An exception (in a callback at an epoch's end, or at the start of training), or a killed
+    process, on rank 1 alone: the job ends with a non-zero status (a hang would reach the
+    timeout and fail the test)."""
     done = mpiexec(2, [sys.executable, str(Path(mpi_cases.__file__)), str(tmp_path), "--fail",
                        kind], timeout=300)
     assert done.returncode != 0
-    if kind == "raise":
+    if kind != "kill":
         assert "rank 1 of 2 failed" in done.stderr
         assert "a callback failed on rank 1" in done.stderr
 
