@@ -147,9 +147,10 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
     return y
 
 
-def sample_weight(weights, n_rows, name="sample_weight"):
+def sample_weight(weights, n_rows, name="sample_weight", may_all_be_0=False):
     """None, or the sample weights as a C-contiguous float64 array (n_rows,): real, finite,
-    >= 0, not all 0, with a finite sum."""
+    >= 0, not all 0 (unless may_all_be_0: a part of the weights, checked whole elsewhere), with
+    a finite sum."""
     if weights is None:
         return None
     weights = as_array(name, weights)
@@ -169,7 +170,7 @@ def sample_weight(weights, n_rows, name="sample_weight"):
         raise ValueError(f"{name}: weights must be >= 0, got {weights.min()}")
     with np.errstate(over="ignore"):
         total = float(weights.sum())
-    if total == 0:
+    if total == 0 and not may_all_be_0:
         raise ValueError(f"{name}: every weight is 0 (the weighted mean loss 0/0 is undefined)")
     if not math.isfinite(total):
         raise ValueError(f"{name}: the weights sum to more than float64 holds (scale them)")

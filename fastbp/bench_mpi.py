@@ -47,13 +47,22 @@ def _data(sizes, batch):
     return X, y, steps
 
 
+_THREADS_IN_FIT = [None]   # the threads fit used (fit(comm=) may lower them)
+
+
+class _RecordThreads:
+    def on_epoch_end(self, epoch, history, model):
+        import numba
+        _THREADS_IN_FIT[0] = numba.get_num_threads()
+
+
 def fit_step_us(sizes, batch, comm=None, per_step=False, epochs=3):
     """Median µs per step of fit, on this process or with comm."""
     import fastbp
     X, y, steps = _data(sizes, batch)
     model = fastbp.MLP(sizes, seed=0)
     optimizer = fastbp.SGD(model, lr=0.01, clip_norm=5.0)
-    options = dict(batch_size=batch, seed=0, metrics_rows=0)
+    options = dict(batch_size=batch, seed=0, metrics_rows=0, callbacks=[_RecordThreads()])
     if comm is not None:
         options["comm"] = comm
     if per_step:
@@ -144,26 +153,13 @@ def main(argv=None):
         if lead:
             print("  ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items()), flush=True)
-    if comm is not None:
-        threads = comm.allgather(_threads_in_fit())
-    else:
-        threads = [_threads_in_fit()]
+    threads = [_THREADS_IN_FIT[0]] if comm is None else comm.allgather(_THREADS_IN_FIT[0])
     if lead and args.json:
         with open(args.json, "w") as f:
             json.dump({"ranks": ranks, "threads_per_rank": threads,
                        "cores": len(os.sched_getaffinity(0)), "numba": numba.__version__,
                        "python": sys.version.split()[0], "results": rows}, f, indent=1)
     return 0
-
-
-def _threads_in_fit():
-    """The threads fit uses on this rank (fit(comm=) lowers them to the node's share)."""
-    import numba
-    from . import distributed
-    if distributed.launched_ranks() <= 1:
-        return numba.get_num_threads()
-    from mpi4py import MPI
-    return distributed.node_threads(MPI.COMM_WORLD)
 
 
 if __name__ == "__main__":

@@ -194,10 +194,11 @@ def train(args, ranks=None):
     t_start = time.perf_counter()
     lead = ranks is None or ranks.rank == 0
     say = _Printer(args.quiet, to_stderr=args.json, silent=not lead)
+    share = None if ranks is None else distributed.node_threads(ranks.comm)   # (collective)
     if args.threads is not None:
         set_num_threads(args.threads)
-    elif ranks is not None and "NUMBA_NUM_THREADS" not in os.environ:
-        set_num_threads(distributed.node_threads(ranks.comm))
+    elif share is not None and not distributed.threads_chosen():
+        set_num_threads(share)
     with _together(ranks):
         ds, model, optimizer, sizes = _data_and_model(args, say)
     t_data = time.perf_counter() - t_start

@@ -191,8 +191,9 @@ class Ranks:
         every rank) sets a flag that the next step's all-reduce shares, so that every rank
         stops after the same step (main thread only)."""
         self._threads_before = numba.get_num_threads()
-        if not (_threads.chosen() or "NUMBA_NUM_THREADS" in os.environ):
-            numba.set_num_threads(node_threads(self.comm))
+        share = node_threads(self.comm)   # (a collective call: every rank makes it)
+        if not threads_chosen():
+            numba.set_num_threads(share)
         self._sigint_before = None
         if threading.current_thread() is threading.main_thread():
             self._sigint_before = signal.signal(signal.SIGINT, self._hold_interrupt)
@@ -230,6 +231,12 @@ class Ranks:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
         self.comm.Abort(1)
+
+
+def threads_chosen():
+    """Whether this process's thread count was chosen (fastbp.set_num_threads, or
+    NUMBA_NUM_THREADS), and so is kept."""
+    return _threads.chosen() or "NUMBA_NUM_THREADS" in os.environ
 
 
 def node_threads(comm):

@@ -31,7 +31,7 @@ import zlib
 
 import numpy as np
 
-from . import _validate, distributed, kernels, optim
+from . import _validate, distributed, kernels, optim, schedules
 from ._threads import pin_kernel_blas
 from .model import MLP
 
@@ -222,7 +222,7 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
         callbacks = _check_callbacks(callbacks)
         X, y = model._check_batch(X, y)
-        weights = _validate.sample_weight(sample_weight, X.shape[0])
+        weights = _validate.sample_weight(sample_weight, X.shape[0], may_all_be_0=shard)
 
         if validation_data is not None and validation_fraction is not None:
             raise ValueError("validation_data, validation_fraction: give one or the other")
@@ -259,21 +259,24 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     if ranks is not None:   # every rank gets here, for the same collective calls
         ranks.check_same(settings)
         weights_all = ranks.set_rows(X.shape[0], weights)
+        if weights_all is not None and not weights_all.any():   # (with shard, every part)
+            raise ValueError("sample_weight: every weight of every rank's part is 0 (the "
+                             "weighted mean loss 0/0 is undefined)")
         ranks.broadcast(model.params)
+
+    n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows
+    batch_size = min(batch_size, n_samples)
+    accumulate = min(accumulate, -(-n_samples // batch_size))  # no step spans more than an epoch
+    rows_per_step = batch_size * accumulate
+    if initial_step * rows_per_step >= n_samples:   # (with comm, on every rank alike)
+        raise ValueError(f"initial_step: {initial_step}, but an epoch has "
+                         f"{-(-n_samples // rows_per_step)} steps")
 
     # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
     # exception on one rank ends the job (the others would wait for it forever), but for those
     # every rank raises alike.
     with contextlib.nullcontext() if ranks is None else ranks.training(
             agreed=(DivergenceError, distributed.ReplicaDriftError)):
-        n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows
-        batch_size = min(batch_size, n_samples)
-        # no step spans more than an epoch
-        accumulate = min(accumulate, -(-n_samples // batch_size))
-        rows_per_step = batch_size * accumulate
-        if initial_step * rows_per_step >= n_samples:
-            raise ValueError(f"initial_step: {initial_step}, but an epoch has "
-                             f"{-(-n_samples // rows_per_step)} steps")
         rng = np.random.default_rng(seed)
         for _ in range(initial_epoch if shuffle else 0):
             rng.permutation(n_samples)  # the orders of the epochs done
@@ -320,6 +323,11 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         step_norms = np.empty(max_steps, dtype=np.float64)
         step_layer_sq = np.empty((max_steps, len(model.sizes) - 1), dtype=np.float64)
 
+        if ranks is not None and compiled_update and sparse_index is None:
+            # One rank per node compiles (or loads) the step's kernels, then the others load
+            # them from Numba's cache: side by side, they would share the node's cores.
+            ranks.node_leader_first(lambda: ready_step_on_ranks(
+                model, optimizer, X[:1], y[:1], batch_size, accumulate))
         for cb in callbacks:
             if callable(getattr(cb, "on_train_begin", None)):
                 cb.on_train_begin(model, history)
@@ -693,10 +701,12 @@ def _rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **setti
 
 
 def _schedule_described(schedule):
-    """A learning-rate schedule as comparable values: its kind, settings and state."""
-    if schedule is None:
-        return None
-    return type(schedule).__name__, sorted((k, repr(v)) for k, v in vars(schedule).items())
+    """A learning-rate schedule as comparable values: its kind, and for fastbp's, its settings
+    and state (another's may hold anything)."""
+    if schedule is None or type(schedule).__module__ != schedules.__name__:
+        return None if schedule is None else type(schedule).__name__
+    state = schedule.state() if callable(getattr(schedule, "state", None)) else None
+    return type(schedule).__name__, schedule.config(), state
 
 
 def _check_callbacks(callbacks):
@@ -802,7 +812,7 @@ class _Scorer:
         """(mean loss, accuracy or None) over the rows (all the ranks' rows, with ranks)."""
         sums = self._sums() if self.y.shape[0] else (0.0, 0.0, 0)
         if self.ranks is not None:
-            sums = self.ranks.sum_scores(sums)
+            sums = [float(value) for value in self.ranks.sum_scores(sums)]
         loss_sum, correct, n = sums
         return loss_sum / n, None if self.kind is None else correct / n
 

@@ -92,6 +92,22 @@ def train(case, comm):
     return model, history
 
 
+class _Halved:
+    """A user's schedule holding another object (compared by its kind alone)."""
+
+    def __init__(self):
+        self.inner = fastbp.schedules.Cosine(3)
+
+    def rate(self, base_lr, epoch, samples):
+        return 0.5 * self.inner.rate(base_lr, epoch, samples)
+
+
+def _threads_chosen_on_rank_one(fit, rank):
+    if rank == 1:   # (last of the cases: the choice holds for the rest of the process)
+        fastbp.set_num_threads(1)
+    return fit(rank)
+
+
 def _refusals(comm):
     """Settings that differ between ranks, or a bad argument on one rank: every rank must
     raise. name: a function of the rank returning fit's keyword arguments."""
@@ -102,8 +118,9 @@ def _refusals(comm):
 
     def fit(rank, m=None, **changes):
         m = m or model(rank)
-        options = dict(X=X, y=y, optimizer=fastbp.SGD(m, lr=0.1), epochs=1, batch_size=32,
-                       seed=1, comm=comm)
+        schedule = changes.pop("lr_schedule", None)
+        options = dict(X=X, y=y, optimizer=fastbp.SGD(m, lr=0.1, lr_schedule=schedule),
+                       epochs=1, batch_size=32, seed=1, comm=comm)
         options.update(changes)
         return fastbp.fit(m, **options)
 
@@ -129,9 +146,15 @@ def _refusals(comm):
                                              if r == 0 else None),
         "optimizer_epochs_differ": fit_resumed,
         "schedule_differs": fit_scheduled,
-        # not a refusal: seed None is drawn on rank 0 before rows are held out
+        "bad_initial_step": lambda r: fit(r, initial_step=100),
+        # not refusals: seed None is drawn on rank 0 before rows are held out; a part whose
+        # rows all weigh 0; a user's schedule; a thread count chosen on one rank only
         "validation_fraction_without_seed": lambda r: fit(r, seed=None,
                                                           validation_fraction=0.2),
+        "a_part_weighs_0": lambda r: fit(r, shard=True, X=X[r::3], y=y[r::3],
+                                         sample_weight=np.full(len(y[r::3]), float(r > 0))),
+        "user_schedule": lambda r: fit(r, lr_schedule=_Halved()),
+        "threads_chosen_on_one_rank": lambda r: _threads_chosen_on_rank_one(fit, r),
         "other_data": lambda r: fit(r, X=X + r),
         "other_batch_size": lambda r: fit(r, batch_size=32 + r),
         "bad_epochs_on_one_rank": lambda r: fit(r, epochs=0 if r == 1 else 1),

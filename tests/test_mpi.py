@@ -98,7 +98,9 @@ def test_the_early_stopping_case_stops_early():
     ("no_shard_validation_fraction", "validation_fraction"), ("seed_on_some_ranks", "seed"),
     ("shard_on_one_rank", "shard"), ("shard_not_a_bool_on_one_rank", "shard"),
     ("weights_on_one_rank", "sample_weight"), ("optimizer_epochs_differ", "initial_epoch"),
-    ("schedule_differs", "schedule"), ("validation_fraction_without_seed", None)])
+    ("schedule_differs", "schedule"), ("bad_initial_step", "initial_step"),
+    ("validation_fraction_without_seed", None), ("a_part_weighs_0", None),
+    ("user_schedule", None), ("threads_chosen_on_one_rank", None)])
 def test_every_rank_refuses(ranks_run, case, words):
     """Each rank raised (words: in every rank's message), or none did (words None)."""
     n, out = ranks_run
