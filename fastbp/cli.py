@@ -298,41 +298,50 @@ def train(args, ranks=None):
             return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     t_total = time.perf_counter() - t_start
 
+    outcome = {"test_accuracy": test_accuracy, "test_correct": n_correct,
+               "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
+                           "training": t_train},
+               "samples_per_s": throughput, "saved": saved, "plot": plotted}
     if args.json:
-        summary = {
-            "data": ds.name, "sizes": sizes, "activations": model.activations,
-            "loss": model.loss, "dtype": np.dtype(model.dtype).name,
-            "n_params": model.n_params, "optimizer": {"name": optimizer.name,
-                                                      **optimizer.config()},
-            "lr": optimizer.base_lr, "lr_schedule": (optimizer.lr_schedule.name
-                                                     if optimizer.lr_schedule else "constant"),
-            "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
-            "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
-            "batch_size": args.batch_size, "seed": args.seed, "threads": threads,
-            "ranks": 1 if ranks is None else ranks.size,
-            "rows": {"train": len(ds.y_train), "validation": len(ds.y_val),
-                     "test": len(ds.y_test)},
-            "epochs_run": epochs_run, "stop_reason": history.stop_reason,
-            "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,
-            "test_accuracy": test_accuracy, "test_correct": n_correct,
-            "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
-                        "training": t_train},
-            "samples_per_s": throughput, "saved": saved, "plot": plotted,
-            "history": {k: list(v) for k, v in history.items()},
-        }
-        print(json.dumps(summary, default=_json_default))
+        print(json.dumps(_summary(args, ds, model, optimizer, sizes, history, first_epoch,
+                                  threads, ranks, outcome), default=_json_default))
     else:
-        if n_correct is not None:
-            say(f"test accuracy {100 * test_accuracy:.2f}% ({n_correct}/{len(ds.y_test)})",
-                force=True)
-        say(f"time {t_total:.2f} s in all (data {t_data:.2f} s, kernels {t_compile:.2f} s, "
-            f"training {t_train:.2f} s); {throughput:,.0f} samples/s over {epochs_run} "
-            "epochs", force=True)
-        if saved:
-            say(f"model saved to {saved}", force=True)
-        if plotted:
-            say(f"curves written to {plotted}", force=True)
+        _say_outcome(say, ds, history, outcome)
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _summary(args, ds, model, optimizer, sizes, history, first_epoch, threads, ranks, outcome):
+    """The --json document: the run's settings, its history and its outcome."""
+    return {
+        "data": ds.name, "sizes": sizes, "activations": model.activations,
+        "loss": model.loss, "dtype": np.dtype(model.dtype).name,
+        "n_params": model.n_params, "optimizer": {"name": optimizer.name, **optimizer.config()},
+        "lr": optimizer.base_lr, "lr_schedule": (optimizer.lr_schedule.name
+                                                 if optimizer.lr_schedule else "constant"),
+        "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
+        "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
+        "batch_size": args.batch_size, "seed": args.seed, "threads": threads,
+        "ranks": 1 if ranks is None else ranks.size,
+        "rows": {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)},
+        "epochs_run": history.n_epochs, "stop_reason": history.stop_reason,
+        "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,
+        **outcome, "history": {k: list(v) for k, v in history.items()},
+    }
+
+
+def _say_outcome(say, ds, history, outcome):
+    """The closing lines: test accuracy, times, files written."""
+    if outcome["test_correct"] is not None:
+        say(f"test accuracy {100 * outcome['test_accuracy']:.2f}% "
+            f"({outcome['test_correct']}/{len(ds.y_test)})", force=True)
+    seconds = outcome["seconds"]
+    say(f"time {seconds['total']:.2f} s in all (data {seconds['data']:.2f} s, kernels "
+        f"{seconds['compile']:.2f} s, training {seconds['training']:.2f} s); "
+        f"{outcome['samples_per_s']:,.0f} samples/s over {history.n_epochs} epochs", force=True)
+    if outcome["saved"]:
+        say(f"model saved to {outcome['saved']}", force=True)
+    if outcome["plot"]:
+        say(f"curves written to {outcome['plot']}", force=True)
 
 
 def _data_and_model(args, say):
