@@ -203,7 +203,8 @@ def build_parser():
                        help="seed of the initialisation, the validation split and the batch "
                        "order")
     optim.add_argument("--threads", type=_int_type("threads", 1), metavar="N",
-                       help="threads for the kernels (default: all cores)")
+                       help="threads for the kernels (default: all cores; under mpiexec, "
+                       "each rank's share of its node's cores)")
     optim.add_argument("--resume", metavar="PATH",
                        help="continue the run saved in PATH (by --save, also after Ctrl-C): its "
                        "model, optimizer state, schedule and position, to the run's planned "

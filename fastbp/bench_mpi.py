@@ -15,9 +15,9 @@ in µs per step:
 - "allreduce" (under MPI): the all-reduce of the gradient buffer alone, as the step calls it
   (median of many, after a barrier); "share": its part of the data-parallel step.
 
-Rank 0 prints a table and writes ``--json``. Timings are medians over ``--repeats`` runs.
+Rank 0 prints a line per config and writes ``--json``. Timings are medians over ``--repeats`` runs.
 
-    python -m fastbp.bench_mpi --cost-model one.json [--machine-threads 16]
+    python -m fastbp.bench_mpi --cost-model one.json
 
 prints instead what the cost model (docs/mpi.md) predicts for a step on N machines from the
 one-process step times in one.json (this module's, or fastbp.bench's ``fit_step_us``): the

@@ -212,6 +212,7 @@ def train(args, ranks=None):
 
     import numba
     threads = numba.get_num_threads()
+    by_rank = [threads] if ranks is None else ranks.comm.allgather(threads)   # (collective)
     say(f"data   {ds.summary()}; {ds.scaling}")
     hidden = ("hidden " + "/".join(model.activations)) if model.activations else "no hidden layer"
     say(f"model  {'-'.join(map(str, sizes))} ({hidden}), {model.loss}, "
@@ -224,8 +225,7 @@ def train(args, ranks=None):
     accumulate = f" x {args.accumulate} accumulated" if args.accumulate > 1 else ""
     say(f"train  {_describe(optimizer)}, batch {args.batch_size}{accumulate}, "
         + (f"epochs {first_epoch + 1}-{args.epochs}" if first_epoch else f"{epochs} epochs")
-        + f", seed {args.seed}, {threads} threads"
-        + ("" if ranks is None else f" on each of {ranks.size} MPI ranks"))
+        + f", seed {args.seed}, " + _threads_described(by_rank))
 
     t0 = time.perf_counter()
     if not _kernels_cached():
@@ -304,13 +304,22 @@ def train(args, ranks=None):
                "samples_per_s": throughput, "saved": saved, "plot": plotted}
     if args.json:
         print(json.dumps(_summary(args, ds, model, optimizer, sizes, history, first_epoch,
-                                  threads, ranks, outcome), default=_json_default))
+                                  by_rank, outcome), default=_json_default))
     else:
         _say_outcome(say, ds, history, outcome)
     return EXIT_INTERRUPTED if interrupted else 0
 
 
-def _summary(args, ds, model, optimizer, sizes, history, first_epoch, threads, ranks, outcome):
+def _threads_described(by_rank):
+    """'2 threads', or under MPI '1 threads on each of 2 MPI ranks' or '1-2 threads ...'."""
+    low, high = min(by_rank), max(by_rank)
+    if len(by_rank) == 1:
+        return f"{low} threads"
+    return (f"{low}" if low == high else f"{low}-{high}") + \
+        f" threads {'on each of' if low == high else 'per rank on'} {len(by_rank)} MPI ranks"
+
+
+def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, outcome):
     """The --json document: the run's settings, its history and its outcome."""
     return {
         "data": ds.name, "sizes": sizes, "activations": model.activations,
@@ -320,8 +329,8 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, threads, r
                                                  if optimizer.lr_schedule else "constant"),
         "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
         "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
-        "batch_size": args.batch_size, "seed": args.seed, "threads": threads,
-        "ranks": 1 if ranks is None else ranks.size,
+        "batch_size": args.batch_size, "seed": args.seed, "threads": by_rank[0],
+        "ranks": len(by_rank), "threads_by_rank": by_rank,
         "rows": {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)},
         "epochs_run": history.n_epochs, "stop_reason": history.stop_reason,
         "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,

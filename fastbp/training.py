@@ -151,13 +151,16 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         every step is the step one process would take on the same rows (to rounding: the
         sums run in another order), on every rank alike. Each rank computes the gradient of
         its share of the step's rows; one all-reduce sums them. The history, early stopping
-        and every stop decision are the same on every rank; only rank 0 shows a progress bar.
-        Each rank uses its node's cores divided by its ranks on the node, unless
-        ``set_num_threads`` chose a count. ``grad_hook`` sees the summed gradient on every
-        rank and must decide alike on all (the parameters are compared after each epoch:
-        distributed.ReplicaDriftError). Mismatched settings or data raise on every rank;
-        an exception on one rank alone (in a callback, say) ends the whole job (MPI_Abort),
-        since the others would wait for it forever.
+        and every stop decision are the same on every rank. Only rank 0 may show a progress
+        bar (but not when its output is not a terminal, as under mpiexec). While fit runs,
+        each rank uses its node's cores divided by its ranks on the node, unless
+        ``set_num_threads`` or NUMBA_NUM_THREADS chose a count (the count is restored after).
+        ``grad_hook`` sees the summed gradient on every rank and must decide alike on all
+        (the parameters are compared after each epoch: distributed.ReplicaDriftError).
+        Mismatched settings or data raise RankMismatchError on every rank, and a refusal of
+        one rank's arguments raises there and RankMismatchError (naming that rank and why)
+        on the others. Once training has started, an exception on a rank (in a callback,
+        say) ends the whole job (MPI_Abort), since the others would wait for it forever.
     shard : bool, default False
         With ``comm``: False, every rank passes the same X and y (and sample_weight,
         validation_data); True, each passes its own part of the rows, the parts in rank
@@ -199,6 +202,9 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
             raise TypeError(f"shard: expected True or False, got {type(shard).__name__}")
         if shard and ranks is None:
             raise ValueError("shard: needs comm (data-parallel training over MPI)")
+        if shard and getattr(X, "shape", (1,))[0] == 0:
+            raise ValueError("X: this rank's part has no rows; with shard=True every rank "
+                             "needs at least one")
         if ranks is not None:
             ranks.shard = shard
         if not isinstance(model, MLP):

@@ -147,6 +147,8 @@ def _refusals(comm):
         "optimizer_epochs_differ": fit_resumed,
         "schedule_differs": fit_scheduled,
         "bad_initial_step": lambda r: fit(r, initial_step=100),
+        "empty_part": lambda r: fit(r, shard=True, X=X[:0] if r == 1 else X,
+                                    y=y[:0] if r == 1 else y),
         # not refusals: seed None is drawn on rank 0 before rows are held out; a part whose
         # rows all weigh 0; a user's schedule; a thread count chosen on one rank only
         "validation_fraction_without_seed": lambda r: fit(r, seed=None,

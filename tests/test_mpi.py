@@ -99,6 +99,7 @@ def test_the_early_stopping_case_stops_early():
     ("shard_on_one_rank", "shard"), ("shard_not_a_bool_on_one_rank", "shard"),
     ("weights_on_one_rank", "sample_weight"), ("optimizer_epochs_differ", "initial_epoch"),
     ("schedule_differs", "schedule"), ("bad_initial_step", "initial_step"),
+    ("empty_part", "part has no rows"),
     ("validation_fraction_without_seed", None), ("a_part_weighs_0", None),
     ("user_schedule", None), ("threads_chosen_on_one_rank", None)])
 def test_every_rank_refuses(ranks_run, case, words):
