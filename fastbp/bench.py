@@ -150,7 +150,7 @@ def fastbp_steps(sizes, batch, optimizer="sgd"):
     callable: the update pass alone)."""
     import fastbp
     from fastbp.layout import n_params
-    from fastbp.training import _train_steps
+    from fastbp.steps import _train_steps
     rng = np.random.default_rng(0)
     n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * n_params(sizes)))))
     n = batch * n_batches

@@ -21,8 +21,6 @@ import os
 import time
 import warnings
 
-import numpy as np
-
 # name, hidden layers, batch size, epochs, SGD's learning rate
 CASES = {"digits": ((100,), 200, 100, 0.01), "letters": ((256, 128), 64, 20, 0.01),
          "mnist": ((256, 128), 200, 5, 0.01)}

@@ -28,7 +28,8 @@ from .io import save as save_model
 from .model import MLP
 from .optim import OPTIMIZERS
 from .schedules import Adaptive, Constant, Cosine, InvScaling, Step
-from .training import DivergenceError, _train_steps, fit, ready_step_on_ranks
+from .steps import _train_steps, ready_step_on_ranks
+from .training import DivergenceError, fit
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 

@@ -25,7 +25,7 @@ import zlib
 import numba
 import numpy as np
 
-from . import _threads
+from . import _threads, _validate, schedules
 from .layout import LOSS_SLOT, STOP_SLOT
 
 _COMM_METHODS = ("Allreduce", "allgather", "Bcast", "Get_rank", "Get_size", "Abort")
@@ -290,3 +290,40 @@ def launched_ranks():
         if value.isdigit():
             return int(value)
     return 1
+
+
+def rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **settings):
+    """What must be the same on every rank of a data-parallel fit, as comparable values."""
+    spec = optimizer.update_spec() if callable(getattr(optimizer, "update_spec", None)) \
+        else None
+    described = {
+        "model sizes": tuple(model.sizes), "activations": tuple(model.activations),
+        "output activation": model.output_activation, "loss": model.loss,
+        "l2": model.l2, "dtype": np.dtype(model.dtype).name,
+        "optimizer": type(optimizer).__name__,
+        "optimizer settings and state (CRC-32)": None if spec is None else zlib.crc32(
+            spec.state.view(np.uint8), zlib.crc32(spec.hyper.view(np.uint8))),
+        "optimizer schedule": schedule_described(getattr(optimizer, "lr_schedule", None)),
+        **{f"optimizer {name}": getattr(optimizer, name, None)
+           for name in ("base_lr", "epochs_done", "samples_seen")},
+        "X columns": X.shape[1], "sparse X": isinstance(X, _validate.SparseRows),
+        "y columns": y.shape[1:], "y dtype": str(y.dtype),
+        "sample_weight given": weights is not None, "validation rows given": X_val is not None,
+        **settings}
+    if not ranks.shard:
+        described.update(data_fingerprint(X, y))
+        if weights is not None:
+            described["sample_weight (CRC-32)"] = zlib.crc32(weights.view(np.uint8))
+        if X_val is not None:
+            described.update({"validation " + key: value for key, value in
+                              data_fingerprint(X_val, y_val).items()})
+    return described
+
+
+def schedule_described(schedule):
+    """A learning-rate schedule as comparable values: its kind, and for fastbp's, its settings
+    and state (another's may hold anything)."""
+    if schedule is None or type(schedule).__module__ != schedules.__name__:
+        return None if schedule is None else type(schedule).__name__
+    state = schedule.state() if callable(getattr(schedule, "state", None)) else None
+    return type(schedule).__name__, schedule.config(), state

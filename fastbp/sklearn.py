@@ -37,7 +37,8 @@ from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, col
 from . import _threads, _validate, kernels
 from .model import MLP
 from .optim import SGD, Adam
-from .training import DivergenceError, _Batches, _loss_and_grad
+from .steps import _Batches, _loss_and_grad
+from .training import DivergenceError
 from .training import fit as _train
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
