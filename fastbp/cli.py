@@ -495,6 +495,10 @@ def main(argv=None):
         if distributed.launched_rank() == 0:
             print("fastbp: interrupted; nothing written", file=sys.stderr)
         _end_job(EXIT_INTERRUPTED)
+        if kernels.entry.compile_interrupted:   # no teardown (see kernels.entry); nothing
+            sys.stdout.flush()                  # was written, nothing is left to close
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BaseException as exc:   # under MPI: one rank's failure ends the job, not a hang
         if distributed.launched_ranks() > 1 and not isinstance(exc, SystemExit):

@@ -39,6 +39,12 @@ def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=(), weight
         _units.ensure(names, np.dtype(dtype), meanwhile=compile_entry)
 
 
+# Set when Ctrl-C stopped a compile: the half-built LLVM objects it leaves may not survive the
+# interpreter's teardown (a double free was seen once, under load), so the command then ends
+# its process without one (cli.main).
+compile_interrupted = False
+
+
 @contextlib.contextmanager
 def _ctrl_c_is_keyboard_interrupt():
     """Ctrl-C in the middle of a compile can surface from Numba as another error (a half-built
@@ -59,6 +65,8 @@ def _ctrl_c_is_keyboard_interrupt():
         yield
     except BaseException:
         if pressed:
+            global compile_interrupted
+            compile_interrupted = True
             raise KeyboardInterrupt from None
         raise
     finally:
