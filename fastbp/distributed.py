@@ -275,21 +275,22 @@ def _in_place():
 
 def launched_rank():
     """This process's rank in the job mpiexec started (0 when not started by one)."""
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    return _from_launcher(("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"), 0)
 
 
 def launched_ranks():
     """The number of processes mpiexec (MPICH, Intel MPI, Open MPI, MVAPICH) started this
     job with, from the environment it gives each; 1 when not started by one."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+    return _from_launcher(("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"), 1)
+
+
+def _from_launcher(names, default):
+    """The first of these environment variables that holds a count, else default."""
+    for name in names:
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
-    return 1
+    return default
 
 
 def rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **settings):

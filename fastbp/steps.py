@@ -96,6 +96,13 @@ def _step(model, optimizer, grad_hook, compiled_update, batches):
     if grad_hook is None and compiled_update and batches.micro_grads is None:
         return optim.train_step(model, optimizer.update_spec(), *batches.one())
     loss = _loss_and_grad(model, batches)
+    return loss, _hook_and_update(model, optimizer, grad_hook, loss)
+
+
+def _hook_and_update(model, optimizer, grad_hook, loss):
+    """The stages after the gradients, for a step of this objective: refuse a NaN or Inf loss
+    (FloatingPointError, parameters untouched), run the hook (its exception wrapped in
+    _HookError), update unless it said False. Returns the gradient norm, or None."""
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
     if grad_hook is not None:
@@ -104,8 +111,8 @@ def _step(model, optimizer, grad_hook, compiled_update, batches):
         except Exception as exc:
             raise _HookError() from exc
         if apply is False:
-            return loss, None
-    return loss, float(optimizer.step())
+            return None
+    return float(optimizer.step())
 
 
 def _step_on_ranks(model, optimizer, grad_hook, ranks, batches, step_weight):
@@ -132,16 +139,7 @@ def _step_on_ranks(model, optimizer, grad_hook, ranks, batches, step_weight):
         loss += model._run(kernels.entry.add_l2_penalty, (
             model.grads, model._work.partials, model.params, net.param_offsets, net.sizes,
             net.l2, float(step_weight)))
-    if not math.isfinite(loss):   # the sum: every rank refuses alike
-        raise FloatingPointError(f"the loss is {loss}; parameters left unchanged")
-    norm = None
-    if grad_hook is not None:
-        try:
-            apply = grad_hook(model)
-        except Exception as exc:
-            raise _HookError() from exc
-    if grad_hook is None or apply is not False:
-        norm = float(optimizer.step())
+    norm = _hook_and_update(model, optimizer, grad_hook, loss)   # (the sum: alike everywhere)
     if interrupted:
         raise KeyboardInterrupt
     return loss, norm
