@@ -11,6 +11,13 @@ on ``--threads`` threads; scikit-learn's matrix products get the same number of 
 fastbp is compiled (or loaded from Numba's cache) by a short fit before the timed one. Each fit is
 timed ``--repeats`` times, alternating the two libraries; the figure is the fastest.
 
+The ceiling: every fit also gets the time its matrix products alone take ("products s"): the
+float32 products of one step (each layer's forward product and weight gradient, and every input
+gradient but the first layer's), as NumPy matmuls on the same threads, timed at the case's batch
+size (and at the last, smaller batch of an epoch), times the fit's steps. No float32 trainer that does those products densely can fit in less
+on this machine, so scikit-learn's time over it ("at most x") bounds the speed-up on offer; the
+products are timed between the fits, so a slow spell of a shared machine falls on both.
+
 The data: the shipped digits (fastbp.data's test split, features standardised on the training
 rows); UCI letters (the usual split: the first 16,000 rows train, the last 4,000 test;
 standardised); MNIST (the official split; pixels divided by 255).
@@ -20,6 +27,8 @@ import json
 import os
 import time
 import warnings
+
+import numpy as np
 
 # name, hidden layers, batch size, epochs, SGD's learning rate
 CASES = {"digits": ((100,), 200, 100, 0.01), "letters": ((256, 128), 64, 20, 0.01),
@@ -50,6 +59,43 @@ def _params(case, solver):
     return params
 
 
+def fit_flops(sizes, rows, epochs):
+    """Floating-point operations of a fit's matrix products (2 per multiply-add): per row and
+    epoch, each layer's forward product and weight gradient, and every input gradient but the
+    first layer's."""
+    products = sum(n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    return 2 * (3 * products - sizes[0] * sizes[1]) * rows * epochs
+
+
+def _step_products_seconds(sizes, batch):
+    """The fastest of a few timed runs of one step's matrix products (fastbp.bench.
+    step_products: float32 NumPy matmuls on the current BLAS threads), in seconds."""
+    from fastbp.bench import _calls_per_run, step_products
+    products = step_products(sizes, batch)
+
+    def step():
+        for product in products:
+            product()
+    calls = _calls_per_run(step, 0.05)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def products_seconds(sizes, batch, rows, epochs):
+    """How long a fit spends in its matrix products alone, at best: per epoch, rows // batch
+    full batches and one of the remaining rows, each at its timed step's products."""
+    full, rest = divmod(rows, batch)
+    epoch = full * _step_products_seconds(sizes, batch)
+    if rest:
+        epoch += _step_products_seconds(sizes, rest)
+    return epochs * epoch
+
+
 def compare(case, data, solver, threads, repeats):
     """Fit time and test accuracy of both estimators on one case."""
     from sklearn.exceptions import ConvergenceWarning
@@ -63,6 +109,9 @@ def compare(case, data, solver, threads, repeats):
     estimators = {"fastbp": lambda: MLPClassifier(**params, n_threads=threads),
                   "sklearn": lambda: Reference(**params)}
     seconds = {name: [] for name in estimators}
+    products = []
+    n_classes = len(np.unique(y_train))
+    sizes = [X_train.shape[1], *params["hidden_layer_sizes"], n_classes if n_classes > 2 else 1]
     accuracy = {}
     with warnings.catch_warnings(), threadpool_limits(limits=threads, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -75,12 +124,18 @@ def compare(case, data, solver, threads, repeats):
                 estimator.fit(X_train, y_train)
                 seconds[name].append(time.perf_counter() - start)
                 accuracy[name] = estimator.score(X_test, y_test)
+            products.append(products_seconds(sizes, params["batch_size"], len(y_train),
+                                             params["max_iter"]))
     fastbp_s, sklearn_s = min(seconds["fastbp"]), min(seconds["sklearn"])
+    products_s = min(products)
     return {"case": case, "solver": solver, "hidden": list(params["hidden_layer_sizes"]),
             "batch": params["batch_size"], "epochs": params["max_iter"],
             "train_rows": len(y_train), "test_rows": len(y_test),
             "fastbp_fit_s": fastbp_s, "sklearn_fit_s": sklearn_s, "speedup": sklearn_s / fastbp_s,
-            "fastbp_accuracy": accuracy["fastbp"], "sklearn_accuracy": accuracy["sklearn"]}
+            "fastbp_accuracy": accuracy["fastbp"], "sklearn_accuracy": accuracy["sklearn"],
+            "sizes": sizes, "products_s": products_s,
+            "products_gflops": fit_flops(sizes, len(y_train), params["max_iter"]) / products_s / 1e9,
+            "speedup_ceiling": sklearn_s / products_s}
 
 
 def main(argv=None):
@@ -100,7 +155,8 @@ def main(argv=None):
     info = machine()
     print(f"{info['cpu']}, {threads} threads; fastbp float32 against scikit-learn float64")
     print(f"{'case':<9}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}{'fastbp s':>10}"
-          f"{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}")
+          f"{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}"
+          f"{'products s':>11}{'at most x':>10}")
     rows = []
     for case, path in (("digits", None), ("letters", args.letters), ("mnist", args.mnist)):
         if case != "digits" and path is None:
@@ -112,7 +168,8 @@ def main(argv=None):
             print(f"{case:<9}{solver:<7}{'-'.join(map(str, row['hidden'])):<10}"
                   f"{row['batch']:>6}{row['epochs']:>7}{row['fastbp_fit_s']:>10.3f}"
                   f"{row['sklearn_fit_s']:>10.3f}{row['speedup']:>9.1f}"
-                  f"{100 * row['fastbp_accuracy']:>10.2f}%{100 * row['sklearn_accuracy']:>11.2f}%")
+                  f"{100 * row['fastbp_accuracy']:>10.2f}%{100 * row['sklearn_accuracy']:>11.2f}%"
+                  f"{row['products_s']:>11.3f}{row['speedup_ceiling']:>10.1f}")
     result = {"machine": info, "threads": threads, "cases": rows}
     if args.json:
         with open(args.json, "w") as f:

@@ -77,3 +77,26 @@ def test_bench_with_adam_writes_its_columns(tmp_path):
         return
     for key in ("torch_us", "torch_fused_us", "speedup_vs_torch_fused", "sgd_speedup_vs_torch"):
         assert row[key] > 0, key
+
+
+def test_sklearn_bench_counts_the_products_of_a_fit():
+    from fastbp import bench_sklearn
+    # 4-3-2 per row: forward 4*3 + 3*2 and weight gradients as many multiply-adds, input
+    # gradient of the second layer only (3*2): 42, at 2 flops each, for 5 rows and 2 epochs.
+    assert bench_sklearn.fit_flops([4, 3, 2], rows=5, epochs=2) == 2 * 42 * 5 * 2
+
+
+def test_sklearn_bench_writes_its_ceiling(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "sk.json"
+    result = subprocess.run([sys.executable, "-m", "fastbp.bench_sklearn", "--repeats", "1",
+                             "--threads", "1", "--json", str(out)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "at most x" in result.stdout
+    cases = json.loads(out.read_text())["cases"]
+    assert [(c["case"], c["solver"]) for c in cases] == [("digits", "adam"), ("digits", "sgd")]
+    for case in cases:
+        assert case["sizes"] == [64, 100, 10]
+        assert case["products_s"] > 0
+        assert case["speedup_ceiling"] == pytest.approx(case["sklearn_fit_s"] / case["products_s"])
