@@ -88,6 +88,7 @@ def test_sklearn_bench_counts_the_products_of_a_fit():
 
 def test_sklearn_bench_writes_its_ceiling(tmp_path):
     pytest.importorskip("sklearn")
+    from fastbp import bench_sklearn
     out = tmp_path / "sk.json"
     result = subprocess.run([sys.executable, "-m", "fastbp.bench_sklearn", "--repeats", "1",
                              "--threads", "1", "--json", str(out)], capture_output=True,
@@ -100,3 +101,7 @@ def test_sklearn_bench_writes_its_ceiling(tmp_path):
         assert case["sizes"] == [64, 100, 10]
         assert case["products_s"] > 0
         assert case["speedup_ceiling"] == pytest.approx(case["sklearn_fit_s"] / case["products_s"])
+        flops = bench_sklearn.fit_flops([64, 100, 10], case["train_rows"], case["epochs"])
+        assert case["peak_s"] == pytest.approx(flops / case["peak_gflops"] / 1e9)
+        assert case["speedup_ceiling_at_peak"] == pytest.approx(case["sklearn_fit_s"]
+                                                                / case["peak_s"])
