@@ -9,7 +9,8 @@ n_iter_no_change=max_iter, so neither stops early) and random_state=0, for the A
 solver, and scores both on the same held-out rows. fastbp runs with its default dtype (float32)
 on ``--threads`` threads; scikit-learn's matrix products get the same number of BLAS threads.
 fastbp is compiled (or loaded from Numba's cache) by a short fit before the timed one. Each fit is
-timed ``--repeats`` times, alternating the two libraries; the figure is the fastest.
+timed ``--repeats`` times, alternating the two libraries, each after a pause that lets the
+previous one's threads go idle; the figure is the fastest.
 
 The ceiling: every fit also gets the time its matrix products alone take ("products s"): the
 float32 products of one step (each layer's forward product and weight gradient, and every input
@@ -32,6 +33,11 @@ import time
 import warnings
 
 import numpy as np
+
+# Seconds each timed fit waits first: OpenBLAS's threads (NumPy's, and so scikit-learn's) spin
+# for a while after a product before they sleep, and a fit that started meanwhile would share
+# the cores with them (a digits fit took up to twice as long).
+IDLE_PAUSE = 0.5
 
 # name, hidden layers, batch size, epochs, SGD's learning rate
 CASES = {"digits": ((100,), 200, 100, 0.01), "letters": ((256, 128), 64, 20, 0.01),
@@ -138,6 +144,7 @@ def compare(case, data, solver, threads, repeats):
         for _ in range(repeats):
             for name, make in estimators.items():
                 estimator = make()
+                time.sleep(IDLE_PAUSE)
                 start = time.perf_counter()
                 estimator.fit(X_train, y_train)
                 seconds[name].append(time.perf_counter() - start)
@@ -167,7 +174,7 @@ def main(argv=None):
     parser.add_argument("--mnist", metavar="DIR", help="folder of the four MNIST IDX files")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both libraries (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=2, help="fits per estimator (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="fits per estimator (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
