@@ -34,9 +34,10 @@ import warnings
 
 import numpy as np
 
-# Seconds each timed fit waits first: OpenBLAS's threads (NumPy's, and so scikit-learn's) spin
-# for a while after a product before they sleep, and a fit that started meanwhile would share
-# the cores with them (a digits fit took up to twice as long).
+# Seconds each timed fit waits first, so that the threads of what ran before it are idle
+# (OpenBLAS's, NumPy's and so scikit-learn's, spin a while after a product before they sleep).
+# It does not remove every slow spell: a digits fit right after the other library's still took
+# up to twice its usual time now and then, hence the repeats.
 IDLE_PAUSE = 0.5
 
 # name, hidden layers, batch size, epochs, SGD's learning rate
