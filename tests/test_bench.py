@@ -94,7 +94,7 @@ def test_sklearn_bench_writes_its_ceiling(tmp_path):
                              "--threads", "1", "--json", str(out)], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "at most x" in result.stdout
+    assert "at most x" in result.stdout and "at peak x" in result.stdout
     cases = json.loads(out.read_text())["cases"]
     assert [(c["case"], c["solver"]) for c in cases] == [("digits", "adam"), ("digits", "sgd")]
     for case in cases:
