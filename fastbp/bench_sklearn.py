@@ -77,23 +77,23 @@ def fit_flops(sizes, rows, epochs):
     return 2 * (3 * products - sizes[0] * sizes[1]) * rows * epochs
 
 
+def _fastest(fn, runs):
+    """Seconds per call of fn: the fastest of `runs` timed runs of about 0.05 s each
+    (fastbp.bench.interleaved_times)."""
+    from fastbp.bench import interleaved_times
+    return min(interleaved_times({"fn": fn}, 0.05 * runs, rounds=runs)["fn"])
+
+
 def _step_products_seconds(sizes, batch):
-    """The fastest of a few timed runs of one step's matrix products (fastbp.bench.
-    step_products: float32 NumPy matmuls on the current BLAS threads), in seconds."""
-    from fastbp.bench import _calls_per_run, step_products
+    """The seconds of one step's matrix products (fastbp.bench.step_products: float32 NumPy
+    matmuls on the current BLAS threads), at best."""
+    from fastbp.bench import step_products
     products = step_products(sizes, batch)
 
     def step():
         for product in products:
             product()
-    calls = _calls_per_run(step, 0.05)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+    return _fastest(step, 5)
 
 
 def products_seconds(sizes, batch, rows, epochs):
@@ -107,18 +107,10 @@ def products_seconds(sizes, batch, rows, epochs):
 
 
 def peak_gflops():
-    """The machine's float32 matrix-product rate: the fastest of a few timed runs of
-    fastbp.bench.peak_product (a large square NumPy product) on the current BLAS threads."""
-    from fastbp.bench import PEAK_SIZE, _calls_per_run, peak_product
-    product = peak_product()
-    calls = _calls_per_run(product, 0.05)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(calls):
-            product()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return 2 * PEAK_SIZE ** 3 / best / 1e9
+    """The machine's float32 matrix-product rate: fastbp.bench.peak_product (a large square
+    NumPy product) on the current BLAS threads, at its fastest."""
+    from fastbp.bench import PEAK_SIZE, peak_product
+    return 2 * PEAK_SIZE ** 3 / _fastest(peak_product(), 3) / 1e9
 
 
 def compare(case, data, solver, threads, repeats):
