@@ -1,6 +1,7 @@
 """The options of ``fastbp train``: the parser, its option types and defaults, and the checks
 that must pass before any work is done (each failure a UsageError: one line, exit status 2)."""
 import argparse
+import inspect
 import math
 import os
 
@@ -18,8 +19,25 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
                 val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
                 optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
                 warmup=0, lr_gamma=0.1, power_t=0.5)
-# Learning rates when --lr is not given: SGD's reaches the accuracy above; Adam's is PyTorch's.
-DEFAULT_LR = {"sgd": 0.2, "adam": 1e-3, "adamw": 1e-3}
+# Learning rates when --lr is not given: SGD's (its constructor has none) reaches the accuracy
+# above; the others' are their constructors' defaults (PyTorch's).
+_CHOSEN_LR = {"sgd": 0.2}
+DEFAULT_LR = {name: _CHOSEN_LR.get(name, inspect.signature(cls).parameters["lr"].default)
+              for name, cls in OPTIMIZERS.items()}
+
+
+def optimizers_taking(dest):
+    """The names of the optimizers whose constructor takes the argument dest: the options
+    named after one (--momentum, --eps, ...) apply to those alone."""
+    return [name for name, cls in OPTIMIZERS.items() if dest in cls.arguments()]
+
+
+def _for(dest):
+    return "(" + ", ".join(optimizers_taking(dest)) + ")"
+
+
+def _one_of(names):
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 class UsageError(Exception):
@@ -120,8 +138,8 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train an MLP classifier and report its test accuracy",
-        description="Train an MLP classifier with mini-batch SGD, Adam or AdamW and report its "
-        "test accuracy. "
+        description="Train an MLP classifier with mini-batch " + _one_of(
+            [cls.__name__ for cls in OPTIMIZERS.values()]) + " and report its test accuracy. "
         "Without options: the UCI digits shipped with fastbp, one hidden layer of 128 ReLU "
         "units, 30 epochs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -164,18 +182,22 @@ def build_parser():
     optim.add_argument("--lr", type=_float_type("learning rate", 0, None),
                        help="learning rate (the initial one, with a schedule); default: "
                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+    # Each of these options sets the constructor argument of its name, and applies to the
+    # optimizers that take one (optimizers_taking).
     optim.add_argument("--momentum", type=_float_type("momentum", 0, None, low_open=False),
-                       default=d["momentum"], help="SGD momentum")
-    optim.add_argument("--nesterov", action="store_true", help="SGD: Nesterov momentum")
+                       default=d["momentum"], help=f"momentum {_for('momentum')}")
+    optim.add_argument("--nesterov", action="store_true",
+                       help=f"Nesterov momentum {_for('nesterov')}")
     optim.add_argument("--weight-decay", type=_float_type("weight decay", 0, None,
                                                           low_open=False), metavar="WD",
-                       help="L2 penalty (sgd, adam) or decoupled decay (adamw); default: 0, "
-                       "adamw 0.01")
+                       help="L2 penalty added to the gradient, or the decoupled decay of "
+                       "adamw; default: the optimizer's own (0; adamw 0.01)")
     optim.add_argument("--betas", type=_betas, default=d["betas"], metavar="B1,B2",
-                       help="Adam's moment decay rates")
+                       help=f"the moments' decay rates {_for('betas')}")
     optim.add_argument("--eps", type=_float_type("eps", 0, None), default=d["eps"],
-                       help="Adam's term added to the denominator")
-    optim.add_argument("--amsgrad", action="store_true", help="Adam: the AMSGrad variant")
+                       help=f"term added to the denominator {_for('eps')}")
+    optim.add_argument("--amsgrad", action="store_true",
+                       help=f"the AMSGrad variant {_for('amsgrad')}")
     optim.add_argument("--lr-schedule", choices=tuple(SCHEDULES), default=d["lr_schedule"],
                        help="per epoch: cosine falls from --lr towards 0 along a half cosine "
                        "(after --warmup epochs of linear rise); step multiplies it by "
@@ -231,10 +253,11 @@ def _given_options(argv):
     return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
 
 
-# What --resume takes from the file, and the settings of the run that it must continue alike.
-MODEL_OPTIONS = ("layers", "activation", "loss", "dtype", "optimizer", "lr", "momentum",
-                 "nesterov", "weight_decay", "betas", "eps", "amsgrad", "lr_schedule", "warmup",
-                 "lr_step", "lr_gamma", "power_t", "clip_norm")
+# What --resume takes from the file (the model, and the optimizer: every argument of one), and
+# the settings of the run that it must continue alike.
+MODEL_OPTIONS = ("layers", "activation", "loss", "dtype", "optimizer",
+                 *dict.fromkeys(name for cls in OPTIMIZERS.values() for name in cls.arguments()),
+                 "lr_schedule", "warmup", "lr_step", "lr_gamma", "power_t")
 RUN_OPTIONS = ("data", "label_column", "val_fraction", "test_fraction", "scale", "seed",
                "batch_size", "accumulate")
 
@@ -312,20 +335,21 @@ def _check_args(args):
                          f"not to --data {args.data}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"fastbp train: --data-dir {args.data_dir}: no such folder")
-    if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
-        raise UsageError("fastbp train: --nesterov needs --optimizer sgd and a --momentum")
-    if args.optimizer != "sgd" and args.momentum != 0:
-        raise UsageError(f"fastbp train: --momentum applies to --optimizer sgd, not "
-                         f"{args.optimizer}")
     given = getattr(args, "given", set())
-    for dests, applies, to in ((("amsgrad", "betas", "eps"), args.optimizer != "sgd",
-                                "--optimizer adam or adamw"),
-                               (("lr_step", "lr_gamma"), args.lr_schedule == "step",
+    # (With --resume the optimizer is the file's, and _check_resume refuses these options.)
+    for dest in MODEL_OPTIONS if args.resume is None else ():
+        takers = optimizers_taking(dest)
+        if dest in given and takers and args.optimizer not in takers:
+            raise UsageError(f"fastbp train: {_flag(dest)} applies to --optimizer "
+                             f"{_one_of(takers)}, not {args.optimizer}")
+    if args.nesterov and args.momentum == 0:
+        raise UsageError("fastbp train: --nesterov needs a --momentum")
+    for dests, applies, to in ((("lr_step", "lr_gamma"), args.lr_schedule == "step",
                                 "--lr-schedule step"),
                                (("power_t",), args.lr_schedule == "invscaling",
                                 "--lr-schedule invscaling")):
         for dest in dests:
-            if not applies and (dest in given if dest != "amsgrad" else args.amsgrad):
+            if not applies and dest in given:
                 raise UsageError(f"fastbp train: {_flag(dest)} applies to {to}")
     if args.warmup and args.lr_schedule != "cosine":
         raise UsageError("fastbp train: --warmup applies to --lr-schedule cosine")

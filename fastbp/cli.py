@@ -86,15 +86,13 @@ def _new_model(args, sizes):
     activation = args.activation[0] if len(args.activation) == 1 else args.activation
     model = MLP(sizes, activation=activation, loss=args.loss, dtype=np.dtype(args.dtype).type,
                 seed=args.seed)
-    options = dict(lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr,
-                   clip_norm=args.clip_norm, lr_schedule=_schedule(args))
-    if args.weight_decay is not None:
-        options["weight_decay"] = args.weight_decay
-    if args.optimizer == "sgd":
-        options.update(momentum=args.momentum, nesterov=args.nesterov)
-    else:
-        options.update(betas=args.betas, eps=args.eps, amsgrad=args.amsgrad)
-    return model, OPTIMIZERS[args.optimizer](model, **options)
+    cls = OPTIMIZERS[args.optimizer]
+    # Each option named after an argument of the optimizer sets it (None: the default).
+    options = {name: getattr(args, name) for name in cls.arguments()
+               if getattr(args, name, None) is not None}
+    options.update(lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr,
+                   lr_schedule=_schedule(args))
+    return model, cls(model, **options)
 
 
 def _resumed_model(args):
@@ -131,14 +129,11 @@ def _describe(optimizer):
     clip = "off" if optimizer.clip_norm is None else f"{optimizer.clip_norm:g}"
     schedule = optimizer.lr_schedule.name if optimizer.lr_schedule else "constant"
     extra = ""
-    if optimizer.name == "sgd" and optimizer.momentum:
-        extra = f", momentum {optimizer.momentum:g}" + (" (Nesterov)" if optimizer.nesterov
-                                                       else "")
-    elif optimizer.name != "sgd":
-        extra = f", betas {optimizer.betas[0]:g},{optimizer.betas[1]:g}" + (
-            " (AMSGrad)" if optimizer.amsgrad else "")
-    if optimizer.weight_decay:
-        extra += f", weight decay {optimizer.weight_decay:g}"
+    for name, value in optimizer.config().items():   # its hyper-parameters that are on
+        if name in ("lr", "clip_norm") or value is False or value == 0:
+            continue
+        extra += f", {name.replace('_', ' ')}" + ("" if value is True else " " + (
+            ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"))
     return (f"{type(optimizer).__name__} lr {optimizer.base_lr:g} ({schedule}){extra}, clip "
             f"norm {clip}")
 

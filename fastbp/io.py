@@ -18,11 +18,14 @@ run code):
                        layout of :mod:`fastbp.layout`
 ``metadata``           optional: JSON text given to ``save``
 ``optimizer``          optional (``save(..., optimizer=opt)``): JSON text: the optimizer's
-                       name ("sgd", "adam", "adamw"), its constructor arguments, current
+                       name (a key of ``fastbp.optim.OPTIMIZERS``: "sgd", "adam", "adamw"),
+                       its constructor arguments, current
                        ``lr``, ``steps`` taken, schedule position (``epochs_done``,
                        ``samples_seen``) and schedule (name, arguments, state)
-``optimizer_state``    with ``optimizer``: its per-parameter buffers (momentum, moments),
-                       shape (buffers, parameters), in the model's dtype and layout
+``optimizer_state``    with ``optimizer``: its per-parameter buffers (momentum, moments,
+                       averages: the rows its kind of update names, see
+                       ``fastbp.kernels.update.KINDS``), shape (buffers, parameters), in the
+                       model's dtype and layout
 =====================  ====================================================================
 
 Together these are every argument of ``MLP(...)`` but ``seed``, which only chose the initial
@@ -48,7 +51,7 @@ from .model import ACTIVATIONS, LOSSES, MLP
 from . import optim, schedules
 from ._validate import number_in
 from ._tempfiles import create_beside
-from .kernels.update import LR, STEPS
+from .kernels.update import KINDS, LR, STEPS
 
 __all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError",
            "FORMAT", "VERSION",
@@ -79,7 +82,8 @@ def save(model, path, metadata=None, optimizer=None):
         raise ValueError("model: its params contain NaN or Inf; load would refuse the file")
     if optimizer is not None:
         if not isinstance(optimizer, optim.Optimizer) or optimizer.name not in optim.OPTIMIZERS:
-            raise TypeError(f"optimizer: expected a fastbp optimizer (SGD, Adam, AdamW), got "
+            names = ", ".join(cls.__name__ for cls in optim.OPTIMIZERS.values())
+            raise TypeError(f"optimizer: expected a fastbp optimizer ({names}), got "
                             f"{type(optimizer).__name__}")
         if optimizer.model is not model:
             raise ValueError("optimizer: it was built for another model")
@@ -155,9 +159,9 @@ def _rebuild_optimizer(model, record, state):
     cls = optim.OPTIMIZERS.get(record["name"])
     if cls is None:
         raise ValueError(f"unknown optimizer {record['name']!r}")
-    config = dict(record["config"])
-    if "betas" in config:
-        config["betas"] = tuple(config["betas"])
+    # JSON has no tuples: a pair (betas) comes back a list.
+    config = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in dict(record["config"]).items()}
     schedule = record["schedule"]
     if schedule is not None:
         if not isinstance(schedule, dict) or not isinstance(schedule["config"], dict):
@@ -170,8 +174,11 @@ def _rebuild_optimizer(model, record, state):
                          f"for this model, got {got}")
     if not np.all(np.isfinite(state)):
         raise ValueError("its state contains NaN or Inf")
-    if isinstance(opt, optim.Adam) and np.any(state[1:] < 0):
-        raise ValueError("its second moments (state rows 1 and up) contain negative values")
+    kind = KINDS[opt.update_spec().kind]
+    for row, name in enumerate(kind.state(opt.update_spec().hyper)):
+        if name in kind.non_negative and np.any(state[row] < 0):
+            raise ValueError(f"its state row {row} ({name}) contains negative values; that "
+                             "row never goes below 0")
     steps = _count("steps", record["steps"])
     opt.state[...] = state
     hyper = opt.update_spec().hyper

@@ -30,15 +30,18 @@ then calls the update stage: ``step()``, or the compiled update of ``update_spec
 must fit the model: ``check_update``).
 
 fastbp's optimizers (``SGD``, ``Adam``, ``AdamW``) have all of these, and ``train_step``.
+Each is a kind of compiled update (an entry of ``kernels.update.KINDS``, which names its
+hyper-parameters and state rows) and a class here that checks its arguments.
 """
+import inspect
 import math
 import numbers
 
 import numpy as np
 
 from . import _validate, kernels
-from .kernels.update import (AMSGRAD, BETA1, BETA2, CLIP_NORM, DAMPENING, DECOUPLED, EPS, LR,
-                             MOMENTUM, NESTEROV, STEPS, WEIGHT_DECAY)
+from .kernels.update import (ADAM_KIND, CLIP_NORM, KINDS, LR, SGD_KIND, STEPS, UPDATE_KINDS,
+                             WEIGHT_DECAY, state_rows, update_spec)
 from .model import MLP
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
@@ -133,9 +136,23 @@ class Optimizer:
         """The per-parameter state, (n_buffers, n_params) in the model's dtype (a view)."""
         return self._spec.state
 
+    def _hyper(self, name):
+        """The hyper-parameter of this name of the update (KINDS' names), as a float."""
+        return float(self._spec.hyper[KINDS[self._spec.kind].hyper.index(name)])
+
+    @classmethod
+    def arguments(cls):
+        """The names of its constructor's arguments but model and lr_schedule: its
+        hyper-parameters (what config() returns, and the command's options set)."""
+        return tuple(name for name in inspect.signature(cls).parameters
+                     if name not in ("model", "lr_schedule"))
+
     def config(self):
-        """The keyword arguments that build this optimizer again (but model and schedule)."""
-        raise NotImplementedError
+        """The keyword arguments that build this optimizer again (but model and schedule):
+        each of arguments(), read back from the attribute of its name (lr: the lr given,
+        base_lr)."""
+        return {name: self.base_lr if name == "lr" else getattr(self, name)
+                for name in self.arguments()}
 
     def __repr__(self):
         options = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -189,6 +206,11 @@ class Optimizer:
         self._spec.hyper[LR] = _validate.number_in("lr_schedule rate", lr, 0)
 
 
+def _hyper_property(name, convert=float):
+    """A read-only attribute: the update's hyper-parameter of this name."""
+    return property(lambda self: convert(self._hyper(name)))
+
+
 def _betas(betas):
     try:
         if not isinstance(betas, (tuple, list, np.ndarray)):
@@ -226,6 +248,16 @@ def _flag(name, value):
     return bool(value)
 
 
+def _eps(eps, model, who):
+    """eps, checked: positive and a normal number of the model's dtype (who divides by it)."""
+    eps = _validate.positive_number("eps", eps)
+    tiny = float(np.finfo(model.dtype).tiny)
+    if eps < tiny:
+        raise ValueError(f"eps: {eps:g} is below the smallest normal number of the model's "
+                         f"dtype ({tiny:g}); {who} divides by it")
+    return eps
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent, with the options and arithmetic of ``torch.optim.SGD``.
 
@@ -251,18 +283,14 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov: needs a momentum and no dampening (momentum "
                              f"{momentum}, dampening {dampening})")
         momentum = _fits("momentum", momentum, model)
-        spec = kernels.sgd_spec(lr, clip_norm, model.dtype, momentum, dampening, nesterov,
-                                weight_decay, model.n_params)
+        spec = update_spec(SGD_KIND, model.dtype, model.n_params, lr=lr, clip_norm=clip_norm,
+                           weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+                           nesterov=float(nesterov))
         super().__init__(model, spec, lr_schedule)
 
-    momentum = property(lambda self: float(self._spec.hyper[MOMENTUM]))
-    dampening = property(lambda self: float(self._spec.hyper[DAMPENING]))
-    nesterov = property(lambda self: bool(self._spec.hyper[NESTEROV]))
-
-    def config(self):
-        return {"lr": self.base_lr, "momentum": self.momentum, "dampening": self.dampening,
-                "nesterov": self.nesterov, "weight_decay": self.weight_decay,
-                "clip_norm": self.clip_norm}
+    momentum = _hyper_property("momentum")
+    dampening = _hyper_property("dampening")
+    nesterov = _hyper_property("nesterov", bool)
 
 
 class Adam(Optimizer):
@@ -278,25 +306,16 @@ class Adam(Optimizer):
         lr, weight_decay, clip_norm = _common(model, lr, weight_decay, clip_norm)
         self._stable_lr(lr, weight_decay)
         betas = _betas(betas)
-        eps = _validate.positive_number("eps", eps)
-        tiny = float(np.finfo(model.dtype).tiny)
-        if eps < tiny:
-            raise ValueError(f"eps: {eps:g} is below the smallest normal number of the model's "
-                             f"dtype ({tiny:g}); Adam divides by it")
+        eps = _eps(eps, model, "Adam")
         amsgrad = _flag("amsgrad", amsgrad)
-        spec = kernels.adam_spec(lr, clip_norm, model.dtype, model.n_params, betas, eps,
-                                 weight_decay, amsgrad, self._decoupled)
+        spec = update_spec(ADAM_KIND, model.dtype, model.n_params, lr=lr, clip_norm=clip_norm,
+                           weight_decay=weight_decay, beta1=betas[0], beta2=betas[1], eps=eps,
+                           amsgrad=float(amsgrad), decoupled=float(self._decoupled))
         super().__init__(model, spec, lr_schedule)
 
-    betas = property(lambda self: (float(self._spec.hyper[BETA1]),
-                                   float(self._spec.hyper[BETA2])))
-    eps = property(lambda self: float(self._spec.hyper[EPS]))
-    amsgrad = property(lambda self: bool(self._spec.hyper[AMSGRAD]))
-
-    def config(self):
-        return {"lr": self.base_lr, "betas": self.betas, "eps": self.eps,
-                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad,
-                "clip_norm": self.clip_norm}
+    betas = property(lambda self: (self._hyper("beta1"), self._hyper("beta2")))
+    eps = _hyper_property("eps")
+    amsgrad = _hyper_property("amsgrad", bool)
 
 
 class AdamW(Adam):
@@ -319,16 +338,16 @@ def check_update(spec, model):
     """Refuse, with a TypeError, an Update that compiled code cannot safely apply to model's
     parameters: an unknown kind, or hyper-parameters or state of the wrong type or shape (the
     kernels index them without bounds checks)."""
-    if not isinstance(spec, kernels.Update) or spec.kind not in kernels.UPDATE_KINDS:
+    if not isinstance(spec, kernels.Update) or spec.kind not in UPDATE_KINDS:
         raise TypeError(f"update: expected a fastbp.kernels.Update of a known kind "
-                        f"{kernels.UPDATE_KINDS}, got {spec!r:.200}")
+                        f"{UPDATE_KINDS}, got {spec!r:.200}")
     hyper, state = spec.hyper, spec.state
-    size = kernels.update.HYPER_SIZE[spec.kind]
+    size = len(KINDS[spec.kind].hyper)
     if not (isinstance(hyper, np.ndarray) and hyper.dtype == np.float64 and hyper.ndim == 1
             and hyper.shape[0] >= size and hyper.flags.c_contiguous):
         raise TypeError(f"update: hyper must be a contiguous float64 array of {size} values "
                         f"for kind {spec.kind}")
-    rows = kernels.update.state_rows(spec.kind, hyper)
+    rows = state_rows(spec.kind, hyper)
     if not (isinstance(state, np.ndarray) and state.dtype == model.dtype and state.ndim == 2
             and state.shape[0] >= rows and (rows == 0 or state.shape[1] == model.n_params)
             and state.flags.c_contiguous and state.flags.writeable):
@@ -375,7 +394,9 @@ def refusal(loss, norm, spec, dtype):
     elif not math.isfinite(norm):
         what = f"the gradient norm is {norm}"
     else:
-        eps = f"eps {spec.hyper[EPS]:g}, " if spec.kind == kernels.ADAM_KIND else ""
-        what = (f"the update would overflow {np.dtype(dtype).name} (lr {spec.hyper[LR]:g}, "
-                f"{eps}gradient norm {norm:g})")
+        kind = KINDS[spec.kind]
+        bound = "".join(f"{name} {spec.hyper[kind.hyper.index(name)]:g}, "
+                        for name in kind.bound_by)
+        what = (f"the update would overflow {np.dtype(dtype).name} ({bound}gradient norm "
+                f"{norm:g})")
     return what + "; parameters left unchanged"

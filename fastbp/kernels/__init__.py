@@ -16,8 +16,8 @@ gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``,
-``update`` (norms, clipping, parameter updates), ``rows`` (row gathering, from dense and from
-CSR sparse matrices, and input checks),
+``update`` (norms, clipping, parameter updates; ``KINDS``, the registry of update kinds),
+``rows`` (row gathering, from dense and from CSR sparse matrices, and input checks),
 ``network`` (Net, Workspace, whole-network functions), ``entry`` (what fastbp's Python layer
 calls); ``_config`` holds every compiler flag and tuning constant, ``_tiling`` the thread split,
 ``_native`` BLAS and views, ``_units`` the table through which the network calls the heavy
@@ -51,9 +51,9 @@ from .network import (Net, Workspace, apply_update, make_net, make_workspace, ml
                       plan_activations)
 from .rows import (CACHE_LINE, CSR, aligned_zeros, all_finite, csr_is_valid, labels_in_range,
                    take_csr_rows, take_rows)
-from .update import (ADAM_KIND, SGD_KIND, UPDATE_KINDS, Update, adam_spec, adam_step, add_scaled,
-                     layer_sums_of_squares, norm_partials_size, sgd_spec,
-                     sgd_step, sgd_update)
+from .update import (ADAM_KIND, KINDS, SGD_KIND, UPDATE_KINDS, Update, UpdateKind, adam_spec,
+                     adam_step, add_scaled, layer_sums_of_squares, norm_partials_size, sgd_spec,
+                     sgd_step, sgd_update, update_spec)
 
 __all__ = [
     "ACTIVATIONS", "CODES", "Activation", *(a.name.upper() for a in ACTIVATIONS),
@@ -68,6 +68,7 @@ __all__ = [
     "layer_sums_of_squares", "sgd_update", "norm_partials_size",
     "sgd_step", "adam_step", "add_scaled",
     "Update", "SGD_KIND", "ADAM_KIND", "UPDATE_KINDS", "sgd_spec", "adam_spec", "apply_update",
+    "KINDS", "UpdateKind", "update_spec",
     "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",
     "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
     "take_rows", "take_csr_rows", "CSR", "csr_is_valid", "all_finite", "labels_in_range",

@@ -62,7 +62,7 @@ from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
 from .rows import aligned_zeros
 from .losses import BINARY_CROSS_ENTROPY, LOSS_CODES, weight_sum
-from .update import ADAM_KIND, SGD_KIND, norm_partials_size
+from .update import norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2"])
@@ -108,8 +108,9 @@ _units.register("take_csr_rows", rows.take_csr_rows,
                 lambda dt: (_M[dt], _V[dt], _LABELS, _LABELS, _INDEX))
 _units.register("take_csr_rows_int32", rows.take_csr_rows,
                 lambda dt: (_M[dt], _V[dt], _INT32, _INT32, _INDEX))
-for _name, _step in (("sgd_step", update.sgd_step), ("adam_step", update.adam_step)):
-    _units.register(_name, _step,
+# Each update kind's step (update.KINDS).
+for _kind in update.KINDS.values():
+    _units.register(_kind.unit, _kind.step,
                     lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _LOSSES, _M[dt]),
                     types.Tuple((_f64, types.boolean)))
 
@@ -128,10 +129,8 @@ _activation_backward = caller("activation_backward")
 _take_rows = caller("take_rows")
 _take_csr_rows = caller("take_csr_rows")
 _take_csr_rows_int32 = caller("take_csr_rows_int32")
-_sgd_step = caller("sgd_step")
-_adam_step = caller("adam_step")
 # The unit of each update kind.
-UPDATE_UNITS = {SGD_KIND: "sgd_step", ADAM_KIND: "adam_step"}
+UPDATE_UNITS = {code: kind.unit for code, kind in update.KINDS.items()}
 # The unit that densifies a CSR matrix's rows, by the NumPy type of its indices.
 CSR_UNITS = {np.dtype(np.int64): "take_csr_rows", np.dtype(np.int32): "take_csr_rows_int32"}
 
@@ -448,26 +447,42 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
     return loss
 
 
-@njit(**INLINED)
-def apply_update(params, layer_sq, partials, grads, param_offsets, update):
-    """The update stage: update params in place from grads by the optimizer's Update.
-    Returns (gradient norm before clipping, applied); the per-layer squared norms are left in
-    layer_sq (partials: their scratch; both a Workspace's). An update kind this build does not
-    know is not applied."""
-    if update.kind == SGD_KIND:
-        return _sgd_step(params, layer_sq, partials, grads, param_offsets, update.hyper,
-                         update.state)
-    if update.kind == ADAM_KIND:
-        return _adam_step(params, layer_sq, partials, grads, param_offsets, update.hyper,
-                          update.state)
+# apply_update is written from the registry (update.KINDS): one branch per update kind, calling
+# its unit. Compiling it compiles no unit (each branch is a call through the table), so the
+# kinds a run does not use cost it nothing.
+_APPLY_UPDATE = """def apply_update(params, layer_sq, partials, grads, param_offsets, update):
+{branches}
     return math.nan, False
+"""
+_UPDATE_BRANCH = """    if update.kind == {code}:
+        return {unit}(params, layer_sq, partials, grads, param_offsets, update.hyper,
+                      update.state)"""
+
+
+def _apply_update():
+    scope = {"math": math}
+    branches = []
+    for code, unit in UPDATE_UNITS.items():
+        scope[unit] = caller(unit)
+        branches.append(_UPDATE_BRANCH.format(code=code, unit=unit))
+    source = _APPLY_UPDATE.format(branches="\n".join(branches))
+    exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
+    function = scope["apply_update"]
+    function.__doc__ = """The update stage: update params in place from grads by the
+    optimizer's Update. Returns (gradient norm before clipping, applied); the per-layer squared
+    norms are left in layer_sq (partials: their scratch; both a Workspace's). An update kind
+    this build does not know is not applied."""
+    return njit(**INLINED)(function)
+
+
+apply_update = _apply_update()
 
 
 @njit(**SERIAL)
 def mlp_train_step(params, grads, work, x, target, net, update, weights=None):
     """mlp_loss_and_grad, then apply_update: one training step. Returns (loss, gradient norm,
     applied). When the loss is NaN or Inf the update is not tried (so a batch whose weights
-    sum to 0 is refused); see the update kernels (update.sgd_step, adam_step) for when they
+    sum to 0 is refused); see the update kernels (update.KINDS' steps) for when they
     refuse one. weights: optional sample weights (B,) float64, as mlp_loss_and_grad's."""
     loss = mlp_loss_and_grad(grads, work, params, x, target, net, weights)
     if not math.isfinite(loss):

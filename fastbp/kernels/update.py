@@ -5,17 +5,24 @@ clipping that uses them, are the same whatever the thread count.
 
 The update stage: an optimizer describes its update to compiled code as an ``Update`` (kind,
 hyper-parameters, state); the network's training step computes the gradients, then applies the
-update of that kind (``network.apply_update``). Kinds and their hyper-parameters (float64, at
-the indices named below; ``STEPS`` counts the updates applied and is advanced by the kernels):
+update of that kind (``network.apply_update``).
 
-- ``SGD_KIND`` (``sgd_step``): lr, clip_norm, steps, weight_decay, momentum, dampening,
-  nesterov. State: the momentum buffer (1 row), none without momentum.
-- ``ADAM_KIND`` (``adam_step``): lr, clip_norm, steps, weight_decay, beta1, beta2, eps, amsgrad,
-  decoupled (AdamW's weight decay). State: first and second moments, and with amsgrad the
-  running maximum of the second (2 or 3 rows).
+The kinds of update are a registry, ``KINDS`` (code -> ``UpdateKind``): each entry names its
+step kernel, its hyper-parameters (float64, at their positions in ``Update.hyper``; the first
+four, ``COMMON_HYPER``, every kind has, and ``STEPS`` counts the updates applied), the rows of
+its state for given hyper-parameters, and which of those rows never go negative. Everything
+else derives from it: the network's units and dispatch, the Python layer's checks, the checks
+of a loaded checkpoint, the command's options. Each step kernel is ``guarded_step`` (the norm,
+the clipping and the refusals every kind shares) around the kind's own pass over the
+parameters and its overflow bound. The kinds:
 
-The arithmetic is PyTorch's (torch.optim.SGD, Adam, AdamW, and clip_grad_norm_), operation for
-operation, so that float64 runs agree with it to rounding.
+- ``SGD_KIND`` (``sgd_step``): momentum, dampening, nesterov. State: the momentum buffer (1
+  row), none without momentum.
+- ``ADAM_KIND`` (``adam_step``): beta1, beta2, eps, amsgrad, decoupled (AdamW's weight decay).
+  State: first and second moments, and with amsgrad the running maximum of the second.
+
+The arithmetic is PyTorch's (torch.optim.SGD, Adam, AdamW, and clip_grad_norm_),
+operation for operation, so that float64 runs agree with it to rounding.
 """
 import math
 from collections import namedtuple
@@ -27,58 +34,18 @@ from ._config import ELEMENTWISE, INLINED, NORM_CHUNK, PARALLEL, SERIAL
 from ._native import num_threads
 
 Update = namedtuple("Update", ["kind", "hyper", "state"])
-Update.__doc__ = """An optimizer's update, as compiled code takes it: kind (int), hyper (float64
-array of its hyper-parameters), state (2-D array (n_buffers, P) of the parameters' dtype: its
-per-parameter buffers, in the parameters' layout; 0 rows when it keeps none)."""
+Update.__doc__ = """An optimizer's update, as compiled code takes it: kind (int, a code of
+KINDS), hyper (float64 array of its hyper-parameters), state (2-D array (n_buffers, P) of the
+parameters' dtype: its per-parameter buffers, in the parameters' layout; 0 rows when it keeps
+none)."""
 
-SGD_KIND = 0
-ADAM_KIND = 1
-#: The update kinds network.apply_update knows.
-UPDATE_KINDS = (SGD_KIND, ADAM_KIND)
-
-# Where each hyper-parameter sits in Update.hyper.
-LR, CLIP_NORM, STEPS, WEIGHT_DECAY = 0, 1, 2, 3
-MOMENTUM, DAMPENING, NESTEROV = 4, 5, 6                 # SGD_KIND
-BETA1, BETA2, EPS, AMSGRAD, DECOUPLED = 4, 5, 6, 7, 8   # ADAM_KIND
-
-
-#: Length of Update.hyper for each kind.
-HYPER_SIZE = {SGD_KIND: 7, ADAM_KIND: 9}
-
-
-def state_rows(kind, hyper):
-    """Rows of Update.state an update of this kind and these hyper-parameters uses (plain
-    Python: what the specs allocate, and what the Python layer checks before handing an
-    Update to compiled code)."""
-    if kind == SGD_KIND:
-        return 1 if hyper[MOMENTUM] != 0 else 0
-    return 3 if hyper[AMSGRAD] != 0 else 2
-
-
-def _spec(kind, values, dtype, n_params):
-    """An Update of this kind with these hyper-parameters ({index: value}) and zeroed state."""
-    hyper = np.zeros(HYPER_SIZE[kind], dtype=np.float64)
-    for index, value in values.items():
-        hyper[index] = value
-    return Update(kind, hyper, np.zeros((state_rows(kind, hyper), n_params), dtype=dtype))
-
-
-def sgd_spec(lr, clip_norm, dtype, momentum=0.0, dampening=0.0, nesterov=False,
-             weight_decay=0.0, n_params=0):
-    """The Update of SGD (clip_norm = inf: no clipping); with momentum, its buffer for n_params
-    parameters, zeroed (the first step fills it)."""
-    return _spec(SGD_KIND, {LR: lr, CLIP_NORM: clip_norm, WEIGHT_DECAY: weight_decay,
-                            MOMENTUM: momentum, DAMPENING: dampening,
-                            NESTEROV: float(nesterov)}, dtype, n_params)
-
-
-def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-              amsgrad=False, decoupled=False):
-    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters."""
-    return _spec(ADAM_KIND, {LR: lr, CLIP_NORM: clip_norm, WEIGHT_DECAY: weight_decay,
-                             BETA1: betas[0], BETA2: betas[1], EPS: eps,
-                             AMSGRAD: float(amsgrad), DECOUPLED: float(decoupled)},
-                 dtype, n_params)
+# The hyper-parameters every kind has, first in Update.hyper; each kind's own follow.
+COMMON_HYPER = ("lr", "clip_norm", "steps", "weight_decay")
+LR, CLIP_NORM, STEPS, WEIGHT_DECAY = map(COMMON_HYPER.index, COMMON_HYPER)
+SGD_HYPER = COMMON_HYPER + ("momentum", "dampening", "nesterov")
+MOMENTUM, DAMPENING, NESTEROV = map(SGD_HYPER.index, SGD_HYPER[4:])
+ADAM_HYPER = COMMON_HYPER + ("beta1", "beta2", "eps", "amsgrad", "decoupled")
+BETA1, BETA2, EPS, AMSGRAD, DECOUPLED = map(ADAM_HYPER.index, ADAM_HYPER[4:])
 
 
 @njit(**INLINED)
@@ -187,6 +154,47 @@ def _clip_scale(norm, clip_norm):
     return coef if coef < 1.0 else 1.0
 
 
+@njit(**INLINED)
+def guarded_step(kind_pass, kind_fits, params, layer_sq, partials, grads, param_offsets, hyper,
+                 state):
+    """The step every update kind shares, around its own two functions: kind_pass(params,
+    grads, state, scale, hyper), its update of params (P,) and state from the gradient
+    grads (P,) times scale, and kind_fits(params, norm, scale, hyper), whether that update
+    stays within the dtype. Returns (gradient norm before clipping, applied); advances
+    hyper[STEPS] when applied.
+
+    The norm is sqrt of the total of layer_sums_of_squares (which also fills layer_sq (L,),
+    the per-layer sums of squares, in the same pass; partials: its scratch). When norm >
+    hyper[CLIP_NORM] the update uses grads * clip_norm / (norm + 1e-6), as clip_grad_norm_;
+    grads are not changed (clip_norm = inf: no clipping). The update is not applied (nothing
+    changes) when the norm is NaN or Inf, or when kind_fits says it could overflow.
+
+    Inlined into each kind's step (the kind's functions are compile-time constants there), so
+    each step kernel is one function of its own, its unit compiled only when used.
+    """
+    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
+    scale = _clip_scale(norm, hyper[CLIP_NORM])
+    applied = math.isfinite(norm) and kind_fits(params, norm, scale, hyper)
+    if applied:
+        kind_pass(params, grads, state, scale, hyper)
+        hyper[STEPS] += 1
+    return norm, applied
+
+
+@njit(**INLINED)
+def _divided_step_fits(params, biggest, step_size, eps):
+    """The overflow bound of an update that divides the gradient by the root of an average of
+    its squares plus eps: the square of the largest gradient entry (biggest), and step_size
+    times the largest quotient, (biggest + eps) / eps, both below a quarter and a half of the
+    dtype's largest finite value."""
+    largest = _largest(params)
+    return (biggest < math.sqrt(0.25 * largest)
+            and step_size * (biggest + eps) / eps < 0.5 * largest)
+
+
+# -- SGD ---------------------------------------------------------------------------------------
+
+
 @njit(**SERIAL)
 def _sgd_chunk(p, g, buf, scale, lr, weight_decay, momentum, one_minus_dampening, nesterov,
                first):
@@ -204,10 +212,11 @@ def _sgd_chunk(p, g, buf, scale, lr, weight_decay, momentum, one_minus_dampening
 
 
 @njit(**PARALLEL)
-def _sgd_pass(params, grads, buf, scale, hyper, first):
+def _sgd_pass(params, grads, state, scale, hyper):
+    buf = state[0] if state.shape[0] > 0 else params[:0]   # no buffer without momentum
     t = params.dtype.type
     args = (t(scale), t(hyper[LR]), t(hyper[WEIGHT_DECAY]), t(hyper[MOMENTUM]),
-            t(1.0 - hyper[DAMPENING]), hyper[NESTEROV] != 0, first)
+            t(1.0 - hyper[DAMPENING]), hyper[NESTEROV] != 0, hyper[STEPS] == 0)
     n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
     if n_chunks < 2 * num_threads():
         _sgd_chunk(params, grads, buf, *args)
@@ -218,28 +227,26 @@ def _sgd_pass(params, grads, buf, scale, hyper, first):
 
 
 @njit(**SERIAL)
+def _sgd_fits(params, norm, scale, hyper):
+    """lr, and lr times the clipped norm (the largest change the gradient can make to a
+    parameter), below half the dtype's largest finite value."""
+    limit = 0.5 * _largest(params)
+    return hyper[LR] < limit and hyper[LR] * scale * norm < limit
+
+
+@njit(**SERIAL)
 def sgd_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
     """One torch.optim.SGD step (momentum, dampening, Nesterov, weight decay as L2) on the
-    gradient clipped as by clip_grad_norm_ (hyper and state: an sgd_spec Update's). Returns
-    (gradient norm before clipping, applied); advances hyper[STEPS] when applied.
+    gradient clipped as by clip_grad_norm_ (hyper (7,) and state (0 or 1, P): an SGD_KIND
+    Update's; params, grads (P,); layer_sq (L,) and partials: see guarded_step). Returns
+    (gradient norm before clipping, applied); advances hyper[STEPS] when applied. Refused
+    (nothing changed) when the norm is NaN or Inf, or when lr, or lr times the clipped norm,
+    is above half the dtype's largest finite value."""
+    return guarded_step(_sgd_pass, _sgd_fits, params, layer_sq, partials, grads,
+                        param_offsets, hyper, state)
 
-    The norm is sqrt of the total of layer_sums_of_squares (which also fills layer_sq, the
-    per-layer sums of squares, in the same pass). When norm > clip_norm the step uses
-    grads * clip_norm / (norm + 1e-6); grads are not changed (clip_norm = inf: no clipping).
-    The step is not applied (nothing changes) when the norm is NaN or Inf, or when the step
-    could overflow the dtype: lr, or lr times the clipped norm (the largest change the gradient
-    can make to a parameter), above half the dtype's largest finite value.
-    """
-    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
-    scale = _clip_scale(norm, hyper[CLIP_NORM])
-    limit = 0.5 * _largest(params)
-    applied = (math.isfinite(norm) and hyper[LR] < limit
-               and hyper[LR] * scale * norm < limit)
-    if applied:
-        buf = state[0] if state.shape[0] > 0 else params[:0]
-        _sgd_pass(params, grads, buf, scale, hyper, hyper[STEPS] == 0)
-        hyper[STEPS] += 1
-    return norm, applied
+
+# -- Adam, AdamW -------------------------------------------------------------------------------
 
 
 @njit(**ELEMENTWISE)
@@ -284,24 +291,23 @@ def _adam_pass(params, grads, state, scale, hyper):
 
 
 @njit(**SERIAL)
+def _adam_fits(params, norm, scale, hyper):
+    """_divided_step_fits, with this step's bias-corrected rate (the clipped norm: no gradient
+    entry is larger)."""
+    step_size = hyper[LR] / (1.0 - hyper[BETA1] ** (hyper[STEPS] + 1))
+    return _divided_step_fits(params, scale * norm, step_size, hyper[EPS])
+
+
+@njit(**SERIAL)
 def adam_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
     """One torch.optim.Adam step (hyper[DECOUPLED]: AdamW; hyper[AMSGRAD]: AMSGrad) on the
-    gradient clipped as by clip_grad_norm_ (hyper and state: an adam_spec Update's). Returns
-    (gradient norm before clipping, applied); advances hyper[STEPS] when applied. Refused
-    (nothing changed) when the norm is NaN or Inf, or when the clipped gradient's square, or
-    the largest change its step could make, would overflow the dtype."""
-    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
-    scale = _clip_scale(norm, hyper[CLIP_NORM])
-    largest = _largest(params)
-    biggest = scale * norm   # no gradient entry is larger
-    steps = hyper[STEPS] + 1
-    step_size = hyper[LR] / (1.0 - hyper[BETA1] ** steps)
-    applied = (math.isfinite(norm) and biggest < math.sqrt(0.25 * largest)
-               and step_size * (biggest + hyper[EPS]) / hyper[EPS] < 0.5 * largest)
-    if applied:
-        _adam_pass(params, grads, state, scale, hyper)
-        hyper[STEPS] = steps
-    return norm, applied
+    gradient clipped as by clip_grad_norm_ (hyper (9,) and state (2 or 3, P): an ADAM_KIND
+    Update's; the other arguments as sgd_step's). Returns (gradient norm before clipping,
+    applied); advances hyper[STEPS] when applied. Refused (nothing changed) when the norm is
+    NaN or Inf, or when the clipped gradient's square, or the largest change its step could
+    make, would overflow the dtype."""
+    return guarded_step(_adam_pass, _adam_fits, params, layer_sq, partials, grads,
+                        param_offsets, hyper, state)
 
 
 @njit(**INLINED)
@@ -311,3 +317,81 @@ def _largest(x):
         return 3.4028234663852886e38
     return 1.7976931348623157e308
 
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+class UpdateKind(namedtuple("UpdateKind", ["code", "name", "step", "hyper", "state",
+                                           "non_negative", "bound_by"])):
+    """An entry of KINDS. code: its Update.kind; name: its name (the optimizers', and its
+    unit's, name + "_step"); step: its kernel, step(params, layer_sq, partials, grads,
+    param_offsets, hyper, state) -> (norm, applied); hyper: the names of its hyper-parameters,
+    in the order of Update.hyper; state(hyper): the names of the state rows an update with
+    these hyper-parameters uses, in order; non_negative: the names of state rows that never go
+    below 0 (checked in a loaded checkpoint); bound_by: the hyper-parameters its overflow bound
+    reads besides the norm (named when a step is refused)."""
+    __slots__ = ()
+
+    @property
+    def unit(self):
+        """The name of its unit (see _units): its step kernel's."""
+        return self.step.py_func.__name__
+
+
+def _sgd_state(hyper):
+    return ("momentum_buffer",) if hyper[MOMENTUM] != 0 else ()
+
+
+def _adam_state(hyper):
+    return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hyper[AMSGRAD] != 0 else ())
+
+
+SGD_KIND, ADAM_KIND = 0, 1
+#: The registry of update kinds, by code (Update.kind).
+KINDS = {kind.code: kind for kind in (
+    UpdateKind(SGD_KIND, "sgd", sgd_step, SGD_HYPER, _sgd_state, (), ("lr",)),
+    UpdateKind(ADAM_KIND, "adam", adam_step, ADAM_HYPER, _adam_state,
+               ("exp_avg_sq", "max_exp_avg_sq"), ("lr", "eps")),
+)}
+#: The update kinds network.apply_update knows.
+UPDATE_KINDS = tuple(KINDS)
+#: Length of Update.hyper for each kind.
+HYPER_SIZE = {code: len(kind.hyper) for code, kind in KINDS.items()}
+
+
+def state_rows(kind, hyper):
+    """Rows of Update.state an update of this kind and these hyper-parameters uses (plain
+    Python: what the specs allocate, and what the Python layer checks before handing an
+    Update to compiled code)."""
+    return len(KINDS[kind].state(hyper))
+
+
+def update_spec(kind, dtype, n_params, **hyper):
+    """An Update of this kind (a code of KINDS) with these hyper-parameters, by name (those
+    left out, and steps: 0), and a zeroed state for n_params parameters of this dtype (the
+    first step fills it)."""
+    names = KINDS[kind].hyper
+    values = np.zeros(len(names), dtype=np.float64)
+    for name, value in hyper.items():
+        if name not in names:
+            raise TypeError(f"{name}: not a hyper-parameter of update kind "
+                            f"{KINDS[kind].name!r} ({', '.join(names)})")
+        values[names.index(name)] = value
+    return Update(kind, values, np.zeros((state_rows(kind, values), n_params), dtype=dtype))
+
+
+def sgd_spec(lr, clip_norm, dtype, momentum=0.0, dampening=0.0, nesterov=False,
+             weight_decay=0.0, n_params=0):
+    """The Update of SGD (clip_norm = inf: no clipping); with momentum, its buffer for n_params
+    parameters, zeroed (the first step fills it)."""
+    return update_spec(SGD_KIND, dtype, n_params, lr=lr, clip_norm=clip_norm,
+                       weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+                       nesterov=float(nesterov))
+
+
+def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              amsgrad=False, decoupled=False):
+    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters."""
+    return update_spec(ADAM_KIND, dtype, n_params, lr=lr, clip_norm=clip_norm,
+                       weight_decay=weight_decay, beta1=betas[0], beta2=betas[1], eps=eps,
+                       amsgrad=float(amsgrad), decoupled=float(decoupled))
