@@ -8,7 +8,7 @@ try:
     from .gradcheck import gradcheck
     from .model import MLP
     from .monitor import GradientHealthWarning, GradientMonitor
-    from .optim import SGD, Adam, AdamW
+    from .optim import SGD, Adam, AdamW, RMSprop
     from . import schedules
     from .training import DivergenceError, History, fit
     from . import data
@@ -19,7 +19,7 @@ except KeyboardInterrupt:
     _environment.interrupted()
 
 __version__ = "0.1.0"
-__all__ = ["MLP", "SGD", "Adam", "AdamW", "schedules", "load_checkpoint", "fit", "gradcheck",
-           "set_num_threads", "get_num_threads", "kernels",
+__all__ = ["MLP", "SGD", "Adam", "AdamW", "RMSprop", "schedules", "load_checkpoint", "fit",
+           "gradcheck", "set_num_threads", "get_num_threads", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
            "DataError", "save", "load", "ModelFileError", "plot_history", "__version__"]

@@ -18,7 +18,7 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
                 epochs=30, batch_size=32, clip_norm="5", seed=0, dtype="float32",
                 val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
                 optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
-                warmup=0, lr_gamma=0.1, power_t=0.5)
+                warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99)
 # Learning rates when --lr is not given: SGD's (its constructor has none) reaches the accuracy
 # above; the others' are their constructors' defaults (PyTorch's).
 _CHOSEN_LR = {"sgd": 0.2}
@@ -198,6 +198,13 @@ def build_parser():
                        help=f"term added to the denominator {_for('eps')}")
     optim.add_argument("--amsgrad", action="store_true",
                        help=f"the AMSGrad variant {_for('amsgrad')}")
+    optim.add_argument("--alpha", type=_float_type("alpha", 0, 1, low_open=False,
+                                                   high_open=False),
+                       default=d["alpha"], help="decay rate of the squared gradients' average "
+                       f"{_for('alpha')}")
+    optim.add_argument("--centered", action="store_true",
+                       help="divide by the gradients' estimated deviation, not their root mean "
+                       f"square {_for('centered')}")
     optim.add_argument("--lr-schedule", choices=tuple(SCHEDULES), default=d["lr_schedule"],
                        help="per epoch: cosine falls from --lr towards 0 along a half cosine "
                        "(after --warmup epochs of linear rise); step multiplies it by "

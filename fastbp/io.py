@@ -18,8 +18,8 @@ run code):
                        layout of :mod:`fastbp.layout`
 ``metadata``           optional: JSON text given to ``save``
 ``optimizer``          optional (``save(..., optimizer=opt)``): JSON text: the optimizer's
-                       name (a key of ``fastbp.optim.OPTIMIZERS``: "sgd", "adam", "adamw"),
-                       its constructor arguments, current
+                       name (a key of ``fastbp.optim.OPTIMIZERS``: "sgd", "adam", "adamw",
+                       "rmsprop"), its constructor arguments, current
                        ``lr``, ``steps`` taken, schedule position (``epochs_done``,
                        ``samples_seen``) and schedule (name, arguments, state)
 ``optimizer_state``    with ``optimizer``: its per-parameter buffers (momentum, moments,

@@ -29,9 +29,9 @@ and optionally
 then calls the update stage: ``step()``, or the compiled update of ``update_spec()`` (which
 must fit the model: ``check_update``).
 
-fastbp's optimizers (``SGD``, ``Adam``, ``AdamW``) have all of these, and ``train_step``.
-Each is a kind of compiled update (an entry of ``kernels.update.KINDS``, which names its
-hyper-parameters and state rows) and a class here that checks its arguments.
+fastbp's optimizers (``SGD``, ``Adam``, ``AdamW``, ``RMSprop``) have all of these, and
+``train_step``. Each is a kind of compiled update (an entry of ``kernels.update.KINDS``, which
+names its hyper-parameters and state rows) and a class here that checks its arguments.
 """
 import inspect
 import math
@@ -40,11 +40,11 @@ import numbers
 import numpy as np
 
 from . import _validate, kernels
-from .kernels.update import (ADAM_KIND, CLIP_NORM, KINDS, LR, SGD_KIND, STEPS, UPDATE_KINDS,
-                             WEIGHT_DECAY, state_rows, update_spec)
+from .kernels.update import (ADAM_KIND, CLIP_NORM, KINDS, LR, RMSPROP_KIND, SGD_KIND, STEPS,
+                             UPDATE_KINDS, WEIGHT_DECAY, state_rows, update_spec)
 from .model import MLP
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS"]
 
 
 class Optimizer:
@@ -330,8 +330,39 @@ class AdamW(Adam):
         super().__init__(model, lr, betas, eps, weight_decay, amsgrad, clip_norm, lr_schedule)
 
 
+class RMSprop(Optimizer):
+    """RMSprop, with the options and arithmetic of ``torch.optim.RMSprop``: clip as SGD does;
+    add ``weight_decay * params`` to the gradient (L2); ``s = alpha * s + (1 - alpha) * g * g``;
+    with ``centered``, ``a`` moves toward ``g`` by ``1 - alpha`` (torch's lerp) and the
+    denominator is ``sqrt(s - a * a) + eps``, else ``sqrt(s) + eps``; with ``momentum``,
+    ``b = momentum * b + g / denominator`` and ``params -= lr * b``, else
+    ``params -= lr * g / denominator``. State rows: ``s``, then ``b`` with momentum, then ``a``
+    when centered. One difference: where rounding takes ``s - a * a`` below 0 (it cannot be
+    in exact arithmetic; it happens after steps of near-constant gradients), torch's root
+    gives NaN and fastbp's 0."""
+    name = "rmsprop"
+
+    def __init__(self, model, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, clip_norm=None, lr_schedule=None):
+        lr, weight_decay, clip_norm = _common(model, lr, weight_decay, clip_norm)
+        self._stable_lr(lr, weight_decay)
+        alpha = _validate.number_in("alpha", alpha, 0, 1)
+        eps = _eps(eps, model, "RMSprop")
+        momentum = _validate.number_in("momentum", momentum, 0, 1)
+        centered = _flag("centered", centered)
+        spec = update_spec(RMSPROP_KIND, model.dtype, model.n_params, lr=lr,
+                           clip_norm=clip_norm, weight_decay=weight_decay, alpha=alpha, eps=eps,
+                           momentum=momentum, centered=float(centered))
+        super().__init__(model, spec, lr_schedule)
+
+    alpha = _hyper_property("alpha")
+    eps = _hyper_property("eps")
+    momentum = _hyper_property("momentum")
+    centered = _hyper_property("centered", bool)
+
+
 #: The optimizers by the name save() stores.
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW)}
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop)}
 
 
 def check_update(spec, model):

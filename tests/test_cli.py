@@ -109,12 +109,24 @@ def test_early_stopping(capsys):
     ["--optimizer", "adamw", "--amsgrad", "--weight-decay", "0.05", "--betas", "0.8,0.99"],
     ["--momentum", "0.9", "--nesterov", "--lr", "0.02", "--weight-decay", "1e-4"],
     ["--lr-schedule", "adaptive", "--accumulate", "2", "--lr", "0.3"],
+    ["--optimizer", "rmsprop"],
+    ["--optimizer", "rmsprop", "--momentum", "0.5", "--centered", "--alpha", "0.9", "--eps",
+     "1e-6", "--weight-decay", "1e-4", "--lr", "0.002"],
 ])
 def test_optimizers_train(argv, capsys):
     summary = run_json(["--epochs", "12"] + argv, capsys)
     assert summary["test_accuracy"] >= 0.93
     expected = argv[argv.index("--optimizer") + 1] if "--optimizer" in argv else "sgd"
     assert summary["optimizer"]["name"] == expected
+    for option, value in zip(argv, argv[1:] + [None]):   # each option set its argument
+        name = option[2:].replace("-", "_")
+        if name in fastbp.optim.OPTIMIZERS[expected].arguments():
+            if value is None or value.startswith("--"):
+                given = True   # a flag
+            else:
+                given = [float(v) for v in value.split(",")]
+                given = given if len(given) > 1 else given[0]
+            assert summary["optimizer"][name] == given, name
 
 
 def test_step_and_invscaling_schedules(capsys):
@@ -128,12 +140,14 @@ def test_step_and_invscaling_schedules(capsys):
                                                       for k in range(3)])
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
 def test_resume_continues_the_run_exactly(optimizer, tmp_path, capsys):
     base = ["--optimizer", optimizer, "--layers", "32", "--lr-schedule", "step", "--lr-step",
             "1", "--lr-gamma", "0.7"]
     if optimizer == "sgd":
         base += ["--momentum", "0.5"]
+    if optimizer == "rmsprop":
+        base += ["--momentum", "0.5", "--centered", "--lr", "0.002"]
     whole, first, second = (tmp_path / f"{name}.npz" for name in ("whole", "first", "second"))
     run_json(base + ["--epochs", "4", "--save", str(whole)], capsys)
     # 2 epochs, then resumed (the schedule comes from the file) to 4.
@@ -255,7 +269,7 @@ def bad_inputs(tmp):
         (["train", "--data", "mnist", "--data-dir", str(liar)], "truncated"),
         (["train", "--data-dir", str(tmp)], "--data-dir"),
         (["train", "--save", str(tmp / "no" / "m.npz")], "does not exist"),
-        (["train", "--optimizer", "rmsprop"], "--optimizer"),
+        (["train", "--optimizer", "adagrad"], "--optimizer"),
         (["train", "--betas", "0.9"], "--betas"),
         (["train", "--betas", "0.9,1"], "--betas"),
         (["train", "--eps", "0"], "--eps"),
@@ -266,6 +280,17 @@ def bad_inputs(tmp):
         (["train", "--amsgrad"], "--amsgrad"),
         (["train", "--betas", "0.8,0.9"], "--betas applies"),
         (["train", "--eps", "1e-6"], "--eps applies"),
+        (["train", "--alpha", "0.9"], "--alpha applies to --optimizer rmsprop, not sgd"),
+        (["train", "--centered"], "--centered applies"),
+        (["train", "--optimizer", "rmsprop", "--betas", "0.8,0.9"], "--betas applies"),
+        (["train", "--optimizer", "rmsprop", "--amsgrad"], "--amsgrad applies"),
+        (["train", "--optimizer", "rmsprop", "--nesterov", "--momentum", "0.5"],
+         "--nesterov applies"),
+        (["train", "--optimizer", "adam", "--momentum", "0"], "--momentum applies"),
+        (["train", "--optimizer", "rmsprop", "--alpha", "-0.1"], "--alpha"),
+        (["train", "--optimizer", "rmsprop", "--alpha", "1.5"], "--alpha"),
+        (["train", "--optimizer", "rmsprop", "--momentum", "1.5"], "momentum"),
+        (["train", "--optimizer", "rmsprop", "--eps", "1e-320"], "eps"),
         (["train", "--lr-step", "2"], "--lr-step applies"),
         (["train", "--lr-gamma", "0.5", "--lr-schedule", "constant"], "--lr-gamma applies"),
         (["train", "--power-t", "0.3"], "--power-t applies"),
@@ -416,7 +441,9 @@ def test_examples_write_their_pictures(tmp_path, script, name):
 def test_warm_up_readies_everything_training_runs_and_changes_nothing():
     """The warm-up compiles (or loads) what this model's training runs, its activations' loops
     and an input split included, so that epoch timings measure training only; it leaves the
-    parameters as they were. (In a fresh interpreter: other tests fill the same table.)"""
+    parameters as they were. The other kinds of update's units (RMSprop's, Adam's) are not
+    readied: only a run that uses one compiles it. (In a fresh interpreter: other tests fill
+    the same table.)"""
     code = """
 import numpy as np, fastbp
 from fastbp import cli
@@ -431,15 +458,17 @@ before = model.params.copy()
 cli._warm_up(model, optimizer, X, y, 32)
 names = network.units_for(model.loss, optimizer.update_spec().kind, model._net)
 ready = [name for name in names if _units._table[_units._slot(name, _units.DTYPES[0])]]
+others = [kind.unit for kind in fastbp.kernels.KINDS.values() if kind.unit not in names]
 print(np.array_equal(model.params, before), sorted(names) == sorted(ready),
       "dense_forward_split_input" in names or fastbp.get_num_threads() == 1,
-      "bias_activation_gelu" in names)
+      "bias_activation_gelu" in names, "rmsprop_step" in others,
+      not any(_units._table[_units._slot(name, dt)] for name in others for dt in _units.DTYPES))
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-4:] == ["True"] * 4
+    assert result.stdout.split()[-6:] == ["True"] * 6
 
 
 def test_resume_refuses_other_settings_and_model_options(tmp_path, capsys):

@@ -134,8 +134,10 @@ _COST = {"dense_backward": 3.8, "softmax_cross_entropy_forward_backward": 3.0,
          "dense_forward_grid": 1.9,
          "activation_backward": 2, "mse_forward_backward": 1.5, "take_rows": 1,
          "softmax_cross_entropy_loss": 0.6, "mse_loss": 0.5,
-         # Not measured: guessed from the kernels they resemble (mse's, and the norm pass).
+         # Not measured: guessed from the kernels they resemble (mse's, the norm pass, and
+         # adam_step for the other update steps).
          "binary_cross_entropy_forward_backward": 1.5, "binary_cross_entropy_loss": 0.5,
+         "rmsprop_step": 4.5,
          "l2_penalty_forward_backward": 1.5, "take_csr_rows": 1, "take_csr_rows_int32": 1}
 _MEANWHILE_COST = 3.5
 _WORKER_START_COST = 0.8

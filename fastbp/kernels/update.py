@@ -20,8 +20,11 @@ parameters and its overflow bound. The kinds:
   row), none without momentum.
 - ``ADAM_KIND`` (``adam_step``): beta1, beta2, eps, amsgrad, decoupled (AdamW's weight decay).
   State: first and second moments, and with amsgrad the running maximum of the second.
+- ``RMSPROP_KIND`` (``rmsprop_step``): alpha, eps, momentum, centered. State: the average of
+  the squared gradients, then with momentum its buffer, then when centered the average of the
+  gradients.
 
-The arithmetic is PyTorch's (torch.optim.SGD, Adam, AdamW, and clip_grad_norm_),
+The arithmetic is PyTorch's (torch.optim.SGD, Adam, AdamW, RMSprop, and clip_grad_norm_),
 operation for operation, so that float64 runs agree with it to rounding.
 """
 import math
@@ -46,6 +49,8 @@ SGD_HYPER = COMMON_HYPER + ("momentum", "dampening", "nesterov")
 MOMENTUM, DAMPENING, NESTEROV = map(SGD_HYPER.index, SGD_HYPER[4:])
 ADAM_HYPER = COMMON_HYPER + ("beta1", "beta2", "eps", "amsgrad", "decoupled")
 BETA1, BETA2, EPS, AMSGRAD, DECOUPLED = map(ADAM_HYPER.index, ADAM_HYPER[4:])
+RMSPROP_HYPER = COMMON_HYPER + ("alpha", "eps", "momentum", "centered")
+RMS_ALPHA, RMS_EPS, RMS_MOMENTUM, RMS_CENTERED = map(RMSPROP_HYPER.index, RMSPROP_HYPER[4:])
 
 
 @njit(**INLINED)
@@ -310,6 +315,79 @@ def adam_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
                         param_offsets, hyper, state)
 
 
+# -- RMSprop -----------------------------------------------------------------------------------
+
+
+@njit(**ELEMENTWISE)
+def _rmsprop_chunk(p, g, square_avg, buf, grad_avg, scale, weight_decay, alpha, weight,
+                   one_minus_weight, small_weight, eps, lr, momentum, has_momentum, centered):
+    """torch.optim.RMSprop's update of one chunk, on g * scale. weight = 1 - alpha: the lerp
+    weight of the gradients' average (torch's lerp takes one of two forms by its size). buf:
+    the momentum buffer (unused without momentum); grad_avg: the gradients' average (unused
+    unless centered). Adds weight_decay * p without a branch, as _adam_chunk."""
+    for i in range(p.shape[0]):
+        pi = p[i]
+        d = g[i] * scale + weight_decay * pi
+        s = square_avg[i] * alpha + weight * d * d
+        square_avg[i] = s
+        if centered:
+            diff = d - grad_avg[i]
+            a = grad_avg[i] + weight * diff if small_weight else d - diff * one_minus_weight
+            grad_avg[i] = a
+            s = s - a * a
+            if s < 0:   # s >= a * a but for rounding (where torch's root gives NaN)
+                s = s - s
+        avg = math.sqrt(s) + eps
+        if has_momentum:
+            b = buf[i] * momentum + d / avg
+            buf[i] = b
+            p[i] = pi - lr * b
+        else:
+            p[i] = pi - lr * (d / avg)
+
+
+@njit(**PARALLEL)
+def _rmsprop_pass(params, grads, state, scale, hyper):
+    t = params.dtype.type
+    alpha, momentum = hyper[RMS_ALPHA], hyper[RMS_MOMENTUM]
+    weight = 1.0 - alpha
+    has_momentum = momentum != 0
+    centered = hyper[RMS_CENTERED] != 0
+    # The rows of rmsprop_state; a row the update does not use stands in for an absent one.
+    buf = state[1] if has_momentum else state[0]
+    grad_avg = state[state.shape[0] - 1]
+    args = (t(scale), t(hyper[WEIGHT_DECAY]), t(alpha), t(weight), t(1.0 - weight),
+            weight < 0.5, t(hyper[RMS_EPS]), t(hyper[LR]), t(momentum), has_momentum, centered)
+    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    if n_chunks < 2 * num_threads():
+        _rmsprop_chunk(params, grads, state[0], buf, grad_avg, *args)
+        return
+    for c in prange(n_chunks):
+        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        _rmsprop_chunk(params[chunk], grads[chunk], state[0][chunk], buf[chunk],
+                       grad_avg[chunk], *args)
+
+
+@njit(**SERIAL)
+def _rmsprop_fits(params, norm, scale, hyper):
+    """_divided_step_fits at rate lr (the clipped norm: no gradient entry is larger)."""
+    return _divided_step_fits(params, scale * norm, hyper[LR], hyper[RMS_EPS])
+
+
+@njit(**SERIAL)
+def rmsprop_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
+    """One torch.optim.RMSprop step (weight decay as L2, momentum, centered) on the gradient
+    clipped as by clip_grad_norm_ (hyper (8,) and state (1 to 3, P): an RMSPROP_KIND Update's;
+    the other arguments as sgd_step's). Returns (gradient norm before clipping, applied);
+    advances hyper[STEPS] when applied. Refused (nothing changed) when the norm is NaN or
+    Inf, or when the clipped gradient's square, or the largest change its step could make,
+    would overflow the dtype. Centered, the variance estimate square_avg - grad_avg**2 cannot
+    be negative but its rounding can (after steps of near-constant gradients): there torch's
+    root gives NaN, this kernel's 0."""
+    return guarded_step(_rmsprop_pass, _rmsprop_fits, params, layer_sq, partials, grads,
+                        param_offsets, hyper, state)
+
+
 @njit(**INLINED)
 def _largest(x):
     """Largest finite value of x's dtype."""
@@ -346,12 +424,20 @@ def _adam_state(hyper):
     return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hyper[AMSGRAD] != 0 else ())
 
 
-SGD_KIND, ADAM_KIND = 0, 1
+def _rmsprop_state(hyper):
+    """Its first row, then the optional ones (_rmsprop_pass reads them in this order)."""
+    return (("square_avg",) + (("momentum_buffer",) if hyper[RMS_MOMENTUM] != 0 else ())
+            + (("grad_avg",) if hyper[RMS_CENTERED] != 0 else ()))
+
+
+SGD_KIND, ADAM_KIND, RMSPROP_KIND = 0, 1, 2
 #: The registry of update kinds, by code (Update.kind).
 KINDS = {kind.code: kind for kind in (
     UpdateKind(SGD_KIND, "sgd", sgd_step, SGD_HYPER, _sgd_state, (), ("lr",)),
     UpdateKind(ADAM_KIND, "adam", adam_step, ADAM_HYPER, _adam_state,
                ("exp_avg_sq", "max_exp_avg_sq"), ("lr", "eps")),
+    UpdateKind(RMSPROP_KIND, "rmsprop", rmsprop_step, RMSPROP_HYPER, _rmsprop_state,
+               ("square_avg",), ("lr", "eps")),
 )}
 #: The update kinds network.apply_update knows.
 UPDATE_KINDS = tuple(KINDS)
