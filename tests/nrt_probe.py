@@ -92,6 +92,9 @@ def main():
                                    clip_norm=1.0), 0.0),
              (np.float32, "softmax_cross_entropy", [256, 256, 10], 64, adam, 0.0),
              (np.float32, "softmax_cross_entropy", [256, 256, 10], 64, fastbp.AdamW, 0.0),
+             (np.float64, "softmax_cross_entropy", [256, 256, 10], 64,
+              lambda m: fastbp.RMSprop(m, momentum=0.9, centered=True, weight_decay=0.01,
+                                       clip_norm=1.0), 0.0),
              # binary cross-entropy and the L2 stage: serial, and (over 4 chunks of
              # parameters) parallel on 2 threads
              (np.float64, "binary_cross_entropy", [32, 64, 48, 10], n_rows, sgd, 0.1),

@@ -27,10 +27,17 @@ def _layer_norms(model):
                      for w, b in zip(model.weight_grads, model.bias_grads)])
 
 
+@pytest.mark.parametrize("make_optimizer", [
+    pytest.param(lambda m: fastbp.SGD(m, lr=0.1, clip_norm=0.5), id="sgd"),
+    pytest.param(lambda m: fastbp.Adam(m, clip_norm=0.5), id="adam"),
+    pytest.param(lambda m: fastbp.RMSprop(m, momentum=0.5, clip_norm=0.5), id="rmsprop"),
+])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_grad_norms_after_loss_and_grad_and_after_a_step(dtype, rng):
+def test_grad_norms_after_loss_and_grad_and_after_a_step(dtype, make_optimizer, rng):
+    """Every kind of update's step (kernels.update.guarded_step) leaves the per-layer norms
+    of the gradient it used."""
     model = fastbp.MLP([6, 9, 7, 3], activation="tanh", dtype=dtype, seed=0)
-    opt = fastbp.SGD(model, lr=0.1, clip_norm=0.5)
+    opt = make_optimizer(model)
     X, y = _data(rng, 20, model.sizes, model.loss)
     model.loss_and_grad(X, y)
     expected = _layer_norms(model)

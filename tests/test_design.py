@@ -39,7 +39,7 @@ def test_compiled_training_step_makes_no_nrt_allocations():
     control = report.pop("control")
     report.pop("threads")
     assert control["50"]["alloc"] - control["1"]["alloc"] == 49
-    assert len(report) == 12
+    assert len(report) == 13
     for case, by_n in report.items():
         assert by_n["50"]["alloc"] == by_n["1"]["alloc"], (case, by_n)
         assert by_n["50"]["mi_alloc"] == by_n["1"]["mi_alloc"], (case, by_n)
@@ -78,7 +78,8 @@ def traced_steps(model, opt, X, y, n_steps, w=None):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "bce-l2", "weighted"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop", "bce-l2",
+                                       "weighted"])
 def test_training_steps_do_not_allocate_in_python(dtype, optimizer):
     """tracemalloc (which sees NumPy's allocations) over 200 fused steps and 200 loss_and_grad
     + step pairs: no growth, and a peak of a few hundred bytes (Python floats, call frames)
@@ -97,6 +98,8 @@ def test_training_steps_do_not_allocate_in_python(dtype, optimizer):
         opt = {"sgd": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0),
                "momentum": lambda: fastbp.SGD(model, lr=1e-3, momentum=0.9, weight_decay=0.1),
                "adam": lambda: fastbp.Adam(model, amsgrad=True, clip_norm=1.0),
+               "rmsprop": lambda: fastbp.RMSprop(model, momentum=0.9, centered=True,
+                                                 clip_norm=1.0),
                "bce-l2": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0),
                "weighted": lambda: fastbp.SGD(model, lr=1e-3, clip_norm=1.0)}[optimizer]()
         X = rng.normal(size=(n_rows, 16)).astype(dtype)

@@ -720,11 +720,11 @@ def test_loss_answers_or_refuses_changing_nothing(compiled, data_, method):
 
 
 def optimizer_for(model, kind, **kwargs):
-    return {"sgd": fastbp.SGD, "adam": fastbp.Adam, "adamw": fastbp.AdamW}[kind](model, **kwargs)
+    return fastbp.optim.OPTIMIZERS[kind](model, **kwargs)
 
 
 @fuzz
-@given(data_=st.data(), kind=st.sampled_from(["sgd", "adam", "adamw"]))
+@given(data_=st.data(), kind=st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]))
 def test_train_step_trains_or_refuses_changing_nothing(compiled, data_, kind):
     model = data_.draw(models(), label="model")
     optimizer = optimizer_for(model, kind, lr=0.1, clip_norm=data_.draw(st.none() | st.just(1.0)))
@@ -754,6 +754,9 @@ def optimizer_arguments(draw, kind):
     if kind == "sgd":
         options.update(momentum=st.floats(0, 0.99), dampening=st.floats(0, 1),
                        nesterov=st.booleans())
+    elif kind == "rmsprop":
+        options.update(alpha=st.floats(0, 1), eps=st.floats(1e-8, 1e-3),
+                       momentum=st.floats(0, 0.99), centered=st.booleans())
     else:
         options.update(betas=st.tuples(st.floats(0, 0.99), st.floats(0, 0.999)),
                        eps=st.floats(1e-8, 1e-3), amsgrad=st.booleans())
@@ -767,7 +770,7 @@ def optimizer_arguments(draw, kind):
 
 
 @fuzz
-@given(data_=st.data(), kind=st.sampled_from(["sgd", "adam", "adamw"]))
+@given(data_=st.data(), kind=st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]))
 def test_optimizer_arguments_are_taken_or_refused(compiled, data_, kind):
     model = data_.draw(models(), label="model")
     kwargs = data_.draw(optimizer_arguments(kind), label="kwargs")
@@ -835,7 +838,7 @@ def fit_options(draw):
 
 
 @fuzz
-@given(data_=st.data(), kind=st.sampled_from(["sgd", "adam", "adamw"]))
+@given(data_=st.data(), kind=st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]))
 def test_fit_trains_or_refuses_changing_nothing(compiled, data_, kind):
     model = data_.draw(models(), label="model")
     X, y = data_.draw(batches(model, odds=4), label="batch")

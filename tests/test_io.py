@@ -76,7 +76,12 @@ def test_round_trip(tmp_path, dtype, kw):
     assert int(fields(path)["version"]) == fio.VERSION == 3
 
 
-def test_l2_and_binary_cross_entropy_survive_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("make_optimizer", [
+    pytest.param(lambda m: fastbp.Adam(m, lr=0.05), id="adam"),
+    pytest.param(lambda m: fastbp.RMSprop(m, lr=0.005, momentum=0.5, centered=True),
+                 id="rmsprop"),
+])
+def test_l2_and_binary_cross_entropy_survive_a_checkpoint(make_optimizer, tmp_path):
     """load_checkpoint brings l2 back with the model: the resumed steps are the uninterrupted
     run's, bit for bit (they would not be without the penalty)."""
     rng = np.random.default_rng(3)
@@ -84,7 +89,7 @@ def test_l2_and_binary_cross_entropy_survive_a_checkpoint(tmp_path):
     y = (rng.random((30, 3)) < 0.5).astype(float)
     model = fastbp.MLP([5, 6, 3], activation="tanh", loss="binary_cross_entropy",
                        dtype=np.float64, seed=1, l2=0.6)
-    opt = fastbp.Adam(model, lr=0.05)
+    opt = make_optimizer(model)
     fastbp.fit(model, X, y, opt, epochs=2, batch_size=8, seed=0)
     fastbp.save(model, tmp_path / "c.npz", optimizer=opt)
     fastbp.fit(model, X, y, opt, epochs=2, batch_size=8, seed=0, initial_epoch=2)

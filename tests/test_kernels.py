@@ -652,6 +652,78 @@ def test_sgd_step_leaves_params_on_nonfinite_norm(bad, rng):
     assert np.array_equal(params, before)
 
 
+# Hyper-parameters with every option of every kind of update on (so every state row is used),
+# by name; a kind takes those its entry of kernels.KINDS names.
+EVERY_OPTION = dict(lr=0.01, clip_norm=0.5, weight_decay=0.01, momentum=0.5, dampening=0.0,
+                    nesterov=1.0, beta1=0.9, beta2=0.99, eps=1e-6, amsgrad=1.0, decoupled=0.0,
+                    alpha=0.9, centered=1.0)
+
+
+def _update_of(code, n):
+    names = kernels.KINDS[code].hyper
+    return kernels.update_spec(code, np.float64, n,
+                               **{k: v for k, v in EVERY_OPTION.items() if k in names})
+
+
+@pytest.mark.parametrize("code", sorted(kernels.KINDS),
+                         ids=[kernels.KINDS[c].name for c in sorted(kernels.KINDS)])
+def test_apply_update_runs_each_kinds_own_step(code, rng):
+    """apply_update's dispatch, written from the registry, calls each kind's unit: three steps
+    through it (kernels.entry.update) give the bits of three calls of the kind's step kernel;
+    and a NaN gradient is refused by each, nothing changed."""
+    n = 2 * kernels.NORM_CHUNK + 3
+    offsets = _offsets(n // 3, n - n // 3)
+    start = rng.normal(size=n)
+    grads = rng.normal(size=n)
+    kind = kernels.KINDS[code]
+    fastbp.kernels._units.ensure([kind.unit], np.float64)
+    results = []
+    for through_dispatch in (True, False):
+        params, spec = start.copy(), _update_of(code, n)
+        layer_sq, partials = np.empty(2), np.empty(kernels.norm_partials_size(offsets))
+        assert spec.state.shape[0] >= 1 or kind.name == "sgd"
+        for _ in range(3):
+            if through_dispatch:
+                norm, applied = kernels.entry.update(params, grads, layer_sq, partials, offsets,
+                                                     *spec)
+            else:
+                norm, applied = kind.step(params, layer_sq, partials, grads, offsets,
+                                          spec.hyper, spec.state)
+            assert applied
+        results.append((params, spec, norm))
+    (p1, s1, n1), (p2, s2, n2) = results
+    assert s1.hyper[kernels.update.STEPS] == 3 and n1 == n2
+    assert p1.tobytes() == p2.tobytes() and s1.state.tobytes() == s2.state.tobytes()
+    assert not np.array_equal(p1, start)
+
+    bad = grads.copy()
+    bad[n // 2] = np.nan
+    before = (p1.copy(), s1.state.copy(), s1.hyper.copy())
+    norm, applied = kernels.entry.update(p1, bad, np.empty(2), np.empty(partials.shape),
+                                         offsets, *s1)
+    assert math.isnan(norm) and not applied
+    assert p1.tobytes() == before[0].tobytes() and s1.state.tobytes() == before[1].tobytes()
+    assert s1.hyper.tobytes() == before[2].tobytes()
+
+
+def test_apply_update_of_an_unknown_kind_changes_nothing(rng):
+    """A kind no entry of the registry has (compiled code does not check it; the Python layer
+    does, optim.check_update): not applied, and nothing changed."""
+    params, grads = rng.normal(size=40), rng.normal(size=40)
+    spec = _update_of(kernels.SGD_KIND, 40)
+    before = params.copy()
+    unknown = max(kernels.KINDS) + 1
+    norm, applied = kernels.entry.update(params, grads, np.empty(1), np.empty(1), _offsets(40),
+                                         unknown, spec.hyper, spec.state)
+    assert math.isnan(norm) and not applied
+    assert params.tobytes() == before.tobytes() and spec.hyper[kernels.update.STEPS] == 0
+
+
+def test_update_spec_refuses_a_name_its_kind_lacks():
+    with pytest.raises(TypeError, match="betas"):
+        kernels.update_spec(kernels.SGD_KIND, np.float64, 3, betas=0.9)
+
+
 # ---------------------------------------------------------------------------------------------
 # Data movement and checks
 

@@ -1,8 +1,8 @@
-"""fastbp's optimizers (SGD, Adam, AdamW), learning-rate schedules, gradient accumulation and
-checkpoints with optimizer state.
+"""fastbp's optimizers (SGD, Adam, AdamW, RMSprop), learning-rate schedules, gradient
+accumulation and checkpoints with optimizer state.
 
-- PyTorch float64 parity: every option of torch.optim.SGD / Adam / AdamW, with and without
-  clip_grad_norm_, through train_step, step() and fit (skipped without torch);
+- PyTorch float64 parity: every option of torch.optim.SGD / Adam / AdamW / RMSprop, with and
+  without clip_grad_norm_, through train_step, step() and fit (skipped without torch);
 - a plain NumPy reference of each update rule, written from the formulas of fastbp.optim's
   docstrings, fed hand-made gradients (no torch needed);
 - float32 against float64, bitwise reproducibility, fit(accumulate=k), resuming from
@@ -123,7 +123,7 @@ class TorchNet:
 
 
 TORCH_STATE_ROWS = {"sgd": ["momentum_buffer"], "adam": ["exp_avg", "exp_avg_sq"],
-                    "adamw": ["exp_avg", "exp_avg_sq"]}
+                    "adamw": ["exp_avg", "exp_avg_sq"], "rmsprop": ["square_avg"]}
 
 
 class TorchTwin:
@@ -133,12 +133,14 @@ class TorchTwin:
     def __init__(self, model, cls, kwargs, clip_norm):
         self.net = TorchNet(model)
         torch_cls = {fastbp.SGD: torch.optim.SGD, fastbp.Adam: torch.optim.Adam,
-                     fastbp.AdamW: torch.optim.AdamW}[cls]
+                     fastbp.AdamW: torch.optim.AdamW, fastbp.RMSprop: torch.optim.RMSprop}[cls]
         extra = {} if cls is fastbp.SGD else {"foreach": False}
         self.opt = torch_cls(self.net.params, **kwargs, **extra)
         self.clip_norm = clip_norm
         self.name = cls.name
         self.amsgrad = kwargs.get("amsgrad", False)
+        self.momentum = kwargs.get("momentum", 0)
+        self.centered = kwargs.get("centered", False)
 
     def step(self, X, y):
         self.opt.zero_grad()
@@ -161,6 +163,8 @@ class TorchTwin:
             names = []
         if self.amsgrad:
             names.append("max_exp_avg_sq")
+        if self.name == "rmsprop":  # fastbp's order: then momentum_buffer, then grad_avg
+            names += ["momentum_buffer"] * bool(self.momentum) + ["grad_avg"] * self.centered
         rows = [self.net.flat([self.opt.state[p][name] for p in self.net.params])
                 for name in names]
         return np.array(rows) if rows else np.zeros((0, len(self.params())))
@@ -186,6 +190,15 @@ OPTIMIZER_CASES = [
                  id="adamw-wd-betas-eps"),
     pytest.param(fastbp.AdamW, dict(lr=0.01, weight_decay=0.05, amsgrad=True),
                  id="adamw-wd-amsgrad"),
+    pytest.param(fastbp.RMSprop, dict(), id="rmsprop-default"),
+    pytest.param(fastbp.RMSprop, dict(lr=0.005, momentum=0.9), id="rmsprop-momentum"),
+    pytest.param(fastbp.RMSprop, dict(centered=True), id="rmsprop-centered"),
+    pytest.param(fastbp.RMSprop, dict(lr=0.003, weight_decay=0.05), id="rmsprop-wd"),
+    # alpha below 0.5: torch's lerp of the centered average takes its other form
+    pytest.param(fastbp.RMSprop, dict(lr=0.003, alpha=0.3, centered=True),
+                 id="rmsprop-centered-low-alpha"),
+    pytest.param(fastbp.RMSprop, dict(lr=0.001, alpha=0.9, eps=1e-6, weight_decay=0.05,
+                                      momentum=0.8, centered=True), id="rmsprop-all"),
 ]
 # Gradient norms of this net on these batches are about 0.3 to 1.5: 0.5 clips most steps.
 CLIP_CASES = [pytest.param(None, id="noclip"), pytest.param(0.5, id="clip")]
@@ -231,6 +244,8 @@ def test_train_step_matches_torch_float64(cls, kwargs, clip_norm, rng):
     pytest.param(fastbp.SGD, dict(lr=0.05, momentum=0.9), id="sgd-momentum"),
     pytest.param(fastbp.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
                  id="sgd-nesterov-wd"),
+    pytest.param(fastbp.RMSprop, dict(lr=0.005, weight_decay=0.05, momentum=0.8,
+                                      centered=True), id="rmsprop"),
 ])
 @pytest.mark.parametrize("clip_norm", CLIP_CASES)
 def test_loss_and_grad_then_step_matches_torch_float64(cls, kwargs, clip_norm, rng):
@@ -259,6 +274,8 @@ def test_loss_and_grad_then_step_matches_torch_float64(cls, kwargs, clip_norm, r
     pytest.param(fastbp.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
                  0.5, id="sgd-nesterov-wd-clip"),
     pytest.param(fastbp.SGD, dict(lr=0.1), 0.5, id="sgd-plain-clip"),
+    pytest.param(fastbp.RMSprop, dict(lr=0.005, momentum=0.8, centered=True), 0.5,
+                 id="rmsprop-momentum-centered-clip"),
 ])
 def test_fit_matches_torch_float64(cls, kwargs, clip_norm, rng):
     """fit's compiled chunks (40 steps an epoch: a chunk of 32 and one of 8; a last batch of 5
@@ -368,9 +385,45 @@ class ReferenceAdam:
         return np.array(rows)
 
 
+class ReferenceRMSprop:
+    """fastbp.RMSprop's docstring: clip; d = g + weight_decay * p; s = alpha s + (1 - alpha) d^2;
+    centered: a = a + (1 - alpha) (d - a), denom = sqrt(s - a^2) + eps, else sqrt(s) + eps;
+    with momentum b = momentum b + d / denom, p -= lr b; else p -= lr d / denom."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, clip_norm=None):
+        self.params = np.array(params, dtype=np.float64)
+        self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
+        self.momentum, self.centered, self.clip_norm = momentum, centered, clip_norm
+        self.s = np.zeros_like(self.params)
+        self.a = np.zeros_like(self.params)
+        self.b = np.zeros_like(self.params)
+
+    def step(self, grads):
+        scale, norm = clip_scale(grads, self.clip_norm)
+        d = scale * np.asarray(grads, dtype=np.float64) + self.weight_decay * self.params
+        self.s = self.alpha * self.s + (1.0 - self.alpha) * d * d
+        if self.centered:
+            self.a = self.a + (1.0 - self.alpha) * (d - self.a)
+            denom = np.sqrt(self.s - self.a * self.a) + self.eps
+        else:
+            denom = np.sqrt(self.s) + self.eps
+        if self.momentum:
+            self.b = self.momentum * self.b + d / denom
+            self.params = self.params - self.lr * self.b
+        else:
+            self.params = self.params - self.lr * d / denom
+        return norm
+
+    def state(self, n_params):
+        return np.array([self.s] + [self.b] * bool(self.momentum) + [self.a] * self.centered)
+
+
 def reference_for(cls, params, kwargs):
     if cls is fastbp.SGD:
         return ReferenceSGD(params, **kwargs)
+    if cls is fastbp.RMSprop:
+        return ReferenceRMSprop(params, **kwargs)
     if cls is fastbp.AdamW:
         # AdamW's default weight decay is 1e-2 (its docstring and torch.optim.AdamW's)
         return ReferenceAdam(params, **{"weight_decay": 1e-2, **kwargs}, decoupled=True)
@@ -393,6 +446,11 @@ REFERENCE_CASES = [
     pytest.param(fastbp.AdamW, dict(), id="adamw-default"),
     pytest.param(fastbp.AdamW, dict(lr=0.01, weight_decay=0.05, amsgrad=True, clip_norm=3.0),
                  id="adamw-wd-amsgrad-clip"),
+    pytest.param(fastbp.RMSprop, dict(), id="rmsprop-default"),
+    pytest.param(fastbp.RMSprop, dict(lr=0.005, alpha=0.9, eps=1e-6, weight_decay=0.05,
+                                      momentum=0.8, centered=True, clip_norm=3.0),
+                 id="rmsprop-all-clip"),
+    pytest.param(fastbp.RMSprop, dict(momentum=0.5, clip_norm=3.0), id="rmsprop-momentum-clip"),
 ]
 # Large: 21477 parameters, two chunks of kernels.NORM_CHUNK (the second ragged), which one
 # thread updates in its parallel loop (2 chunks >= 2 * 1 thread).
@@ -429,6 +487,23 @@ def test_step_matches_numpy_reference(cls, kwargs, sizes, threads, rng):
         assert rowwise_error(opt.state, expected_state) < 1e-12
 
 
+def test_centered_rmsprop_stays_finite_where_rounding_makes_the_variance_negative(rng):
+    """A constant gradient and a small alpha: square_avg - grad_avg**2 (0 but for rounding)
+    comes out below 0 for some parameters within a few steps, where torch.optim.RMSprop's root
+    gives NaN parameters; fastbp's takes 0 and keeps them finite."""
+    model = model_of()
+    opt = fastbp.RMSprop(model, lr=1e-3, alpha=0.01, centered=True)
+    grads = rng.normal(size=model.n_params)
+    negative = 0
+    for _ in range(30):
+        model.grads[...] = grads
+        opt.step()
+        square_avg, grad_avg = opt.state
+        negative += int(np.sum(square_avg - grad_avg * grad_avg < 0))
+    assert negative > 0   # the case arose
+    assert np.all(np.isfinite(model.params)) and opt.steps == 30
+
+
 def test_a_new_lr_applies_from_the_next_step(rng):
     model = model_of()
     opt = fastbp.SGD(model, lr=0.1)
@@ -448,6 +523,8 @@ def test_a_new_lr_applies_from_the_next_step(rng):
 @pytest.mark.parametrize("make_optimizer", [
     pytest.param(lambda m: fastbp.Adam(m, lr=0.01), id="adam"),
     pytest.param(lambda m: fastbp.SGD(m, lr=0.05, momentum=0.9), id="sgd-momentum"),
+    pytest.param(lambda m: fastbp.RMSprop(m, lr=0.005, momentum=0.5, centered=True),
+                 id="rmsprop-momentum-centered"),
 ])
 def test_float32_training_follows_float64(make_optimizer, rng):
     """The same tanh net from the same (float32-representable) parameters on the same blobs:
@@ -597,6 +674,10 @@ RESUME_CASES = [
                                                                      tol=0.0)),
                  [1.0, 1.1, 1.2, 0.9, 1.3, 1.4, 1.5, 0.8, 0.85, 0.95],
                  id="sgd-nesterov-adaptive"),
+    pytest.param(lambda m: fastbp.RMSprop(m, lr=0.005, alpha=0.9, momentum=0.8, centered=True,
+                                          weight_decay=0.01, clip_norm=0.5,
+                                          lr_schedule=schedules.Step(2, gamma=0.5)),
+                 [1.0] * 10, id="rmsprop-momentum-centered-step"),
 ]
 
 
@@ -699,8 +780,11 @@ TAMPERINGS = [
     pytest.param(lambda a: _set_state(a, _with_value(np.nan)), id="state-nan"),
     pytest.param(lambda a: _set_state(a, _with_value(np.inf)), id="state-inf"),
     pytest.param(lambda a: a.pop("optimizer_state"), id="state-missing"),
-    pytest.param(lambda a: _set_record(a, name="rmsprop"), id="name-unknown"),
+    pytest.param(lambda a: _set_record(a, name="adagrad"), id="name-unknown"),
     pytest.param(lambda a: _set_record(a, name="sgd"), id="name-other-kind"),
+    pytest.param(lambda a: _set_record(a, name="rmsprop"), id="name-rmsprop"),
+    pytest.param(lambda a: _set_state(a, _with_value(-1e-3)),
+                 id="state-negative-second-moment"),
     pytest.param(lambda a: _set_record(a, steps=-1), id="steps-negative"),
     pytest.param(lambda a: _set_record(a, steps=2.5), id="steps-float"),
     pytest.param(lambda a: _set_record(a, steps="7"), id="steps-text"),
@@ -739,6 +823,35 @@ def test_tampered_checkpoint_is_refused(tamper, rng, tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(fastbp.ModelFileError):
         fastbp.load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("row, name, refused", [(0, "square_avg", True),
+                                                 (1, "momentum_buffer", False),
+                                                 (2, "grad_avg", False)])
+def test_negative_state_is_refused_only_in_rows_that_cannot_be(row, name, refused, rng,
+                                                                tmp_path):
+    """The rows a kind of update names non-negative (kernels.KINDS): RMSprop's average of the
+    squared gradients never goes below 0, its momentum buffer and average of the gradients
+    may."""
+    model = model_of()
+    opt = fastbp.RMSprop(model, momentum=0.9, centered=True)
+    for X, y in batches(rng, 3):
+        opt.train_step(X, y)
+    assert kernels.KINDS[opt.update_spec().kind].state(opt.update_spec().hyper)[row] == name
+    good = fastbp.save(model, tmp_path / "good.npz", optimizer=opt)
+    with np.load(good) as f:
+        arrays = {key: f[key] for key in f.files}
+    state = arrays["optimizer_state"].copy()
+    state[row, 7] = -abs(state[row, 7]) - 1e-3
+    arrays["optimizer_state"] = state
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    if refused:
+        with pytest.raises(fastbp.ModelFileError, match=name):
+            fastbp.load_checkpoint(bad)
+    else:
+        _, loaded = fastbp.load_checkpoint(bad)
+        assert loaded.state.tobytes() == state.tobytes()
 
 
 def _set_schedule(arrays, part, **changes):
@@ -780,6 +893,31 @@ def test_tampered_schedule_in_a_checkpoint_is_refused(changes, part, rng, tmp_pa
 
 
 # -------------------------------------------------------------------------------------------
+# The registry of update kinds
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(fastbp.optim.OPTIMIZERS))
+def test_each_optimizer_is_a_registered_kind_of_update(name):
+    """Its Update's kind is an entry of kernels.KINDS, whose hyper-parameters and state rows
+    its Update has; training with it readies that kind's unit and no other kind's; config()
+    builds it again, with the same hyper-parameters."""
+    cls = fastbp.optim.OPTIMIZERS[name]
+    model = model_of()
+    opt = cls(model, lr=0.01)
+    spec = opt.update_spec()
+    kind = kernels.KINDS[spec.kind]
+    assert spec.hyper.shape == (len(kind.hyper),)
+    assert opt.state.shape == (len(kind.state(spec.hyper)), model.n_params)
+    step_units = {other.unit for other in kernels.KINDS.values()}
+    units = kernels.network.units_for(model.loss, spec.kind, model._net)
+    assert [unit for unit in units if unit in step_units] == [kind.unit]
+    again = cls(model_of(), **opt.config())
+    assert again.update_spec().hyper.tobytes() == spec.hyper.tobytes()
+    assert set(opt.config()) == set(cls.arguments())
+
+
+# -------------------------------------------------------------------------------------------
 # memory_report
 # -------------------------------------------------------------------------------------------
 
@@ -791,6 +929,11 @@ def test_tampered_schedule_in_a_checkpoint_is_refused(changes, part, rng, tmp_pa
     pytest.param(lambda m: fastbp.SGD(m, lr=0.1, momentum=0.9), 1, id="sgd-momentum"),
     pytest.param(lambda m: fastbp.SGD(m, lr=0.1, weight_decay=0.1), 0, id="sgd-wd"),
     pytest.param(lambda m: fastbp.SGD(m, lr=0.1), 0, id="sgd-plain"),
+    pytest.param(lambda m: fastbp.RMSprop(m), 1, id="rmsprop"),
+    pytest.param(lambda m: fastbp.RMSprop(m, momentum=0.9), 2, id="rmsprop-momentum"),
+    pytest.param(lambda m: fastbp.RMSprop(m, centered=True), 2, id="rmsprop-centered"),
+    pytest.param(lambda m: fastbp.RMSprop(m, momentum=0.9, centered=True), 3,
+                 id="rmsprop-momentum-centered"),
 ])
 def test_memory_report_counts_the_optimizer_state(make_optimizer, rows, dtype):
     model = model_of(dtype)
@@ -814,8 +957,9 @@ def test_memory_report_counts_the_optimizer_state(make_optimizer, rows, dtype):
 # Argument checks
 # -------------------------------------------------------------------------------------------
 
-ALL = (fastbp.SGD, fastbp.Adam, fastbp.AdamW)
+ALL = (fastbp.SGD, fastbp.Adam, fastbp.AdamW, fastbp.RMSprop)
 ADAMS = (fastbp.Adam, fastbp.AdamW)
+WITH_EPS = (fastbp.Adam, fastbp.AdamW, fastbp.RMSprop)
 
 
 def _bad(classes, kwargs, error, name):
@@ -848,9 +992,11 @@ BAD_ARGUMENTS = [
     *_bad(ADAMS, dict(betas=0.9), TypeError, "betas"),
     *_bad(ADAMS, dict(betas=(0.9,)), TypeError, "betas"),
     *_bad(ADAMS, dict(betas=(0.9, 0.99, 0.999)), TypeError, "betas"),
-    *_bad(ADAMS, dict(eps=0), ValueError, "eps"),
-    *_bad(ADAMS, dict(eps=-1e-8), ValueError, "eps"),
-    *_bad(ADAMS, dict(eps=math.nan), ValueError, "eps"),
+    *_bad(WITH_EPS, dict(eps=0), ValueError, "eps"),
+    *_bad(WITH_EPS, dict(eps=-1e-8), ValueError, "eps"),
+    *_bad(WITH_EPS, dict(eps=math.nan), ValueError, "eps"),
+    *_bad(WITH_EPS, dict(eps=1e-320), ValueError, "eps"),
+    *_bad(WITH_EPS, dict(eps="1e-8"), TypeError, "eps"),
     *_bad(ADAMS, dict(amsgrad="yes"), TypeError, "amsgrad"),
     *_bad(ADAMS, dict(amsgrad=1), TypeError, "amsgrad"),
     *_bad([fastbp.SGD], dict(momentum=-0.1), ValueError, "momentum"),
@@ -863,6 +1009,17 @@ BAD_ARGUMENTS = [
           "nesterov"),
     *_bad([fastbp.SGD], dict(momentum=0.9, nesterov="yes"), TypeError, "nesterov"),
     *_bad([fastbp.SGD], dict(momentum=0.9, nesterov=1), TypeError, "nesterov"),
+    *_bad([fastbp.RMSprop], dict(alpha=-0.1), ValueError, "alpha"),
+    *_bad([fastbp.RMSprop], dict(alpha=1.01), ValueError, "alpha"),
+    *_bad([fastbp.RMSprop], dict(alpha=math.nan), ValueError, "alpha"),
+    *_bad([fastbp.RMSprop], dict(alpha="0.9"), TypeError, "alpha"),
+    *_bad([fastbp.RMSprop], dict(alpha=None), TypeError, "alpha"),
+    *_bad([fastbp.RMSprop], dict(momentum=-0.1), ValueError, "momentum"),
+    *_bad([fastbp.RMSprop], dict(momentum=1.5), ValueError, "momentum"),
+    *_bad([fastbp.RMSprop], dict(momentum=math.inf), ValueError, "momentum"),
+    *_bad([fastbp.RMSprop], dict(centered="yes"), TypeError, "centered"),
+    *_bad([fastbp.RMSprop], dict(centered=1), TypeError, "centered"),
+    *_bad([fastbp.RMSprop], dict(betas=(0.9, 0.99)), TypeError, "betas"),
 ]
 
 
@@ -873,10 +1030,12 @@ def test_bad_optimizer_arguments_are_refused_naming_them(cls, kwargs, error, nam
     if cls is fastbp.SGD:
         kwargs.setdefault("lr", 0.1)
     before = model.memory_report()["optimizer"]
+    params = model.params.copy()
     with pytest.raises(error) as info:
         cls(model, **kwargs)
     assert names_argument(str(info.value), name), str(info.value)
     assert model.memory_report()["optimizer"] == before  # nothing registered
+    assert model.params.tobytes() == params.tobytes()
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -906,6 +1065,8 @@ def test_setting_a_bad_lr_raises_and_keeps_the_old_one(cls, value, error):
     (fastbp.SGD, dict(momentum=0.5, dampening=0.1, nesterov=True, weight_decay=0.1, steps=3)),
     (fastbp.Adam, dict(betas=(0.5, 0.5), eps=1e-3, amsgrad=True, weight_decay=0.1, steps=3)),
     (fastbp.AdamW, dict(betas=(0.5, 0.5), eps=1e-3, amsgrad=True, weight_decay=0.1)),
+    (fastbp.RMSprop, dict(alpha=0.5, eps=1e-3, momentum=0.5, centered=True, weight_decay=0.1,
+                          steps=3)),
 ])
 def test_fixed_hyper_parameters_are_read_only(cls, attributes):
     opt = cls(model_of(), lr=0.1)
@@ -934,6 +1095,12 @@ DIVERGENCE_CASES = [
     pytest.param(lambda m: fastbp.SGD(m, lr=0.1), np.float32, np.nan, id="sgd-plain-f32-nan"),
     # finite, but its square overflows float32: Adam refuses it
     pytest.param(lambda m: fastbp.Adam(m, lr=0.01), np.float32, 1e20, id="adam-f32-overflow"),
+    pytest.param(lambda m: fastbp.RMSprop(m, momentum=0.9, centered=True), np.float64, np.nan,
+                 id="rmsprop-momentum-centered-nan"),
+    pytest.param(lambda m: fastbp.RMSprop(m, clip_norm=1.0), np.float32, np.inf,
+                 id="rmsprop-clip-f32-inf"),
+    pytest.param(lambda m: fastbp.RMSprop(m, momentum=0.5), np.float32, 1e20,
+                 id="rmsprop-f32-overflow"),
 ]
 
 
