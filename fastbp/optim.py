@@ -40,8 +40,8 @@ import numbers
 import numpy as np
 
 from . import _validate, kernels
-from .kernels.update import (ADAM_KIND, CLIP_NORM, KINDS, LR, RMSPROP_KIND, SGD_KIND, STEPS,
-                             UPDATE_KINDS, WEIGHT_DECAY, state_rows, update_spec)
+from .kernels.update import (CLIP_NORM, KINDS, LR, RMSPROP_KIND, STEPS, UPDATE_KINDS,
+                             WEIGHT_DECAY, state_rows, update_spec)
 from .model import MLP
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS"]
@@ -283,9 +283,8 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov: needs a momentum and no dampening (momentum "
                              f"{momentum}, dampening {dampening})")
         momentum = _fits("momentum", momentum, model)
-        spec = update_spec(SGD_KIND, model.dtype, model.n_params, lr=lr, clip_norm=clip_norm,
-                           weight_decay=weight_decay, momentum=momentum, dampening=dampening,
-                           nesterov=float(nesterov))
+        spec = kernels.sgd_spec(lr, clip_norm, model.dtype, momentum, dampening, nesterov,
+                                weight_decay, model.n_params)
         super().__init__(model, spec, lr_schedule)
 
     momentum = _hyper_property("momentum")
@@ -308,9 +307,8 @@ class Adam(Optimizer):
         betas = _betas(betas)
         eps = _eps(eps, model, "Adam")
         amsgrad = _flag("amsgrad", amsgrad)
-        spec = update_spec(ADAM_KIND, model.dtype, model.n_params, lr=lr, clip_norm=clip_norm,
-                           weight_decay=weight_decay, beta1=betas[0], beta2=betas[1], eps=eps,
-                           amsgrad=float(amsgrad), decoupled=float(self._decoupled))
+        spec = kernels.adam_spec(lr, clip_norm, model.dtype, model.n_params, betas, eps,
+                                 weight_decay, amsgrad, self._decoupled)
         super().__init__(model, spec, lr_schedule)
 
     betas = property(lambda self: (self._hyper("beta1"), self._hyper("beta2")))

@@ -441,8 +441,6 @@ KINDS = {kind.code: kind for kind in (
 )}
 #: The update kinds network.apply_update knows.
 UPDATE_KINDS = tuple(KINDS)
-#: Length of Update.hyper for each kind.
-HYPER_SIZE = {code: len(kind.hyper) for code, kind in KINDS.items()}
 
 
 def state_rows(kind, hyper):
