@@ -198,8 +198,8 @@ class Allocations:
 
         m = self.net.model
         update = kernels.sgd_spec(1e-12, self.net.optimizer.clip_norm, m.dtype)
-        self.loop = lambda n: loop(n, m.params, m.grads, m._work, self.net.X, self.net.y,
-                                   m._net, update)
+        self.loop = lambda n: loop(n, m.params, m.grads, m.engine.work, self.net.X, self.net.y,
+                                   m.engine.net, update)
         self.loop(1)  # compile
 
     def track_allocations_per_step(self, network, dtype):

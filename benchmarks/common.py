@@ -108,11 +108,12 @@ class Net:
         m.forward(self.X)
         spec = o.update_spec()
 
-        self.forward = lambda: kernels.entry.forward(m._work.acts, m.params, self.X, *m._net)
+        work, net = m.engine.work, m.engine.net
+        self.forward = lambda: kernels.entry.forward(work.acts, m.params, self.X, *net)
         self.loss_and_grad = lambda: kernels.entry.loss_and_grad(
-            m.grads, *m._work, m.params, self.X, self.y, *m._net, None)   # None: no weights
+            m.grads, *work, m.params, self.X, self.y, *net, None)   # None: no weights
         self.train_step = lambda: kernels.entry.train_step(
-            m.params, m.grads, *m._work, self.X, self.y, *m._net, *spec, None)
+            m.params, m.grads, *work, self.X, self.y, *net, *spec, None)
         self.forward()
         self.loss_and_grad()
         self.train_step()
@@ -345,12 +346,12 @@ class ComposedBackward:
         self._losses = np.empty(n, dtype=np.float64)
         self._grads = np.empty_like(m.params)
         offsets = param_offsets(net.sizes)
-        args = (m.params, net.X, offsets, m._net.sizes, m._net.activations)
+        args = (m.params, net.X, offsets, m.engine.net.sizes, m.engine.net.activations)
         mod.forward(self._acts, *args)
         net.loss_and_grad()
         self.backward = lambda: mod.backward(self._grads, self._acts, self._deltas, self._losses,
-                                             m.params, net.X, net.y, offsets, m._net.sizes,
-                                             m._net.activations)
+                                             m.params, net.X, net.y, offsets, m.engine.net.sizes,
+                                             m.engine.net.activations)
         self.backward()
         scale = max(float(np.abs(m.grads).max()), 1e-30)
         err = float(np.abs(self._grads - m.grads).max()) / scale

@@ -251,7 +251,7 @@ def build_parser():
     return parser
 
 
-def _given_options(argv):
+def given_options(argv):
     """The dests of the options argv gives explicitly (a default is not given)."""
     unset = object()
     probe = build_parser()
@@ -322,7 +322,7 @@ def _check_output_path(option, path):
         raise UsageError(f"{where}: the folder {folder} is not writable")
 
 
-def _check_args(args):
+def check_args(args):
     if args.command != "train":
         raise UsageError("fastbp: expected a command, e.g. 'fastbp train' (see fastbp --help)")
     import numba

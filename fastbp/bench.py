@@ -150,7 +150,7 @@ def fastbp_steps(sizes, batch, optimizer="sgd"):
     callable: the update pass alone)."""
     import fastbp
     from fastbp.layout import n_params
-    from fastbp.steps import _train_steps
+    from fastbp.engine import StepBuffers
     rng = np.random.default_rng(0)
     n_batches = int(max(2, min(16, EPOCH_FLOPS // (6 * batch * n_params(sizes)))))
     n = batch * n_batches
@@ -160,16 +160,12 @@ def fastbp_steps(sizes, batch, optimizer="sgd"):
     opt = _fastbp_optimizer(optimizer, model)
     xb, yb = X[:batch], y[:batch]
 
-    Xc, yc = model._check_batch(X, y)
-    x_batch = fastbp.kernels.aligned_zeros((batch, sizes[0]), np.float32)  # as fit's
-    y_batch = np.empty(batch, np.int64)
-    losses, norms = np.empty(n_batches), np.empty(n_batches)
-    layer_sq = np.empty((n_batches, len(sizes) - 1))
+    Xc, yc = model.engine.check_batch(X, y)
+    buffers = StepBuffers(model.engine, Xc, yc, batch, max_steps=n_batches)   # as fit's
     order = np.arange(n)
 
     def epoch():
-        done = _train_steps(model, opt.update_spec(), Xc, yc, order, batch, x_batch, y_batch,
-                            losses, norms, layer_sq)
+        done = model.engine.train_steps(opt.update_spec(), Xc, yc, order, buffers)
         assert done == n_batches, "the benchmark diverged"
     return lambda: opt.train_step(xb, yb), epoch, n_batches, model.n_params, opt.step
 

@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from . import __version__, distributed, kernels
-from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, _check_args, _given_options,
-                           build_parser)
+from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
+                           given_options)
 from ._threads import set_num_threads
 from .data import DataError
 from .data import load as load_data
@@ -28,7 +28,6 @@ from .io import save as save_model
 from .model import MLP
 from .optim import OPTIMIZERS
 from .schedules import Adaptive, Constant, Cosine, InvScaling, Step
-from .steps import _train_steps, ready_step_on_ranks
 from .training import DivergenceError, fit
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -145,29 +144,21 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, r
     under MPI the data-parallel step's kernels, and inference on one row. Not through fit
     (which ends training cleanly on Ctrl-C), so that Ctrl-C stops it at once. Under MPI, one
     rank per node goes first and the others then load what it compiled from the cache."""
-    X, y = model._check_batch(X_example[:1], y_example[:1])
+    engine = model.engine
+    X, y = engine.check_batch(X_example[:1], y_example[:1])
     if ranks is not None:
         def ready():
-            ready_step_on_ranks(model, optimizer, X, y, batch_size, accumulate)
+            engine.ready_steps(optimizer.update_spec(), X, y, batch_size, accumulate)
             model.forward(X)
         ranks.node_leader_first(ready)
         return
-    x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), model.dtype)
-    y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
-    norms_fresh = model._grad_norms_fresh
-    _train_steps(model, optimizer.update_spec(), X, y, np.arange(0), batch_size, x_batch,
-                 y_batch, np.empty(1), np.empty(1), np.empty((1, len(model.sizes) - 1)))
-    model._grad_norms_fresh = norms_fresh
+    engine.ready_epoch(optimizer.update_spec(), X, y, batch_size)
     model.forward(X)
 
 
 def _kernels_cached():
     """Whether Numba's cache already holds fit's compiled steps (else this run compiles)."""
-    try:
-        folder = kernels.entry.train_epoch._cache._cache_path
-        return any(name.startswith("entry.train_epoch") for name in os.listdir(folder))
-    except (AttributeError, OSError):
-        return True  # unknown: say nothing
+    return kernels.entry.in_cache(kernels.entry.train_epoch)
 
 
 def _one_hot(labels, n_classes, dtype):
@@ -477,10 +468,10 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
-        args.given = _given_options(argv)
+        args.given = given_options(argv)
         ranks = _mpi_ranks()
         with _together(ranks):
-            _check_args(args)
+            check_args(args)
         return train(args, ranks)
     except UsageError as exc:   # (under MPI, on every rank alike: rank 0 says it)
         if distributed.launched_rank() == 0:

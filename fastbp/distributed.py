@@ -6,7 +6,10 @@ its share of them, scaled by that share, and one in-place all-reduce (sum) of th
 buffer makes every rank's gradient that of the whole step. The L2 penalty, clipping and the
 update then run on every rank alike, so the parameters stay bitwise equal (checked after each
 epoch). The step's loss and a stop flag (Ctrl-C) ride in two spare slots after the gradients
-(``MLP._grad_buffer``), so a step makes one MPI call.
+(``Engine.grad_buffer``), so a step makes one MPI call.
+
+``fit`` talks to one interface whether it trains alone or among ranks: ``Alone`` is the
+single process's side of it (every agreement trivially reached, every sum its own value).
 
 Training talks to MPI only here (the command also starts it, when mpiexec launched it); this
 needs nothing of mpi4py but the communicator object handed in
@@ -25,8 +28,11 @@ import zlib
 import numba
 import numpy as np
 
-from . import _threads, _validate, schedules
-from .layout import LOSS_SLOT, STOP_SLOT
+from . import _threads, _validate, engine, schedules, steps
+
+# The step's loss and stop flag, summed with the gradients: the engine's spare slots.
+LOSS_SLOT, STOP_SLOT = -2, -1
+assert engine.GRAD_SPARE >= 2
 
 _COMM_METHODS = ("Allreduce", "allgather", "Bcast", "Get_rank", "Get_size", "Abort")
 
@@ -62,6 +68,10 @@ class Ranks:
         self.offset = 0          # the first global row of this rank's part (shard)
         self.n_local = None
         self.n_total = None
+        self.weights_all = None  # every row's sample weight (all ranks' parts), or None
+
+    # Steps sum the ranks' gradients between the two stages: one compiled call each.
+    compiled_epochs = False
 
     # -- agreement ----------------------------------------------------------------------------
 
@@ -94,6 +104,10 @@ class Ranks:
                         f"{theirs.get(key)!r}; every rank must be given the same model, "
                         "optimizer and settings" + ("" if self.shard else
                                                     ", and the same X and y (or shard=True)"))
+
+    def describe(self, model, optimizer, X, y, weights, X_val, y_val, **settings):
+        """What must be the same on every rank, for check_same (rank_settings)."""
+        return rank_settings(model, optimizer, X, y, weights, X_val, y_val, self, **settings)
 
     def broadcast(self, array):
         """Rank 0's values of `array` on every rank, in place."""
@@ -129,12 +143,13 @@ class Ranks:
         self.n_local = n_local
         if not self.shard:
             self.n_total = n_local
+            self.weights_all = weights
             return weights
         counts = self.comm.allgather(n_local)
         self.offset, self.n_total = sum(counts[:self.rank]), sum(counts)
-        if weights is None:
-            return None
-        return np.concatenate(self.comm.allgather(weights))
+        if weights is not None:
+            self.weights_all = np.concatenate(self.comm.allgather(weights))
+        return self.weights_all
 
     def local_rows(self, rows):
         """This rank's rows of a step's global rows, as indices into its X: with shard, those in
@@ -150,6 +165,19 @@ class Ranks:
         return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
 
     # -- the step's reduction -----------------------------------------------------------------
+
+    def step(self, model, optimizer, grad_hook, compiled_update, X, y, rows, buffers, weights):
+        """One step of fit on the step's global rows (steps.step_on_ranks): (loss, norm or
+        None)."""
+        step_weight = rows.shape[0] if self.weights_all is None \
+            else float(self.weights_all[rows].sum())
+        batches = steps.Batches(model.engine, X, y, self.local_rows(rows), buffers, weights)
+        return steps.step_on_ranks(model, optimizer, grad_hook, self, batches, step_weight)
+
+    def ready(self, task):
+        """Ready the steps' compiled code (task()) one rank per node at a time
+        (node_leader_first)."""
+        self.node_leader_first(task)
 
     def sum_step(self, grad_buffer, loss_share):
         """Sum the ranks' scaled gradients in place (one MPI call) with their loss shares and
@@ -231,6 +259,59 @@ class Ranks:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
         self.comm.Abort(1)
+
+
+class Alone:
+    """The Ranks interface for a fit on one process: no communicator, every agreement reached
+    and every sum its own value."""
+    rank, size, shard, interrupted = 0, 1, False, False
+    # Steps need no sum between their stages: many of them run in one compiled call.
+    compiled_epochs = True
+
+    def __init__(self):
+        self.n_total = None
+
+    agreed_errors = staticmethod(contextlib.nullcontext)
+    training = staticmethod(lambda agreed=(): contextlib.nullcontext())
+
+    def shared_seed(self):
+        return None
+
+    def describe(self, *args, **settings):
+        return None
+
+    def check_same(self, what):
+        pass
+
+    def broadcast(self, array):
+        pass
+
+    def all_of(self, flags):
+        return tuple(flags)
+
+    def any(self, flag):
+        return bool(flag)
+
+    def check_replicas(self, params, epoch):
+        pass
+
+    def set_rows(self, n_local, weights):
+        self.n_total = n_local
+        return weights
+
+    def slice_of(self, n):
+        return slice(0, n)
+
+    def sum_scores(self, sums):
+        return sums
+
+    def step(self, model, optimizer, grad_hook, compiled_update, X, y, rows, buffers, weights):
+        """One step of fit on these rows (steps.step): (loss, norm or None)."""
+        batches = steps.Batches(model.engine, X, y, rows, buffers, weights)
+        return steps.step(model, optimizer, grad_hook, compiled_update, batches)
+
+    def ready(self, task):
+        pass   # compiled on first use
 
 
 def threads_chosen():

@@ -35,8 +35,8 @@ def gradcheck(model, X, y, eps=None, max_params=2000, seed=0, floor=1e-7, sample
     eps = _validate.positive_number("eps", eps)
     max_params = _validate.positive_int("max_params", max_params)
     floor = _validate.positive_number("floor", floor)
-    X, y = model._check_batch(X, y)
-    X = model._dense(X)   # a sparse X once, not at every evaluation
+    X, y = model.engine.check_batch(X, y)
+    X = model.engine.dense(X)   # a sparse X once, not at every evaluation
     weights = _validate.sample_weight(sample_weight, X.shape[0])
     weighted = {} if weights is None else {"sample_weight": weights}
     params = model.params

@@ -184,8 +184,8 @@ def _rebuild_optimizer(model, record, state):
     hyper = opt.update_spec().hyper
     hyper[STEPS] = steps
     hyper[LR] = number_in("lr", record["lr"], 0)  # 0: the end of a cosine
-    opt._epochs_done = _count("epochs_done", record["epochs_done"])
-    opt._samples_seen = _count("samples_seen", record["samples_seen"])
+    opt.set_position(_count("epochs_done", record["epochs_done"]),
+                     _count("samples_seen", record["samples_seen"]))
     return opt
 
 

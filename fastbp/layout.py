@@ -53,10 +53,3 @@ def layer_views(flat, sizes):
         weights.append(flat[start:split].reshape(n_in, n_out))
         biases.append(flat[split:split + n_out])
     return weights, biases
-
-
-#: Spare slots after the gradients in a model's gradient buffer (MLP._grad_buffer): in
-#: data-parallel training the step's loss and a stop flag are summed over the ranks with the
-#: gradients, in one MPI call (fastbp.distributed).
-GRAD_TAIL = 2
-LOSS_SLOT, STOP_SLOT = -2, -1

@@ -1,11 +1,10 @@
 """The MLP: a flat parameter buffer, a flat gradient buffer, preallocated activations, and a
 validating layer over the compiled kernels (all numerics live in fastbp.kernels)."""
-import weakref
-
 import numpy as np
 
 from . import _validate, kernels, layout
-from ._threads import get_num_threads, pin_kernel_blas
+from ._threads import pin_kernel_blas
+from .engine import Engine
 
 #: Accepted activation names -> codes (from kernels.ACTIVATIONS, where each is defined).
 ACTIVATIONS = dict(kernels.CODES)
@@ -14,9 +13,6 @@ LOSSES = tuple(kernels.LOSS_CODES)
 # Losses whose output activation must be the identity (the loss holds its own nonlinearity).
 _FUSED = ("softmax_cross_entropy", "binary_cross_entropy")
 DTYPES = (np.float32, np.float64)
-# Inference runs in chunks of at most this many rows, so predicting on a large data set does not
-# grow the training buffers to its size.
-INFERENCE_CHUNK = 4096
 
 
 def _checked_l2(value, dtype):
@@ -85,6 +81,8 @@ class MLP:
         list each time; write into the views).
     sizes, activations, output_activation, loss, dtype, checkpoint_every : read-only (the
         lists are copies). l2 may be changed (checked as at construction).
+    engine : the model's compiled state and the operations on it (fastbp.engine.Engine), for
+        code that drives the kernels itself.
     """
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
@@ -121,17 +119,10 @@ class MLP:
         checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
         l2 = _checked_l2(l2, dtype)
 
-        self._sizes = tuple(sizes)
-        self._loss = loss
-        self._dtype = dtype
         self._activations = tuple(name for code in hidden for name, c in ACTIVATIONS.items()
                                   if c == code)
         self._output_activation = output_activation
-        self._checkpoint_every = checkpoint_every
-        self._l2 = l2
-        self._codes = hidden + [output_code]
-
-        self._allocate(layout.n_params(sizes), capacity=1)
+        self._build(Engine(sizes, hidden + [output_code], loss, dtype, checkpoint_every, l2))
         self._initialise(seed)
         pin_kernel_blas()
 
@@ -153,7 +144,7 @@ class MLP:
 
     def _initialise(self, seed):
         rng = np.random.default_rng(seed)
-        for weight, code in zip(self.weights, self._codes):
+        for weight, code in zip(self.weights, self._engine.codes):
             fan_in, fan_out = weight.shape
             if kernels.ACTIVATIONS[code].init == "he":
                 weight[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), weight.shape)
@@ -165,24 +156,25 @@ class MLP:
     # The structure is read-only (compiled code relies on it); the two buffers take new values,
     # checked and copied in place, never a new array (the views and workspace point into them).
 
-    sizes = property(lambda self: list(self._sizes), doc="Layer widths, input first (a copy).")
+    sizes = property(lambda self: list(self._engine.sizes),
+                     doc="Layer widths, input first (a copy).")
     activations = property(lambda self: list(self._activations),
                            doc="Hidden-layer activations (a copy).")
     output_activation = property(lambda self: self._output_activation)
-    loss = property(lambda self: self._loss)
-    dtype = property(lambda self: self._dtype)
-    checkpoint_every = property(lambda self: self._checkpoint_every)
+    loss = property(lambda self: self._engine.loss)
+    dtype = property(lambda self: self._engine.dtype)
+    checkpoint_every = property(lambda self: self._engine.checkpoint_every)
+    engine = property(lambda self: self._engine,
+                      doc="The compiled state and its operations (fastbp.engine.Engine).")
 
     @property
     def l2(self):
         """L2 penalty on the weights (scikit-learn's alpha); may be changed between steps."""
-        return self._l2
+        return self._engine.l2
 
     @l2.setter
     def l2(self, value):
-        self._l2 = _checked_l2(value, self.dtype)
-        self._net = self._net._replace(l2=self._l2)
-        self._prepared.clear()   # a penalty, where there was none, needs its kernel readied
+        self._engine.l2 = _checked_l2(value, self.dtype)
     weights = property(lambda self: list(self._weights),
                        doc="Per-layer weight views (fan_in, fan_out) into params: write into them.")
     biases = property(lambda self: list(self._biases), doc="Per-layer bias views into params.")
@@ -193,20 +185,20 @@ class MLP:
 
     @property
     def params(self):
-        return self._params
+        return self._engine.params
 
     @params.setter
     def params(self, value):
-        self._assign("params", self._params, value, finite=True)
+        self._assign("params", self.params, value, finite=True)
 
     @property
     def grads(self):
-        return self._grads
+        return self._engine.grads
 
     @grads.setter
     def grads(self, value):
-        self._assign("grads", self._grads, value, finite=False)
-        self._grad_norms_fresh = False
+        self._assign("grads", self.grads, value, finite=False)
+        self._engine.grads_changed()
 
     def _assign(self, name, buffer, value, finite):
         """Copy value into buffer after checking it fits (shape, a real dtype, finite)."""
@@ -226,7 +218,7 @@ class MLP:
 
     @property
     def n_params(self):
-        return self._params.size
+        return self.params.size
 
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
@@ -235,61 +227,49 @@ class MLP:
 
     # -- copying ------------------------------------------------------------------------------
 
-    _REBUILT = ("_params", "_grads", "_weights", "_biases", "_weight_grads", "_bias_grads",
-                "_net", "_work", "_prepared", "_optimizers", "_grad_buffer")
+    # The settings a pickle holds (with the two buffers' values), as MLPs have always been
+    # pickled; the engine and the per-layer views are rebuilt from them.
+    _PICKLED = ("_sizes", "_loss", "_dtype", "_checkpoint_every", "_l2", "_codes", "_capacity")
 
     def __getstate__(self):
         """For pickle and copy: the settings and the values of the two flat buffers. The
-        per-layer views and the workspace are rebuilt on the other side (see __setstate__), so
+        engine and the per-layer views are rebuilt on the other side (see __setstate__), so
         that a copy's views point into its own buffers, not into copies of them."""
-        state = {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
-        state["params"], state["grads"] = np.array(self.params), np.array(self.grads)
+        engine = self._engine
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_engine", "_weights", "_biases", "_weight_grads", "_bias_grads")}
+        state.update(_sizes=engine.sizes, _loss=engine.loss, _dtype=engine.dtype,
+                     _checkpoint_every=engine.checkpoint_every, _l2=engine.l2,
+                     _codes=list(engine.codes), _capacity=engine.capacity,
+                     params=np.array(self.params), grads=np.array(self.grads))
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         state.setdefault("_l2", 0.0)  # pickled before l2 existed
+        for stale in ("_grad_norms_fresh", "_net", "_work", "_prepared", "_optimizers"):
+            state.pop(stale, None)   # (pickled by versions that kept them here)
+        settings = [state.pop(name) for name in self._PICKLED]
         params, grads = state.pop("params"), state.pop("grads")
         self.__dict__.update(state)
-        self._allocate(params.size, capacity=max(1, self._capacity))
+        sizes, loss, dtype, checkpoint_every, l2, codes, capacity = settings
+        self._build(Engine(sizes, codes, loss, dtype, checkpoint_every, l2, max(1, capacity)))
         self.params[...], self.grads[...] = params, grads
 
     # -- buffers ------------------------------------------------------------------------------
 
-    def _allocate(self, n_params, capacity):
-        """Fresh, aligned, zeroed params and grads with their per-layer views, and a workspace
-        for `capacity` rows (its gradient norms not yet computed)."""
-        self._params = kernels.aligned_zeros(n_params, self.dtype)
-        # Spare slots after the gradients: data-parallel training sums the step's loss and a
-        # stop flag with them, in one MPI call on one buffer (fastbp.distributed).
-        self._grad_buffer = kernels.aligned_zeros(n_params + layout.GRAD_TAIL, self.dtype)
-        self._grads = self._grad_buffer[:n_params]
-        self._weights, self._biases = layout.layer_views(self._params, self._sizes)
-        self._weight_grads, self._bias_grads = layout.layer_views(self._grads, self._sizes)
-        self._net = self._work = None
-        self._capacity = 0
-        self._prepared = set()  # what _run has readied
-        self._optimizers = weakref.WeakSet()  # whose state memory_report counts
-        self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
-        self._reserve(capacity)
+    def _build(self, engine):
+        """Take this engine (its buffers zeroed) and make the per-layer views into it."""
+        self._engine = engine
+        sizes = engine.sizes
+        self._weights, self._biases = layout.layer_views(engine.params, sizes)
+        self._weight_grads, self._bias_grads = layout.layer_views(engine.grads, sizes)
 
-    def _reserve(self, n_rows):
-        """Grow the buffers to hold n_rows (never shrinks; smaller batches use views)."""
-        if n_rows <= self._capacity:
-            return
-        net, acts_size = kernels.make_net(self._sizes, self._codes, n_rows, self.checkpoint_every,
-                                          self._loss, self._l2)
-        work = kernels.make_workspace(net, acts_size, self.dtype)
-        if self._work is not None:
-            work.layer_sq[:] = self._work.layer_sq
-        self._net, self._work, self._capacity = net, work, n_rows
-
-    def memory_report(self):
+    def memory_report(self, *optimizers):
         """Bytes held, by kind: "params", "grads", "optimizer" (the norm scratch, and the state of
-        every live fastbp optimizer of this model: moments, momentum buffers), "activations"
-        (layer outputs, kept pre-activations, backward deltas and
-        per-sample losses at the current capacity) and "total". "capacity" is the batch size the
-        buffers hold.
+        the fastbp optimizers given: moments, momentum buffers), "activations" (layer outputs,
+        kept pre-activations, backward deltas and per-sample losses at the current capacity)
+        and "total". "capacity" is the batch size the buffers hold.
 
         Without checkpointing, activations = capacity * (sum(blocks) + 2 * max(sizes[1:])) *
         itemsize + 8 * capacity, where a layer's block is its width, twice its width for a gelu
@@ -297,13 +277,14 @@ class MLP:
         checkpoint_every = k, only every k-th layer's block (and the output's) counts in the
         sum, plus the widest run of k - 1 layers' blocks in between.
         """
-        work = self._work
-        report = {"params": self.params.nbytes, "grads": self.grads.nbytes,
-                  "optimizer": work.partials.nbytes + work.layer_sq.nbytes + sum(
-                      opt.state.nbytes + opt.update_spec().hyper.nbytes
-                      for opt in list(self._optimizers)),
-                  "activations": work.acts.nbytes + work.deltas.nbytes + work.losses.nbytes,
-                  "capacity": self._capacity}
+        report = self._engine.memory()
+        for opt in optimizers:
+            if getattr(opt, "model", None) is not self or not callable(
+                    getattr(opt, "update_spec", None)):
+                raise ValueError(f"optimizers: {opt!r:.80} is not a fastbp optimizer of this "
+                                 "model")
+            spec = opt.update_spec()
+            report["optimizer"] += spec.state.nbytes + spec.hyper.nbytes
         report["total"] = sum(v for k, v in report.items() if k != "capacity")
         return report
 
@@ -315,45 +296,9 @@ class MLP:
         gradients fastbp last computed: after writing into ``grads`` yourself, call
         ``kernels.layer_sums_of_squares`` instead.)
         """
-        work = self._work
-        if not self._grad_norms_fresh:
-            kernels.layer_sums_of_squares(work.layer_sq, work.partials, self.grads,
-                                          self._net.param_offsets)
-            self._grad_norms_fresh = True
-        return np.sqrt(work.layer_sq)
+        return self._engine.grad_norms()
 
     # -- checked entry points -----------------------------------------------------------------
-
-    def _check_batch(self, X, y):
-        """(X, y) checked and converted; a sparse X as _validate.SparseRows (see _dense)."""
-        X = _validate.features(X, self._sizes[0], self.dtype)
-        y = _validate.targets(y, X.shape[0], self._sizes[-1], self.loss, self.dtype)
-        return X, y
-
-    def _dense(self, X):
-        """A checked X as a dense array: itself, or a sparse one densified whole (for one
-        batch: loss_and_grad, train_step)."""
-        if not isinstance(X, _validate.SparseRows):
-            return X
-        return self._rows(X, 0, X.shape[0], kernels.aligned_zeros(X.shape, self.dtype))
-
-    def _chunk_buffer(self, X):
-        """Where _rows densifies chunks of a sparse X of at most capacity rows (None for a
-        dense X: its chunks are views)."""
-        if not isinstance(X, _validate.SparseRows):
-            return None
-        return kernels.aligned_zeros((min(X.shape[0], self._capacity), X.shape[1]), self.dtype)
-
-    def _rows(self, X, start, stop, buffer):
-        """Rows start..stop-1 of a checked X: a view of a dense X, or those of a sparse X
-        densified into buffer (compiled: kernels.take_csr_rows's unit)."""
-        if not isinstance(X, _validate.SparseRows):
-            return X[start:stop]
-        out = buffer[:stop - start]
-        self._run(kernels.entry.take_csr_rows,
-                  (out, X.data, X.indices, X.indptr, np.arange(start, stop)),
-                  sparse_index=X.indices.dtype)
-        return out
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """Forward and backward for one batch: overwrites ``grads``, returns the mean loss.
@@ -363,66 +308,29 @@ class MLP:
         sum_i w_i rows (l2 / (2 sum_i w_i)) sum ||W||^2. X may be a SciPy sparse matrix: it is
         one batch, densified.
         """
-        X, y = self._check_batch(X, y)
+        X, y = self._engine.check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
-        return self._loss_and_grad_checked(X, y, weights)
-
-    def _loss_and_grad_checked(self, X, y, weights=None, penalty=True):
-        """loss_and_grad on checked arguments; without penalty, of the data loss alone (a
-        data-parallel step adds the penalty after summing the ranks' gradients)."""
-        X = self._dense(X)
-        self._reserve(X.shape[0])
-        self._grad_norms_fresh = False
-        net = self._net if penalty else self._net._replace(l2=0.0)
-        return self._run(kernels.entry.loss_and_grad,
-                         (self.grads, *self._work, self.params, X, y, *net, weights),
-                         weighted=weights is not None)
+        return self._engine.loss_and_grad(X, y, weights)
 
     def loss_value(self, X, y, sample_weight=None):
         """Mean loss of a batch, plus the L2 penalty of its rows (the objective that
         loss_and_grad differentiates, weighted as it is by sample_weight), forward only (grads
         untouched). A sparse X is densified a chunk of rows at a time, as by forward."""
-        X, y = self._check_batch(X, y)
+        X, y = self._engine.check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
-        self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
-        # In chunks without the penalty, which is of all the rows: added once, below.
-        net = self._net._replace(l2=0.0)
-        buffer = self._chunk_buffer(X)
-        total = 0.0
-        for start in range(0, X.shape[0], self._capacity):
-            stop = min(start + self._capacity, X.shape[0])
-            # A chunk's share: its rows, or its weight (the entry returns its weighted mean).
-            if weights is None:
-                share, chunk_weights = stop - start, None
-            else:
-                chunk_weights = weights[start:stop]
-                share = kernels.weight_sum(chunk_weights)
-                if share == 0:
-                    continue
-            total += share * self._run(kernels.entry.loss, (
-                *self._work, self.params, self._rows(X, start, stop, buffer), y[start:stop],
-                *net, chunk_weights), weighted=weights is not None)
-        rows = X.shape[0] if weights is None else kernels.weight_sum(weights)
+        total, rows = self._engine.data_loss(X, y, weights)
         loss = total / rows
-        if self._net.l2 != 0:
-            loss += self._run(kernels.entry.l2_penalty, (
-                self._work.partials, self.params, self._net.param_offsets, self._net.sizes,
-                self._net.l2, rows))
+        if self.l2 != 0:
+            loss += self._engine.l2_penalty(rows)
         return loss
 
     def forward(self, X):
         """Output of the last layer for X (N, sizes[0]), as a new (N, sizes[-1]) array: logits for
         the cross-entropies, values for MSE. X may be a SciPy sparse matrix: it is densified
-        a chunk of rows at a time (INFERENCE_CHUNK at most), never whole."""
-        X = _validate.features(X, self._sizes[0], self.dtype)
-        out = np.empty((X.shape[0], self._sizes[-1]), dtype=self.dtype)
-        self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
-        buffer = self._chunk_buffer(X)
-        for start in range(0, X.shape[0], self._capacity):
-            stop = min(start + self._capacity, X.shape[0])
-            out[start:stop] = self._run(kernels.entry.forward, (
-                self._work.acts, self.params, self._rows(X, start, stop, buffer), *self._net))
-        return out
+        a chunk of rows at a time (engine.INFERENCE_CHUNK at most), never whole."""
+        X = _validate.features(X, self.sizes[0], self.dtype)
+        out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
+        return self._engine.forward(X, out)
 
     def predict_proba(self, X):
         """Probabilities (N, C): of each class (softmax cross-entropy: the softmax of the
@@ -457,25 +365,6 @@ class MLP:
                              f"overflow to Inf or NaN in {np.dtype(self.dtype).name}; their "
                              "values are too large for this model's weights (scale them)")
         return out
-
-    def _run(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
-        """entry(*args) for one of kernels.entry's compiled entries. args is a tuple, not a
-        *args parameter: passed on through one, each call's tuple was left to the garbage
-        collector. The first time for an entry, update kind, capacity, thread count, weighting
-        and sparse index type (of a CSR X's indices, or None), it readies the compiled code
-        this needs (kernels.prepare: compiled, or loaded from Numba's cache); always, it keeps
-        the kernels' BLAS at one thread."""
-        self._ready(entry, args, update_kind, weighted, sparse_index)
-        pin_kernel_blas()
-        return entry(*args)
-
-    def _ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
-        """What _run readies before its call, without the call."""
-        key = (entry, update_kind, self._capacity, get_num_threads(), weighted, sparse_index)
-        if key not in self._prepared:
-            kernels.prepare(self.dtype, self.loss, update_kind, self._net, entry, args,
-                            weighted, sparse_index)
-            self._prepared.add(key)
 
     def _require_classifier(self, what):
         if self.loss not in _FUSED:

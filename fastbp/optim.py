@@ -73,7 +73,6 @@ class Optimizer:
         self._samples_seen = 0
         if lr_schedule is not None:
             self._set_scheduled_lr()
-        model._optimizers.add(self)
 
     @property
     def model(self):
@@ -181,9 +180,16 @@ class Optimizer:
         Raises FloatingPointError, leaving the parameters and the state untouched, if the loss
         or the gradient norm is NaN or Inf, or the update would overflow the model's dtype.
         """
-        X, y = self.model._check_batch(X, y)
+        engine = self.model.engine
+        X, y = engine.check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
-        return train_step(self.model, self._spec, self.model._dense(X), y, weights)[0]
+        return train_step(self.model, self._spec, engine.dense(X), y, weights)[0]
+
+    def set_position(self, epochs_done, samples_seen):
+        """Put the schedule's position where a saved run left it (load_checkpoint does):
+        epochs ended and rows seen, counts >= 0. lr is not changed."""
+        self._epochs_done = _validate.non_negative_int("epochs_done", epochs_done)
+        self._samples_seen = _validate.non_negative_int("samples_seen", samples_seen)
 
     def end_epoch(self, samples, loss):
         """Advance the schedule past an epoch of ``samples`` rows whose watched loss was
@@ -391,11 +397,7 @@ def apply_update(model, spec):
     """The update stage on model's current gradients, compiled: returns the gradient norm.
     Raises FloatingPointError (parameters untouched) when the step is refused."""
     check_update(spec, model)
-    work = model._work
-    norm, applied = model._run(kernels.entry.update, (
-        model.params, model.grads, work.layer_sq, work.partials, model._net.param_offsets,
-        *spec), update_kind=spec.kind)
-    model._grad_norms_fresh = not math.isnan(norm)  # the norm pass ran
+    norm, applied = model.engine.update(spec)
     if not applied:
         raise FloatingPointError(refusal(0.0, norm, spec, model.dtype))
     return norm
@@ -406,11 +408,7 @@ def train_step(model, spec, X, y, weights=None):
     one compiled call: (loss, norm). Raises FloatingPointError (parameters untouched) when the
     step is refused."""
     check_update(spec, model)
-    model._reserve(X.shape[0])
-    loss, norm, applied = model._run(kernels.entry.train_step, (
-        model.params, model.grads, *model._work, X, y, *model._net, *spec, weights),
-        update_kind=spec.kind, weighted=weights is not None)
-    model._grad_norms_fresh = math.isfinite(loss)
+    loss, norm, applied = model.engine.train_step(spec, X, y, weights)
     if not applied:
         raise FloatingPointError(refusal(loss, norm, spec, model.dtype))
     return loss, norm

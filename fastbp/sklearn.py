@@ -34,10 +34,11 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from . import _threads, _validate, kernels
+from . import _threads, _validate
 from .model import MLP
 from .optim import SGD, Adam
-from .steps import _Batches, _loss_and_grad
+from .engine import StepBuffers
+from .steps import Batches
 from .training import DivergenceError
 from .training import fit as _train
 
@@ -285,9 +286,9 @@ class _BaseMLP(BaseEstimator):
         the gradient from its gradient buffer. A sparse X is evaluated LBFGS_CHUNK rows at a
         time (the gradient accumulated as fit's accumulate does), never densified whole."""
         model = self._model
-        X, target = model._check_batch(X, target)
+        X, target = model.engine.check_batch(X, target)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
-        evaluate = (lambda: model._loss_and_grad_checked(X, target, weights)) \
+        evaluate = (lambda: model.engine.loss_and_grad(X, target, weights)) \
             if not isinstance(X, _validate.SparseRows) else _chunked(model, X, target, weights)
 
         def loss_and_grad(point):
@@ -337,12 +338,10 @@ def _chunked(model, X, target, weights):
     """The full-batch objective and gradient of a sparse X (checked), computed LBFGS_CHUNK
     rows at a time in one compiled call: a function of no arguments, for the current params."""
     chunk = min(LBFGS_CHUNK, X.shape[0])
-    batches = _Batches(model, X, target, np.arange(X.shape[0]),
-                       kernels.aligned_zeros((chunk, X.shape[1]), model.dtype),
-                       np.empty((chunk,) + target.shape[1:], dtype=target.dtype),
-                       kernels.aligned_zeros(model.n_params, model.dtype), weights,
-                       None if weights is None else np.empty(chunk))
-    return lambda: _loss_and_grad(model, batches)
+    buffers = StepBuffers(model.engine, X, target, chunk, weighted=weights is not None,
+                          accumulates=True)
+    return Batches(model.engine, X, target, np.arange(X.shape[0]), buffers,
+                   weights).loss_and_grad
 
 
 class _Epochs:

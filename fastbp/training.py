@@ -22,7 +22,6 @@ A callback is any object with some of these methods (all optional; a missing one
 ``on_step_end`` and ``on_epoch_end`` may return True to stop training: after that step (the
 epoch's metrics then cover the steps taken) or after that epoch.
 """
-import contextlib
 import math
 import numbers
 import time
@@ -33,8 +32,8 @@ import numpy as np
 from . import _validate, distributed, kernels, optim
 from ._threads import pin_kernel_blas
 from .model import MLP
-from .steps import (_Batches, _HookError, _step, _step_on_ranks, _train_steps,
-                    ready_step_on_ranks)
+from .engine import StepBuffers
+from .steps import HookError
 
 
 class DivergenceError(FloatingPointError):
@@ -194,50 +193,101 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     Raises DivergenceError (a FloatingPointError) naming the epoch and step if the loss or the
     gradient norm becomes NaN or Inf; the parameters keep their last finite values.
     """
-    ranks = None if comm is None else distributed.Ranks(comm)
+    ranks = distributed.Alone() if comm is None else distributed.Ranks(comm)
     # rank 0's draw, for seed=None (each step's rows must be the same on every rank)
-    shared_seed = None if ranks is None else ranks.shared_seed()
+    shared_seed = ranks.shared_seed()
     # With comm, a refusal on one rank is a refusal on every rank (none waits for another).
-    with ranks.agreed_errors() if ranks is not None else contextlib.nullcontext():
+    with ranks.agreed_errors():
+        run = _Run(model, optimizer, ranks)
+        run.check(X, y, shared_seed, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                  seed=seed, validation_data=validation_data,
+                  validation_fraction=validation_fraction, early_stopping=early_stopping,
+                  monitor=monitor, callbacks=callbacks, progress=progress,
+                  metrics_rows=metrics_rows, grad_hook=grad_hook, accumulate=accumulate,
+                  initial_epoch=initial_epoch, initial_step=initial_step,
+                  sample_weight=sample_weight, shard=shard)
+    run.place_rows()   # (with comm, every rank gets here, for the same collective calls)
+    # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
+    # exception on one rank ends the job (the others would wait for it forever), but for those
+    # every rank raises alike.
+    with ranks.training(agreed=(DivergenceError, distributed.ReplicaDriftError)):
+        return run.train()
+
+
+class _Run:
+    """One fit: its checked arguments (check), how its rows spread over steps and ranks
+    (place_rows), and the epoch loop (train). ranks: a distributed.Ranks, or Alone."""
+
+    def __init__(self, model, optimizer, ranks):
+        self.model, self.optimizer, self.ranks = model, optimizer, ranks
+
+    # -- arguments ----------------------------------------------------------------------------
+
+    def check(self, X, y, shared_seed, *, epochs, batch_size, shuffle, seed, validation_data,
+              validation_fraction, early_stopping, monitor, callbacks, progress, metrics_rows,
+              grad_hook, accumulate, initial_epoch, initial_step, sample_weight, shard):
+        """Check and keep fit's arguments (raising as fit documents); with ranks, describe
+        them for place_rows to compare across the ranks."""
+        model, optimizer, ranks = self.model, self.optimizer, self.ranks
         if not isinstance(shard, bool):
             raise TypeError(f"shard: expected True or False, got {type(shard).__name__}")
-        if shard and ranks is None:
+        if shard and isinstance(ranks, distributed.Alone):
             raise ValueError("shard: needs comm (data-parallel training over MPI)")
         if shard and getattr(X, "shape", (1,))[0] == 0:
             raise ValueError("X: this rank's part has no rows; with shard=True every rank "
                              "needs at least one")
-        if ranks is not None:
-            ranks.shard = shard
+        ranks.shard = shard
         if not isinstance(model, MLP):
             raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
         _check_optimizer(optimizer, model)
         if grad_hook is not None and not callable(grad_hook):
             raise TypeError(f"grad_hook: expected a callable, got {type(grad_hook).__name__}")
-        epochs = _validate.positive_int("epochs", epochs)
-        batch_size = _validate.positive_int("batch_size", batch_size)
-        accumulate = _validate.positive_int("accumulate", accumulate)
-        initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
-        initial_step = _validate.non_negative_int("initial_step", initial_step)
-        metrics_rows = _validate.non_negative_int("metrics_rows", metrics_rows)
+        self.epochs = _validate.positive_int("epochs", epochs)
+        self.batch_size = _validate.positive_int("batch_size", batch_size)
+        self.accumulate = _validate.positive_int("accumulate", accumulate)
+        self.initial_epoch = _validate.non_negative_int("initial_epoch", initial_epoch)
+        self.initial_step = _validate.non_negative_int("initial_step", initial_step)
+        self.metrics_rows = _validate.non_negative_int("metrics_rows", metrics_rows)
         if early_stopping is not None:
             early_stopping = _validate.positive_int("early_stopping", early_stopping)
-        seed = _validate.seed("seed", seed)
-        seed_given = seed
-        if seed is None and ranks is not None:
-            seed = shared_seed
+        seed_given = _validate.seed("seed", seed)
+        self.seed = shared_seed if seed_given is None else seed_given
         if not isinstance(monitor, str) or monitor not in _MONITORS:
             raise ValueError(f"monitor: expected one of {', '.join(_MONITORS)}, got {monitor!r}")
-        callbacks = _check_callbacks(callbacks)
-        X, y = model._check_batch(X, y)
+        self.callbacks = _check_callbacks(callbacks)
+        X, y = model.engine.check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0], may_all_be_0=shard)
+        X, y, X_val, y_val, weights = self._validation_rows(
+            X, y, weights, validation_data, validation_fraction, early_stopping, monitor)
+        done = getattr(optimizer, "epochs_done", None)
+        if isinstance(done, int) and self.initial_epoch > done:
+            raise ValueError(f"initial_epoch: {self.initial_epoch}, but the optimizer has "
+                             f"ended {done} epochs (a run continued must have done them)")
+        self.X, self.y, self.weights, self.X_val, self.y_val = X, y, weights, X_val, y_val
+        self.shuffle, self.progress, self.grad_hook = shuffle, progress, grad_hook
+        self.early_stopping, self.monitor = early_stopping, monitor
+        self.described = ranks.describe(
+            model, optimizer, X, y, weights, X_val, y_val, epochs=self.epochs,
+            batch_size=self.batch_size, shuffle=shuffle, seed=seed_given, shard=shard,
+            accumulate=self.accumulate, initial_epoch=self.initial_epoch,
+            initial_step=self.initial_step, metrics_rows=self.metrics_rows,
+            early_stopping=early_stopping, monitor=monitor,
+            validation_fraction=validation_fraction, grad_hook=grad_hook is not None,
+            step_callbacks=any(callable(getattr(cb, "on_step_end", None))
+                               for cb in self.callbacks))
 
+    def _validation_rows(self, X, y, weights, validation_data, validation_fraction,
+                         early_stopping, monitor):
+        """(X, y, X_val, y_val, weights): the training rows (less those held out) and the
+        validation rows (None without)."""
+        model = self.model
         if validation_data is not None and validation_fraction is not None:
             raise ValueError("validation_data, validation_fraction: give one or the other")
-        if shard and validation_fraction is not None:
+        if self.ranks.shard and validation_fraction is not None:
             raise ValueError("validation_fraction: refused with shard=True (the rows held out "
                              "would depend on the split); give each rank's validation_data")
         if validation_fraction is not None:
-            X, y, X_val, y_val, weights = _hold_out(model, X, y, validation_fraction, seed,
+            X, y, X_val, y_val, weights = _hold_out(model, X, y, validation_fraction, self.seed,
                                                     weights)
         elif validation_data is not None:
             X_val, y_val = _unpack_validation(model, validation_data)
@@ -249,239 +299,264 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         if monitor == "val_accuracy" and early_stopping is not None \
                 and _accuracy_kind(model, y_val) is None:
             raise ValueError("monitor: val_accuracy needs class labels or one-hot targets")
-        done = getattr(optimizer, "epochs_done", None)
-        if isinstance(done, int) and initial_epoch > done:
-            raise ValueError(f"initial_epoch: {initial_epoch}, but the optimizer has ended "
-                             f"{done} epochs (a run continued must have done them)")
-        if ranks is not None:
-            settings = distributed.rank_settings(
-                model, optimizer, X, y, weights, X_val, y_val, ranks,
-                epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed_given,
-                shard=shard, accumulate=accumulate, initial_epoch=initial_epoch,
-                initial_step=initial_step, metrics_rows=metrics_rows,
-                early_stopping=early_stopping, monitor=monitor,
-                validation_fraction=validation_fraction, grad_hook=grad_hook is not None,
-                step_callbacks=any(callable(getattr(cb, "on_step_end", None))
-                                   for cb in callbacks))
-    if ranks is not None:   # every rank gets here, for the same collective calls
-        ranks.check_same(settings)
-        weights_all = ranks.set_rows(X.shape[0], weights)
+        return X, y, X_val, y_val, weights
+
+    def place_rows(self):
+        """Agree across the ranks (settings, rows, starting parameters) and size the steps:
+        n_samples (all the ranks' rows), batch_size, accumulate, rows_per_step."""
+        ranks = self.ranks
+        ranks.check_same(self.described)
+        weights_all = ranks.set_rows(self.X.shape[0], self.weights)
         if weights_all is not None and not weights_all.any():   # (with shard, every part)
             raise ValueError("sample_weight: every weight of every rank's part is 0 (the "
                              "weighted mean loss 0/0 is undefined)")
-        ranks.broadcast(model.params)
+        ranks.broadcast(self.model.params)
+        n_samples = self.n_samples = ranks.n_total
+        self.batch_size = min(self.batch_size, n_samples)
+        # No step spans more than an epoch.
+        self.accumulate = min(self.accumulate, -(-n_samples // self.batch_size))
+        self.rows_per_step = self.batch_size * self.accumulate
+        if self.initial_step * self.rows_per_step >= n_samples:   # (on every rank alike)
+            raise ValueError(f"initial_step: {self.initial_step}, but an epoch has "
+                             f"{-(-n_samples // self.rows_per_step)} steps")
 
-    n_samples = X.shape[0] if ranks is None else ranks.n_total   # all the ranks' rows
-    batch_size = min(batch_size, n_samples)
-    accumulate = min(accumulate, -(-n_samples // batch_size))  # no step spans more than an epoch
-    rows_per_step = batch_size * accumulate
-    if initial_step * rows_per_step >= n_samples:   # (with comm, on every rank alike)
-        raise ValueError(f"initial_step: {initial_step}, but an epoch has "
-                         f"{-(-n_samples // rows_per_step)} steps")
+    # -- the epoch loop -----------------------------------------------------------------------
 
-    # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
-    # exception on one rank ends the job (the others would wait for it forever), but for those
-    # every rank raises alike.
-    with contextlib.nullcontext() if ranks is None else ranks.training(
-            agreed=(DivergenceError, distributed.ReplicaDriftError)):
-        rng = np.random.default_rng(seed)
-        for _ in range(initial_epoch if shuffle else 0):
-            rng.permutation(n_samples)  # the orders of the epochs done
-        x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
-        y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
-        sparse_index = X.indices.dtype if isinstance(X, _validate.SparseRows) else None
-        w_batch = None if weights is None else np.empty(batch_size, dtype=np.float64)
+    def train(self):
+        """The epochs: steps, then recording, stop decisions and callbacks; returns the
+        History."""
+        model, optimizer, ranks = self.model, self.optimizer, self.ranks
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.initial_epoch if self.shuffle else 0):
+            rng.permutation(self.n_samples)  # the orders of the epochs done
+        max_steps = -(-self.n_samples // self.rows_per_step)
+        self.buffers = StepBuffers(model.engine, self.X, self.y, self.batch_size,
+                                   self.weights is not None, self.accumulate > 1, max_steps)
         pin_kernel_blas()
-
-        scorers = []
-        if metrics_rows > 0:
-            scorers.append(("", _Scorer(model, *_metric_rows(X, y, metrics_rows, seed, ranks),
-                                        ranks)))
-        if X_val is not None:
-            scorers.append(("val_", _Scorer(model, X_val, y_val, ranks)))
-        history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[], seconds=[])
-        if _current_lr(optimizer) is not None:
-            history["lr"] = []
-        for prefix, scorer in scorers:
-            if prefix:
-                history[prefix + "loss"] = []
-            if scorer.kind is not None:
-                history[prefix + "accuracy"] = []
-        fit_keys = tuple(history)
-
-        step_hooks = [cb.on_step_end for cb in callbacks
-                      if callable(getattr(cb, "on_step_end", None))]
-        epoch_hooks = [cb.on_epoch_end for cb in callbacks
+        recorder = _Recorder(self, optimizer)
+        history = recorder.history
+        self.step_hooks = [cb.on_step_end for cb in self.callbacks
+                           if callable(getattr(cb, "on_step_end", None))]
+        epoch_hooks = [cb.on_epoch_end for cb in self.callbacks
                        if callable(getattr(cb, "on_epoch_end", None))]
-        bar_factory = _progress_factory(progress and (ranks is None or ranks.rank == 0))
+        bar_factory = _progress_factory(self.progress and ranks.rank == 0)
         watch = None
-        if early_stopping is not None:
-            watch = _BestWeights(model, monitor, early_stopping)
-
-        # Without per-step hooks, steps run in compiled chunks of many batches (one call each, when
-        # the optimizer describes its update to compiled code); chunks keep the progress bar moving
-        # and Ctrl-C answered quickly.
-        compiled_update = _has_compiled_update(optimizer)
-        chunked = not step_hooks and grad_hook is None and compiled_update and ranks is None
-        micro_grads = kernels.aligned_zeros(model.n_params, model.dtype) if accumulate > 1 else None
-        max_steps = -(-n_samples // rows_per_step)
-        chunk_steps = max(32, -(-max_steps // 20))
-        step_losses = np.empty(max_steps, dtype=np.float64)
-        step_norms = np.empty(max_steps, dtype=np.float64)
-        step_layer_sq = np.empty((max_steps, len(model.sizes) - 1), dtype=np.float64)
-
-        if ranks is not None and compiled_update and sparse_index is None:
-            # One rank per node compiles (or loads) the step's kernels, then the others load
-            # them from Numba's cache: side by side, they would share the node's cores.
-            ranks.node_leader_first(lambda: ready_step_on_ranks(
-                model, optimizer, X[:1], y[:1], batch_size, accumulate))
-        for cb in callbacks:
+        if self.early_stopping is not None:
+            watch = _BestWeights(model, self.monitor, self.early_stopping)
+        # Without per-step hooks, steps run in compiled chunks of many batches (one call each,
+        # when the optimizer describes its update to compiled code); chunks keep the progress
+        # bar moving and Ctrl-C answered quickly.
+        self.compiled_update = _has_compiled_update(optimizer)
+        chunked = (not self.step_hooks and self.grad_hook is None and self.compiled_update
+                   and ranks.compiled_epochs)
+        self.chunk_steps = max(32, -(-max_steps // 20))
+        if self.compiled_update and not isinstance(self.X, _validate.SparseRows):
+            # With ranks, one per node compiles (or loads) the step's kernels, then the others
+            # load them from Numba's cache: side by side, they would share the node's cores.
+            ranks.ready(lambda: model.engine.ready_steps(
+                optimizer.update_spec(), self.X[:1], self.y[:1], self.batch_size,
+                self.accumulate))
+        for cb in self.callbacks:
             if callable(getattr(cb, "on_train_begin", None)):
                 cb.on_train_begin(model, history)
-        bar = None
+        self.bar = None
         try:
-            for epoch in range(epochs):
+            for epoch in range(self.epochs):
                 start_time = time.perf_counter()
                 epoch_lr = _current_lr(optimizer)
-                order = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
-                skipped = initial_step * rows_per_step if epoch == 0 else 0
+                order = (rng.permutation(self.n_samples) if self.shuffle
+                         else np.arange(self.n_samples))
+                skipped = self.initial_step * self.rows_per_step if epoch == 0 else 0
                 order = order[skipped:]
-                loss_sum = norm_sum = 0.0
-                layer_norm_sum = np.zeros(len(model.sizes) - 1)
-                n_steps = n_seen = n_updates = 0
-                stop = False
+                tally = _Tally(len(model.sizes) - 1)
                 if bar_factory is not None:
-                    bar = bar_factory(total=order.shape[0], desc=f"epoch {epoch + 1}/{epochs}",
-                                      unit="sample", unit_scale=True, leave=False,
-                                      dynamic_ncols=True,
-                                      disable=None)  # None: no bar when not on a terminal
+                    self.bar = bar_factory(total=order.shape[0],
+                                           desc=f"epoch {epoch + 1}/{self.epochs}",
+                                           unit="sample", unit_scale=True, leave=False,
+                                           dynamic_ncols=True,
+                                           disable=None)  # None: no bar when not on a terminal
                 if chunked:
-                    for first in range(0, order.shape[0], chunk_steps * rows_per_step):
-                        rows = order[first:first + chunk_steps * rows_per_step]
-                        spec = optimizer.update_spec()
-                        optim.check_update(spec, model)
-                        done = _train_steps(model, spec, X, y, rows, batch_size, x_batch, y_batch,
-                                            step_losses, step_norms, step_layer_sq, accumulate,
-                                            micro_grads, weights, w_batch, sparse_index)
-                        wanted = -(-rows.shape[0] // rows_per_step)
-                        if done < wanted:
-                            raise DivergenceError(
-                                f"training diverged at epoch {epoch + 1}, step "
-                                f"{n_steps + done + 1}: " + optim.refusal(
-                                    step_losses[done], step_norms[done], spec, model.dtype))
-                        sizes = np.full(done, rows_per_step, dtype=np.float64)
-                        sizes[-1] = rows.shape[0] - rows_per_step * (done - 1)
-                        loss_sum += float(step_losses[:done] @ sizes)
-                        if weights is None:
-                            norm_sum += float(step_norms[:done].sum())
-                            layer_norm_sum += np.sqrt(step_layer_sq[:done]).sum(axis=0)
-                            n_updates += done
-                        else:   # steps of weight 0 were skipped: their norms are NaN
-                            applied = ~np.isnan(step_norms[:done])
-                            norm_sum += float(step_norms[:done][applied].sum())
-                            layer_norm_sum += np.sqrt(step_layer_sq[:done][applied]).sum(axis=0)
-                            n_updates += int(applied.sum())
-                        n_steps += done
-                        n_seen += rows.shape[0]
-                        if bar is not None:
-                            bar.set_postfix_str(f"loss {step_losses[done - 1]:.4f}", refresh=False)
-                            bar.update(rows.shape[0])
+                    self._chunked_steps(epoch, order, tally)
+                    stop = False
                 else:
-                    for start in range(0, order.shape[0], rows_per_step):
-                        rows = order[start:start + rows_per_step]
-                        n = rows.shape[0]
-                        try:
-                            if ranks is None:
-                                loss, norm = _step(model, optimizer, grad_hook, compiled_update,
-                                                   _Batches(model, X, y, rows, x_batch, y_batch,
-                                                            micro_grads, weights, w_batch))
-                            else:
-                                loss, norm = _step_on_ranks(
-                                    model, optimizer, grad_hook, ranks, _Batches(
-                                        model, X, y, ranks.local_rows(rows), x_batch, y_batch,
-                                        micro_grads, weights, w_batch),
-                                    n if weights_all is None else float(weights_all[rows].sum()))
-                        except FloatingPointError as exc:
-                            raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
-                                                  f"{n_steps + 1}: {exc}") from None
-                        except _HookError as exc:
-                            raise exc.__cause__ from None  # the hook's own exception
-                        loss_sum += loss * n
-                        if norm is not None:
-                            norm_sum += norm
-                            layer_norm_sum += model.grad_norms()  # from the step's own norm pass
-                            n_updates += 1
-                        n_steps += 1
-                        n_seen += n
-                        for hook in step_hooks:
-                            if hook(epoch, n_steps - 1, loss, norm, model) is True:
-                                stop = True
-                        if ranks is not None and step_hooks:
-                            stop = ranks.any(stop)
-                        if stop:
-                            history.stop_reason = "callback"
-                            break
-                        if bar is not None:
-                            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-                            bar.update(n)
+                    stop = self._steps(epoch, order, tally)
+                    if stop:
+                        history.stop_reason = "callback"
                 seconds = time.perf_counter() - start_time
-                if bar is not None:
-                    bar.close()
-                    bar = None
-
-                updates = max(n_updates, 1)
-                record = {"loss": loss_sum / n_seen,
-                          "grad_norm": norm_sum / updates if n_updates else math.nan,
-                          "layer_grad_norms": [float(v) if n_updates else math.nan
-                                               for v in layer_norm_sum / updates],
-                          "samples_per_s": n_seen / seconds if seconds > 0 else math.inf,
-                          "seconds": seconds}
-                if epoch_lr is not None:
-                    record["lr"] = epoch_lr
-                for prefix, scorer in scorers:
-                    loss_value, accuracy = scorer.score()
-                    if prefix:
-                        record[prefix + "loss"] = loss_value
-                    if scorer.kind is not None:
-                        record[prefix + "accuracy"] = accuracy
-                for key, value in record.items():
-                    history[key].append(value)
+                if self.bar is not None:
+                    self.bar.close()
+                    self.bar = None
+                record = recorder.record(tally, seconds, epoch_lr)
                 # Only a whole epoch moves the schedule on (a step callback may stop one early).
-                if callable(getattr(optimizer, "end_epoch", None)) and n_seen == order.shape[0]:
-                    optimizer.end_epoch(skipped + n_seen, record.get("val_loss", record["loss"]))
-
-                if watch is not None and watch.update(epoch, record[monitor]):
+                if callable(getattr(optimizer, "end_epoch", None)) \
+                        and tally.n_seen == order.shape[0]:
+                    optimizer.end_epoch(skipped + tally.n_seen,
+                                        record.get("val_loss", record["loss"]))
+                if watch is not None and watch.update(epoch, record[self.monitor]):
                     history.stop_reason = "early_stopping"
                     stop = True
                 for hook in epoch_hooks:
                     if hook(epoch, history, model) is True:
                         stop = True
-                if ranks is not None:
-                    ranks.check_replicas(model.params, epoch)
-                    stop = ranks.any(stop)
+                ranks.check_replicas(model.params, epoch)
+                stop = ranks.any(stop)
                 if stop and history.stop_reason == "completed":
                     history.stop_reason = "callback"
                 if stop:
                     break
         except KeyboardInterrupt:
             history.stop_reason = "interrupted"
-            if bar is not None:
-                bar.close()
-            # An interrupt between two appends leaves an epoch half-recorded: drop it (from the
-            # lists fit fills; a callback's own entries are its business).
-            ours = [history[key] for key in fit_keys if isinstance(history.get(key), list)]
-            complete = min((len(values) for values in ours), default=0)
-            for values in ours:
-                del values[complete:]
-        if ranks is not None and history.stop_reason != "interrupted" \
-                and ranks.any(ranks.interrupted):   # Ctrl-C after the last step
+            if self.bar is not None:
+                self.bar.close()
+            recorder.drop_partial_epoch()
+        if history.stop_reason != "interrupted" \
+                and ranks.any(ranks.interrupted):   # Ctrl-C after the last step (ranks)
             history.stop_reason = "interrupted"
         if watch is not None:
             history.best_epoch = watch.restore()
-        for cb in callbacks:
+        for cb in self.callbacks:
             if callable(getattr(cb, "on_train_end", None)):
                 cb.on_train_end(model, history)
         return history
+
+    def _chunked_steps(self, epoch, order, tally):
+        """An epoch's steps in compiled chunks (Engine.train_steps); raises DivergenceError."""
+        model, b, rows_per_step = self.model, self.buffers, self.rows_per_step
+        for first in range(0, order.shape[0], self.chunk_steps * rows_per_step):
+            rows = order[first:first + self.chunk_steps * rows_per_step]
+            spec = self.optimizer.update_spec()
+            optim.check_update(spec, model)
+            done = model.engine.train_steps(spec, self.X, self.y, rows, b, self.accumulate,
+                                            self.weights)
+            wanted = -(-rows.shape[0] // rows_per_step)
+            if done < wanted:
+                raise DivergenceError(
+                    f"training diverged at epoch {epoch + 1}, step "
+                    f"{tally.n_steps + done + 1}: " + optim.refusal(
+                        b.losses[done], b.norms[done], spec, model.dtype))
+            tally.add_chunk(b, done, rows.shape[0], rows_per_step, self.weights is not None)
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"loss {b.losses[done - 1]:.4f}", refresh=False)
+                self.bar.update(rows.shape[0])
+
+    def _steps(self, epoch, order, tally):
+        """An epoch's steps one at a time (alone or among ranks), with the gradient hook and
+        step callbacks; returns whether a callback asked to stop. Raises DivergenceError."""
+        model, ranks = self.model, self.ranks
+        for start in range(0, order.shape[0], self.rows_per_step):
+            rows = order[start:start + self.rows_per_step]
+            try:
+                loss, norm = ranks.step(model, self.optimizer, self.grad_hook,
+                                        self.compiled_update, self.X, self.y, rows,
+                                        self.buffers, self.weights)
+            except FloatingPointError as exc:
+                raise DivergenceError(f"training diverged at epoch {epoch + 1}, step "
+                                      f"{tally.n_steps + 1}: {exc}") from None
+            except HookError as exc:
+                raise exc.__cause__ from None  # the hook's own exception
+            tally.add_step(loss, norm, rows.shape[0], model)
+            stop = False
+            for hook in self.step_hooks:
+                if hook(epoch, tally.n_steps - 1, loss, norm, model) is True:
+                    stop = True
+            if self.step_hooks:
+                stop = ranks.any(stop)
+            if stop:
+                return True
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                self.bar.update(rows.shape[0])
+        return False
+
+
+class _Tally:
+    """What an epoch's steps add up to: their rows-weighted loss, norms and counts."""
+
+    def __init__(self, n_layers):
+        self.loss_sum = self.norm_sum = 0.0
+        self.layer_norm_sum = np.zeros(n_layers)
+        self.n_steps = self.n_seen = self.n_updates = 0
+
+    def add_chunk(self, buffers, done, n_rows, rows_per_step, weighted):
+        """The first `done` steps recorded in buffers, over n_rows rows."""
+        losses, norms, layer_sq = buffers.losses, buffers.norms, buffers.layer_sq
+        sizes = np.full(done, rows_per_step, dtype=np.float64)
+        sizes[-1] = n_rows - rows_per_step * (done - 1)
+        self.loss_sum += float(losses[:done] @ sizes)
+        if not weighted:
+            self.norm_sum += float(norms[:done].sum())
+            self.layer_norm_sum += np.sqrt(layer_sq[:done]).sum(axis=0)
+            self.n_updates += done
+        else:   # steps of weight 0 were skipped: their norms are NaN
+            applied = ~np.isnan(norms[:done])
+            self.norm_sum += float(norms[:done][applied].sum())
+            self.layer_norm_sum += np.sqrt(layer_sq[:done][applied]).sum(axis=0)
+            self.n_updates += int(applied.sum())
+        self.n_steps += done
+        self.n_seen += n_rows
+
+    def add_step(self, loss, norm, n_rows, model):
+        """A step over n_rows rows; norm None when no update was applied."""
+        self.loss_sum += loss * n_rows
+        if norm is not None:
+            self.norm_sum += norm
+            self.layer_norm_sum += model.grad_norms()  # from the step's own norm pass
+            self.n_updates += 1
+        self.n_steps += 1
+        self.n_seen += n_rows
+
+
+class _Recorder:
+    """The History of a run, and the scores it records after each epoch."""
+
+    def __init__(self, run, optimizer):
+        model, ranks = run.model, run.ranks
+        self.scorers = []
+        if run.metrics_rows > 0:
+            self.scorers.append(("", _Scorer(model, *_metric_rows(
+                run.X, run.y, run.metrics_rows, run.seed, ranks), ranks)))
+        if run.X_val is not None:
+            self.scorers.append(("val_", _Scorer(model, run.X_val, run.y_val, ranks)))
+        history = History(loss=[], grad_norm=[], layer_grad_norms=[], samples_per_s=[],
+                          seconds=[])
+        if _current_lr(optimizer) is not None:
+            history["lr"] = []
+        for prefix, scorer in self.scorers:
+            if prefix:
+                history[prefix + "loss"] = []
+            if scorer.kind is not None:
+                history[prefix + "accuracy"] = []
+        self.history, self.keys = history, tuple(history)
+
+    def record(self, tally, seconds, epoch_lr):
+        """Append an epoch's entries (from its tally, then the scores); returns them."""
+        updates = max(tally.n_updates, 1)
+        record = {"loss": tally.loss_sum / tally.n_seen,
+                  "grad_norm": tally.norm_sum / updates if tally.n_updates else math.nan,
+                  "layer_grad_norms": [float(v) if tally.n_updates else math.nan
+                                       for v in tally.layer_norm_sum / updates],
+                  "samples_per_s": tally.n_seen / seconds if seconds > 0 else math.inf,
+                  "seconds": seconds}
+        if epoch_lr is not None:
+            record["lr"] = epoch_lr
+        for prefix, scorer in self.scorers:
+            loss_value, accuracy = scorer.score()
+            if prefix:
+                record[prefix + "loss"] = loss_value
+            if scorer.kind is not None:
+                record[prefix + "accuracy"] = accuracy
+        for key, value in record.items():
+            self.history[key].append(value)
+        return record
+
+    def drop_partial_epoch(self):
+        """An interrupt between two appends leaves an epoch half-recorded: drop it (from the
+        lists fit fills; a callback's own entries are its business)."""
+        ours = [self.history[key] for key in self.keys
+                if isinstance(self.history.get(key), list)]
+        complete = min((len(values) for values in ours), default=0)
+        for values in ours:
+            del values[complete:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,10 +641,10 @@ def _unpack_validation(model, validation_data):
     return X_val, y_val
 
 
-def _metric_rows(X, y, limit, seed, ranks=None):
+def _metric_rows(X, y, limit, seed, ranks):
     """At most limit training rows, drawn with seed (with shard: those of this rank's part,
     of the rows drawn from the whole set, as one process draws them)."""
-    shard = ranks is not None and ranks.shard
+    shard = ranks.shard
     n = ranks.n_total if shard else X.shape[0]
     if n <= limit:
         return X, y
@@ -607,9 +682,9 @@ class _Scorer:
     MSE model's output is 1 when above 1/2.
     """
 
-    def __init__(self, model, X, y, ranks=None):
+    def __init__(self, model, X, y, ranks):
         self.kind = _accuracy_kind(model, y, ranks)
-        if ranks is not None and not ranks.shard:   # each rank scores a slice; sums shared
+        if ranks.size > 1 and not ranks.shard:   # each rank scores a slice; sums shared
             rows = np.arange(y.shape[0])[ranks.slice_of(y.shape[0])]
             X, y = X[rows], y[rows]
         self.model, self.X, self.y, self.ranks = model, X, y, ranks
@@ -619,8 +694,7 @@ class _Scorer:
     def score(self):
         """(mean loss, accuracy or None) over the rows (all the ranks' rows, with ranks)."""
         sums = self._sums() if self.y.shape[0] else (0.0, 0.0, 0)
-        if self.ranks is not None:
-            sums = [float(value) for value in self.ranks.sum_scores(sums)]
+        sums = [float(value) for value in self.ranks.sum_scores(sums)]
         loss_sum, correct, n = sums
         return loss_sum / n, None if self.kind is None else correct / n
 

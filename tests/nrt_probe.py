@@ -110,7 +110,8 @@ def main():
         else:
             y = (rng.random((n_rows, 10)) < 0.5).astype(dtype)
         opt.train_step(X, y)                # grows the buffers, compiles
-        args = (model.params, model.grads, model._work, X, y, model._net, opt.update_spec())
+        engine = model.engine
+        args = (model.params, model.grads, engine.work, X, y, engine.net, opt.update_spec())
         train_steps(1, *args)               # compile the loop before counting
         report[f"{np.dtype(dtype).name}-{loss}-{sizes[0]}-l2={l2}-{opt!r}"] = {
             str(n): counts(lambda: train_steps(n, *args)) for n in repeats}
@@ -126,7 +127,8 @@ def main():
         weights = rng.random(n_rows)
         weights[16:32] = 0   # rows 16-31 weigh 0: in the epochs, skipped steps
         opt.train_step(X, y, sample_weight=weights)
-        args = (model.params, model.grads, model._work, X, y, model._net, opt.update_spec(),
+        engine = model.engine
+        args = (model.params, model.grads, engine.work, X, y, engine.net, opt.update_spec(),
                 weights)
         weighted_train_steps(1, *args)
         report[f"weighted-step-{np.dtype(dtype).name}-{loss}"] = {
@@ -135,11 +137,11 @@ def main():
         n_steps = -(-n_rows // (batch_size * accumulate))
         micro_grads = (kernels.aligned_zeros(model.n_params, dtype) if accumulate > 1
                        else None)
-        args = (model.params, model.grads, model._work,
+        args = (model.params, model.grads, model.engine.work,
                 kernels.aligned_zeros((batch_size, sizes[0]), dtype),
                 np.empty((batch_size,) + y.shape[1:], dtype=y.dtype),
                 np.empty(n_steps), np.empty(n_steps), np.empty((n_steps, 2)), X, y,
-                np.arange(n_rows), batch_size, model._net, opt.update_spec(), accumulate,
+                np.arange(n_rows), batch_size, model.engine.net, opt.update_spec(), accumulate,
                 micro_grads, weights, np.empty(batch_size))
         assert weighted_train_epochs(1, *args) == n_steps
         report[f"weighted-epoch-{np.dtype(dtype).name}-{loss}-accumulate={accumulate}"] = {

@@ -456,7 +456,7 @@ optimizer = fastbp.SGD(model, lr=0.1)
 X, y = rng.normal(size=(50, 784)), rng.integers(0, 10, 50)
 before = model.params.copy()
 cli._warm_up(model, optimizer, X, y, 32)
-names = network.units_for(model.loss, optimizer.update_spec().kind, model._net)
+names = network.units_for(model.loss, optimizer.update_spec().kind, model.engine.net)
 ready = [name for name in names if _units._table[_units._slot(name, _units.DTYPES[0])]]
 others = [kind.unit for kind in fastbp.kernels.KINDS.values() if kind.unit not in names]
 print(np.array_equal(model.params, before), sorted(names) == sorted(ready),
@@ -496,7 +496,7 @@ def test_resume_after_ctrl_c_within_an_epoch_is_the_uninterrupted_run(tmp_path, 
     base = ["--epochs", "4", "--batch-size", "8", "--optimizer", "adam"]
     whole, stopped, resumed = (tmp_path / f"{n}.npz" for n in ("whole", "stopped", "resumed"))
     run_json(base + ["--save", str(whole)], capsys)
-    chunk = fastbp.training._train_steps
+    chunk = fastbp.engine.Engine.train_steps
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -505,7 +505,7 @@ def test_resume_after_ctrl_c_within_an_epoch_is_the_uninterrupted_run(tmp_path, 
         if len(calls) == 9:
             raise KeyboardInterrupt
         return done
-    monkeypatch.setattr(fastbp.training, "_train_steps", interrupted)
+    monkeypatch.setattr(fastbp.engine.Engine, "train_steps", interrupted)
     code, _, _ = run(["train", "--quiet"] + base + ["--save", str(stopped)], capsys)
     monkeypatch.undo()
     assert code == 130

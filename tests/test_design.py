@@ -167,21 +167,21 @@ def test_buffers_grow_once_and_smaller_batches_reuse_them():
         return rng.normal(size=(n, 8)), rng.integers(0, 3, size=n)
 
     opt.train_step(*batch(32))
-    acts, deltas, size32 = model._work.acts, model._work.deltas, activation_bytes()
+    acts, deltas, size32 = model.engine.work.acts, model.engine.work.deltas, activation_bytes()
     assert size32 > 0
     opt.train_step(*batch(32))
     model.loss_and_grad(*batch(20))
     opt.train_step(*batch(1))
-    assert model._work.acts is acts and model._work.deltas is deltas
+    assert model.engine.work.acts is acts and model.engine.work.deltas is deltas
     assert activation_bytes() == size32
 
     opt.train_step(*batch(100))                # larger: grows once
-    grown, size100 = model._work.acts, activation_bytes()
+    grown, size100 = model.engine.work.acts, activation_bytes()
     assert grown is not acts and size100 > size32
     for n in (100, 64, 7, 99):
         opt.train_step(*batch(n))
         model.loss_and_grad(*batch(n))
-        assert model._work.acts is grown and activation_bytes() == size100
+        assert model.engine.work.acts is grown and activation_bytes() == size100
 
     # a smaller batch after a larger one still gives exactly the fresh model's result
     X, y = batch(7)
@@ -211,7 +211,8 @@ def test_model_buffers_start_on_a_cache_line():
     for n in (1, 300):
         model.loss_and_grad(X[:n], y[:n])
         for name, buffer in [("params", model.params), ("grads", model.grads),
-                             ("acts", model._work.acts), ("deltas", model._work.deltas)]:
+                             ("acts", model.engine.work.acts),
+                             ("deltas", model.engine.work.deltas)]:
             assert buffer.ctypes.data % kernels.CACHE_LINE == 0, (name, n)
 
 

@@ -139,7 +139,7 @@ def test_weighted_gradients_match_finite_differences(loss, rng):
 def test_loss_value_of_many_chunks_is_the_weighted_mean(rng, monkeypatch):
     """loss_value runs in chunks of INFERENCE_CHUNK rows, each weighted by its own weight
     (a chunk that weighs 0 skipped)."""
-    monkeypatch.setattr(fastbp.model, "INFERENCE_CHUNK", 8)
+    monkeypatch.setattr(fastbp.engine, "INFERENCE_CHUNK", 8)
     X, y = batch("mse", 30, rng)
     w = rng.random(30)
     w[8:16] = 0

@@ -113,7 +113,7 @@ def test_batch_entry_points_take_sparse_x(rng):
 
 def test_inference_in_chunks(rng, monkeypatch):
     """Inference densifies INFERENCE_CHUNK rows at a time: the dense results, bitwise."""
-    monkeypatch.setattr(fastbp.model, "INFERENCE_CHUNK", 7)
+    monkeypatch.setattr(fastbp.engine, "INFERENCE_CHUNK", 7)
     X = sparse_data(50, seed=6)
     y = rng.integers(0, 3, size=50)
     model = fastbp.MLP([20, 8, 3], activation="relu", dtype=np.float32, seed=0)

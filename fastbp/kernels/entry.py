@@ -7,6 +7,7 @@ compute an objective take the sample weights last: None for none (then they run 
 before weights, see network's docstring), else a float64 array.
 """
 import contextlib
+import os
 import signal
 import threading
 
@@ -167,3 +168,12 @@ def update(params, grads, layer_sq, partials, param_offsets, kind, hyper, state)
     """The update stage alone (network.apply_update): (gradient norm, applied)."""
     return apply_update(params, layer_sq, partials, grads, param_offsets,
                         Update(kind, hyper, state))
+
+
+def in_cache(entry):
+    """Whether Numba's on-disk cache holds compiled code of this entry (True when that cannot
+    be told: a cache layout this code does not know)."""
+    try:
+        return os.path.exists(entry._cache._cache_file._index_path)
+    except AttributeError:
+        return True
