@@ -9,10 +9,10 @@ from ._threads import get_num_threads, pin_kernel_blas
 
 #: Accepted activation names -> codes (from kernels.ACTIVATIONS, where each is defined).
 ACTIVATIONS = dict(kernels.CODES)
-#: Accepted loss names (from kernels.LOSS_CODES).
-LOSSES = tuple(kernels.LOSS_CODES)
+#: Accepted loss names (from kernels.LOSS_KINDS, where each is defined).
+LOSSES = tuple(kernels.LOSS_KINDS)
 # Losses whose output activation must be the identity (the loss holds its own nonlinearity).
-_FUSED = ("softmax_cross_entropy", "binary_cross_entropy")
+_FUSED = tuple(name for name, kind in kernels.LOSS_KINDS.items() if kind.fused is not None)
 DTYPES = (np.float32, np.float64)
 # Inference runs in chunks of at most this many rows, so predicting on a large data set does not
 # grow the training buffers to its size.
@@ -108,9 +108,9 @@ class MLP:
             raise ValueError(f"loss: unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
         output_code = _activation_code("output_activation", output_activation)
         if loss in _FUSED and output_code != kernels.IDENTITY:
-            part = "softmax" if loss == "softmax_cross_entropy" else "sigmoid"
-            raise ValueError(f"output_activation: must be 'identity' with {loss} (the {part} "
-                             f"is part of the loss), got {output_activation!r}")
+            raise ValueError(f"output_activation: must be 'identity' with {loss} (the "
+                             f"{kernels.LOSS_KINDS[loss].fused} is part of the loss), got "
+                             f"{output_activation!r}")
         try:
             dtype = np.dtype(dtype).type
         except TypeError:
@@ -427,24 +427,19 @@ class MLP:
     def predict_proba(self, X):
         """Probabilities (N, C): of each class (softmax cross-entropy: the softmax of the
         logits, rows summing to 1), or of each output being 1 (binary cross-entropy: the sigmoid
-        of each logit). Cross-entropy models only."""
+        of each logit). Only for losses that give probabilities (their proba in
+        kernels.LOSS_KINDS: the cross-entropies)."""
         self._require_classifier("predict_proba")
         out = self._finite_forward(X)
-        if self.loss == "softmax_cross_entropy":
-            kernels.softmax_forward(out, out)
-        else:
-            kernels.sigmoid_forward(out, out)
+        kernels.LOSS_KINDS[self.loss].proba(out, out)
         return out
 
     def predict(self, X):
         """Class labels (N,) int64 for softmax cross-entropy; 0/1 indicators (N, C) int64 of
-        logits > 0 (probability > 1/2) for binary cross-entropy; output values for MSE."""
+        logits > 0 (probability > 1/2) for binary cross-entropy; output values for MSE (each
+        loss's predict rule in kernels.LOSS_KINDS)."""
         out = self._finite_forward(X)
-        if self.loss == "softmax_cross_entropy":
-            return out.argmax(axis=1)
-        if self.loss == "binary_cross_entropy":
-            return (out > 0).astype(np.int64)
-        return out
+        return kernels.LOSS_KINDS[self.loss].predictions(out)
 
     def _finite_forward(self, X):
         """forward(X), refusing outputs that overflowed: a NaN has no class (argmax would say
@@ -478,6 +473,8 @@ class MLP:
             self._prepared.add(key)
 
     def _require_classifier(self, what):
-        if self.loss not in _FUSED:
-            raise ValueError(f"{what}: needs loss='softmax_cross_entropy' or "
-                             f"'binary_cross_entropy', this model uses {self.loss!r}")
+        if kernels.LOSS_KINDS[self.loss].proba is None:
+            able = [repr(name) for name, kind in kernels.LOSS_KINDS.items()
+                    if kind.proba is not None]
+            raise ValueError(f"{what}: needs loss={' or '.join(able)}, this model uses "
+                             f"{self.loss!r}")

@@ -541,7 +541,7 @@ def _hold_out(model, X, y, fraction, seed, weights=None):
             or not 0 < fraction < 1:
         raise ValueError(f"validation_fraction: expected a number in (0, 1), got {fraction!r}")
     from .data import split_indices  # local: fastbp.data is only needed here
-    labels = y if model.loss == "softmax_cross_entropy" else None
+    labels = y if kernels.LOSS_KINDS[model.loss].targets == "labels" else None
     keep, held = split_indices(X.shape[0], fraction, _split_rng(seed), labels)
     if held.size == 0 or keep.size == 0:
         raise ValueError(f"validation_fraction: {fraction} of {X.shape[0]} rows leaves "
@@ -581,20 +581,26 @@ def _metric_rows(X, y, limit, seed, ranks=None):
 
 def _accuracy_kind(model, y, ranks=None):
     """How to score accuracy for these targets: "labels", "onehot", "binary", "multilabel" or
-    None. With shard ranks, for the targets of all the parts (every rank must call)."""
+    None: the kind these targets are, if the model's loss scores it (its accuracy in
+    kernels.LOSS_KINDS). With shard ranks, for the targets of all the parts (every rank must
+    call)."""
     if y is None:
         return None
-    if model.loss == "softmax_cross_entropy":
-        return "labels"
-    zero_one = bool(np.all((y == 0) | (y == 1)))
-    one_hot = zero_one and bool(np.all(y.sum(axis=1) == 1))
-    if ranks is not None and ranks.shard:
-        zero_one, one_hot = ranks.all_of((zero_one, one_hot))
-    if y.shape[1] == 1:
-        return "binary" if zero_one else None
-    if one_hot:
-        return "onehot"
-    return "multilabel" if zero_one and model.loss == "binary_cross_entropy" else None
+    loss = kernels.LOSS_KINDS[model.loss]
+    if loss.targets == "labels":
+        found = "labels"
+    else:
+        zero_one = bool(np.all((y == 0) | (y == 1)))
+        one_hot = zero_one and bool(np.all(y.sum(axis=1) == 1))
+        if ranks is not None and ranks.shard:
+            zero_one, one_hot = ranks.all_of((zero_one, one_hot))
+        if y.shape[1] == 1:
+            found = "binary" if zero_one else None
+        elif one_hot:
+            found = "onehot"
+        else:
+            found = "multilabel" if zero_one else None
+    return found if found in loss.accuracy else None
 
 
 class _Scorer:
@@ -638,7 +644,7 @@ class _Scorer:
             loss = float(np.sum(np.sum(terms, axis=1)))
         else:
             loss = float(np.sum(0.5 * np.sum((out - y) ** 2, axis=1)))
-        threshold = 0.0 if loss_name == "binary_cross_entropy" else 0.5
+        threshold = kernels.LOSS_KINDS[loss_name].threshold
         if self.kind == "labels":
             right = out.argmax(axis=1) == y
         elif self.kind == "onehot":
