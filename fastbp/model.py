@@ -424,6 +424,24 @@ class MLP:
                 self._work.acts, self.params, self._rows(X, start, stop, buffer), *self._net))
         return out
 
+    def forward_and_losses(self, X, y):
+        """(outputs, losses): the outputs (N, sizes[-1]), bitwise those of forward(X), and each
+        row's data loss (N,) float64 against y (unweighted, without the L2 penalty: the mean of
+        these is loss_value's with l2 = 0, to rounding), from one forward pass, in chunks as
+        forward runs it. fit scores its validation rows with this."""
+        X, y = self._check_batch(X, y)
+        out = np.empty((X.shape[0], self._sizes[-1]), dtype=self.dtype)
+        losses = np.empty(X.shape[0], dtype=np.float64)
+        self._reserve(min(X.shape[0], max(self._capacity, INFERENCE_CHUNK)))
+        buffer = self._chunk_buffer(X)
+        for start in range(0, X.shape[0], self._capacity):
+            stop = min(start + self._capacity, X.shape[0])
+            out[start:stop] = self._run(kernels.entry.forward_and_losses, (
+                self._work.acts, self._work.losses, self.params,
+                self._rows(X, start, stop, buffer), y[start:stop], *self._net))
+            losses[start:stop] = self._work.losses[:stop - start]
+        return out, losses
+
     def predict_proba(self, X):
         """Probabilities (N, C): of each class (softmax cross-entropy: the softmax of the
         logits, rows summing to 1), or of each output being 1 (binary cross-entropy: the sigmoid

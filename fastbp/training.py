@@ -606,11 +606,11 @@ def _accuracy_kind(model, y, ranks=None):
 class _Scorer:
     """Loss and accuracy of the model on fixed rows, from one forward pass.
 
-    The loss is recomputed here in float64 NumPy from the outputs (the formulas of the model's
-    loss), so that scoring costs one inference pass and no extra compiled kernel. It is the
+    The loss is the model's own, each row's computed by its compiled loss kernel beside the
+    outputs (MLP.forward_and_losses); the accuracy follows the loss's rules in
+    kernels.LOSS_KINDS (for 0/1 targets, an output above its threshold reads as 1: a binary
+    cross-entropy model's logit above 0, an MSE model's output above 1/2). The loss is the
     data loss alone: the model's L2 penalty, a term of the training objective, is left out.
-    A binary cross-entropy model's output is a logit, 1 when above 0 (probability > 1/2); an
-    MSE model's output is 1 when above 1/2.
     """
 
     def __init__(self, model, X, y, ranks=None):
@@ -632,30 +632,24 @@ class _Scorer:
 
     def _sums(self):
         """(sum of the rows' losses, rows right, rows)."""
-        out = self.model.forward(self.X).astype(np.float64)
+        out, losses = self.model.forward_and_losses(self.X, self.y)
         y = self.y
-        loss_name = self.model.loss
-        if loss_name == "softmax_cross_entropy":
-            top = out.max(axis=1)
-            log_norm = top + np.log(np.exp(out - top[:, None]).sum(axis=1))
-            loss = float(np.sum(log_norm - out[np.arange(out.shape[0]), y]))
-        elif loss_name == "binary_cross_entropy":
-            terms = np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))
-            loss = float(np.sum(np.sum(terms, axis=1)))
-        else:
-            loss = float(np.sum(0.5 * np.sum((out - y) ** 2, axis=1)))
-        threshold = kernels.LOSS_KINDS[loss_name].threshold
         if self.kind == "labels":
             right = out.argmax(axis=1) == y
         elif self.kind == "onehot":
             right = out.argmax(axis=1) == self.target_labels
-        elif self.kind == "binary":
-            right = (out[:, 0] > threshold) == (y[:, 0] > 0.5)
-        elif self.kind == "multilabel":   # every output of the row right (scikit-learn's)
+        elif self.kind in ("binary", "multilabel"):
+            threshold = kernels.LOSS_KINDS[self.model.loss].threshold
+            if threshold is None:
+                raise ValueError(f"loss {self.model.loss!r}: scores {self.kind} accuracy but "
+                                 "has no threshold")
+            # multilabel: every output of the row right (scikit-learn's)
             right = np.all((out > threshold) == (y > 0.5), axis=1)
-        else:
+        elif self.kind is None:
             right = np.zeros(0)
-        return loss, float(np.count_nonzero(right)), out.shape[0]
+        else:
+            raise ValueError(f"no accuracy rule {self.kind!r}")
+        return float(np.sum(losses)), float(np.count_nonzero(right)), out.shape[0]
 
 
 class _BestWeights:

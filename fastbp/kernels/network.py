@@ -14,10 +14,10 @@ Losses (the registry losses.LOSS_KINDS): integer labels (B,) and float targets (
 told apart by their type when the code is compiled; the losses that take the same kind of
 target (MSE, binary cross-entropy, ...), by the Net's loss code, in a runtime branch (one
 comparison a loss a step). Each branch calls its loss through a unit, so a run still compiles
-only its own loss's units (units_for). The L2 penalty is a stage after the data loss's gradient, also a unit, and
-skipped (no bit changed, nothing compiled) when l2 is 0; it lives in the Net alone, so every
-path that computes the objective (mlp_loss, mlp_loss_and_grad, the training step and epoch,
-accumulation) reads it from there.
+only its own loss's units (units_for). The L2 penalty is a stage after the data loss's
+gradient, also a unit, and skipped (no bit changed, nothing compiled) when l2 is 0; it lives
+in the Net alone, so every path that computes the objective (mlp_loss, mlp_loss_and_grad,
+the training step and epoch, accumulation) reads it from there.
 
 Sample weights: the functions that compute the objective take an optional ``weights`` (B,)
 float64 array, one weight >= 0 per row (the Python layer checks them). The objective is then
@@ -372,6 +372,18 @@ def _batch_loss_impl(losses, output, target, net):
     if target.ndim == 1:
         return lambda losses, output, target, net: _labels_loss(losses, output, target, net)
     return lambda losses, output, target, net: _values_loss(losses, output, target, net)
+
+
+@njit(**SERIAL)
+def mlp_forward_and_losses(acts, losses, params, x, target, net):
+    """mlp_forward, and each row's data loss (unweighted, without the L2 penalty) into losses
+    (B,) float64, from that one forward pass; returns the output view (B, sizes[-1]) into acts.
+    target: labels (B,) or values (B, OC), as the Net's loss takes them. The outputs are
+    bitwise mlp_forward's (its products are not split over the inputs); the losses those of
+    mlp_loss, whose products may be, to rounding."""
+    output = _forward(acts, params, x, net, acts[:0])
+    _batch_loss(losses[:x.shape[0]], output, target, net)
+    return output
 
 
 @njit(**SERIAL)
