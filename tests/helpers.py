@@ -28,9 +28,14 @@ def subprocess_env(**extra):
 
 
 def make_targets(loss, n_rows, n_out, rng):
-    if loss == "softmax_cross_entropy":
+    """Targets of the kind the loss takes (kernels.LOSS_KINDS): labels; values in [0, 1] for a
+    loss that needs them there (0/1 indicators, and a few probabilities between); else
+    standard normal values."""
+    kind = fastbp.kernels.LOSS_KINDS[loss]
+    if kind.targets == "labels":
         return rng.integers(0, n_out, size=n_rows)
-    if loss == "binary_cross_entropy":   # 0/1 indicators, and a few probabilities between
+    if kind.target_range is not None:
+        assert kind.target_range == (0.0, 1.0), "targets in another range: write them here"
         target = (rng.random((n_rows, n_out)) < 0.5).astype(np.float64)
         soft = rng.random((n_rows, n_out)) < 0.25
         target[soft] = rng.random(int(soft.sum()))

@@ -163,6 +163,16 @@ def binary_cross_entropy(logits, target):
     return losses, grad
 
 
+def _labels_cross_entropy(logits, labels):
+    return softmax_cross_entropy(logits, np.asarray(labels))
+
+
+#: Each loss by its name in fastbp: (output, target) -> (per-sample losses, d(mean loss)/d
+#: output).
+LOSSES = {"softmax_cross_entropy": _labels_cross_entropy, "mse": mse,
+          "binary_cross_entropy": binary_cross_entropy}
+
+
 def l2_penalty(weights, l2, n_rows):
     """(l2 / (2 B)) * sum ||W||^2 and the gradients (l2 / B) * W, weights only."""
     value = l2 / (2.0 * n_rows) * sum(float((w * w).sum()) for w in weights)
@@ -200,11 +210,9 @@ class Net:
         return self.forward(params, X)[1][-1]
 
     def loss_and_output_grad(self, output, y):
-        if self.loss == "softmax_cross_entropy":
-            return softmax_cross_entropy(output, np.asarray(y))
-        if self.loss == "binary_cross_entropy":
-            return binary_cross_entropy(output, y)
-        return mse(output, y)
+        if self.loss not in LOSSES:
+            raise ValueError(f"the reference has no loss {self.loss!r}")
+        return LOSSES[self.loss](output, y)
 
     def loss_value(self, params, X, y, sample_weight=None):
         """The objective: the (weighted) mean loss, plus the L2 penalty."""

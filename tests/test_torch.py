@@ -32,20 +32,28 @@ def torch_activation(name, z):
     return getattr(torch.nn.functional, function)(z, **kwargs)
 
 
+def torch_row_losses(model, h, y):
+    """Each row's loss, by the loss's PyTorch reference in kernels.LOSS_KINDS: scale times
+    the sum over the row's outputs of torch.nn.functional's loss, reduction "none"."""
+    kind = kernels.LOSS_KINDS[model.loss]
+    name, kwargs, scale = kind.torch
+    if kind.targets == "labels":
+        target = torch.tensor(np.asarray(y), dtype=torch.long)
+    else:
+        target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
+    rows = getattr(torch.nn.functional, name)(h, target, reduction="none", **kwargs)
+    if rows.ndim == 2:
+        rows = rows.sum(dim=1)
+    return scale * rows
+
+
 def torch_loss(model, tensors, X, y):
     h = torch_output(model, tensors, X)
     n_rows = h.shape[0]
     # scikit-learn's alpha: l2 / (2 B) times the squared norms of the weights (not the biases)
     penalty = model.l2 / (2 * n_rows) * sum((tensors[f"W{l}"] ** 2).sum()
                                             for l in range(len(model.sizes) - 1))
-    if model.loss == "softmax_cross_entropy":
-        return torch.nn.functional.cross_entropy(
-            h, torch.tensor(np.asarray(y), dtype=torch.long)) + penalty
-    target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
-    if model.loss == "binary_cross_entropy":
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            h, target, reduction="sum") / n_rows + penalty
-    return 0.5 * ((h - target) ** 2).sum(dim=1).mean() + penalty
+    return torch_row_losses(model, h, y).mean() + penalty
 
 
 def torch_output(model, tensors, X):
@@ -61,16 +69,7 @@ def torch_weighted_loss(model, tensors, X, y, w):
     sum_i w_i loss_i / sum_i w_i + l2 / (2 sum_i w_i) sum ||W||^2."""
     h = torch_output(model, tensors, X)
     w = torch.tensor(np.asarray(w, dtype=np.float64))
-    if model.loss == "softmax_cross_entropy":
-        rows = torch.nn.functional.cross_entropy(
-            h, torch.tensor(np.asarray(y), dtype=torch.long), reduction="none")
-    else:
-        target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
-        if model.loss == "binary_cross_entropy":
-            rows = torch.nn.functional.binary_cross_entropy_with_logits(
-                h, target, reduction="none").sum(dim=1)
-        else:
-            rows = 0.5 * torch.nn.functional.mse_loss(h, target, reduction="none").sum(dim=1)
+    rows = torch_row_losses(model, h, y)
     penalty = model.l2 / (2 * w.sum()) * sum((tensors[f"W{l}"] ** 2).sum()
                                              for l in range(len(model.sizes) - 1))
     return (w * rows).sum() / w.sum() + penalty
@@ -188,6 +187,25 @@ def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     expected, errors = torch_loss_and_errors(model, X, y)
     assert got == pytest.approx(expected, rel=1e-5)
     assert max(errors.values()) < 1e-4, errors
+
+
+def test_every_loss_reference_is_torchs_loss_module():
+    """The registry's torch field of each loss, against the torch.nn module of that loss with
+    reduction="sum", divided by the batch's rows (scaled as fastbp's mean loss is)."""
+    modules = {"softmax_cross_entropy": (torch.nn.CrossEntropyLoss(reduction="sum"), 1.0),
+               "mse": (torch.nn.MSELoss(reduction="sum"), 0.5),
+               "binary_cross_entropy": (torch.nn.BCEWithLogitsLoss(reduction="sum"), 1.0)}
+    assert set(modules) == set(kernels.LOSS_KINDS)
+    rng = np.random.default_rng(3)
+    for name, (module, scale) in modules.items():
+        model = fastbp.MLP([2, 4], loss=name, dtype=np.float64)
+        h = torch.tensor(rng.normal(scale=3.0, size=(9, 4)))
+        y = make_targets(name, 9, 4, rng)
+        target = (torch.tensor(y) if kernels.LOSS_KINDS[name].targets == "labels"
+                  else torch.tensor(np.asarray(y, dtype=np.float64)))
+        expected = scale * module(h, target) / 9
+        assert torch_row_losses(model, h, y).mean().item() == pytest.approx(expected.item(),
+                                                                            rel=1e-14), name
 
 
 def test_every_table_activation_maps_to_torch():
