@@ -10,9 +10,9 @@ C-contiguous arrays throughout, x included. They run fastest on arrays that star
 
 Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).
 
-Losses: softmax cross-entropy (integer labels), MSE, and binary cross-entropy (a sigmoid per
-output, fused), each an entry of the registry ``LOSS_KINDS``; the L2 penalty on the weights,
-and sample weights, are stages after the loss's gradient.
+Losses: each an entry of the registry ``LOSS_KINDS`` (softmax cross-entropy on integer labels,
+MSE, binary cross-entropy with a sigmoid per output fused in, ...); the L2 penalty on the
+weights, and sample weights, are stages after the loss's gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``
