@@ -55,6 +55,8 @@ class MLP:
     loss : str
         "softmax_cross_entropy": mean over the batch, integer labels 0..C-1.
         "mse": 1/2 sum_j (yhat_j - y_j)^2 averaged over the batch; y of shape (N, C), or (N,) if C=1.
+        "huber": sum_j h(yhat_j - y_j) averaged over the batch, h(d) = d^2 / 2 for |d| <= 1 and
+        |d| - 1/2 beyond (PyTorch's HuberLoss(reduction="sum", delta=1.0) / B); y as MSE's.
         "binary_cross_entropy": a sigmoid per output and its cross-entropy, summed over the C
         outputs and averaged over the batch (scikit-learn's binary_log_loss); y of shape (N, C)
         (or (N,) if C=1) with values in [0, 1]: 0/1 indicators for multilabel or binary

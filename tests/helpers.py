@@ -58,7 +58,13 @@ def off_kink_batch(model, n_rows, rng, margin=0.05, scale=1.0):
     keep = ref.min_abs_relu_preactivation(params, X) > margin
     X = X[keep][:n_rows]
     assert X.shape[0] == n_rows, "could not find enough samples away from the ReLU kink"
-    return X, make_targets(model.loss, n_rows, model.sizes[-1], rng)
+    y = make_targets(model.loss, n_rows, model.sizes[-1], rng)
+    if model.loss == "huber":
+        # Its second derivative jumps where |output - y| = delta: keep away from there too.
+        diff = ref.output(params, X) - y
+        near = np.abs(np.abs(diff) - fastbp.kernels.losses.HUBER_DELTA) < margin
+        y = np.where(near, y + 2 * margin * np.sign(diff), y)
+    return X, y
 
 
 def layer_errors(model, expected_flat):

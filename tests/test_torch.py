@@ -104,6 +104,10 @@ CASES = [
     pytest.param([6, 9, 1], "relu", "binary_cross_entropy", "identity", id="relu-bce1"),
     pytest.param([7, 9, 8, 5], ["gelu", "sigmoid"], "binary_cross_entropy", "identity",
                  id="gelu-sigm-bce"),
+    pytest.param([6, 9, 7, 3], "relu", "huber", "identity", id="relu2-huber"),
+    pytest.param([6, 9, 3], "tanh", "huber", "sigmoid", id="tanh-huber-sigmoid"),
+    pytest.param([7, 9, 8, 6, 5], ["gelu", "leaky_relu", "tanh"], "huber", "gelu",
+                 id="gelu-leaky-tanh-huber-gelu"),
 ]
 # Each loss with the L2 penalty (scikit-learn's alpha)
 L2_CASES = [pytest.param(sizes, act, loss, out_act, l2, id=f"{loss}-l2={l2}")
@@ -111,7 +115,8 @@ L2_CASES = [pytest.param(sizes, act, loss, out_act, l2, id=f"{loss}-l2={l2}")
                                                "identity"),
                                               ([6, 9, 3], "tanh", "mse", "sigmoid"),
                                               ([6, 9, 7, 4], "relu", "binary_cross_entropy",
-                                               "identity"))
+                                               "identity"),
+                                              ([6, 9, 3], "tanh", "huber", "tanh"))
             for l2 in (1e-4, 0.8)]
 
 
@@ -149,7 +154,7 @@ def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, r
 
 @pytest.mark.parametrize("sizes, act, loss, out_act, l2",
                          [pytest.param(*CASES[i].values, 0.0, id=CASES[i].id)
-                          for i in (0, 5, 6, 11, 13, 14)] + L2_CASES)
+                          for i in (0, 5, 6, 11, 13, 14, 16, 17, 18)] + L2_CASES)
 def test_weighted_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, rng):
     """Sample weights (some 0, one large): loss and every gradient tensor within 1e-10 of
     PyTorch float64 on the per-row losses, weighted."""
@@ -175,7 +180,7 @@ def test_weighted_loss_and_gradients_match_torch_float64(sizes, act, loss, out_a
 
 
 @pytest.mark.parametrize("sizes, act, loss, out_act",
-                         CASES[:3] + CASES[5:7] + CASES[10:12] + CASES[13:14])
+                         CASES[:3] + CASES[5:7] + CASES[10:12] + CASES[13:14] + CASES[17:19])
 def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     """float32 model against torch float64 on the same (float32) parameters and inputs;
     per-tensor normwise error (see test_model's float32 test for why normwise)."""
@@ -194,7 +199,8 @@ def test_every_loss_reference_is_torchs_loss_module():
     reduction="sum", divided by the batch's rows (scaled as fastbp's mean loss is)."""
     modules = {"softmax_cross_entropy": (torch.nn.CrossEntropyLoss(reduction="sum"), 1.0),
                "mse": (torch.nn.MSELoss(reduction="sum"), 0.5),
-               "binary_cross_entropy": (torch.nn.BCEWithLogitsLoss(reduction="sum"), 1.0)}
+               "binary_cross_entropy": (torch.nn.BCEWithLogitsLoss(reduction="sum"), 1.0),
+               "huber": (torch.nn.HuberLoss(reduction="sum", delta=1.0), 1.0)}
     assert set(modules) == set(kernels.LOSS_KINDS)
     rng = np.random.default_rng(3)
     for name, (module, scale) in modules.items():

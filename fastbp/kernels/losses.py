@@ -2,8 +2,8 @@
 batch, summed in float64 in row order; per-sample losses go to a float64 array.
 
 Softmax cross-entropy takes integer labels (B,) in [0, OC), not checked here (see
-rows.labels_in_range); MSE takes targets (B, OC); binary cross-entropy (a sigmoid per logit,
-fused into the loss) takes targets (B, OC) in [0, 1], not checked here. The softmax's float32
+rows.labels_in_range); MSE and Huber take targets (B, OC); binary cross-entropy (a sigmoid per
+logit, fused into the loss) takes targets (B, OC) in [0, 1], not checked here. The softmax's float32
 exp is a polynomial that vectorises, within 1 ulp of the correctly rounded value.
 
 Each loss is defined once, in the registry ``LOSS_KINDS`` (name -> ``LossKind``) at the end of
@@ -38,6 +38,7 @@ from .update import _axpy, _chunk, _sum_of_squares, norm_partials_size
 SOFTMAX_CROSS_ENTROPY = 0
 MSE = 1
 BINARY_CROSS_ENTROPY = 2
+HUBER = 3
 
 # Row helpers take the 2-D array and a row number: on rows as short as these (10 logits),
 # indexing x[i, j] from 0 was 1.3-1.7x faster than slicing out the row x[i] first (measured).
@@ -220,6 +221,75 @@ def mse_loss(losses, pred, target):
     return _mean(losses)
 
 
+#: Huber's delta: where its loss turns from quadratic to linear (PyTorch's default).
+HUBER_DELTA = 1.0
+
+
+@njit(**PARALLEL)
+def huber_forward_backward(dpred, losses, pred, target):
+    """losses (B,) = sum_j h(pred - target) with h(d) = d^2 / 2 where |d| <= delta, else
+    delta (|d| - delta / 2) (delta = HUBER_DELTA: MSE near the target, linear beyond, so that
+    outliers pull with a bounded force); dpred (B, OC) = clip(pred - target, -delta, delta) / B,
+    the gradient of the mean loss.
+
+    pred, target (B, OC); dpred may be pred. Each row's loss is summed in float64. Returns the
+    mean loss (PyTorch's HuberLoss(reduction="sum", delta=delta)(pred, target) / B).
+    """
+    n_rows = pred.shape[0]
+    scale = 1.0 / n_rows
+    # Weighed as MSE's rows (a comparison and a select more per element; not measured).
+    tiles = n_tiles(n_rows, 4 * pred.shape[1])
+    if tiles == 1:
+        _huber_rows(dpred, losses, pred, target, scale)
+        return _mean(losses)
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _huber_rows(dpred[r0:r1], losses[r0:r1], pred[r0:r1], target[r0:r1], scale)
+    return _mean(losses)
+
+
+@njit(**INLINED)
+def _huber_element(diff):
+    """h(diff) in float64 (see huber_forward_backward). Written so that NaN gives NaN."""
+    a = abs(np.float64(diff))
+    if a > HUBER_DELTA:
+        return HUBER_DELTA * (a - 0.5 * HUBER_DELTA)
+    return 0.5 * a * a
+
+
+@njit(**SERIAL)
+def _huber_rows(dpred, losses, pred, target, scale):
+    delta = pred.dtype.type(HUBER_DELTA)
+    for i in range(pred.shape[0]):
+        # The row's loss in a loop of its own, before dpred (which may be pred) is written:
+        # a loop that also stores is compiled in two versions, for dpred apart from pred and
+        # for dpred on it, whose sums of the row (reordered, vectorised) could differ.
+        total = 0.0
+        for j in range(pred.shape[1]):
+            total += _huber_element(pred[i, j] - target[i, j])
+        losses[i] = total
+        for j in range(pred.shape[1]):
+            diff = pred[i, j] - target[i, j]
+            # The clipped difference; NaN, which neither comparison holds for, stays NaN.
+            grad = diff
+            if diff > delta:
+                grad = delta
+            elif diff < -delta:
+                grad = -delta
+            dpred[i, j] = grad * scale
+
+
+@njit(**SERIAL)
+def huber_loss(losses, pred, target):
+    """losses (B,) as in huber_forward_backward, no gradient; returns the mean."""
+    for i in range(pred.shape[0]):
+        total = 0.0
+        for j in range(pred.shape[1]):
+            total += _huber_element(pred[i, j] - target[i, j])
+        losses[i] = total
+    return _mean(losses)
+
+
 @njit(**INLINED)
 def _bce_element(z, t):
     """(loss, sigmoid(z)) in float64 for one logit z and target t: max(z, 0) - z t +
@@ -286,8 +356,9 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
     gradient in place of the plain mean's.
 
     dout (B, OC) holds the gradient of the batch's mean loss, each row carrying a factor 1/B
-    (as every loss here, and an output activation's backward after MSE, leave it); row i is
-    multiplied by w_i / (total_weight / B), so that it carries w_i / total_weight instead.
+    (as every loss here, and an output activation's backward after an unfused one, leave
+    it); row i is multiplied by w_i / (total_weight / B), so that it carries w_i /
+    total_weight instead.
     Returns sum_i w_i losses_i / total_weight. losses (B,) float64, the rows' unweighted
     losses; weights (B,) float64, >= 0 (not checked here); total_weight: their sum, or, when
     several batches make one update (accumulation), the sum over all its rows (0 makes the
@@ -296,9 +367,10 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
     gives no NaN). dout may be empty (no gradient: sample_weights_loss).
 
     A stage of its own rather than a weight argument of each loss kernel: one small kernel
-    serves the three losses and MSE's output activations, compiled only when weights are
-    used, and the loss kernels (so every unweighted result) stay as they are. Its cost is one
-    pass over the output's delta (B x OC), in weighted steps only.
+    serves every loss (and the output activations that follow the unfused ones: a row's
+    factor passes through them), compiled only when weights are used, and the loss kernels
+    (so every unweighted result) stay as they are. Its cost is one pass over the output's
+    delta (B x OC), in weighted steps only.
     """
     mean_weight = total_weight / losses.shape[0]
     for i in range(dout.shape[0]):
@@ -496,6 +568,8 @@ LOSS_KINDS = {kind.name: kind for kind in (
              (0.0, 1.0), "sigmoid", "indicators", sigmoid_forward, 0.0,
              ("binary", "onehot", "multilabel"),
              ("binary_cross_entropy_with_logits", {}, 1.0)),
+    LossKind(HUBER, "huber", huber_forward_backward, huber_loss, "values", None, None, "values",
+             None, 0.5, ("binary", "onehot"), ("huber_loss", {"delta": HUBER_DELTA}, 1.0)),
 )}
 for _kind in LOSS_KINDS.values():
     check_kind(_kind)
@@ -517,7 +591,8 @@ _TARGET_TYPES = {"labels": lambda dt: _INTS, "values": lambda dt: _M[dt]}
 _COMPILE_COST = {"softmax_cross_entropy_forward_backward": 3.0,
                  "softmax_cross_entropy_loss": 0.6, "mse_forward_backward": 1.5,
                  "mse_loss": 0.5, "binary_cross_entropy_forward_backward": 1.5,
-                 "binary_cross_entropy_loss": 0.5, "l2_penalty_forward_backward": 1.5}
+                 "binary_cross_entropy_loss": 0.5, "l2_penalty_forward_backward": 1.5,
+                 "huber_forward_backward": 1.5, "huber_loss": 0.5}
 
 
 def _register_units(kind):
