@@ -8,6 +8,7 @@ import os
 from . import __version__
 from .data import NAMED, SCALINGS
 from .io import ModelFileError, read_metadata
+from .kernels import LOSS_KINDS
 from .model import ACTIVATIONS, LOSSES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
@@ -24,6 +25,10 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
 _CHOSEN_LR = {"sgd": 0.2}
 DEFAULT_LR = {name: _CHOSEN_LR.get(name, inspect.signature(cls).parameters["lr"].default)
               for name, cls in OPTIMIZERS.items()}
+
+
+# The losses that take values, not labels: the command trains them on one-hot targets.
+_ONE_HOT_LOSSES = [name for name, kind in LOSS_KINDS.items() if kind.targets == "values"]
 
 
 def optimizers_taking(dest):
@@ -170,9 +175,9 @@ def build_parser():
                        metavar="NAME", help=f"hidden activation: {', '.join(ACTIVATIONS)}; or "
                        "one per hidden layer, comma-separated")
     model.add_argument("--loss", choices=LOSSES, default=d["loss"],
-                       help="mse trains on one-hot targets with a linear output layer, "
-                       "binary_cross_entropy on one-hot targets with a sigmoid per class "
-                       "(one-vs-rest; the class predicted is the largest logit)")
+                       help=f"{', '.join(_ONE_HOT_LOSSES)}: trained on one-hot targets, one "
+                       "output per class with a linear output layer (one-vs-rest, with a "
+                       "loss that holds a sigmoid); the class predicted is the largest output")
     model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
     optim = train.add_argument_group("training")
     optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N")

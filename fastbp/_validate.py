@@ -112,13 +112,15 @@ def features(X, n_features, dtype, name="X"):
 
 
 def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
-    """Labels (N,) int64 in [0, n_outputs) for softmax-CE; values (N, n_outputs) for MSE, in
-    [0, 1] for binary cross-entropy."""
+    """What the loss takes (its targets in kernels.LOSS_KINDS): labels (N,) int64 in
+    [0, n_outputs), or values (N, n_outputs) of dtype, in the loss's target_range if it has
+    one (binary cross-entropy: [0, 1])."""
+    kind = kernels.LOSS_KINDS[loss]
     y = as_array(name, y)
     if y.ndim == 0 or y.shape[0] != n_rows:
         got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
         raise ValueError(f"{name}: expected {n_rows} rows to match X, got {got}")
-    if loss == "softmax_cross_entropy":
+    if kind.targets == "labels":
         if y.ndim != 1:
             raise ValueError(f"{name}: class labels must be 1-D, got shape {y.shape}")
         if y.dtype.kind not in "iu":
@@ -129,6 +131,8 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
             raise ValueError(f"{name}: class labels must be in 0..{n_outputs - 1}, got values "
                              f"from {y.min()} to {y.max()}")
         return y
+    if kind.targets != "values":
+        raise ValueError(f"loss {loss!r}: no check for targets {kind.targets!r}")
     if y.ndim == 1 and n_outputs == 1:
         y = y.reshape(-1, 1)
     if y.ndim != 2 or y.shape[1] != n_outputs:
@@ -140,10 +144,11 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
     y = _contiguous(y, dtype)
     if not kernels.all_finite(y):
         raise ValueError(f"{name}: contains NaN or Inf")
-    if loss == "binary_cross_entropy" and not (y.min() >= 0 and y.max() <= 1):
-        raise ValueError(f"{name}: binary_cross_entropy targets must be in [0, 1] (0/1 "
-                         f"indicators, or probabilities), got values from {y.min()} to "
-                         f"{y.max()}")
+    if kind.target_range is not None:
+        low, high = kind.target_range
+        if not (y.min() >= low and y.max() <= high):
+            raise ValueError(f"{name}: {loss} targets must be in [{low:g}, {high:g}], got "
+                             f"values from {y.min()} to {y.max()}")
     return y
 
 

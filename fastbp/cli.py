@@ -191,7 +191,7 @@ def train(args, ranks=None):
     t_data = time.perf_counter() - t_start
 
     dtype = model.dtype
-    if model.loss != "softmax_cross_entropy":   # mse, binary_cross_entropy
+    if kernels.LOSS_KINDS[model.loss].targets == "values":   # one output per class
         targets = [_one_hot(y, ds.n_classes, dtype) for y in (ds.y_train, ds.y_val, ds.y_test)]
     else:
         targets = [ds.y_train, ds.y_val, ds.y_test]
@@ -417,9 +417,9 @@ def _report_stop(say, args, history):
 
 def _n_correct(model, ds):
     """How many test rows the model classifies right."""
-    if model.loss == "softmax_cross_entropy":
+    if kernels.LOSS_KINDS[model.loss].targets == "labels":
         predictions = model.predict(ds.X_test)
-    else:   # one output per class: the largest (binary cross-entropy: its logit)
+    else:   # one output per class (trained on one-hot targets): the largest
         predictions = model.forward(ds.X_test).argmax(axis=1)
     return int(np.sum(predictions == ds.y_test))
 

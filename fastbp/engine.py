@@ -158,6 +158,15 @@ class Engine:
                                                                *self.net))
         return out
 
+    def forward_and_losses(self, X, y, out, losses):
+        """out as forward's, and losses (N,) float64 = each row's data loss (unweighted, without
+        the L2 penalty) for a checked X and y, from the same pass, chunk by chunk."""
+        for start, stop, x in self._chunks(X):
+            out[start:stop] = self.run(kernels.entry.forward_and_losses, (
+                self.work.acts, self.work.losses, self.params, x, y[start:stop], *self.net))
+            losses[start:stop] = self.work.losses[:stop - start]
+        return out, losses
+
     def data_loss(self, X, y, weights=None):
         """(sum of the rows' losses, weighted by weights when given, and the rows' count or
         weight) for a checked X and y, without the L2 penalty, chunk by chunk."""

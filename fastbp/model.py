@@ -8,10 +8,10 @@ from .engine import Engine
 
 #: Accepted activation names -> codes (from kernels.ACTIVATIONS, where each is defined).
 ACTIVATIONS = dict(kernels.CODES)
-#: Accepted loss names (from kernels.LOSS_CODES).
-LOSSES = tuple(kernels.LOSS_CODES)
+#: Accepted loss names (from kernels.LOSS_KINDS, where each is defined).
+LOSSES = tuple(kernels.LOSS_KINDS)
 # Losses whose output activation must be the identity (the loss holds its own nonlinearity).
-_FUSED = ("softmax_cross_entropy", "binary_cross_entropy")
+_FUSED = tuple(name for name, kind in kernels.LOSS_KINDS.items() if kind.fused is not None)
 DTYPES = (np.float32, np.float64)
 
 
@@ -51,6 +51,8 @@ class MLP:
     loss : str
         "softmax_cross_entropy": mean over the batch, integer labels 0..C-1.
         "mse": 1/2 sum_j (yhat_j - y_j)^2 averaged over the batch; y of shape (N, C), or (N,) if C=1.
+        "huber": sum_j h(yhat_j - y_j) averaged over the batch, h(d) = d^2 / 2 for |d| <= 1 and
+        |d| - 1/2 beyond (PyTorch's HuberLoss(reduction="sum", delta=1.0) / B); y as MSE's.
         "binary_cross_entropy": a sigmoid per output and its cross-entropy, summed over the C
         outputs and averaged over the batch (scikit-learn's binary_log_loss); y of shape (N, C)
         (or (N,) if C=1) with values in [0, 1]: 0/1 indicators for multilabel or binary
@@ -106,9 +108,9 @@ class MLP:
             raise ValueError(f"loss: unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
         output_code = _activation_code("output_activation", output_activation)
         if loss in _FUSED and output_code != kernels.IDENTITY:
-            part = "softmax" if loss == "softmax_cross_entropy" else "sigmoid"
-            raise ValueError(f"output_activation: must be 'identity' with {loss} (the {part} "
-                             f"is part of the loss), got {output_activation!r}")
+            raise ValueError(f"output_activation: must be 'identity' with {loss} (the "
+                             f"{kernels.LOSS_KINDS[loss].fused} is part of the loss), got "
+                             f"{output_activation!r}")
         try:
             dtype = np.dtype(dtype).type
         except TypeError:
@@ -332,27 +334,32 @@ class MLP:
         out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
         return self._engine.forward(X, out)
 
+    def forward_and_losses(self, X, y):
+        """(outputs, losses): the outputs (N, sizes[-1]), bitwise those of forward(X), and each
+        row's data loss (N,) float64 against y (unweighted, without the L2 penalty: the mean of
+        these is loss_value's with l2 = 0, to rounding), from one forward pass, in chunks as
+        forward runs it. fit scores its validation rows with this."""
+        X, y = self._engine.check_batch(X, y)
+        out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
+        losses = np.empty(X.shape[0], dtype=np.float64)
+        return self._engine.forward_and_losses(X, y, out, losses)
+
     def predict_proba(self, X):
         """Probabilities (N, C): of each class (softmax cross-entropy: the softmax of the
         logits, rows summing to 1), or of each output being 1 (binary cross-entropy: the sigmoid
-        of each logit). Cross-entropy models only."""
+        of each logit). Only for losses that give probabilities (their proba in
+        kernels.LOSS_KINDS: the cross-entropies)."""
         self._require_classifier("predict_proba")
         out = self._finite_forward(X)
-        if self.loss == "softmax_cross_entropy":
-            kernels.softmax_forward(out, out)
-        else:
-            kernels.sigmoid_forward(out, out)
+        kernels.LOSS_KINDS[self.loss].proba(out, out)
         return out
 
     def predict(self, X):
         """Class labels (N,) int64 for softmax cross-entropy; 0/1 indicators (N, C) int64 of
-        logits > 0 (probability > 1/2) for binary cross-entropy; output values for MSE."""
+        logits > 0 (probability > 1/2) for binary cross-entropy; output values for MSE (each
+        loss's predict rule in kernels.LOSS_KINDS)."""
         out = self._finite_forward(X)
-        if self.loss == "softmax_cross_entropy":
-            return out.argmax(axis=1)
-        if self.loss == "binary_cross_entropy":
-            return (out > 0).astype(np.int64)
-        return out
+        return kernels.LOSS_KINDS[self.loss].predictions(out)
 
     def _finite_forward(self, X):
         """forward(X), refusing outputs that overflowed: a NaN has no class (argmax would say
@@ -367,6 +374,8 @@ class MLP:
         return out
 
     def _require_classifier(self, what):
-        if self.loss not in _FUSED:
-            raise ValueError(f"{what}: needs loss='softmax_cross_entropy' or "
-                             f"'binary_cross_entropy', this model uses {self.loss!r}")
+        if kernels.LOSS_KINDS[self.loss].proba is None:
+            able = [repr(name) for name, kind in kernels.LOSS_KINDS.items()
+                    if kind.proba is not None]
+            raise ValueError(f"{what}: needs loss={' or '.join(able)}, this model uses "
+                             f"{self.loss!r}")

@@ -616,7 +616,7 @@ def _hold_out(model, X, y, fraction, seed, weights=None):
             or not 0 < fraction < 1:
         raise ValueError(f"validation_fraction: expected a number in (0, 1), got {fraction!r}")
     from .data import split_indices  # local: fastbp.data is only needed here
-    labels = y if model.loss == "softmax_cross_entropy" else None
+    labels = y if kernels.LOSS_KINDS[model.loss].targets == "labels" else None
     keep, held = split_indices(X.shape[0], fraction, _split_rng(seed), labels)
     if held.size == 0 or keep.size == 0:
         raise ValueError(f"validation_fraction: {fraction} of {X.shape[0]} rows leaves "
@@ -656,30 +656,36 @@ def _metric_rows(X, y, limit, seed, ranks):
 
 def _accuracy_kind(model, y, ranks=None):
     """How to score accuracy for these targets: "labels", "onehot", "binary", "multilabel" or
-    None. With shard ranks, for the targets of all the parts (every rank must call)."""
+    None: the kind these targets are, if the model's loss scores it (its accuracy in
+    kernels.LOSS_KINDS). With shard ranks, for the targets of all the parts (every rank must
+    call)."""
     if y is None:
         return None
-    if model.loss == "softmax_cross_entropy":
-        return "labels"
-    zero_one = bool(np.all((y == 0) | (y == 1)))
-    one_hot = zero_one and bool(np.all(y.sum(axis=1) == 1))
-    if ranks is not None and ranks.shard:
-        zero_one, one_hot = ranks.all_of((zero_one, one_hot))
-    if y.shape[1] == 1:
-        return "binary" if zero_one else None
-    if one_hot:
-        return "onehot"
-    return "multilabel" if zero_one and model.loss == "binary_cross_entropy" else None
+    loss = kernels.LOSS_KINDS[model.loss]
+    if loss.targets == "labels":
+        found = "labels"
+    else:
+        zero_one = bool(np.all((y == 0) | (y == 1)))
+        one_hot = zero_one and bool(np.all(y.sum(axis=1) == 1))
+        if ranks is not None and ranks.shard:
+            zero_one, one_hot = ranks.all_of((zero_one, one_hot))
+        if y.shape[1] == 1:
+            found = "binary" if zero_one else None
+        elif one_hot:
+            found = "onehot"
+        else:
+            found = "multilabel" if zero_one else None
+    return found if found in loss.accuracy else None
 
 
 class _Scorer:
     """Loss and accuracy of the model on fixed rows, from one forward pass.
 
-    The loss is recomputed here in float64 NumPy from the outputs (the formulas of the model's
-    loss), so that scoring costs one inference pass and no extra compiled kernel. It is the
+    The loss is the model's own, each row's computed by its compiled loss kernel beside the
+    outputs (MLP.forward_and_losses); the accuracy follows the loss's rules in
+    kernels.LOSS_KINDS (for 0/1 targets, an output above its threshold reads as 1: a binary
+    cross-entropy model's logit above 0, an MSE model's output above 1/2). The loss is the
     data loss alone: the model's L2 penalty, a term of the training objective, is left out.
-    A binary cross-entropy model's output is a logit, 1 when above 0 (probability > 1/2); an
-    MSE model's output is 1 when above 1/2.
     """
 
     def __init__(self, model, X, y, ranks):
@@ -700,30 +706,26 @@ class _Scorer:
 
     def _sums(self):
         """(sum of the rows' losses, rows right, rows)."""
-        out = self.model.forward(self.X).astype(np.float64)
+        model, n = self.model, self.y.shape[0]
+        out, losses = model.engine.forward_and_losses(   # (X and y were checked once)
+            self.X, self.y, np.empty((n, model.sizes[-1]), model.dtype), np.empty(n))
         y = self.y
-        loss_name = self.model.loss
-        if loss_name == "softmax_cross_entropy":
-            top = out.max(axis=1)
-            log_norm = top + np.log(np.exp(out - top[:, None]).sum(axis=1))
-            loss = float(np.sum(log_norm - out[np.arange(out.shape[0]), y]))
-        elif loss_name == "binary_cross_entropy":
-            terms = np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))
-            loss = float(np.sum(np.sum(terms, axis=1)))
-        else:
-            loss = float(np.sum(0.5 * np.sum((out - y) ** 2, axis=1)))
-        threshold = 0.0 if loss_name == "binary_cross_entropy" else 0.5
         if self.kind == "labels":
             right = out.argmax(axis=1) == y
         elif self.kind == "onehot":
             right = out.argmax(axis=1) == self.target_labels
-        elif self.kind == "binary":
-            right = (out[:, 0] > threshold) == (y[:, 0] > 0.5)
-        elif self.kind == "multilabel":   # every output of the row right (scikit-learn's)
+        elif self.kind in ("binary", "multilabel"):
+            threshold = kernels.LOSS_KINDS[self.model.loss].threshold
+            if threshold is None:
+                raise ValueError(f"loss {self.model.loss!r}: scores {self.kind} accuracy but "
+                                 "has no threshold")
+            # multilabel: every output of the row right (scikit-learn's)
             right = np.all((out > threshold) == (y > 0.5), axis=1)
-        else:
+        elif self.kind is None:
             right = np.zeros(0)
-        return loss, float(np.count_nonzero(right)), out.shape[0]
+        else:
+            raise ValueError(f"no accuracy rule {self.kind!r}")
+        return float(np.sum(losses)), float(np.count_nonzero(right)), out.shape[0]
 
 
 class _BestWeights:

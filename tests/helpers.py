@@ -28,9 +28,14 @@ def subprocess_env(**extra):
 
 
 def make_targets(loss, n_rows, n_out, rng):
-    if loss == "softmax_cross_entropy":
+    """Targets of the kind the loss takes (kernels.LOSS_KINDS): labels; values in [0, 1] for a
+    loss that needs them there (0/1 indicators, and a few probabilities between); else
+    standard normal values."""
+    kind = fastbp.kernels.LOSS_KINDS[loss]
+    if kind.targets == "labels":
         return rng.integers(0, n_out, size=n_rows)
-    if loss == "binary_cross_entropy":   # 0/1 indicators, and a few probabilities between
+    if kind.target_range is not None:
+        assert kind.target_range == (0.0, 1.0), "targets in another range: write them here"
         target = (rng.random((n_rows, n_out)) < 0.5).astype(np.float64)
         soft = rng.random((n_rows, n_out)) < 0.25
         target[soft] = rng.random(int(soft.sum()))
@@ -53,7 +58,13 @@ def off_kink_batch(model, n_rows, rng, margin=0.05, scale=1.0):
     keep = ref.min_abs_relu_preactivation(params, X) > margin
     X = X[keep][:n_rows]
     assert X.shape[0] == n_rows, "could not find enough samples away from the ReLU kink"
-    return X, make_targets(model.loss, n_rows, model.sizes[-1], rng)
+    y = make_targets(model.loss, n_rows, model.sizes[-1], rng)
+    if model.loss == "huber":
+        # Its second derivative jumps where |output - y| = delta: keep away from there too.
+        diff = ref.output(params, X) - y
+        near = np.abs(np.abs(diff) - fastbp.kernels.losses.HUBER_DELTA) < margin
+        y = np.where(near, y + 2 * margin * np.sign(diff), y)
+    return X, y
 
 
 def layer_errors(model, expected_flat):

@@ -4,8 +4,9 @@ SGD, written from the formulas and not from fastbp's code.
 Conventions (the public contract of fastbp): layer l maps a (B, n_in) batch to (B, n_out) by
 ``a @ W + b`` with W of shape (n_in, n_out); the flat parameter vector holds, layer by layer, W in
 row-major order and then b. Losses are means over the batch: softmax cross-entropy with integer
-labels, MSE ``1/2 * sum_j (yhat_j - y_j)^2`` per sample, or binary cross-entropy on logits
-``sum_j -t_j log p_j - (1 - t_j) log(1 - p_j)``, p = sigmoid(logit), per sample. An L2 penalty
+labels, MSE ``1/2 * sum_j (yhat_j - y_j)^2`` per sample, binary cross-entropy on logits
+``sum_j -t_j log p_j - (1 - t_j) log(1 - p_j)``, p = sigmoid(logit), per sample, or Huber
+``sum_j h(yhat_j - y_j)`` per sample, h(d) = d^2 / 2 for |d| <= 1, |d| - 1/2 beyond. An L2 penalty
 ``l2 / (2 B) * sum ||W||^2`` (weights only) may be added to the batch's mean loss. With sample
 weights w (scikit-learn's definition) the mean is ``sum_i w_i loss_i / sum_i w_i`` and B in the
 penalty is ``sum_i w_i``.
@@ -163,6 +164,37 @@ def binary_cross_entropy(logits, target):
     return losses, grad
 
 
+def huber(pred, target, delta=1.0):
+    """Per-sample sum_j h(pred - target) (B,), h(d) = d^2 / 2 for |d| <= delta and delta
+    (|d| - delta / 2) beyond, and d(mean loss)/d pred = clip(pred - target, -delta, delta) / B
+    (B, C)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64).reshape(pred.shape)
+    n, c = pred.shape
+    losses = np.zeros(n)
+    grad = np.empty_like(pred)
+    for i in range(n):
+        for j in range(c):
+            d = float(pred[i, j] - target[i, j])
+            if abs(d) <= delta:
+                losses[i] += 0.5 * d * d
+                grad[i, j] = d / n
+            else:
+                losses[i] += delta * (abs(d) - 0.5 * delta)
+                grad[i, j] = math.copysign(delta, d) / n
+    return losses, grad
+
+
+def _labels_cross_entropy(logits, labels):
+    return softmax_cross_entropy(logits, np.asarray(labels))
+
+
+#: Each loss by its name in fastbp: (output, target) -> (per-sample losses, d(mean loss)/d
+#: output).
+LOSSES = {"softmax_cross_entropy": _labels_cross_entropy, "mse": mse,
+          "binary_cross_entropy": binary_cross_entropy, "huber": huber}
+
+
 def l2_penalty(weights, l2, n_rows):
     """(l2 / (2 B)) * sum ||W||^2 and the gradients (l2 / B) * W, weights only."""
     value = l2 / (2.0 * n_rows) * sum(float((w * w).sum()) for w in weights)
@@ -200,11 +232,9 @@ class Net:
         return self.forward(params, X)[1][-1]
 
     def loss_and_output_grad(self, output, y):
-        if self.loss == "softmax_cross_entropy":
-            return softmax_cross_entropy(output, np.asarray(y))
-        if self.loss == "binary_cross_entropy":
-            return binary_cross_entropy(output, y)
-        return mse(output, y)
+        if self.loss not in LOSSES:
+            raise ValueError(f"the reference has no loss {self.loss!r}")
+        return LOSSES[self.loss](output, y)
 
     def loss_value(self, params, X, y, sample_weight=None):
         """The objective: the (weighted) mean loss, plus the L2 penalty."""

@@ -95,6 +95,20 @@ def test_binary_cross_entropy_loss_trains_on_one_hot_targets(capsys, tmp_path):
     assert model.loss == "binary_cross_entropy"
 
 
+@pytest.mark.parametrize("loss", fastbp.model.LOSSES)
+def test_every_loss_of_the_registry_trains_from_the_command(loss, capsys, tmp_path):
+    """--loss takes each registry entry: labels for a loss of labels, one-hot targets (one
+    output per class, the class predicted the largest output) for a loss of values; the model
+    saves as what it is and scores the validation rows by its loss's rules."""
+    saved = tmp_path / "model.npz"
+    summary = run_json(["--loss", loss, "--epochs", "10", "--lr", "0.1", "--save", str(saved)],
+                       capsys)
+    assert summary["loss"] == loss and summary["test_accuracy"] > 0.8
+    assert summary["history"]["val_accuracy"][-1] > 0.8
+    assert len(summary["history"]["val_loss"]) == 10
+    assert fastbp.load(saved).loss == loss
+
+
 def test_early_stopping(capsys):
     summary = run_json(["--epochs", "200", "--early-stopping", "2", "--lr-schedule", "constant",
                         "--lr", "0.3"], capsys)

@@ -321,7 +321,7 @@ class StepCounter:
         pass
 
 
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
+@pytest.mark.parametrize("loss", fastbp.model.LOSSES)
 def test_l2_in_fit_is_the_one_batch_objective(loss, rng):
     """One step of fit over the whole set (compiled chunk, per-step callback, gradient hook)
     is SGD on the objective mean loss + l2 / (2 N) sum ||W||^2, by the naive reference; the

@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import data
+from fastbp import data, kernels
 from fastbp.data import DataError
 from fastbp.io import ModelFileError
 from fastbp.model import ACTIVATIONS, LOSSES
@@ -67,11 +67,14 @@ LOADER_SECONDS = 5
 LOADER_MEMORY = 64 << 20   # inputs are a few KB; gzip and deflate expand them 1000x at most
 ARGUMENT_ERRORS = (ValueError, TypeError)
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
-# The targets each loss takes: "labels" (integer classes), "values" (any real numbers) or
-# "indicators" (numbers in [0, 1]). The losses fuzzed are those fastbp has among these.
-TARGETS = {"softmax_cross_entropy": "labels", "mse": "values",
-           "binary_cross_entropy": "indicators"}
-FUZZED_LOSSES = [loss for loss in LOSSES if loss in TARGETS]
+# The targets each loss takes (its entry in kernels.LOSS_KINDS): "labels" (integer classes),
+# "values" (any real numbers) or "indicators" (numbers in [0, 1]). The losses fuzzed are those
+# whose targets are among these.
+TARGETS = {name: "labels" if kind.targets == "labels" else
+           "values" if kind.target_range is None else
+           "indicators" if kind.target_range == (0.0, 1.0) else None
+           for name, kind in kernels.LOSS_KINDS.items()}
+FUZZED_LOSSES = [loss for loss in LOSSES if TARGETS[loss] is not None]
 
 
 # ---------------------------------------------------------------------------------------------

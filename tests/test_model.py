@@ -13,10 +13,11 @@ from helpers import (assert_loss_and_grads_match_reference, layer_errors, make_t
                      max_threads, off_kink_batch, reference_for)
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
-# (loss, output activation): softmax-CE, binary CE, and MSE with identity, sigmoid and tanh
-# outputs
+# (loss, output activation): softmax-CE, binary CE, MSE with identity, sigmoid and tanh
+# outputs, Huber with identity and tanh outputs
 HEADS = [("softmax_cross_entropy", "identity"), ("binary_cross_entropy", "identity"),
-         ("mse", "identity"), ("mse", "sigmoid"), ("mse", "tanh")]
+         ("mse", "identity"), ("mse", "sigmoid"), ("mse", "tanh"), ("huber", "identity"),
+         ("huber", "tanh")]
 HIDDEN = [6, 7, 5]
 
 
@@ -499,7 +500,8 @@ def test_predictions_that_overflow_are_refused_not_given_class_0(loss):
     model = fastbp.MLP([2, 8, 3], loss=loss, seed=0)
     X = np.array([[0.5, -1.0], [3e38, -3e38], [1.0, 2.0]], dtype=np.float32)
     assert not np.isfinite(model.forward(X)[1]).all()
-    for predict in ([model.predict] + ([model.predict_proba] if loss != "mse" else [])):
+    gives_proba = fastbp.kernels.LOSS_KINDS[loss].proba is not None
+    for predict in ([model.predict] + ([model.predict_proba] if gives_proba else [])):
         with pytest.raises(ValueError, match=r"X: the outputs of 1 row\(s\) \(the first: row 1\) "
                                              "overflow"):
             predict(X)

@@ -32,20 +32,28 @@ def torch_activation(name, z):
     return getattr(torch.nn.functional, function)(z, **kwargs)
 
 
+def torch_row_losses(model, h, y):
+    """Each row's loss, by the loss's PyTorch reference in kernels.LOSS_KINDS: scale times
+    the sum over the row's outputs of torch.nn.functional's loss, reduction "none"."""
+    kind = kernels.LOSS_KINDS[model.loss]
+    name, kwargs, scale = kind.torch
+    if kind.targets == "labels":
+        target = torch.tensor(np.asarray(y), dtype=torch.long)
+    else:
+        target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
+    rows = getattr(torch.nn.functional, name)(h, target, reduction="none", **kwargs)
+    if rows.ndim == 2:
+        rows = rows.sum(dim=1)
+    return scale * rows
+
+
 def torch_loss(model, tensors, X, y):
     h = torch_output(model, tensors, X)
     n_rows = h.shape[0]
     # scikit-learn's alpha: l2 / (2 B) times the squared norms of the weights (not the biases)
     penalty = model.l2 / (2 * n_rows) * sum((tensors[f"W{l}"] ** 2).sum()
                                             for l in range(len(model.sizes) - 1))
-    if model.loss == "softmax_cross_entropy":
-        return torch.nn.functional.cross_entropy(
-            h, torch.tensor(np.asarray(y), dtype=torch.long)) + penalty
-    target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
-    if model.loss == "binary_cross_entropy":
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            h, target, reduction="sum") / n_rows + penalty
-    return 0.5 * ((h - target) ** 2).sum(dim=1).mean() + penalty
+    return torch_row_losses(model, h, y).mean() + penalty
 
 
 def torch_output(model, tensors, X):
@@ -61,16 +69,7 @@ def torch_weighted_loss(model, tensors, X, y, w):
     sum_i w_i loss_i / sum_i w_i + l2 / (2 sum_i w_i) sum ||W||^2."""
     h = torch_output(model, tensors, X)
     w = torch.tensor(np.asarray(w, dtype=np.float64))
-    if model.loss == "softmax_cross_entropy":
-        rows = torch.nn.functional.cross_entropy(
-            h, torch.tensor(np.asarray(y), dtype=torch.long), reduction="none")
-    else:
-        target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(h.shape))
-        if model.loss == "binary_cross_entropy":
-            rows = torch.nn.functional.binary_cross_entropy_with_logits(
-                h, target, reduction="none").sum(dim=1)
-        else:
-            rows = 0.5 * torch.nn.functional.mse_loss(h, target, reduction="none").sum(dim=1)
+    rows = torch_row_losses(model, h, y)
     penalty = model.l2 / (2 * w.sum()) * sum((tensors[f"W{l}"] ** 2).sum()
                                              for l in range(len(model.sizes) - 1))
     return (w * rows).sum() / w.sum() + penalty
@@ -105,6 +104,10 @@ CASES = [
     pytest.param([6, 9, 1], "relu", "binary_cross_entropy", "identity", id="relu-bce1"),
     pytest.param([7, 9, 8, 5], ["gelu", "sigmoid"], "binary_cross_entropy", "identity",
                  id="gelu-sigm-bce"),
+    pytest.param([6, 9, 7, 3], "relu", "huber", "identity", id="relu2-huber"),
+    pytest.param([6, 9, 3], "tanh", "huber", "sigmoid", id="tanh-huber-sigmoid"),
+    pytest.param([7, 9, 8, 6, 5], ["gelu", "leaky_relu", "tanh"], "huber", "gelu",
+                 id="gelu-leaky-tanh-huber-gelu"),
 ]
 # Each loss with the L2 penalty (scikit-learn's alpha)
 L2_CASES = [pytest.param(sizes, act, loss, out_act, l2, id=f"{loss}-l2={l2}")
@@ -112,7 +115,8 @@ L2_CASES = [pytest.param(sizes, act, loss, out_act, l2, id=f"{loss}-l2={l2}")
                                                "identity"),
                                               ([6, 9, 3], "tanh", "mse", "sigmoid"),
                                               ([6, 9, 7, 4], "relu", "binary_cross_entropy",
-                                               "identity"))
+                                               "identity"),
+                                              ([6, 9, 3], "tanh", "huber", "tanh"))
             for l2 in (1e-4, 0.8)]
 
 
@@ -150,7 +154,7 @@ def test_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, r
 
 @pytest.mark.parametrize("sizes, act, loss, out_act, l2",
                          [pytest.param(*CASES[i].values, 0.0, id=CASES[i].id)
-                          for i in (0, 5, 6, 11, 13, 14)] + L2_CASES)
+                          for i in (0, 5, 6, 11, 13, 14, 16, 17, 18)] + L2_CASES)
 def test_weighted_loss_and_gradients_match_torch_float64(sizes, act, loss, out_act, l2, rng):
     """Sample weights (some 0, one large): loss and every gradient tensor within 1e-10 of
     PyTorch float64 on the per-row losses, weighted."""
@@ -176,7 +180,7 @@ def test_weighted_loss_and_gradients_match_torch_float64(sizes, act, loss, out_a
 
 
 @pytest.mark.parametrize("sizes, act, loss, out_act",
-                         CASES[:3] + CASES[5:7] + CASES[10:12] + CASES[13:14])
+                         CASES[:3] + CASES[5:7] + CASES[10:12] + CASES[13:14] + CASES[17:19])
 def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     """float32 model against torch float64 on the same (float32) parameters and inputs;
     per-tensor normwise error (see test_model's float32 test for why normwise)."""
@@ -188,6 +192,26 @@ def test_float32_gradients_match_torch_float64(sizes, act, loss, out_act, rng):
     expected, errors = torch_loss_and_errors(model, X, y)
     assert got == pytest.approx(expected, rel=1e-5)
     assert max(errors.values()) < 1e-4, errors
+
+
+def test_every_loss_reference_is_torchs_loss_module():
+    """The registry's torch field of each loss, against the torch.nn module of that loss with
+    reduction="sum", divided by the batch's rows (scaled as fastbp's mean loss is)."""
+    modules = {"softmax_cross_entropy": (torch.nn.CrossEntropyLoss(reduction="sum"), 1.0),
+               "mse": (torch.nn.MSELoss(reduction="sum"), 0.5),
+               "binary_cross_entropy": (torch.nn.BCEWithLogitsLoss(reduction="sum"), 1.0),
+               "huber": (torch.nn.HuberLoss(reduction="sum", delta=1.0), 1.0)}
+    assert set(modules) == set(kernels.LOSS_KINDS)
+    rng = np.random.default_rng(3)
+    for name, (module, scale) in modules.items():
+        model = fastbp.MLP([2, 4], loss=name, dtype=np.float64)
+        h = torch.tensor(rng.normal(scale=3.0, size=(9, 4)))
+        y = make_targets(name, 9, 4, rng)
+        target = (torch.tensor(y) if kernels.LOSS_KINDS[name].targets == "labels"
+                  else torch.tensor(np.asarray(y, dtype=np.float64)))
+        expected = scale * module(h, target) / 9
+        assert torch_row_losses(model, h, y).mean().item() == pytest.approx(expected.item(),
+                                                                            rel=1e-14), name
 
 
 def test_every_table_activation_maps_to_torch():

@@ -10,14 +10,14 @@ C-contiguous arrays throughout, x included. They run fastest on arrays that star
 
 Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).
 
-Losses: softmax cross-entropy (integer labels), MSE, and binary cross-entropy (a sigmoid per
-output, fused); the L2 penalty on the weights, and sample weights, are stages after the loss's
-gradient.
+Losses: each an entry of the registry ``LOSS_KINDS`` (softmax cross-entropy on integer labels,
+MSE, binary cross-entropy with a sigmoid per output fused in, ...); the L2 penalty on the
+weights, and sample weights, are stages after the loss's gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
-``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``,
-``update`` (norms, clipping, parameter updates; ``KINDS``, the registry of update kinds),
-``rows`` (row gathering, from dense and from CSR sparse matrices, and input checks),
+``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``
+(``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
+``KINDS``, the registry of update kinds), ``rows`` (row gathering, from dense and from CSR sparse matrices, and input checks),
 ``network`` (Net, Workspace, whole-network functions), ``entry`` (what fastbp's Python layer
 calls); ``_config`` holds every compiler flag and tuning constant, ``_tiling`` the thread split,
 ``_native`` BLAS and views, ``_units`` the table through which the network calls the heavy
@@ -41,11 +41,9 @@ from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
 from .activations import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH  # noqa: F401
 from .dense import dense_backward, dense_forward, splits_input
 from .entry import prepare
-from .losses import (LOSS_CODES, binary_cross_entropy_forward_backward,
-                     binary_cross_entropy_loss, l2_penalty_forward_backward, l2_penalty_loss,
-                     mse_forward_backward, mse_loss, sample_weights_forward_backward,
-                     sample_weights_loss, softmax_cross_entropy_forward_backward,
-                     softmax_cross_entropy_loss, softmax_forward, weight_sum)
+from .losses import (LOSS_CODES, LOSS_KINDS, LossKind, l2_penalty_forward_backward,
+                     l2_penalty_loss, sample_weights_forward_backward, sample_weights_loss,
+                     softmax_forward, weight_sum)
 from .network import (Net, Workspace, apply_update, make_net, make_workspace, mlp_forward,
                       mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
                       plan_activations)
@@ -55,15 +53,20 @@ from .update import (ADAM_KIND, KINDS, SGD_KIND, UPDATE_KINDS, Update, UpdateKin
                      adam_step, add_scaled, layer_sums_of_squares, norm_partials_size, sgd_spec,
                      sgd_step, sgd_update, update_spec)
 
+# Each loss's two kernels (softmax_cross_entropy_forward_backward, mse_loss, ...), by their
+# names: from the registry, so that a loss added there is exported with it.
+_LOSS_KERNELS = {kernel.py_func.__name__: kernel for kind in LOSS_KINDS.values()
+                 for kernel in (kind.forward_backward, kind.loss)}
+globals().update(_LOSS_KERNELS)
+
 __all__ = [
     "ACTIVATIONS", "CODES", "Activation", *(a.name.upper() for a in ACTIVATIONS),
     "dense_forward", "dense_backward",
     "activation_forward", "activation_backward", "uses_input",
     "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
     "tanh_forward", "tanh_backward",
-    "softmax_forward", "softmax_cross_entropy_forward_backward", "mse_forward_backward",
-    "softmax_cross_entropy_loss", "mse_loss", "binary_cross_entropy_forward_backward",
-    "binary_cross_entropy_loss", "l2_penalty_forward_backward", "l2_penalty_loss", "LOSS_CODES",
+    "softmax_forward", *_LOSS_KERNELS, "l2_penalty_forward_backward", "l2_penalty_loss",
+    "LOSS_CODES", "LOSS_KINDS", "LossKind",
     "sample_weights_forward_backward", "sample_weights_loss", "weight_sum",
     "layer_sums_of_squares", "sgd_update", "norm_partials_size",
     "sgd_step", "adam_step", "add_scaled",

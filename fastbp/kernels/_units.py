@@ -44,14 +44,17 @@ _SLOTS = {}     # (name, dtype) -> slot
 _BY_SLOT = {}   # slot -> (name, dtype)
 
 
-def register(name, kernel, argtypes, restype=types.none, packed=False):
+def register(name, kernel, argtypes, restype=types.none, packed=False, cost=None):
     """Declare a unit. Its slot in each dtype is a hash of its name, dtype and types (probing on
     the rare collision), so compiled code that has a slot built in (fastbp's, or a user's own
     cached @njit code calling the network functions) finds the same unit in every process and
     version, or, if that unit changed or went, an empty slot and a clear message (_fill_slot),
-    never another unit."""
+    never another unit. cost: its compile time in seconds, for ensure to share the units out
+    between processes (see _COST; left out: that of an activation's loop)."""
     if name in _SPEC:
         return
+    if cost is not None:
+        _COST[name] = cost
     spec = Spec(name, kernel, argtypes, restype, packed)
     _SPEC[name] = spec
     for dt in DTYPES:
@@ -127,18 +130,16 @@ def _make_unit(spec, dtype):
 
 
 # Compile times of the units, in seconds on the 2-core machine (others: 0.25, an activation's
-# loop), to share them out between processes; of what the calling process compiles meanwhile
-# (an entry); and of a worker's start (its imports).
-_COST = {"dense_backward": 3.8, "softmax_cross_entropy_forward_backward": 3.0,
+# loop; the losses' units give theirs where they are registered, in losses.py), to share them
+# out between processes; of what the calling process compiles meanwhile (an entry); and of a
+# worker's start (its imports).
+_COST = {"dense_backward": 3.8,
          "sgd_step": 4.5, "adam_step": 4.5, "dense_forward_split_input": 2.4,
          "dense_forward_grid": 1.9,
-         "activation_backward": 2, "mse_forward_backward": 1.5, "take_rows": 1,
-         "softmax_cross_entropy_loss": 0.6, "mse_loss": 0.5,
-         # Not measured: guessed from the kernels they resemble (mse's, the norm pass, and
-         # adam_step for the other update steps).
-         "binary_cross_entropy_forward_backward": 1.5, "binary_cross_entropy_loss": 0.5,
+         "activation_backward": 2, "take_rows": 1,
+         # Not measured: guessed from adam_step.
          "rmsprop_step": 4.5,
-         "l2_penalty_forward_backward": 1.5, "take_csr_rows": 1, "take_csr_rows_int32": 1}
+         "take_csr_rows": 1, "take_csr_rows_int32": 1}
 _MEANWHILE_COST = 3.5
 _WORKER_START_COST = 0.8
 

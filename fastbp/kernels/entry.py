@@ -17,8 +17,8 @@ from numba import njit
 from . import _units
 from ._config import SERIAL
 from .network import (Net, Workspace, _accumulated_loss_and_grad, _l2_penalty, apply_update,
-                      mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
-                      take_x_rows, units_for)
+                      mlp_forward, mlp_forward_and_losses, mlp_loss, mlp_loss_and_grad,
+                      mlp_train_epoch, mlp_train_step, take_x_rows, units_for)
 from .rows import CSR
 from .update import Update
 
@@ -34,7 +34,8 @@ def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=(), weight
     def compile_entry():
         if entry is not None:
             entry.compile(tuple(entry.typeof_pyval(a) for a in args))
-    names = units_for(loss, update_kind, net, may_split=entry not in (forward, take_csr_rows),
+    inference = entry in (forward, forward_and_losses, take_csr_rows)   # (no input split)
+    names = units_for(loss, update_kind, net, may_split=not inference,
                       weighted=weighted, sparse_index=sparse_index)
     with _ctrl_c_is_keyboard_interrupt():
         _units.ensure(names, np.dtype(dtype), meanwhile=compile_entry)
@@ -80,6 +81,15 @@ def forward(acts, params, x, sizes, activations, param_offsets, capacity, checkp
     net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
               pre_offsets, loss_code, l2)
     return mlp_forward(acts, params, x, net)
+
+
+@njit(**SERIAL)
+def forward_and_losses(acts, losses, params, x, target, sizes, activations, param_offsets,
+                       capacity, checkpoint_every, act_offsets, pre_offsets, loss_code, l2):
+    """The outputs, and each row's data loss into losses (network.mlp_forward_and_losses)."""
+    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
+              pre_offsets, loss_code, l2)
+    return mlp_forward_and_losses(acts, losses, params, x, target, net)
 
 
 @njit(**SERIAL)

@@ -2,9 +2,17 @@
 batch, summed in float64 in row order; per-sample losses go to a float64 array.
 
 Softmax cross-entropy takes integer labels (B,) in [0, OC), not checked here (see
-rows.labels_in_range); MSE takes targets (B, OC); binary cross-entropy (a sigmoid per logit,
-fused into the loss) takes targets (B, OC) in [0, 1], not checked here. The softmax's float32
+rows.labels_in_range); MSE and Huber take targets (B, OC); binary cross-entropy (a sigmoid per
+logit, fused into the loss) takes targets (B, OC) in [0, 1], not checked here. The softmax's float32
 exp is a polynomial that vectorises, within 1 ulp of the correctly rounded value.
+
+Each loss is defined once, in the registry ``LOSS_KINDS`` (name -> ``LossKind``) at the end of
+this module: its kernels (and their units), the targets it takes, whether it holds its own
+output nonlinearity, how a model predicts with it and scores its accuracy, and its PyTorch
+reference for the tests. Everything else derives from it: the network's loss stage and the
+units a run compiles (network), the names MLP(loss=...) takes and its checks, predict and
+predict_proba, the targets' checks, fit's accuracy, the command's --loss. Adding a loss: its
+kernels and one entry (and its tests and docs).
 
 The L2 penalty on the weights (scikit-learn's ``alpha``) is a term of the objective too:
 ``l2_penalty_forward_backward`` adds it, and its gradient, after a data loss's.
@@ -15,21 +23,22 @@ the mean loss and its gradient into the weighted mean's, sum_i w_i loss_i / sum_
 Codes of the losses, as a Net carries them (network.make_net): ``LOSS_CODES``.
 """
 import math
+from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
+from . import _units
 from ._config import ELEMENTWISE, INLINED, PARALLEL, SERIAL
 from ._native import float64_from_bits, num_threads, rows_view
 from ._tiling import n_tiles, span
+from .activations import sigmoid_forward
 from .update import _axpy, _chunk, _sum_of_squares, norm_partials_size
 
 SOFTMAX_CROSS_ENTROPY = 0
 MSE = 1
 BINARY_CROSS_ENTROPY = 2
-#: The losses by name, as MLP(loss=...) takes them, and their codes.
-LOSS_CODES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY, "mse": MSE,
-              "binary_cross_entropy": BINARY_CROSS_ENTROPY}
+HUBER = 3
 
 # Row helpers take the 2-D array and a row number: on rows as short as these (10 logits),
 # indexing x[i, j] from 0 was 1.3-1.7x faster than slicing out the row x[i] first (measured).
@@ -212,6 +221,75 @@ def mse_loss(losses, pred, target):
     return _mean(losses)
 
 
+#: Huber's delta: where its loss turns from quadratic to linear (PyTorch's default).
+HUBER_DELTA = 1.0
+
+
+@njit(**PARALLEL)
+def huber_forward_backward(dpred, losses, pred, target):
+    """losses (B,) = sum_j h(pred - target) with h(d) = d^2 / 2 where |d| <= delta, else
+    delta (|d| - delta / 2) (delta = HUBER_DELTA: MSE near the target, linear beyond, so that
+    outliers pull with a bounded force); dpred (B, OC) = clip(pred - target, -delta, delta) / B,
+    the gradient of the mean loss.
+
+    pred, target (B, OC); dpred may be pred. Each row's loss is summed in float64. Returns the
+    mean loss (PyTorch's HuberLoss(reduction="sum", delta=delta)(pred, target) / B).
+    """
+    n_rows = pred.shape[0]
+    scale = 1.0 / n_rows
+    # Weighed as MSE's rows (a comparison and a select more per element; not measured).
+    tiles = n_tiles(n_rows, 4 * pred.shape[1])
+    if tiles == 1:
+        _huber_rows(dpred, losses, pred, target, scale)
+        return _mean(losses)
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _huber_rows(dpred[r0:r1], losses[r0:r1], pred[r0:r1], target[r0:r1], scale)
+    return _mean(losses)
+
+
+@njit(**INLINED)
+def _huber_element(diff):
+    """h(diff) in float64 (see huber_forward_backward). Written so that NaN gives NaN."""
+    a = abs(np.float64(diff))
+    if a > HUBER_DELTA:
+        return HUBER_DELTA * (a - 0.5 * HUBER_DELTA)
+    return 0.5 * a * a
+
+
+@njit(**SERIAL)
+def _huber_rows(dpred, losses, pred, target, scale):
+    delta = pred.dtype.type(HUBER_DELTA)
+    for i in range(pred.shape[0]):
+        # The row's loss in a loop of its own, before dpred (which may be pred) is written:
+        # a loop that also stores is compiled in two versions, for dpred apart from pred and
+        # for dpred on it, whose sums of the row (reordered, vectorised) could differ.
+        total = 0.0
+        for j in range(pred.shape[1]):
+            total += _huber_element(pred[i, j] - target[i, j])
+        losses[i] = total
+        for j in range(pred.shape[1]):
+            diff = pred[i, j] - target[i, j]
+            # The clipped difference; NaN, which neither comparison holds for, stays NaN.
+            grad = diff
+            if diff > delta:
+                grad = delta
+            elif diff < -delta:
+                grad = -delta
+            dpred[i, j] = grad * scale
+
+
+@njit(**SERIAL)
+def huber_loss(losses, pred, target):
+    """losses (B,) as in huber_forward_backward, no gradient; returns the mean."""
+    for i in range(pred.shape[0]):
+        total = 0.0
+        for j in range(pred.shape[1]):
+            total += _huber_element(pred[i, j] - target[i, j])
+        losses[i] = total
+    return _mean(losses)
+
+
 @njit(**INLINED)
 def _bce_element(z, t):
     """(loss, sigmoid(z)) in float64 for one logit z and target t: max(z, 0) - z t +
@@ -278,8 +356,9 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
     gradient in place of the plain mean's.
 
     dout (B, OC) holds the gradient of the batch's mean loss, each row carrying a factor 1/B
-    (as every loss here, and an output activation's backward after MSE, leave it); row i is
-    multiplied by w_i / (total_weight / B), so that it carries w_i / total_weight instead.
+    (as every loss here, and an output activation's backward after an unfused one, leave
+    it); row i is multiplied by w_i / (total_weight / B), so that it carries w_i /
+    total_weight instead.
     Returns sum_i w_i losses_i / total_weight. losses (B,) float64, the rows' unweighted
     losses; weights (B,) float64, >= 0 (not checked here); total_weight: their sum, or, when
     several batches make one update (accumulation), the sum over all its rows (0 makes the
@@ -288,9 +367,10 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
     gives no NaN). dout may be empty (no gradient: sample_weights_loss).
 
     A stage of its own rather than a weight argument of each loss kernel: one small kernel
-    serves the three losses and MSE's output activations, compiled only when weights are
-    used, and the loss kernels (so every unweighted result) stay as they are. Its cost is one
-    pass over the output's delta (B x OC), in weighted steps only.
+    serves every loss (and the output activations that follow the unfused ones: a row's
+    factor passes through them), compiled only when weights are used, and the loss kernels
+    (so every unweighted result) stay as they are. Its cost is one pass over the output's
+    delta (B x OC), in weighted steps only.
     """
     mean_weight = total_weight / losses.shape[0]
     for i in range(dout.shape[0]):
@@ -382,3 +462,155 @@ def _mean(x):
         total += x[i]
     return total / x.shape[0]
 
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+#: The kinds of target a loss takes: integer labels (B,), or float values (B, OC).
+TARGETS = ("labels", "values")
+#: What MLP.predict can give: the class of the largest output, 0/1 indicators of the outputs
+#: above the loss's threshold, or the outputs themselves.
+PREDICT_RULES = ("argmax", "indicators", "values")
+#: The kinds of targets whose accuracy fit can score (see LossKind), by the kind of target.
+ACCURACY_KINDS = {"labels": ("labels",), "values": ("binary", "onehot", "multilabel")}
+
+
+class LossKind(namedtuple("LossKind", ["code", "name", "forward_backward", "loss", "targets",
+                                       "target_range", "fused", "predict", "proba",
+                                       "threshold", "accuracy", "torch"])):
+    """An entry of LOSS_KINDS: one loss, and what fastbp derives from it.
+
+    code: the Net's loss code; name: MLP(loss=...)'s name.
+    forward_backward(dout, losses, output, target) -> the mean loss: each row's loss into
+    losses (B,) float64, the gradient of the mean loss with respect to output (B, OC) into dout
+    (which may be output). loss(losses, output, target) -> the mean: the same, no gradient.
+    The network calls both through units named after them (see _units).
+    targets: "labels" (integers (B,) in [0, OC)) or "values" (floats (B, OC); (B,) is taken
+    when OC is 1). target_range: (low, high) that values must lie in, or None.
+    fused: the nonlinearity that the loss applies to the outputs itself ("softmax",
+    "sigmoid"), with which the output activation must be the identity; None: the output
+    activation's gradient follows the loss's.
+    predict: what MLP.predict gives, one of PREDICT_RULES ("indicators": int64 0/1 of
+    output > threshold). proba: the kernel proba(probs, outputs) (probs may be outputs) of
+    MLP.predict_proba, or None: no probabilities.
+    threshold: the output value above which an output reads as 1 (for "indicators", and for
+    the accuracy of 0/1 targets), or None.
+    accuracy: the kinds of targets (ACCURACY_KINDS) whose accuracy fit scores: "labels",
+    "binary" (one output, 0/1 targets), "onehot" (the largest output against the one 1),
+    "multilabel" (0/1 targets, a row right when all its outputs are).
+    torch: its PyTorch reference, for the tests (PyTorch is never imported here): (name of a
+    torch.nn.functional loss, keyword arguments, scale); a row's loss is scale times the sum
+    over its outputs of name(output, target, reduction="none", **kwargs) (for labels, that
+    call gives one value a row already).
+    """
+    __slots__ = ()
+
+    @property
+    def units(self):
+        """The names of its two units (see _units): its kernels'."""
+        return self.forward_backward.py_func.__name__, self.loss.py_func.__name__
+
+    def predictions(self, out):
+        """What MLP.predict gives for the outputs out (N, OC)."""
+        if self.predict == "argmax":
+            return out.argmax(axis=1)
+        if self.predict == "indicators":
+            return (out > self.threshold).astype(np.int64)
+        if self.predict == "values":
+            return out
+        raise ValueError(f"loss {self.name!r}: no predict rule {self.predict!r}")
+
+
+def check_kind(kind):
+    """Raise ValueError if an entry misses a rule that another of its fields needs, or names
+    one that does not exist: a loss is refused where it is declared, not taken for another
+    where it is used."""
+    problems = []
+    if kind.targets not in TARGETS:
+        problems.append(f"targets {kind.targets!r} is not one of {TARGETS}")
+    if kind.predict not in PREDICT_RULES:
+        problems.append(f"predict {kind.predict!r} is not one of {PREDICT_RULES}")
+    if kind.predict == "argmax" and kind.targets != "labels":
+        problems.append("predict 'argmax' gives labels, and its targets are not labels")
+    scorable = ACCURACY_KINDS.get(kind.targets, ())
+    wrong = [a for a in kind.accuracy if a not in scorable]
+    if wrong:
+        problems.append(f"accuracy {wrong} cannot be scored on {kind.targets} targets "
+                        f"(those: {scorable})")
+    needs_threshold = kind.predict == "indicators" or any(
+        a in kind.accuracy for a in ("binary", "multilabel"))
+    if needs_threshold and kind.threshold is None:
+        problems.append("no threshold, which its predict or accuracy rule reads")
+    if kind.target_range is not None and kind.targets != "values":
+        problems.append("a target_range applies to values only")
+    if kind.fused is not None and not isinstance(kind.fused, str):
+        problems.append("fused must name the nonlinearity, or be None")
+    if kind.torch is None or len(kind.torch) != 3:
+        problems.append("no PyTorch reference (name, keyword arguments, scale)")
+    for field in ("forward_backward", "loss"):
+        if not hasattr(getattr(kind, field), "py_func"):
+            problems.append(f"{field} is not an @njit kernel")
+    if problems:
+        raise ValueError(f"loss {kind.name!r}: " + "; ".join(problems))
+
+
+#: The registry of losses, by name (MLP(loss=...)).
+LOSS_KINDS = {kind.name: kind for kind in (
+    LossKind(SOFTMAX_CROSS_ENTROPY, "softmax_cross_entropy",
+             softmax_cross_entropy_forward_backward, softmax_cross_entropy_loss,
+             "labels", None, "softmax", "argmax", softmax_forward, None, ("labels",),
+             ("cross_entropy", {}, 1.0)),
+    LossKind(MSE, "mse", mse_forward_backward, mse_loss, "values", None, None, "values", None,
+             0.5, ("binary", "onehot"), ("mse_loss", {}, 0.5)),
+    # Its outputs are logits: above 0, a probability above 1/2.
+    LossKind(BINARY_CROSS_ENTROPY, "binary_cross_entropy",
+             binary_cross_entropy_forward_backward, binary_cross_entropy_loss, "values",
+             (0.0, 1.0), "sigmoid", "indicators", sigmoid_forward, 0.0,
+             ("binary", "onehot", "multilabel"),
+             ("binary_cross_entropy_with_logits", {}, 1.0)),
+    LossKind(HUBER, "huber", huber_forward_backward, huber_loss, "values", None, None, "values",
+             None, 0.5, ("binary", "onehot"), ("huber_loss", {"delta": HUBER_DELTA}, 1.0)),
+)}
+for _kind in LOSS_KINDS.values():
+    check_kind(_kind)
+#: The losses by name, as MLP(loss=...) takes them, and their codes.
+LOSS_CODES = {name: kind.code for name, kind in LOSS_KINDS.items()}
+#: The loss that a Net made without one (network.make_net's loss=None, code -1) takes, by the
+#: kind of its targets; any code not in the table takes it too.
+DEFAULT_LOSS = {"labels": "softmax_cross_entropy", "values": "mse"}
+
+
+# The units of this module's kernels (see _units), with the types the network calls them with,
+# and their compile times in seconds (see _units._COST): those not measured are guessed from
+# the kernels they resemble.
+_M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}   # matrices
+_V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}   # vectors
+_LOSSES = types.Array(types.float64, 1, "C")
+_INTS = types.Array(types.int64, 1, "C")                      # labels, offsets, sizes
+_TARGET_TYPES = {"labels": lambda dt: _INTS, "values": lambda dt: _M[dt]}
+_COMPILE_COST = {"softmax_cross_entropy_forward_backward": 3.0,
+                 "softmax_cross_entropy_loss": 0.6, "mse_forward_backward": 1.5,
+                 "mse_loss": 0.5, "binary_cross_entropy_forward_backward": 1.5,
+                 "binary_cross_entropy_loss": 0.5, "l2_penalty_forward_backward": 1.5,
+                 "huber_forward_backward": 1.5, "huber_loss": 0.5}
+
+
+def _register_units(kind):
+    target = _TARGET_TYPES[kind.targets]
+    forward_backward, loss = kind.units
+    _units.register(forward_backward, kind.forward_backward,
+                    lambda dt: (_M[dt], _LOSSES, _M[dt], target(dt)), types.float64,
+                    cost=_COMPILE_COST.get(forward_backward))
+    _units.register(loss, kind.loss, lambda dt: (_LOSSES, _M[dt], target(dt)), types.float64,
+                    cost=_COMPILE_COST.get(loss))
+
+
+for _kind in LOSS_KINDS.values():
+    _register_units(_kind)
+# n_rows is a float: the rows' count, or their total weight.
+_units.register("l2_penalty_forward_backward", l2_penalty_forward_backward,
+                lambda dt: (_V[dt], _LOSSES, _V[dt], _INTS, _INTS, types.float64,
+                            types.float64), types.float64,
+                cost=_COMPILE_COST["l2_penalty_forward_backward"])
+_units.register("sample_weights_forward_backward", sample_weights_forward_backward,
+                lambda dt: (_M[dt], _LOSSES, _LOSSES, types.float64), types.float64)

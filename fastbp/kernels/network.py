@@ -6,17 +6,18 @@ Net: sizes (L+1,), activations (L,) codes, param_offsets (L+1,) (the flat parame
 fastbp.layout), capacity (rows the buffers hold), checkpoint_every (k), act_offsets (L,) where
 each layer's output starts in the flat activation buffer, pre_offsets (L,) where its
 pre-activation starts, or -1 when it is not kept (only activations whose gradient reads their
-input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type) and l2
+input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type, see
+losses.DEFAULT_LOSS) and l2
 (the L2 penalty on the weights, scikit-learn's alpha; 0 for none).
 
-Losses: integer labels (B,) always take softmax cross-entropy, chosen by their type when the
-code is compiled. MSE and binary cross-entropy both take float targets (B, OC), so their type
-cannot tell them apart: the Net's loss code does, in a runtime branch (one comparison a step).
-Either branch calls its loss through a unit, so a run still compiles only its own loss's
-units (units_for). The L2 penalty is a stage after the data loss's gradient, also a unit, and
-skipped (no bit changed, nothing compiled) when l2 is 0; it lives in the Net alone, so every
-path that computes the objective (mlp_loss, mlp_loss_and_grad, the training step and epoch,
-accumulation) reads it from there.
+Losses (the registry losses.LOSS_KINDS): integer labels (B,) and float targets (B, OC) are
+told apart by their type when the code is compiled; the losses that take the same kind of
+target (MSE, binary cross-entropy, ...), by the Net's loss code, in a runtime branch (one
+comparison a loss a step). Each branch calls its loss through a unit, so a run still compiles
+only its own loss's units (units_for). The L2 penalty is a stage after the data loss's
+gradient, also a unit, and skipped (no bit changed, nothing compiled) when l2 is 0; it lives
+in the Net alone, so every path that computes the objective (mlp_loss, mlp_loss_and_grad,
+the training step and epoch, accumulation) reads it from there.
 
 Sample weights: the functions that compute the objective take an optional ``weights`` (B,)
 float64 array, one weight >= 0 per row (the Python layer checks them). The objective is then
@@ -61,14 +62,15 @@ from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .dense import splits_input
 from .rows import aligned_zeros
-from .losses import BINARY_CROSS_ENTROPY, LOSS_CODES, weight_sum
+from .losses import DEFAULT_LOSS, LOSS_CODES, LOSS_KINDS, TARGETS, weight_sum
 from .update import norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
-# The units the network calls (see _units), with the argument types it calls them with.
+# The units the network calls (see _units), with the argument types it calls them with (the
+# losses' units are declared beside their kernels, in losses.py).
 _M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}   # matrices
 _V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}   # vectors
 _LOSSES = types.Array(types.float64, 1, "C")
@@ -82,24 +84,6 @@ _units.register("dense_forward_split_input", dense._dense_forward_split_input,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
 _units.register("dense_backward", dense.dense_backward,
                 lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _i64, _M[dt]))
-_units.register("softmax_cross_entropy_forward_backward",
-                losses.softmax_cross_entropy_forward_backward,
-                lambda dt: (_M[dt], _LOSSES, _M[dt], _LABELS), _f64)
-_units.register("softmax_cross_entropy_loss", losses.softmax_cross_entropy_loss,
-                lambda dt: (_LOSSES, _M[dt], _LABELS), _f64)
-_units.register("mse_forward_backward", losses.mse_forward_backward,
-                lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64)
-_units.register("mse_loss", losses.mse_loss, lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64)
-_units.register("binary_cross_entropy_forward_backward",
-                losses.binary_cross_entropy_forward_backward,
-                lambda dt: (_M[dt], _LOSSES, _M[dt], _M[dt]), _f64)
-_units.register("binary_cross_entropy_loss", losses.binary_cross_entropy_loss,
-                lambda dt: (_LOSSES, _M[dt], _M[dt]), _f64)
-# n_rows is a float: the rows' count, or their total weight.
-_units.register("l2_penalty_forward_backward", losses.l2_penalty_forward_backward,
-                lambda dt: (_V[dt], _LOSSES, _V[dt], _LABELS, _LABELS, _f64, _f64), _f64)
-_units.register("sample_weights_forward_backward", losses.sample_weights_forward_backward,
-                lambda dt: (_M[dt], _LOSSES, _LOSSES, _f64), _f64)
 _units.register("activation_backward", activations.activation_backward,
                 lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
 _units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
@@ -117,12 +101,6 @@ for _kind in update.KINDS.values():
 _dense_forward_grid = caller("dense_forward_grid")
 _dense_forward_split_input = caller("dense_forward_split_input")
 _dense_backward = caller("dense_backward")
-_softmax_ce = caller("softmax_cross_entropy_forward_backward")
-_softmax_ce_loss = caller("softmax_cross_entropy_loss")
-_mse = caller("mse_forward_backward")
-_mse_loss = caller("mse_loss")
-_bce = caller("binary_cross_entropy_forward_backward")
-_bce_loss = caller("binary_cross_entropy_loss")
 _l2_penalty = caller("l2_penalty_forward_backward")
 _sample_weights = caller("sample_weights_forward_backward")
 _activation_backward = caller("activation_backward")
@@ -148,12 +126,10 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
     names += activations.epilogue_units(codes)
     if may_split and (net is None or _may_split_input(net)):
         names.append("dense_forward_split_input")
-    if loss == "softmax_cross_entropy":
-        names += ["softmax_cross_entropy_forward_backward", "softmax_cross_entropy_loss"]
-    elif loss == "binary_cross_entropy":
-        names += ["binary_cross_entropy_forward_backward", "binary_cross_entropy_loss"]
-    else:
-        names += ["mse_forward_backward", "mse_loss", "activation_backward"]
+    kind = LOSS_KINDS[loss]
+    names += kind.units
+    if kind.fused is None:   # its gradient goes through the output activation's
+        names.append("activation_backward")
     if net is None or net.l2 != 0:
         names.append("l2_penalty_forward_backward")
     if weighted:
@@ -212,8 +188,9 @@ def plan_activations(sizes, activations, capacity, checkpoint_every):
 
 def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0):
     """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size).
-    loss: a name of losses.LOSS_CODES, or None to choose by the target's type (integer labels:
-    softmax cross-entropy; float targets: MSE). l2: the L2 penalty on the weights (>= 0)."""
+    loss: a name of losses.LOSS_CODES, or None to choose by the target's type
+    (losses.DEFAULT_LOSS: integer labels take softmax cross-entropy, float targets MSE). l2:
+    the L2 penalty on the weights (>= 0)."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     activations = np.ascontiguousarray(activations, dtype=np.int64)
     act_offsets, pre_offsets, acts_size = plan_activations(sizes, activations, capacity,
@@ -306,34 +283,83 @@ def mlp_forward(acts, params, x, net):
     return _forward(acts, params, x, net, acts[:0])
 
 
+# The loss stage is written from the registry (losses.LOSS_KINDS), as apply_update is from
+# update.KINDS below. Integer labels (B,) and float values (B, OC) are told apart by their type
+# when the code is compiled; the losses that take the same kind of target, by the Net's loss
+# code, in a runtime branch, one per loss, each calling its loss's unit (so a run compiles only
+# the units of its own loss: units_for). The kind's default loss (losses.DEFAULT_LOSS) comes
+# last and takes any other code (-1: a Net made without a loss).
+_LOSS_STAGE = """def {name}({params}):
+{branches}"""
+_STAGE_PARAMS = {True: "dout, losses, output, target, acts, net",
+                 False: "losses, output, target, net"}
+
+
+def _loss_call(kind, with_grad, indent):
+    """The lines of a loss stage's branch for one loss."""
+    forward_backward, loss = kind.units
+    if not with_grad:
+        return [f"{indent}return {loss}(losses, output, target)"]
+    lines = [f"{indent}loss = {forward_backward}(dout, losses, output, target)"]
+    if kind.fused is None:   # a fused loss's output activation is the identity
+        lines.append(f"{indent}_output_activation_backward(dout, output, acts, net)")
+    return lines + [f"{indent}return loss"]
+
+
+def _loss_stage(targets, with_grad):
+    """The loss stage for one kind of target: with_grad, f(dout, losses, output, target, acts,
+    net) -> the mean loss, its gradient with respect to the last pre-activation in dout;
+    else f(losses, output, target, net) -> the mean loss. Each row's loss goes to losses."""
+    name = f"_{targets}_loss" + ("_and_output_grad" if with_grad else "")
+    default = LOSS_KINDS[DEFAULT_LOSS[targets]]
+    scope = {"_output_activation_backward": _output_activation_backward}
+    lines = []
+    for kind in [k for k in LOSS_KINDS.values() if k.targets == targets and k is not default]:
+        lines.append(f"    if net.loss == {kind.code}:")
+        lines += _loss_call(kind, with_grad, " " * 8)
+    lines += _loss_call(default, with_grad, " " * 4)
+    for kind in LOSS_KINDS.values():
+        if kind.targets == targets:
+            scope.update({unit: caller(unit) for unit in kind.units})
+    source = _LOSS_STAGE.format(name=name, params=_STAGE_PARAMS[with_grad],
+                                branches="\n".join(lines))
+    exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
+    return njit(**INLINED)(scope[name])
+
+
+@njit(**INLINED)
+def _output_activation_backward(dout, output, acts, net):
+    """dout := the gradient with respect to the last pre-activation, from dout, that with
+    respect to output (the last layer's); in place, nothing done for the identity."""
+    last = net.activations.shape[0] - 1
+    code = net.activations[last]
+    if code != IDENTITY:
+        pre = output
+        if net.pre_offsets[last] >= 0:
+            pre = _layer_pre(acts, net, output.shape[0], last)
+        _activation_backward(dout, dout, output, code, pre)
+
+
+_labels_loss_and_output_grad = _loss_stage("labels", True)
+_values_loss_and_output_grad = _loss_stage("values", True)
+_labels_loss = _loss_stage("labels", False)
+_values_loss = _loss_stage("values", False)
+assert TARGETS == ("labels", "values")   # the two kinds these stages are written for
+
+
 def _loss_and_output_grad(dout, losses, output, target, acts, net):
-    """Mean loss, and dL/d(last pre-activation) into dout. Integer labels (B,) take softmax
-    cross-entropy; values (B, OC) binary cross-entropy when net.loss says so, else MSE (whose
-    gradient then goes through the output activation; the output activation of the two
-    cross-entropies is the identity)."""
+    """Mean loss, and dL/d(last pre-activation) into dout: the loss stage of the target's
+    kind (see above)."""
     raise NotImplementedError("compiled code only")
 
 
 @overload(_loss_and_output_grad, jit_options=SERIAL)
 def _loss_and_output_grad_impl(dout, losses, output, target, acts, net):
     if target.ndim == 1:
-        def softmax_ce(dout, losses, output, target, acts, net):
-            return _softmax_ce(dout, losses, output, target)
-        return softmax_ce
-
-    def float_targets(dout, losses, output, target, acts, net):
-        if net.loss == BINARY_CROSS_ENTROPY:   # see the module docstring
-            return _bce(dout, losses, output, target)
-        loss = _mse(dout, losses, output, target)
-        last = net.activations.shape[0] - 1
-        code = net.activations[last]
-        if code != IDENTITY:
-            pre = output
-            if net.pre_offsets[last] >= 0:
-                pre = _layer_pre(acts, net, output.shape[0], last)
-            _activation_backward(dout, dout, output, code, pre)
-        return loss
-    return float_targets
+        return lambda dout, losses, output, target, acts, net: _labels_loss_and_output_grad(
+            dout, losses, output, target, acts, net)
+    return lambda dout, losses, output, target, acts, net: _values_loss_and_output_grad(
+        dout, losses, output, target, acts, net)
 
 
 def _batch_loss(losses, output, target, net):
@@ -344,20 +370,27 @@ def _batch_loss(losses, output, target, net):
 @overload(_batch_loss, jit_options=SERIAL)
 def _batch_loss_impl(losses, output, target, net):
     if target.ndim == 1:
-        return lambda losses, output, target, net: _softmax_ce_loss(losses, output, target)
+        return lambda losses, output, target, net: _labels_loss(losses, output, target, net)
+    return lambda losses, output, target, net: _values_loss(losses, output, target, net)
 
-    def float_targets(losses, output, target, net):
-        if net.loss == BINARY_CROSS_ENTROPY:
-            return _bce_loss(losses, output, target)
-        return _mse_loss(losses, output, target)
-    return float_targets
+
+@njit(**SERIAL)
+def mlp_forward_and_losses(acts, losses, params, x, target, net):
+    """mlp_forward, and each row's data loss (unweighted, without the L2 penalty) into losses
+    (B,) float64, from that one forward pass; returns the output view (B, sizes[-1]) into acts.
+    target: labels (B,) or values (B, OC), as the Net's loss takes them. The outputs are
+    bitwise mlp_forward's (its products are not split over the inputs); the losses those of
+    mlp_loss, whose products may be, to rounding."""
+    output = _forward(acts, params, x, net, acts[:0])
+    _batch_loss(losses[:x.shape[0]], output, target, net)
+    return output
 
 
 @njit(**SERIAL)
 def mlp_loss(work, params, x, target, net, weights=None):
     """Mean loss of the batch (forward only), plus the L2 penalty when net.l2 is not 0.
-    target: integer labels (B,) for softmax cross-entropy, values (B, OC) for MSE and binary
-    cross-entropy; the per-sample losses (without the penalty, unweighted) go to work.losses.
+    target: integer labels (B,) or values (B, OC), as the Net's loss takes them (see
+    losses.LossKind); the per-sample losses (without the penalty, unweighted) go to work.losses.
     Its forward pass splits products as mlp_loss_and_grad's does, so the two losses agree to
     rounding. weights (B,) float64, optional: the weighted mean instead, and the penalty over
     the weights' sum (see the module docstring)."""
