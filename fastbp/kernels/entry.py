@@ -2,10 +2,10 @@
 
 The entries take a Workspace's, a Net's and an Update's fields as plain arguments (Python passes
 ``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
-types tuple arguments in Python, which costs about 3 us a call and leaves garbage. Those entries
-are written from the tuples' fields (``_ENTRIES``), so their argument lists follow the tuples. Those that
-compute an objective take the sample weights last: None for none (then they run the code from
-before weights, see network's docstring), else a float64 array.
+types tuple arguments in Python, which costs about 3 us a call and leaves garbage. Those
+entries are written from the tuples' fields (``_ENTRIES``), so their argument lists follow the
+tuples. Those that compute an objective take the sample weights last: None for none (then they
+run the code from before weights, see network's docstring), else a float64 array.
 """
 import contextlib
 import signal
@@ -74,17 +74,28 @@ def _ctrl_c_is_keyboard_interrupt():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# The Python layer passes these two a Net's sizes, not its weight_lengths: its layers are all
+# dense, whose weights are the first n_in * n_out entries of their block. A layer of another
+# kind needs net.weight_lengths passed instead, and these two to take it.
+@njit(**SERIAL)
+def _dense_weight_lengths(sizes):
+    return sizes[:-1] * sizes[1:]
+
+
 @njit(**SERIAL)
 def l2_penalty(partials, params, param_offsets, sizes, l2, n_rows):
-    """The L2 penalty of n_rows rows (losses.l2_penalty_loss), through its unit."""
-    return _l2_penalty(params[:0], partials, params, param_offsets, sizes, l2, n_rows)
+    """The L2 penalty of n_rows rows (losses.l2_penalty_loss) of a dense network, through its
+    unit."""
+    return _l2_penalty(params[:0], partials, params, param_offsets,
+                       _dense_weight_lengths(sizes), l2, n_rows)
 
 
 @njit(**SERIAL)
 def add_l2_penalty(grads, partials, params, param_offsets, sizes, l2, n_rows):
-    """Adds the L2 penalty's gradient of n_rows rows to grads; returns the penalty: the stage
-    a data-parallel step runs after summing the ranks' data gradients."""
-    return _l2_penalty(grads, partials, params, param_offsets, sizes, l2, n_rows)
+    """Adds the L2 penalty's gradient of n_rows rows to grads (a dense network's); returns the
+    penalty: the stage a data-parallel step runs after summing the ranks' data gradients."""
+    return _l2_penalty(grads, partials, params, param_offsets, _dense_weight_lengths(sizes),
+                       l2, n_rows)
 
 
 @njit(**SERIAL)

@@ -326,11 +326,11 @@ def weight_sum(weights):
 
 
 @njit(**SERIAL)
-def _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c):
+def _l2_chunk(grads, partials, params, param_offsets, weight_lengths, scale, c):
     """Chunk c (of update.layer_sums_of_squares's chunks): partials[c] = the sum of squares of
     its weights (not biases), and grads += scale * params over them when grads is not empty."""
     start, stop, layer = _chunk(param_offsets, c)
-    stop = min(stop, param_offsets[layer] + sizes[layer] * sizes[layer + 1])
+    stop = min(stop, param_offsets[layer] + weight_lengths[layer])
     if stop <= start:  # biases only
         partials[c] = 0.0
         return
@@ -340,28 +340,30 @@ def _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c):
 
 
 @njit(**PARALLEL)
-def l2_penalty_forward_backward(grads, partials, params, param_offsets, sizes, l2, n_rows):
+def l2_penalty_forward_backward(grads, partials, params, param_offsets, weight_lengths, l2,
+                                n_rows):
     """The L2 penalty on the weights (not the biases) of a batch of B = n_rows rows, as
     scikit-learn's alpha: adds (l2 / B) W to each weight's gradient in grads, in place (bias
     gradients are left alone), and returns the penalty (l2 / (2 B)) sum_layers ||W||^2, to add
     to the batch's mean loss. With sample weights, B is the rows' total weight (n_rows may be
     a float).
 
-    grads, params (P,) in the layout of param_offsets (L+1,) and sizes (L+1,) (see
-    fastbp.layout); grads may be empty (no gradient: l2_penalty_loss). partials: float64
-    scratch of update.norm_partials_size(param_offsets). Squares are summed as
-    update.layer_sums_of_squares sums them, over fixed-size chunks (in parallel when there are
-    many) added in order, so the value does not depend on the thread count. l2 >= 0,
-    n_rows > 0.
+    grads, params (P,) in the layout of param_offsets (L+1,), whose layer l has its weights in
+    the first weight_lengths[l] entries of its block (weight_lengths (L,) int64; a dense
+    layer's n_l * n_{l+1}: fastbp.layout.weight_lengths); grads may be empty (no gradient:
+    l2_penalty_loss). partials: float64 scratch of update.norm_partials_size(param_offsets).
+    Squares are summed as update.layer_sums_of_squares sums them, over fixed-size chunks (in
+    parallel when there are many) added in order, so the value does not depend on the thread
+    count. l2 >= 0, n_rows > 0.
     """
     n_chunks = norm_partials_size(param_offsets)
     scale = params.dtype.type(l2 / n_rows)
     if n_chunks < 2 * num_threads():
         for c in range(n_chunks):
-            _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c)
+            _l2_chunk(grads, partials, params, param_offsets, weight_lengths, scale, c)
     else:
         for c in prange(n_chunks):
-            _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c)
+            _l2_chunk(grads, partials, params, param_offsets, weight_lengths, scale, c)
     total = 0.0
     for c in range(n_chunks):
         total += partials[c]
@@ -369,10 +371,10 @@ def l2_penalty_forward_backward(grads, partials, params, param_offsets, sizes, l
 
 
 @njit(**SERIAL)
-def l2_penalty_loss(partials, params, param_offsets, sizes, l2, n_rows):
+def l2_penalty_loss(partials, params, param_offsets, weight_lengths, l2, n_rows):
     """The penalty of l2_penalty_forward_backward (bitwise the same), no gradient."""
-    return l2_penalty_forward_backward(params[:0], partials, params, param_offsets, sizes, l2,
-                                       n_rows)
+    return l2_penalty_forward_backward(params[:0], partials, params, param_offsets,
+                                       weight_lengths, l2, n_rows)
 
 
 @njit(**SERIAL)

@@ -6,8 +6,17 @@ Net: sizes (L+1,), activations (L,) codes, param_offsets (L+1,) (the flat parame
 fastbp.layout), capacity (rows the buffers hold), checkpoint_every (k), act_offsets (L,) where
 each layer's output starts in the flat activation buffer, pre_offsets (L,) where its
 pre-activation starts, or -1 when it is not kept (only activations whose gradient reads their
-input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type) and l2
-(the L2 penalty on the weights, scikit-learn's alpha; 0 for none).
+input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type), l2
+(the L2 penalty on the weights, scikit-learn's alpha; 0 for none), kinds (L,) the layers'
+kinds (codes of fastbp.layout.LAYER_KINDS) and weight_lengths (L,) how much of each layer's
+parameter block, from its start, the L2 penalty covers (layout.weight_lengths).
+
+Layers, by kind: each kind of layout.LAYER_KINDS has a forward and a backward step here
+(LAYER_STEPS), and the loops call a layer's through _layer_forward and _layer_backward. A step
+sees the layer's input, output and pre-activation views and the flat parameters (it finds its
+own blocks from param_offsets); its backward step also writes the previous layer's delta,
+through that layer's activation (dense fuses it into its product; a kind without one can call
+activations.activation_backward). Dense is the only kind so far.
 
 Losses: integer labels (B,) always take softmax cross-entropy, chosen by their type when the
 code is compiled. MSE and binary cross-entropy both take float targets (B, OC), so their type
@@ -45,6 +54,7 @@ unit for each index type, compiled only when used) and the rest of the step is t
 The heavy kernels are called through units (see _units): compiled once each, not once per
 caller.
 """
+import inspect
 import math
 from collections import namedtuple
 
@@ -65,7 +75,8 @@ from .losses import BINARY_CROSS_ENTROPY, LOSS_CODES, weight_sum
 from .update import norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
-                         "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2"])
+                         "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2",
+                         "kinds", "weight_lengths"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
 # The units the network calls (see _units), with the argument types it calls them with.
@@ -143,7 +154,7 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
     its activations (else for all), and the L2 penalty's only if its l2 is not 0 (else
     always); the sample weights' stage only when weighted; the CSR gather for sparse data
     whose indices have the NumPy dtype sparse_index, when given."""
-    names = ["dense_forward_grid", "dense_backward", "take_rows"]
+    names = _layer_units(net) + ["take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
     if may_split and (net is None or _may_split_input(net)):
@@ -168,12 +179,21 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
 # -- building (plain Python) -------------------------------------------------------------------
 
 
+def _layer_units(net):
+    """The units of the layer kinds a Net uses (without one, of all)."""
+    codes = range(len(layout.LAYER_KINDS)) if net is None else sorted(set(net.kinds.tolist()))
+    return [unit for code in codes for unit in LAYER_STEPS[code].units]
+
+
 def _may_split_input(net):
-    """Whether dense_forward's input split (dense.splits_input) can trigger for some layer and
-    some batch of at most net.capacity rows, at the current thread count."""
+    """Whether dense_forward's input split (dense.splits_input) can trigger for some dense
+    layer and some batch of at most net.capacity rows, at the current thread count."""
     threads = numba.get_num_threads()
     scratch = net.capacity * int(net.sizes[1:].max())
-    for n_in, n_out in zip(net.sizes[:-1].tolist(), net.sizes[1:].tolist()):
+    for kind, n_in, n_out in zip(net.kinds.tolist(), net.sizes[:-1].tolist(),
+                                 net.sizes[1:].tolist()):
+        if kind != layout.DENSE:
+            continue
         rows = min(net.capacity, (n_in - 1) // (2 * threads))  # the most rows that split
         if rows >= 1 and splits_input(rows, n_in, n_out, threads, scratch):
             return True
@@ -184,13 +204,19 @@ def _is_kept(layer, n_layers, checkpoint_every):
     return (layer + 1) % checkpoint_every == 0 or layer == n_layers - 1
 
 
-def plan_activations(sizes, activations, capacity, checkpoint_every):
+def plan_activations(sizes, activations, capacity, checkpoint_every, kinds=None):
     """Where each layer's output and kept pre-activation start in the flat activation buffer:
-    (act_offsets (L,), pre_offsets (L,), buffer length). See the module docstring."""
+    (act_offsets (L,), pre_offsets (L,), buffer length). See the module docstring. A layer's
+    area holds its output, then its pre-activation when kept, then the values its kind saves
+    for its backward pass (layout.LayerKind.saves; none for dense). kinds: the layer kinds
+    (None: all dense)."""
     n_layers = len(sizes) - 1
+    kinds = [layout.DENSE] * n_layers if kinds is None else [int(k) for k in kinds]
     widths = [capacity * int(s) for s in sizes[1:]]
     keeps_pre = [ACTIVATIONS[int(code)].uses_input for code in activations]
-    blocks = [w * (2 if pre else 1) for w, pre in zip(widths, keeps_pre)]
+    saved = [capacity * layout.LAYER_KINDS[kind].saves(int(n_in), int(n_out))
+             for kind, n_in, n_out in zip(kinds, sizes[:-1], sizes[1:])]
+    blocks = [w * (2 if pre else 1) + extra for w, pre, extra in zip(widths, keeps_pre, saved)]
     act_offsets = np.zeros(n_layers, dtype=np.int64)
     kept = 0
     for layer in range(n_layers):
@@ -210,17 +236,22 @@ def plan_activations(sizes, activations, capacity, checkpoint_every):
     return act_offsets, pre_offsets, kept + widest_segment
 
 
-def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0):
+def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0, kinds=None):
     """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size).
     loss: a name of losses.LOSS_CODES, or None to choose by the target's type (integer labels:
-    softmax cross-entropy; float targets: MSE). l2: the L2 penalty on the weights (>= 0)."""
+    softmax cross-entropy; float targets: MSE). l2: the L2 penalty on the weights (>= 0).
+    kinds: the layers' kinds, codes of layout.LAYER_KINDS (None: all dense; checked)."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     activations = np.ascontiguousarray(activations, dtype=np.int64)
+    kinds = np.ascontiguousarray(
+        [layout.DENSE] * (len(sizes) - 1) if kinds is None else kinds, dtype=np.int64)
+    offsets = layout.param_offsets(sizes, kinds)   # checks the kinds
     act_offsets, pre_offsets, acts_size = plan_activations(sizes, activations, capacity,
-                                                           checkpoint_every)
+                                                           checkpoint_every, kinds)
     code = -1 if loss is None else LOSS_CODES[loss]
-    return Net(sizes, activations, layout.param_offsets(sizes), capacity, checkpoint_every,
-               act_offsets, pre_offsets, code, float(l2)), acts_size
+    return Net(sizes, activations, offsets, capacity, checkpoint_every, act_offsets,
+               pre_offsets, code, float(l2), kinds,
+               layout.weight_lengths(sizes, kinds)), acts_size
 
 
 def make_workspace(net, acts_size, dtype):
@@ -237,7 +268,9 @@ def make_workspace(net, acts_size, dtype):
 
 
 @njit(**INLINED)
-def _layer_params(params, net, layer):
+def _dense_params(params, net, layer):
+    """A dense layer's (weight (C, OC), bias (OC,)) views into the flat params (or grads): its
+    blocks of layout.LAYER_KINDS[DENSE], in their order."""
     start = net.param_offsets[layer]
     n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
     weight = matrix_view(params, start, n_in, n_out)
@@ -270,6 +303,65 @@ def _delta(deltas, n_rows, width, half):
     return matrix_view(_delta_half(deltas, half), 0, n_rows, width)
 
 
+# -- layers, by kind ---------------------------------------------------------------------------
+
+
+@njit(**INLINED)
+def _dense_layer_forward(out, pre, inp, params, net, layer, scratch):
+    """out (B, OC) = act(inp (B, C) @ weight + bias), and pre (B, OC) = the pre-activation
+    when it has rows. scratch: as dense_forward's (an empty one for none)."""
+    weight, bias = _dense_params(params, net, layer)
+    n_rows = inp.shape[0]
+    n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+    if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
+        _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
+                                   weight, bias, net.activations[layer])
+    else:
+        _dense_forward_grid(out, pre, inp, weight, bias, net.activations[layer])
+
+
+@njit(**INLINED)
+def _dense_layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, params, net, layer):
+    """From dpre (B, OC) = dL/d(pre-activation): the layer's weight and bias gradients into
+    grads, and dinp (B, C) = dL/d(inp) * act'(inp_pre) for inp = act(inp_pre), act the code
+    inp_activation (dense_backward; dinp without rows: skipped)."""
+    weight, _ = _dense_params(params, net, layer)
+    dweight, dbias = _dense_params(grads, net, layer)
+    _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+
+
+LayerSteps = namedtuple("LayerSteps", ["forward", "backward", "units"])
+LayerSteps.__doc__ = """A layer kind's kernels: forward(out, pre, inp, params, net, layer,
+scratch) and backward(dinp, grads, dpre, inp, inp_pre, inp_activation, params, net, layer), as
+_dense_layer_forward's and _dense_layer_backward's; units: the names of the units they call
+(units_for)."""
+#: Each layer kind's steps, by its code in layout.LAYER_KINDS.
+LAYER_STEPS = {
+    layout.DENSE: LayerSteps(_dense_layer_forward, _dense_layer_backward,
+                             ("dense_forward_grid", "dense_backward")),
+}
+
+
+def _by_kind(step):
+    """An inlined f(kind, *the step's arguments) that runs that step ("forward" or "backward")
+    of LAYER_STEPS[kind], written from the table: a chain of ifs over the codes, the last of
+    which runs for any code (make_net lets no other through). With one kind it tests nothing."""
+    codes = sorted(LAYER_STEPS)
+    functions = {code: getattr(LAYER_STEPS[code], step) for code in codes}
+    params = ", ".join(inspect.signature(functions[codes[0]].py_func).parameters)
+    scope = {f.__name__: f for f in functions.values()}
+    lines = [f"def _layer_{step}(kind, {params}):"]
+    for code in codes[:-1]:
+        lines += [f"    if kind == {code}:", f"        return {functions[code].__name__}({params})"]
+    lines.append(f"    return {functions[codes[-1]].__name__}({params})")
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), scope)  # a real file, for Numba
+    return njit(**INLINED)(scope[f"_layer_{step}"])
+
+
+_layer_forward = _by_kind("forward")
+_layer_backward = _by_kind("backward")
+
+
 # -- forward and loss --------------------------------------------------------------------------
 
 
@@ -280,15 +372,9 @@ def _forward_layers(acts, params, x, net, first, stop, scratch):
     n_rows = x.shape[0]
     for layer in range(first, stop):
         inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
-        weight, bias = _layer_params(params, net, layer)
         out = _layer_output(acts, net, n_rows, layer)
         pre = _layer_pre(acts, net, n_rows, layer)
-        n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
-        if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
-            _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
-                                       weight, bias, net.activations[layer])
-        else:
-            _dense_forward_grid(out, pre, inp, weight, bias, net.activations[layer])
+        _layer_forward(net.kinds[layer], out, pre, inp, params, net, layer, scratch)
 
 
 @njit(**INLINED)
@@ -367,14 +453,14 @@ def mlp_loss(work, params, x, target, net, weights=None):
     if weights is None:   # compile-time: the code from before weights
         if net.l2 != 0:
             loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets,
-                                net.sizes, net.l2, x.shape[0])
+                                net.weight_lengths, net.l2, x.shape[0])
         return loss
     total_weight = weight_sum(weights)
     loss = _sample_weights(matrix_view(work.deltas, 0, 0, output.shape[1]), losses, weights,
                            total_weight)
     if net.l2 != 0 and total_weight != 0:
-        loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets, net.sizes,
-                            net.l2, total_weight)
+        loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets,
+                            net.weight_lengths, net.l2, total_weight)
     return loss
 
 
@@ -394,14 +480,14 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None):
     if weights is None:   # compile-time: the code from before weights
         loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0)
         if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
-            loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes,
-                                net.l2, x.shape[0])
+            loss += _l2_penalty(grads, work.partials, params, net.param_offsets,
+                                net.weight_lengths, net.l2, x.shape[0])
         return loss
     total_weight = weight_sum(weights)
     loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight)
     if net.l2 != 0 and total_weight != 0:   # (of no weight: the loss is NaN already)
-        loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
-                            total_weight)
+        loss += _l2_penalty(grads, work.partials, params, net.param_offsets,
+                            net.weight_lengths, net.l2, total_weight)
     return loss
 
 
@@ -429,21 +515,20 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
             # recomputed outputs are bitwise the first ones.)
             _forward_layers(acts, params, x, net, segment_start, layer,
                             _delta_half(deltas, 1 - half))
-        weight, _ = _layer_params(params, net, layer)
-        dweight, dbias = _layer_params(grads, net, layer)
-        if layer == 0:
-            _dense_backward(_delta(deltas, 0, net.sizes[0], 1 - half), dweight, dbias, dpre, x,
-                            weight, IDENTITY, x)
+        if layer == 0:   # x: no activation, and no gradient wanted (dinp without rows)
+            inp, inp_pre, inp_activation = x, x, IDENTITY
+            dinp = _delta(deltas, 0, net.sizes[0], 1 - half)
         else:
             inp = _layer_output(acts, net, n_rows, layer - 1)
             inp_pre = inp
             if net.pre_offsets[layer - 1] >= 0:
                 inp_pre = _layer_pre(acts, net, n_rows, layer - 1)
+            inp_activation = net.activations[layer - 1]
             dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
-            _dense_backward(dinp, dweight, dbias, dpre, inp, weight,
-                            net.activations[layer - 1], inp_pre)
-            dpre = dinp
-            half = 1 - half
+        _layer_backward(net.kinds[layer], dinp, grads, dpre, inp, inp_pre, inp_activation,
+                        params, net, layer)
+        dpre = dinp
+        half = 1 - half
     return loss
 
 
@@ -555,8 +640,8 @@ def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, ta
             update.add_scaled(grads, micro_grads, weight)
             total += weight * loss
         if net.l2 != 0:
-            total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes,
-                                 net.l2, rows.shape[0])
+            total += _l2_penalty(grads, work.partials, params, net.param_offsets,
+                                 net.weight_lengths, net.l2, rows.shape[0])
         return total
     total_weight = _rows_weight(weights, rows)
     for start in range(0, rows.shape[0], batch_size):
@@ -570,8 +655,8 @@ def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, ta
         update.add_scaled(grads, micro_grads, 1.0)
         total += loss
     if net.l2 != 0:
-        total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
-                             total_weight)
+        total += _l2_penalty(grads, work.partials, params, net.param_offsets,
+                             net.weight_lengths, net.l2, total_weight)
     return total
 
 
