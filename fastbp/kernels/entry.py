@@ -2,7 +2,7 @@
 
 The entries take a Workspace's, a Net's and an Update's fields as plain arguments (Python passes
 ``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
-types tuple arguments in Python, which costs about 3 us a call and leaves garbage. Those
+types tuple arguments in Python, which costs time on every call and leaves garbage. Those
 entries are written from the tuples' fields (``_ENTRIES``), so their argument lists follow the
 tuples. Those that compute an objective take the sample weights last: None for none (then they
 run the code from before weights, see network's docstring), else a float64 array.

@@ -79,20 +79,13 @@ Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "kinds", "weight_lengths"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
-# The units the network calls (see _units), with the argument types it calls them with.
+# The losses' units (see _units), with the argument types the network calls them with. The
+# other units are declared beside their kernels (dense, activations, rows, update).
 _M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}   # matrices
 _V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}   # vectors
 _LOSSES = types.Array(types.float64, 1, "C")
 _LABELS = types.Array(types.int64, 1, "C")
-_INDEX = types.Array(types.int64, 1, "A")
-_INT32 = types.Array(types.int32, 1, "C")
-_i64, _f64 = types.int64, types.float64
-_units.register("dense_forward_grid", dense._dense_forward_grid,
-                lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
-_units.register("dense_forward_split_input", dense._dense_forward_split_input,
-                lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
-_units.register("dense_backward", dense.dense_backward,
-                lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _i64, _M[dt]))
+_f64 = types.float64
 _units.register("softmax_cross_entropy_forward_backward",
                 losses.softmax_cross_entropy_forward_backward,
                 lambda dt: (_M[dt], _LOSSES, _M[dt], _LABELS), _f64)
@@ -111,23 +104,7 @@ _units.register("l2_penalty_forward_backward", losses.l2_penalty_forward_backwar
                 lambda dt: (_V[dt], _LOSSES, _V[dt], _LABELS, _LABELS, _f64, _f64), _f64)
 _units.register("sample_weights_forward_backward", losses.sample_weights_forward_backward,
                 lambda dt: (_M[dt], _LOSSES, _LOSSES, _f64), _f64)
-_units.register("activation_backward", activations.activation_backward,
-                lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
-_units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
-# A CSR matrix's rows, by the type of its indices (see CSR_UNITS).
-_units.register("take_csr_rows", rows.take_csr_rows,
-                lambda dt: (_M[dt], _V[dt], _LABELS, _LABELS, _INDEX))
-_units.register("take_csr_rows_int32", rows.take_csr_rows,
-                lambda dt: (_M[dt], _V[dt], _INT32, _INT32, _INDEX))
-# Each update kind's step (update.KINDS).
-for _kind in update.KINDS.values():
-    _units.register(_kind.unit, _kind.step,
-                    lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _LOSSES, _M[dt]),
-                    types.Tuple((_f64, types.boolean)))
 
-_dense_forward_grid = caller("dense_forward_grid")
-_dense_forward_split_input = caller("dense_forward_split_input")
-_dense_backward = caller("dense_backward")
 _softmax_ce = caller("softmax_cross_entropy_forward_backward")
 _softmax_ce_loss = caller("softmax_cross_entropy_loss")
 _mse = caller("mse_forward_backward")
@@ -136,10 +113,7 @@ _bce = caller("binary_cross_entropy_forward_backward")
 _bce_loss = caller("binary_cross_entropy_loss")
 _l2_penalty = caller("l2_penalty_forward_backward")
 _sample_weights = caller("sample_weights_forward_backward")
-_activation_backward = caller("activation_backward")
-_take_rows = caller("take_rows")
-_take_csr_rows = caller("take_csr_rows")
-_take_csr_rows_int32 = caller("take_csr_rows_int32")
+_activation_backward = activations.activation_backward_unit   # the output's, after MSE
 # The unit of each update kind.
 UPDATE_UNITS = {code: kind.unit for code, kind in update.KINDS.items()}
 # The unit that densifies a CSR matrix's rows, by the NumPy type of its indices.
@@ -314,10 +288,10 @@ def _dense_layer_forward(out, pre, inp, params, net, layer, scratch):
     n_rows = inp.shape[0]
     n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
     if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
-        _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
-                                   weight, bias, net.activations[layer])
+        dense.dense_forward_split_input_unit(out, matrix_view(scratch, 0, n_rows, n_out), pre,
+                                             inp, weight, bias, net.activations[layer])
     else:
-        _dense_forward_grid(out, pre, inp, weight, bias, net.activations[layer])
+        dense.dense_forward_grid_unit(out, pre, inp, weight, bias, net.activations[layer])
 
 
 @njit(**INLINED)
@@ -327,7 +301,7 @@ def _dense_layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, param
     inp_activation (dense_backward; dinp without rows: skipped)."""
     weight, _ = _dense_params(params, net, layer)
     dweight, dbias = _dense_params(grads, net, layer)
-    _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+    dense.dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
 
 
 LayerSteps = namedtuple("LayerSteps", ["forward", "backward", "units"])
@@ -548,7 +522,7 @@ def _apply_update():
     scope = {"math": math}
     branches = []
     for code, unit in UPDATE_UNITS.items():
-        scope[unit] = caller(unit)
+        scope[unit] = update.STEP_UNITS[code]
         branches.append(_UPDATE_BRANCH.format(code=code, unit=unit))
     source = _APPLY_UPDATE.format(branches="\n".join(branches))
     exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
@@ -589,7 +563,7 @@ def _take_targets_impl(out, y, index):
             for i in range(index.shape[0]):
                 out[i] = y[index[i]]
         return take_labels
-    return lambda out, y, index: _take_rows(out, y, index)
+    return lambda out, y, index: rows.take_rows_unit(out, y, index)
 
 
 def take_x_rows(out, x, index):
@@ -602,10 +576,11 @@ def take_x_rows(out, x, index):
 def _take_x_rows_impl(out, x, index):
     if isinstance(x, types.BaseTuple):   # a CSR: its indices' type picks the unit
         if x.types[1].dtype == types.int32:
-            return lambda out, x, index: _take_csr_rows_int32(out, x.data, x.indices, x.indptr,
-                                                              index)
-        return lambda out, x, index: _take_csr_rows(out, x.data, x.indices, x.indptr, index)
-    return lambda out, x, index: _take_rows(out, x, index)
+            return lambda out, x, index: rows.take_csr_rows_int32_unit(
+                out, x.data, x.indices, x.indptr, index)
+        return lambda out, x, index: rows.take_csr_rows_unit(out, x.data, x.indices, x.indptr,
+                                                             index)
+    return lambda out, x, index: rows.take_rows_unit(out, x, index)
 
 
 @njit(**SERIAL)

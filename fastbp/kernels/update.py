@@ -31,8 +31,9 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
+from . import _units
 from ._config import ELEMENTWISE, INLINED, NORM_CHUNK, PARALLEL, SERIAL
 from ._native import num_threads
 
@@ -85,7 +86,8 @@ def _chunk(param_offsets, chunk):
 def _sum_of_squares(x):
     """Sum of x**2 in float64. Squares are summed in x's dtype over blocks of 512 (many
     vector lanes of a few terms each: a relative error near 1e-7 in float32), the blocks in
-    float64. Adding every square straight into a float64 total was 2.7x slower (measured)."""
+    float64, which is faster than adding every square straight into a float64 total
+    (docs/kernels-notes.md)."""
     total = 0.0
     for b0 in range(0, x.shape[0], 512):
         block = x[b0:b0 + 512]
@@ -114,7 +116,7 @@ def layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
             start, stop, _ = _chunk(param_offsets, c)
             partials[c] = _sum_of_squares(grads[start:stop])
     # A loop, not layer_sq[:] = 0: in a parallel=True function that array expression becomes a
-    # parallel region of its own (1.7 us a call, measured).
+    # parallel region of its own, entered on every call.
     for layer in range(layer_sq.shape[0]):
         layer_sq[layer] = 0.0
     total = 0.0
@@ -441,6 +443,13 @@ KINDS = {kind.code: kind for kind in (
 )}
 #: The update kinds network.apply_update knows.
 UPDATE_KINDS = tuple(KINDS)
+#: Each kind's step as a unit (see _units; named UpdateKind.unit), by code: the callers
+#: network.apply_update dispatches to.
+STEP_UNITS = {code: _units.unit(
+    kind.unit, kind.step,
+    lambda dt: (_units.VECTOR[dt], _units.FLOAT64S, _units.FLOAT64S, _units.VECTOR[dt],
+                _units.INT64S, _units.FLOAT64S, _units.MATRIX[dt]),
+    types.Tuple((types.float64, types.boolean))) for code, kind in KINDS.items()}
 
 
 def state_rows(kind, hyper):
