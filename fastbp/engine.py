@@ -192,7 +192,8 @@ class Engine:
         adding 0 is not bitwise free, -0.0 + 0.0 being 0.0.)"""
         net = self.net
         return self.run(kernels.entry.l2_penalty, (self.work.partials, self.params,
-                                                   net.param_offsets, net.sizes, net.l2, n_rows))
+                                                   net.param_offsets, net.weight_lengths,
+                                                   net.l2, n_rows))
 
     # -- gradients ----------------------------------------------------------------------------
 
@@ -227,7 +228,8 @@ class Engine:
         net = self.net
         return self.run(kernels.entry.add_l2_penalty, (self.grads, self.work.partials,
                                                        self.params, net.param_offsets,
-                                                       net.sizes, net.l2, float(n_rows)))
+                                                       net.weight_lengths, net.l2,
+                                                       float(n_rows)))
 
     def grad_norms(self):
         """The L2 norm of each layer's gradient, as a new (L,) float64 array: from the last

@@ -1,55 +1,168 @@
 """The flat parameter layout, stated once. Pure Python and NumPy (no Numba).
 
 A network of layer widths ``sizes = [n_0, n_1, ..., n_L]`` keeps every parameter in one 1-D
-array, layer by layer; layer l holds its weight matrix W_l of shape (n_l, n_{l+1}) in row-major
-order, then its bias b_l of shape (n_{l+1},)::
+array, layer by layer; layer l's block is ``flat[offsets[l]:offsets[l + 1]]``::
 
-    flat = [ W_0 (row-major) | b_0 | W_1 | b_1 | ... | W_{L-1} | b_{L-1} ]
+    flat = [ layer 0's block | layer 1's block | ... | layer L-1's block ]
 
-Layer l's block is ``flat[offsets[l]:offsets[l + 1]]``, (n_l + 1) * n_{l+1} long, with W_l in
-its first n_l * n_{l+1} entries. The gradients use the same layout. Everything that needs to
-know where a parameter lives (the model's per-layer views, the parameter count of a model file,
-the compiled kernels' ``param_offsets``, the benchmarks) takes it from here.
+What a block holds is up to the layer's kind (``LAYER_KINDS``, by code; a Net carries one code
+per layer). A kind lists its parameter blocks as a function of (fan_in, fan_out) = (n_l,
+n_{l+1}): their names, shapes (each row-major) and whether the L2 penalty covers them (its
+"weights"); those come first, so the penalty covers a prefix of each layer's block
+(``weight_lengths``). The dense layer, the only kind so far, holds W_l (n_l, n_{l+1}) then b_l
+(n_{l+1},)::
+
+    dense block = [ W_l (row-major) | b_l ]      (n_l + 1) * n_{l+1} entries, W_l penalised
+
+The seam for other kinds: a kind may have no blocks (its layer has no parameters; its block is
+empty), blocks that are not (W, b) (a normalisation's scale and shift), and may require its
+output to be as wide as its input (``same_width``). Besides its output (and pre-activation), a
+layer may keep values for its backward pass (``saves``, per row; network.plan_activations
+makes room for them after its output). Each kind also brings its initialisation (``init``) and,
+in fastbp.kernels.network, its forward and backward steps.
+
+The gradients use the same layout. Everything that needs to know where a parameter lives (the
+model's per-layer views, the parameter count of a model file, the compiled kernels'
+``param_offsets`` and ``weight_lengths``, the benchmarks) takes it from here.
 """
+import math
+from collections import namedtuple
 from itertools import accumulate
 
 import numpy as np
 
-__all__ = ["param_offsets", "n_params", "layer_views"]
+__all__ = ["Block", "LayerKind", "LAYER_KINDS", "LAYER_KIND_CODES", "DENSE", "param_offsets",
+           "n_params", "weight_lengths", "layer_blocks", "layer_views"]
+
+Block = namedtuple("Block", ["name", "shape", "penalised"])
+Block.__doc__ = """One named parameter tensor of a layer: its shape (a tuple of ints, stored
+row-major) and whether the L2 penalty covers it."""
 
 
-def _block_lengths(sizes):
-    """Each layer's parameter count, (n_in + 1) * n_out, as exact Python ints."""
+class LayerKind(namedtuple("LayerKind", ["name", "blocks", "same_width", "saves", "init"])):
+    """An entry of LAYER_KINDS. name; blocks(fan_in, fan_out): its parameter Blocks, in their
+    order in the layer's block, the penalised ones first; same_width: its output must be as
+    wide as its input; saves(fan_in, fan_out): values per row it keeps for its backward pass
+    besides its output and pre-activation; init(views, fan_in, fan_out, rule, rng): fills its
+    blocks (views: name -> array) for a layer whose activation initialises by rule ("he" or
+    "glorot", activations.Activation.init), drawing from the NumPy Generator rng."""
+    __slots__ = ()
+
+
+def _dense_blocks(fan_in, fan_out):
+    return Block("weight", (fan_in, fan_out), True), Block("bias", (fan_out,), False)
+
+
+def _dense_init(views, fan_in, fan_out, rule, rng):
+    """W: He (normal, std sqrt(2 / fan_in)) or Glorot (uniform, limit sqrt(6 / (fan_in +
+    fan_out))); b: 0."""
+    weight = views["weight"]
+    if rule == "he":
+        weight[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), weight.shape)
+    else:
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        weight[...] = rng.uniform(-limit, limit, weight.shape)
+    views["bias"][...] = 0
+
+
+DENSE = 0
+#: The layer kinds, by code (the index; a Net's kinds).
+LAYER_KINDS = (
+    LayerKind("dense", _dense_blocks, False, lambda fan_in, fan_out: 0, _dense_init),
+)
+#: Layer kind name -> code.
+LAYER_KIND_CODES = {kind.name: code for code, kind in enumerate(LAYER_KINDS)}
+
+
+def _kinds(sizes, kinds):
+    """(widths, kind codes) as Python ints, checked: one known kind per layer (None: all
+    dense), and the widths that same_width kinds require."""
     sizes = [int(s) for s in sizes]
-    return [(n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    n_layers = len(sizes) - 1
+    kinds = [DENSE] * n_layers if kinds is None else [int(k) for k in kinds]
+    if len(kinds) != n_layers:
+        raise ValueError(f"kinds: expected {n_layers} layer kinds, one per layer, got "
+                         f"{len(kinds)}")
+    for layer, code in enumerate(kinds):
+        if not 0 <= code < len(LAYER_KINDS):
+            raise ValueError(f"kinds: unknown layer kind {code} (layer {layer})")
+        if LAYER_KINDS[code].same_width and sizes[layer] != sizes[layer + 1]:
+            raise ValueError(f"kinds: a {LAYER_KINDS[code].name} layer's output is as wide as "
+                             f"its input; layer {layer} has widths {sizes[layer]} -> "
+                             f"{sizes[layer + 1]}")
+    return sizes, kinds
 
 
-def param_offsets(sizes):
+def _layer_blocks(sizes, kinds):
+    """Each layer's Blocks."""
+    sizes, kinds = _kinds(sizes, kinds)
+    return [LAYER_KINDS[code].blocks(n_in, n_out)
+            for code, n_in, n_out in zip(kinds, sizes[:-1], sizes[1:])]
+
+
+def _length(block):
+    return math.prod(block.shape)
+
+
+def _block_lengths(sizes, kinds=None):
+    """Each layer's parameter count (for a dense layer (n_in + 1) * n_out), as exact Python
+    ints."""
+    return [sum(map(_length, blocks)) for blocks in _layer_blocks(sizes, kinds)]
+
+
+def param_offsets(sizes, kinds=None):
     """Where each layer's block starts in the flat array, as an int64 array of shape (L + 1,):
-    entry l is layer l's first parameter (its W_l[0, 0]), the last entry is the total count.
-    ``sizes``: the L + 1 layer widths, input first."""
-    return np.array([0, *accumulate(_block_lengths(sizes))], dtype=np.int64)
+    entry l is layer l's first parameter (a dense layer's W_l[0, 0]), the last entry is the
+    total count. ``sizes``: the L + 1 layer widths, input first; ``kinds``: the L layer kind
+    codes (None: all dense)."""
+    return np.array([0, *accumulate(_block_lengths(sizes, kinds))], dtype=np.int64)
 
 
-def n_params(sizes):
-    """The number of parameters of a network of these layer widths, as an exact Python int
-    (no int64 overflow, so it can check untrusted widths read from a file)."""
-    return sum(_block_lengths(sizes))
+def n_params(sizes, kinds=None):
+    """The number of parameters of a network of these layer widths (and kinds), as an exact
+    Python int (no int64 overflow, so it can check untrusted widths read from a file)."""
+    return sum(_block_lengths(sizes, kinds))
 
 
-def layer_views(flat, sizes):
-    """Per-layer views into the flat 1-D array ``flat`` (parameters or gradients):
-    ``(weights, biases)``, lists of L arrays of shapes (n_l, n_{l+1}) and (n_{l+1},) that share
-    ``flat``'s memory (writing into one writes into ``flat``). ``flat`` must hold exactly
-    ``n_params(sizes)`` entries."""
+def weight_lengths(sizes, kinds=None):
+    """How many of each layer's parameters, from its block's start, the L2 penalty covers (a
+    dense layer's W: n_in * n_out), as an int64 array of shape (L,)."""
+    lengths = []
+    for blocks in _layer_blocks(sizes, kinds):
+        flags = [block.penalised for block in blocks]
+        if flags != sorted(flags, reverse=True):
+            raise ValueError(f"layer blocks {[b.name for b in blocks]}: the penalised ones "
+                             "must come first")
+        lengths.append(sum(_length(block) for block in blocks if block.penalised))
+    return np.array(lengths, dtype=np.int64)
+
+
+def layer_blocks(flat, sizes, kinds=None):
+    """Per-layer views into the flat 1-D array ``flat`` (parameters or gradients): a list of L
+    dicts, block name -> array of the block's shape that shares ``flat``'s memory (writing into
+    one writes into ``flat``); empty for a layer without parameters. ``flat`` must hold exactly
+    ``n_params(sizes, kinds)`` entries."""
     sizes = [int(s) for s in sizes]
-    offsets = param_offsets(sizes)
+    offsets = param_offsets(sizes, kinds)
     if flat.ndim != 1 or flat.shape[0] != offsets[-1]:
-        raise ValueError(f"layer_views: expected a 1-D array of {offsets[-1]} parameters for "
+        raise ValueError(f"layer views: expected a 1-D array of {offsets[-1]} parameters for "
                          f"sizes {sizes}, got shape {flat.shape}")
-    weights, biases = [], []
-    for start, n_in, n_out in zip(offsets[:-1].tolist(), sizes[:-1], sizes[1:]):
-        split = start + n_in * n_out
-        weights.append(flat[start:split].reshape(n_in, n_out))
-        biases.append(flat[split:split + n_out])
-    return weights, biases
+    views = []
+    for start, blocks in zip(offsets[:-1].tolist(), _layer_blocks(sizes, kinds)):
+        layer = {}
+        for block in blocks:
+            stop = start + _length(block)
+            layer[block.name] = flat[start:stop].reshape(block.shape)
+            start = stop
+        views.append(layer)
+    return views
+
+
+def layer_views(flat, sizes, kinds=None):
+    """Per-layer views into the flat 1-D array ``flat`` (parameters or gradients):
+    ``(weights, biases)``, lists of L arrays, a dense layer's of shapes (n_l, n_{l+1}) and
+    (n_{l+1},), that share ``flat``'s memory (writing into one writes into ``flat``); None for
+    a layer whose kind has no "weight" or "bias" block. ``flat`` must hold exactly
+    ``n_params(sizes, kinds)`` entries."""
+    views = layer_blocks(flat, sizes, kinds)
+    return [v.get("weight") for v in views], [v.get("bias") for v in views]

@@ -532,6 +532,7 @@ def test_l2_penalty_kernels(dtype, rng):
     chunks to run in parallel (a chunk that holds weights and biases too), the same bits on 1
     and 2 threads."""
     sizes, offsets = _layer_sizes_offsets([200, 300, 40])
+    lengths = fastbp.layout.weight_lengths(sizes)
     assert kernels.norm_partials_size(offsets) >= 4       # parallel on 2 threads
     params = rng.normal(size=offsets[-1]).astype(dtype)
     grads0 = rng.normal(size=offsets[-1]).astype(dtype)
@@ -544,10 +545,10 @@ def test_l2_penalty_kernels(dtype, rng):
     for threads in sorted({1, min(2, max_threads())}):
         fastbp.set_num_threads(threads)
         grads = grads0.copy()
-        value = kernels.l2_penalty_forward_backward(grads, partials, params, offsets, sizes, l2,
-                                                    n_rows)
+        value = kernels.l2_penalty_forward_backward(grads, partials, params, offsets, lengths,
+                                                    l2, n_rows)
         results.append((value, grads))
-        assert kernels.l2_penalty_loss(partials, params, offsets, sizes, l2, n_rows) == value
+        assert kernels.l2_penalty_loss(partials, params, offsets, lengths, l2, n_rows) == value
     for value, grads in results[1:]:
         assert value == results[0][0] and np.array_equal(grads, results[0][1])
     value, grads = results[0]
@@ -565,9 +566,10 @@ def test_l2_penalty_gradcheck(rng):
     params = rng.normal(size=offsets[-1])
     partials = np.empty(kernels.norm_partials_size(offsets))
     grads = np.zeros_like(params)
-    kernels.l2_penalty_forward_backward(grads, partials, params, offsets, sizes, 1.3, 7)
+    lengths = fastbp.layout.weight_lengths(sizes)
+    kernels.l2_penalty_forward_backward(grads, partials, params, offsets, lengths, 1.3, 7)
     numeric = naive.numeric_gradient(
-        lambda: kernels.l2_penalty_loss(partials, params, offsets, sizes, 1.3, 7), params, EPS)
+        lambda: kernels.l2_penalty_loss(partials, params, offsets, lengths, 1.3, 7), params, EPS)
     assert naive.max_relative_error(grads, numeric, FLOOR) < TOL
     assert np.abs(grads).max() > 0.1
 

@@ -92,3 +92,144 @@ def test_model_views_are_the_layouts(dtype):
     clone = copy.deepcopy(model)
     for w, want in zip(clone.weights, layout.layer_views(clone.params, sizes)[0]):
         assert np.shares_memory(w, clone.params) and w.ctypes.data == want.ctypes.data
+
+
+# -- layer kinds --------------------------------------------------------------------------------
+
+
+def kinds_sizes(code):
+    """Widths a layer of this kind takes, in a network of three layers all of it."""
+    return [6, 6, 6, 6] if layout.LAYER_KINDS[code].same_width else [5, 7, 4, 3]
+
+
+def check_layout(sizes, kinds):
+    """param_offsets, n_params, weight_lengths and layer_blocks agree with the kinds' blocks:
+    each layer's blocks, in order, tile its part of the flat array exactly."""
+    offsets = layout.param_offsets(sizes, kinds)
+    total = layout.n_params(sizes, kinds)
+    assert offsets[0] == 0 and offsets[-1] == total and type(total) is int
+    flat = np.arange(total, dtype=np.float64)
+    views = layout.layer_blocks(flat, sizes, kinds)
+    lengths = layout.weight_lengths(sizes, kinds)
+    assert len(views) == len(lengths) == len(sizes) - 1
+    for l, (code, blocks) in enumerate(zip(kinds, views)):
+        declared = layout.LAYER_KINDS[code].blocks(sizes[l], sizes[l + 1])
+        assert list(blocks) == [b.name for b in declared]
+        start = offsets[l]
+        for block in declared:
+            view = blocks[block.name]
+            assert view.shape == block.shape and np.shares_memory(view, flat)
+            np.testing.assert_array_equal(view.ravel(), np.arange(start, start + view.size))
+            start += view.size
+        assert start == offsets[l + 1]
+        assert lengths[l] == sum(np.prod(b.shape, dtype=int) for b in declared if b.penalised)
+
+
+@pytest.mark.parametrize("code", range(len(layout.LAYER_KINDS)))
+def test_every_layer_kind_lays_out_consistently(code):
+    sizes = kinds_sizes(code)
+    check_layout(sizes, [code] * (len(sizes) - 1))
+    assert layout.LAYER_KIND_CODES[layout.LAYER_KINDS[code].name] == code
+
+
+@pytest.mark.parametrize("code", range(len(layout.LAYER_KINDS)))
+def test_every_layer_kind_has_kernels(code):
+    from fastbp.kernels import network
+    steps = network.LAYER_STEPS[code]
+    assert steps.units and all(name in fastbp.kernels._units._SPEC for name in steps.units)
+
+
+def test_dense_is_the_default_kind():
+    sizes = [5, 7, 4, 3]
+    dense = [layout.DENSE] * 3
+    assert layout.param_offsets(sizes, dense).tolist() == layout.param_offsets(sizes).tolist()
+    assert layout.weight_lengths(sizes).tolist() == [35, 28, 12]
+    flat = np.arange(layout.n_params(sizes), dtype=np.float64)
+    for got, want in zip(layout.layer_views(flat, sizes, dense), layout.layer_views(flat, sizes)):
+        assert all(g.ctypes.data == w.ctypes.data and g.shape == w.shape
+                   for g, w in zip(got, want))
+
+
+def test_kinds_are_checked():
+    with pytest.raises(ValueError, match="expected 3 layer kinds"):
+        layout.param_offsets([5, 7, 4, 3], [layout.DENSE] * 2)
+    with pytest.raises(ValueError, match="unknown layer kind 99"):
+        layout.n_params([5, 7, 4, 3], [0, 99, 0])
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        fastbp.kernels.make_net([5, 7, 3], [1, 0], 4, kinds=[0, -1])
+
+
+def test_the_layout_takes_kinds_unlike_dense(monkeypatch):
+    """The seam the next kinds need, with two made-up ones: one whose blocks are not (W, b)
+    and not penalised (a normalisation's scale and shift), one with no parameters; both as
+    wide as their input."""
+    scale_shift = layout.LayerKind(
+        "scale_shift", lambda n_in, n_out: (layout.Block("scale", (n_out,), False),
+                                            layout.Block("shift", (n_out,), False)),
+        True, lambda n_in, n_out: 2, None)
+    nothing = layout.LayerKind("nothing", lambda n_in, n_out: (), True,
+                               lambda n_in, n_out: 0, None)
+    monkeypatch.setattr(layout, "LAYER_KINDS", layout.LAYER_KINDS + (scale_shift, nothing))
+    norm, none = len(layout.LAYER_KINDS) - 2, len(layout.LAYER_KINDS) - 1
+    sizes, kinds = [5, 7, 7, 7, 3], [layout.DENSE, norm, none, layout.DENSE]
+    check_layout(sizes, kinds)
+    assert layout.param_offsets(sizes, kinds).tolist() == [0, 42, 56, 56, 80]
+    assert layout.weight_lengths(sizes, kinds).tolist() == [35, 0, 0, 21]
+    weights, biases = layout.layer_views(np.zeros(80), sizes, kinds)
+    assert [w is None for w in weights] == [False, True, True, False]
+    assert [b is None for b in biases] == [False, True, True, False]
+    with pytest.raises(ValueError, match="as wide as its input"):
+        layout.param_offsets([5, 7, 4], [layout.DENSE, norm])
+    # The activation plan makes room for what a kind saves, after its output.
+    act_offsets, _, size = fastbp.kernels.plan_activations(sizes, [0, 0, 0, 0], 10, 1, kinds)
+    assert act_offsets.tolist() == [0, 70, 70 + 70 + 20, 70 + 70 + 20 + 70]
+    assert size == 70 + 90 + 70 + 30
+
+
+def test_a_penalised_block_after_another_is_refused(monkeypatch):
+    late = layout.LayerKind(
+        "late", lambda n_in, n_out: (layout.Block("bias", (n_out,), False),
+                                     layout.Block("weight", (n_in, n_out), True)),
+        False, lambda n_in, n_out: 0, None)
+    monkeypatch.setattr(layout, "LAYER_KINDS", layout.LAYER_KINDS + (late,))
+    with pytest.raises(ValueError, match="penalised ones must come first"):
+        layout.weight_lengths([3, 2], [len(layout.LAYER_KINDS) - 1])
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_dense_init_is_the_models(activation):
+    """The dense kind's init hook draws what MLP's initialisation draws, from the same
+    generator: the same bits."""
+    sizes, seed = [5, 7, 4, 3], 3
+    model = fastbp.MLP(sizes, activation=activation, seed=seed, dtype=np.float64)
+    flat = np.full(model.n_params, np.nan)
+    rng = np.random.default_rng(seed)
+    codes = model._codes
+    for views, code, n_in, n_out in zip(layout.layer_blocks(flat, sizes), codes, sizes[:-1],
+                                        sizes[1:]):
+        rule = fastbp.kernels.ACTIVATIONS[code].init
+        layout.LAYER_KINDS[layout.DENSE].init(views, n_in, n_out, rule, rng)
+    np.testing.assert_array_equal(flat, model.params)
+
+
+@pytest.mark.parametrize("checkpoint_every, l2", [(1, 0.0), (2, 0.3)])
+def test_explicit_dense_kinds_give_the_same_bits(checkpoint_every, l2, rng):
+    """A Net made with kinds = all dense is the default Net: the same gradients and loss, bit
+    for bit (and the same buffers)."""
+    from fastbp import kernels
+    sizes, codes = [6, 9, 8, 7, 4], [kernels.RELU, kernels.GELU, kernels.TANH, kernels.IDENTITY]
+    x = rng.normal(size=(12, 6))
+    y = rng.integers(0, 4, 12)
+    params = rng.normal(size=layout.n_params(sizes))
+    results = []
+    for kinds in (None, [layout.DENSE] * 4):
+        net, acts_size = kernels.make_net(sizes, codes, 12, checkpoint_every, l2=l2, kinds=kinds)
+        work = kernels.make_workspace(net, acts_size, np.float64)
+        grads = np.zeros_like(params)
+        loss = kernels.mlp_loss_and_grad(grads, work, params, x, y, net)
+        results.append((loss, grads, net, acts_size))
+    (loss0, grads0, net0, size0), (loss1, grads1, net1, size1) = results
+    assert loss0 == loss1 and np.array_equal(grads0, grads1) and size0 == size1
+    for a, b in zip(net0, net1):
+        assert np.array_equal(a, b)
+    assert net1.kinds.dtype == np.int64 and net1.weight_lengths.tolist() == [54, 72, 56, 28]

@@ -17,11 +17,12 @@ weights, and sample weights, are stages after the loss's gradient.
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``
 (``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
-``KINDS``, the registry of update kinds), ``rows`` (row gathering, from dense and from CSR sparse matrices, and input checks),
-``network`` (Net, Workspace, whole-network functions), ``entry`` (what fastbp's Python layer
-calls); ``_config`` holds every compiler flag and tuning constant, ``_tiling`` the thread split,
-``_native`` BLAS and views, ``_units`` the table through which the network calls the heavy
-kernels. Every name below is importable from ``fastbp.kernels`` itself.
+``KINDS``, the registry of update kinds), ``rows`` (row gathering, from dense and from CSR
+sparse matrices, and input checks), ``network`` (Net, Workspace, whole-network functions, each
+layer kind's steps), ``entry`` (what fastbp's Python layer calls); ``_config`` holds every
+compiler flag and tuning constant, ``_tiling`` the thread split, ``_native`` BLAS and views,
+``_units`` the table through which the network calls the heavy kernels. Every name below is
+importable from ``fastbp.kernels`` itself.
 
 Parallelism: matrix products are split into a grid of output tiles, one per thread; row-wise
 passes are ``prange`` over row tiles; weight gradients are split over their own elements. No

@@ -48,13 +48,13 @@ PARALLEL = dict(SERIAL, parallel=True)
 INLINED = dict(SERIAL, inline="always")
 # Loops that divide by values that cannot be zero (Adam's denominator holds eps > 0): NumPy's
 # error model, which does not test every divisor for zero. Python's does, and that test kept
-# Adam's update loop from vectorising: 5x slower (measured). Also divisions whose IEEE result
+# Adam's update loop from vectorising (docs/kernels-notes.md). Also divisions whose IEEE result
 # is the answer when the divisor is 0 (sample weights that sum to 0: a NaN loss, which the
 # training step refuses), where Python's model would raise, and a unit cannot raise.
 ELEMENTWISE = dict(SERIAL, error_model="numpy")
 
-# Multiply-adds a tile must hold before it is worth waking another thread for it: entering a
-# parallel region costs about 2 us on 2 threads and 8 us on 16 (measured), ~6 us of GEMM work.
+# Multiply-adds a tile must hold before it is worth waking another thread for it: about the GEMM
+# work that entering a parallel region costs in time (docs/kernels-notes.md).
 MIN_TILE_WORK = 1 << 18
 # Elements per chunk of the parallel norm and update. Fixed (not per thread) so that the norm,
 # and the clipping that uses it, do not depend on the thread count.

@@ -36,6 +36,15 @@ from ._config import CACHE, INLINED
 DTYPES = (types.float32, types.float64)
 TABLE_SIZE = 4096  # slots; a unit's slot is a hash of what it is, see register
 
+# Argument types for declaring units: by dtype, the model's matrices and vectors; the others as
+# they are.
+MATRIX = {dt: types.Array(dt, 2, "C") for dt in DTYPES}
+VECTOR = {dt: types.Array(dt, 1, "C") for dt in DTYPES}
+FLOAT64S = types.Array(types.float64, 1, "C")
+INT64S = types.Array(types.int64, 1, "C")
+INT32S = types.Array(types.int32, 1, "C")
+INDEX = types.Array(types.int64, 1, "A")   # row numbers, maybe a slice of a longer array
+
 Spec = namedtuple("Spec", ["name", "kernel", "argtypes", "restype", "packed"])
 Spec.__doc__ = """A unit: kernel(*args) (packed: kernel(args), one tuple), args of the types
 argtypes(dtype), returning restype."""
@@ -129,15 +138,16 @@ def _make_unit(spec, dtype):
         _unit_function(spec, dtype))
 
 
-# Compile times of the units, in seconds on the 2-core machine (others: 0.25, an activation's
-# loop; the losses' units give theirs where they are registered, in losses.py), to share them
-# out between processes; of what the calling process compiles meanwhile (an entry); and of a
-# worker's start (its imports).
+# Compile times in seconds, used only to share the units out between processes (so only their
+# ratios matter): of each unit (others: 0.25, an activation's loop; the losses' units give
+# theirs where they are registered, in losses.py); of what the calling process compiles
+# meanwhile (an entry); of a worker's start (its imports). Where they come from:
+# docs/kernels-notes.md.
 _COST = {"dense_backward": 3.8,
          "sgd_step": 4.5, "adam_step": 4.5, "dense_forward_split_input": 2.4,
          "dense_forward_grid": 1.9,
          "activation_backward": 2, "take_rows": 1,
-         # Not measured: guessed from adam_step.
+         # Guessed from adam_step (docs/kernels-notes.md).
          "rmsprop_step": 4.5,
          "take_csr_rows": 1, "take_csr_rows_int32": 1}
 _MEANWHILE_COST = 3.5
@@ -317,6 +327,13 @@ def caller(name):
     source = f"def {name}({params}):\n    return call(({params},))\n"
     exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
     return njit(**INLINED)(scope[name])
+
+
+def unit(name, kernel, argtypes, restype=types.none, packed=False, cost=None):
+    """Declare a unit (register) and return its caller: how a kernel's module declares the unit
+    of a kernel beside it, so that the network calls ``module.<name>_unit(...)``."""
+    register(name, kernel, argtypes, restype, packed, cost)
+    return caller(name)
 
 
 def caller_by_code(names):

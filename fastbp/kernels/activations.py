@@ -229,8 +229,7 @@ def _specialised(loop, entry):
 
 _BIAS_UNITS = [f"bias_activation_{a.name}" for a in ACTIVATIONS]
 _GRAD_UNITS = [f"activation_grad_{a.name}" for a in ACTIVATIONS]
-_M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}
-_V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}
+_M, _V = _units.MATRIX, _units.VECTOR
 _BOUNDS = (types.int64,) * 4
 for _name, _entry in zip(_BIAS_UNITS, ACTIVATIONS):
     _units.register(_name, _specialised(_bias_value_loop, _entry),
@@ -361,6 +360,11 @@ def activation_backward(dinp, dout, out, activation, inp=None):
     for t in prange(tiles):
         r0, r1 = span(t, tiles, n_rows)
         _activation_backward_rows(dinp, dout, out, z, activation, r0, r1)
+
+
+activation_backward_unit = _units.unit(
+    "activation_backward", activation_backward,
+    lambda dt: (_M[dt], _M[dt], _M[dt], types.int64, _M[dt]))
 
 
 @njit(**SERIAL)

@@ -6,8 +6,9 @@ gradient) while the tile is still in cache. A forward product with far more inpu
 rows is split over its inputs instead, when given a scratch buffer for the second half's partial
 sums. Work too small to repay waking a thread runs serially, outside any parallel region.
 """
-from numba import njit, prange
+from numba import njit, prange, types
 
+from . import _units
 from ._config import MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import gemm, matrix_view, num_threads
 from ._tiling import grid, span
@@ -26,7 +27,7 @@ def splits_input(n_rows, n_in, n_out, n_threads, scratch_size):
     """Whether dense_forward also splits its product over the input features, in two halves.
     Worth it when weight is much larger than the output (n_in > 2 * threads * n_rows): each
     thread then reads half of weight's rows and half of inp's columns, not a slice of weight's
-    every row and all of inp, and one pass adds the two partial outputs (README: measured)."""
+    every row and all of inp, and one pass adds the two partial outputs (README)."""
     return (scratch_size >= n_rows * n_out and n_threads >= 2
             and n_in > 2 * n_threads * n_rows and n_rows * n_in * n_out >= 2 * MIN_TILE_WORK)
 
@@ -54,6 +55,12 @@ def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation)
                 row[j] += part[j]
         c0, c1 = span(0, 1, n_out)
         bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
+
+
+_M, _V = _units.MATRIX, _units.VECTOR
+dense_forward_split_input_unit = _units.unit(
+    "dense_forward_split_input", _dense_forward_split_input,
+    lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], types.int64))
 
 
 @njit(**SERIAL)
@@ -100,6 +107,11 @@ def _dense_forward_grid(out, pre, inp, weight, bias, activation):
         _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1)
 
 
+dense_forward_grid_unit = _units.unit(
+    "dense_forward_grid", _dense_forward_grid,
+    lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], types.int64))
+
+
 @njit(**SERIAL)
 def _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1):
     """dweight[r0:r1, c0:c1]; the tiles of the first row (r0 == 0) also do dbias[c0:c1]."""
@@ -138,8 +150,8 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     z = activation_input(inp_pre, inp, inp_activation)
-    # With both products to do, each gets half the threads: on 2 cores, the two whole products
-    # side by side ran 5-8% faster than each split in halves (fewer, larger BLAS calls).
+    # With both products to do, each gets half the threads: fewer, larger BLAS calls than
+    # splitting each product over all of them (docs/kernels-notes.md).
     w_threads = num_threads() if dinp.shape[0] == 0 else max(1, num_threads() // 2)
     w_rows, w_cols = grid(n_in, n_out, n_rows, w_threads)
     n_weight_tiles = w_rows * w_cols
@@ -167,3 +179,8 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
             r0, r1 = span(u // i_cols, i_rows, n_rows)
             c0, c1 = span(u % i_cols, i_cols, n_in)
             _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
+
+
+dense_backward_unit = _units.unit(
+    "dense_backward", dense_backward,
+    lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], types.int64, _M[dt]))

@@ -2,9 +2,10 @@
 
 The entries take a Workspace's, a Net's and an Update's fields as plain arguments (Python passes
 ``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
-types tuple arguments in Python, which costs about 3 us a call and leaves garbage. Those that
-compute an objective take the sample weights last: None for none (then they run the code from
-before weights, see network's docstring), else a float64 array.
+types tuple arguments in Python, which costs time on every call and leaves garbage. Those
+entries are written from the tuples' fields (``_ENTRIES``), so their argument lists follow the
+tuples. Those that compute an objective take the sample weights last: None for none (then they
+run the code from before weights, see network's docstring), else a float64 array.
 """
 import contextlib
 import os
@@ -16,9 +17,10 @@ from numba import njit
 
 from . import _units
 from ._config import SERIAL
-from .network import (Net, Workspace, _accumulated_loss_and_grad, _l2_penalty, apply_update,
-                      mlp_forward, mlp_forward_and_losses, mlp_loss, mlp_loss_and_grad,
-                      mlp_train_epoch, mlp_train_step, take_x_rows, units_for)
+from .network import (Net, Workspace, apply_update, l2_penalty_unit,
+                      mlp_accumulated_loss_and_grad, mlp_forward, mlp_forward_and_losses,
+                      mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step, take_x_rows,
+                      units_for)
 from .rows import CSR
 from .update import Update
 
@@ -76,94 +78,16 @@ def _ctrl_c_is_keyboard_interrupt():
 
 
 @njit(**SERIAL)
-def forward(acts, params, x, sizes, activations, param_offsets, capacity, checkpoint_every,
-            act_offsets, pre_offsets, loss_code, l2):
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return mlp_forward(acts, params, x, net)
-
-
-@njit(**SERIAL)
-def forward_and_losses(acts, losses, params, x, target, sizes, activations, param_offsets,
-                       capacity, checkpoint_every, act_offsets, pre_offsets, loss_code, l2):
-    """The outputs, and each row's data loss into losses (network.mlp_forward_and_losses)."""
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return mlp_forward_and_losses(acts, losses, params, x, target, net)
-
-
-@njit(**SERIAL)
-def loss(acts, deltas, losses, layer_sq, partials, params, x, target, sizes, activations,
-         param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets, loss_code, l2,
-         weights):
-    work = Workspace(acts, deltas, losses, layer_sq, partials)
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return mlp_loss(work, params, x, target, net, weights)
-
-
-@njit(**SERIAL)
-def l2_penalty(partials, params, param_offsets, sizes, l2, n_rows):
+def l2_penalty(partials, params, param_offsets, weight_lengths, l2, n_rows):
     """The L2 penalty of n_rows rows (losses.l2_penalty_loss), through its unit."""
-    return _l2_penalty(params[:0], partials, params, param_offsets, sizes, l2, n_rows)
+    return l2_penalty_unit(params[:0], partials, params, param_offsets, weight_lengths, l2, n_rows)
 
 
 @njit(**SERIAL)
-def add_l2_penalty(grads, partials, params, param_offsets, sizes, l2, n_rows):
-    """Adds the L2 penalty's gradient of n_rows rows to grads; returns the penalty: the stage
-    a data-parallel step runs after summing the ranks' data gradients."""
-    return _l2_penalty(grads, partials, params, param_offsets, sizes, l2, n_rows)
-
-
-@njit(**SERIAL)
-def loss_and_grad(grads, acts, deltas, losses, layer_sq, partials, params, x, target, sizes,
-                  activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                  pre_offsets, loss_code, l2, weights):
-    work = Workspace(acts, deltas, losses, layer_sq, partials)
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return mlp_loss_and_grad(grads, work, params, x, target, net, weights)
-
-
-@njit(**SERIAL)
-def accumulated_loss_and_grad(grads, micro_grads, acts, deltas, losses, layer_sq, partials,
-                              params, x_batch, y_batch, x, target, rows, batch_size, sizes,
-                              activations, param_offsets, capacity, checkpoint_every,
-                              act_offsets, pre_offsets, loss_code, l2, weights, w_batch):
-    """The mean loss over x[rows], target[rows] and its gradient in grads, from batches of
-    batch_size rows, as one step of train_epoch with accumulation computes them (fit's path
-    with a gradient hook or step callbacks)."""
-    work = Workspace(acts, deltas, losses, layer_sq, partials)
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target,
-                                      rows, batch_size, net, params, weights, w_batch)
-
-
-@njit(**SERIAL)
-def train_step(params, grads, acts, deltas, losses, layer_sq, partials, x, target, sizes,
-               activations, param_offsets, capacity, checkpoint_every, act_offsets, pre_offsets,
-               loss_code, l2, kind, hyper, state, weights):
-    work = Workspace(acts, deltas, losses, layer_sq, partials)
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return mlp_train_step(params, grads, work, x, target, net, Update(kind, hyper, state),
-                          weights)
-
-
-@njit(**SERIAL)
-def train_epoch(params, grads, acts, deltas, losses, layer_sq, partials, x_batch, y_batch,
-                step_losses, step_norms, step_layer_sq, x, target, order, batch_size, sizes,
-                activations, param_offsets, capacity, checkpoint_every, act_offsets,
-                pre_offsets, loss_code, l2, kind, hyper, state, accumulate, micro_grads,
-                weights, w_batch):
-    work = Workspace(acts, deltas, losses, layer_sq, partials)
-    net = Net(sizes, activations, param_offsets, capacity, checkpoint_every, act_offsets,
-              pre_offsets, loss_code, l2)
-    return mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
-                           step_layer_sq, x, target, order, batch_size, net,
-                           Update(kind, hyper, state), accumulate, micro_grads, weights,
-                           w_batch)
+def add_l2_penalty(grads, partials, params, param_offsets, weight_lengths, l2, n_rows):
+    """Adds the L2 penalty's gradient of n_rows rows to grads; returns the penalty: the stage a
+    data-parallel step runs after summing the ranks' data gradients."""
+    return l2_penalty_unit(grads, partials, params, param_offsets, weight_lengths, l2, n_rows)
 
 
 @njit(**SERIAL)
@@ -173,11 +97,111 @@ def take_csr_rows(out, data, indices, indptr, index):
     take_x_rows(out, CSR(data, indices, indptr), index)
 
 
-@njit(**SERIAL)
-def update(params, grads, layer_sq, partials, param_offsets, kind, hyper, state):
-    """The update stage alone (network.apply_update): (gradient norm, applied)."""
-    return apply_update(params, layer_sq, partials, grads, param_offsets,
-                        Update(kind, hyper, state))
+# -- the entries that take whole tuples, written from their fields -----------------------------
+#
+# Each is (parameters, the call it makes, docstring). In the parameters, *work, *net and *update
+# stand for the fields of a Workspace, a Net and an Update, in their order (as Python spreads
+# them); in the call, work, net and update are those tuples, rebuilt from the fields. So a field
+# added to one of the tuples needs no edit here.
+_TUPLES = {"work": Workspace, "net": Net, "update": Update}
+_ENTRIES = {
+    "forward": (
+        "acts, params, x, *net",
+        "mlp_forward(acts, params, x, net)",
+        """network.mlp_forward: the output view (B, sizes[-1]) into acts."""),
+    "forward_and_losses": (
+        "acts, losses, params, x, target, *net",
+        "mlp_forward_and_losses(acts, losses, params, x, target, net)",
+        """network.mlp_forward_and_losses: the outputs, and each row's data loss into
+    losses."""),
+    "loss": (
+        "*work, params, x, target, *net, weights",
+        "mlp_loss(work, params, x, target, net, weights)",
+        """network.mlp_loss: the batch's mean loss, plus the L2 penalty."""),
+    "loss_and_grad": (
+        "grads, *work, params, x, target, *net, weights",
+        "mlp_loss_and_grad(grads, work, params, x, target, net, weights)",
+        """network.mlp_loss_and_grad: the objective, and its gradient in grads."""),
+    "accumulated_loss_and_grad": (
+        "grads, micro_grads, *work, params, x_batch, y_batch, x, target, rows, batch_size, *net,"
+        " weights, w_batch",
+        "mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target,"
+        " rows, batch_size, net, params, weights, w_batch)",
+        """The mean loss over x[rows], target[rows] and its gradient in grads, from batches of
+    batch_size rows, as one step of train_epoch with accumulation computes them (fit's path
+    with a gradient hook or step callbacks)."""),
+    "train_step": (
+        "params, grads, *work, x, target, *net, *update, weights",
+        "mlp_train_step(params, grads, work, x, target, net, update, weights)",
+        """network.mlp_train_step: (loss, gradient norm, applied)."""),
+    "train_epoch": (
+        "params, grads, *work, x_batch, y_batch, step_losses, step_norms, step_layer_sq, x,"
+        " target, order, batch_size, *net, *update, accumulate, micro_grads, weights, w_batch",
+        "mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,"
+        " step_layer_sq, x, target, order, batch_size, net, update, accumulate, micro_grads,"
+        " weights, w_batch)",
+        """network.mlp_train_epoch: the number of steps applied."""),
+    "update": (
+        "params, grads, layer_sq, partials, param_offsets, *update",
+        "apply_update(params, layer_sq, partials, grads, param_offsets, update)",
+        """The update stage alone (network.apply_update): (gradient norm, applied)."""),
+}
+
+
+def entry_parameters(parameters, tuples=_TUPLES):
+    """The parameter names of an entry's parameter list, each *name spread into the fields of
+    its tuple (tuples: name -> namedtuple class)."""
+    names = []
+    for part in parameters.split(","):
+        part = part.strip()
+        names += tuples[part[1:]]._fields if part.startswith("*") else [part]
+    return names
+
+
+def entry_source(name, parameters, call, tuples=_TUPLES):
+    """The source of one entry: def name(<parameters, spread>), which rebuilds the tuples its
+    parameters spread and returns call."""
+    names = entry_parameters(parameters, tuples)
+    spread = [part.strip()[1:] for part in parameters.split(",") if part.strip()[0] == "*"]
+    # A field named like a tuple or a function the body uses would shadow it.
+    clashes = set(names) & (set(tuples) | {cls.__name__ for cls in tuples.values()}
+                            | set(call[:call.index("(")].split()))
+    if clashes or len(set(names)) != len(names):
+        raise ValueError(f"entry {name}: parameter names {names} repeat or shadow {clashes}")
+    lines = [f"def {name}({', '.join(names)}):"]
+    lines += [f"    {t} = {tuples[t].__name__}({', '.join(tuples[t]._fields)})" for t in spread]
+    lines.append(f"    return {call}")
+    return "\n".join(lines) + "\n"
+
+
+def _make_entries():
+    scope = {"__name__": __name__, "Net": Net, "Workspace": Workspace, "Update": Update,
+             "mlp_forward": mlp_forward, "mlp_forward_and_losses": mlp_forward_and_losses,
+             "mlp_loss": mlp_loss,
+             "mlp_loss_and_grad": mlp_loss_and_grad,
+             "mlp_accumulated_loss_and_grad": mlp_accumulated_loss_and_grad,
+             "mlp_train_step": mlp_train_step, "mlp_train_epoch": mlp_train_epoch,
+             "apply_update": apply_update}
+    made = {}
+    for name, (parameters, call, doc) in _ENTRIES.items():
+        source = entry_source(name, parameters, call)
+        exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
+        function = scope.pop(name)
+        function.__doc__ = doc
+        made[name] = njit(**SERIAL)(function)
+    return made
+
+
+_made = _make_entries()
+forward = _made["forward"]
+forward_and_losses = _made["forward_and_losses"]
+loss = _made["loss"]
+loss_and_grad = _made["loss_and_grad"]
+accumulated_loss_and_grad = _made["accumulated_loss_and_grad"]
+train_step = _made["train_step"]
+train_epoch = _made["train_epoch"]
+update = _made["update"]
+del _made
 
 
 def in_cache(entry):

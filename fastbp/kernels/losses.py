@@ -33,7 +33,7 @@ from ._config import ELEMENTWISE, INLINED, PARALLEL, SERIAL
 from ._native import float64_from_bits, num_threads, rows_view
 from ._tiling import n_tiles, span
 from .activations import sigmoid_forward
-from .update import _axpy, _chunk, _sum_of_squares, norm_partials_size
+from .update import axpy, chunk_bounds, norm_partials_size, sum_of_squares
 
 SOFTMAX_CROSS_ENTROPY = 0
 MSE = 1
@@ -41,7 +41,7 @@ BINARY_CROSS_ENTROPY = 2
 HUBER = 3
 
 # Row helpers take the 2-D array and a row number: on rows as short as these (10 logits),
-# indexing x[i, j] from 0 was 1.3-1.7x faster than slicing out the row x[i] first (measured).
+# indexing x[i, j] from 0 beat slicing out the row x[i] first (docs/kernels-notes.md).
 
 @njit(**SERIAL)
 def _row_max(x, i):
@@ -119,8 +119,8 @@ def _normalise_row(x, i, scale):
 @njit(**INLINED)
 def _softmax_ce_rows(dlogits, losses, logits, labels, scale, r0, r1):
     """Rows r0..r1-1 of the fused softmax cross-entropy (scale = 1/B). In passes over the whole
-    span, not row by row, so that the exponentials run as one vectorised loop: 1.1 us instead of
-    2.8 us for the whole kernel on 32 x 10 logits (measured)."""
+    span, not row by row, so that the exponentials run as one vectorised loop
+    (docs/kernels-notes.md)."""
     for i in range(r0, r1):
         # Before dlogits, which may be logits, is written; in float64, as the log is added.
         # exp(x - max) <= 1: no overflow.
@@ -406,42 +406,44 @@ def weight_sum(weights):
 
 
 @njit(**SERIAL)
-def _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c):
+def _l2_chunk(grads, partials, params, param_offsets, weight_lengths, scale, c):
     """Chunk c (of update.layer_sums_of_squares's chunks): partials[c] = the sum of squares of
     its weights (not biases), and grads += scale * params over them when grads is not empty."""
-    start, stop, layer = _chunk(param_offsets, c)
-    stop = min(stop, param_offsets[layer] + sizes[layer] * sizes[layer + 1])
+    start, stop, layer = chunk_bounds(param_offsets, c)
+    stop = min(stop, param_offsets[layer] + weight_lengths[layer])
     if stop <= start:  # biases only
         partials[c] = 0.0
         return
-    partials[c] = _sum_of_squares(params[start:stop])
+    partials[c] = sum_of_squares(params[start:stop])
     if grads.shape[0] > 0:
-        _axpy(grads[start:stop], -scale, params[start:stop])  # grads += scale * params
+        axpy(grads[start:stop], -scale, params[start:stop])  # grads += scale * params
 
 
 @njit(**PARALLEL)
-def l2_penalty_forward_backward(grads, partials, params, param_offsets, sizes, l2, n_rows):
+def l2_penalty_forward_backward(grads, partials, params, param_offsets, weight_lengths, l2,
+                                n_rows):
     """The L2 penalty on the weights (not the biases) of a batch of B = n_rows rows, as
     scikit-learn's alpha: adds (l2 / B) W to each weight's gradient in grads, in place (bias
     gradients are left alone), and returns the penalty (l2 / (2 B)) sum_layers ||W||^2, to add
     to the batch's mean loss. With sample weights, B is the rows' total weight (n_rows may be
     a float).
 
-    grads, params (P,) in the layout of param_offsets (L+1,) and sizes (L+1,) (see
-    fastbp.layout); grads may be empty (no gradient: l2_penalty_loss). partials: float64
-    scratch of update.norm_partials_size(param_offsets). Squares are summed as
-    update.layer_sums_of_squares sums them, over fixed-size chunks (in parallel when there are
-    many) added in order, so the value does not depend on the thread count. l2 >= 0,
-    n_rows > 0.
+    grads, params (P,) in the layout of param_offsets (L+1,), whose layer l has its weights in
+    the first weight_lengths[l] entries of its block (weight_lengths (L,) int64; a dense
+    layer's n_l * n_{l+1}: fastbp.layout.weight_lengths); grads may be empty (no gradient:
+    l2_penalty_loss). partials: float64 scratch of update.norm_partials_size(param_offsets).
+    Squares are summed as update.layer_sums_of_squares sums them, over fixed-size chunks (in
+    parallel when there are many) added in order, so the value does not depend on the thread
+    count. l2 >= 0, n_rows > 0.
     """
     n_chunks = norm_partials_size(param_offsets)
     scale = params.dtype.type(l2 / n_rows)
     if n_chunks < 2 * num_threads():
         for c in range(n_chunks):
-            _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c)
+            _l2_chunk(grads, partials, params, param_offsets, weight_lengths, scale, c)
     else:
         for c in prange(n_chunks):
-            _l2_chunk(grads, partials, params, param_offsets, sizes, scale, c)
+            _l2_chunk(grads, partials, params, param_offsets, weight_lengths, scale, c)
     total = 0.0
     for c in range(n_chunks):
         total += partials[c]
@@ -449,10 +451,10 @@ def l2_penalty_forward_backward(grads, partials, params, param_offsets, sizes, l
 
 
 @njit(**SERIAL)
-def l2_penalty_loss(partials, params, param_offsets, sizes, l2, n_rows):
+def l2_penalty_loss(partials, params, param_offsets, weight_lengths, l2, n_rows):
     """The penalty of l2_penalty_forward_backward (bitwise the same), no gradient."""
-    return l2_penalty_forward_backward(params[:0], partials, params, param_offsets, sizes, l2,
-                                       n_rows)
+    return l2_penalty_forward_backward(params[:0], partials, params, param_offsets,
+                                       weight_lengths, l2, n_rows)
 
 
 @njit(**SERIAL)
@@ -608,9 +610,10 @@ def _register_units(kind):
 for _kind in LOSS_KINDS.values():
     _register_units(_kind)
 # n_rows is a float: the rows' count, or their total weight.
-_units.register("l2_penalty_forward_backward", l2_penalty_forward_backward,
-                lambda dt: (_V[dt], _LOSSES, _V[dt], _INTS, _INTS, types.float64,
-                            types.float64), types.float64,
-                cost=_COMPILE_COST["l2_penalty_forward_backward"])
-_units.register("sample_weights_forward_backward", sample_weights_forward_backward,
-                lambda dt: (_M[dt], _LOSSES, _LOSSES, types.float64), types.float64)
+l2_penalty_unit = _units.unit(
+    "l2_penalty_forward_backward", l2_penalty_forward_backward,
+    lambda dt: (_V[dt], _LOSSES, _V[dt], _INTS, _INTS, types.float64, types.float64),
+    types.float64, cost=_COMPILE_COST["l2_penalty_forward_backward"])
+sample_weights_unit = _units.unit(
+    "sample_weights_forward_backward", sample_weights_forward_backward,
+    lambda dt: (_M[dt], _LOSSES, _LOSSES, types.float64), types.float64)

@@ -7,8 +7,17 @@ fastbp.layout), capacity (rows the buffers hold), checkpoint_every (k), act_offs
 each layer's output starts in the flat activation buffer, pre_offsets (L,) where its
 pre-activation starts, or -1 when it is not kept (only activations whose gradient reads their
 input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type, see
-losses.DEFAULT_LOSS) and l2
-(the L2 penalty on the weights, scikit-learn's alpha; 0 for none).
+losses.DEFAULT_LOSS), l2
+(the L2 penalty on the weights, scikit-learn's alpha; 0 for none), kinds (L,) the layers'
+kinds (codes of fastbp.layout.LAYER_KINDS) and weight_lengths (L,) how much of each layer's
+parameter block, from its start, the L2 penalty covers (layout.weight_lengths).
+
+Layers, by kind: each kind of layout.LAYER_KINDS has a forward and a backward step here
+(LAYER_STEPS), and the loops call a layer's through _layer_forward and _layer_backward. A step
+sees the layer's input, output and pre-activation views and the flat parameters (it finds its
+own blocks from param_offsets); its backward step also writes the previous layer's delta,
+through that layer's activation (dense fuses it into its product; a kind without one can call
+activations.activation_backward). Dense is the only kind so far.
 
 Losses (the registry losses.LOSS_KINDS): integer labels (B,) and float targets (B, OC) are
 told apart by their type when the code is compiled; the losses that take the same kind of
@@ -46,6 +55,7 @@ unit for each index type, compiled only when used) and the rest of the step is t
 The heavy kernels are called through units (see _units): compiled once each, not once per
 caller.
 """
+import inspect
 import math
 from collections import namedtuple
 
@@ -66,47 +76,15 @@ from .losses import DEFAULT_LOSS, LOSS_CODES, LOSS_KINDS, TARGETS, weight_sum
 from .update import norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
-                         "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2"])
+                         "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2",
+                         "kinds", "weight_lengths"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
-# The units the network calls (see _units), with the argument types it calls them with (the
-# losses' units are declared beside their kernels, in losses.py).
-_M = {dt: types.Array(dt, 2, "C") for dt in _units.DTYPES}   # matrices
-_V = {dt: types.Array(dt, 1, "C") for dt in _units.DTYPES}   # vectors
-_LOSSES = types.Array(types.float64, 1, "C")
-_LABELS = types.Array(types.int64, 1, "C")
-_INDEX = types.Array(types.int64, 1, "A")
-_INT32 = types.Array(types.int32, 1, "C")
-_i64, _f64 = types.int64, types.float64
-_units.register("dense_forward_grid", dense._dense_forward_grid,
-                lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
-_units.register("dense_forward_split_input", dense._dense_forward_split_input,
-                lambda dt: (_M[dt], _M[dt], _M[dt], _M[dt], _M[dt], _V[dt], _i64))
-_units.register("dense_backward", dense.dense_backward,
-                lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _i64, _M[dt]))
-_units.register("activation_backward", activations.activation_backward,
-                lambda dt: (_M[dt], _M[dt], _M[dt], _i64, _M[dt]))
-_units.register("take_rows", rows.take_rows, lambda dt: (_M[dt], _M[dt], _INDEX))
-# A CSR matrix's rows, by the type of its indices (see CSR_UNITS).
-_units.register("take_csr_rows", rows.take_csr_rows,
-                lambda dt: (_M[dt], _V[dt], _LABELS, _LABELS, _INDEX))
-_units.register("take_csr_rows_int32", rows.take_csr_rows,
-                lambda dt: (_M[dt], _V[dt], _INT32, _INT32, _INDEX))
-# Each update kind's step (update.KINDS).
-for _kind in update.KINDS.values():
-    _units.register(_kind.unit, _kind.step,
-                    lambda dt: (_V[dt], _LOSSES, _LOSSES, _V[dt], _LABELS, _LOSSES, _M[dt]),
-                    types.Tuple((_f64, types.boolean)))
-
-_dense_forward_grid = caller("dense_forward_grid")
-_dense_forward_split_input = caller("dense_forward_split_input")
-_dense_backward = caller("dense_backward")
-_l2_penalty = caller("l2_penalty_forward_backward")
-_sample_weights = caller("sample_weights_forward_backward")
-_activation_backward = caller("activation_backward")
-_take_rows = caller("take_rows")
-_take_csr_rows = caller("take_csr_rows")
-_take_csr_rows_int32 = caller("take_csr_rows_int32")
+# Every unit is declared beside its kernel (dense, activations, rows, update, losses); the
+# network calls these through their callers.
+l2_penalty_unit = losses.l2_penalty_unit
+sample_weights_unit = losses.sample_weights_unit
+_activation_backward = activations.activation_backward_unit   # the output's, after MSE
 # The unit of each update kind.
 UPDATE_UNITS = {code: kind.unit for code, kind in update.KINDS.items()}
 # The unit that densifies a CSR matrix's rows, by the NumPy type of its indices.
@@ -121,7 +99,7 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
     its activations (else for all), and the L2 penalty's only if its l2 is not 0 (else
     always); the sample weights' stage only when weighted; the CSR gather for sparse data
     whose indices have the NumPy dtype sparse_index, when given."""
-    names = ["dense_forward_grid", "dense_backward", "take_rows"]
+    names = _layer_units(net) + ["take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
     if may_split and (net is None or _may_split_input(net)):
@@ -144,12 +122,21 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
 # -- building (plain Python) -------------------------------------------------------------------
 
 
+def _layer_units(net):
+    """The units of the layer kinds a Net uses (without one, of all)."""
+    codes = range(len(layout.LAYER_KINDS)) if net is None else sorted(set(net.kinds.tolist()))
+    return [unit for code in codes for unit in LAYER_STEPS[code].units]
+
+
 def _may_split_input(net):
-    """Whether dense_forward's input split (dense.splits_input) can trigger for some layer and
-    some batch of at most net.capacity rows, at the current thread count."""
+    """Whether dense_forward's input split (dense.splits_input) can trigger for some dense
+    layer and some batch of at most net.capacity rows, at the current thread count."""
     threads = numba.get_num_threads()
     scratch = net.capacity * int(net.sizes[1:].max())
-    for n_in, n_out in zip(net.sizes[:-1].tolist(), net.sizes[1:].tolist()):
+    for kind, n_in, n_out in zip(net.kinds.tolist(), net.sizes[:-1].tolist(),
+                                 net.sizes[1:].tolist()):
+        if kind != layout.DENSE:
+            continue
         rows = min(net.capacity, (n_in - 1) // (2 * threads))  # the most rows that split
         if rows >= 1 and splits_input(rows, n_in, n_out, threads, scratch):
             return True
@@ -160,13 +147,19 @@ def _is_kept(layer, n_layers, checkpoint_every):
     return (layer + 1) % checkpoint_every == 0 or layer == n_layers - 1
 
 
-def plan_activations(sizes, activations, capacity, checkpoint_every):
+def plan_activations(sizes, activations, capacity, checkpoint_every, kinds=None):
     """Where each layer's output and kept pre-activation start in the flat activation buffer:
-    (act_offsets (L,), pre_offsets (L,), buffer length). See the module docstring."""
+    (act_offsets (L,), pre_offsets (L,), buffer length). See the module docstring. A layer's
+    area holds its output, then its pre-activation when kept, then the values its kind saves
+    for its backward pass (layout.LayerKind.saves; none for dense). kinds: the layer kinds
+    (None: all dense)."""
     n_layers = len(sizes) - 1
+    kinds = [layout.DENSE] * n_layers if kinds is None else [int(k) for k in kinds]
     widths = [capacity * int(s) for s in sizes[1:]]
     keeps_pre = [ACTIVATIONS[int(code)].uses_input for code in activations]
-    blocks = [w * (2 if pre else 1) for w, pre in zip(widths, keeps_pre)]
+    saved = [capacity * layout.LAYER_KINDS[kind].saves(int(n_in), int(n_out))
+             for kind, n_in, n_out in zip(kinds, sizes[:-1], sizes[1:])]
+    blocks = [w * (2 if pre else 1) + extra for w, pre, extra in zip(widths, keeps_pre, saved)]
     act_offsets = np.zeros(n_layers, dtype=np.int64)
     kept = 0
     for layer in range(n_layers):
@@ -186,18 +179,23 @@ def plan_activations(sizes, activations, capacity, checkpoint_every):
     return act_offsets, pre_offsets, kept + widest_segment
 
 
-def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0):
+def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0, kinds=None):
     """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size).
     loss: a name of losses.LOSS_CODES, or None to choose by the target's type
     (losses.DEFAULT_LOSS: integer labels take softmax cross-entropy, float targets MSE). l2:
-    the L2 penalty on the weights (>= 0)."""
+    the L2 penalty on the weights (>= 0). kinds: the layers' kinds, codes of
+    layout.LAYER_KINDS (None: all dense; checked)."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     activations = np.ascontiguousarray(activations, dtype=np.int64)
+    kinds = np.ascontiguousarray(
+        [layout.DENSE] * (len(sizes) - 1) if kinds is None else kinds, dtype=np.int64)
+    offsets = layout.param_offsets(sizes, kinds)   # checks the kinds
     act_offsets, pre_offsets, acts_size = plan_activations(sizes, activations, capacity,
-                                                           checkpoint_every)
+                                                           checkpoint_every, kinds)
     code = -1 if loss is None else LOSS_CODES[loss]
-    return Net(sizes, activations, layout.param_offsets(sizes), capacity, checkpoint_every,
-               act_offsets, pre_offsets, code, float(l2)), acts_size
+    return Net(sizes, activations, offsets, capacity, checkpoint_every, act_offsets,
+               pre_offsets, code, float(l2), kinds,
+               layout.weight_lengths(sizes, kinds)), acts_size
 
 
 def make_workspace(net, acts_size, dtype):
@@ -214,7 +212,9 @@ def make_workspace(net, acts_size, dtype):
 
 
 @njit(**INLINED)
-def _layer_params(params, net, layer):
+def _dense_params(params, net, layer):
+    """A dense layer's (weight (C, OC), bias (OC,)) views into the flat params (or grads): its
+    blocks of layout.LAYER_KINDS[DENSE], in their order."""
     start = net.param_offsets[layer]
     n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
     weight = matrix_view(params, start, n_in, n_out)
@@ -247,6 +247,65 @@ def _delta(deltas, n_rows, width, half):
     return matrix_view(_delta_half(deltas, half), 0, n_rows, width)
 
 
+# -- layers, by kind ---------------------------------------------------------------------------
+
+
+@njit(**INLINED)
+def _dense_layer_forward(out, pre, inp, params, net, layer, scratch):
+    """out (B, OC) = act(inp (B, C) @ weight + bias), and pre (B, OC) = the pre-activation
+    when it has rows. scratch: as dense_forward's (an empty one for none)."""
+    weight, bias = _dense_params(params, net, layer)
+    n_rows = inp.shape[0]
+    n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+    if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
+        dense.dense_forward_split_input_unit(out, matrix_view(scratch, 0, n_rows, n_out), pre,
+                                             inp, weight, bias, net.activations[layer])
+    else:
+        dense.dense_forward_grid_unit(out, pre, inp, weight, bias, net.activations[layer])
+
+
+@njit(**INLINED)
+def _dense_layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, params, net, layer):
+    """From dpre (B, OC) = dL/d(pre-activation): the layer's weight and bias gradients into
+    grads, and dinp (B, C) = dL/d(inp) * act'(inp_pre) for inp = act(inp_pre), act the code
+    inp_activation (dense_backward; dinp without rows: skipped)."""
+    weight, _ = _dense_params(params, net, layer)
+    dweight, dbias = _dense_params(grads, net, layer)
+    dense.dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+
+
+LayerSteps = namedtuple("LayerSteps", ["forward", "backward", "units"])
+LayerSteps.__doc__ = """A layer kind's kernels: forward(out, pre, inp, params, net, layer,
+scratch) and backward(dinp, grads, dpre, inp, inp_pre, inp_activation, params, net, layer), as
+_dense_layer_forward's and _dense_layer_backward's; units: the names of the units they call
+(units_for)."""
+#: Each layer kind's steps, by its code in layout.LAYER_KINDS.
+LAYER_STEPS = {
+    layout.DENSE: LayerSteps(_dense_layer_forward, _dense_layer_backward,
+                             ("dense_forward_grid", "dense_backward")),
+}
+
+
+def _by_kind(step):
+    """An inlined f(kind, *the step's arguments) that runs that step ("forward" or "backward")
+    of LAYER_STEPS[kind], written from the table: a chain of ifs over the codes, the last of
+    which runs for any code (make_net lets no other through). With one kind it tests nothing."""
+    codes = sorted(LAYER_STEPS)
+    functions = {code: getattr(LAYER_STEPS[code], step) for code in codes}
+    params = ", ".join(inspect.signature(functions[codes[0]].py_func).parameters)
+    scope = {f.__name__: f for f in functions.values()}
+    lines = [f"def _layer_{step}(kind, {params}):"]
+    for code in codes[:-1]:
+        lines += [f"    if kind == {code}:", f"        return {functions[code].__name__}({params})"]
+    lines.append(f"    return {functions[codes[-1]].__name__}({params})")
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), scope)  # a real file, for Numba
+    return njit(**INLINED)(scope[f"_layer_{step}"])
+
+
+_layer_forward = _by_kind("forward")
+_layer_backward = _by_kind("backward")
+
+
 # -- forward and loss --------------------------------------------------------------------------
 
 
@@ -257,15 +316,9 @@ def _forward_layers(acts, params, x, net, first, stop, scratch):
     n_rows = x.shape[0]
     for layer in range(first, stop):
         inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
-        weight, bias = _layer_params(params, net, layer)
         out = _layer_output(acts, net, n_rows, layer)
         pre = _layer_pre(acts, net, n_rows, layer)
-        n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
-        if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
-            _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
-                                       weight, bias, net.activations[layer])
-        else:
-            _dense_forward_grid(out, pre, inp, weight, bias, net.activations[layer])
+        _layer_forward(net.kinds[layer], out, pre, inp, params, net, layer, scratch)
 
 
 @njit(**INLINED)
@@ -399,15 +452,15 @@ def mlp_loss(work, params, x, target, net, weights=None):
     loss = _batch_loss(losses, output, target, net)
     if weights is None:   # compile-time: the code from before weights
         if net.l2 != 0:
-            loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets,
-                                net.sizes, net.l2, x.shape[0])
+            loss += l2_penalty_unit(params[:0], work.partials, params, net.param_offsets,
+                                net.weight_lengths, net.l2, x.shape[0])
         return loss
     total_weight = weight_sum(weights)
-    loss = _sample_weights(matrix_view(work.deltas, 0, 0, output.shape[1]), losses, weights,
+    loss = sample_weights_unit(matrix_view(work.deltas, 0, 0, output.shape[1]), losses, weights,
                            total_weight)
     if net.l2 != 0 and total_weight != 0:
-        loss += _l2_penalty(params[:0], work.partials, params, net.param_offsets, net.sizes,
-                            net.l2, total_weight)
+        loss += l2_penalty_unit(params[:0], work.partials, params, net.param_offsets,
+                            net.weight_lengths, net.l2, total_weight)
     return loss
 
 
@@ -427,14 +480,14 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None):
     if weights is None:   # compile-time: the code from before weights
         loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0)
         if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
-            loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes,
-                                net.l2, x.shape[0])
+            loss += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
+                                net.weight_lengths, net.l2, x.shape[0])
         return loss
     total_weight = weight_sum(weights)
     loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight)
     if net.l2 != 0 and total_weight != 0:   # (of no weight: the loss is NaN already)
-        loss += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
-                            total_weight)
+        loss += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
+                            net.weight_lengths, net.l2, total_weight)
     return loss
 
 
@@ -451,7 +504,7 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
     dpre = _delta(deltas, n_rows, net.sizes[n_layers], 0)
     loss = _loss_and_output_grad(dpre, work.losses[:n_rows], output, target, acts, net)
     if weights is not None:   # compile-time
-        loss = _sample_weights(dpre, work.losses[:n_rows], weights, total_weight)
+        loss = sample_weights_unit(dpre, work.losses[:n_rows], weights, total_weight)
     half = 0
     for layer in range(n_layers - 1, -1, -1):
         segment_start = layer - layer % k
@@ -462,21 +515,20 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
             # recomputed outputs are bitwise the first ones.)
             _forward_layers(acts, params, x, net, segment_start, layer,
                             _delta_half(deltas, 1 - half))
-        weight, _ = _layer_params(params, net, layer)
-        dweight, dbias = _layer_params(grads, net, layer)
-        if layer == 0:
-            _dense_backward(_delta(deltas, 0, net.sizes[0], 1 - half), dweight, dbias, dpre, x,
-                            weight, IDENTITY, x)
+        if layer == 0:   # x: no activation, and no gradient wanted (dinp without rows)
+            inp, inp_pre, inp_activation = x, x, IDENTITY
+            dinp = _delta(deltas, 0, net.sizes[0], 1 - half)
         else:
             inp = _layer_output(acts, net, n_rows, layer - 1)
             inp_pre = inp
             if net.pre_offsets[layer - 1] >= 0:
                 inp_pre = _layer_pre(acts, net, n_rows, layer - 1)
+            inp_activation = net.activations[layer - 1]
             dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
-            _dense_backward(dinp, dweight, dbias, dpre, inp, weight,
-                            net.activations[layer - 1], inp_pre)
-            dpre = dinp
-            half = 1 - half
+        _layer_backward(net.kinds[layer], dinp, grads, dpre, inp, inp_pre, inp_activation,
+                        params, net, layer)
+        dpre = dinp
+        half = 1 - half
     return loss
 
 
@@ -496,7 +548,7 @@ def _apply_update():
     scope = {"math": math}
     branches = []
     for code, unit in UPDATE_UNITS.items():
-        scope[unit] = caller(unit)
+        scope[unit] = update.STEP_UNITS[code]
         branches.append(_UPDATE_BRANCH.format(code=code, unit=unit))
     source = _APPLY_UPDATE.format(branches="\n".join(branches))
     exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
@@ -537,7 +589,7 @@ def _take_targets_impl(out, y, index):
             for i in range(index.shape[0]):
                 out[i] = y[index[i]]
         return take_labels
-    return lambda out, y, index: _take_rows(out, y, index)
+    return lambda out, y, index: rows.take_rows_unit(out, y, index)
 
 
 def take_x_rows(out, x, index):
@@ -550,10 +602,11 @@ def take_x_rows(out, x, index):
 def _take_x_rows_impl(out, x, index):
     if isinstance(x, types.BaseTuple):   # a CSR: its indices' type picks the unit
         if x.types[1].dtype == types.int32:
-            return lambda out, x, index: _take_csr_rows_int32(out, x.data, x.indices, x.indptr,
-                                                              index)
-        return lambda out, x, index: _take_csr_rows(out, x.data, x.indices, x.indptr, index)
-    return lambda out, x, index: _take_rows(out, x, index)
+            return lambda out, x, index: rows.take_csr_rows_int32_unit(
+                out, x.data, x.indices, x.indptr, index)
+        return lambda out, x, index: rows.take_csr_rows_unit(out, x.data, x.indices, x.indptr,
+                                                             index)
+    return lambda out, x, index: rows.take_rows_unit(out, x, index)
 
 
 @njit(**SERIAL)
@@ -563,7 +616,7 @@ def _gather(xb, yb, x, target, index):
 
 
 @njit(**SERIAL)
-def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target, rows,
+def mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target, rows,
                                batch_size, net, params, weights, w_batch):
     """The mean loss over `rows` and its gradient in grads, from micro-batches of batch_size
     rows: grads = sum over micro-batches of (rows in it / all rows) * its gradient, each
@@ -588,8 +641,8 @@ def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, ta
             update.add_scaled(grads, micro_grads, weight)
             total += weight * loss
         if net.l2 != 0:
-            total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes,
-                                 net.l2, rows.shape[0])
+            total += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
+                                 net.weight_lengths, net.l2, rows.shape[0])
         return total
     total_weight = _rows_weight(weights, rows)
     for start in range(0, rows.shape[0], batch_size):
@@ -603,8 +656,8 @@ def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, ta
         update.add_scaled(grads, micro_grads, 1.0)
         total += loss
     if net.l2 != 0:
-        total += _l2_penalty(grads, work.partials, params, net.param_offsets, net.sizes, net.l2,
-                             total_weight)
+        total += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
+                             net.weight_lengths, net.l2, total_weight)
     return total
 
 
@@ -666,7 +719,7 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
                 _take_targets(wb, weights, rows)
                 loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, wb)
         else:
-            loss = _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
+            loss = mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
                                               target, rows, batch_size, net, params, weights,
                                               w_batch)
         norm, applied = math.nan, False

@@ -4,6 +4,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
+from . import _units
 from ._config import PARALLEL, SERIAL
 from ._tiling import n_tiles, span
 
@@ -22,7 +23,7 @@ def aligned_zeros(shape, dtype):
     """A C-contiguous array of zeros whose data starts on a cache-line boundary (plain Python).
 
     NumPy's large arrays start 16 bytes past one, so every row of a weight matrix and many
-    vector loads straddle two lines; aligned buffers make steps faster (README: measured). The
+    vector loads straddle two lines; aligned buffers make steps faster (README). The
     model's parameters, gradients and workspace are allocated with it; use it for buffers you
     pass to the kernels yourself.
     """
@@ -38,8 +39,7 @@ def take_rows(out, x, index):
     """out (B, N) = x[index] for index (B,) of row numbers (not checked); x (M, N)."""
     n_rows = out.shape[0]
     # A copy is bound by memory, not arithmetic: a row element costs about as much time as 8
-    # multiply-adds when the rows come from a large x (128 x 784 from 60,000 rows: 48 us on one
-    # thread, 28 us on two, measured).
+    # multiply-adds when the rows come from a large x (docs/kernels-notes.md).
     tiles = n_tiles(n_rows, 8 * out.shape[1])
     if tiles == 1:
         r0, r1 = span(0, 1, n_rows)
@@ -48,6 +48,10 @@ def take_rows(out, x, index):
     for t in prange(tiles):
         r0, r1 = span(t, tiles, n_rows)
         _take_rows_span(out, x, index, r0, r1)
+
+
+_M = _units.MATRIX
+take_rows_unit = _units.unit("take_rows", take_rows, lambda dt: (_M[dt], _M[dt], _units.INDEX))
 
 
 @njit(**SERIAL)
@@ -74,6 +78,15 @@ def take_csr_rows(out, data, indices, indptr, index):
     for t in prange(tiles):
         r0, r1 = span(t, tiles, n_rows)
         _take_csr_span(out, data, indices, indptr, index, r0, r1)
+
+
+# One unit for each type of the indices (network.CSR_UNITS).
+take_csr_rows_unit = _units.unit(
+    "take_csr_rows", take_csr_rows,
+    lambda dt: (_M[dt], _units.VECTOR[dt], _units.INT64S, _units.INT64S, _units.INDEX))
+take_csr_rows_int32_unit = _units.unit(
+    "take_csr_rows_int32", take_csr_rows,
+    lambda dt: (_M[dt], _units.VECTOR[dt], _units.INT32S, _units.INT32S, _units.INDEX))
 
 
 @njit(**SERIAL)

@@ -31,8 +31,9 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
+from . import _units
 from ._config import ELEMENTWISE, INLINED, NORM_CHUNK, PARALLEL, SERIAL
 from ._native import num_threads
 
@@ -69,7 +70,7 @@ def norm_partials_size(param_offsets):
 
 
 @njit(**SERIAL)
-def _chunk(param_offsets, chunk):
+def chunk_bounds(param_offsets, chunk):
     """(start, stop, layer) of a chunk: chunks never straddle two layers."""
     first = 0
     for layer in range(param_offsets.shape[0] - 1):
@@ -82,10 +83,11 @@ def _chunk(param_offsets, chunk):
 
 
 @njit(**SERIAL)
-def _sum_of_squares(x):
+def sum_of_squares(x):
     """Sum of x**2 in float64. Squares are summed in x's dtype over blocks of 512 (many
     vector lanes of a few terms each: a relative error near 1e-7 in float32), the blocks in
-    float64. Adding every square straight into a float64 total was 2.7x slower (measured)."""
+    float64, which is faster than adding every square straight into a float64 total
+    (docs/kernels-notes.md)."""
     total = 0.0
     for b0 in range(0, x.shape[0], 512):
         block = x[b0:b0 + 512]
@@ -107,26 +109,26 @@ def layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
     n_chunks = norm_partials_size(param_offsets)
     if n_chunks < 2 * num_threads():
         for c in range(n_chunks):
-            start, stop, _ = _chunk(param_offsets, c)
-            partials[c] = _sum_of_squares(grads[start:stop])
+            start, stop, _ = chunk_bounds(param_offsets, c)
+            partials[c] = sum_of_squares(grads[start:stop])
     else:
         for c in prange(n_chunks):
-            start, stop, _ = _chunk(param_offsets, c)
-            partials[c] = _sum_of_squares(grads[start:stop])
+            start, stop, _ = chunk_bounds(param_offsets, c)
+            partials[c] = sum_of_squares(grads[start:stop])
     # A loop, not layer_sq[:] = 0: in a parallel=True function that array expression becomes a
-    # parallel region of its own (1.7 us a call, measured).
+    # parallel region of its own, entered on every call.
     for layer in range(layer_sq.shape[0]):
         layer_sq[layer] = 0.0
     total = 0.0
     for c in range(n_chunks):
-        _, _, layer = _chunk(param_offsets, c)
+        _, _, layer = chunk_bounds(param_offsets, c)
         layer_sq[layer] += partials[c]
         total += partials[c]
     return total
 
 
 @njit(**SERIAL)
-def _axpy(y, alpha, x):
+def axpy(y, alpha, x):
     """y -= alpha * x (1-D, same length)."""
     for i in range(y.shape[0]):
         y[i] -= alpha * x[i]
@@ -138,18 +140,18 @@ def sgd_update(params, grads, step):
     step_ = params.dtype.type(step)
     n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
     if n_chunks < 2 * num_threads():
-        _axpy(params, step_, grads)
+        axpy(params, step_, grads)
         return
     for c in prange(n_chunks):
         chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
-        _axpy(params[chunk], step_, grads[chunk])
+        axpy(params[chunk], step_, grads[chunk])
 
 
 @njit(**SERIAL)
 def add_scaled(total, x, weight):
     """total (P,) += weight * x (P,), in place (gradient accumulation). One thread: a pass over
     memory that a parallel loop would barely speed up, and cheap to compile into a caller."""
-    _axpy(total, total.dtype.type(-weight), x)
+    axpy(total, total.dtype.type(-weight), x)
 
 
 @njit(**SERIAL)
@@ -441,6 +443,13 @@ KINDS = {kind.code: kind for kind in (
 )}
 #: The update kinds network.apply_update knows.
 UPDATE_KINDS = tuple(KINDS)
+#: Each kind's step as a unit (see _units; named UpdateKind.unit), by code: the callers
+#: network.apply_update dispatches to.
+STEP_UNITS = {code: _units.unit(
+    kind.unit, kind.step,
+    lambda dt: (_units.VECTOR[dt], _units.FLOAT64S, _units.FLOAT64S, _units.VECTOR[dt],
+                _units.INT64S, _units.FLOAT64S, _units.MATRIX[dt]),
+    types.Tuple((types.float64, types.boolean))) for code, kind in KINDS.items()}
 
 
 def state_rows(kind, hyper):
