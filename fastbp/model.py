@@ -145,14 +145,14 @@ class MLP:
         return [int(s) for s in sizes]
 
     def _initialise(self, seed):
+        """Each layer's parameters by its kind's rule (layout.LAYER_KINDS; every layer is dense
+        for now) and its activation's (He or Glorot)."""
         rng = np.random.default_rng(seed)
-        for weight, code in zip(self.weights, self._engine.codes):
-            fan_in, fan_out = weight.shape
-            if kernels.ACTIVATIONS[code].init == "he":
-                weight[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), weight.shape)
-            else:
-                limit = np.sqrt(6.0 / (fan_in + fan_out))
-                weight[...] = rng.uniform(-limit, limit, weight.shape)
+        sizes = self.sizes
+        layers = layout.layer_blocks(self.params, sizes)
+        for layer, (views, code) in enumerate(zip(layers, self._engine.codes)):
+            layout.LAYER_KINDS[layout.DENSE].init(views, sizes[layer], sizes[layer + 1],
+                                                  kernels.ACTIVATIONS[code].init, rng)
 
     # -- structure and buffers ----------------------------------------------------------------
     # The structure is read-only (compiled code relies on it); the two buffers take new values,

@@ -15,6 +15,7 @@ NET, WORK, UPDATE = list(Net._fields), list(Workspace._fields), list(Update._fie
 # Each generated entry's arguments, as the Python layer passes them (*work, *net, *spec).
 EXPECTED = {
     "forward": ["acts", "params", "x", *NET],
+    "forward_and_losses": ["acts", "losses", "params", "x", "target", *NET],
     "loss": [*WORK, "params", "x", "target", *NET, "weights"],
     "loss_and_grad": ["grads", *WORK, "params", "x", "target", *NET, "weights"],
     "accumulated_loss_and_grad": ["grads", "micro_grads", *WORK, "params", "x_batch",
@@ -83,7 +84,7 @@ def test_entries_run_as_the_python_layer_calls_them(rng):
     X, y = rng.normal(size=(6, 4)).astype(model.dtype), rng.integers(0, 3, 6)
     loss = model.loss_and_grad(X, y)
     grads = np.array(model.grads)
-    net, work = model._net, model._work
+    net, work = model.engine.net, model.engine.work
     assert entry.loss_and_grad(model.grads, *work, model.params, X, y, *net, None) == loss
     np.testing.assert_array_equal(model.grads, grads)
     np.testing.assert_array_equal(entry.forward(work.acts, model.params, X, *net),

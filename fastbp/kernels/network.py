@@ -296,7 +296,8 @@ def _by_kind(step):
     scope = {f.__name__: f for f in functions.values()}
     lines = [f"def _layer_{step}(kind, {params}):"]
     for code in codes[:-1]:
-        lines += [f"    if kind == {code}:", f"        return {functions[code].__name__}({params})"]
+        lines += [f"    if kind == {code}:",
+                  f"        return {functions[code].__name__}({params})"]
     lines.append(f"    return {functions[codes[-1]].__name__}({params})")
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), scope)  # a real file, for Numba
     return njit(**INLINED)(scope[f"_layer_{step}"])
@@ -679,7 +680,8 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     Each step takes the next accumulate * batch_size rows of ``order`` (row numbers into x and
     target, not checked), gathered batch_size rows at a time into x_batch (>= batch_size, C)
     and y_batch. x: a dense (N, C) matrix, or a rows.CSR of N rows and C columns (checked
-    beforehand: rows.csr_is_valid), whose batches are densified into x_batch. With accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
+    beforehand: rows.csr_is_valid), whose batches are densified into x_batch. With
+    accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
     the gradients of its batches are summed, weighted by their share of its rows, into grads
     (the gradient of the mean loss over all its rows; micro_grads, of params' shape, holds
     each batch's; pass None when accumulate is 1: that code is then not compiled), then
