@@ -204,7 +204,7 @@ def test_dense_init_is_the_models(activation):
     model = fastbp.MLP(sizes, activation=activation, seed=seed, dtype=np.float64)
     flat = np.full(model.n_params, np.nan)
     rng = np.random.default_rng(seed)
-    codes = model._codes
+    codes = model.engine.codes
     for views, code, n_in, n_out in zip(layout.layer_blocks(flat, sizes), codes, sizes[:-1],
                                         sizes[1:]):
         rule = fastbp.kernels.ACTIVATIONS[code].init

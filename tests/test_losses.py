@@ -95,7 +95,7 @@ def test_the_model_and_fit_raise_on_a_missing_rule_rather_than_fall_back(monkeyp
     with pytest.raises(ValueError, match="no predict rule 'nearest'"):
         model.predict(X)
     monkeypatch.setitem(kernels.LOSS_KINDS, "mse", mse._replace(threshold=None))
-    scorer = _Scorer(model, X, y)
+    scorer = _Scorer(model, X, y, fastbp.distributed.Alone())
     assert scorer.kind == "binary"
     with pytest.raises(ValueError, match="no threshold"):
         scorer.score()
@@ -133,7 +133,7 @@ def test_forward_and_losses_is_forward_and_the_compiled_loss(name, dtype, rng):
     loss_value's without the penalty), also over several inference chunks and for sparse X."""
     scipy_sparse = pytest.importorskip("scipy.sparse")
     model = fastbp.MLP([5, 7, 3], activation="tanh", loss=name, dtype=dtype, seed=2, l2=0.7)
-    n = fastbp.model.INFERENCE_CHUNK + 300
+    n = fastbp.engine.INFERENCE_CHUNK + 300
     X = rng.normal(size=(n, 5))
     X[X < 0.3] = 0.0
     y = make_targets(name, n, 3, rng)
