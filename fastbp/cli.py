@@ -141,7 +141,8 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, r
     """Compile (or load from Numba's cache) every kernel that training this model at this batch
     size will run (its activations, its loss, an input split if a layer can split), so that
     epoch timings measure training only: the compiled epoch over no rows (nothing changes), or
-    under MPI the data-parallel step's kernels, and inference on one row. Not through fit
+    under MPI the data-parallel step's kernels, and inference on one row (outputs alone, and
+    outputs with the rows' losses, as fit scores). Not through fit
     (which ends training cleanly on Ctrl-C), so that Ctrl-C stops it at once. Under MPI, one
     rank per node goes first and the others then load what it compiled from the cache."""
     engine = model.engine
@@ -149,10 +150,12 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, r
     if ranks is not None:
         def ready():
             engine.ready_steps(optimizer.update_spec(), X, y, batch_size, accumulate)
+            model.forward_and_losses(X, y)   # fit scores its rows with this
             model.forward(X)
         ranks.node_leader_first(ready)
         return
     engine.ready_epoch(optimizer.update_spec(), X, y, batch_size)
+    model.forward_and_losses(X, y)   # fit scores its rows with this
     model.forward(X)
 
 
