@@ -9,17 +9,19 @@ What a block holds is up to the layer's kind (``LAYER_KINDS``, by code; a Net ca
 per layer). A kind lists its parameter blocks as a function of (fan_in, fan_out) = (n_l,
 n_{l+1}): their names, shapes (each row-major) and whether the L2 penalty covers them (its
 "weights"); those come first, so the penalty covers a prefix of each layer's block
-(``weight_lengths``). The dense layer, the only kind so far, holds W_l (n_l, n_{l+1}) then b_l
+(``weight_lengths``). The dense layer holds W_l (n_l, n_{l+1}) then b_l
 (n_{l+1},)::
 
     dense block = [ W_l (row-major) | b_l ]      (n_l + 1) * n_{l+1} entries, W_l penalised
 
-The seam for other kinds: a kind may have no blocks (its layer has no parameters; its block is
-empty), blocks that are not (W, b) (a normalisation's scale and shift), and may require its
-output to be as wide as its input (``same_width``). Besides its output (and pre-activation), a
-layer may keep values for its backward pass (``saves``, per row; network.plan_activations
-makes room for them after its output). Each kind also brings its initialisation (``init``) and,
-in fastbp.kernels.network, its forward and backward steps.
+A layer with normalisation (layer or batch) holds its dense parameters, then the
+normalisation's scale and shift (initialised to 1 and 0; the L2 penalty does not cover them)::
+
+    normalised block = [ W_l | b_l | scale_l (n_{l+1},) | shift_l (n_{l+1},) ]
+
+Other kinds may have no blocks (a layer without parameters), blocks that are not (W, b), and
+may require their output to be as wide as their input (``same_width``). Each kind brings its
+initialisation (``init``); its forward and backward steps are in fastbp.kernels.network.
 
 The gradients use the same layout. Everything that needs to know where a parameter lives (the
 model's per-layer views, the parameter count of a model file, the compiled kernels'
@@ -31,7 +33,8 @@ from itertools import accumulate
 
 import numpy as np
 
-__all__ = ["Block", "LayerKind", "LAYER_KINDS", "LAYER_KIND_CODES", "DENSE", "param_offsets",
+__all__ = ["Block", "LayerKind", "LAYER_KINDS", "LAYER_KIND_CODES", "DENSE", "LAYER_NORM",
+           "BATCH_NORM", "NORM_KINDS", "param_offsets",
            "n_params", "weight_lengths", "layer_blocks", "layer_views"]
 
 Block = namedtuple("Block", ["name", "shape", "penalised"])
@@ -39,13 +42,13 @@ Block.__doc__ = """One named parameter tensor of a layer: its shape (a tuple of 
 row-major) and whether the L2 penalty covers it."""
 
 
-class LayerKind(namedtuple("LayerKind", ["name", "blocks", "same_width", "saves", "init"])):
+class LayerKind(namedtuple("LayerKind", ["name", "blocks", "same_width", "init", "norm"])):
     """An entry of LAYER_KINDS. name; blocks(fan_in, fan_out): its parameter Blocks, in their
     order in the layer's block, the penalised ones first; same_width: its output must be as
-    wide as its input; saves(fan_in, fan_out): values per row it keeps for its backward pass
-    besides its output and pre-activation; init(views, fan_in, fan_out, rule, rng): fills its
-    blocks (views: name -> array) for a layer whose activation initialises by rule ("he" or
-    "glorot", activations.Activation.init), drawing from the NumPy Generator rng."""
+    wide as its input; init(views, fan_in, fan_out, rule, rng): fills its blocks (views: name
+    -> array) for a layer whose activation initialises by rule ("he" or "glorot",
+    activations.Activation.init), drawing from the NumPy Generator rng; norm: the
+    normalisation after its product ("layer", "batch", or None)."""
     __slots__ = ()
 
 
@@ -65,11 +68,27 @@ def _dense_init(views, fan_in, fan_out, rule, rng):
     views["bias"][...] = 0
 
 
-DENSE = 0
+def _normalised_blocks(fan_in, fan_out):
+    return _dense_blocks(fan_in, fan_out) + (Block("norm_weight", (fan_out,), False),
+                                             Block("norm_bias", (fan_out,), False))
+
+
+def _normalised_init(views, fan_in, fan_out, rule, rng):
+    """The dense layer's, then scale 1 and shift 0 (nn.LayerNorm's and nn.BatchNorm1d's)."""
+    _dense_init(views, fan_in, fan_out, rule, rng)
+    views["norm_weight"][...] = 1
+    views["norm_bias"][...] = 0
+
+
+DENSE, LAYER_NORM, BATCH_NORM = 0, 1, 2
 #: The layer kinds, by code (the index; a Net's kinds).
 LAYER_KINDS = (
-    LayerKind("dense", _dense_blocks, False, lambda fan_in, fan_out: 0, _dense_init),
+    LayerKind("dense", _dense_blocks, False, _dense_init, None),
+    LayerKind("layer_norm", _normalised_blocks, False, _normalised_init, "layer"),
+    LayerKind("batch_norm", _normalised_blocks, False, _normalised_init, "batch"),
 )
+#: A normalisation's name -> the code of the layer kind that has it.
+NORM_KINDS = {kind.norm: code for code, kind in enumerate(LAYER_KINDS) if kind.norm}
 #: Layer kind name -> code.
 LAYER_KIND_CODES = {kind.name: code for code, kind in enumerate(LAYER_KINDS)}
 

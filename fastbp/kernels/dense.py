@@ -9,7 +9,7 @@ sums. Work too small to repay waking a thread runs serially, outside any paralle
 from numba import njit, prange, types
 
 from . import _units
-from ._config import MIN_TILE_WORK, PARALLEL, SERIAL
+from ._config import INLINED, MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import gemm, matrix_view, num_threads
 from ._tiling import grid, span
 from .activations import activation_grad_tile, activation_input, bias_activation_tile
@@ -184,3 +184,17 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
 dense_backward_unit = _units.unit(
     "dense_backward", dense_backward,
     lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], types.int64, _M[dt]))
+
+
+@njit(**INLINED)
+def dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch):
+    """dense_forward through the units (how the network's layers run it): split over the
+    inputs when splits_input says so for scratch (1-D, an empty one for none); pre (B, OC) or
+    a view without rows."""
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
+        dense_forward_split_input_unit(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
+                                       weight, bias, activation)
+    else:
+        dense_forward_grid_unit(out, pre, inp, weight, bias, activation)

@@ -115,12 +115,13 @@ _ENTRIES = {
         """network.mlp_forward_and_losses: the outputs, and each row's data loss into
     losses."""),
     "loss": (
-        "*work, params, x, target, *net, weights",
-        "mlp_loss(work, params, x, target, net, weights)",
-        """network.mlp_loss: the batch's mean loss, plus the L2 penalty."""),
+        "*work, params, x, target, *net, weights, mode",
+        "mlp_loss(work, params, x, target, net, weights, mode)",
+        """network.mlp_loss: the batch's mean loss, plus the L2 penalty (mode: block.INFER, or
+    REPLAY: the last training pass's objective)."""),
     "loss_and_grad": (
-        "grads, *work, params, x, target, *net, weights",
-        "mlp_loss_and_grad(grads, work, params, x, target, net, weights)",
+        "grads, *work, params, x, target, *net, weights, row_ids",
+        "mlp_loss_and_grad(grads, work, params, x, target, net, weights, row_ids)",
         """network.mlp_loss_and_grad: the objective, and its gradient in grads."""),
     "accumulated_loss_and_grad": (
         "grads, micro_grads, *work, params, x_batch, y_batch, x, target, rows, batch_size, *net,"
@@ -131,8 +132,8 @@ _ENTRIES = {
     batch_size rows, as one step of train_epoch with accumulation computes them (fit's path
     with a gradient hook or step callbacks)."""),
     "train_step": (
-        "params, grads, *work, x, target, *net, *update, weights",
-        "mlp_train_step(params, grads, work, x, target, net, update, weights)",
+        "params, grads, *work, x, target, *net, *update, weights, row_ids",
+        "mlp_train_step(params, grads, work, x, target, net, update, weights, row_ids)",
         """network.mlp_train_step: (loss, gradient norm, applied)."""),
     "train_epoch": (
         "params, grads, *work, x_batch, y_batch, step_losses, step_norms, step_layer_sq, x,"

@@ -7,17 +7,26 @@ fastbp.layout), capacity (rows the buffers hold), checkpoint_every (k), act_offs
 each layer's output starts in the flat activation buffer, pre_offsets (L,) where its
 pre-activation starts, or -1 when it is not kept (only activations whose gradient reads their
 input keep it: gelu), loss (a code of losses.LOSS_CODES, or -1: by the target's type, see
-losses.DEFAULT_LOSS), l2
-(the L2 penalty on the weights, scikit-learn's alpha; 0 for none), kinds (L,) the layers'
-kinds (codes of fastbp.layout.LAYER_KINDS) and weight_lengths (L,) how much of each layer's
-parameter block, from its start, the L2 penalty covers (layout.weight_lengths).
+losses.DEFAULT_LOSS), l2 (the L2 penalty on the weights, scikit-learn's alpha; 0 for none),
+kinds (L,) the layers' kinds (codes of fastbp.layout.LAYER_KINDS: dense, or dense with layer
+or batch normalisation), weight_lengths (L,) how much of each layer's parameter block, from
+its start, the L2 penalty covers (layout.weight_lengths), dropout (L,) each layer's dropout
+probability, residual (L,) 1 where a layer adds its input to its output, aux_offsets (L,)
+where a block layer's saved values start (-1: a plain layer), running_offsets (L,) where a
+batch-normalised layer's running mean and variance start in running (float64), and counter
+[seed, training passes, row base], the dropout masks' key (see make_net).
 
-Layers, by kind: each kind of layout.LAYER_KINDS has a forward and a backward step here
-(LAYER_STEPS), and the loops call a layer's through _layer_forward and _layer_backward. A step
-sees the layer's input, output and pre-activation views and the flat parameters (it finds its
-own blocks from param_offsets); its backward step also writes the previous layer's delta,
-through that layer's activation (dense fuses it into its product; a kind without one can call
-activations.activation_backward). Dense is the only kind so far.
+Layers: a layer with none of normalisation, dropout or a residual connection is plain: the
+dense kernels, its activation fused into the product. The others are block layers (block.py:
+two units). A plain layer's backward step takes dL/d(its pre-activation) and writes the layer
+below's through that layer's activation (fused into its product); a block layer's takes dL/d(
+its output) and applies its own activation's gradient, so the layer above gives it the plain
+dL/d(input).
+
+Training and inference: a training pass (mlp_loss_and_grad and what calls it) advances the
+Net's counter, normalises by the batch's statistics (folding them into batch normalisation's
+running ones) and drops; inference (mlp_forward, mlp_forward_and_losses, mlp_loss) uses the
+running statistics and does not drop (block.INFER, TRAIN, REPLAY).
 
 Losses (the registry losses.LOSS_KINDS): integer labels (B,) and float targets (B, OC) are
 told apart by their type when the code is compiled; the losses that take the same kind of
@@ -55,7 +64,6 @@ unit for each index type, compiled only when used) and the rest of the step is t
 The heavy kernels are called through units (see _units): compiled once each, not once per
 caller.
 """
-import inspect
 import math
 from collections import namedtuple
 
@@ -66,10 +74,11 @@ from numba.extending import overload
 
 from .. import layout
 from ._config import INLINED, SERIAL
-from ._native import matrix_view, num_threads
-from . import _units, activations, dense, losses, rows, update
+from ._native import matrix_view
+from . import _units, activations, block, dense, losses, rows, update
 from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
+from .block import INFER, REPLAY, TRAIN
 from .dense import splits_input
 from .rows import aligned_zeros
 from .losses import DEFAULT_LOSS, LOSS_CODES, LOSS_KINDS, TARGETS, weight_sum
@@ -77,7 +86,8 @@ from .update import norm_partials_size
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2",
-                         "kinds", "weight_lengths"])
+                         "kinds", "weight_lengths", "dropout", "residual", "aux_offsets",
+                         "running_offsets", "running", "counter"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
 # Every unit is declared beside its kernel (dense, activations, rows, update, losses); the
@@ -122,10 +132,16 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
 # -- building (plain Python) -------------------------------------------------------------------
 
 
+# The units of the plain dense layer, and those a block layer (block.py) adds.
+_DENSE_UNITS = ["dense_forward_grid", "dense_backward"]
+_BLOCK_UNITS = ["block_forward", "block_backward", "activation_backward"]
+
+
 def _layer_units(net):
-    """The units of the layer kinds a Net uses (without one, of all)."""
-    codes = range(len(layout.LAYER_KINDS)) if net is None else sorted(set(net.kinds.tolist()))
-    return [unit for code in codes for unit in LAYER_STEPS[code].units]
+    """The units of the layers of a Net (without one, of every kind of layer)."""
+    if net is None or (net.aux_offsets >= 0).any():
+        return _DENSE_UNITS + _BLOCK_UNITS
+    return list(_DENSE_UNITS)
 
 
 def _may_split_input(net):
@@ -133,10 +149,7 @@ def _may_split_input(net):
     layer and some batch of at most net.capacity rows, at the current thread count."""
     threads = numba.get_num_threads()
     scratch = net.capacity * int(net.sizes[1:].max())
-    for kind, n_in, n_out in zip(net.kinds.tolist(), net.sizes[:-1].tolist(),
-                                 net.sizes[1:].tolist()):
-        if kind != layout.DENSE:
-            continue
+    for n_in, n_out in zip(net.sizes[:-1].tolist(), net.sizes[1:].tolist()):
         rows = min(net.capacity, (n_in - 1) // (2 * threads))  # the most rows that split
         if rows >= 1 and splits_input(rows, n_in, n_out, threads, scratch):
             return True
@@ -147,18 +160,42 @@ def _is_kept(layer, n_layers, checkpoint_every):
     return (layer + 1) % checkpoint_every == 0 or layer == n_layers - 1
 
 
-def plan_activations(sizes, activations, capacity, checkpoint_every, kinds=None):
-    """Where each layer's output and kept pre-activation start in the flat activation buffer:
-    (act_offsets (L,), pre_offsets (L,), buffer length). See the module docstring. A layer's
-    area holds its output, then its pre-activation when kept, then the values its kind saves
-    for its backward pass (layout.LayerKind.saves; none for dense). kinds: the layer kinds
-    (None: all dense)."""
-    n_layers = len(sizes) - 1
+def _block_extras(kinds, n_layers, dropout, residual):
+    """Each layer's (norm code, dropout p, residual flag), checked: a residual layer's input and
+    output widths are equal (make_net checks), p in [0, 1)."""
     kinds = [layout.DENSE] * n_layers if kinds is None else [int(k) for k in kinds]
+    dropout = [0.0] * n_layers if dropout is None else [float(p) for p in dropout]
+    residual = [0] * n_layers if residual is None else [int(bool(r)) for r in residual]
+    if len(dropout) != n_layers or len(residual) != n_layers:
+        raise ValueError(f"dropout, residual: expected {n_layers} entries, one per layer")
+    for p in dropout:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout: expected probabilities in [0, 1), got {dropout}")
+    return kinds, dropout, residual
+
+
+def is_block(kind, p, residual):
+    """Whether a layer runs as a block layer (block.py): it has a norm, dropout or a residual
+    connection."""
+    return kind != layout.DENSE or p > 0 or residual != 0
+
+
+def plan_activations(sizes, activations, capacity, checkpoint_every, kinds=None, dropout=None,
+                     residual=None):
+    """Where each layer's output, kept pre-activation and saved values start in the flat
+    activation buffer: (act_offsets (L,), pre_offsets (L,), aux_offsets (L,), buffer length).
+    See the module docstring. A layer's area holds its output, then its pre-activation when
+    kept, then what a block layer saves for its backward pass (block.aux_layout; -1 for a plain
+    layer). kinds: the layer kinds (None: all dense); dropout (L,) and residual (L,): each
+    layer's dropout probability and residual flag (None: none)."""
+    n_layers = len(sizes) - 1
+    kinds, dropout, residual = _block_extras(kinds, n_layers, dropout, residual)
     widths = [capacity * int(s) for s in sizes[1:]]
     keeps_pre = [ACTIVATIONS[int(code)].uses_input for code in activations]
-    saved = [capacity * layout.LAYER_KINDS[kind].saves(int(n_in), int(n_out))
-             for kind, n_in, n_out in zip(kinds, sizes[:-1], sizes[1:])]
+    # (A kind's code is block.py's code of its norm: DENSE none, LAYER_NORM, BATCH_NORM.)
+    saved = [block.aux_layout(kind, int(n_out), p, r, capacity)[-1] if is_block(kind, p, r)
+             else 0
+             for kind, n_out, p, r in zip(kinds, sizes[1:], dropout, residual)]
     blocks = [w * (2 if pre else 1) + extra for w, pre, extra in zip(widths, keeps_pre, saved)]
     act_offsets = np.zeros(n_layers, dtype=np.int64)
     kept = 0
@@ -176,26 +213,79 @@ def plan_activations(sizes, activations, capacity, checkpoint_every, kinds=None)
             widest_segment = max(widest_segment, segment)
     pre_offsets = np.array([offset + width if pre else -1 for offset, width, pre
                             in zip(act_offsets, widths, keeps_pre)], dtype=np.int64)
-    return act_offsets, pre_offsets, kept + widest_segment
+    aux_offsets = np.array([offset + width * (2 if pre else 1) if is_block(kind, p, r) else -1
+                            for offset, width, pre, kind, p, r
+                            in zip(act_offsets, widths, keeps_pre, kinds, dropout, residual)],
+                           dtype=np.int64)
+    return act_offsets, pre_offsets, aux_offsets, kept + widest_segment
 
 
-def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0, kinds=None):
+def running_layout(sizes, kinds=None):
+    """(running_offsets (L,), length): where each batch-normalised layer's running mean (then,
+    its width later, its running variance) starts in a Net's running buffer; -1 for the
+    others."""
+    n_layers = len(sizes) - 1
+    kinds = [layout.DENSE] * n_layers if kinds is None else [int(k) for k in kinds]
+    offsets, length = [], 0
+    for kind, n_out in zip(kinds, sizes[1:]):
+        if layout.LAYER_KINDS[kind].norm == "batch":
+            offsets.append(length)
+            length += 2 * int(n_out)
+        else:
+            offsets.append(-1)
+    return np.array(offsets, dtype=np.int64), length
+
+
+def new_running(sizes, kinds=None):
+    """A running buffer for a Net of these widths and kinds, as nn.BatchNorm1d starts them:
+    means 0, variances 1 (float64)."""
+    offsets, length = running_layout(sizes, kinds)
+    running = np.zeros(length, dtype=np.float64)
+    for offset, n_out in zip(offsets.tolist(), list(sizes)[1:]):
+        if offset >= 0:
+            running[offset + int(n_out):offset + 2 * int(n_out)] = 1.0
+    return running
+
+
+def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0, kinds=None,
+             dropout=None, residual=None, running=None, counter=None):
     """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size).
     loss: a name of losses.LOSS_CODES, or None to choose by the target's type
     (losses.DEFAULT_LOSS: integer labels take softmax cross-entropy, float targets MSE). l2:
     the L2 penalty on the weights (>= 0). kinds: the layers' kinds, codes of
-    layout.LAYER_KINDS (None: all dense; checked)."""
+    layout.LAYER_KINDS (None: all dense; checked). dropout (L,): each layer's dropout
+    probability in [0, 1) (None: none); residual (L,): whether each layer adds its input to its
+    output (its widths must be equal; None: none). running: the batch norms' running
+    statistics (new_running's layout; None: new ones), float64, updated in place by training
+    passes; counter: int64 array [seed, training passes so far, row base] that keys the
+    dropout masks (None: zeros), advanced in place by each training pass (the row base is
+    added to the row indices that key them: a data-parallel rank's first global row). The running and counter arrays
+    are shared, not copied: a Net rebuilt for a larger capacity passes them on."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     activations = np.ascontiguousarray(activations, dtype=np.int64)
-    kinds = np.ascontiguousarray(
-        [layout.DENSE] * (len(sizes) - 1) if kinds is None else kinds, dtype=np.int64)
+    n_layers = len(sizes) - 1
+    kinds, dropout, residual = _block_extras(kinds, n_layers, dropout, residual)
     offsets = layout.param_offsets(sizes, kinds)   # checks the kinds
-    act_offsets, pre_offsets, acts_size = plan_activations(sizes, activations, capacity,
-                                                           checkpoint_every, kinds)
+    for layer, r in enumerate(residual):
+        if r and sizes[layer] != sizes[layer + 1]:
+            raise ValueError(f"residual: layer {layer} has widths {sizes[layer]} -> "
+                             f"{sizes[layer + 1]}; a residual connection needs them equal")
+    act_offsets, pre_offsets, aux_offsets, acts_size = plan_activations(
+        sizes, activations, capacity, checkpoint_every, kinds, dropout, residual)
+    running_offsets, running_length = running_layout(sizes, kinds)
+    if running is None:
+        running = new_running(sizes, kinds)
+    if running.dtype != np.float64 or running.shape != (running_length,):
+        raise ValueError(f"running: expected {running_length} float64 values, got "
+                         f"{running.dtype} {running.shape}")
+    if counter is None:
+        counter = np.zeros(3, dtype=np.int64)
     code = -1 if loss is None else LOSS_CODES[loss]
+    kinds = np.ascontiguousarray(kinds, dtype=np.int64)
     return Net(sizes, activations, offsets, capacity, checkpoint_every, act_offsets,
-               pre_offsets, code, float(l2), kinds,
-               layout.weight_lengths(sizes, kinds)), acts_size
+               pre_offsets, code, float(l2), kinds, layout.weight_lengths(sizes, kinds),
+               np.array(dropout, dtype=np.float64), np.array(residual, dtype=np.int64),
+               aux_offsets, running_offsets, running, counter), acts_size
 
 
 def make_workspace(net, acts_size, dtype):
@@ -247,94 +337,79 @@ def _delta(deltas, n_rows, width, half):
     return matrix_view(_delta_half(deltas, half), 0, n_rows, width)
 
 
-# -- layers, by kind ---------------------------------------------------------------------------
+# -- layers: plain dense, or a block layer (block.py) -------------------------------------------
 
 
 @njit(**INLINED)
-def _dense_layer_forward(out, pre, inp, params, net, layer, scratch):
-    """out (B, OC) = act(inp (B, C) @ weight + bias), and pre (B, OC) = the pre-activation
-    when it has rows. scratch: as dense_forward's (an empty one for none)."""
-    weight, bias = _dense_params(params, net, layer)
+def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
+    """Layer `layer`'s forward pass from inp (B, C) into its area of acts: a plain layer's
+    output act(inp @ weight + bias) (and its pre-activation, when kept); a block layer's in
+    mode (block.INFER, TRAIN or REPLAY), keying its dropout masks by row_ids (B,) (empty: the
+    rows' positions) and the Net's counter. scratch: as dense_forward's (empty for none)."""
     n_rows = inp.shape[0]
-    n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
-    if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
-        dense.dense_forward_split_input_unit(out, matrix_view(scratch, 0, n_rows, n_out), pre,
-                                             inp, weight, bias, net.activations[layer])
-    else:
-        dense.dense_forward_grid_unit(out, pre, inp, weight, bias, net.activations[layer])
+    if net.aux_offsets[layer] < 0:
+        weight, bias = _dense_params(params, net, layer)
+        dense.dense_forward_by_units(_layer_output(acts, net, n_rows, layer),
+                                     _layer_pre(acts, net, n_rows, layer), inp, weight, bias,
+                                     net.activations[layer], scratch)
+        return
+    block.block_forward_unit(
+        acts, net.running, params, inp, scratch, row_ids, net.sizes[layer],
+        net.sizes[layer + 1], net.activations[layer], net.param_offsets[layer],
+        net.act_offsets[layer], net.pre_offsets[layer], net.aux_offsets[layer],
+        net.running_offsets[layer], net.capacity, net.kinds[layer], net.dropout[layer],
+        net.residual[layer], net.counter[0], net.counter[1], net.counter[2], layer, mode)
 
 
 @njit(**INLINED)
-def _dense_layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, params, net, layer):
-    """From dpre (B, OC) = dL/d(pre-activation): the layer's weight and bias gradients into
-    grads, and dinp (B, C) = dL/d(inp) * act'(inp_pre) for inp = act(inp_pre), act the code
-    inp_activation (dense_backward; dinp without rows: skipped)."""
-    weight, _ = _dense_params(params, net, layer)
-    dweight, dbias = _dense_params(grads, net, layer)
-    dense.dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
-
-
-LayerSteps = namedtuple("LayerSteps", ["forward", "backward", "units"])
-LayerSteps.__doc__ = """A layer kind's kernels: forward(out, pre, inp, params, net, layer,
-scratch) and backward(dinp, grads, dpre, inp, inp_pre, inp_activation, params, net, layer), as
-_dense_layer_forward's and _dense_layer_backward's; units: the names of the units they call
-(units_for)."""
-#: Each layer kind's steps, by its code in layout.LAYER_KINDS.
-LAYER_STEPS = {
-    layout.DENSE: LayerSteps(_dense_layer_forward, _dense_layer_backward,
-                             ("dense_forward_grid", "dense_backward")),
-}
-
-
-def _by_kind(step):
-    """An inlined f(kind, *the step's arguments) that runs that step ("forward" or "backward")
-    of LAYER_STEPS[kind], written from the table: a chain of ifs over the codes, the last of
-    which runs for any code (make_net lets no other through). With one kind it tests nothing."""
-    codes = sorted(LAYER_STEPS)
-    functions = {code: getattr(LAYER_STEPS[code], step) for code in codes}
-    params = ", ".join(inspect.signature(functions[codes[0]].py_func).parameters)
-    scope = {f.__name__: f for f in functions.values()}
-    lines = [f"def _layer_{step}(kind, {params}):"]
-    for code in codes[:-1]:
-        lines += [f"    if kind == {code}:",
-                  f"        return {functions[code].__name__}({params})"]
-    lines.append(f"    return {functions[codes[-1]].__name__}({params})")
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), scope)  # a real file, for Numba
-    return njit(**INLINED)(scope[f"_layer_{step}"])
-
-
-_layer_forward = _by_kind("forward")
-_layer_backward = _by_kind("backward")
+def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, params, net, layer):
+    """From dpre (B, OC): dL/d(pre-activation) for a plain layer, dL/d(output) for a block
+    layer (which applies its own activation's gradient). The layer's parameter gradients go
+    into grads, and dinp (B, C) = dL/d(inp) * act'(inp_pre) for inp = act(inp_pre), act the
+    code inp_activation (IDENTITY: the plain dL/d(inp), what a block layer below takes; dinp
+    without rows: skipped)."""
+    if net.aux_offsets[layer] < 0:
+        weight, _ = _dense_params(params, net, layer)
+        dweight, dbias = _dense_params(grads, net, layer)
+        dense.dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
+                                  inp_pre)
+        return
+    block.block_backward_unit(
+        dinp, grads, dpre, inp, inp_pre, inp_activation, acts, net.running, params,
+        net.sizes[layer], net.sizes[layer + 1], net.activations[layer],
+        net.param_offsets[layer], net.act_offsets[layer], net.pre_offsets[layer],
+        net.aux_offsets[layer], net.running_offsets[layer], net.capacity, net.kinds[layer],
+        net.dropout[layer], net.residual[layer])
 
 
 # -- forward and loss --------------------------------------------------------------------------
 
 
 @njit(**SERIAL)
-def _forward_layers(acts, params, x, net, first, stop, scratch):
-    """Layers first..stop-1, reading layer first-1's output (x when first == 0). scratch: as
-    dense_forward's (an empty one for none)."""
+def _forward_layers(acts, params, x, net, first, stop, scratch, mode, row_ids):
+    """Layers first..stop-1, reading layer first-1's output (x when first == 0), in mode
+    (block.INFER, TRAIN or REPLAY; see _layer_forward). scratch: as dense_forward's (an empty
+    one for none)."""
     n_rows = x.shape[0]
     for layer in range(first, stop):
         inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
-        out = _layer_output(acts, net, n_rows, layer)
-        pre = _layer_pre(acts, net, n_rows, layer)
-        _layer_forward(net.kinds[layer], out, pre, inp, params, net, layer, scratch)
+        _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids)
 
 
 @njit(**INLINED)
-def _forward(acts, params, x, net, scratch):
-    """mlp_forward with a scratch for dense_forward (see _forward_layers)."""
+def _forward(acts, params, x, net, scratch, mode, row_ids):
+    """mlp_forward with a scratch for dense_forward, in mode (see _forward_layers)."""
     n_layers = net.activations.shape[0]
-    _forward_layers(acts, params, x, net, 0, n_layers, scratch)
+    _forward_layers(acts, params, x, net, 0, n_layers, scratch, mode, row_ids)
     return _layer_output(acts, net, x.shape[0], n_layers - 1)
 
 
 @njit(**SERIAL)
 def mlp_forward(acts, params, x, net):
     """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
-    x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer."""
-    return _forward(acts, params, x, net, acts[:0])
+    x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer. It infers:
+    batch normalisation uses its running statistics, dropout is off."""
+    return _forward(acts, params, x, net, acts[:0], INFER, net.sizes[:0])
 
 
 # The loss stage is written from the registry (losses.LOSS_KINDS), as apply_update is from
@@ -435,20 +510,24 @@ def mlp_forward_and_losses(acts, losses, params, x, target, net):
     target: labels (B,) or values (B, OC), as the Net's loss takes them. The outputs are
     bitwise mlp_forward's (its products are not split over the inputs); the losses those of
     mlp_loss, whose products may be, to rounding."""
-    output = _forward(acts, params, x, net, acts[:0])
+    output = _forward(acts, params, x, net, acts[:0], INFER, net.sizes[:0])
     _batch_loss(losses[:x.shape[0]], output, target, net)
     return output
 
 
 @njit(**SERIAL)
-def mlp_loss(work, params, x, target, net, weights=None):
+def mlp_loss(work, params, x, target, net, weights=None, mode=INFER):
     """Mean loss of the batch (forward only), plus the L2 penalty when net.l2 is not 0.
+    mode: INFER (batch normalisation by its running statistics, no dropout), or REPLAY: the
+    objective of the last training pass's kind (batch statistics, and the dropout masks of the
+    Net's counter as it stands: those of the last training pass), running statistics
+    untouched; what the gradient checker differentiates.
     target: integer labels (B,) or values (B, OC), as the Net's loss takes them (see
     losses.LossKind); the per-sample losses (without the penalty, unweighted) go to work.losses.
     Its forward pass splits products as mlp_loss_and_grad's does, so the two losses agree to
     rounding. weights (B,) float64, optional: the weighted mean instead, and the penalty over
     the weights' sum (see the module docstring)."""
-    output = _forward(work.acts, params, x, net, work.deltas)
+    output = _forward(work.acts, params, x, net, work.deltas, mode, net.sizes[:0])
     losses = work.losses[:x.shape[0]]
     loss = _batch_loss(losses, output, target, net)
     if weights is None:   # compile-time: the code from before weights
@@ -469,39 +548,57 @@ def mlp_loss(work, params, x, target, net, weights=None):
 
 
 @njit(**SERIAL)
-def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None):
+def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None, row_ids=None):
     """Forward and backward of a whole MLP; overwrites grads (same layout as params) and
-    returns the mean loss. With net.checkpoint_every = k > 1, each segment of k layers but the
+    returns the mean loss. A training pass: it advances the Net's counter by one first (see
+    make_net), then batch normalisation uses the batch's statistics (and folds them into its
+    running ones) and dropout drops, keying each row's mask by row_ids (B,) int64 when given
+    (the rows' indices in a data set), else by its position in x. With net.checkpoint_every = k > 1, each segment of k layers but the
     last is recomputed from its kept input just before its backward pass. With net.l2 > 0 the
     objective is the mean loss plus the L2 penalty of the batch's B rows, (l2 / (2 B))
     sum ||W||^2, and (l2 / B) W is added to each weight's gradient (losses.
     l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
     sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2, W = sum_i w_i (scikit-learn's; see the
     module docstring)."""
+    net.counter[1] += 1
+    ids = _row_keys(row_ids, net)
     if weights is None:   # compile-time: the code from before weights
-        loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0)
+        loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0, ids)
         if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
             loss += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
                                 net.weight_lengths, net.l2, x.shape[0])
         return loss
     total_weight = weight_sum(weights)
-    loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight)
+    loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight, ids)
     if net.l2 != 0 and total_weight != 0:   # (of no weight: the loss is NaN already)
         loss += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
                             net.weight_lengths, net.l2, total_weight)
     return loss
 
 
+def _row_keys(row_ids, net):
+    """row_ids, or an empty int64 array for None (the masks are then keyed by position)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_row_keys, jit_options=SERIAL)
+def _row_keys_impl(row_ids, net):
+    if row_ids is None or isinstance(row_ids, types.NoneType):
+        return lambda row_ids, net: net.sizes[:0]
+    return lambda row_ids, net: row_ids
+
+
 @njit(**SERIAL)
-def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight):
-    """mlp_loss_and_grad without the L2 penalty; with weights (else None), the weighted mean
-    over total_weight (their sum, or that of all the rows of an accumulated update)."""
+def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight, row_ids):
+    """mlp_loss_and_grad without the L2 penalty and without advancing the counter; with
+    weights (else None), the weighted mean over total_weight (their sum, or that of all the
+    rows of an accumulated update). row_ids: the rows' dropout keys (empty: positions)."""
     acts, deltas = work.acts, work.deltas
     n_rows = x.shape[0]
     n_layers = net.activations.shape[0]
     k = net.checkpoint_every
     # deltas are free until the loss gradient is written: the forward pass's scratch.
-    output = _forward(acts, params, x, net, deltas)
+    output = _forward(acts, params, x, net, deltas, TRAIN, row_ids)
     dpre = _delta(deltas, n_rows, net.sizes[n_layers], 0)
     loss = _loss_and_output_grad(dpre, work.losses[:n_rows], output, target, acts, net)
     if weights is not None:   # compile-time
@@ -515,7 +612,7 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
             # written. (Big enough for the same input splits as the first pass, so the
             # recomputed outputs are bitwise the first ones.)
             _forward_layers(acts, params, x, net, segment_start, layer,
-                            _delta_half(deltas, 1 - half))
+                            _delta_half(deltas, 1 - half), REPLAY, row_ids)
         if layer == 0:   # x: no activation, and no gradient wanted (dinp without rows)
             inp, inp_pre, inp_activation = x, x, IDENTITY
             dinp = _delta(deltas, 0, net.sizes[0], 1 - half)
@@ -524,10 +621,13 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
             inp_pre = inp
             if net.pre_offsets[layer - 1] >= 0:
                 inp_pre = _layer_pre(acts, net, n_rows, layer - 1)
+            # A block layer below applies its own activation's gradient (after its dropout).
             inp_activation = net.activations[layer - 1]
+            if net.aux_offsets[layer - 1] >= 0:
+                inp_activation = IDENTITY
             dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
-        _layer_backward(net.kinds[layer], dinp, grads, dpre, inp, inp_pre, inp_activation,
-                        params, net, layer)
+        _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, params, net,
+                        layer)
         dpre = dinp
         half = 1 - half
     return loss
@@ -565,12 +665,12 @@ apply_update = _apply_update()
 
 
 @njit(**SERIAL)
-def mlp_train_step(params, grads, work, x, target, net, update, weights=None):
+def mlp_train_step(params, grads, work, x, target, net, update, weights=None, row_ids=None):
     """mlp_loss_and_grad, then apply_update: one training step. Returns (loss, gradient norm,
     applied). When the loss is NaN or Inf the update is not tried (so a batch whose weights
     sum to 0 is refused); see the update kernels (update.KINDS' steps) for when they
     refuse one. weights: optional sample weights (B,) float64, as mlp_loss_and_grad's."""
-    loss = mlp_loss_and_grad(grads, work, params, x, target, net, weights)
+    loss = mlp_loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
     if not math.isfinite(loss):
         return loss, math.nan, False
     norm, applied = apply_update(params, work.layer_sq, work.partials, grads, net.param_offsets,
@@ -627,15 +727,20 @@ def mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
     With sample weights (weights (N,) float64, gathered into w_batch (>= batch_size,); else
     both None): the weighted mean over all of them, each micro-batch's weighted sum divided
     by the weight W of all the rows (whose sum must not be 0) and added as it is, and the
-    penalty over W."""
+    penalty over W.
+
+    One training pass (the Net's counter advances by one), its dropout masks keyed by the
+    rows' indices."""
     grads[:] = 0
     total = 0.0
+    net.counter[1] += 1
     if weights is None:   # compile-time: the code from before weights
         for start in range(0, rows.shape[0], batch_size):
             stop = min(start + batch_size, rows.shape[0])
             xb, yb = x_batch[:stop - start], y_batch[:stop - start]
             _gather(xb, yb, x, target, rows[start:stop])
-            loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, None, 0.0)
+            loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, None, 0.0,
+                                       rows[start:stop])
             if not math.isfinite(loss):
                 return loss
             weight = (stop - start) / rows.shape[0]
@@ -651,7 +756,8 @@ def mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
         xb, yb, wb = x_batch[:stop - start], y_batch[:stop - start], w_batch[:stop - start]
         _gather(xb, yb, x, target, rows[start:stop])
         _take_targets(wb, weights, rows[start:stop])
-        loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, wb, total_weight)
+        loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, wb, total_weight,
+                                   rows[start:stop])
         if not math.isfinite(loss):
             return loss
         update.add_scaled(grads, micro_grads, 1.0)
@@ -715,11 +821,11 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
             xb, yb = x_batch[:rows.shape[0]], y_batch[:rows.shape[0]]
             _gather(xb, yb, x, target, rows)
             if weights is None:
-                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net)
+                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, None, rows)
             else:
                 wb = w_batch[:rows.shape[0]]
                 _take_targets(wb, weights, rows)
-                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, wb)
+                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, wb, rows)
         else:
             loss = mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
                                               target, rows, batch_size, net, params, weights,

@@ -1,0 +1,234 @@
+"""Layer and batch normalisation: forward and backward kernels.
+
+Both normalise z (B, N) to xhat = (z - mean) * rstd, rstd = 1 / sqrt(var + eps) with the biased
+variance, then out = gamma * xhat + beta with a learned scale gamma (N,) and shift beta (N,).
+Layer normalisation takes the mean and variance of each row over its N features (PyTorch's
+``nn.LayerNorm(N)``); batch normalisation those of each feature over the B rows of the batch
+when training, and running estimates of them when inferring (``nn.BatchNorm1d(N)``: the
+running variance is updated with the unbiased batch variance, by momentum).
+
+Row sums (layer normalisation's statistics and backward pass) accumulate in float64 whatever
+the dtype; column sums (batch normalisation's, and the scale and shift gradients) in the arrays
+they go to, as the dense layer's bias gradient does. Rows are split between threads for layer
+normalisation, features (columns) for batch normalisation and for the scale and shift gradients
+of both: each sum is one thread's, in a fixed order, so results do not depend on the thread
+count.
+"""
+import math
+
+from numba import njit, prange
+
+from ._config import INLINED, PARALLEL, SERIAL
+from ._tiling import n_tiles, span
+
+#: nn.LayerNorm's and nn.BatchNorm1d's defaults.
+NORM_EPS = 1e-5
+BATCH_NORM_MOMENTUM = 0.1
+
+
+@njit(**SERIAL)
+def _layer_norm_rows(out, xhat, rstd, inp, gamma, beta, eps, r0, r1):
+    n = inp.shape[1]
+    for i in range(r0, r1):
+        z, x, o = inp[i], xhat[i], out[i]
+        total = 0.0
+        for j in range(n):
+            total += z[j]
+        mean = total / n
+        var = 0.0
+        for j in range(n):
+            d = z[j] - mean
+            var += d * d
+        r = 1.0 / math.sqrt(var / n + eps)
+        for j in range(n):
+            x[j] = (z[j] - mean) * r
+        for j in range(n):
+            o[j] = gamma[j] * x[j] + beta[j]
+        rstd[i] = r
+
+
+@njit(**PARALLEL)
+def layer_norm_forward(out, xhat, rstd, inp, gamma, beta, eps=NORM_EPS):
+    """Layer normalisation of each row of inp (B, N): xhat (B, N) and rstd (B,) (kept for the
+    backward pass) and out (B, N) = gamma (N,) * xhat + beta (N,). xhat may be inp, and out
+    may be xhat or inp (each row is read whole before it is written)."""
+    n_rows = inp.shape[0]
+    tiles = n_tiles(n_rows, 4 * inp.shape[1])
+    if tiles == 1:
+        _layer_norm_rows(out, xhat, rstd, inp, gamma, beta, eps, 0, n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _layer_norm_rows(out, xhat, rstd, inp, gamma, beta, eps, r0, r1)
+
+
+@njit(**INLINED)
+def _column_tiles(n_rows, n_cols):
+    """Column tiles for a pass that sums over the rows: one per thread, at least 16 columns
+    each (a cache line of float32)."""
+    return min(n_tiles(n_cols, 6 * n_rows), max(1, n_cols // 16))
+
+
+@njit(**SERIAL)
+def _scale_shift_grads(dgamma, dbeta, dout, xhat, c0, c1):
+    """dgamma[c0:c1] = column sums of dout * xhat, dbeta[c0:c1] = those of dout."""
+    for j in range(c0, c1):
+        dgamma[j] = 0
+        dbeta[j] = 0
+    for i in range(dout.shape[0]):   # row by row, in memory order
+        d, x = dout[i], xhat[i]
+        for j in range(c0, c1):
+            dgamma[j] += d[j] * x[j]
+            dbeta[j] += d[j]
+
+
+@njit(**PARALLEL)
+def _scale_shift_backward(dgamma, dbeta, dout, xhat):
+    n_cols = dout.shape[1]
+    tiles = _column_tiles(dout.shape[0], n_cols)
+    if tiles == 1:
+        _scale_shift_grads(dgamma, dbeta, dout, xhat, 0, n_cols)
+        return
+    for t in prange(tiles):
+        c0, c1 = span(t, tiles, n_cols)
+        _scale_shift_grads(dgamma, dbeta, dout, xhat, c0, c1)
+
+
+@njit(**SERIAL)
+def _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, r0, r1):
+    n = dout.shape[1]
+    for i in range(r0, r1):
+        d, x, g = dout[i], xhat[i], dinp[i]
+        mean_d = 0.0
+        mean_dx = 0.0
+        for j in range(n):
+            dx = d[j] * gamma[j]
+            mean_d += dx
+            mean_dx += dx * x[j]
+        mean_d /= n
+        mean_dx /= n
+        r = rstd[i]
+        for j in range(n):
+            g[j] = r * (d[j] * gamma[j] - mean_d - x[j] * mean_dx)
+
+
+@njit(**PARALLEL)
+def layer_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma):
+    """Backward of layer_norm_forward, given dout (B, N) = dL/dout: dgamma (N,) and dbeta (N,)
+    (overwritten) and dinp (B, N) = dL/dinp. dinp may be dout."""
+    _scale_shift_backward(dgamma, dbeta, dout, xhat)
+    n_rows = dout.shape[0]
+    tiles = n_tiles(n_rows, 4 * dout.shape[1])
+    if tiles == 1:
+        _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, 0, n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, r0, r1)
+
+
+@njit(**SERIAL)
+def _batch_norm_columns(out, xhat, mean, rstd, running_mean, running_var, inp, gamma, beta,
+                        update_running, eps, momentum, c0, c1):
+    """Columns c0..c1-1 of batch_norm_forward (mean and rstd hold a column's sums until they
+    are final)."""
+    n_rows = inp.shape[0]
+    for j in range(c0, c1):
+        mean[j] = 0.0
+        rstd[j] = 0.0
+    for i in range(n_rows):
+        z = inp[i]
+        for j in range(c0, c1):
+            mean[j] += z[j]
+    for j in range(c0, c1):
+        mean[j] /= n_rows
+    for i in range(n_rows):
+        z = inp[i]
+        for j in range(c0, c1):
+            d = z[j] - mean[j]
+            rstd[j] += d * d
+    for j in range(c0, c1):
+        var = rstd[j] / n_rows
+        if update_running and n_rows > 1:
+            running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mean[j]
+            running_var[j] = ((1.0 - momentum) * running_var[j]
+                              + momentum * var * n_rows / (n_rows - 1.0))
+        rstd[j] = 1.0 / math.sqrt(var + eps)
+    for i in range(n_rows):
+        z, x, o = inp[i], xhat[i], out[i]
+        for j in range(c0, c1):
+            xv = (z[j] - mean[j]) * rstd[j]
+            x[j] = xv
+            o[j] = gamma[j] * xv + beta[j]
+
+
+@njit(**PARALLEL)
+def batch_norm_forward(out, xhat, mean, rstd, running_mean, running_var, inp, gamma, beta,
+                       update_running, eps=NORM_EPS, momentum=BATCH_NORM_MOMENTUM):
+    """Batch normalisation of inp (B, N) with the batch's statistics (training): mean (N,) and
+    rstd (N,) of each feature over the B rows, xhat (B, N) (both kept for the backward
+    pass) and out (B, N) = gamma * xhat + beta. With update_running (and B > 1), the running
+    estimates running_mean (N,) and running_var (N,) float64 move by momentum towards the
+    batch's mean and unbiased variance (var * B / (B - 1)), as nn.BatchNorm1d does. xhat may
+    be inp and out may be xhat or inp."""
+    n_rows, n_cols = inp.shape
+    tiles = _column_tiles(n_rows, n_cols)
+    if tiles == 1:
+        _batch_norm_columns(out, xhat, mean, rstd, running_mean, running_var, inp, gamma, beta,
+                            update_running, eps, momentum, 0, n_cols)
+        return
+    for t in prange(tiles):
+        c0, c1 = span(t, tiles, n_cols)
+        _batch_norm_columns(out, xhat, mean, rstd, running_mean, running_var, inp, gamma, beta,
+                            update_running, eps, momentum, c0, c1)
+
+
+@njit(**SERIAL)
+def _batch_norm_inference_rows(out, inp, gamma, beta, running_mean, running_var, eps, r0, r1):
+    for i in range(r0, r1):
+        z, o = inp[i], out[i]
+        for j in range(z.shape[0]):
+            o[j] = ((z[j] - running_mean[j]) / math.sqrt(running_var[j] + eps) * gamma[j]
+                    + beta[j])
+
+
+@njit(**PARALLEL)
+def batch_norm_inference(out, inp, gamma, beta, running_mean, running_var, eps=NORM_EPS):
+    """Batch normalisation of inp (B, N) with the running estimates (inference, nn.BatchNorm1d's
+    eval()): out (B, N) = (inp - running_mean) / sqrt(running_var + eps) * gamma + beta. out
+    may be inp."""
+    n_rows = inp.shape[0]
+    tiles = n_tiles(n_rows, 4 * inp.shape[1])
+    if tiles == 1:
+        _batch_norm_inference_rows(out, inp, gamma, beta, running_mean, running_var, eps, 0,
+                                   n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _batch_norm_inference_rows(out, inp, gamma, beta, running_mean, running_var, eps, r0,
+                                   r1)
+
+
+@njit(**SERIAL)
+def _batch_norm_backward_columns(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, c0, c1):
+    _scale_shift_grads(dgamma, dbeta, dout, xhat, c0, c1)
+    n_rows = dout.shape[0]
+    for i in range(n_rows):
+        d, x, g = dout[i], xhat[i], dinp[i]
+        for j in range(c0, c1):
+            g[j] = gamma[j] * rstd[j] / n_rows * (n_rows * d[j] - dbeta[j] - x[j] * dgamma[j])
+
+
+@njit(**PARALLEL)
+def batch_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma):
+    """Backward of batch_norm_forward, given dout (B, N) = dL/dout: dgamma (N,) and dbeta (N,)
+    (overwritten) and dinp (B, N) = dL/dinp through the batch's statistics. dinp may be
+    dout."""
+    n_rows, n_cols = dout.shape
+    tiles = _column_tiles(n_rows, n_cols)
+    if tiles == 1:
+        _batch_norm_backward_columns(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, 0, n_cols)
+        return
+    for t in prange(tiles):
+        c0, c1 = span(t, tiles, n_cols)
+        _batch_norm_backward_columns(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, c0, c1)
