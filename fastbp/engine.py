@@ -20,6 +20,7 @@ Arguments reach it checked (``check_batch``, ``dense``); it validates nothing el
 numerics of its own. It knows nothing of optimizers beyond their Update, nor of MPI beyond
 keeping ``GRAD_SPARE`` free slots after the gradients for a caller's own sums.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -34,14 +35,28 @@ GRAD_SPARE = 2
 
 class Engine:
     """The compiled state of a network of these layer widths (input first), activation codes
-    (one per layer, the output's last), loss name, dtype, checkpoint interval and L2 penalty.
-    Its buffers hold `capacity` rows to start with and grow on demand (``reserve``)."""
+    (one per layer, the output's last), loss name, dtype, checkpoint interval and L2 penalty;
+    and of each layer's kind (layout.LAYER_KINDS codes), dropout probability and residual flag
+    (None: plain dense layers), with seed keying the dropout masks. Its buffers hold `capacity`
+    rows to start with and grow on demand (``reserve``).
 
-    def __init__(self, sizes, codes, loss, dtype, checkpoint_every=1, l2=0.0, capacity=1):
+    Besides the parameters it holds two buffers of training state (kept when the Net is
+    rebuilt): ``running``, the batch normalisations' running means and variances (float64,
+    kernels.running_layout), and ``counter``, [seed, training passes so far, row base], which
+    keys the dropout masks."""
+
+    def __init__(self, sizes, codes, loss, dtype, checkpoint_every=1, l2=0.0, capacity=1,
+                 kinds=None, dropout=None, residual=None, seed=0):
         self.sizes, self.codes, self.loss = tuple(sizes), tuple(codes), loss
         self.dtype, self.checkpoint_every = dtype, checkpoint_every
+        n_layers = len(self.sizes) - 1
+        self.kinds = tuple([layout.DENSE] * n_layers if kinds is None else map(int, kinds))
+        self.dropout = tuple([0.0] * n_layers if dropout is None else map(float, dropout))
+        self.residual = tuple([False] * n_layers if residual is None else map(bool, residual))
         self._l2 = float(l2)
-        n_params = layout.n_params(self.sizes)
+        self.running = kernels.new_running(self.sizes, self.kinds)
+        self.counter = np.array([seed, 0, 0], dtype=np.int64)
+        n_params = layout.n_params(self.sizes, self.kinds)
         self.params = kernels.aligned_zeros(n_params, dtype)
         self.grad_buffer = kernels.aligned_zeros(n_params + GRAD_SPARE, dtype)
         self.grads = self.grad_buffer[:n_params]
@@ -52,6 +67,12 @@ class Engine:
         self.reserve(capacity)
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def trains_differently(self):
+        """Whether a training pass differs from inference here (batch normalisation or
+        dropout): then the objective of a training pass is not loss_value's."""
+        return layout.BATCH_NORM in self.kinds or any(p > 0 for p in self.dropout)
 
     @property
     def l2(self):
@@ -72,7 +93,8 @@ class Engine:
         if n_rows <= self.capacity:
             return
         net, acts_size = kernels.make_net(self.sizes, self.codes, n_rows, self.checkpoint_every,
-                                          self.loss, self._l2)
+                                          self.loss, self._l2, self.kinds, self.dropout,
+                                          self.residual, self.running, self.counter)
         work = kernels.make_workspace(net, acts_size, self.dtype)
         if self.work is not None:
             work.layer_sq[:] = self.work.layer_sq
@@ -83,6 +105,7 @@ class Engine:
         scratch alone."""
         work = self.work
         return {"params": self.params.nbytes, "grads": self.grads.nbytes,
+                "buffers": self.running.nbytes + self.counter.nbytes,
                 "optimizer": work.partials.nbytes + work.layer_sq.nbytes,
                 "activations": work.acts.nbytes + work.deltas.nbytes + work.losses.nbytes,
                 "capacity": self.capacity}
@@ -114,6 +137,13 @@ class Engine:
         X = _validate.features(X, self.sizes[0], self.dtype)
         y = _validate.targets(y, X.shape[0], self.sizes[-1], self.loss, self.dtype)
         return X, y
+
+    def check_training_rows(self, n_rows, name="X"):
+        """Refuse a training batch of fewer than 2 rows in a batch-normalised network: a single
+        row has no batch variance (nn.BatchNorm1d refuses it too)."""
+        if n_rows < 2 and layout.BATCH_NORM in self.kinds:
+            raise ValueError(f"{name}: batch normalisation needs at least 2 rows in a training "
+                             f"batch, got {n_rows}")
 
     def dense(self, X):
         """A checked X as a dense array: itself, or a sparse one densified whole (for one
@@ -167,9 +197,10 @@ class Engine:
             losses[start:stop] = self.work.losses[:stop - start]
         return out, losses
 
-    def data_loss(self, X, y, weights=None):
+    def data_loss(self, X, y, weights=None, mode=kernels.INFER):
         """(sum of the rows' losses, weighted by weights when given, and the rows' count or
-        weight) for a checked X and y, without the L2 penalty, chunk by chunk."""
+        weight) for a checked X and y, without the L2 penalty, chunk by chunk; mode: INFER, or
+        REPLAY (kernels.mlp_loss; for one chunk, as batch statistics are a chunk's)."""
         net = self.net._replace(l2=0.0)
         total = 0.0
         for start, stop, x in self._chunks(X):
@@ -182,7 +213,8 @@ class Engine:
                 if share == 0:
                     continue
             total += share * self.run(kernels.entry.loss, (*self.work, self.params, x,
-                                                           y[start:stop], *net, chunk_weights),
+                                                           y[start:stop], *net, chunk_weights,
+                                                           mode),
                                       weighted=weights is not None)
         rows = X.shape[0] if weights is None else kernels.weight_sum(weights)
         return total, rows
@@ -197,16 +229,23 @@ class Engine:
 
     # -- gradients ----------------------------------------------------------------------------
 
-    def loss_and_grad(self, X, y, weights=None, penalty=True):
+    def loss_and_grad(self, X, y, weights=None, penalty=True, row_ids=None):
         """The objective of one checked batch, its gradient in grads; without penalty, of the
-        data loss alone (a data-parallel step adds the penalty after summing the ranks')."""
+        data loss alone (a data-parallel step adds the penalty after summing the ranks').
+        row_ids: the rows' indices in their data set (int64), which key the dropout masks
+        (None: their positions)."""
         X = self.dense(X)
         self.reserve(X.shape[0])
         self._grad_norms_fresh = False
         net = self.net if penalty else self.net._replace(l2=0.0)
         return self.run(kernels.entry.loss_and_grad,
-                        (self.grads, *self.work, self.params, X, y, *net, weights),
+                        (self.grads, *self.work, self.params, X, y, *net, weights, row_ids),
                         weighted=weights is not None)
+
+    def skip_pass(self):
+        """Count a training pass without running one (a data-parallel rank with no rows in a
+        step), so that every rank keys the next step's dropout masks alike."""
+        self.counter[1] += 1
 
     def accumulated_loss_and_grad(self, micro_grads, x_batch, y_batch, X, y, rows,
                                   weights=None, w_batch=None, penalty=True):
@@ -253,12 +292,12 @@ class Engine:
         self._grad_norms_fresh = not math.isnan(norm)  # the norm pass ran
         return norm, applied
 
-    def train_step(self, spec, X, y, weights=None):
+    def train_step(self, spec, X, y, weights=None, row_ids=None):
         """Gradients then update for a dense checked X and y (and sample weights, float64, or
-        None), in one compiled call: (loss, norm, applied)."""
+        None; row_ids as loss_and_grad's), in one compiled call: (loss, norm, applied)."""
         self.reserve(X.shape[0])
         loss, norm, applied = self.run(kernels.entry.train_step, (
-            self.params, self.grads, *self.work, X, y, *self.net, *spec, weights),
+            self.params, self.grads, *self.work, X, y, *self.net, *spec, weights, row_ids),
             update_kind=spec.kind, weighted=weights is not None)
         self._grad_norms_fresh = math.isfinite(loss)
         return loss, norm, applied
@@ -282,6 +321,21 @@ class Engine:
         self._grad_norms_fresh = done == n_batches or math.isfinite(b.losses[done])
         return done
 
+    @contextlib.contextmanager
+    def kept_state(self, always=True):
+        """Run a pass that must leave no trace (a warm-up; always) or none when it fails (not
+        always: a refused step): the running statistics and the counter are put back."""
+        running, counter = self.running.copy(), self.counter.copy()
+        restore = always
+        try:
+            yield
+        except BaseException:
+            restore = True
+            raise
+        finally:
+            if restore:
+                self.running[...], self.counter[...] = running, counter
+
     def ready_epoch(self, spec, X, y, batch_size):
         """Ready what train_steps runs for a kernels.Update, checked X and y (a row or more) and
         this batch size, by running it over no rows: nothing changes."""
@@ -299,8 +353,9 @@ class Engine:
         work, net = self.work, self.net
         # All the units at once (the update's too): compiled side by side (kernels.prepare).
         self.ready(kernels.entry.loss_and_grad, (self.grads, *work, self.params, X, y, *net,
-                                                 None), update_kind=spec.kind)
-        self.loss_and_grad(X, y, penalty=False)
+                                                 None, None), update_kind=spec.kind)
+        with self.kept_state():
+            self.loss_and_grad(X, y, penalty=False)
         self.ready(kernels.entry.update, (self.params, self.grads, work.layer_sq, work.partials,
                                           net.param_offsets, *spec), update_kind=spec.kind)
         if accumulate > 1:

@@ -32,6 +32,55 @@ def _activation_code(name, value):
 
 # Widest layer: the kernels' BLAS takes 32-bit matrix dimensions.
 MAX_WIDTH = 2 ** 31 - 1
+#: Accepted normalisations (each a layer kind of fastbp.layout), and None for none.
+NORMS = tuple(layout.NORM_KINDS)
+
+
+def _per_hidden(name, value, n_hidden, check):
+    """[check(value)] for each hidden layer, or value checked entry by entry when it is a list
+    or tuple of one per hidden layer."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_hidden:
+            raise ValueError(f"{name}: expected {n_hidden} entries (one per hidden layer), got "
+                             f"{len(value)}")
+        return [check(v) for v in value]
+    return [check(value)] * n_hidden
+
+
+def _norm_name(value):
+    if value is not None and (not isinstance(value, str) or value not in NORMS):
+        raise ValueError(f"norm: unknown normalisation {value!r}; expected "
+                         f"{', '.join(map(repr, NORMS))} or None")
+    return value
+
+
+def _dropout_p(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"dropout: expected a probability in [0, 1), got "
+                        f"{type(value).__name__}")
+    if not 0.0 <= float(value) < 1.0:   # (NaN fails this too)
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _residual_layers(value, sizes):
+    """One flag per layer: the hidden layers whose input and output widths are equal, when
+    value is True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"residual: expected True or False, got {type(value).__name__}")
+    flags = [bool(value) and sizes[l] == sizes[l + 1] for l in range(len(sizes) - 2)] + [False]
+    if value and not any(flags):
+        raise ValueError(f"residual: no hidden layer of sizes {sizes} has equal input and "
+                         "output widths, so none can add its input to its output")
+    return flags
+
+
+def _dropout_seed(seed):
+    """The key of the dropout masks: the model's seed, or one drawn from the OS without one."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return seed % 2 ** 63
 
 
 class MLP:
@@ -66,11 +115,30 @@ class MLP:
         output's), and recompute the others segment by segment during the backward pass. 1 (the
         default) keeps them all. Gradients are bitwise the same; see memory_report().
     l2 : float
-        L2 penalty on the weights (not the biases), scikit-learn's alpha: for a batch of B rows
-        the objective is the mean loss plus (l2 / (2 B)) sum over layers of ||W||^2, and each
-        weight's gradient gets (l2 / B) W. Everywhere the objective is computed: loss_and_grad,
-        loss_value, train_step, fit (with accumulate, B is the rows of the whole update). 0 (the
-        default): none, at no cost.
+        L2 penalty on the weights (not the biases, nor the normalisations' scale and shift),
+        scikit-learn's alpha: for a batch of B rows the objective is the mean loss plus (l2 /
+        (2 B)) sum over layers of ||W||^2, and each weight's gradient gets (l2 / B) W.
+        Everywhere the objective is computed: loss_and_grad, loss_value, train_step, fit (with
+        accumulate, B is the rows of the whole update). 0 (the default): none, at no cost.
+    norm : None, "layer" or "batch", or one per hidden layer
+        Normalisation of each hidden layer's product before its activation: "layer"
+        (PyTorch's nn.LayerNorm(width): over each row's features) or "batch"
+        (nn.BatchNorm1d(width): over the batch's rows when training, by running estimates
+        when inferring; momentum 0.1, the running variance unbiased), eps 1e-5 and a learned
+        scale and shift (initialised to 1 and 0) either way.
+    residual : bool
+        Each hidden layer whose input and output widths are equal adds its input to its
+        output: h' = h + dropout(act(norm(h W + b))). True needs at least one such layer.
+    dropout : float in [0, 1), or one per hidden layer
+        Inverted dropout after each hidden layer's activation (nn.Dropout(p)) when training.
+        Its masks depend only on the model's seed, the training pass and the row (its index in
+        the data set under fit), so runs are reproducible at any thread count and resume
+        bitwise.
+
+    Training passes (loss_and_grad, train_step, fit's steps) normalise by the batch's
+    statistics, fold them into the running ones and drop; inference (forward, predict,
+    predict_proba, loss_value, fit's validation) uses the running statistics and does not
+    drop. A batch-normalised model trains on batches of 2 rows or more.
 
     Attributes
     ----------
@@ -81,6 +149,13 @@ class MLP:
     grads : array of the same layout, written by ``loss_and_grad`` (assigned alike).
     weights, biases, weight_grads, bias_grads : per-layer views into params and grads (a new
         list each time; write into the views).
+    norm_weights, norm_biases, norm_weight_grads, norm_bias_grads : per-layer views of the
+        normalisations' scale and shift (and their gradients), None where a layer has none.
+    running_means, running_vars : per-layer views of batch normalisation's running estimates
+        (float64 buffers, not parameters: saved with the model, never trained), None where a
+        layer has no batch normalisation.
+    training_passes : the training passes so far (the dropout masks' step; saved with the
+        model, so a resumed run draws the masks it would have drawn).
     sizes, activations, output_activation, loss, dtype, checkpoint_every : read-only (the
         lists are copies). l2 may be changed (checked as at construction).
     engine : the model's compiled state and the operations on it (fastbp.engine.Engine), for
@@ -89,7 +164,7 @@ class MLP:
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
                  loss="softmax_cross_entropy", dtype=np.float32, seed=None, checkpoint_every=1,
-                 l2=0.0):
+                 l2=0.0, norm=None, residual=False, dropout=0.0):
         sizes = self._check_sizes(sizes)
         n_layers = len(sizes) - 1
         if isinstance(activation, str):
@@ -120,11 +195,17 @@ class MLP:
         seed = _validate.seed("seed", seed)
         checkpoint_every = _validate.positive_int("checkpoint_every", checkpoint_every)
         l2 = _checked_l2(l2, dtype)
+        norms = _per_hidden("norm", norm, n_layers - 1, _norm_name)
+        drops = _per_hidden("dropout", dropout, n_layers - 1, _dropout_p) + [0.0]
+        residuals = _residual_layers(residual, sizes)
+        kinds = [layout.NORM_KINDS[n] if n else layout.DENSE for n in norms] + [layout.DENSE]
 
         self._activations = tuple(name for code in hidden for name, c in ACTIVATIONS.items()
                                   if c == code)
         self._output_activation = output_activation
-        self._build(Engine(sizes, hidden + [output_code], loss, dtype, checkpoint_every, l2))
+        self._build(Engine(sizes, hidden + [output_code], loss, dtype, checkpoint_every, l2,
+                           kinds=kinds, dropout=drops, residual=residuals,
+                           seed=_dropout_seed(seed)))
         self._initialise(seed)
         pin_kernel_blas()
 
@@ -145,14 +226,14 @@ class MLP:
         return [int(s) for s in sizes]
 
     def _initialise(self, seed):
-        """Each layer's parameters by its kind's rule (layout.LAYER_KINDS; every layer is dense
-        for now) and its activation's (He or Glorot)."""
+        """Each layer's parameters by its kind's rule (layout.LAYER_KINDS) and its
+        activation's (He or Glorot)."""
         rng = np.random.default_rng(seed)
-        sizes = self.sizes
-        layers = layout.layer_blocks(self.params, sizes)
-        for layer, (views, code) in enumerate(zip(layers, self._engine.codes)):
-            layout.LAYER_KINDS[layout.DENSE].init(views, sizes[layer], sizes[layer + 1],
-                                                  kernels.ACTIVATIONS[code].init, rng)
+        sizes, engine = self.sizes, self._engine
+        layers = layout.layer_blocks(self.params, sizes, engine.kinds)
+        for layer, (views, code, kind) in enumerate(zip(layers, engine.codes, engine.kinds)):
+            layout.LAYER_KINDS[kind].init(views, sizes[layer], sizes[layer + 1],
+                                          kernels.ACTIVATIONS[code].init, rng)
 
     # -- structure and buffers ----------------------------------------------------------------
     # The structure is read-only (compiled code relies on it); the two buffers take new values,
@@ -166,6 +247,29 @@ class MLP:
     loss = property(lambda self: self._engine.loss)
     dtype = property(lambda self: self._engine.dtype)
     checkpoint_every = property(lambda self: self._engine.checkpoint_every)
+    norm = property(lambda self: [layout.LAYER_KINDS[k].norm for k in self._engine.kinds[:-1]],
+                    doc="Each hidden layer's normalisation, or None (a copy).")
+    dropout = property(lambda self: list(self._engine.dropout[:-1]),
+                       doc="Each hidden layer's dropout probability (a copy).")
+    residual = property(lambda self: any(self._engine.residual),
+                        doc="Whether the model has residual connections.")
+    norm_weights = property(lambda self: list(self._norm_weights),
+                            doc="Per-layer normalisation scale views into params, or None.")
+    norm_biases = property(lambda self: list(self._norm_biases),
+                           doc="Per-layer normalisation shift views into params, or None.")
+    norm_weight_grads = property(lambda self: list(self._norm_weight_grads),
+                                 doc="Per-layer views of the scales' gradients, or None.")
+    norm_bias_grads = property(lambda self: list(self._norm_bias_grads),
+                               doc="Per-layer views of the shifts' gradients, or None.")
+    running_means = property(lambda self: list(self._running_means),
+                             doc="Per-layer views of batch norm's running means, or None.")
+    running_vars = property(lambda self: list(self._running_vars),
+                            doc="Per-layer views of batch norm's running variances, or None.")
+
+    @property
+    def training_passes(self):
+        """The training passes so far: the step that keys the next pass's dropout masks."""
+        return int(self._engine.counter[1])
     engine = property(lambda self: self._engine,
                       doc="The compiled state and its operations (fastbp.engine.Engine).")
 
@@ -223,49 +327,79 @@ class MLP:
         return self.params.size
 
     def __repr__(self):
+        extras = ""
+        if any(self.norm):
+            extras += f", norm={self.norm}"
+        if self.residual:
+            extras += ", residual=True"
+        if any(self.dropout):
+            extras += f", dropout={self.dropout}"
         return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
                 f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__}, "
-                f"checkpoint_every={self.checkpoint_every}, l2={self.l2!r})")
+                f"checkpoint_every={self.checkpoint_every}, l2={self.l2!r}{extras})")
 
     # -- copying ------------------------------------------------------------------------------
 
     # The settings a pickle holds (with the two buffers' values), as MLPs have always been
     # pickled; the engine and the per-layer views are rebuilt from them.
-    _PICKLED = ("_sizes", "_loss", "_dtype", "_checkpoint_every", "_l2", "_codes", "_capacity")
+    _PICKLED = ("_sizes", "_loss", "_dtype", "_checkpoint_every", "_l2", "_codes", "_capacity",
+                "_kinds", "_dropout", "_residual", "_running", "_counter")
+    _VIEWS = ("_engine", "_weights", "_biases", "_weight_grads", "_bias_grads", "_norm_weights",
+              "_norm_biases", "_norm_weight_grads", "_norm_bias_grads", "_running_means",
+              "_running_vars")
 
     def __getstate__(self):
         """For pickle and copy: the settings and the values of the two flat buffers. The
         engine and the per-layer views are rebuilt on the other side (see __setstate__), so
         that a copy's views point into its own buffers, not into copies of them."""
         engine = self._engine
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("_engine", "_weights", "_biases", "_weight_grads", "_bias_grads")}
+        state = {k: v for k, v in self.__dict__.items() if k not in self._VIEWS}
         state.update(_sizes=engine.sizes, _loss=engine.loss, _dtype=engine.dtype,
                      _checkpoint_every=engine.checkpoint_every, _l2=engine.l2,
                      _codes=list(engine.codes), _capacity=engine.capacity,
+                     _kinds=list(engine.kinds), _dropout=list(engine.dropout),
+                     _residual=list(engine.residual), _running=engine.running.copy(),
+                     _counter=engine.counter.copy(),
                      params=np.array(self.params), grads=np.array(self.grads))
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         state.setdefault("_l2", 0.0)  # pickled before l2 existed
+        for name in ("_kinds", "_dropout", "_residual", "_running", "_counter"):
+            state.setdefault(name, None)   # pickled before normalisation and dropout
         for stale in ("_grad_norms_fresh", "_net", "_work", "_prepared", "_optimizers"):
             state.pop(stale, None)   # (pickled by versions that kept them here)
         settings = [state.pop(name) for name in self._PICKLED]
         params, grads = state.pop("params"), state.pop("grads")
         self.__dict__.update(state)
-        sizes, loss, dtype, checkpoint_every, l2, codes, capacity = settings
-        self._build(Engine(sizes, codes, loss, dtype, checkpoint_every, l2, max(1, capacity)))
+        (sizes, loss, dtype, checkpoint_every, l2, codes, capacity, kinds, dropout, residual,
+         running, counter) = settings
+        self._build(Engine(sizes, codes, loss, dtype, checkpoint_every, l2, max(1, capacity),
+                           kinds, dropout, residual))
         self.params[...], self.grads[...] = params, grads
+        if running is not None:
+            self._engine.running[...], self._engine.counter[...] = running, counter
 
     # -- buffers ------------------------------------------------------------------------------
 
     def _build(self, engine):
         """Take this engine (its buffers zeroed) and make the per-layer views into it."""
         self._engine = engine
-        sizes = engine.sizes
-        self._weights, self._biases = layout.layer_views(engine.params, sizes)
-        self._weight_grads, self._bias_grads = layout.layer_views(engine.grads, sizes)
+        sizes, kinds = engine.sizes, engine.kinds
+        self._weights, self._biases = layout.layer_views(engine.params, sizes, kinds)
+        self._weight_grads, self._bias_grads = layout.layer_views(engine.grads, sizes, kinds)
+        params = layout.layer_blocks(engine.params, sizes, kinds)
+        grads = layout.layer_blocks(engine.grads, sizes, kinds)
+        self._norm_weights = [v.get("norm_weight") for v in params]
+        self._norm_biases = [v.get("norm_bias") for v in params]
+        self._norm_weight_grads = [v.get("norm_weight") for v in grads]
+        self._norm_bias_grads = [v.get("norm_bias") for v in grads]
+        offsets, _ = kernels.running_layout(sizes, kinds)
+        self._running_means = [None if o < 0 else engine.running[o:o + n]
+                               for o, n in zip(offsets.tolist(), sizes[1:])]
+        self._running_vars = [None if o < 0 else engine.running[o + n:o + 2 * n]
+                              for o, n in zip(offsets.tolist(), sizes[1:])]
 
     def memory_report(self, *optimizers):
         """Bytes held, by kind: "params", "grads", "optimizer" (the norm scratch, and the state of
@@ -303,7 +437,9 @@ class MLP:
     # -- checked entry points -----------------------------------------------------------------
 
     def loss_and_grad(self, X, y, sample_weight=None):
-        """Forward and backward for one batch: overwrites ``grads``, returns the mean loss.
+        """Forward and backward for one batch: overwrites ``grads``, returns the mean loss. A
+        training pass (see the class docstring): batch normalisation's running statistics
+        take in this batch, and the dropout masks are those of the next pass.
 
         sample_weight: optional, one weight >= 0 per row (not all 0): the objective is then
         scikit-learn's weighted one, sum_i w_i loss_i / sum_i w_i, with the L2 penalty over
@@ -312,6 +448,7 @@ class MLP:
         """
         X, y = self._engine.check_batch(X, y)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
+        self._engine.check_training_rows(X.shape[0])
         return self._engine.loss_and_grad(X, y, weights)
 
     def loss_value(self, X, y, sample_weight=None):

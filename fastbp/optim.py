@@ -408,9 +408,11 @@ def train_step(model, spec, X, y, weights=None):
     one compiled call: (loss, norm). Raises FloatingPointError (parameters untouched) when the
     step is refused."""
     check_update(spec, model)
-    loss, norm, applied = model.engine.train_step(spec, X, y, weights)
-    if not applied:
-        raise FloatingPointError(refusal(loss, norm, spec, model.dtype))
+    model.engine.check_training_rows(X.shape[0])
+    with model.engine.kept_state(always=False):   # a refused step leaves no running statistics
+        loss, norm, applied = model.engine.train_step(spec, X, y, weights)
+        if not applied:
+            raise FloatingPointError(refusal(loss, norm, spec, model.dtype))
     return loss, norm
 
 

@@ -15,7 +15,10 @@ MSE, binary cross-entropy with a sigmoid per output fused in, ...); the L2 penal
 weights, and sample weights, are stages after the loss's gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
-``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer), ``losses``
+``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer),
+``normalization`` (layer and batch normalisation), ``dropout`` (inverted dropout, masks from a
+counter-based hash), ``block`` (the hidden layer with normalisation, dropout and a residual
+connection, built from those), ``losses``
 (``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
 ``KINDS``, the registry of update kinds), ``rows`` (row gathering, from dense and from CSR
 sparse matrices, and input checks), ``network`` (Net, Workspace, whole-network functions, each
@@ -40,14 +43,19 @@ from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
                           activation_forward, relu_backward, relu_forward, sigmoid_backward,
                           sigmoid_forward, tanh_backward, tanh_forward, uses_input)
 from .activations import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH  # noqa: F401
+from .block import INFER, REPLAY, TRAIN, add_forward, aux_layout, block_backward, block_forward
 from .dense import dense_backward, dense_forward, splits_input
+from .dropout import dropout_backward, dropout_forward, dropout_mask, dropout_uniform
 from .entry import prepare
 from .losses import (LOSS_CODES, LOSS_KINDS, LossKind, l2_penalty_forward_backward,
                      l2_penalty_loss, sample_weights_forward_backward, sample_weights_loss,
                      softmax_forward, weight_sum)
-from .network import (Net, Workspace, apply_update, make_net, make_workspace, mlp_forward,
-                      mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
-                      plan_activations)
+from .network import (Net, Workspace, apply_update, is_block, make_net, make_workspace,
+                      mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
+                      new_running, plan_activations, running_layout)
+from .normalization import (BATCH_NORM_MOMENTUM, NORM_EPS, batch_norm_backward,
+                            batch_norm_forward, batch_norm_inference, layer_norm_backward,
+                            layer_norm_forward)
 from .rows import (CACHE_LINE, CSR, aligned_zeros, all_finite, csr_is_valid, labels_in_range,
                    take_csr_rows, take_rows)
 from .update import (ADAM_KIND, KINDS, SGD_KIND, UPDATE_KINDS, Update, UpdateKind, adam_spec,
@@ -63,6 +71,11 @@ globals().update(_LOSS_KERNELS)
 __all__ = [
     "ACTIVATIONS", "CODES", "Activation", *(a.name.upper() for a in ACTIVATIONS),
     "dense_forward", "dense_backward",
+    "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
+    "batch_norm_inference", "NORM_EPS", "BATCH_NORM_MOMENTUM",
+    "dropout_mask", "dropout_forward", "dropout_backward", "dropout_uniform", "add_forward",
+    "block_forward", "block_backward", "aux_layout", "is_block", "INFER", "TRAIN", "REPLAY",
+    "new_running", "running_layout",
     "activation_forward", "activation_backward", "uses_input",
     "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
     "tanh_forward", "tanh_backward",
