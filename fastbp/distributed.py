@@ -194,6 +194,13 @@ class Ranks:
         self.comm.Allreduce(_in_place(), sums)
         return sums
 
+    def average(self, values):
+        """values (float64) := their mean over the ranks, in place, alike on every rank: batch
+        normalisation's running statistics after a step, each rank having folded in the
+        statistics of its own rows."""
+        self.comm.Allreduce(_in_place(), values)
+        values /= self.size
+
     # -- the process ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -264,7 +271,7 @@ class Ranks:
 class Alone:
     """The Ranks interface for a fit on one process: no communicator, every agreement reached
     and every sum its own value."""
-    rank, size, shard, interrupted = 0, 1, False, False
+    rank, size, shard, interrupted, offset = 0, 1, False, False, 0
     # Steps need no sum between their stages: many of them run in one compiled call.
     compiled_epochs = True
 

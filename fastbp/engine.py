@@ -56,6 +56,7 @@ class Engine:
         self._l2 = float(l2)
         self.running = kernels.new_running(self.sizes, self.kinds)
         self.counter = np.array([seed, 0, 0], dtype=np.int64)
+        self._saved_running, self._saved_counter = self.running.copy(), self.counter.copy()
         n_params = layout.n_params(self.sizes, self.kinds)
         self.params = kernels.aligned_zeros(n_params, dtype)
         self.grad_buffer = kernels.aligned_zeros(n_params + GRAD_SPARE, dtype)
@@ -201,6 +202,8 @@ class Engine:
         """(sum of the rows' losses, weighted by weights when given, and the rows' count or
         weight) for a checked X and y, without the L2 penalty, chunk by chunk; mode: INFER, or
         REPLAY (kernels.mlp_loss; for one chunk, as batch statistics are a chunk's)."""
+        if mode != kernels.INFER:   # batch statistics: the whole X is one batch
+            self.reserve(X.shape[0])
         net = self.net._replace(l2=0.0)
         total = 0.0
         for start, stop, x in self._chunks(X):
@@ -321,20 +324,25 @@ class Engine:
         self._grad_norms_fresh = done == n_batches or math.isfinite(b.losses[done])
         return done
 
+    def remember_state(self):
+        """Copy the running statistics and the counter aside (into buffers made once), for
+        restore_state to put back: around a step that may be refused."""
+        np.copyto(self._saved_running, self.running)
+        np.copyto(self._saved_counter, self.counter)
+
+    def restore_state(self):
+        np.copyto(self.running, self._saved_running)
+        np.copyto(self.counter, self._saved_counter)
+
     @contextlib.contextmanager
-    def kept_state(self, always=True):
-        """Run a pass that must leave no trace (a warm-up; always) or none when it fails (not
-        always: a refused step): the running statistics and the counter are put back."""
+    def kept_state(self):
+        """Run passes that must leave no trace (a warm-up, the gradient checker): the running
+        statistics and the counter are put back afterwards."""
         running, counter = self.running.copy(), self.counter.copy()
-        restore = always
         try:
             yield
-        except BaseException:
-            restore = True
-            raise
         finally:
-            if restore:
-                self.running[...], self.counter[...] = running, counter
+            self.running[...], self.counter[...] = running, counter
 
     def ready_epoch(self, spec, X, y, batch_size):
         """Ready what train_steps runs for a kernels.Update, checked X and y (a row or more) and

@@ -5,7 +5,8 @@ run code):
 
 =====================  ====================================================================
 ``format``             the text "fastbp.MLP"
-``version``            format version, 3
+``version``            format version: 4 for a model with normalisation, dropout or residual
+                       connections, else 3 (so that a fastbp from before version 4 reads it)
 ``sizes``              int64 layer widths, input first
 ``activations``        text, one per hidden layer
 ``output_activation``  text
@@ -16,6 +17,13 @@ run code):
                        which load with 0)
 ``params``             the flat parameter array (``model.params``), in that dtype and in the
                        layout of :mod:`fastbp.layout`
+``norm``               version 4: text, one per hidden layer: "layer", "batch" or "" (none)
+``dropout``            version 4: float64, one probability per hidden layer
+``residual``           version 4: int64, 1 when the model has residual connections
+``running``            version 4: float64, batch normalisation's running means and variances
+                       (``fastbp.kernels.running_layout``; empty without batch norm)
+``dropout_key``        version 4: int64 [seed, training passes]: what keys the dropout masks,
+                       so that a loaded model goes on drawing the masks it would have drawn
 ``metadata``           optional: JSON text given to ``save``
 ``optimizer``          optional (``save(..., optimizer=opt)``): JSON text: the optimizer's
                        name (a key of ``fastbp.optim.OPTIMIZERS``: "sgd", "adam", "adamw",
@@ -28,14 +36,15 @@ run code):
                        model's dtype and layout
 =====================  ====================================================================
 
-Together these are every argument of ``MLP(...)`` but ``seed``, which only chose the initial
-values that ``params`` replaces: ``load(save(model))`` builds the same model.
+Together these are every argument of ``MLP(...)`` (``seed`` only as the dropout masks' key; its
+other use, the initial values, ``params`` replaces): ``load(save(model))`` builds the same
+model, and versions 1 to 3 load as models without normalisation, dropout or residuals.
 
 ``save`` writes to a temporary file in the destination folder, flushes it to disk and renames
 it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
 new one, never a partial write. ``load`` checks every field (sizes, activations, loss, dtype,
 checkpoint_every, l2, parameter count, finite values) and raises :class:`ModelFileError` with a
-one-line message when something does not fit. It reads versions 1 to 3. (Version 3 added l2: a
+one-line message when something does not fit. It reads versions 1 to 4. (Version 3 added l2: a
 fastbp that reads only version 2 refuses such a file rather than load it without its penalty,
 which a resumed run would then train without.) ``load_checkpoint``
 also rebuilds the optimizer, after checking its fields against the model.
@@ -46,7 +55,7 @@ import os
 import numpy as np
 
 from .data import DataError, read_npz
-from .layout import n_params
+from .layout import DENSE, NORM_KINDS, n_params
 from .model import ACTIVATIONS, LOSSES, MLP
 from . import optim, schedules
 from ._validate import number_in
@@ -58,10 +67,12 @@ __all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "
            "READABLE_VERSIONS"]
 
 FORMAT = "fastbp.MLP"
-VERSION = 3
+VERSION = 4
 # Versions that load() reads. Version 1 had no checkpoint_every (it loads as 1); versions 1 and
-# 2 had no l2 (they load with 0).
-READABLE_VERSIONS = (1, 2, 3)
+# 2 had no l2 (they load with 0); versions 1 to 3 no normalisation, dropout or residuals.
+READABLE_VERSIONS = (1, 2, 3, 4)
+# The fields version 4 added.
+_EXTRAS = ("norm", "dropout", "residual", "running", "dropout_key")
 
 
 class ModelFileError(ValueError):
@@ -93,9 +104,10 @@ def save(model, path, metadata=None, optimizer=None):
             raise TypeError(f"optimizer: its lr_schedule, a {type(schedule).__name__}, is not "
                             "one of fastbp.schedules, so it cannot be saved")
     path = os.fspath(path)
+    extras = any(model.norm) or model.residual or any(model.dropout)
     arrays = {
         "format": np.array(FORMAT),
-        "version": np.array(VERSION, dtype=np.int64),
+        "version": np.array(VERSION if extras else 3, dtype=np.int64),
         "sizes": np.array(model.sizes, dtype=np.int64),
         "activations": np.array(model.activations, dtype=str),
         "output_activation": np.array(model.output_activation),
@@ -105,6 +117,12 @@ def save(model, path, metadata=None, optimizer=None):
         "l2": np.array(model.l2, dtype=np.float64),
         "params": model.params,
     }
+    if extras:
+        engine = model.engine
+        arrays.update(norm=np.array([n or "" for n in model.norm], dtype=str),
+                      dropout=np.array(model.dropout, dtype=np.float64),
+                      residual=np.array(int(model.residual), dtype=np.int64),
+                      running=engine.running.copy(), dropout_key=engine.counter[:2].copy())
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
@@ -302,8 +320,9 @@ def load(path):
     checkpoint_every = _checkpoint_every(arrays, version, what)
     l2 = _l2(arrays, version, what)
 
+    norm, dropout, residual, running, key = _extras(arrays, version, len(sizes) - 2, what)
     params = arrays["params"]
-    expected = n_params(sizes)
+    expected = n_params(sizes, [NORM_KINDS[n] if n else DENSE for n in norm] + [DENSE])
     if params.ndim != 1 or params.dtype != np.dtype(dtype_name):
         raise ModelFileError(f"{what}: 'params' should be a 1-D {dtype_name} array, got "
                              f"{params.dtype} of shape {params.shape}")
@@ -315,11 +334,50 @@ def load(path):
     try:
         model = MLP(sizes, activation=activations, output_activation=output_activation,
                     loss=loss, dtype=np.dtype(dtype_name).type,
-                    checkpoint_every=checkpoint_every, l2=l2)
+                    checkpoint_every=checkpoint_every, l2=l2, norm=norm, residual=residual,
+                    dropout=dropout, seed=key[0])
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{what}: {exc}") from None
+    engine = model.engine
+    if running is not None:
+        if running.shape != engine.running.shape:
+            raise ModelFileError(f"{what}: 'running' holds {running.size} values, the model's "
+                                 f"batch normalisations {engine.running.size}")
+        engine.running[...] = running
+        if any(np.any(v < 0) for v in model.running_vars if v is not None):
+            raise ModelFileError(f"{what}: 'running' holds a negative running variance")
+    engine.counter[1] = key[1]
     model.params[...] = params
     return model
+
+
+def _extras(arrays, version, n_hidden, what):
+    """(norm, dropout, residual, running or None, [seed, passes]) of a version 4 file, checked;
+    none of them for older ones."""
+    if version < 4:
+        return [None] * n_hidden, 0.0, False, None, (0, 0)
+    missing = [name for name in _EXTRAS if name not in arrays]
+    if missing:
+        raise ModelFileError(f"{what}: missing the field {missing[0]!r}; not a version 4 "
+                             "fastbp model file")
+    norm, dropout, residual = arrays["norm"], arrays["dropout"], arrays["residual"]
+    running, key = arrays["running"], arrays["dropout_key"]
+    if norm.ndim != 1 or norm.dtype.kind != "U" or norm.size != n_hidden:
+        raise ModelFileError(f"{what}: 'norm' must be {n_hidden} names, one per hidden layer")
+    if dropout.ndim != 1 or dropout.dtype.kind != "f" or dropout.size != n_hidden:
+        raise ModelFileError(f"{what}: 'dropout' must be {n_hidden} probabilities, one per "
+                             "hidden layer")
+    if residual.shape != () or residual.dtype.kind not in "iu" or int(residual) not in (0, 1):
+        raise ModelFileError(f"{what}: 'residual' must be 0 or 1")
+    if running.ndim != 1 or running.dtype != np.float64 or not np.all(np.isfinite(running)):
+        raise ModelFileError(f"{what}: 'running' must be finite float64 values")
+    if key.shape != (2,) or key.dtype.kind not in "iu" or np.any(key < 0):
+        raise ModelFileError(f"{what}: 'dropout_key' must be two non-negative integers")
+    for name in norm:
+        if str(name) and str(name) not in NORM_KINDS:
+            raise ModelFileError(f"{what}: unknown normalisation {str(name)!r}")
+    return ([str(n) or None for n in norm], [float(p) for p in dropout], bool(residual),
+            running, [int(k) for k in key])
 
 
 def _checkpoint_every(arrays, version, what):

@@ -403,16 +403,19 @@ def apply_update(model, spec):
     return norm
 
 
-def train_step(model, spec, X, y, weights=None):
-    """Gradients then update for checked X and y (and sample weights, float64, or None), in
-    one compiled call: (loss, norm). Raises FloatingPointError (parameters untouched) when the
-    step is refused."""
+def train_step(model, spec, X, y, weights=None, row_ids=None):
+    """Gradients then update for checked X and y (and sample weights, float64, or None; row_ids:
+    the rows' indices in their data set, keying the dropout masks, or None), in one compiled
+    call: (loss, norm). Raises FloatingPointError (parameters, running statistics and the
+    dropout counter untouched) when the step is refused."""
     check_update(spec, model)
-    model.engine.check_training_rows(X.shape[0])
-    with model.engine.kept_state(always=False):   # a refused step leaves no running statistics
-        loss, norm, applied = model.engine.train_step(spec, X, y, weights)
-        if not applied:
-            raise FloatingPointError(refusal(loss, norm, spec, model.dtype))
+    engine = model.engine
+    engine.check_training_rows(X.shape[0])
+    engine.remember_state()   # a refused step leaves no running statistics, no pass counted
+    loss, norm, applied = engine.train_step(spec, X, y, weights, row_ids)
+    if not applied:
+        engine.restore_state()
+        raise FloatingPointError(refusal(loss, norm, spec, model.dtype))
     return loss, norm
 
 

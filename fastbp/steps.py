@@ -48,7 +48,7 @@ class Batches:
         the L2 penalty of all the step's rows). Without penalty, the data loss alone."""
         b = self.buffers
         if self.rows.shape[0] <= b.x_batch.shape[0]:
-            return self.engine.loss_and_grad(*self.one(), penalty=penalty)
+            return self.engine.loss_and_grad(*self.one(), penalty=penalty, row_ids=self.rows)
         return self.engine.accumulated_loss_and_grad(
             b.micro_grads, b.x_batch, b.y_batch, self.X, self.y, self.rows, self.weights,
             b.w_batch, penalty)
@@ -61,7 +61,8 @@ def step(model, optimizer, grad_hook, compiled_update, batches):
     if batches.weightless():   # as kernels.mlp_train_epoch: nothing to learn from
         return 0.0, None
     if grad_hook is None and compiled_update and batches.buffers.micro_grads is None:
-        return optim.train_step(model, optimizer.update_spec(), *batches.one())
+        return optim.train_step(model, optimizer.update_spec(), *batches.one(),
+                                row_ids=batches.rows)
     loss = batches.loss_and_grad()
     return loss, _hook_and_update(model, optimizer, grad_hook, loss)
 
@@ -99,11 +100,14 @@ def step_on_ranks(model, optimizer, grad_hook, ranks, batches, step_weight):
     else:
         loss_share = 0.0
         engine.grads.fill(0)
+        engine.skip_pass()   # as the other ranks' passes
     engine.grads_changed()
     loss, interrupted = ranks.sum_step(engine.grad_buffer, loss_share)
     if engine.l2 != 0:
         loss += engine.add_l2_penalty(step_weight)
     norm = _hook_and_update(model, optimizer, grad_hook, loss)   # (the sum: alike everywhere)
+    if engine.running.size:
+        ranks.average(engine.running)
     if interrupted:
         raise KeyboardInterrupt
     return loss, norm

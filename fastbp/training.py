@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from . import _validate, distributed, kernels, optim
+from . import _validate, distributed, kernels, layout, optim
 from ._threads import pin_kernel_blas
 from .model import MLP
 from .engine import StepBuffers
@@ -316,6 +316,14 @@ class _Run:
         # No step spans more than an epoch.
         self.accumulate = min(self.accumulate, -(-n_samples // self.batch_size))
         self.rows_per_step = self.batch_size * self.accumulate
+        last = n_samples % self.batch_size
+        if layout.BATCH_NORM in self.model.engine.kinds and 1 in (self.batch_size, last):
+            raise ValueError(f"batch_size: batch normalisation needs at least 2 rows in every "
+                             f"training batch; {n_samples} rows in batches of "
+                             f"{self.batch_size} leave a batch of 1 row (choose another "
+                             "batch_size)")
+        # The dropout masks are keyed by the rows' global indices.
+        self.model.engine.counter[2] = ranks.offset if ranks.shard else 0
         if self.initial_step * self.rows_per_step >= n_samples:   # (on every rank alike)
             raise ValueError(f"initial_step: {self.initial_step}, but an epoch has "
                              f"{-(-n_samples // self.rows_per_step)} steps")
@@ -729,7 +737,8 @@ class _Scorer:
 
 
 class _BestWeights:
-    """Early stopping: remembers the parameters of the best epoch and counts epochs since."""
+    """Early stopping: remembers the parameters (and batch normalisation's running statistics)
+    of the best epoch and counts epochs since."""
 
     def __init__(self, model, monitor, patience):
         self.model = model
@@ -738,12 +747,14 @@ class _BestWeights:
         self.best_value = None
         self.best_epoch = None
         self.saved = np.empty_like(model.params)
+        self.saved_running = np.empty_like(model.engine.running)
 
     def update(self, epoch, value):
         """Record this epoch's value; True when patience has run out."""
         if self.best_value is None or (value != self.best_value
                                        and self.better(value, self.best_value) == value):
             np.copyto(self.saved, self.model.params)
+            np.copyto(self.saved_running, self.model.engine.running)
             self.best_value, self.best_epoch = value, epoch
             return False
         return epoch - self.best_epoch >= self.patience
@@ -751,6 +762,7 @@ class _BestWeights:
     def restore(self):
         if self.best_epoch is not None:
             np.copyto(self.model.params, self.saved)
+            np.copyto(self.model.engine.running, self.saved_running)
         return self.best_epoch
 
 
