@@ -8,7 +8,15 @@
     python -m fastbp.bench --optimizer adam      # Adam steps (beside SGD's) against torch's
 
 One step = forward + backward + global-norm clipping + SGD update, float32, ReLU hidden layers,
-softmax cross-entropy. FLOPs per step = 6 * p * batch. "Peak" is NumPy's float32 product of two
+softmax cross-entropy. FLOPs per step = 6 * p * batch (the products'; a config's extras add
+their own work on top, not counted).
+
+A config may name extras for every hidden layer after a second colon, joined by "+": "layer"
+or "batch" (normalisation), "residual", "dropoutP" (dropout with probability P), e.g.
+784-1024-1024-10:256:layer+dropout0.1. PyTorch then runs the same layers (nn.LayerNorm or
+nn.BatchNorm1d after each hidden Linear, nn.Dropout after its ReLU, the input added where
+widths allow); JAX is left out; and fastbp's plain step of the same sizes is timed in the same
+rounds, for "x plain", the step's cost over the plain one. "Peak" is NumPy's float32 product of two
 2048 x 2048 matrices with the same thread count, timed alongside each config (see below).
 
 Two fastbp figures: "step" calls ``SGD.train_step`` from Python once per step (input checks
@@ -51,7 +59,8 @@ import time
 import numpy as np
 
 DEFAULT_CONFIGS = ["64-128-10:32", "784-256-128-10:128", "784-512-256-10:128",
-                   "784-1024-1024-10:256", "2048-2048-2048-2048-10:512"]
+                   "784-1024-1024-10:256", "2048-2048-2048-2048-10:512",
+                   "784-256-128-10:128:layer+dropout0.1", "784-1024-1024-10:256:layer+dropout0.1"]
 LR, CLIP = 0.01, 5.0
 ADAM_LR = 1e-3
 # Batches per timed epoch of the "fit" figure: 16, fewer for large steps (at least 2).
@@ -61,17 +70,46 @@ ROUNDS = 5
 
 
 def parse_config(text):
-    """'784-256-10:128' -> ([784, 256, 10], 128)."""
+    """'784-256-10:128' -> ([784, 256, 10], 128, {}); '784-256-10:128:layer+dropout0.1' ->
+    (..., {"norm": "layer", "dropout": 0.1}): the MLP's keyword arguments of the extras."""
     try:
-        sizes, batch = text.split(":")
+        sizes, batch, *extras = text.split(":")
         sizes = [int(s) for s in sizes.split("-")]
         batch = int(batch)
+        if len(extras) > 1:
+            raise ValueError
+        extras = _extras(extras[0]) if extras else {}
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad config {text!r}: expected sizes:batch, e.g. "
-                                         "784-256-10:128") from None
+                                         "784-256-10:128, or sizes:batch:extras, e.g. "
+                                         "784-256-10:128:layer+dropout0.1") from None
     if len(sizes) < 2 or min(sizes) < 1 or batch < 1:
         raise argparse.ArgumentTypeError(f"bad config {text!r}: sizes and batch must be >= 1")
-    return sizes, batch
+    return sizes, batch, extras
+
+
+def _extras(text):
+    """The MLP keyword arguments of a config's extras (ValueError for an unknown one)."""
+    extras = {}
+    for token in text.split("+"):
+        if token in ("layer", "batch"):
+            extras["norm"] = token
+        elif token == "residual":
+            extras["residual"] = True
+        elif token.startswith("dropout") and 0 < float(token[len("dropout"):]) < 1:
+            extras["dropout"] = float(token[len("dropout"):])
+        else:
+            raise ValueError(token)
+    return extras
+
+
+def config_name(sizes, batch, extras):
+    """The text of a config, as parse_config reads it."""
+    text = f"{'-'.join(map(str, sizes))}:{batch}"
+    tokens = ([extras["norm"]] if "norm" in extras else []) + (
+        ["residual"] if extras.get("residual") else []) + (
+        [f"dropout{extras['dropout']:g}"] if "dropout" in extras else [])
+    return text + (":" + "+".join(tokens) if tokens else "")
 
 
 def _calls_per_run(fn, seconds):
@@ -145,9 +183,9 @@ def _fastbp_optimizer(name, model):
     return {"adam": fastbp.Adam, "adamw": fastbp.AdamW}[name](model, lr=ADAM_LR, clip_norm=CLIP)
 
 
-def fastbp_steps(sizes, batch, optimizer="sgd"):
+def fastbp_steps(sizes, batch, optimizer="sgd", extras=None):
     """(train_step callable, one-epoch callable, batches per epoch, parameter count, update
-    callable: the update pass alone)."""
+    callable: the update pass alone), for an MLP with these extras (keyword arguments)."""
     import fastbp
     from fastbp.layout import n_params
     from fastbp.engine import StepBuffers
@@ -156,7 +194,7 @@ def fastbp_steps(sizes, batch, optimizer="sgd"):
     n = batch * n_batches
     X = rng.standard_normal((n, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], n)
-    model = fastbp.MLP(sizes, seed=0)
+    model = fastbp.MLP(sizes, seed=0, **(extras or {}))
     opt = _fastbp_optimizer(optimizer, model)
     xb, yb = X[:batch], y[:batch]
 
@@ -198,15 +236,36 @@ def torch_optimizer(name, params, lr=None, fused=False):
     return cls(params, lr=ADAM_LR if lr is None else lr, **({"fused": True} if fused else {}))
 
 
-def torch_step(sizes, batch, threads, optimizer="sgd", fused=False):
+def torch_net(sizes, extras=None):
+    """PyTorch's MLP of these sizes with ReLU hidden layers and these extras (see the module
+    docstring), in train() mode."""
+    import torch
+    extras = extras or {}
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            norm = {"layer": torch.nn.LayerNorm, "batch": torch.nn.BatchNorm1d}.get(
+                extras.get("norm"))
+            parts = [torch.nn.Linear(n_in, n_out)] + ([norm(n_out)] if norm else []) + [
+                torch.nn.ReLU()] + ([torch.nn.Dropout(extras["dropout"])]
+                                    if "dropout" in extras else [])
+            self.body = torch.nn.Sequential(*parts)
+            self.residual = extras.get("residual") and n_in == n_out
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    hidden = [Hidden(n_in, n_out) for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
+    return torch.nn.Sequential(*hidden, torch.nn.Linear(sizes[-2], sizes[-1])).train()
+
+
+def torch_step(sizes, batch, threads, optimizer="sgd", fused=False, extras=None):
     """A callable that runs one PyTorch eager training step."""
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers[:-1])
+    net = torch_net(sizes, extras)
     opt = torch_optimizer(optimizer, net.parameters(), fused=fused)
     loss_fn = torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
@@ -399,18 +458,21 @@ def main(argv=None):
     print(header)
     rows = []
     from threadpoolctl import threadpool_limits
-    for sizes, batch in args.configs:
-        step, epoch, n_batches, p, update = fastbp_steps(sizes, batch, args.optimizer)
+    for sizes, batch, extras in args.configs:
+        step, epoch, n_batches, p, update = fastbp_steps(sizes, batch, args.optimizer, extras)
         fns = {"step": step, "fit": epoch, "peak": peak_product()}
+        if extras:
+            fns["plain"] = fastbp_steps(sizes, batch, args.optimizer)[1]
         if adam:
-            fns["fit sgd"] = fastbp_steps(sizes, batch)[1]
+            fns["fit sgd"] = fastbp_steps(sizes, batch, extras=extras)[1]
             fns["update"], fns["copy"] = update, update_copy(p)
         if have.get("torch"):
-            fns["torch"] = torch_step(sizes, batch, threads, args.optimizer)
+            fns["torch"] = torch_step(sizes, batch, threads, args.optimizer, extras=extras)
             if adam:
-                fns["torch fused"] = torch_step(sizes, batch, threads, args.optimizer, True)
-                fns["torch sgd"] = torch_step(sizes, batch, threads)
-        if have.get("jax"):
+                fns["torch fused"] = torch_step(sizes, batch, threads, args.optimizer, True,
+                                                extras)
+                fns["torch sgd"] = torch_step(sizes, batch, threads, extras=extras)
+        if have.get("jax") and not extras:
             fns["jax"] = jax_step(sizes, batch)
         products = step_products(sizes, batch)
         fns.update((f"gemm {i}", product) for i, product in enumerate(products))
@@ -419,13 +481,17 @@ def main(argv=None):
             runs = {name: np.array(times)
                     for name, times in interleaved_times(fns, args.min_time).items()}
         runs["fit"] /= n_batches
-        if adam:
-            runs["fit sgd"] /= n_batches
+        for name in ("fit sgd", "plain"):
+            if name in runs:
+                runs[name] /= n_batches
         runs["gemm"] = sum(runs.pop(f"gemm {i}") for i in range(len(products)))
         fit = runs["fit"]  # what fit runs; the ratios and GFLOP/s use it
-        row = {"config": f"{'-'.join(map(str, sizes))}:{batch}", "params": p,
+        row = {"config": config_name(sizes, batch, extras), "params": p,
                "step_us": np.median(runs["step"]) * 1e6, "fit_step_us": np.median(fit) * 1e6,
                "threads": threads}
+        if extras:
+            row["plain_fit_step_us"] = np.median(runs["plain"]) * 1e6
+            row["cost_vs_plain"] = np.median(fit / runs["plain"])
         row["gflops"] = 6 * p * batch / row["fit_step_us"] / 1e3
         peak_gflops = 2 * PEAK_SIZE ** 3 / runs["peak"] / 1e9
         row["peak_gflops"] = np.median(peak_gflops)
@@ -459,6 +525,9 @@ def main(argv=None):
               f"{cell('speedup_vs_jax', 7, '.2f')}{cell('gflops', 9, '.1f')}"
               f"{cell('percent_of_peak', 8, '.0f')}{cell('numpy_gemm_us', 10, '.0f')}"
               f"{cell('percent_of_gemm', 8, '.0f')}")
+        if extras:
+            print(f"{'':<28}x plain {row['cost_vs_plain']:.3f} (the plain step of these "
+                  f"sizes: {row['plain_fit_step_us']:.0f} us)")
         if adam:
             versus = (f", x torch {row['sgd_speedup_vs_torch']:.2f}; x torch fused "
                       f"{args.optimizer} {row['speedup_vs_torch_fused']:.2f}"

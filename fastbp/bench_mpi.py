@@ -116,7 +116,8 @@ def cost_model(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench_mpi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+    plain = [config for config in DEFAULT_CONFIGS if config.count(":") == 1]
+    parser.add_argument("--configs", default=",".join(plain),
                         help="comma-separated sizes:batch configs")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--json", metavar="PATH", help="write the results here (rank 0)")
@@ -127,6 +128,8 @@ def main(argv=None):
         print(cost_model(args.cost_model))
         return 0
     configs = [parse_config(text) for text in args.configs.split(",")]
+    if any(extras for _, _, extras in configs):
+        parser.error("--configs: the MPI benchmark times plain nets only (no :extras)")
 
     from . import distributed
     import numba
@@ -137,7 +140,7 @@ def main(argv=None):
     ranks = 1 if comm is None else comm.Get_size()
     lead = comm is None or comm.Get_rank() == 0
     rows = []
-    for sizes, batch in configs:
+    for sizes, batch, _ in configs:
         n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
         row = {"config": f"{'-'.join(map(str, sizes))}:{batch}", "n_params": n_params,
                "ranks": ranks}

@@ -16,12 +16,13 @@ NET, WORK, UPDATE = list(Net._fields), list(Workspace._fields), list(Update._fie
 EXPECTED = {
     "forward": ["acts", "params", "x", *NET],
     "forward_and_losses": ["acts", "losses", "params", "x", "target", *NET],
-    "loss": [*WORK, "params", "x", "target", *NET, "weights"],
-    "loss_and_grad": ["grads", *WORK, "params", "x", "target", *NET, "weights"],
+    "loss": [*WORK, "params", "x", "target", *NET, "weights", "mode"],
+    "loss_and_grad": ["grads", *WORK, "params", "x", "target", *NET, "weights", "row_ids"],
     "accumulated_loss_and_grad": ["grads", "micro_grads", *WORK, "params", "x_batch",
                                   "y_batch", "x", "target", "rows", "batch_size", *NET,
                                   "weights", "w_batch"],
-    "train_step": ["params", "grads", *WORK, "x", "target", *NET, *UPDATE, "weights"],
+    "train_step": ["params", "grads", *WORK, "x", "target", *NET, *UPDATE, "weights",
+                   "row_ids"],
     "train_epoch": ["params", "grads", *WORK, "x_batch", "y_batch", "step_losses",
                     "step_norms", "step_layer_sq", "x", "target", "order", "batch_size", *NET,
                     *UPDATE, "accumulate", "micro_grads", "weights", "w_batch"],
@@ -54,15 +55,16 @@ def test_a_new_field_needs_no_edit_in_entry():
     tuples = dict(entry._TUPLES, net=Wider)
     params, call, _ = entry._ENTRIES["loss_and_grad"]
     assert entry.entry_parameters(params, tuples) == [
-        "grads", *WORK, "params", "x", "target", *NET, "extra", "weights"]
+        "grads", *WORK, "params", "x", "target", *NET, "extra", "weights", "row_ids"]
     scope = {"Net": Wider, "Workspace": Workspace, "Update": Update,
              "mlp_loss_and_grad": lambda *args: args}
     exec(entry.entry_source("loss_and_grad", params, call, tuples), scope)
     names = entry.entry_parameters(params, tuples)
     got = scope["loss_and_grad"](*names)   # each argument: its own name
-    grads, work, params_, x, target, net, weights = got
+    grads, work, params_, x, target, net, weights, row_ids = got
     assert net == Wider(*NET, "extra") and work == Workspace(*WORK)
-    assert (grads, params_, x, target, weights) == ("grads", "params", "x", "target", "weights")
+    assert (grads, params_, x, target, weights, row_ids) == ("grads", "params", "x", "target",
+                                                             "weights", "row_ids")
 
 
 def test_a_field_that_would_shadow_the_body_is_refused():
@@ -85,12 +87,13 @@ def test_entries_run_as_the_python_layer_calls_them(rng):
     loss = model.loss_and_grad(X, y)
     grads = np.array(model.grads)
     net, work = model.engine.net, model.engine.work
-    assert entry.loss_and_grad(model.grads, *work, model.params, X, y, *net, None) == loss
+    assert entry.loss_and_grad(model.grads, *work, model.params, X, y, *net, None,
+                               None) == loss
     np.testing.assert_array_equal(model.grads, grads)
     np.testing.assert_array_equal(entry.forward(work.acts, model.params, X, *net),
                                   model.forward(X))
     params = np.array(model.params)
     step_loss, _, applied = entry.train_step(model.params, model.grads, *work, X, y, *net,
-                                             *opt.update_spec(), None)
+                                             *opt.update_spec(), None, None)
     assert step_loss == loss and applied
     assert not np.array_equal(params, model.params)

@@ -134,9 +134,15 @@ def test_every_layer_kind_lays_out_consistently(code):
 
 @pytest.mark.parametrize("code", range(len(layout.LAYER_KINDS)))
 def test_every_layer_kind_has_kernels(code):
-    from fastbp.kernels import network
-    steps = network.LAYER_STEPS[code]
-    assert steps.units and all(name in fastbp.kernels._units._SPEC for name in steps.units)
+    """A kind's code is the block layer's code of its normalisation (none for dense), and a
+    network with a normalised layer readies the block layer's units."""
+    from fastbp.kernels import block, network
+    norm = layout.LAYER_KINDS[code].norm
+    assert code == {None: 0, "layer": block._LAYER_NORM, "batch": block._BATCH_NORM}[norm]
+    net, _ = network.make_net([5, 7, 4, 3], [1, 1, 0], 4, kinds=[layout.DENSE, code, 0])
+    units = network.units_for("softmax_cross_entropy", None, net)
+    assert ("block_forward" in units) == (norm is not None)
+    assert all(name in fastbp.kernels._units._SPEC for name in units)
 
 
 def test_dense_is_the_default_kind():
@@ -166,9 +172,8 @@ def test_the_layout_takes_kinds_unlike_dense(monkeypatch):
     scale_shift = layout.LayerKind(
         "scale_shift", lambda n_in, n_out: (layout.Block("scale", (n_out,), False),
                                             layout.Block("shift", (n_out,), False)),
-        True, lambda n_in, n_out: 2, None)
-    nothing = layout.LayerKind("nothing", lambda n_in, n_out: (), True,
-                               lambda n_in, n_out: 0, None)
+        True, None, None)
+    nothing = layout.LayerKind("nothing", lambda n_in, n_out: (), True, None, None)
     monkeypatch.setattr(layout, "LAYER_KINDS", layout.LAYER_KINDS + (scale_shift, nothing))
     norm, none = len(layout.LAYER_KINDS) - 2, len(layout.LAYER_KINDS) - 1
     sizes, kinds = [5, 7, 7, 7, 3], [layout.DENSE, norm, none, layout.DENSE]
@@ -180,17 +185,28 @@ def test_the_layout_takes_kinds_unlike_dense(monkeypatch):
     assert [b is None for b in biases] == [False, True, True, False]
     with pytest.raises(ValueError, match="as wide as its input"):
         layout.param_offsets([5, 7, 4], [layout.DENSE, norm])
-    # The activation plan makes room for what a kind saves, after its output.
-    act_offsets, _, size = fastbp.kernels.plan_activations(sizes, [0, 0, 0, 0], 10, 1, kinds)
-    assert act_offsets.tolist() == [0, 70, 70 + 70 + 20, 70 + 70 + 20 + 70]
-    assert size == 70 + 90 + 70 + 30
+
+
+
+def test_the_activation_plan_makes_room_for_what_a_block_layer_saves():
+    """After a block layer's output (and kept pre-activation): xhat, the activation's output,
+    the dropout mask (capacity rows of its width each) and its norm's statistics."""
+    sizes, kinds = [5, 7, 7, 7, 3], [layout.DENSE, layout.LAYER_NORM, layout.BATCH_NORM, 0]
+    act, pre, aux, size = fastbp.kernels.plan_activations(
+        sizes, [1, 5, 1, 0], 10, 1, kinds, dropout=[0, 0.5, 0, 0], residual=[0, 1, 0, 0])
+    layer_1 = 70 + 70 + (70 + 70 + 70 + 10)   # output, gelu's input, xhat, a, mask, rstd
+    layer_2 = 70 + (70 + 2 * 7)                 # output, xhat, each feature's mean and rstd
+    assert act.tolist() == [0, 70, 70 + layer_1, 70 + layer_1 + layer_2]
+    assert pre.tolist() == [-1, 140, -1, -1]
+    assert aux.tolist() == [-1, 210, 70 + layer_1 + 70, -1]
+    assert size == 70 + layer_1 + layer_2 + 30
 
 
 def test_a_penalised_block_after_another_is_refused(monkeypatch):
     late = layout.LayerKind(
         "late", lambda n_in, n_out: (layout.Block("bias", (n_out,), False),
                                      layout.Block("weight", (n_in, n_out), True)),
-        False, lambda n_in, n_out: 0, None)
+        False, None, None)
     monkeypatch.setattr(layout, "LAYER_KINDS", layout.LAYER_KINDS + (late,))
     with pytest.raises(ValueError, match="penalised ones must come first"):
         layout.weight_lengths([3, 2], [len(layout.LAYER_KINDS) - 1])
