@@ -45,7 +45,8 @@ from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
 from .activations import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH  # noqa: F401
 from .block import INFER, REPLAY, TRAIN, add_forward, aux_layout, block_backward, block_forward
 from .dense import dense_backward, dense_forward, splits_input
-from .dropout import dropout_backward, dropout_forward, dropout_mask, dropout_uniform
+from .dropout import (dropout_backward, dropout_forward, dropout_forward_masked, dropout_mask,
+                      dropout_uniform)
 from .entry import prepare
 from .losses import (LOSS_CODES, LOSS_KINDS, LossKind, l2_penalty_forward_backward,
                      l2_penalty_loss, sample_weights_forward_backward, sample_weights_loss,
@@ -73,7 +74,8 @@ __all__ = [
     "dense_forward", "dense_backward",
     "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
     "batch_norm_inference", "NORM_EPS", "BATCH_NORM_MOMENTUM",
-    "dropout_mask", "dropout_forward", "dropout_backward", "dropout_uniform", "add_forward",
+    "dropout_mask", "dropout_forward", "dropout_forward_masked", "dropout_backward",
+    "dropout_uniform", "add_forward",
     "block_forward", "block_backward", "aux_layout", "is_block", "INFER", "TRAIN", "REPLAY",
     "new_running", "running_layout",
     "activation_forward", "activation_backward", "uses_input",

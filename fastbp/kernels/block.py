@@ -138,8 +138,7 @@ def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, act
                                              xhat, gamma, beta, mode == TRAIN)
         activations.activation_forward(a, zn, activation)
     if drops:
-        dropout.dropout_mask(mask, p, seed, step, layer, row_ids, row_base)
-        dropout.dropout_forward(out, a, mask)
+        dropout.dropout_forward_masked(out, mask, a, p, seed, step, layer, row_ids, row_base)
         if residual != 0:
             add_forward(out, out, inp)
     elif residual != 0:

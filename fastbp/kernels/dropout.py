@@ -10,6 +10,8 @@ same global rows (the row key is the row's index in the data set where there is 
 The hash is SplitMix64's finaliser, applied per element to a per-row key; u takes its top 53
 bits.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -49,39 +51,63 @@ def dropout_uniform(seed, step, layer, row, j):
 
 
 @njit(**SERIAL)
-def _mask_rows(mask, p, seed, step, layer, row_ids, row_base, r0, r1):
+def _mask_rows(out, mask, inp, p, seed, step, layer, row_ids, row_base, r0, r1):
+    """Rows r0..r1-1 of the mask, and of out = inp * mask when out has rows."""
     scale = 1.0 / (1.0 - p)
+    # u >= p, as integers: u = k 2^-53 with k the hash's top 53 bits, and p 2^53 is exact.
+    limit = np.int64(math.ceil(p / _UNIT))
     for i in range(r0, r1):
         row = row_ids[i] + row_base if row_ids.shape[0] > 0 else i
         key = _row_key(seed, step, layer, row)
         m = mask[i]
         for j in range(m.shape[0]):
-            u = float(_mix(key + np.uint64(j) * _GOLDEN) >> _S11) * _UNIT
-            m[j] = scale if u >= p else 0.0
+            m[j] = scale if np.int64(_mix(key + np.uint64(j) * _GOLDEN) >> _S11) >= limit \
+                else 0.0
+        if out.shape[0] > 0:
+            o, x = out[i], inp[i]
+            for j in range(m.shape[0]):
+                o[j] = x[j] * m[j]
 
 
 @njit(**PARALLEL)
+def _masks(out, mask, inp, p, seed, step, layer, row_ids, row_base):
+    n_rows = mask.shape[0]
+    tiles = n_tiles(n_rows, 8 * mask.shape[1])
+    if tiles == 1:
+        _mask_rows(out, mask, inp, p, seed, step, layer, row_ids, row_base, 0, n_rows)
+        return
+    for t in prange(tiles):
+        r0, r1 = span(t, tiles, n_rows)
+        _mask_rows(out, mask, inp, p, seed, step, layer, row_ids, row_base, r0, r1)
+
+
+@njit(**SERIAL)
 def dropout_mask(mask, p, seed, step, layer, row_ids, row_base=0):
     """mask (B, N) := 1 / (1 - p) where an element is kept, 0 where it is dropped (probability
     p in [0, 1)), for the rows keyed by row_base + row_ids (B,) int64 (their indices in the
     data set), or by their positions 0..B-1 when row_ids is empty; seed, step, layer and
     row_base: int64 >= 0."""
-    n_rows = mask.shape[0]
-    tiles = n_tiles(n_rows, 8 * mask.shape[1])
-    if tiles == 1:
-        _mask_rows(mask, p, seed, step, layer, row_ids, row_base, 0, n_rows)
-        return
-    for t in prange(tiles):
-        r0, r1 = span(t, tiles, n_rows)
-        _mask_rows(mask, p, seed, step, layer, row_ids, row_base, r0, r1)
+    _masks(mask[:0], mask, mask, p, seed, step, layer, row_ids, row_base)
+
+
+@njit(**SERIAL)
+def dropout_forward_masked(out, mask, inp, p, seed, step, layer, row_ids, row_base=0):
+    """dropout_mask into mask, and out (B, N) = inp (B, N) * mask, in one pass; out may not be
+    mask."""
+    _masks(out, mask, inp, p, seed, step, layer, row_ids, row_base)
 
 
 @njit(**SERIAL)
 def _times_rows(out, inp, mask, r0, r1):
+    in_place = out.ctypes.data == inp.ctypes.data
     for i in range(r0, r1):
         o, x, m = out[i], inp[i], mask[i]
-        for j in range(o.shape[0]):
-            o[j] = x[j] * m[j]
+        if in_place:   # one array: the loop vectorises (with two that overlap, it did not)
+            for j in range(o.shape[0]):
+                o[j] *= m[j]
+        else:
+            for j in range(o.shape[0]):
+                o[j] = x[j] * m[j]
 
 
 @njit(**PARALLEL)
