@@ -50,17 +50,7 @@ def plot_history(history, path, title=None, layer_names=None):
 
     per_epoch = history.get("layer_grad_norms") or []
     if per_epoch:
-        n_layers = len(per_epoch[0])
-        names = list(layer_names) if layer_names else [f"layer {i + 1}" for i in range(n_layers)]
-        for i in range(n_layers):
-            ax_grad.plot(epochs, [norms[i] for norms in per_epoch], marker="o", ms=3,
-                         label=names[i])
-        if history.get("grad_norm"):
-            ax_grad.plot(epochs, history["grad_norm"], color="0.4", ls="--",
-                         label="global (mean over steps)")
-        ax_grad.set(xlabel="epoch", ylabel="L2 norm of (dW, db)", yscale="log",
-                    title="gradient norm per layer\n(last step of each epoch)")
-        ax_grad.legend(fontsize="small")
+        _plot_layer_norms(ax_grad, epochs, per_epoch, layer_names, history.get("grad_norm"))
     else:
         ax_grad.set_axis_off()
     if title:
@@ -69,3 +59,26 @@ def plot_history(history, path, title=None, layer_names=None):
         if ax.axison:
             ax.grid(alpha=0.3)
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110))
+
+
+# More layers than this get colours by depth and a legend of the first, middle and last only.
+_NAMED_LAYERS = 8
+
+
+def _plot_layer_norms(ax, epochs, per_epoch, layer_names, global_norms):
+    """Each layer's gradient norm per epoch (the mean over the epoch's steps), log scale."""
+    import matplotlib
+    n_layers = len(per_epoch[0])
+    names = list(layer_names) if layer_names else [f"layer {i + 1}" for i in range(n_layers)]
+    many = n_layers > _NAMED_LAYERS
+    colours = matplotlib.colormaps["viridis"] if many else None
+    labelled = {0, n_layers // 2, n_layers - 1} if many else set(range(n_layers))
+    for i in range(n_layers):
+        ax.plot(epochs, [norms[i] for norms in per_epoch], marker=None if many else "o", ms=3,
+                color=colours(i / (n_layers - 1)) if many else None,
+                label=names[i] if i in labelled else None)
+    if global_norms:
+        ax.plot(epochs, global_norms, color="0.4", ls="--", label="global (mean over steps)")
+    ax.set(xlabel="epoch", ylabel="L2 norm of the layer's gradient", yscale="log",
+           title="gradient norm per layer\n(mean over each epoch's steps)")
+    ax.legend(fontsize="small")

@@ -61,7 +61,18 @@ CASES = {
     # on a sample of the rows
     "shard_multilabel_metrics": (_adam_clipped, dict(loss="binary_cross_entropy"),
                                  dict(batch_size=32, epochs=2, metrics_rows=50), True, False),
+    # dropout masks keyed by the global rows: one process's, also with shard (row offsets)
+    "layer_norm_dropout": (_adam_clipped, dict(norm="layer", dropout=[0.3, 0.2]),
+                           dict(batch_size=32, epochs=2), False, False),
+    "shard_layer_norm_dropout": (_momentum_clipped, dict(norm="layer", dropout=0.25),
+                                 dict(batch_size=24, epochs=2, accumulate=2), True, False),
+    # each rank normalises its own rows: not one process's (BATCH_STATISTICS_APART)
+    "batch_norm": (_adam_clipped, dict(norm="batch", dropout=0.1),
+                   dict(batch_size=32, epochs=2), False, False),
 }
+# Cases whose ranks train apart from one process (each normalises by its own rows' statistics):
+# only the replicas' agreement is compared.
+BATCH_STATISTICS_APART = {"batch_norm"}
 
 
 def shard_bounds(n_ranks):
@@ -171,6 +182,7 @@ def main(out):
     for case in CASES:
         model, history = train(case, comm)
         np.savez(os.path.join(out, f"{case}-{rank}.npz"), params=model.params,
+                 running=model.engine.running, passes=model.training_passes,
                  loss=np.array(history["loss"]), stop_reason=history.stop_reason,
                  accuracy=np.array(history.get("accuracy", [])),
                  best_epoch=-1 if history.best_epoch is None else history.best_epoch,

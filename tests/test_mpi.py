@@ -63,10 +63,16 @@ def test_ranks_train_as_one_process(ranks_run, case):
     n, out = ranks_run
     model, history = mpi_cases.train(case, None)
     ranks = [np.load(out / f"{case}-{rank}.npz") for rank in range(n)]
-    for result in ranks[1:]:   # replicas: bitwise the same
+    for result in ranks[1:]:   # replicas: bitwise the same, running statistics too
         np.testing.assert_array_equal(result["params"], ranks[0]["params"])
-    first = fastbp.MLP(model.sizes, activation=model.activations[0], dtype=np.float64, seed=3)
+        np.testing.assert_array_equal(result["running"], ranks[0]["running"])
+        assert int(result["passes"]) == model.training_passes
+    first = fastbp.MLP(model.sizes, activation=model.activations[0], dtype=np.float64, seed=3,
+                       norm=model.norm)
     assert not np.allclose(model.params, first.params)   # it trained
+    if case in mpi_cases.BATCH_STATISTICS_APART:
+        assert not np.allclose(ranks[0]["running"], first.engine.running)   # and folded in
+        return
     scale = np.max(np.abs(model.params))
     assert np.max(np.abs(ranks[0]["params"] - model.params)) <= 1e-9 * scale
     np.testing.assert_allclose(ranks[0]["loss"], history["loss"], rtol=1e-9)
