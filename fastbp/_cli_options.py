@@ -9,7 +9,7 @@ from . import __version__
 from .data import NAMED, SCALINGS
 from .io import ModelFileError, read_metadata
 from .kernels import LOSS_KINDS
-from .model import ACTIVATIONS, LOSSES
+from .model import ACTIVATIONS, LOSSES, NORMS
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 
@@ -19,7 +19,7 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
                 epochs=30, batch_size=32, clip_norm="5", seed=0, dtype="float32",
                 val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
                 optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
-                warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99)
+                warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99, norm="none", dropout="0")
 # Learning rates when --lr is not given: SGD's (its constructor has none) reaches the accuracy
 # above; the others' are their constructors' defaults (PyTorch's).
 _CHOSEN_LR = {"sgd": 0.2}
@@ -117,6 +117,25 @@ def _activations(text):
     return names
 
 
+def _norms(text):
+    names = [s.strip() for s in text.split(",")]
+    for name in names:
+        if name not in NORMS + ("none",):
+            raise argparse.ArgumentTypeError(f"unknown normalisation {name!r}; expected "
+                                             f"{', '.join(NORMS)} or none (or one per hidden "
+                                             "layer, separated by commas)")
+    return [None if name == "none" else name for name in names]
+
+
+def _dropouts(text):
+    parse = _float_type("dropout", 0, 1, low_open=False)
+    try:
+        return [parse(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (a probability, or one per hidden layer, "
+                                         "separated by commas)") from None
+
+
 def _betas(text):
     parse = _float_type("beta", 0, 1, low_open=False)
     parts = text.split(",")
@@ -134,6 +153,8 @@ def _clip(text):
 _layers.__name__ = "layers"
 _betas.__name__ = "betas"
 _activations.__name__ = "activation"
+_norms.__name__ = "norm"
+_dropouts.__name__ = "dropout"
 
 
 def build_parser():
@@ -174,6 +195,15 @@ def build_parser():
     model.add_argument("--activation", type=_activations, default=d["activation"],
                        metavar="NAME", help=f"hidden activation: {', '.join(ACTIVATIONS)}; or "
                        "one per hidden layer, comma-separated")
+    model.add_argument("--norm", type=_norms, default=d["norm"], metavar="NAME",
+                       help=f"normalisation of each hidden layer before its activation: "
+                       f"{', '.join(NORMS)} or none; or one per hidden layer, comma-separated "
+                       "(batch: every training batch needs 2 rows or more)")
+    model.add_argument("--residual", action="store_true",
+                       help="hidden layers as wide as their input add it to their output")
+    model.add_argument("--dropout", type=_dropouts, default=d["dropout"], metavar="P",
+                       help="dropout probability after each hidden activation, in [0, 1), when "
+                       "training; or one per hidden layer, comma-separated")
     model.add_argument("--loss", choices=LOSSES, default=d["loss"],
                        help=f"{', '.join(_ONE_HOT_LOSSES)}: trained on one-hot targets, one "
                        "output per class with a linear output layer (one-vs-rest, with a "
@@ -267,7 +297,8 @@ def given_options(argv):
 
 # What --resume takes from the file (the model, and the optimizer: every argument of one), and
 # the settings of the run that it must continue alike.
-MODEL_OPTIONS = ("layers", "activation", "loss", "dtype", "optimizer",
+MODEL_OPTIONS = ("layers", "activation", "norm", "residual", "dropout", "loss", "dtype",
+                 "optimizer",
                  *dict.fromkeys(name for cls in OPTIMIZERS.values() for name in cls.arguments()),
                  "lr_schedule", "warmup", "lr_step", "lr_gamma", "power_t")
 RUN_OPTIONS = ("data", "label_column", "val_fraction", "test_fraction", "scale", "seed",
@@ -338,16 +369,22 @@ def check_args(args):
     if args.early_stopping is not None and args.val_fraction == 0:
         raise UsageError("fastbp train: --early-stopping needs validation rows; set "
                          "--val-fraction above 0")
+    given = getattr(args, "given", set())
     n_hidden = len(args.layers)
-    if len(args.activation) not in (1, n_hidden) or (len(args.activation) > 1 and n_hidden == 0):
-        raise UsageError(f"fastbp train: --activation: {len(args.activation)} names for "
-                         f"{n_hidden} hidden layers; give one, or one per hidden layer")
+    for dest, what in (("activation", "names"), ("norm", "names"), ("dropout", "values")):
+        values = getattr(args, dest)
+        if len(values) not in (1, n_hidden) or (len(values) > 1 and n_hidden == 0):
+            raise UsageError(f"fastbp train: {_flag(dest)}: {len(values)} {what} for "
+                             f"{n_hidden} hidden layers; give one, or one per hidden layer")
+    for dest in ("norm", "dropout", "residual"):
+        if n_hidden == 0 and dest in given:
+            raise UsageError(f"fastbp train: {_flag(dest)} applies to hidden layers, and "
+                             "--layers gives none")
     if args.data_dir is not None and args.data not in NAMED:
         raise UsageError(f"fastbp train: --data-dir applies to {' and '.join(NAMED)} only, "
                          f"not to --data {args.data}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"fastbp train: --data-dir {args.data_dir}: no such folder")
-    given = getattr(args, "given", set())
     # (With --resume the optimizer is the file's, and _check_resume refuses these options.)
     for dest in MODEL_OPTIONS if args.resume is None else ():
         takers = optimizers_taking(dest)

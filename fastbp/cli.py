@@ -82,9 +82,11 @@ def _schedule(args):
 
 def _new_model(args, sizes):
     """The model and optimizer the options describe."""
-    activation = args.activation[0] if len(args.activation) == 1 else args.activation
+    # One value stands for every hidden layer (as the model takes it).
+    activation, norm, dropout = (values[0] if len(values) == 1 else values
+                                 for values in (args.activation, args.norm, args.dropout))
     model = MLP(sizes, activation=activation, loss=args.loss, dtype=np.dtype(args.dtype).type,
-                seed=args.seed)
+                seed=args.seed, norm=norm, residual=args.residual, dropout=dropout)
     cls = OPTIMIZERS[args.optimizer]
     # Each option named after an argument of the optimizer sets it (None: the default).
     options = {name: getattr(args, name) for name in cls.arguments()
@@ -204,8 +206,7 @@ def train(args, ranks=None):
     threads = numba.get_num_threads()
     by_rank = [threads] if ranks is None else ranks.comm.allgather(threads)   # (collective)
     say(f"data   {ds.summary()}; {ds.scaling}")
-    hidden = ("hidden " + "/".join(model.activations)) if model.activations else "no hidden layer"
-    say(f"model  {'-'.join(map(str, sizes))} ({hidden}), {model.loss}, "
+    say(f"model  {'-'.join(map(str, sizes))} ({_hidden_described(model)}), {model.loss}, "
         f"{np.dtype(model.dtype).name}, {model.n_params:,} parameters"
         + (f"; resumed from {args.resume}" if args.resume else ""))
     first_epoch = optimizer.epochs_done
@@ -300,6 +301,21 @@ def train(args, ranks=None):
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _hidden_described(model):
+    """'hidden relu/tanh', and what else the hidden layers do, layer by layer where they
+    have it: 'batch/layer norm', 'dropout 0.2/0', 'residual'."""
+    if not model.activations:
+        return "no hidden layer"
+    parts = ["hidden " + "/".join(model.activations)]
+    if any(model.norm):
+        parts.append("/".join(norm or "no" for norm in model.norm) + " norm")
+    if any(model.dropout):
+        parts.append("dropout " + "/".join(f"{p:g}" for p in model.dropout))
+    if model.residual:
+        parts.append("residual")
+    return ", ".join(parts)
+
+
 def _threads_described(by_rank):
     """'2 threads', or under MPI '1 threads on each of 2 MPI ranks' or '1-2 threads ...'."""
     low, high = min(by_rank), max(by_rank)
@@ -313,6 +329,7 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
     """The --json document: the run's settings, its history and its outcome."""
     return {
         "data": ds.name, "sizes": sizes, "activations": model.activations,
+        "norm": model.norm, "dropout": model.dropout, "residual": model.residual,
         "loss": model.loss, "dtype": np.dtype(model.dtype).name,
         "n_params": model.n_params, "optimizer": {"name": optimizer.name, **optimizer.config()},
         "lr": optimizer.base_lr, "lr_schedule": (optimizer.lr_schedule.name
@@ -367,13 +384,36 @@ def _data_and_model(args, say):
             _check_resumed_model(args, ds, model, optimizer)
             sizes = list(model.sizes)
         else:
+            _check_residual(args, sizes)
             model, optimizer = _new_model(args, sizes)
     except MemoryError:
         raise UsageError(f"fastbp train: not enough memory for a model of sizes {sizes}") \
             from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"fastbp train: {exc}") from None
+    _check_batch_norm_batches(args, model, len(ds.y_train))
     return ds, model, optimizer, sizes
+
+
+def _check_residual(args, sizes):
+    """--residual needs a hidden layer as wide as its input (the model's rule, in the
+    command's words: the input width is the data's, known only now)."""
+    hidden = zip(sizes[:-2], sizes[1:-1])
+    if args.residual and not any(n_in == n_out for n_in, n_out in hidden):
+        raise UsageError(f"fastbp train: --residual: no hidden layer of sizes {sizes} is as "
+                         "wide as its input, to add it to its output; give --layers two equal "
+                         f"widths in a row, or a first width of {sizes[0]} (the features)")
+
+
+def _check_batch_norm_batches(args, model, n_train):
+    """Batch normalisation cannot train on a batch of 1 row. fit refuses one too, but after
+    the warm-up and naming its own argument: refuse it before any work, naming the option."""
+    batch = min(args.batch_size, n_train)
+    if "batch" in model.norm and 1 in (batch, n_train % batch):
+        raise UsageError(f"fastbp train: --batch-size {args.batch_size}: batch normalisation "
+                         f"needs at least 2 rows in every training batch, and the "
+                         f"{n_train} training rows in batches of {batch} leave a batch of 1 "
+                         "row; choose another --batch-size")
 
 
 @contextlib.contextmanager

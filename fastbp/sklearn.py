@@ -8,10 +8,12 @@ runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
 (``pip install "fastbp[sklearn]"``).
 
 fastbp's own parameters: ``dtype`` (float32 by default: the float64 of scikit-learn on request),
-``clip_norm`` (global gradient-norm clipping, none by default) and ``n_threads`` (default: all
-cores). In the worker processes of ``cross_val_score(n_jobs=k)`` or ``GridSearchCV(n_jobs=k)``,
-joblib sets ``NUMBA_NUM_THREADS`` to cores / k, so that the k processes share the cores instead
-of each taking all of them: fastbp then uses that many threads (``n_threads`` cannot exceed it).
+``clip_norm`` (global gradient-norm clipping, none by default), ``n_threads`` (default: all
+cores), and the hidden layers' ``norm``, ``residual`` and ``dropout`` (none by default: see the
+estimators' docstrings). In the worker processes of ``cross_val_score(n_jobs=k)`` or
+``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS`` to cores / k, so that the k
+processes share the cores instead of each taking all of them: fastbp then uses that many threads
+(``n_threads`` cannot exceed it).
 
 Where the arithmetic differs from scikit-learn's (float32 by default, Adam's epsilon, SGD's
 momentum under a changing rate, the multi-output regressor's loss_), and by how much:
@@ -31,11 +33,11 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
-                                      validate_data)
+from sklearn.utils.validation import (_check_sample_weight, _num_features, check_is_fitted,
+                                      column_or_1d, validate_data)
 
 from . import _threads, _validate
-from .model import MLP
+from .model import MLP, NORMS
 from .optim import SGD, Adam
 from .engine import StepBuffers
 from .steps import Batches
@@ -92,6 +94,28 @@ def _hidden_sizes(value):
     return [int(s) for s in sizes]
 
 
+def _per_hidden(name, value, n_hidden, check):
+    """value checked, as a list of one per hidden layer: a list or tuple is one per hidden
+    layer already, anything else is for every hidden layer."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_hidden:
+            raise ValueError(f"{name}: expected one value, or a list of {n_hidden} (one per "
+                             f"hidden layer), got {len(value)} values")
+        return [check(name, v) for v in value]
+    return [check(name, value)] * n_hidden
+
+
+def _norm(name, value):
+    if value is not None and (not isinstance(value, str) or value not in NORMS):
+        raise ValueError(f"{name}: expected None or one of {', '.join(map(repr, NORMS))}, got "
+                         f"{value!r}")
+    return value
+
+
+def _probability(name, value):
+    return float(_number(name, value, 0, 1, high_open=True))
+
+
 # -------------------------------------------------------------------------------------------------
 # The shared estimator
 
@@ -134,6 +158,31 @@ class _BaseMLP(BaseEstimator):
             _number("clip_norm", self.clip_norm, 0, low_open=True)
         if self.n_threads is not None:
             _number("n_threads", self.n_threads, 1, integer=True)
+        _flag("residual", self.residual)
+        _, dropout = self._layer_options()   # (norm is checked there too)
+        if self.solver == "lbfgs" and any(dropout):
+            raise ValueError("dropout: the lbfgs solver needs an objective that does not change "
+                             "between evaluations, which dropout's masks do; use solver='sgd' "
+                             "or 'adam'")
+
+    def _layer_options(self):
+        """(norm, dropout), checked, as lists of one per hidden layer."""
+        n_hidden = len(_hidden_sizes(self.hidden_layer_sizes))
+        return (_per_hidden("norm", self.norm, n_hidden, _norm),
+                _per_hidden("dropout", self.dropout, n_hidden, _probability))
+
+    def _check_residual(self, X):
+        """residual=True needs a hidden layer as wide as its input, the first one's being X's
+        width: checked before the data are taken in, so that a refused fit changes nothing."""
+        try:
+            n_features = _num_features(X)
+        except TypeError:
+            return   # (X is refused by the data checks)
+        widths = [n_features] + _hidden_sizes(self.hidden_layer_sizes)
+        if not any(a == b for a, b in zip(widths[:-1], widths[1:])):
+            raise ValueError(f"residual: no hidden layer is as wide as its input (widths "
+                             f"{widths}: X's {n_features} features, then hidden_layer_sizes), "
+                             "so none can add its input to its output")
 
     # -- fitted attributes that are views of the model -------------------------------------------
 
@@ -158,12 +207,13 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, X, y, sample_weight, incremental):
         self._check_params()
         first = not hasattr(self, "_model") or (not self.warm_start and not incremental)
+        if first and self.residual:
+            self._check_residual(X)
         X, target = self._validate_input(X, y, incremental, reset=first)
         n_outputs = len(self.classes_) if target.ndim == 1 else target.shape[1]
         sizes = [X.shape[1]] + _hidden_sizes(self.hidden_layer_sizes) + [n_outputs]
-        if not first and self._model.sizes != sizes:
-            raise ValueError(f"warm_start and partial_fit continue the fitted network of layer "
-                             f"sizes {self._model.sizes}; this call asks for {sizes}")
+        if not first:
+            self._check_continued(sizes)
         self._random_state = check_random_state(self.random_state)
         if first:
             self._initialize(sizes)
@@ -182,17 +232,43 @@ class _BaseMLP(BaseEstimator):
                 self._fit_stochastic(X, target, sample_weight, incremental)
         return self
 
+    def _check_continued(self, sizes):
+        """warm_start and partial_fit continue the fitted network: this call's parameters must
+        describe it."""
+        model = self._model
+        if model.sizes != sizes:
+            raise ValueError(f"warm_start and partial_fit continue the fitted network of layer "
+                             f"sizes {model.sizes}; this call asks for {sizes}")
+        norm, dropout = self._layer_options()
+        for name, asked in (("norm", norm), ("dropout", dropout),
+                            ("residual", bool(self.residual))):
+            if getattr(model, name) != asked:
+                raise ValueError(f"{name}: warm_start and partial_fit continue the fitted "
+                                 f"network, whose {name} is {getattr(model, name)}; this call "
+                                 f"asks for {asked}")
+
     def _initialize(self, sizes):
         """A new model, initialised as scikit-learn's is: Glorot uniform weights and biases
         (bound sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...) for logistic), drawn from
-        random_state in scikit-learn's order, so that a seed gives its initial weights."""
-        self._model = MLP(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss(),
-                          dtype=np.dtype(self.dtype).type, seed=0, l2=float(self.alpha))
+        random_state in scikit-learn's order, so that a seed gives its initial weights. The
+        normalisations start at scale 1 and shift 0."""
         factor = 2.0 if self.activation == "logistic" else 6.0
-        for weight, bias in zip(self._model.weights, self._model.biases):
-            bound = np.sqrt(factor / (weight.shape[0] + weight.shape[1]))
-            weight[...] = self._random_state.uniform(-bound, bound, weight.shape)
-            bias[...] = self._random_state.uniform(-bound, bound, bias.shape)
+        draws = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            draws.append((self._random_state.uniform(-bound, bound, (fan_in, fan_out)),
+                          self._random_state.uniform(-bound, bound, fan_out)))
+        norm, dropout = self._layer_options()
+        # The dropout masks' key comes from random_state too: drawn after the weights (so
+        # that dropout leaves them as they are) and only with dropout (so that without it
+        # every draw is scikit-learn's).
+        seed = int(self._random_state.randint(np.iinfo(np.int32).max)) if any(dropout) else 0
+        self._model = MLP(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss(),
+                          dtype=np.dtype(self.dtype).type, seed=seed, l2=float(self.alpha),
+                          norm=norm, residual=bool(self.residual), dropout=dropout)
+        for weight, bias, (weight_draw, bias_draw) in zip(self._model.weights,
+                                                          self._model.biases, draws):
+            weight[...], bias[...] = weight_draw, bias_draw
         self.n_outputs_ = sizes[-1]
         self.n_layers_ = len(sizes)
         self.out_activation_ = self._output_activation()
@@ -234,13 +310,31 @@ class _BaseMLP(BaseEstimator):
         return Adam(model, self.learning_rate_init, betas=(self.beta_1, self.beta_2),
                     eps=self.epsilon, clip_norm=self.clip_norm)
 
+    def _check_batch_norm_rows(self, n_samples):
+        if n_samples < 2 and "batch" in self._model.norm:
+            raise ValueError(f"X: batch normalisation (norm='batch') trains on 2 rows or more, "
+                             f"got n_samples = {n_samples}")
+
     def _batch_size(self, n_samples):
+        self._check_batch_norm_rows(n_samples)
+        batch_norm = "batch" in self._model.norm
         if self.batch_size == "auto":
-            return min(200, n_samples)
+            batch = min(200, n_samples)
+            # Batch normalisation cannot train on a batch of 1 row: "auto" then takes the next
+            # size that leaves none (scikit-learn's size wherever it leaves none).
+            while batch_norm and n_samples % batch == 1:
+                batch += 1
+            return batch
         if self.batch_size > n_samples:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going "
                           "to be clipped")
-        return int(np.clip(self.batch_size, 1, n_samples))
+        batch = int(np.clip(self.batch_size, 1, n_samples))
+        if batch_norm and 1 in (batch, n_samples % batch):
+            raise ValueError(f"batch_size: batch normalisation (norm='batch') needs at least 2 "
+                             f"rows in every training batch; the {n_samples} training rows in "
+                             f"batches of {batch} leave a batch of 1 row. Choose a batch_size "
+                             "that leaves none, or 'auto', which does")
+        return batch
 
     def _fit_stochastic(self, X, target, sample_weight, incremental):
         if not incremental or not hasattr(self, "_optimizer"):
@@ -259,13 +353,14 @@ class _BaseMLP(BaseEstimator):
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
+        batch_size = self._batch_size(X.shape[0])
         self.n_iter_ = 0   # each call counts its own epochs, as scikit-learn's (t_ goes on)
         epochs = _Epochs(self, validation, X.shape[0], incremental)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
         try:
             history = _train(self._model, X, target, self._optimizer,
                              epochs=1 if incremental else self.max_iter,
-                             batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
+                             batch_size=batch_size, shuffle=self.shuffle,
                              seed=seed, callbacks=[epochs], sample_weight=sample_weight,
                              metrics_rows=0)   # scikit-learn scores no training accuracy
         except DivergenceError as exc:
@@ -274,8 +369,9 @@ class _BaseMLP(BaseEstimator):
                 from None
         if history.interrupted:
             warnings.warn("Training interrupted by user.")
-        if self.early_stopping:
+        if self.early_stopping:   # (the running statistics are the weights' own)
             self._model.params = epochs.best_params
+            self._model.engine.running[...] = epochs.best_running
         if not incremental and not epochs.stopped and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning)
@@ -284,12 +380,15 @@ class _BaseMLP(BaseEstimator):
         """Full-batch L-BFGS (SciPy's L-BFGS-B, as scikit-learn) over fastbp's loss and
         gradient: each evaluation writes the point into the model's parameter buffer and reads
         the gradient from its gradient buffer. A sparse X is evaluated LBFGS_CHUNK rows at a
-        time (the gradient accumulated as fit's accumulate does), never densified whole."""
+        time (the gradient accumulated as fit's accumulate does), never densified whole, but
+        under batch normalisation, whose statistics are the whole batch's."""
         model = self._model
         X, target = model.engine.check_batch(X, target)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
-        evaluate = (lambda: model.engine.loss_and_grad(X, target, weights)) \
-            if not isinstance(X, _validate.SparseRows) else _chunked(model, X, target, weights)
+        self._check_batch_norm_rows(X.shape[0])
+        in_chunks = isinstance(X, _validate.SparseRows) and "batch" not in model.norm
+        evaluate = _chunked(model, X, target, weights) if in_chunks else \
+            (lambda: model.engine.loss_and_grad(X, target, weights))
 
         def loss_and_grad(point):
             model.params[...] = point
@@ -353,6 +452,7 @@ class _Epochs:
         self.estimator, self.validation = estimator, validation
         self.n_train, self.incremental = n_train, incremental
         self.best_params = estimator._model.params.copy()
+        self.best_running = estimator._model.engine.running.copy()
         self.stopped = False
 
     def on_epoch_end(self, epoch, history, model):
@@ -396,6 +496,7 @@ class _Epochs:
             if score > est.best_validation_score_:
                 est.best_validation_score_ = score
                 self.best_params = est._model.params.copy()
+                self.best_running = est._model.engine.running.copy()
         else:
             if est.loss_curve_[-1] > est.best_loss_ - est.tol:
                 est._no_improvement_count += 1
@@ -413,6 +514,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Multiclass targets train a softmax output with cross-entropy; binary and multilabel
     (indicator matrix) targets logistic outputs with binary cross-entropy, as scikit-learn.
+
+    Parameters beyond scikit-learn's
+    --------------------------------
+    dtype, clip_norm, n_threads : see the module docstring.
+    norm : None, "layer" or "batch", or a list of one per hidden layer
+        Normalisation of each hidden layer's product before its activation (PyTorch's
+        LayerNorm or BatchNorm1d; see fastbp.MLP). Batch normalisation trains on batches of 2
+        rows or more: with it, batch_size="auto" takes the size after min(200, n_samples)
+        that leaves no batch of 1 row, and a batch_size that leaves one is refused.
+    residual : bool
+        Hidden layers as wide as their input add it to their output; True needs one.
+    dropout : float in [0, 1), or a list of one per hidden layer
+        Dropout after each hidden activation, when training (predict does not drop). Its
+        masks are keyed by a seed drawn from random_state. Not with solver="lbfgs".
     """
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -421,7 +536,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", clip_norm=None, n_threads=None):
+                 dtype="float32", clip_norm=None, n_threads=None, norm=None, residual=False,
+                 dropout=0.0):
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)
@@ -516,7 +632,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """scikit-learn's MLPRegressor (squared error, identity output), trained by fastbp (see the
-    module docstring)."""
+    module docstring).
+
+    Parameters beyond scikit-learn's
+    --------------------------------
+    dtype, clip_norm, n_threads : see the module docstring.
+    norm, residual, dropout : the hidden layers' normalisation, residual connections and
+        dropout, as MLPClassifier's (see its docstring).
+    """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -524,7 +647,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", clip_norm=None, n_threads=None):
+                 dtype="float32", clip_norm=None, n_threads=None, norm=None, residual=False,
+                 dropout=0.0):
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)

@@ -24,6 +24,8 @@ THIRD_PARTY = {
 # scikit-learn's own helpers, imported so that the estimators check as scikit-learn's do.
 THIRD_PARTY_IMPORTS = {("sklearn.utils.multiclass", "_check_partial_fit_first_call"),
                        ("sklearn.utils.validation", "_check_sample_weight"),
+                       # (X's width as validate_data counts it, before the data are taken in)
+                       ("sklearn.utils.validation", "_num_features"),
                        # numba's allocation statistics, for the no-allocation benchmark
                        ("numba.core.runtime", "_nrt_python")}
 

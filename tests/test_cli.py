@@ -78,6 +78,32 @@ def test_options_are_used(capsys):
                                                 + summary["rows"]["validation"]) - 0.2) < 0.01
 
 
+def test_norm_residual_and_dropout_build_the_model(tmp_path, capsys):
+    """The three options reach the model: the summary reports the model's own settings, and
+    the saved model has them."""
+    saved = tmp_path / "model.npz"
+    summary = run_json(["--epochs", "5", "--layers", "32,32", "--norm", "batch", "--residual",
+                        "--dropout", "0.1", "--save", str(saved)], capsys)
+    assert summary["norm"] == ["batch", "batch"] and summary["dropout"] == [0.1, 0.1]
+    assert summary["residual"] is True and summary["test_accuracy"] > 0.9
+    model = fastbp.load(saved)
+    assert model.norm == ["batch", "batch"] and model.dropout == [0.1, 0.1] and model.residual
+    # One value per hidden layer; "none" leaves a layer without normalisation.
+    summary = run_json(["--epochs", "2", "--layers", "32,16", "--norm", "none,layer",
+                        "--dropout", "0.2,0"], capsys)
+    assert summary["norm"] == [None, "layer"] and summary["dropout"] == [0.2, 0.0]
+    assert summary["residual"] is False
+    code, out, err = run(["train", "--epochs", "1", "--layers", "64,64", "--norm", "layer",
+                          "--dropout", "0.5", "--residual"], capsys)
+    assert code == 0 and "(hidden relu/relu, layer/layer norm, dropout 0.5/0.5, residual)" in out
+
+
+def test_without_the_options_the_model_has_none_of_them(capsys):
+    summary = run_json(["--epochs", "1"], capsys)
+    assert summary["norm"] == [None] and summary["dropout"] == [0.0]
+    assert summary["residual"] is False
+
+
 def test_mse_loss_trains_on_one_hot_targets(capsys):
     summary = run_json(["--loss", "mse", "--epochs", "10", "--lr", "0.1"], capsys)
     assert summary["loss"] == "mse" and summary["test_accuracy"] > 0.8
@@ -176,6 +202,22 @@ def test_resume_continues_the_run_exactly(optimizer, tmp_path, capsys):
     assert code == 2 and "4 epochs done" in err
 
 
+def test_resume_continues_a_normalised_dropout_run_exactly(tmp_path, capsys):
+    """The model's running statistics and dropout masks go on from the file: two runs of 2
+    epochs are the run of 4."""
+    base = ["--layers", "32,32", "--norm", "batch,layer", "--dropout", "0.2", "--residual",
+            "--lr-schedule", "constant", "--lr", "0.1"]
+    whole, first, second = (tmp_path / f"{name}.npz" for name in ("whole", "first", "second"))
+    run_json(base + ["--epochs", "4", "--save", str(whole)], capsys)
+    run_json(base + ["--epochs", "2", "--save", str(first)], capsys)
+    summary = run_json(["--resume", str(first), "--epochs", "4", "--save", str(second)], capsys)
+    assert summary["norm"] == ["batch", "layer"] and summary["dropout"] == [0.2, 0.2]
+    a, b = fastbp.load(whole), fastbp.load(second)
+    assert np.array_equal(a.params, b.params) and a.training_passes == b.training_passes
+    assert np.array_equal(a.running_means[0], b.running_means[0])
+    assert np.array_equal(a.running_vars[0], b.running_vars[0])
+
+
 def test_cosine_schedule_rates(capsys):
     summary = run_json(["--epochs", "4", "--lr", "0.4", "--warmup", "1"], capsys)
     expected = [0.4 / 2] + [0.4 * 0.5 * (1 + np.cos(np.pi * e / 3)) for e in (0, 1, 2)]
@@ -264,6 +306,20 @@ def bad_inputs(tmp):
         (["train", "--activation", "swish"], "swish"),
         (["train", "--activation", "relu,tanh", "--layers", "8"], "--activation"),
         (["train", "--loss", "hinge"], "--loss"),
+        (["train", "--norm", "group"], "--norm: unknown normalisation 'group'"),
+        (["train", "--norm", "batch,layer"], "--norm: 2 names for 1 hidden layers"),
+        (["train", "--norm", "layer", "--layers", "none"], "--norm applies to hidden layers"),
+        (["train", "--norm", "batch", "--batch-size", "2"], "--batch-size 2: batch norm"),
+        (["train", "--norm", "batch", "--batch-size", "647"], "leave a batch of 1 row"),
+        (["train", "--dropout", "1.5"], "--dropout"),
+        (["train", "--dropout", "1"], "--dropout"),
+        (["train", "--dropout", "-0.1"], "--dropout"),
+        (["train", "--dropout", "nan"], "--dropout"),
+        (["train", "--dropout", "0.1,x", "--layers", "8,8"], "--dropout"),
+        (["train", "--dropout", "0.1,0.2,0.3", "--layers", "8,8"],
+         "--dropout: 3 values for 2 hidden layers"),
+        (["train", "--residual"], "--residual: no hidden layer of sizes [64, 128, 10]"),
+        (["train", "--residual", "--layers", "none"], "--residual applies to hidden layers"),
         (["train", "--dtype", "float16"], "--dtype"),
         (["train", "--val-fraction", "1"], "--val-fraction"),
         (["train", "--test-fraction", "0"], "--test-fraction"),
@@ -436,7 +492,7 @@ def test_python_m_and_help():
     for option in ("--data", "--data-dir", "--layers", "--activation", "--loss", "--epochs",
                    "--batch-size", "--lr", "--clip-norm", "--threads", "--seed", "--dtype",
                    "--val-fraction", "--early-stopping", "--save", "--plot", "--quiet",
-                   "--json"):
+                   "--json", "--norm", "--residual", "--dropout"):
         assert option in result.stdout
 
 
@@ -494,7 +550,9 @@ def test_resume_refuses_other_settings_and_model_options(tmp_path, capsys):
                            (["--batch-size", "16", "--seed", "3"], "--seed 3 (the run's: 0)"),
                            (["--batch-size", "16", "--layers", "64", "--lr", "0.1"],
                             "drop --layers, --lr"),
-                           (["--batch-size", "16", "--optimizer", "adam"], "drop --optimizer")):
+                           (["--batch-size", "16", "--optimizer", "adam"], "drop --optimizer"),
+                           (["--batch-size", "16", "--norm", "layer", "--residual", "--dropout",
+                             "0.1"], "drop --norm, --residual, --dropout")):
         code, out, err = run(["train", "--quiet", "--epochs", "3", "--resume", str(saved),
                               "--save", str(saved)] + argv, capsys)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

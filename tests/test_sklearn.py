@@ -13,6 +13,7 @@ import pytest
 sklearn = pytest.importorskip("sklearn")
 
 from sklearn import neural_network                                      # noqa: E402
+from sklearn.base import clone                                          # noqa: E402
 from sklearn.datasets import load_digits, make_multilabel_classification  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning, NotFittedError       # noqa: E402
 from sklearn.model_selection import GridSearchCV, cross_val_score      # noqa: E402
@@ -108,8 +109,11 @@ def test_warm_start_with_a_new_alpha_trains_as_scikit_learns(digits, solver):
     _assert_same_network(ours, theirs, rtol=1e-9 if solver == "sgd" else 1e-6)
 
 
+@pytest.mark.parametrize("norm", [None, "batch"])
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])
-def test_sparse_X_trains_as_dense_X(digits, solver, monkeypatch):
+def test_sparse_X_trains_as_dense_X(digits, solver, norm, monkeypatch):
+    """(Under batch normalisation L-BFGS takes a sparse X whole: the statistics are the whole
+    batch's, not a chunk's.)"""
     import scipy.sparse
 
     import fastbp.sklearn as estimators
@@ -117,7 +121,7 @@ def test_sparse_X_trains_as_dense_X(digits, solver, monkeypatch):
     X, y = digits
     X = np.where(np.abs(X) > 1.0, X, 0.0)   # about 80% zeros
     params = dict(max_iter=5, random_state=0, hidden_layer_sizes=(32,), solver=solver,
-                  dtype="float64")
+                  dtype="float64", norm=norm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         dense = MLPClassifier(**params).fit(X, y)
@@ -288,6 +292,179 @@ def test_worker_processes_share_the_cores(digits):
     assert here == (1, before)   # n_threads holds for the fit only
 
 
+# -- fastbp's normalisation, residual connections and dropout -----------------------------------
+
+
+def test_the_defaults_leave_the_network_and_its_training_as_they_were(digits):
+    X, y = digits[0][:300], digits[1][:300]
+    params = dict(max_iter=3, random_state=0, hidden_layer_sizes=(16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        implicit = MLPClassifier(**params).fit(X, y)
+        explicit = MLPClassifier(norm=None, residual=False, dropout=0.0, **params).fit(X, y)
+    model = explicit._model
+    assert model.norm == [None, None] and model.dropout == [0.0, 0.0] and not model.residual
+    for mine, other in zip(explicit.coefs_ + explicit.intercepts_,
+                           implicit.coefs_ + implicit.intercepts_):
+        np.testing.assert_array_equal(mine, other)
+    assert explicit.loss_curve_ == implicit.loss_curve_
+
+
+def _split(digits):
+    X, y = digits
+    return X[:1400], y[:1400], X[1400:], y[1400:]
+
+
+@pytest.mark.parametrize("params", [dict(norm="batch", dropout=0.2),
+                                    dict(norm="layer", residual=True, dropout=[0.1, 0.0],
+                                         hidden_layer_sizes=(64, 64)),
+                                    dict(norm=["batch", None], solver="sgd",
+                                         learning_rate_init=0.05, hidden_layer_sizes=(64, 32))])
+def test_normalised_residual_and_dropout_networks_train_and_predict_deterministically(
+        digits, params):
+    X, y, X_test, y_test = _split(digits)
+    hidden = len(params.get("hidden_layer_sizes", (100,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(max_iter=30, random_state=0, **params).fit(X, y)
+    norm, dropout = params.get("norm"), params.get("dropout", 0.0)
+    assert model._model.norm == (norm if isinstance(norm, list) else [norm] * hidden)
+    assert model._model.dropout == (dropout if isinstance(dropout, list) else [dropout] * hidden)
+    assert model._model.residual == params.get("residual", False)
+    assert model.score(X_test, y_test) > 0.85   # (the default network: 0.89)
+    # Inference: running statistics, no dropout; the same outputs every time.
+    np.testing.assert_array_equal(model.predict_proba(X_test), model.predict_proba(X_test))
+    np.testing.assert_array_equal(model.predict(X_test), model.predict(X_test))
+
+
+def test_dropout_masks_follow_random_state(digits):
+    X, y = digits[0][:300], digits[1][:300]
+    params = dict(max_iter=3, hidden_layer_sizes=(32,), dropout=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        first, again, other = (MLPClassifier(random_state=seed, **params).fit(X, y)
+                               for seed in (0, 0, 1))
+        without = MLPClassifier(random_state=0, **dict(params, dropout=0.0)).fit(X, y)
+    np.testing.assert_array_equal(first.coefs_[0], again.coefs_[0])
+    assert not np.array_equal(first.coefs_[0], other.coefs_[0])
+    assert not np.array_equal(first.coefs_[0], without.coefs_[0])
+
+
+def test_regressor_takes_the_same_parameters(digits):
+    X, y = digits
+    target = np.stack([y / 10.0, np.sin(y)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPRegressor(max_iter=100, random_state=0, hidden_layer_sizes=(64, 64),
+                             norm="layer", residual=True, dropout=0.1).fit(X, target)
+    assert model._model.norm == ["layer", "layer"] and model._model.residual
+    assert model.score(X, target) > 0.8
+    np.testing.assert_array_equal(model.predict(X), model.predict(X))
+
+
+def test_lbfgs_trains_a_batch_normalised_network_and_refuses_dropout(digits):
+    X, y, X_test, y_test = _split(digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(solver="lbfgs", max_iter=100, random_state=0,
+                              hidden_layer_sizes=(32,), norm="batch").fit(X, y)
+    assert model.score(X_test, y_test) > 0.9
+    with pytest.raises(ValueError, match="dropout: the lbfgs solver"):
+        MLPClassifier(solver="lbfgs", dropout=0.1).fit(X, y)
+
+
+def test_batch_norm_batches_of_one_row(digits):
+    """scikit-learn's batch_size="auto", min(200, n_samples), would leave a last batch of 1
+    row of 201: under batch normalisation "auto" takes a size that leaves none; a batch_size
+    that leaves one is refused, naming it."""
+    X, y = digits[0][:201], digits[1][:201]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(norm="batch", max_iter=2, random_state=0).fit(X, y)
+        plain = MLPClassifier(max_iter=2, random_state=0).fit(X, y)
+    assert model._batch_size(201) == 201 and model._batch_size(1000) == 200
+    assert model._batch_size(150) == 150 and plain._batch_size(201) == 200
+    with pytest.raises(ValueError, match="batch_size: .* 201 training rows in batches of 100"):
+        MLPClassifier(norm="batch", batch_size=100).fit(X, y)
+    with pytest.raises(ValueError, match="n_samples = 1"):
+        MLPRegressor(norm="batch", hidden_layer_sizes=(4,)).fit(X[:1], [1.0])
+    with pytest.raises(ValueError, match="n_samples = 1"):
+        MLPRegressor(norm="batch", hidden_layer_sizes=(4,), solver="lbfgs").fit(X[:1], [1.0])
+
+
+class _RecordingValidation(MLPClassifier):
+    """MLPClassifier that keeps the validation rows early stopping scores."""
+
+    def _validation_score(self, X, y, sample_weight):
+        self.validation_rows_ = X, y
+        return super()._validation_score(X, y, sample_weight)
+
+
+def test_early_stopping_restores_the_best_epochs_running_statistics(digits):
+    X, y = digits
+    model = _RecordingValidation(norm="batch", early_stopping=True, n_iter_no_change=3,
+                                 max_iter=60, random_state=0, learning_rate_init=0.05,
+                                 hidden_layer_sizes=(32,)).fit(X, y)
+    scores = model.validation_scores_
+    assert scores.index(model.best_validation_score_) < len(scores) - 1   # not the last
+    X_val, y_val = model.validation_rows_
+    assert model.score(X_val, model.classes_[y_val]) == model.best_validation_score_
+
+
+def test_get_params_set_params_and_clone_carry_them():
+    model = MLPClassifier(norm=["batch", None], residual=True, dropout=0.25)
+    params = model.get_params()
+    assert (params["norm"], params["residual"], params["dropout"]) == (["batch", None], True,
+                                                                       0.25)
+    copy = clone(model).set_params(norm="layer", dropout=[0.1, 0.2])
+    assert (copy.norm, copy.residual, copy.dropout) == ("layer", True, [0.1, 0.2])
+    assert model.norm == ["batch", None]
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(norm="group"), "norm: expected None or one of 'layer', 'batch', got 'group'"),
+    (dict(norm=["batch"], hidden_layer_sizes=(8, 8)), "norm: expected one value, or a list of 2"),
+    (dict(norm=1), "norm"),
+    (dict(dropout=1.0), "dropout: expected a value in \\[0, 1\\)"),
+    (dict(dropout=-0.1), "dropout"),
+    (dict(dropout=float("nan")), "dropout"),
+    (dict(dropout="0.1"), "dropout"),
+    (dict(dropout=[0.1, 1.5], hidden_layer_sizes=(8, 8)), "dropout"),
+    (dict(residual="yes"), "residual"),
+    (dict(residual=True, hidden_layer_sizes=(32, 16)), "residual: no hidden layer"),
+    (dict(solver="lbfgs", dropout=0.5), "dropout"),
+])
+def test_bad_layer_options_are_refused_and_the_fitted_model_kept(digits, params, message):
+    X, y = digits
+    model = MLPClassifier(max_iter=2, random_state=0, hidden_layer_sizes=(8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    fitted, before = model._model, [c.copy() for c in model.coefs_]
+    state = {k: v for k, v in vars(model).items() if k.endswith("_")}
+    with pytest.raises(ValueError, match=message):
+        model.set_params(**params).fit(X[:, :20], y % 2)   # (other data: not taken in)
+    assert model._model is fitted and model.n_features_in_ == 64
+    assert {k: v for k, v in vars(model).items() if k.endswith("_")}.keys() == state.keys()
+    assert list(model.classes_) == list(range(10))
+    for mine, old in zip(model.coefs_, before):
+        np.testing.assert_array_equal(mine, old)
+
+
+@pytest.mark.parametrize("change", [dict(norm="layer"), dict(dropout=0.2),
+                                    dict(residual=True, hidden_layer_sizes=(16, 16))])
+def test_warm_start_refuses_another_network(digits, change):
+    X, y = digits
+    model = MLPClassifier(max_iter=2, random_state=0, warm_start=True,
+                          hidden_layer_sizes=(16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"{name}: warm_start and partial_fit continue"):
+        model.set_params(**change).fit(X, y)
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -341,6 +518,25 @@ CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": {"dtype": "floa
 
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
 def test_scikit_learn_estimator_checks(estimator, check):
+    estimator.set_params(**CHECK_PARAMS.get(getattr(check, "func", check).__name__, {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def _not_sample_weights(estimator):
+    """Batch statistics and dropout masks depend on the rows themselves: a row repeated is not
+    a row weighted 2 (as in PyTorch), which these checks assume."""
+    reason = "batch statistics and dropout masks depend on the rows, not their weights"
+    return {"check_sample_weight_equivalence_on_dense_data": reason,
+            "check_sample_weight_equivalence_on_sparse_data": reason}
+
+
+@parametrize_with_checks([MLPClassifier(max_iter=100, norm="batch", dropout=0.1),
+                          MLPRegressor(max_iter=100, norm="layer", residual=True,
+                                       dropout=[0.2, 0.0], hidden_layer_sizes=(32, 32))],
+                         expected_failed_checks=_not_sample_weights)
+def test_scikit_learn_estimator_checks_with_the_layer_options(estimator, check):
     estimator.set_params(**CHECK_PARAMS.get(getattr(check, "func", check).__name__, {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
