@@ -390,9 +390,6 @@ def rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **settin
         "output activation": model.output_activation, "loss": model.loss,
         "l2": model.l2, "dtype": np.dtype(model.dtype).name,
         "norm": tuple(model.norm), "residual": model.residual, "dropout": tuple(model.dropout),
-        "running statistics and dropout key (CRC-32)": zlib.crc32(
-            model.engine.counter[:2].view(np.uint8), zlib.crc32(model.engine.running.view(
-                np.uint8))),
         "optimizer": type(optimizer).__name__,
         "optimizer settings and state (CRC-32)": None if spec is None else zlib.crc32(
             spec.state.view(np.uint8), zlib.crc32(spec.hyper.view(np.uint8))),

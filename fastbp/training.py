@@ -311,22 +311,37 @@ class _Run:
             raise ValueError("sample_weight: every weight of every rank's part is 0 (the "
                              "weighted mean loss 0/0 is undefined)")
         ranks.broadcast(self.model.params)
+        # Rank 0's running statistics and dropout key too (a seed=None model draws its own).
+        ranks.broadcast(self.model.engine.running)
+        ranks.broadcast(self.model.engine.counter)
         n_samples = self.n_samples = ranks.n_total
         self.batch_size = min(self.batch_size, n_samples)
         # No step spans more than an epoch.
         self.accumulate = min(self.accumulate, -(-n_samples // self.batch_size))
         self.rows_per_step = self.batch_size * self.accumulate
-        last = n_samples % self.batch_size
-        if layout.BATCH_NORM in self.model.engine.kinds and 1 in (self.batch_size, last):
+        if layout.BATCH_NORM in self.model.engine.kinds and 1 in self._batch_rows(ranks):
             raise ValueError(f"batch_size: batch normalisation needs at least 2 rows in every "
                              f"training batch; {n_samples} rows in batches of "
-                             f"{self.batch_size} leave a batch of 1 row (choose another "
-                             "batch_size)")
+                             f"{self.batch_size}" + (f" shared by {ranks.size} ranks"
+                                                     if ranks.size > 1 else "")
+                             + " leave a batch of 1 row (choose another batch_size)")
         # The dropout masks are keyed by the rows' global indices.
         self.model.engine.counter[2] = ranks.offset if ranks.shard else 0
         if self.initial_step * self.rows_per_step >= n_samples:   # (on every rank alike)
             raise ValueError(f"initial_step: {self.initial_step}, but an epoch has "
                              f"{-(-n_samples // self.rows_per_step)} steps")
+
+    def _batch_rows(self, ranks):
+        """The row counts of the batches a rank computes, over an epoch's steps: each step's
+        rows (rows_per_step, and the last step's), this rank's share of them (without shard,
+        a contiguous slice: the floor or the ceiling of an equal share), cut into batches of
+        batch_size. (With shard, a share depends on where the rows fall: not foreseen.)"""
+        steps = {self.rows_per_step, self.n_samples % self.rows_per_step} - {0}
+        size = 1 if ranks.shard else ranks.size
+        shares = {n // size for n in steps} | {-(-n // size) for n in steps}
+        return {rows for share in shares
+                for rows in [min(self.batch_size, share), share % self.batch_size]
+                if rows or not share}
 
     # -- the epoch loop -----------------------------------------------------------------------
 
