@@ -337,12 +337,13 @@ class Engine:
     @contextlib.contextmanager
     def kept_state(self):
         """Run passes that must leave no trace (a warm-up, the gradient checker): the running
-        statistics and the counter are put back afterwards."""
-        running, counter = self.running.copy(), self.counter.copy()
+        statistics and the counter are put back afterwards (remember_state's buffers: no step
+        inside may use them)."""
+        self.remember_state()
         try:
             yield
         finally:
-            self.running[...], self.counter[...] = running, counter
+            self.restore_state()
 
     def ready_epoch(self, spec, X, y, batch_size):
         """Ready what train_steps runs for a kernels.Update, checked X and y (a row or more) and
