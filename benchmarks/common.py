@@ -111,9 +111,9 @@ class Net:
         work, net = m.engine.work, m.engine.net
         self.forward = lambda: kernels.entry.forward(work.acts, m.params, self.X, *net)
         self.loss_and_grad = lambda: kernels.entry.loss_and_grad(
-            m.grads, *work, m.params, self.X, self.y, *net, None)   # None: no weights
+            m.grads, *work, m.params, self.X, self.y, *net, None, None)  # no weights, row ids
         self.train_step = lambda: kernels.entry.train_step(
-            m.params, m.grads, *work, self.X, self.y, *net, *spec, None)
+            m.params, m.grads, *work, self.X, self.y, *net, *spec, None, None)
         self.forward()
         self.loss_and_grad()
         self.train_step()

@@ -105,3 +105,21 @@ def test_sklearn_bench_writes_its_ceiling(tmp_path):
         assert case["peak_s"] == pytest.approx(flops / case["peak_gflops"] / 1e9)
         assert case["speedup_ceiling_at_peak"] == pytest.approx(case["sklearn_fit_s"]
                                                                 / case["peak_s"])
+
+
+def test_asv_suite_kernel_calls_match_the_entry_points(monkeypatch):
+    """benchmarks/common.Net calls kernels.entry's flat entry points directly: after a change
+    of their parameters it must still run them and compute what the model's own calls do."""
+    import pathlib
+    import numpy as np
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    import common
+    net = common.Net([6, 5, common.N_CLASSES], 4, "float64")
+    model = net.model
+    loss = net.loss_and_grad()
+    grads = model.grads.copy()
+    assert loss == model.loss_and_grad(net.X, net.y) and np.array_equal(grads, model.grads)
+    np.testing.assert_array_equal(net.forward(), model.forward(net.X))
+    before = model.params.copy()
+    net.train_step()
+    assert not np.array_equal(before, model.params)
