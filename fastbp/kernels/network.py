@@ -385,6 +385,19 @@ def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, param
 # -- forward and loss --------------------------------------------------------------------------
 
 
+def _unliteral(value):
+    """value, typed as a plain int64 where compiled code passes a constant: Numba compiles a
+    function once more for each constant int it is called with (it types them as literals), and
+    _forward_layers, called with three constant modes (and a first layer of 0 or a variable),
+    compiled three times in a training run."""
+    return value
+
+
+@overload(_unliteral, jit_options=SERIAL, prefer_literal=False)
+def _unliteral_impl(value):
+    return lambda value: value
+
+
 @njit(**SERIAL)
 def _forward_layers(acts, params, x, net, first, stop, scratch, mode, row_ids):
     """Layers first..stop-1, reading layer first-1's output (x when first == 0), in mode
@@ -400,7 +413,8 @@ def _forward_layers(acts, params, x, net, first, stop, scratch, mode, row_ids):
 def _forward(acts, params, x, net, scratch, mode, row_ids):
     """mlp_forward with a scratch for dense_forward, in mode (see _forward_layers)."""
     n_layers = net.activations.shape[0]
-    _forward_layers(acts, params, x, net, 0, n_layers, scratch, mode, row_ids)
+    _forward_layers(acts, params, x, net, _unliteral(0), n_layers, scratch,
+                    _unliteral(mode), row_ids)
     return _layer_output(acts, net, x.shape[0], n_layers - 1)
 
 
@@ -612,7 +626,7 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
             # written. (Big enough for the same input splits as the first pass, so the
             # recomputed outputs are bitwise the first ones.)
             _forward_layers(acts, params, x, net, segment_start, layer,
-                            _delta_half(deltas, 1 - half), REPLAY, row_ids)
+                            _delta_half(deltas, 1 - half), _unliteral(REPLAY), row_ids)
         if layer == 0:   # x: no activation, and no gradient wanted (dinp without rows)
             inp, inp_pre, inp_activation = x, x, IDENTITY
             dinp = _delta(deltas, 0, net.sizes[0], 1 - half)
