@@ -62,6 +62,39 @@ def test_dropout_masks_do_not_depend_on_the_thread_count():
     assert len(outputs) == 1
 
 
+_NORM_KERNELS = """
+import hashlib, numpy as np, sys
+from fastbp import kernels
+rng = np.random.default_rng(0)
+b, n = 512, 512   # big enough to be split between threads
+z, dout = rng.standard_normal((2, b, n), dtype=np.float32)
+gamma, beta = 1 + rng.standard_normal((2, n), dtype=np.float32) / 4
+out, xhat, dinp = np.empty((3, b, n), np.float32)
+rstd, dgamma, dbeta = np.empty(b, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+kernels.layer_norm_forward(out, xhat, rstd, z, gamma, beta)
+kernels.layer_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma)
+arrays = [out, xhat, rstd, dinp, dgamma, dbeta]
+mean, col_rstd = np.empty(n, np.float32), np.empty(n, np.float32)
+running_mean, running_var = np.zeros(n), np.ones(n)
+kernels.batch_norm_forward(out, xhat, mean, col_rstd, running_mean, running_var, z, gamma, beta,
+                           True)
+kernels.batch_norm_backward(dinp, dgamma, dbeta, dout, xhat, col_rstd, gamma)
+arrays += [out, xhat, mean, col_rstd, running_mean, running_var, dinp, dgamma, dbeta]
+sys.stdout.write(hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest())
+"""
+
+
+def test_normalisation_kernels_do_not_depend_on_the_thread_count():
+    """One thread runs each pass whole (layer norm's backward then sums the scale and shift
+    gradients in its row pass); several split rows or columns: the same bits."""
+    outputs = set()
+    for threads in ("1", "2", "3"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        outputs.add(subprocess.run([sys.executable, "-c", _NORM_KERNELS], env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert len(outputs) == 1
+
+
 # -- PyTorch float64 ---------------------------------------------------------------------------
 
 CONFIGS = {

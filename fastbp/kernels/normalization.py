@@ -125,8 +125,15 @@ def _scale_shift_backward(dgamma, dbeta, dout, xhat):
 
 
 @njit(**SERIAL)
-def _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, r0, r1):
+def _layer_norm_backward_rows(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, r0, r1):
+    """Rows r0..r1-1 of dinp; with dgamma and dbeta of N elements (else empty), also their
+    column sums over those rows, in row order as _scale_shift_grads adds them (so one thread
+    running every row gets its bits while reading each row once)."""
     n = dout.shape[1]
+    sums = dgamma.shape[0] > 0
+    if sums:
+        dgamma[:] = 0
+        dbeta[:] = 0
     for i in range(r0, r1):
         d, x, g = dout[i], xhat[i], dinp[i]
         mean_d = as_type_of(d[0], 0.0)   # (in the dtype, as _layer_norm_rows's sums)
@@ -135,6 +142,11 @@ def _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, r0, r1):
             dx = d[j] * gamma[j]
             mean_d += dx
             mean_dx += dx * x[j]
+        if sums:
+            for j in range(n):
+                dgamma[j] += d[j] * x[j]
+            for j in range(n):
+                dbeta[j] += d[j]
         mean_d = as_type_of(d[0], mean_d / n)
         mean_dx = as_type_of(d[0], mean_dx / n)
         r = rstd[i]
@@ -150,15 +162,16 @@ def _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, r0, r1):
 def layer_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma):
     """Backward of layer_norm_forward, given dout (B, N) = dL/dout: dgamma (N,) and dbeta (N,)
     (overwritten) and dinp (B, N) = dL/dinp. dinp may be dout."""
-    _scale_shift_backward(dgamma, dbeta, dout, xhat)
     n_rows = dout.shape[0]
     tiles = n_tiles(n_rows, 4 * dout.shape[1])
     if tiles == 1:
-        _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, 0, n_rows)
+        _layer_norm_backward_rows(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, 0, n_rows)
         return
+    _scale_shift_backward(dgamma, dbeta, dout, xhat)
     for t in prange(tiles):
         r0, r1 = span(t, tiles, n_rows)
-        _layer_norm_backward_rows(dinp, dout, xhat, rstd, gamma, r0, r1)
+        _layer_norm_backward_rows(dinp, dgamma[:0], dbeta[:0], dout, xhat, rstd, gamma, r0,
+                                  r1)
 
 
 @njit(**SERIAL)
