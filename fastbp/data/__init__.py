@@ -19,6 +19,10 @@
   taken as a header. Labels are whole numbers 0..C-1, or names (any non-numeric text), which
   become classes 0..C-1 in sorted order.
 
+Regression (``task="regression"``): the label column of a .csv (or a .npz's ``y``, which may
+have one column per target) holds numbers, the targets, which are standardised like features
+(the transform in ``Dataset.target_offset`` and ``target_scale``).
+
 Splits (reproducible): the test rows are the official test set when there is one (MNIST,
 Fashion-MNIST, ``X_test``/``y_test`` in a .npz); otherwise a stratified ``test_fraction`` of the
 rows, drawn with a fixed seed so that every run is scored on the same rows. The validation rows
@@ -52,19 +56,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import DataError, limit_origin, memory_limit, read_csv, read_idx, read_npz
+from .files import DataError, csv_width, limit_origin, memory_limit, read_csv, read_idx, read_npz
 from .named import NAMED, cache_dir, digits_path, download_verified, fetch, read_idx_set
 from .prepare import (MAX_CLASSES, apply_scaling, check_test_classes, fit_scaling,
-                      integer_labels, labels_from_strings, split_indices)
+                      fit_target_scaling, float_targets, integer_labels, labels_from_strings,
+                      restore_targets, split_indices)
 
 __all__ = ["DataError", "Dataset", "load", "read_idx", "read_npz", "read_csv", "fetch",
            "download_verified", "cache_dir", "split_indices", "NAMED", "digits_path",
-           "read_idx_set", "memory_limit", "MAX_CLASSES", "SCALINGS"]
+           "read_idx_set", "memory_limit", "MAX_CLASSES", "SCALINGS", "TASKS",
+           "restore_targets", "read_features"]
 
 # Seed of the test split of data sets without an official test set: fixed, so that every run
 # (whatever its --seed) is scored on the same rows.
 TEST_SPLIT_SEED = 20240601
 SCALINGS = ("auto", "standard", "unit", "none")
+TASKS = ("classification", "regression")
 
 
 @dataclass
@@ -74,6 +81,10 @@ class Dataset:
     X arrays are C-contiguous (rows, n_features) in the requested float dtype; y arrays are int64
     class labels 0..n_classes-1. ``X_val``/``y_val`` have zero rows when ``val_fraction`` is 0.
     ``offset`` and ``scale`` (length n_features) give the scaling: ``X = (raw - offset) / scale``.
+
+    With ``task="regression"``, y arrays are the targets (rows, n_targets), standardised in the
+    same float dtype, ``y = (raw - target_offset) / target_scale`` (``restore_targets`` undoes
+    it); ``n_classes`` is 0 and ``class_names`` empty.
     """
     name: str
     X_train: np.ndarray
@@ -89,14 +100,24 @@ class Dataset:
     scaling: str
     image_shape: tuple = None
     notes: list = field(default_factory=list)
+    task: str = "classification"
+    target_offset: np.ndarray = None
+    target_scale: np.ndarray = None
 
     @property
     def n_features(self):
         return self.X_train.shape[1]
 
+    @property
+    def n_outputs(self):
+        """The outputs a model of this data has: one per class, or one per target."""
+        return self.n_classes if self.task == "classification" else self.y_train.shape[1]
+
     def summary(self):
         """One line: the name and the size of each split."""
-        return (f"{self.name}: {self.n_features} features, {self.n_classes} classes; "
+        outputs = (f"{self.n_classes} classes" if self.task == "classification"
+                   else f"{self.n_outputs} target{'s' * (self.n_outputs > 1)} (standardised)")
+        return (f"{self.name}: {self.n_features} features, {outputs}; "
                 f"{len(self.y_train)} training, {len(self.y_val)} validation, "
                 f"{len(self.y_test)} test rows")
 
@@ -116,21 +137,26 @@ class _Raw:
 
 
 def load(source="digits", data_dir=None, val_fraction=0.1, test_fraction=0.2, seed=0,
-         label_column=-1, dtype=np.float32, scaling="auto", download=True, log=None):
+         label_column=-1, dtype=np.float32, scaling="auto", download=True, log=None,
+         task="classification"):
     """Load ``source`` and split and scale it (see the module docstring). Returns a Dataset.
 
     ``download=False`` refuses to download missing MNIST/Fashion-MNIST files; ``log`` receives a
-    line before each download.
+    line before each download. ``task="regression"`` reads the label column (a .npz's y, which
+    may have one column per target) as float targets and standardises them (see Dataset); the
+    splits are then not stratified. The named data sets are classification only.
 
     Raises DataError for problems with the data, ValueError for bad arguments.
     """
     dtype = _check_load_args(source, val_fraction, test_fraction, scaling, dtype)
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r:.60}")
     source = os.fspath(source)
     try:
-        raw = _read_source(source, data_dir, label_column, download, log)
-        n_classes = _classes(raw)
+        raw = _read_source(source, data_dir, label_column, download, log, task)
+        n_classes = _classes(raw) if task == "classification" else 0
         return _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype,
-                                raw.auto if scaling == "auto" else scaling)
+                                raw.auto if scaling == "auto" else scaling, task)
     except MemoryError:
         raise DataError(f"{source}: not enough memory to load it (the limit is "
                         f"{memory_limit():,} bytes)") from None
@@ -156,7 +182,10 @@ def _check_load_args(source, val_fraction, test_fraction, scaling, dtype):
     return checked
 
 
-def _read_source(source, data_dir, label_column, download, log):
+def _read_source(source, data_dir, label_column, download, log, task="classification"):
+    if task == "regression" and (source == "digits" or source in NAMED):
+        raise DataError(f"{source}: a classification data set (class labels, not values); "
+                        "regression takes a .npz or .csv file of numeric targets")
     if source == "digits":
         if data_dir is not None:
             raise ValueError("data_dir: the digits are shipped with fastbp; data_dir applies "
@@ -175,10 +204,13 @@ def _read_source(source, data_dir, label_column, download, log):
         raise ValueError("data_dir: applies to mnist and fashion-mnist only, not to a file")
     lower = source.lower()
     if lower.endswith(".npz"):
-        raw = _read_npz_source(source)
+        raw = _read_npz_source(source, task)
     elif lower.endswith((".csv", ".csv.gz")):
         X, text_labels = read_csv(source, label_column)
-        y, class_names = labels_from_strings(text_labels, source)
+        if task == "regression":
+            y, class_names = float_targets(text_labels, source), None
+        else:
+            y, class_names = labels_from_strings(text_labels, source)
         raw = _Raw(os.path.basename(source), X, y, class_names=class_names)
     elif os.path.exists(source) or os.sep in source or "." in source:
         raise DataError(f"{source}: unsupported file type; expected a .npz, .csv or .csv.gz "
@@ -192,17 +224,49 @@ def _read_source(source, data_dir, label_column, download, log):
     return raw
 
 
-def _read_npz_source(source):
+def read_features(source, n_features, label_column=-1):
+    """The raw features (N, n_features) float64 of a file, for a model that takes n_features:
+    a .csv or .csv.gz with n_features columns, or one more holding the label in
+    ``label_column`` (dropped, so that a file train read can be predicted on as it is); or a
+    .npz's array X (its other arrays are ignored). DataError for anything else, naming it."""
+    source = os.fspath(source)
+    lower = source.lower()
+    if lower.endswith(".npz"):
+        X = read_npz(source).get("X")
+        if X is None or X.ndim < 2 or X.dtype.kind not in "biuf" or X.size == 0:
+            raise DataError(f"{source}: needs an array X of real numbers with one row per "
+                            "sample")
+        X = X.reshape(len(X), -1)
+    elif lower.endswith((".csv", ".csv.gz")):
+        width = csv_width(source)
+        if width not in (n_features, n_features + 1):
+            raise DataError(f"{source}: {width} columns; the model takes {n_features} "
+                            f"features (and the file may add the label column)")
+        X, _ = read_csv(source, label_column if width > n_features else None)
+    else:
+        raise DataError(f"{source}: unsupported file type; expected a .npz, .csv or .csv.gz "
+                        "file")
+    if X.shape[1] != n_features:
+        raise DataError(f"{source}: {X.shape[1]} features; the model takes {n_features}")
+    if not np.all(np.isfinite(X)):
+        raise DataError(f"{source}: features contain NaN or Inf")
+    return X
+
+
+def _read_npz_source(source, task="classification"):
     arrays = read_npz(source)
-    X, y = _check_xy(arrays, source)
+    X, y = _check_xy(arrays, source, task=task)
     if ("X_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{source}: has only one of X_test and y_test; give both or neither")
     X_test = y_test = None
     if "X_test" in arrays:
-        X_test, y_test = _check_xy(arrays, source, "X_test", "y_test")
+        X_test, y_test = _check_xy(arrays, source, "X_test", "y_test", task)
         if X_test.shape[1] != X.shape[1]:
             raise DataError(f"{source}: X_test has {X_test.shape[1]} features, X has "
                             f"{X.shape[1]}")
+        if y_test.shape[1:] != y.shape[1:]:
+            raise DataError(f"{source}: y_test has {y_test.shape[1]} targets, y has "
+                            f"{y.shape[1]}")
     return _Raw(os.path.basename(source), X, y, X_test, y_test)
 
 
@@ -221,24 +285,28 @@ def _classes(raw):
     return n_classes
 
 
-def _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype, scaling):
+def _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype, scaling,
+                     task="classification"):
     name, X, y, X_test, y_test = raw.name, raw.X, raw.y, raw.X_test, raw.y_test
     output_bytes = (len(X) + (0 if X_test is None else len(X_test))) * X.shape[1] * dtype.itemsize
     if output_bytes > memory_limit():
         raise DataError(f"{name}: the scaled {dtype.name} features would take "
                         f"{output_bytes:,} bytes, more than the memory limit of "
                         f"{memory_limit():,} bytes ({limit_origin()}); float32 takes half")
+    classes = y if task == "classification" else None   # strata: none for values
     if X_test is None:
         keep, test = split_indices(len(y), test_fraction,
-                                   np.random.default_rng(TEST_SPLIT_SEED), y)
+                                   np.random.default_rng(TEST_SPLIT_SEED), classes)
         if len(test) == 0:
             raise DataError(f"{name}: test_fraction {test_fraction} of {len(y)} rows leaves no "
                             "test row; give more rows or a larger fraction")
         X, y, X_test, y_test = X[keep], y[keep], X[test], y[test]
     if len(y) < 2:
         raise DataError(f"{name}: only {len(y)} training row(s) after the test split")
-    check_test_classes(y, y_test, raw.class_names, name)
-    train, val = split_indices(len(y), val_fraction, np.random.default_rng(seed), y)
+    if task == "classification":
+        check_test_classes(y, y_test, raw.class_names, name)
+    train, val = split_indices(len(y), val_fraction, np.random.default_rng(seed),
+                               y if task == "classification" else None)
     if len(train) == 0:
         raise DataError(f"{name}: no training rows left after the validation split")
     if val_fraction > 0 and len(val) == 0:
@@ -250,6 +318,9 @@ def _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype, s
     def prepare(features):
         return apply_scaling(features, offset, scale, dtype, name)
 
+    if task == "regression":
+        return _regression_dataset(raw, (X_train, y_train, X_val, y_val, X_test, y_test),
+                                   prepare, offset, scale, description, dtype)
     return Dataset(name=name, X_train=prepare(X_train), y_train=y_train.astype(np.int64),
                    X_val=prepare(X_val), y_val=y_val.astype(np.int64),
                    X_test=prepare(X_test), y_test=y_test.astype(np.int64),
@@ -257,7 +328,23 @@ def _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype, s
                    scale=scale, scaling=description, image_shape=raw.image_shape)
 
 
-def _check_xy(arrays, what, x_key="X", y_key="y"):
+def _regression_dataset(raw, rows, prepare, offset, scale, description, dtype):
+    """The Dataset of a regression: the features as a classification's, the targets
+    standardised by the training rows'."""
+    X_train, y_train, X_val, y_val, X_test, y_test = rows
+    target_offset, target_scale = fit_target_scaling(y_train, raw.name)
+
+    def targets(values):
+        return apply_scaling(values, target_offset, target_scale, dtype, raw.name)
+
+    return Dataset(name=raw.name, X_train=prepare(X_train), y_train=targets(y_train),
+                   X_val=prepare(X_val), y_val=targets(y_val), X_test=prepare(X_test),
+                   y_test=targets(y_test), n_classes=0, class_names=[], offset=offset,
+                   scale=scale, scaling=description, image_shape=raw.image_shape,
+                   task="regression", target_offset=target_offset, target_scale=target_scale)
+
+
+def _check_xy(arrays, what, x_key="X", y_key="y", task="classification"):
     missing = [k for k in (x_key, y_key) if k not in arrays]
     if missing:
         have = ", ".join(sorted(arrays)) or "none"
@@ -274,7 +361,10 @@ def _check_xy(arrays, what, x_key="X", y_key="y"):
     X = X.reshape(X.shape[0], -1)
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{what}: {x_key} is empty (shape {X.shape})")
-    y = integer_labels(y, f"{what}: {y_key}")
+    if task == "regression":
+        y = float_targets(y, f"{what}: {y_key}")
+    else:
+        y = integer_labels(y, f"{what}: {y_key}")
     if y.shape[0] != X.shape[0]:
         raise DataError(f"{what}: {y_key} has {y.shape[0]} labels for {X.shape[0]} rows of "
                         f"{x_key}")

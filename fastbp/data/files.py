@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["DataError", "memory_limit", "read_idx", "read_npz", "read_csv", "CHUNK"]
+__all__ = ["DataError", "memory_limit", "read_idx", "read_npz", "read_csv", "csv_width", "CHUNK"]
 
 CHUNK = 1 << 20
 # Environment variable that sets the memory limit, in bytes or with a K/M/G/T suffix.
@@ -381,7 +381,8 @@ def read_csv(path, label_column=-1):
     """(X float64 (N, F), labels as strings (N,)) from a comma-separated file (.csv or .csv.gz).
 
     A first line whose feature fields are not all numbers is skipped as a header. Every line
-    must have the same number of fields. Raises DataError naming the line of the first problem.
+    must have the same number of fields. ``label_column=None``: no label, every field is a
+    feature (labels None). Raises DataError naming the line of the first problem.
     """
     what = os.fspath(path)
     fast = _read_numeric_csv(path, what, label_column)
@@ -389,32 +390,35 @@ def read_csv(path, label_column=-1):
         return fast
     try:
         with _csv_lines(path, what) as lines:
-            values, labels, n_features = _parse_csv(csv.reader(lines), what, label_column)
+            values, labels, n_features, n_rows = _parse_csv(csv.reader(lines), what,
+                                                            label_column)
     except _TEXT_ERRORS as exc:
         raise DataError(f"{what}: not a readable text file ({exc})") from None
     except OSError as exc:
         raise DataError(f"{what}: cannot read ({exc.strerror or exc})") from None
-    if not labels:
+    if not n_rows:
         raise DataError(f"{what}: no data rows")
-    X = np.frombuffer(values, dtype=np.float64).reshape(len(labels), n_features)
-    return X, np.array(labels)
+    X = np.frombuffer(values, dtype=np.float64).reshape(n_rows, n_features)
+    return X, None if label_column is None else np.array(labels)
 
 
 def _parse_csv(rows, what, label_column):
-    """(values as array('d'), labels, number of features): the careful reader, which explains
-    the first problem it meets."""
+    """(values as array('d'), labels, number of features, number of rows): the careful reader,
+    which explains the first problem it meets. Without a label column, labels stay empty."""
     values, labels = array.array("d"), []
     n_fields = first_line = column = None
+    n_rows = 0
     for line_no, fields in enumerate(rows, start=1):
         if not fields or all(not s.strip() for s in fields):
             continue
         if n_fields is None:
             first_line, n_fields = line_no, len(fields)
-            column = _label_column(what, line_no, n_fields, label_column)
+            if label_column is not None:
+                column = _label_column(what, line_no, n_fields, label_column)
         elif len(fields) != n_fields:
             raise DataError(f"{what}: line {line_no}: {len(fields)} fields, the first line has "
                             f"{n_fields}")
-        label = fields.pop(column).strip()
+        label = None if column is None else fields.pop(column).strip()
         try:
             row = [float(s) for s in fields]
         except ValueError:
@@ -424,7 +428,8 @@ def _parse_csv(rows, what, label_column):
             raise DataError(f"{what}: line {line_no}: {bad!r} is not a number") from None
         values.extend(row)
         labels.append(label)
-    return values, labels, (n_fields or 1) - 1
+        n_rows += 1
+    return values, labels, (n_fields or 1) - (column is not None), n_rows
 
 
 def _label_column(what, line_no, n_fields, label_column):
@@ -449,6 +454,8 @@ def _read_numeric_csv(path, what, label_column):
         raise
     except Exception:  # noqa: BLE001  (the careful reader reports what is wrong)
         return None
+    if label_column is None:
+        return (table, None) if table.size else None
     if table.shape[0] == 0 or table.shape[1] < 2:
         return None
     try:
@@ -459,6 +466,20 @@ def _read_numeric_csv(path, what, label_column):
     if not (np.all(np.abs(labels) < 2 ** 53) and np.all(labels == np.round(labels))):
         return None  # NaN, huge or fractional labels: let the careful reader explain
     return np.delete(table, column, axis=1), labels.astype(np.int64).astype(str)
+
+
+def csv_width(path):
+    """The number of fields on the first line of a .csv or .csv.gz file that is not blank (0
+    for a file without one)."""
+    what = os.fspath(path)
+    try:
+        with _csv_lines(path, what) as lines:
+            return next((len(fields) for fields in csv.reader(lines)
+                         if any(s.strip() for s in fields)), 0)
+    except _TEXT_ERRORS as exc:
+        raise DataError(f"{what}: not a readable text file ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{what}: cannot read ({exc.strerror or exc})") from None
 
 
 def _is_number(text):

@@ -64,6 +64,35 @@ def integer_labels(values, what):
     return values.astype(np.int64)
 
 
+def float_targets(values, what):
+    """Regression targets as float64 (N, T): one column per target (a 1-D array is one target);
+    DataError for text that is not a number, NaN or Inf."""
+    values = np.asarray(values)
+    if values.dtype.kind in "US":
+        try:
+            values = values.astype(np.float64)
+        except ValueError:
+            bad = next(s for s in values.tolist() if not _is_float(s))
+            raise DataError(f"{what}: target {bad!r} is not a number (regression takes "
+                            "numeric targets)") from None
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{what}: targets must be numbers, got dtype {values.dtype}")
+    if values.ndim not in (1, 2) or values.size == 0:
+        raise DataError(f"{what}: targets must be one value or one row of values per sample, "
+                        f"got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{what}: targets contain NaN or Inf")
+    return values.astype(np.float64).reshape(len(values), -1)
+
+
+def _is_float(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def check_test_classes(y_train, y_test, class_names, what):
     """Refuse test rows of a class that no training row has: the model could not learn it."""
     unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
@@ -139,6 +168,19 @@ def fit_scaling(X_train, scaling, max_value, name):
         raise DataError(f"{name}: features too large to scale (largest magnitude "
                         f"{largest:.3g}); rescale them first")
     return offset, scale, description
+
+
+def fit_target_scaling(y_train, name):
+    """(offset, scale) that standardise regression targets (N, T) by the training rows' mean
+    and deviation, as features are: a net learns targets of unit size best, whatever their
+    units (a constant target is only centred)."""
+    offset, scale, _ = fit_scaling(y_train, "standard", None, name)
+    return offset, scale
+
+
+def restore_targets(values, offset, scale):
+    """Standardised targets or predictions (N, T) back in the targets' own units, float64."""
+    return np.asarray(values, dtype=np.float64) * scale + offset
 
 
 def apply_scaling(X, offset, scale, dtype, name):
