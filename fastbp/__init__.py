@@ -14,6 +14,7 @@ try:
     from . import data
     from .data import DataError
     from .io import ModelFileError, load, load_checkpoint, save
+    from .predictor import Predictor, load_predictor
     from .plotting import plot_history
 except KeyboardInterrupt:
     _environment.interrupted()
@@ -22,4 +23,5 @@ __version__ = "0.1.0"
 __all__ = ["MLP", "SGD", "Adam", "AdamW", "RMSprop", "schedules", "load_checkpoint", "fit",
            "gradcheck", "set_num_threads", "get_num_threads", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
-           "DataError", "save", "load", "ModelFileError", "plot_history", "__version__"]
+           "DataError", "save", "load", "ModelFileError", "plot_history", "load_predictor",
+           "Predictor", "__version__"]

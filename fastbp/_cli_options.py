@@ -1,4 +1,4 @@
-"""The options of ``fastbp train``: the parser, its option types and defaults, and the checks
+"""The options of ``fastbp train`` and ``fastbp predict``: the parser, its option types and defaults, and the checks
 that must pass before any work is done (each failure a UsageError: one line, exit status 2)."""
 import argparse
 import inspect
@@ -6,7 +6,7 @@ import math
 import os
 
 from . import __version__
-from .data import NAMED, SCALINGS
+from .data import NAMED, SCALINGS, TASKS
 from .io import ModelFileError, read_metadata
 from .kernels import LOSS_KINDS
 from .model import ACTIVATIONS, LOSSES, NORMS
@@ -19,7 +19,8 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
                 epochs=30, batch_size=32, clip_norm="5", seed=0, dtype="float32",
                 val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
                 optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
-                warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99, norm="none", dropout="0")
+                warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99, norm="none", dropout="0",
+                task="classification")
 # Learning rates when --lr is not given: SGD's (its constructor has none) reaches the accuracy
 # above; the others' are their constructors' defaults (PyTorch's).
 _CHOSEN_LR = {"sgd": 0.2}
@@ -29,6 +30,9 @@ DEFAULT_LR = {name: _CHOSEN_LR.get(name, inspect.signature(cls).parameters["lr"]
 
 # The losses that take values, not labels: the command trains them on one-hot targets.
 _ONE_HOT_LOSSES = [name for name, kind in LOSS_KINDS.items() if kind.targets == "values"]
+# The losses whose outputs are the values predicted (not logits): those --task regression takes;
+# the first, its default.
+REGRESSION_LOSSES = [name for name, kind in LOSS_KINDS.items() if kind.predict == "values"]
 
 
 def optimizers_taking(dest):
@@ -179,6 +183,10 @@ def build_parser():
                       "without it they are downloaded once into a cache folder and verified")
     data.add_argument("--label-column", type=int, default=-1, metavar="N",
                       help="CSV column holding the label (0 = first, -1 = last)")
+    data.add_argument("--task", choices=TASKS, default=d["task"],
+                      help="regression: the label column holds numbers to predict (a .npz's y "
+                      "may hold several columns), standardised for training; the report gives "
+                      "R^2, MAE and RMSE in their units")
     data.add_argument("--val-fraction", type=_float_type("fraction", 0, 1, low_open=False),
                       default=d["val_fraction"], metavar="F",
                       help="share of the training rows held out for validation (0: none)")
@@ -207,7 +215,9 @@ def build_parser():
     model.add_argument("--loss", choices=LOSSES, default=d["loss"],
                        help=f"{', '.join(_ONE_HOT_LOSSES)}: trained on one-hot targets, one "
                        "output per class with a linear output layer (one-vs-rest, with a "
-                       "loss that holds a sigmoid); the class predicted is the largest output")
+                       "loss that holds a sigmoid); the class predicted is the largest output. "
+                       f"--task regression takes {_one_of(REGRESSION_LOSSES)} (default "
+                       f"{REGRESSION_LOSSES[0]})")
     model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
     optim = train.add_argument_group("training")
     optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N")
@@ -283,7 +293,26 @@ def build_parser():
                      help="print a machine-readable summary (JSON) on stdout; the other lines "
                      "go to stderr")
     parser.train_parser = train
+    _add_predict_parser(commands)
     return parser
+
+
+def _add_predict_parser(commands):
+    predict = commands.add_parser(
+        "predict", help="predict with a model saved by fastbp train --save",
+        description="Predict the rows of DATA with the model MODEL saved by fastbp train "
+        "--save: its feature scaling applied, classes named as in training, regression targets "
+        "in their own units. Writes CSV (a header line, then a row per row of DATA), or .npy "
+        "when FILE ends in .npy.")
+    predict.add_argument("model", metavar="MODEL", help="the .npz file fastbp train --save wrote")
+    predict.add_argument("data", metavar="DATA", help="a .csv, .csv.gz or .npz file (array X): "
+                         "the model's features, in a CSV with or without the label column "
+                         "(told apart by the number of columns)")
+    predict.add_argument("--proba", action="store_true",
+                         help="write each class's probability instead of the class "
+                         "(classifiers trained with a cross-entropy loss)")
+    predict.add_argument("--out", metavar="FILE",
+                         help="write to FILE (.csv, or .npy) instead of stdout")
 
 
 def given_options(argv):
@@ -301,7 +330,7 @@ MODEL_OPTIONS = ("layers", "activation", "norm", "residual", "dropout", "loss", 
                  "optimizer",
                  *dict.fromkeys(name for cls in OPTIMIZERS.values() for name in cls.arguments()),
                  "lr_schedule", "warmup", "lr_step", "lr_gamma", "power_t")
-RUN_OPTIONS = ("data", "label_column", "val_fraction", "test_fraction", "scale", "seed",
+RUN_OPTIONS = ("data", "label_column", "task", "val_fraction", "test_fraction", "scale", "seed",
                "batch_size", "accumulate")
 
 
@@ -358,6 +387,18 @@ def _check_output_path(option, path):
         raise UsageError(f"{where}: the folder {folder} is not writable")
 
 
+def _check_task(args):
+    """--task regression trains on values: a loss whose outputs are the values (the first of
+    REGRESSION_LOSSES unless --loss names one)."""
+    if args.task != "regression":
+        return
+    if "loss" not in getattr(args, "given", ()):
+        args.loss = REGRESSION_LOSSES[0]
+    elif args.loss not in REGRESSION_LOSSES:
+        raise UsageError(f"fastbp train: --loss {args.loss} is a classification loss; --task "
+                         f"regression takes --loss {_one_of(REGRESSION_LOSSES)}")
+
+
 def check_args(args):
     if args.command != "train":
         raise UsageError("fastbp: expected a command, e.g. 'fastbp train' (see fastbp --help)")
@@ -370,6 +411,7 @@ def check_args(args):
         raise UsageError("fastbp train: --early-stopping needs validation rows; set "
                          "--val-fraction above 0")
     given = getattr(args, "given", set())
+    _check_task(args)
     n_hidden = len(args.layers)
     for dest, what in (("activation", "names"), ("norm", "names"), ("dropout", "values")):
         values = getattr(args, dest)

@@ -1,4 +1,5 @@
-"""The ``fastbp`` command: ``fastbp train`` trains an MLP and reports how it learns.
+"""The ``fastbp`` command: ``fastbp train`` trains an MLP and reports how it learns;
+``fastbp predict`` predicts with a model it saved (see _cli_predict).
 
 Exit status: 0 on success; 2 for bad options or unusable data (one line on stderr, nothing
 written); 1 when training diverges or an output file cannot be written; 130 after Ctrl-C
@@ -21,12 +22,13 @@ from . import __version__, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._threads import set_num_threads
-from .data import DataError
+from .data import DataError, restore_targets
 from .data import load as load_data
 from .io import ModelFileError, load_checkpoint
 from .io import save as save_model
 from .model import MLP
 from .optim import OPTIMIZERS
+from .predictor import class_indices
 from .schedules import Adaptive, Constant, Cosine, InvScaling, Step
 from .training import DivergenceError, fit
 
@@ -105,10 +107,11 @@ def _resumed_model(args):
 
 
 def _check_resumed_model(args, ds, model, optimizer):
-    if model.sizes[0] != ds.n_features or model.sizes[-1] != ds.n_classes:
+    if model.sizes[0] != ds.n_features or model.sizes[-1] != ds.n_outputs:
         raise UsageError(f"fastbp train: --resume {args.resume}: the model takes "
-                         f"{model.sizes[0]} features and {model.sizes[-1]} classes; the data "
-                         f"has {ds.n_features} and {ds.n_classes}")
+                         f"{model.sizes[0]} features and has {model.sizes[-1]} outputs; the "
+                         f"data has {ds.n_features} features and {ds.n_outputs} "
+                         + ("classes" if ds.task == "classification" else "targets"))
     if optimizer.epochs_done >= args.epochs:
         raise UsageError(f"fastbp train: --resume {args.resume}: {optimizer.epochs_done} "
                          f"epochs done already; --epochs is the total, so raise it above that")
@@ -196,7 +199,9 @@ def train(args, ranks=None):
     t_data = time.perf_counter() - t_start
 
     dtype = model.dtype
-    if kernels.LOSS_KINDS[model.loss].targets == "values":   # one output per class
+    if ds.task == "regression":   # the standardised targets themselves
+        targets = [ds.y_train, ds.y_val, ds.y_test]
+    elif kernels.LOSS_KINDS[model.loss].targets == "values":   # one output per class
         targets = [_one_hot(y, ds.n_classes, dtype) for y in (ds.y_train, ds.y_val, ds.y_test)]
     else:
         targets = [ds.y_train, ds.y_val, ds.y_test]
@@ -251,21 +256,20 @@ def train(args, ranks=None):
     # the save, which it cannot interrupt.
     interrupted = history.interrupted
     try:
-        n_correct = _n_correct(model, ds)
+        scores = _test_scores(model, ds)
     except KeyboardInterrupt:
-        interrupted, n_correct = True, None
+        interrupted, scores = True, dict.fromkeys(_SCORES[ds.task])
         say("interrupted: the test rows were not scored", force=True)
-    test_accuracy = None if n_correct is None else n_correct / len(ds.y_test)
     samples = sum(s * t for s, t in zip(history["samples_per_s"], history["seconds"]))
     steps_time = sum(history["seconds"])
     throughput = samples / steps_time if steps_time > 0 else 0.0
 
     saved = plotted = None
     if args.save is not None:
-        metadata = {"data": ds.name, "class_names": list(ds.class_names),
+        metadata = {"data": ds.name, "task": ds.task, "class_names": list(ds.class_names),
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
                     "scale": ds.scale.tolist(), "image_shape": ds.image_shape,
-                    "test_accuracy": test_accuracy, "epochs": first_epoch + epochs_run,
+                    **_target_scaling(ds), **scores, "epochs": first_epoch + epochs_run,
                     "interrupted": history.interrupted, "fastbp_version": __version__,
                     "run": _run_record(args, optimizer, history, len(y_train),
                                        first_epoch, first_step, optimizer.steps - steps_before)}
@@ -289,8 +293,7 @@ def train(args, ranks=None):
             return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     t_total = time.perf_counter() - t_start
 
-    outcome = {"test_accuracy": test_accuracy, "test_correct": n_correct,
-               "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
+    outcome = {**scores, "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
                            "training": t_train},
                "samples_per_s": throughput, "saved": saved, "plot": plotted}
     if args.json:
@@ -346,10 +349,14 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
 
 
 def _say_outcome(say, ds, history, outcome):
-    """The closing lines: test accuracy, times, files written."""
-    if outcome["test_correct"] is not None:
+    """The closing lines: test accuracy (regression: R^2, MAE, RMSE), times, files written."""
+    if outcome.get("test_correct") is not None:
         say(f"test accuracy {100 * outcome['test_accuracy']:.2f}% "
             f"({outcome['test_correct']}/{len(ds.y_test)})", force=True)
+    if outcome.get("test_r2") is not None:
+        say(f"test R^2 {outcome['test_r2']:.4f}, MAE {outcome['test_mae']:.4g}, RMSE "
+            f"{outcome['test_rmse']:.4g} ({len(ds.y_test)} rows, in the targets' units)",
+            force=True)
     seconds = outcome["seconds"]
     say(f"time {seconds['total']:.2f} s in all (data {seconds['data']:.2f} s, kernels "
         f"{seconds['compile']:.2f} s, training {seconds['training']:.2f} s); "
@@ -369,7 +376,7 @@ def _data_and_model(args, say):
         ds = load_data(args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, seed=args.seed,
                        label_column=args.label_column, dtype=dtype_name,
-                       scaling=args.scale, log=say)
+                       scaling=args.scale, log=say, task=args.task)
     except DataError as exc:
         raise UsageError(f"fastbp train: {exc}") from None
     except ValueError as exc:  # arguments that only the loader can judge
@@ -377,7 +384,7 @@ def _data_and_model(args, say):
     if args.early_stopping is not None and len(ds.y_val) == 0:
         raise UsageError("fastbp train: --early-stopping: the validation split is empty; "
                          "raise --val-fraction")
-    sizes = [ds.n_features] + args.layers + [ds.n_classes]
+    sizes = [ds.n_features] + args.layers + [ds.n_outputs]
     try:
         if resumed:
             model, optimizer = resumed
@@ -458,13 +465,39 @@ def _report_stop(say, args, history):
         say(f"weights of the best epoch ({history.best_epoch + 1}) restored")
 
 
-def _n_correct(model, ds):
-    """How many test rows the model classifies right."""
-    if kernels.LOSS_KINDS[model.loss].targets == "labels":
-        predictions = model.predict(ds.X_test)
-    else:   # one output per class (trained on one-hot targets): the largest
-        predictions = model.forward(ds.X_test).argmax(axis=1)
-    return int(np.sum(predictions == ds.y_test))
+# The scores of the test rows that the report and the saved metadata give, by task.
+_SCORES = {"classification": ("test_accuracy", "test_correct"),
+           "regression": ("test_r2", "test_mae", "test_rmse")}
+
+
+def _test_scores(model, ds):
+    """The test rows' scores (_SCORES): how many the model classifies right, or how close its
+    values come to the targets, in their own units."""
+    if ds.task == "classification":
+        n_correct = int(np.sum(class_indices(model, ds.X_test) == ds.y_test))
+        return {"test_accuracy": n_correct / len(ds.y_test), "test_correct": n_correct}
+    predicted, truth = (restore_targets(values, ds.target_offset, ds.target_scale)
+                        for values in (model.predict(ds.X_test), ds.y_test))
+    return _regression_scores(predicted, truth)
+
+
+def _regression_scores(predicted, truth):
+    """R^2, MAE and RMSE of each target (N, T), averaged over the targets (as scikit-learn's
+    r2_score and the others do by default; R^2 of a constant target: 1 when hit, else 0)."""
+    error = predicted - truth
+    squares = np.sum(error ** 2, axis=0)
+    spread = np.sum((truth - truth.mean(axis=0)) ** 2, axis=0)
+    safe = np.where(spread > 0, spread, 1.0)
+    r2 = np.where(spread > 0, 1 - squares / safe, (squares == 0).astype(float))
+    return {"test_r2": float(r2.mean()), "test_mae": float(np.abs(error).mean()),
+            "test_rmse": float(np.sqrt(squares / len(truth)).mean())}
+
+
+def _target_scaling(ds):
+    """What a regression's saved metadata adds: how its targets were standardised."""
+    if ds.task == "classification":
+        return {}
+    return {"target_offset": ds.target_offset.tolist(), "target_scale": ds.target_scale.tolist()}
 
 
 def _plot(args, ds, sizes, history):
@@ -511,6 +544,9 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
+        if args.command == "predict":
+            from ._cli_predict import predict
+            return predict(args)
         args.given = given_options(argv)
         ranks = _mpi_ranks()
         with _together(ranks):
