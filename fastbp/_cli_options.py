@@ -1,5 +1,6 @@
-"""The options of ``fastbp train`` and ``fastbp predict``: the parser, its option types and defaults, and the checks
-that must pass before any work is done (each failure a UsageError: one line, exit status 2)."""
+"""The options of ``fastbp train`` and ``fastbp predict``: the parser, its option types and
+defaults, and the checks of train's that must pass before any work is done (each failure a
+UsageError: one line, exit status 2)."""
 import argparse
 import inspect
 import math
