@@ -168,7 +168,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
-        "train", help="train an MLP classifier and report its test accuracy",
+        "train", help="train an MLP classifier (or regressor: --task regression) and report "
+        "its test accuracy (R^2, MAE, RMSE)",
         description="Train an MLP classifier with mini-batch " + _one_of(
             [cls.__name__ for cls in OPTIMIZERS.values()]) + " and report its test accuracy. "
         "Without options: the UCI digits shipped with fastbp, one hidden layer of 128 ReLU "
@@ -217,8 +218,8 @@ def build_parser():
                        help=f"{', '.join(_ONE_HOT_LOSSES)}: trained on one-hot targets, one "
                        "output per class with a linear output layer (one-vs-rest, with a "
                        "loss that holds a sigmoid); the class predicted is the largest output. "
-                       f"--task regression takes {_one_of(REGRESSION_LOSSES)} (default "
-                       f"{REGRESSION_LOSSES[0]})")
+                       f"--task regression takes {_one_of(REGRESSION_LOSSES)}, by default "
+                       f"{REGRESSION_LOSSES[0]}")
     model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
     optim = train.add_argument_group("training")
     optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N")
