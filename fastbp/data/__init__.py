@@ -15,9 +15,12 @@
   and ``y`` (integer class labels), and optionally ``X_test`` and ``y_test``. Read without
   pickle: object arrays are refused.
 - a path to a ``.csv`` (or ``.csv.gz``) file: one sample per line, comma-separated numbers, the
-  label in column ``label_column`` (default: the last). A first line that is not numeric is
-  taken as a header. Labels are whole numbers 0..C-1, or names (any non-numeric text), which
-  become classes 0..C-1 in sorted order.
+  label in column ``label_column``: its index (default -1, the last) or its name in the header.
+  A first line that is not numeric is taken as a header. Labels are whole numbers 0..C-1, or
+  names (any non-numeric text), which become classes 0..C-1 in sorted order. A label column
+  that looks like a feature is refused with :class:`LabelColumnError`: numbers that are not
+  whole, or more distinct values than half its rows (``MAX_CLASSES_PER_ROW``: classes of fewer
+  than 2 rows on average, which the stratified splits cannot share out).
 
 Splits (reproducible): the test rows are the official test set when there is one (MNIST,
 Fashion-MNIST, ``X_test``/``y_test`` in a .npz); otherwise a stratified ``test_fraction`` of the
@@ -54,12 +57,13 @@ import numpy as np
 
 from .files import DataError, limit_origin, memory_limit, read_csv, read_idx, read_npz
 from .named import NAMED, cache_dir, digits_path, download_verified, fetch, read_idx_set
-from .prepare import (MAX_CLASSES, apply_scaling, check_test_classes, fit_scaling,
-                      integer_labels, labels_from_strings, split_indices)
+from .prepare import (MAX_CLASSES, MAX_CLASSES_PER_ROW, LabelColumnError, apply_scaling,
+                      check_label_column, check_test_classes, fit_scaling, integer_labels,
+                      labels_from_strings, split_indices)
 
-__all__ = ["DataError", "Dataset", "load", "read_idx", "read_npz", "read_csv", "fetch",
+__all__ = ["DataError", "LabelColumnError", "Dataset", "load", "read_idx", "read_npz", "read_csv", "fetch",
            "download_verified", "cache_dir", "split_indices", "NAMED", "digits_path",
-           "read_idx_set", "memory_limit", "MAX_CLASSES", "SCALINGS"]
+           "read_idx_set", "memory_limit", "MAX_CLASSES", "MAX_CLASSES_PER_ROW", "SCALINGS"]
 
 # Seed of the test split of data sets without an official test set: fixed, so that every run
 # (whatever its --seed) is scored on the same rows.
@@ -178,6 +182,7 @@ def _read_source(source, data_dir, label_column, download, log):
         raw = _read_npz_source(source)
     elif lower.endswith((".csv", ".csv.gz")):
         X, text_labels = read_csv(source, label_column)
+        check_label_column(text_labels, _column_described(label_column, X.shape[1] + 1), source)
         y, class_names = labels_from_strings(text_labels, source)
         raw = _Raw(os.path.basename(source), X, y, class_names=class_names)
     elif os.path.exists(source) or os.sep in source or "." in source:
@@ -190,6 +195,13 @@ def _read_source(source, data_dir, label_column, download, log):
         if X is not None and not np.all(np.isfinite(X)):
             raise DataError(f"{source}: features contain NaN or Inf")
     return raw
+
+
+def _column_described(label_column, n_fields):
+    """'column 13' (the index, also of a negative label_column) or "column 'kind'"."""
+    if isinstance(label_column, str):
+        return f"column {label_column!r}"
+    return f"column {range(n_fields)[label_column]}"
 
 
 def _read_npz_source(source):
