@@ -21,7 +21,9 @@ from . import __version__, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._threads import set_num_threads
-from .data import DataError
+from ._cli_report import metrics_table
+from .classification import balanced_sample_weight, classification_metrics
+from .data import DataError, LabelColumnError
 from .data import load as load_data
 from .io import ModelFileError, load_checkpoint
 from .io import save as save_model
@@ -236,7 +238,8 @@ def train(args, ranks=None):
                           validation_data=validation, early_stopping=args.early_stopping,
                           callbacks=callbacks, progress=not args.quiet and _have_tqdm(),
                           accumulate=args.accumulate, initial_epoch=first_epoch,
-                          initial_step=first_step, comm=ranks and ranks.comm)
+                          initial_step=first_step, comm=ranks and ranks.comm,
+                          sample_weight=_sample_weight(args, ds))
     except DivergenceError as exc:   # (on every rank alike)
         if lead:
             print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
@@ -251,9 +254,9 @@ def train(args, ranks=None):
     # the save, which it cannot interrupt.
     interrupted = history.interrupted
     try:
-        n_correct = _n_correct(model, ds)
+        n_correct, metrics = _test_scores(model, ds)
     except KeyboardInterrupt:
-        interrupted, n_correct = True, None
+        interrupted, n_correct, metrics = True, None, None
         say("interrupted: the test rows were not scored", force=True)
     test_accuracy = None if n_correct is None else n_correct / len(ds.y_test)
     samples = sum(s * t for s, t in zip(history["samples_per_s"], history["seconds"]))
@@ -279,7 +282,7 @@ def train(args, ranks=None):
         interrupted = interrupted or held.received
     if args.plot is not None and epochs_run > 0 and interrupted == history.interrupted:
         try:
-            plotted = _plot(args, ds, sizes, history)
+            plotted = _plot(args, ds, sizes, history, metrics)
         except KeyboardInterrupt:
             interrupted = True
             say("interrupted: no curves written", force=True)
@@ -290,6 +293,7 @@ def train(args, ranks=None):
     t_total = time.perf_counter() - t_start
 
     outcome = {"test_accuracy": test_accuracy, "test_correct": n_correct,
+               "test_metrics": metrics and {"classes": list(ds.class_names), **metrics},
                "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
                            "training": t_train},
                "samples_per_s": throughput, "saved": saved, "plot": plotted}
@@ -346,7 +350,10 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
 
 
 def _say_outcome(say, ds, history, outcome):
-    """The closing lines: test accuracy, times, files written."""
+    """The closing lines: the per-class table, test accuracy, times, files written."""
+    if outcome["test_metrics"] is not None:
+        for line in metrics_table(outcome["test_metrics"], ds.class_names):
+            say(line)
     if outcome["test_correct"] is not None:
         say(f"test accuracy {100 * outcome['test_accuracy']:.2f}% "
             f"({outcome['test_correct']}/{len(ds.y_test)})", force=True)
@@ -370,6 +377,9 @@ def _data_and_model(args, say):
                        test_fraction=args.test_fraction, seed=args.seed,
                        label_column=args.label_column, dtype=dtype_name,
                        scaling=args.scale, log=say)
+    except LabelColumnError as exc:
+        exc.remedy = "use --label-column NAME|INDEX"
+        raise UsageError(f"fastbp train: {exc}") from None
     except DataError as exc:
         raise UsageError(f"fastbp train: {exc}") from None
     except ValueError as exc:  # arguments that only the loader can judge
@@ -458,21 +468,29 @@ def _report_stop(say, args, history):
         say(f"weights of the best epoch ({history.best_epoch + 1}) restored")
 
 
-def _n_correct(model, ds):
-    """How many test rows the model classifies right."""
+def _test_scores(model, ds):
+    """How many test rows the model classifies right, and its per-class figures on them
+    (fastbp.classification.classification_metrics)."""
     if kernels.LOSS_KINDS[model.loss].targets == "labels":
         predictions = model.predict(ds.X_test)
     else:   # one output per class (trained on one-hot targets): the largest
         predictions = model.forward(ds.X_test).argmax(axis=1)
-    return int(np.sum(predictions == ds.y_test))
+    metrics = classification_metrics(ds.y_test, predictions, ds.n_classes)
+    return int(np.sum(predictions == ds.y_test)), metrics
 
 
-def _plot(args, ds, sizes, history):
+def _sample_weight(args, ds):
+    """--class-weight balanced: each training row's weight (None: every row weighs 1)."""
+    return balanced_sample_weight(ds.y_train) if args.class_weight == "balanced" else None
+
+
+def _plot(args, ds, sizes, history, metrics):
     from .plotting import plot_history
     names = [f"layer {i + 1} ({a}\u2192{b})" for i, (a, b) in
              enumerate(zip(sizes[:-1], sizes[1:]))]
     return plot_history(history, args.plot, layer_names=names,
-                        title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}")
+                        title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}",
+                        metrics=metrics, class_names=ds.class_names)
 
 
 class _HeldInterrupt:
