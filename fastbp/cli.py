@@ -141,7 +141,8 @@ def _describe(optimizer):
             f"norm {clip}")
 
 
-def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, ranks=None):
+def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, ranks=None,
+             weighted=False):
     """Compile (or load from Numba's cache) every kernel that training this model at this batch
     size will run (its activations, its loss, an input split if a layer can split), so that
     epoch timings measure training only: the compiled epoch over no rows (nothing changes), or
@@ -158,7 +159,7 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, r
             model.forward(X)
         ranks.node_leader_first(ready)
         return
-    engine.ready_epoch(optimizer.update_spec(), X, y, batch_size)
+    engine.ready_epoch(optimizer.update_spec(), X, y, batch_size, weighted)
     model.forward_and_losses(X, y)   # fit scores its rows with this
     model.forward(X)
 
@@ -223,8 +224,9 @@ def train(args, ranks=None):
     t0 = time.perf_counter()
     if not _kernels_cached():
         say("compiling kernels, first run only (later runs load them from Numba's cache)...")
+    sample_weight = _sample_weight(args, ds)
     _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)),
-             args.accumulate, ranks)
+             args.accumulate, ranks, weighted=sample_weight is not None)
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
@@ -239,7 +241,7 @@ def train(args, ranks=None):
                           callbacks=callbacks, progress=not args.quiet and _have_tqdm(),
                           accumulate=args.accumulate, initial_epoch=first_epoch,
                           initial_step=first_step, comm=ranks and ranks.comm,
-                          sample_weight=_sample_weight(args, ds))
+                          sample_weight=sample_weight)
     except DivergenceError as exc:   # (on every rank alike)
         if lead:
             print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
