@@ -21,7 +21,7 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
                 val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
                 optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
                 warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99, norm="none", dropout="0",
-                task="classification")
+                task="classification", label_column=-1, class_weight="none")
 # Learning rates when --lr is not given: SGD's (its constructor has none) reaches the accuracy
 # above; the others' are their constructors' defaults (PyTorch's).
 _CHOSEN_LR = {"sgd": 0.2}
@@ -52,6 +52,16 @@ def _one_of(names):
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, but not a default of None: such an option's help says
+    what happens without it (a default chosen elsewhere, or none at all)."""
+
+    def _get_help_string(self, action):   # (the hook ArgumentDefaultsHelpFormatter overrides)
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,6 +165,18 @@ def _clip(text):
     return _float_type("clip", 0, None)(text)
 
 
+def _label_column(text):
+    """An index (negative: from the end) when the text is an integer, else a header name."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a column index or a header name, got ''")
+    return text
+
+
+_label_column.__name__ = "label column"
 _layers.__name__ = "layers"
 _betas.__name__ = "betas"
 _activations.__name__ = "activation"
@@ -174,7 +196,7 @@ def build_parser():
             [cls.__name__ for cls in OPTIMIZERS.values()]) + " and report its test accuracy. "
         "Without options: the UCI digits shipped with fastbp, one hidden layer of 128 ReLU "
         "units, 30 epochs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     d = DEFAULTS
     data = train.add_argument_group("data")
     data.add_argument("--data", default=d["data"], metavar="NAME|PATH",
@@ -183,8 +205,12 @@ def build_parser():
     data.add_argument("--data-dir", metavar="DIR",
                       help="read the mnist/fashion-mnist IDX files from DIR only (no download); "
                       "without it they are downloaded once into a cache folder and verified")
-    data.add_argument("--label-column", type=int, default=-1, metavar="N",
-                      help="CSV column holding the label (0 = first, -1 = last)")
+    data.add_argument("--label-column", type=_label_column, default=d["label_column"],
+                      metavar="NAME|INDEX",
+                      help="CSV column holding the label: its name in the header line, or its "
+                      "index (0 = first, -1 = last). A classification label column of fractional "
+                      "numbers, or with more distinct values than half the rows, is refused as "
+                      "most likely not the label")
     data.add_argument("--task", choices=TASKS, default=d["task"],
                       help="regression: the label column holds numbers to predict (a .npz's y "
                       "may hold several columns), standardised for training; the report gives "
@@ -220,12 +246,21 @@ def build_parser():
                        "loss that holds a sigmoid); the class predicted is the largest output. "
                        f"--task regression takes {_one_of(REGRESSION_LOSSES)}, by default "
                        f"{REGRESSION_LOSSES[0]}")
-    model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
+    model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
+                       help="floating-point type of the parameters and the data")
     optim = train.add_argument_group("training")
-    optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N")
+    optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N",
+                       help="passes over the training rows (the most, with --early-stopping)")
     optim.add_argument("--batch-size", type=_int_type("batch size", 1), default=d["batch_size"],
-                       metavar="N")
-    optim.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"])
+                       metavar="N", help="rows per training step")
+    optim.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
+                       help="the update rule; the options below named after one of its "
+                       "arguments set it")
+    optim.add_argument("--class-weight", choices=("none", "balanced"),
+                       default=d["class_weight"],
+                       help="balanced: each training row weighs rows / (classes x rows of its "
+                       "class) in the loss (scikit-learn's 'balanced'), so that a rare class "
+                       "counts as much as a common one; validation scores stay unweighted")
     optim.add_argument("--lr", type=_float_type("learning rate", 0, None),
                        help="learning rate (the initial one, with a schedule); default: "
                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
@@ -288,9 +323,11 @@ def build_parser():
     out = train.add_argument_group("output")
     out.add_argument("--save", metavar="PATH", help="write the trained model and its optimizer "
                      "state (.npz) to PATH")
-    out.add_argument("--plot", metavar="PATH", help="write training curves and per-layer "
-                     "gradient norms to PATH (.png, .pdf, .svg; needs matplotlib)")
-    out.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    out.add_argument("--plot", metavar="PATH", help="write training curves, per-layer "
+                     "gradient norms, the test rows' confusion matrix and per-class precision, "
+                     "recall and F1 to PATH (.png, .pdf, .svg; needs matplotlib)")
+    out.add_argument("--quiet", action="store_true", help="no progress bar, per-epoch lines or "
+                     "per-class table")
     out.add_argument("--json", action="store_true",
                      help="print a machine-readable summary (JSON) on stdout; the other lines "
                      "go to stderr")
@@ -333,7 +370,7 @@ MODEL_OPTIONS = ("layers", "activation", "norm", "residual", "dropout", "loss", 
                  *dict.fromkeys(name for cls in OPTIMIZERS.values() for name in cls.arguments()),
                  "lr_schedule", "warmup", "lr_step", "lr_gamma", "power_t")
 RUN_OPTIONS = ("data", "label_column", "task", "val_fraction", "test_fraction", "scale", "seed",
-               "batch_size", "accumulate")
+               "batch_size", "accumulate", "class_weight")
 
 
 def _flag(dest):
@@ -394,6 +431,9 @@ def _check_task(args):
     REGRESSION_LOSSES unless --loss names one)."""
     if args.task != "regression":
         return
+    if args.class_weight != "none":
+        raise UsageError(f"fastbp train: --class-weight {args.class_weight}: weighs classes; "
+                         "--task regression has none")
     if "loss" not in getattr(args, "given", ()):
         args.loss = REGRESSION_LOSSES[0]
     elif args.loss not in REGRESSION_LOSSES:

@@ -22,7 +22,9 @@ from . import __version__, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._threads import set_num_threads
-from .data import DataError, restore_targets
+from ._cli_report import metrics_table
+from .classification import balanced_sample_weight, classification_metrics
+from .data import DataError, LabelColumnError, restore_targets
 from .data import load as load_data
 from .io import ModelFileError, load_checkpoint
 from .io import save as save_model
@@ -142,7 +144,8 @@ def _describe(optimizer):
             f"norm {clip}")
 
 
-def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, ranks=None):
+def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, ranks=None,
+             weighted=False):
     """Compile (or load from Numba's cache) every kernel that training this model at this batch
     size will run (its activations, its loss, an input split if a layer can split), so that
     epoch timings measure training only: the compiled epoch over no rows (nothing changes), or
@@ -159,7 +162,7 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, r
             model.forward(X)
         ranks.node_leader_first(ready)
         return
-    engine.ready_epoch(optimizer.update_spec(), X, y, batch_size)
+    engine.ready_epoch(optimizer.update_spec(), X, y, batch_size, weighted)
     model.forward_and_losses(X, y)   # fit scores its rows with this
     model.forward(X)
 
@@ -226,8 +229,9 @@ def train(args, ranks=None):
     t0 = time.perf_counter()
     if not _kernels_cached():
         say("compiling kernels, first run only (later runs load them from Numba's cache)...")
+    sample_weight = _sample_weight(args, ds)
     _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)),
-             args.accumulate, ranks)
+             args.accumulate, ranks, weighted=sample_weight is not None)
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
@@ -241,7 +245,8 @@ def train(args, ranks=None):
                           validation_data=validation, early_stopping=args.early_stopping,
                           callbacks=callbacks, progress=not args.quiet and _have_tqdm(),
                           accumulate=args.accumulate, initial_epoch=first_epoch,
-                          initial_step=first_step, comm=ranks and ranks.comm)
+                          initial_step=first_step, comm=ranks and ranks.comm,
+                          sample_weight=sample_weight)
     except DivergenceError as exc:   # (on every rank alike)
         if lead:
             print(f"fastbp train: {exc}; try a lower --lr or a --clip-norm", file=sys.stderr)
@@ -256,9 +261,9 @@ def train(args, ranks=None):
     # the save, which it cannot interrupt.
     interrupted = history.interrupted
     try:
-        scores = _test_scores(model, ds)
+        scores, metrics = _test_scores(model, ds)
     except KeyboardInterrupt:
-        interrupted, scores = True, dict.fromkeys(_SCORES[ds.task])
+        interrupted, scores, metrics = True, dict.fromkeys(_SCORES[ds.task]), None
         say("interrupted: the test rows were not scored", force=True)
     samples = sum(s * t for s, t in zip(history["samples_per_s"], history["seconds"]))
     steps_time = sum(history["seconds"])
@@ -283,7 +288,7 @@ def train(args, ranks=None):
         interrupted = interrupted or held.received
     if args.plot is not None and epochs_run > 0 and interrupted == history.interrupted:
         try:
-            plotted = _plot(args, ds, sizes, history)
+            plotted = _plot(args, ds, sizes, history, metrics)
         except KeyboardInterrupt:
             interrupted = True
             say("interrupted: no curves written", force=True)
@@ -293,7 +298,9 @@ def train(args, ranks=None):
             return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     t_total = time.perf_counter() - t_start
 
-    outcome = {**scores, "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
+    outcome = {**scores,
+               "test_metrics": metrics and {"classes": list(ds.class_names), **metrics},
+               "seconds": {"total": t_total, "data": t_data, "compile": t_compile,
                            "training": t_train},
                "samples_per_s": throughput, "saved": saved, "plot": plotted}
     if args.json:
@@ -349,7 +356,11 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
 
 
 def _say_outcome(say, ds, history, outcome):
-    """The closing lines: test accuracy (regression: R^2, MAE, RMSE), times, files written."""
+    """The closing lines: the per-class table and test accuracy (regression: R^2, MAE, RMSE),
+    times, files written."""
+    if outcome.get("test_metrics") is not None:
+        for line in metrics_table(outcome["test_metrics"], ds.class_names):
+            say(line)
     if outcome.get("test_correct") is not None:
         say(f"test accuracy {100 * outcome['test_accuracy']:.2f}% "
             f"({outcome['test_correct']}/{len(ds.y_test)})", force=True)
@@ -377,6 +388,9 @@ def _data_and_model(args, say):
                        test_fraction=args.test_fraction, seed=args.seed,
                        label_column=args.label_column, dtype=dtype_name,
                        scaling=args.scale, log=say, task=args.task)
+    except LabelColumnError as exc:
+        exc.remedy = "use --label-column NAME|INDEX"
+        raise UsageError(f"fastbp train: {exc}") from None
     except DataError as exc:
         raise UsageError(f"fastbp train: {exc}") from None
     except ValueError as exc:  # arguments that only the loader can judge
@@ -472,13 +486,16 @@ _SCORES = {"classification": ("test_accuracy", "test_correct"),
 
 def _test_scores(model, ds):
     """The test rows' scores (_SCORES): how many the model classifies right, or how close its
-    values come to the targets, in their own units."""
+    values come to the targets, in their own units; and a classifier's per-class figures
+    (fastbp.classification.classification_metrics; None for a regression)."""
     if ds.task == "classification":
-        n_correct = int(np.sum(class_indices(model, ds.X_test) == ds.y_test))
-        return {"test_accuracy": n_correct / len(ds.y_test), "test_correct": n_correct}
+        predictions = class_indices(model, ds.X_test)
+        n_correct = int(np.sum(predictions == ds.y_test))
+        metrics = classification_metrics(ds.y_test, predictions, ds.n_classes)
+        return {"test_accuracy": n_correct / len(ds.y_test), "test_correct": n_correct}, metrics
     predicted, truth = (restore_targets(values, ds.target_offset, ds.target_scale)
                         for values in (model.predict(ds.X_test), ds.y_test))
-    return _regression_scores(predicted, truth)
+    return _regression_scores(predicted, truth), None
 
 
 def _regression_scores(predicted, truth):
@@ -500,12 +517,18 @@ def _target_scaling(ds):
     return {"target_offset": ds.target_offset.tolist(), "target_scale": ds.target_scale.tolist()}
 
 
-def _plot(args, ds, sizes, history):
+def _sample_weight(args, ds):
+    """--class-weight balanced: each training row's weight (None: every row weighs 1)."""
+    return balanced_sample_weight(ds.y_train) if args.class_weight == "balanced" else None
+
+
+def _plot(args, ds, sizes, history, metrics):
     from .plotting import plot_history
     names = [f"layer {i + 1} ({a}\u2192{b})" for i, (a, b) in
              enumerate(zip(sizes[:-1], sizes[1:]))]
     return plot_history(history, args.plot, layer_names=names,
-                        title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}")
+                        title=f"fastbp: {ds.name}, {'-'.join(map(str, sizes))}",
+                        metrics=metrics, class_names=ds.class_names)
 
 
 class _HeldInterrupt:

@@ -345,12 +345,14 @@ class Engine:
         finally:
             self.restore_state()
 
-    def ready_epoch(self, spec, X, y, batch_size):
+    def ready_epoch(self, spec, X, y, batch_size, weighted=False):
         """Ready what train_steps runs for a kernels.Update, checked X and y (a row or more) and
-        this batch size, by running it over no rows: nothing changes."""
+        this batch size, with sample weights or (weighted False) without (a variant compiled
+        apart), by running it over no rows: nothing changes."""
         fresh = self._grad_norms_fresh
+        weights = np.ones(X.shape[0]) if weighted else None
         self.train_steps(spec, X, y, np.arange(0),
-                         StepBuffers(self, X, y, batch_size))
+                         StepBuffers(self, X, y, batch_size, weighted=weighted), weights=weights)
         self._grad_norms_fresh = fresh
 
     def ready_steps(self, spec, X, y, batch_size, accumulate=1):

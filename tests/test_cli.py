@@ -36,9 +36,14 @@ def test_default_command_reaches_97_percent_on_the_shipped_digits(capsys, tmp_pa
     code, out, err = run(["train"], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    assert sum(line.startswith("epoch ") for line in lines) == 30
-    assert "samples/s" in lines[-3] and "val" in lines[-3] and "train" in lines[-3]
-    summary = next(line for line in lines if line.startswith("test accuracy"))
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 30
+    last = epoch_lines[-1]
+    assert "samples/s" in last and "val" in last and "train" in last
+    # Then the per-class table (class, 10 digits, 2 averages) and the summary.
+    table = lines[lines.index(last) + 1:-2]
+    assert table[0].startswith("class") and len(table) == 13, table
+    summary = lines[-2]
     accuracy = float(summary.split()[2].rstrip("%"))
     assert accuracy >= 97.0, summary
     assert lines[-1].startswith("time ") and "samples/s" in lines[-1]

@@ -4,6 +4,7 @@ Small IDX files are written here by the tests; the real files in ../shared/data 
 present and skipped cleanly otherwise. Nothing is downloaded: downloads are exercised with
 file:// URLs.
 """
+import contextlib
 import gzip
 import hashlib
 import io
@@ -706,3 +707,58 @@ def test_tiny_features_scale_by_their_maximum_and_huge_labels_read_well(tmp_path
                                             r"class index") as caught:
             data.load(huge)
         assert len(str(caught.value)) < 300
+
+
+# -- the label column: by name, and refused when it looks like a feature --------------------
+
+
+def _wine_like_csv(path, n_rows=60):
+    """Label first (3 classes), then a measurement with decimals and an integer-valued one
+    with nearly as many values as rows: the shape of UCI wine, which puts its label first."""
+    rng = np.random.default_rng(1)
+    lines = [f"{rng.integers(0, 3)},{rng.normal(13, 1):.2f},{300 + 7 * i}" for i in range(n_rows)]
+    path.write_text("class,alcohol,proline\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_label_column_by_header_name_equals_by_index(tmp_path):
+    path = _wine_like_csv(tmp_path / "w.csv")
+    by_name, by_index = (data.load(path, label_column=c) for c in ("class", 0))
+    np.testing.assert_array_equal(by_name.y_train, by_index.y_train)
+    np.testing.assert_array_equal(by_name.X_test, by_index.X_test)
+    X, labels = data.read_csv(path, label_column=" proline ")   # spaces around it ignored
+    assert labels[0] == "300" and X.shape == (60, 2)
+
+
+@pytest.mark.parametrize("text, name, message", [
+    ("a,b,c\n1,2,0\n", "d", r"no column named 'd' in the header \(a, b, c\)"),
+    ("1,2,0\n3,4,1\n", "c", "no header line"),
+    ("a,b,a\n1,2,0\n", "a", "names 'a' 2 times"),
+])
+def test_label_column_names_that_do_not_fit_the_header(tmp_path, text, name, message):
+    (tmp_path / "x.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        data.read_csv(tmp_path / "x.csv", label_column=name)
+
+
+@pytest.mark.parametrize("label_column, message", [
+    (-1, r"column 2 has 60 distinct values in 60 rows: is the label in another column\?"),
+    ("proline", r"column 'proline' has 60 distinct values"),
+    (1, r"column 1 holds numbers that are not class indices \(such as 1\d\.\d+\)"),
+])
+def test_a_label_column_that_looks_like_a_feature_is_refused(tmp_path, label_column, message):
+    path = _wine_like_csv(tmp_path / "w.csv")
+    with pytest.raises(data.LabelColumnError, match=message) as caught:
+        data.load(path, label_column=label_column, val_fraction=0)
+    assert str(caught.value).endswith("pass label_column=NAME or INDEX")
+
+
+def test_label_columns_at_the_distinct_value_threshold(tmp_path):
+    # 40 rows: 20 classes (2 rows each on average) pass, 21 are refused.
+    for n_classes, refused in ((20, False), (21, True)):
+        labels = [i % n_classes for i in range(40)]
+        path = tmp_path / f"c{n_classes}.csv"
+        path.write_text("".join(f"{i},{c}\n" for i, c in enumerate(labels)))
+        with pytest.raises(data.LabelColumnError) if refused else contextlib.nullcontext():
+            data.read_csv(path)  # reading never judges the column
+            data.load(path, val_fraction=0, test_fraction=0.5)

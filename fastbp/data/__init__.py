@@ -15,9 +15,12 @@
   and ``y`` (integer class labels), and optionally ``X_test`` and ``y_test``. Read without
   pickle: object arrays are refused.
 - a path to a ``.csv`` (or ``.csv.gz``) file: one sample per line, comma-separated numbers, the
-  label in column ``label_column`` (default: the last). A first line that is not numeric is
-  taken as a header. Labels are whole numbers 0..C-1, or names (any non-numeric text), which
-  become classes 0..C-1 in sorted order.
+  label in column ``label_column``: its index (default -1, the last) or its name in the header.
+  A first line that is not numeric is taken as a header. Labels are whole numbers 0..C-1, or
+  names (any non-numeric text), which become classes 0..C-1 in sorted order. A label column
+  that looks like a feature is refused with :class:`LabelColumnError`: numbers that are not
+  whole, or more distinct values than half its rows (``MAX_CLASSES_PER_ROW``: classes of fewer
+  than 2 rows on average, which the stratified splits cannot share out).
 
 Regression (``task="regression"``): the label column of a .csv (or a .npz's ``y``, which may
 have one column per target) holds numbers, the targets, which are standardised like features
@@ -58,14 +61,16 @@ import numpy as np
 
 from .files import DataError, csv_width, limit_origin, memory_limit, read_csv, read_idx, read_npz
 from .named import NAMED, cache_dir, digits_path, download_verified, fetch, read_idx_set
-from .prepare import (MAX_CLASSES, apply_scaling, check_test_classes, fit_scaling,
+from .prepare import (MAX_CLASSES, MAX_CLASSES_PER_ROW, LabelColumnError, apply_scaling,
+                      check_label_column, check_test_classes, fit_scaling,
                       fit_target_scaling, float_targets, integer_labels, labels_from_strings,
                       restore_targets, split_indices)
 
-__all__ = ["DataError", "Dataset", "load", "read_idx", "read_npz", "read_csv", "fetch",
+__all__ = ["DataError", "LabelColumnError", "Dataset", "load", "read_idx", "read_npz",
+           "read_csv", "fetch",
            "download_verified", "cache_dir", "split_indices", "NAMED", "digits_path",
-           "read_idx_set", "memory_limit", "MAX_CLASSES", "SCALINGS", "TASKS",
-           "restore_targets", "read_features"]
+           "read_idx_set", "memory_limit", "MAX_CLASSES", "MAX_CLASSES_PER_ROW", "SCALINGS",
+           "TASKS", "restore_targets", "read_features"]
 
 # Seed of the test split of data sets without an official test set: fixed, so that every run
 # (whatever its --seed) is scored on the same rows.
@@ -210,6 +215,8 @@ def _read_source(source, data_dir, label_column, download, log, task="classifica
         if task == "regression":
             y, class_names = float_targets(text_labels, source), None
         else:
+            check_label_column(text_labels, _column_described(label_column, X.shape[1] + 1),
+                               source)
             y, class_names = labels_from_strings(text_labels, source)
         raw = _Raw(os.path.basename(source), X, y, class_names=class_names)
     elif os.path.exists(source) or os.sep in source or "." in source:
@@ -251,6 +258,13 @@ def read_features(source, n_features, label_column=-1):
     if not np.all(np.isfinite(X)):
         raise DataError(f"{source}: features contain NaN or Inf")
     return X
+
+
+def _column_described(label_column, n_fields):
+    """'column 13' (the index, also of a negative label_column) or "column 'kind'"."""
+    if isinstance(label_column, str):
+        return f"column {label_column!r}"
+    return f"column {range(n_fields)[label_column]}"
 
 
 def _read_npz_source(source, task="classification"):

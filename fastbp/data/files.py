@@ -380,12 +380,15 @@ _TEXT_ERRORS = (UnicodeDecodeError, *_COMPRESSION_ERRORS, csv.Error)
 def read_csv(path, label_column=-1):
     """(X float64 (N, F), labels as strings (N,)) from a comma-separated file (.csv or .csv.gz).
 
-    A first line whose feature fields are not all numbers is skipped as a header. Every line
-    must have the same number of fields. ``label_column=None``: no label, every field is a
-    feature (labels None). Raises DataError naming the line of the first problem.
+    ``label_column`` is the label's index (negative: from the end), or its name in the header
+    line (a str); None: no label, every field is a feature (labels None). A first line whose
+    feature fields are not all numbers is skipped as a header; with a name, the first line must
+    be that header. Every line must have the same number of fields. Raises DataError naming the
+    line of the first problem.
     """
     what = os.fspath(path)
-    fast = _read_numeric_csv(path, what, label_column)
+    # A name needs the header, which NumPy's fast reader cannot read: the careful reader.
+    fast = None if isinstance(label_column, str) else _read_numeric_csv(path, what, label_column)
     if fast is not None:
         return fast
     try:
@@ -414,7 +417,9 @@ def _parse_csv(rows, what, label_column):
         if n_fields is None:
             first_line, n_fields = line_no, len(fields)
             if label_column is not None:
-                column = _label_column(what, line_no, n_fields, label_column)
+                column = _label_column(what, line_no, fields, label_column)
+                if isinstance(label_column, str):
+                    continue   # the header that names the label column
         elif len(fields) != n_fields:
             raise DataError(f"{what}: line {line_no}: {len(fields)} fields, the first line has "
                             f"{n_fields}")
@@ -432,15 +437,35 @@ def _parse_csv(rows, what, label_column):
     return values, labels, (n_fields or 1) - (column is not None), n_rows
 
 
-def _label_column(what, line_no, n_fields, label_column):
+def _label_column(what, line_no, fields, label_column):
+    """The index of the label among the first line's fields (label_column: index or name)."""
+    n_fields = len(fields)
     if n_fields < 2:
         raise DataError(f"{what}: line {line_no}: expected a label and at least one feature "
                         "separated by commas")
+    if isinstance(label_column, str):
+        return _named_column(what, fields, label_column)
     try:
         return range(n_fields)[label_column]
     except (IndexError, TypeError):
         raise DataError(f"{what}: label column {label_column} does not exist (lines have "
                         f"{n_fields} fields)") from None
+
+
+def _named_column(what, header, name):
+    """The index of the column called ``name`` in the header line's fields."""
+    names = [field.strip() for field in header]
+    matches = [i for i, field in enumerate(names) if field == name.strip()]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise DataError(f"{what}: the header names {name!r} {len(matches)} times; give the "
+                        "label column's index instead")
+    if all(_is_number(field) for field in names):
+        raise DataError(f"{what}: label column {name!r}: the file has no header line to find "
+                        "it in; give the label column's index instead")
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    raise DataError(f"{what}: no column named {name!r} in the header ({shown})")
 
 
 def _read_numeric_csv(path, what, label_column):

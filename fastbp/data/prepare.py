@@ -14,10 +14,48 @@ __all__ = ["MAX_CLASSES", "split_indices"]
 MAX_CLASSES = 1 << 16
 # Rows per block when scaling.
 _BLOCK_ROWS = 4096
+# A label column with more distinct values than this share of its rows is refused as most likely
+# not the label: its classes would average fewer than 2 rows, too few for the stratified test
+# and validation splits to take one row of a class (they round each class's share), let alone
+# to learn it. Such a column is typically a feature (an ID, a measurement) read as the label.
+MAX_CLASSES_PER_ROW = 0.5
 
 
 # -------------------------------------------------------------------------------------------------
 # Labels
+
+
+class LabelColumnError(DataError):
+    """The column read as the label does not look like one (see check_label_column). Its
+    message ends with ``remedy``, which a caller may set in its own words (the command names
+    its option)."""
+
+    def __init__(self, reason, remedy="pass label_column=NAME or INDEX"):
+        super().__init__(reason)
+        self.reason, self.remedy = reason, remedy
+
+    def __str__(self):
+        return f"{self.reason} {self.remedy}"
+
+
+def check_label_column(labels, column, what):
+    """Refuse a column of label text that is most likely a feature: numbers that are not whole,
+    or more distinct values than MAX_CLASSES_PER_ROW of the rows. ``column`` names it in the
+    message ("column 3", "column 'kind'")."""
+    distinct = np.unique(labels)
+    try:
+        numbers = distinct.astype(np.float64)
+    except ValueError:
+        numbers = None   # names: classes, whatever they say
+    if numbers is not None and np.all(np.isfinite(numbers)):
+        fractional = numbers[numbers != np.round(numbers)]
+        if fractional.size:
+            raise LabelColumnError(f"{what}: {column} holds numbers that are not class indices "
+                                   f"(such as {fractional[0]:g}): is the label in another "
+                                   "column?")
+    if distinct.size > MAX_CLASSES_PER_ROW * labels.size:
+        raise LabelColumnError(f"{what}: {column} has {distinct.size:,} distinct values in "
+                               f"{labels.size:,} rows: is the label in another column?")
 
 
 def labels_from_strings(labels, what):
