@@ -249,6 +249,34 @@ def test_csv_label_column_header_and_names(tmp_path):
     assert X.shape == (2, 2) and labels.tolist() == ["3", "6"]
 
 
+def test_csv_header_of_integer_column_names_as_pandas_writes_it(tmp_path):
+    # pandas' to_csv(index=False) of a frame with integer column names: a numeric header.
+    rows = "".join(f"{i},{i + 1},{i + 2},{i % 3}\n" for i in range(300))
+    (tmp_path / "pandas.csv").write_text("0,1,2,label\n" + rows)
+    X, labels = data.read_csv(tmp_path / "pandas.csv")
+    assert X.shape == (300, 3) and sorted(set(labels.tolist())) == ["0", "1", "2"]
+    assert X[0].tolist() == [0, 1, 2]
+    ds = data.load(str(tmp_path / "pandas.csv"), val_fraction=0)
+    assert ds.n_classes == 3 and len(ds.y_train) + len(ds.y_test) == 300
+    # The label in front; and names as labels, the header's name never among them.
+    named = "".join(f"{['cat', 'dog'][i % 2]},{i},{i + 1}\n" for i in range(10))
+    (tmp_path / "front.csv").write_text("label,0,1\n" + named)
+    X, labels = data.read_csv(tmp_path / "front.csv", label_column=0)
+    assert X.shape == (10, 2) and set(labels.tolist()) == {"cat", "dog"}
+
+
+@pytest.mark.parametrize("text, n_rows", [
+    ("5.1,3.5,setosa\n4.9,3.0,setosa\n6.3,2.9,virginica\n", 3),   # names among names
+    ("0,1,cat\n2,3,dog\n4,5,cat\n", 3),   # a first row like pandas' names, its name again
+    ("1,2,0\n3,4,1\n", 2),                 # all numbers
+    ("0,1,2,3\n4,5,6,1\n", 2),             # a header of numbers only: a row
+])
+def test_csv_first_row_that_is_data_stays(tmp_path, text, n_rows):
+    (tmp_path / "rows.csv").write_text(text)
+    X, labels = data.read_csv(tmp_path / "rows.csv")
+    assert X.shape[0] == n_rows == len(labels)
+
+
 @pytest.mark.parametrize("text, label_column, message", [
     ("1,2,0\n3,4\n", -1, "line 2: 2 fields"),
     ("1,2,0\n3,x,1\n", -1, "line 2: 'x' is not a number"),

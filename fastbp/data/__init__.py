@@ -16,7 +16,10 @@
   pickle: object arrays are refused.
 - a path to a ``.csv`` (or ``.csv.gz``) file: one sample per line, comma-separated numbers, the
   label in column ``label_column``: its index (default -1, the last) or its name in the header.
-  A first line that is not numeric is taken as a header. Labels are whole numbers 0..C-1, or
+  A first line that names columns is taken as a header: a feature field that is not a number,
+  or a label that is a name where every later label is a number (pandas writes ``0,1,2,label``
+  for integer column names), or a name that never appears again in the label column after the
+  features ``0,1,...`` (see ``files._is_header``). Labels are whole numbers 0..C-1, or
   names (any non-numeric text), which become classes 0..C-1 in sorted order. A label column
   that looks like a feature is refused with :class:`LabelColumnError`: numbers that are not
   whole, or more distinct values than half its rows (``MAX_CLASSES_PER_ROW``: classes of fewer

@@ -381,10 +381,11 @@ def read_csv(path, label_column=-1):
     """(X float64 (N, F), labels as strings (N,)) from a comma-separated file (.csv or .csv.gz).
 
     ``label_column`` is the label's index (negative: from the end), or its name in the header
-    line (a str); None: no label, every field is a feature (labels None). A first line whose
-    feature fields are not all numbers is skipped as a header; with a name, the first line must
-    be that header. Every line must have the same number of fields. Raises DataError naming the
-    line of the first problem.
+    line (a str); None: no label, every field is a feature (labels None). With a name, the first
+    line must be that header; otherwise the first line is a header (skipped) when it names
+    columns, by :func:`_is_header` (feature fields that are not all numbers, or a label field
+    that is a name where the labels are numbers). Every line must have the same number of
+    fields. Raises DataError naming the line of the first problem.
     """
     what = os.fspath(path)
     # A name needs the header, which NumPy's fast reader cannot read: the careful reader.
@@ -409,7 +410,7 @@ def _parse_csv(rows, what, label_column):
     """(values as array('d'), labels, number of features, number of rows): the careful reader,
     which explains the first problem it meets. Without a label column, labels stay empty."""
     values, labels = array.array("d"), []
-    n_fields = first_line = column = None
+    n_fields = first_line = column = first_fields = None
     n_rows = 0
     for line_no, fields in enumerate(rows, start=1):
         if not fields or all(not s.strip() for s in fields):
@@ -431,10 +432,40 @@ def _parse_csv(rows, what, label_column):
                 continue
             bad = next(s for s in fields if not _is_number(s))
             raise DataError(f"{what}: line {line_no}: {bad!r} is not a number") from None
+        if line_no == first_line:
+            first_fields = fields
         values.extend(row)
         labels.append(label)
         n_rows += 1
-    return values, labels, (n_fields or 1) - (column is not None), n_rows
+    n_features = (n_fields or 1) - (column is not None)
+    # Whether a numeric first line is a header can only be told from the labels below it.
+    if first_fields is not None and column is not None and _is_header(first_fields, labels):
+        del values[:n_features]
+        del labels[0]
+        n_rows -= 1
+    return values, labels, n_features, n_rows
+
+
+def _is_header(features, labels):
+    """Whether a first line whose feature fields are numbers (``features``, the text) and whose
+    label is ``labels[0]`` is a header all the same (``labels``: the label column's text, this
+    line's first). Its label must be a name (not blank, not a number), and either
+
+    - every later label is a number: one name among numbers names the column (pandas writes
+      ``0,1,2,3,label`` for a frame with integer column names), or
+    - the feature fields are ``0, 1, ..., F-1``, pandas' integer column names, and the name
+      never appears again in the label column (labels that are names themselves).
+
+    A data row whose label is a name among names (``5.1,3.5,setosa``) stays a data row. A header
+    of numbers only (``0,1,2,3,4``) cannot be told from data and is read as a row.
+    """
+    name, later = labels[0], labels[1:]
+    if not name or _is_number(name):
+        return False
+    if later and all(_is_number(label) for label in later):
+        return True
+    pandas_names = [str(i) for i in range(len(features))]
+    return [field.strip() for field in features] == pandas_names and name not in later
 
 
 def _label_column(what, line_no, fields, label_column):
