@@ -105,10 +105,24 @@ def features(X, n_features, dtype, name="X"):
         raise ValueError(f"{name}: expected {n_features} features (columns), got {X.shape[1]}")
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {X.dtype}")
-    X = _contiguous(X, dtype)
-    if not kernels.all_finite(X):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return X
+    checked = _contiguous(X, dtype)
+    if not kernels.all_finite(checked):
+        raise ValueError(_not_finite(name, X, dtype))
+    return checked
+
+
+def _not_finite(name, given, dtype):
+    """Why values are not finite once in ``dtype``: NaN or Inf given, or finite numbers that
+    overflow ``dtype`` (float64 values beyond a float32 model's range), where a wider dtype
+    would hold them."""
+    with np.errstate(invalid="ignore"):
+        finite = bool(np.all(np.isfinite(given)))
+    if not finite:
+        return f"{name}: contains NaN or Inf"
+    largest = float(np.max(np.abs(given)))
+    return (f"{name}: values up to {largest:.3g} overflow {np.dtype(dtype).name} (largest "
+            f"{float(np.finfo(dtype).max):.3g}); float64 would hold them: scale them down or "
+            "use a float64 model")
 
 
 def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
@@ -126,6 +140,10 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
         if y.dtype.kind not in "iu":
             raise TypeError(f"{name}: class labels must be integers, got dtype {y.dtype} "
                             "(convert with y.astype(int) if the values are whole numbers)")
+        if y.dtype.kind == "u" and y.size and y.max() > np.iinfo(np.int64).max:
+            # (int64 cannot hold it: the copy below would wrap it to a negative label)
+            raise ValueError(f"{name}: class labels must be in 0..{n_outputs - 1}, got "
+                             f"{y.max()}, beyond int64")
         y = _contiguous(y, np.int64)
         if not kernels.labels_in_range(y, n_outputs):
             raise ValueError(f"{name}: class labels must be in 0..{n_outputs - 1}, got values "
@@ -141,9 +159,10 @@ def targets(y, n_rows, n_outputs, loss, dtype, name="y"):
                          + f" for the {loss} loss, got {y.shape}")
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {y.dtype}")
-    y = _contiguous(y, dtype)
-    if not kernels.all_finite(y):
-        raise ValueError(f"{name}: contains NaN or Inf")
+    checked = _contiguous(y, dtype)
+    if not kernels.all_finite(checked):
+        raise ValueError(_not_finite(name, y, dtype))
+    y = checked
     if kind.target_range is not None:
         low, high = kind.target_range
         if not (y.min() >= low and y.max() <= high):
@@ -246,7 +265,8 @@ def sparse_features(X, n_features, dtype, name="X"):
             kernels.csr_is_valid(indices, indptr, n_cols, min(data.shape[0], indices.shape[0])):
         raise ValueError(f"{name}: not a well-formed CSR matrix (indptr of {n_rows + 1} "
                          f"nondecreasing row starts from 0, column indices in 0..{n_cols - 1})")
-    data = _contiguous(data, dtype)
-    if not kernels.all_finite(data[:indptr[-1]].reshape(1, -1)):   # the stored values
-        raise ValueError(f"{name}: contains NaN or Inf")
+    checked = _contiguous(data, dtype)
+    if not kernels.all_finite(checked[:indptr[-1]].reshape(1, -1)):   # the stored values
+        raise ValueError(_not_finite(name, data[:indptr[-1]], dtype))
+    data = checked
     return SparseRows(data, indices, indptr, (n_rows, n_cols))

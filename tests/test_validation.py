@@ -444,3 +444,34 @@ def test_a_bytes_path_is_a_path(tmp_path):
     model = fastbp.MLP([4, 3, 2], seed=0)
     path = fastbp.save(model, tmp_path / "m.npz")
     assert np.array_equal(fastbp.load(os.fsencode(path)).params, model.params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages that say what is wrong
+
+
+def test_values_beyond_float32_are_said_to_overflow_it_not_to_be_nan():
+    X, y = good_batch(classifier())
+    X[2, 1] = 1e39   # finite in float64, Inf in float32
+    for call in (classifier(np.float32).predict,
+                 lambda X: classifier(np.float32).loss_value(X, y)):
+        with pytest.raises(ValueError, match=r"X: values up to 1e\+39 overflow float32 .*"
+                                             r"float64 would hold them"):
+            call(X)
+    X_ok, values = good_batch(regressor())
+    values[0, 0] = -1e39
+    with pytest.raises(ValueError, match=r"y: values up to 1e\+39 overflow float32"):
+        regressor(np.float32).loss_value(X_ok, values)
+    with pytest.raises(ValueError, match="X: contains NaN or Inf"):   # a true NaN still is one
+        classifier(np.float32).predict(with_nan(X_ok, np.nan))
+    assert np.all(np.isfinite(classifier(np.float64).predict_proba(X)))   # float64 holds it
+
+
+def test_uint64_label_beyond_int64_is_a_clear_value_error():
+    model = classifier()
+    X, y = good_batch(model)
+    labels = y.astype(np.uint64)
+    labels[3] = 2 ** 63
+    with pytest.raises(ValueError, match=rf"y: class labels must be in 0..{N_OUT - 1}, got "
+                                         rf"{2 ** 63}, beyond int64"):
+        model.loss_value(X, labels)

@@ -233,6 +233,7 @@ def apply_scaling(X, offset, scale, dtype, name):
             else:
                 out[rows] = (X[rows] - offset) / scale
             if not np.all(np.isfinite(out[rows])):
+                wider = " (float64 would hold them)" if dtype == np.float32 else ""
                 raise DataError(f"{name}: features beyond the range of {dtype.name} after "
-                                "scaling; rescale them or use another --scale")
+                                f"scaling{wider}; rescale them or use another --scale")
     return out
