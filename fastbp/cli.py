@@ -3,7 +3,9 @@
 
 Exit status: 0 on success; 2 for bad options or unusable data (one line on stderr, nothing
 written); 1 when training diverges or an output file cannot be written; 130 after Ctrl-C
-(with ``--save``, the last good weights are written first).
+(with ``--save``, the last good weights are written first); 143 after SIGTERM, which stops
+the command as Ctrl-C does (a preempted cluster job keeps its last good weights), unless
+SIGTERM was ignored when the command started.
 
 Started by ``mpiexec -n N``, the N processes train one model together (fit's ``comm``, see
 docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all.
@@ -34,7 +36,7 @@ from .predictor import class_indices
 from .schedules import Adaptive, Constant, Cosine, InvScaling, Step
 from .training import DivergenceError, fit
 
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
 # -- output -------------------------------------------------------------------------------
 
@@ -532,8 +534,9 @@ def _plot(args, ds, sizes, history, metrics):
 
 
 class _HeldInterrupt:
-    """Holds Ctrl-C (SIGINT) back until the block ends and records it in ``received``: a save
-    must finish, or the trained weights are lost."""
+    """Holds Ctrl-C (SIGINT, and SIGTERM, which _TermAsInterrupt hands to it) back until the
+    block ends and records it in ``received``: a save must finish, or the trained weights are
+    lost."""
 
     def __enter__(self):
         self.received = False
@@ -559,8 +562,45 @@ def _have_tqdm():
     return True
 
 
+class _TermAsInterrupt:
+    """While the command runs, SIGTERM (``kill``, a cluster scheduler preempting the job) is
+    handed to whatever handles Ctrl-C at that moment: fit's clean stop, _HeldInterrupt's hold
+    over a save, the MPI ranks' shared stop flag. So it stops as Ctrl-C does, the last good
+    weights saved, and ``received`` turns the exit status 130 into 143. Main thread only, and
+    not where SIGTERM was ignored when the command started (the caller chose that)."""
+
+    def __enter__(self):
+        self.received = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._previous = signal.signal(signal.SIGTERM, self._stop)
+        return self
+
+    def _stop(self, signum, frame):
+        self.received = True
+        on_ctrl_c = signal.getsignal(signal.SIGINT)
+        if not callable(on_ctrl_c):   # Ctrl-C ignored (a background job): stop all the same
+            raise KeyboardInterrupt
+        on_ctrl_c(signal.SIGINT, frame)
+
+    def status(self, code):
+        """The exit status, 143 for an interrupt that SIGTERM brought."""
+        return EXIT_TERMINATED if code == EXIT_INTERRUPTED and self.received else code
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
 def main(argv=None):
     """Entry point of the ``fastbp`` command; returns the exit status."""
+    with _TermAsInterrupt() as term:
+        return term.status(_main(argv, term))
+
+
+def _main(argv, term):
     parser = build_parser()
     try:
         try:
@@ -581,12 +621,14 @@ def main(argv=None):
         return EXIT_USAGE
     except KeyboardInterrupt:
         if distributed.launched_rank() == 0:
-            print("fastbp: interrupted; nothing written", file=sys.stderr)
-        _end_job(EXIT_INTERRUPTED)
+            print(f"fastbp: {'terminated' if term.received else 'interrupted'}; nothing "
+                  "written", file=sys.stderr)
+        status = term.status(EXIT_INTERRUPTED)
+        _end_job(status)
         if kernels.entry.compile_interrupted:   # no teardown (see kernels.entry); nothing
             sys.stdout.flush()                  # was written, nothing is left to close
             sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(status)
         return EXIT_INTERRUPTED
     except BaseException as exc:   # under MPI: one rank's failure ends the job, not a hang
         if distributed.launched_ranks() > 1 and not isinstance(exc, SystemExit):

@@ -437,6 +437,7 @@ def test_interrupt_saves_last_good_weights(tmp_path, capsys, monkeypatch):
     assert "interrupted: 3 complete epoch(s)" in out and "test accuracy" in out
     np.testing.assert_array_equal(fastbp.load(path).params, captured["params"])
     assert fastbp.io.read_metadata(path)["interrupted"] is True
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # main's handler, gone again
 
 
 def test_sigint_in_a_real_process(tmp_path):
@@ -460,6 +461,30 @@ def test_sigint_in_a_real_process(tmp_path):
     assert "interrupted" in out and "model saved" in out
     assert fastbp.load(path).sizes == [64, 128, 10]
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_sigterm_stops_like_ctrl_c_and_saves(tmp_path):
+    """SIGTERM (a preempted cluster job) once the first epoch is reported: exit 143, no
+    traceback, the last good weights saved and loadable, marked interrupted."""
+    path = tmp_path / "m.npz"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", "--epochs", "100000",
+                             "--save", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch "):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert "interrupted" in out and "model saved" in out
+    assert fastbp.load(path).sizes == [64, 128, 10]
+    assert fastbp.io.read_metadata(path)["interrupted"] is True
 
 
 def test_sigint_while_compiling(tmp_path):
