@@ -11,6 +11,7 @@ Started by ``mpiexec -n N``, the N processes train one model together (fit's ``c
 docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all.
 """
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from ._cli_report import metrics_table
 from .classification import balanced_sample_weight, classification_metrics
 from .data import DataError, LabelColumnError, restore_targets
 from .data import load as load_data
-from .io import ModelFileError, load_checkpoint
+from .io import ModelFileError, load_checkpoint, read_metadata
 from .io import save as save_model
 from .model import MLP
 from .optim import OPTIMIZERS
@@ -119,6 +120,32 @@ def _check_resumed_model(args, ds, model, optimizer):
     if optimizer.epochs_done >= args.epochs:
         raise UsageError(f"fastbp train: --resume {args.resume}: {optimizer.epochs_done} "
                          f"epochs done already; --epochs is the total, so raise it above that")
+    _check_resumed_data(args, ds)
+
+
+def _check_resumed_data(args, ds):
+    """The data must be the saved run's, not only its file name: the training rows must have
+    the digest saved with the run, and (files saved before it had one) the scaling fitted on
+    them must be the saved one. A file overwritten with other rows fails either."""
+    saved = read_metadata(args.resume)
+    where = f"fastbp train: --resume {args.resume}: the data {args.data} is not the run's"
+    if "train_rows_digest" in saved and saved["train_rows_digest"] != _rows_digest(ds):
+        raise UsageError(f"{where}: its training rows differ from those the run trained on "
+                         "(was the file changed?)")
+    for name, now in (("offset", ds.offset), ("scale", ds.scale)):
+        then = np.asarray(saved.get(name, now), dtype=np.float64)
+        if then.shape != now.shape or not np.allclose(now, then, rtol=1e-9, atol=1e-12):
+            raise UsageError(f"{where}: the feature scaling of its training rows ({name}) "
+                             "differs from the run's (was the file changed?)")
+
+
+def _rows_digest(ds):
+    """A digest of the training rows as the model sees them (scaled) and their labels or
+    targets, saved with the run: what --resume compares to know the data is the run's."""
+    digest = hashlib.blake2b(digest_size=16)
+    for rows in (ds.X_train, ds.y_train):
+        digest.update(np.ascontiguousarray(rows).data)
+    return digest.hexdigest()
 
 
 def _run_record(args, optimizer, history, n_train, first_epoch, first_step, steps):
@@ -275,7 +302,8 @@ def train(args, ranks=None):
     if args.save is not None:
         metadata = {"data": ds.name, "task": ds.task, "class_names": list(ds.class_names),
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
-                    "scale": ds.scale.tolist(), "image_shape": ds.image_shape,
+                    "scale": ds.scale.tolist(), "train_rows_digest": _rows_digest(ds),
+                    "image_shape": ds.image_shape,
                     **_target_scaling(ds), **scores, "epochs": first_epoch + epochs_run,
                     "interrupted": history.interrupted, "fastbp_version": __version__,
                     "run": _run_record(args, optimizer, history, len(y_train),

@@ -591,6 +591,41 @@ def test_resume_refuses_other_settings_and_model_options(tmp_path, capsys):
     assert summary["first_epoch"] == 2 and summary["epochs_run"] == 2
 
 
+def _csv_rows(path, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(120, 4))
+    path.write_text("".join(",".join(f"{v:.6f}" for v in row) + f",{i % 3}\n"
+                            for i, row in enumerate(X)))
+
+
+def test_resume_refuses_a_data_file_whose_rows_changed(tmp_path, capsys):
+    """Same file name, other rows: refused with one line naming the file, nothing written;
+    also for a file saved without the rows' digest (the scaling of the rows then differs)."""
+    data_file, saved = tmp_path / "rows.csv", tmp_path / "run.npz"
+    _csv_rows(data_file, seed=0)
+    run_json(["--data", str(data_file), "--epochs", "1", "--layers", "8", "--lr-schedule",
+              "constant", "--save", str(saved)],
+             capsys)
+    model, optimizer = fastbp.load_checkpoint(saved)
+    metadata = fastbp.io.read_metadata(saved)
+    del metadata["train_rows_digest"]
+    older = tmp_path / "older.npz"
+    fastbp.io.save(model, older, metadata=metadata, optimizer=optimizer)
+    _csv_rows(data_file, seed=1)   # overwritten: other rows, same shape and classes
+    for resumed, expected in ((saved, "its training rows differ"),
+                              (older, "the feature scaling of its training rows (offset)")):
+        before = resumed.read_bytes()
+        code, out, err = run(["train", "--quiet", "--data", str(data_file), "--epochs", "3",
+                              "--resume", str(resumed), "--save", str(resumed)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--resume {resumed}: the data {data_file} is not the run's" in err
+        assert expected in err and resumed.read_bytes() == before, err
+    _csv_rows(data_file, seed=0)   # the run's rows again: it continues
+    summary = run_json(["--data", str(data_file), "--epochs", "3", "--resume", str(saved)],
+                       capsys)
+    assert summary["first_epoch"] == 2
+
+
 def test_resume_after_ctrl_c_within_an_epoch_is_the_uninterrupted_run(tmp_path, capsys,
                                                                        monkeypatch):
     """Ctrl-C in the middle of epoch 2 (simulated after the 9th compiled chunk of steps), then
