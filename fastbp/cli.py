@@ -6,7 +6,8 @@ written); 1 when training diverges or an output file cannot be written; 130 afte
 (with ``--save``, the last good weights are written first).
 
 Started by ``mpiexec -n N``, the N processes train one model together (fit's ``comm``, see
-docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all.
+docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all,
+and every rank must be given the same options (``--threads`` aside).
 """
 import contextlib
 import json
