@@ -8,7 +8,8 @@ the command as Ctrl-C does (a preempted cluster job keeps its last good weights)
 SIGTERM was ignored when the command started.
 
 Started by ``mpiexec -n N``, the N processes train one model together (fit's ``comm``, see
-docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all.
+docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all,
+and every rank must be given the same options (``--threads`` aside).
 """
 import contextlib
 import hashlib
@@ -479,6 +480,34 @@ def _together(ranks):
             yield
     except distributed.RankMismatchError as exc:
         raise UsageError(f"fastbp train: {exc}") from None
+    except UsageError as exc:
+        # Rank 0 prints the refusals (main), and names another rank's, but a refusal of this
+        # rank's own (its options, say) is said here, in full, unless rank 0 says the same.
+        if ranks.rank != 0 and ranks.refusals[0] != str(exc):
+            print(str(exc), file=sys.stderr)
+        raise
+
+
+# Options a rank may set for itself: its share of its node's cores (docs/mpi.md).
+_PER_RANK_OPTIONS = ("threads",)
+
+
+def _check_same_options(ranks, args):
+    """Under MPI, refuse (on every rank) options that differ between the ranks: each rank
+    would train on its own, or rank 0 alone would write files another rank was given."""
+    if ranks is None:
+        return
+    options = {dest: value for dest, value in vars(args).items()
+               if dest not in _PER_RANK_OPTIONS}
+    everyone = ranks.comm.allgather(options)   # (collective)
+    for rank, theirs in enumerate(everyone):
+        for dest in sorted(set(everyone[0]) | set(theirs)):
+            ours, other = everyone[0].get(dest), theirs.get(dest)
+            if ours != other:
+                name = "the command" if dest == "command" else "--" + dest.replace("_", "-")
+                raise UsageError(f"fastbp: ranks 0 and {rank} were given different options: "
+                                 f"{name} {ours!r} against {other!r}; under mpiexec every rank "
+                                 "must be given the same options (but --threads)")
 
 
 def _mpi_ranks():
@@ -631,15 +660,19 @@ def main(argv=None):
 def _main(argv, term):
     parser = build_parser()
     try:
+        # MPI first: a rank refusing its options must still tell the others, which would
+        # otherwise wait for it forever.
+        ranks = _mpi_ranks()
         try:
-            args = parser.parse_args(argv)
+            with _together(ranks):
+                args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
+        _check_same_options(ranks, args)
         if args.command == "predict":
             from ._cli_predict import predict
             return predict(args)
         args.given = given_options(argv)
-        ranks = _mpi_ranks()
         with _together(ranks):
             check_args(args)
         return train(args, ranks)

@@ -86,6 +86,7 @@ class Ranks:
         except Exception as exc:
             failure = exc
         reports = self.comm.allgather(None if failure is None else str(failure))
+        self.refusals = reports   # each rank's, None where none: for a caller reporting them
         if failure is not None:
             raise failure
         for rank, report in enumerate(reports):

@@ -22,11 +22,36 @@ keeping ``GRAD_SPARE`` free slots after the gradients for a caller's own sums.
 """
 import contextlib
 import math
+import threading
 
 import numpy as np
 
 from . import _validate, kernels, layout
 from ._threads import get_num_threads, pin_kernel_blas
+
+IN_USE_MESSAGE = ("model is in use by another thread: fastbp models are not thread-safe; give "
+                  "each thread its own model or serialise calls")
+
+
+class OneThreadAtATime:
+    """A non-blocking, re-entrant hold on an engine (``with engine.in_use:``). The compiled
+    calls release the GIL and share the engine's buffers, so a second thread inside would
+    corrupt them without an error: it is refused with a RuntimeError instead of waiting (a
+    wait would only hide the misuse). The holding thread may enter again: fit's callbacks run
+    on fit's thread and may call predict, say."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self):
+        self._lock = threading.RLock()
+
+    def __enter__(self):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(IN_USE_MESSAGE)
+
+    def __exit__(self, exc_type, exc, traceback):
+        self._lock.release()
+
 
 # Spare float slots after the gradients, in the same buffer (grad_buffer): a data-parallel step
 # sums its loss and a stop flag with the gradients in one call (fastbp.distributed).
@@ -65,6 +90,9 @@ class Engine:
         self.capacity = 0
         self._prepared = set()          # what ready() has readied
         self._grad_norms_fresh = False  # work.layer_sq holds the squared norms of grads
+        # Held by every compiled call (run), by the operations that span several (forward,
+        # data_loss, ...) and by a whole fit: one thread at a time.
+        self.in_use = OneThreadAtATime()
         self.reserve(capacity)
 
     # -- state --------------------------------------------------------------------------------
@@ -93,13 +121,15 @@ class Engine:
         """Grow the buffers to hold n_rows (never shrinks; smaller batches use views)."""
         if n_rows <= self.capacity:
             return
-        net, acts_size = kernels.make_net(self.sizes, self.codes, n_rows, self.checkpoint_every,
-                                          self.loss, self._l2, self.kinds, self.dropout,
-                                          self.residual, self.running, self.counter)
-        work = kernels.make_workspace(net, acts_size, self.dtype)
-        if self.work is not None:
-            work.layer_sq[:] = self.work.layer_sq
-        self.net, self.work, self.capacity = net, work, n_rows
+        with self.in_use:   # (another thread's compiled call may be using the old buffers)
+            net, acts_size = kernels.make_net(self.sizes, self.codes, n_rows,
+                                              self.checkpoint_every, self.loss, self._l2,
+                                              self.kinds, self.dropout, self.residual,
+                                              self.running, self.counter)
+            work = kernels.make_workspace(net, acts_size, self.dtype)
+            if self.work is not None:
+                work.layer_sq[:] = self.work.layer_sq
+            self.net, self.work, self.capacity = net, work, n_rows
 
     def memory(self):
         """Bytes of the buffers, by kind (see MLP.memory_report); "optimizer" is the norm
@@ -116,10 +146,13 @@ class Engine:
     def run(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
         """entry(*args) for one of kernels.entry's compiled entries, readied first (see ready);
         always with the kernels' BLAS at one thread. args is a tuple, not a *args parameter:
-        passed on through one, each call's tuple was left to the garbage collector."""
-        self.ready(entry, args, update_kind, weighted, sparse_index)
-        pin_kernel_blas()
-        return entry(*args)
+        passed on through one, each call's tuple was left to the garbage collector. Every
+        compiled call on the engine's buffers comes through here: it refuses a second thread
+        (see OneThreadAtATime)."""
+        with self.in_use:
+            self.ready(entry, args, update_kind, weighted, sparse_index)
+            pin_kernel_blas()
+            return entry(*args)
 
     def ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
         """Ready the compiled code that entry(*args) needs (kernels.prepare: compiled, or loaded
@@ -184,43 +217,46 @@ class Engine:
 
     def forward(self, X, out):
         """out (N, sizes[-1]) = the last layer's output for a checked X, chunk by chunk."""
-        for start, stop, x in self._chunks(X):
-            out[start:stop] = self.run(kernels.entry.forward, (self.work.acts, self.params, x,
-                                                               *self.net))
+        with self.in_use:   # (each chunk's output is a view of the shared activations)
+            for start, stop, x in self._chunks(X):
+                out[start:stop] = self.run(kernels.entry.forward, (self.work.acts, self.params,
+                                                                   x, *self.net))
         return out
 
     def forward_and_losses(self, X, y, out, losses):
         """out as forward's, and losses (N,) float64 = each row's data loss (unweighted, without
         the L2 penalty) for a checked X and y, from the same pass, chunk by chunk."""
-        for start, stop, x in self._chunks(X):
-            out[start:stop] = self.run(kernels.entry.forward_and_losses, (
-                self.work.acts, self.work.losses, self.params, x, y[start:stop], *self.net))
-            losses[start:stop] = self.work.losses[:stop - start]
+        with self.in_use:   # (each chunk's results are views of the shared buffers)
+            for start, stop, x in self._chunks(X):
+                out[start:stop] = self.run(kernels.entry.forward_and_losses, (
+                    self.work.acts, self.work.losses, self.params, x, y[start:stop], *self.net))
+                losses[start:stop] = self.work.losses[:stop - start]
         return out, losses
 
     def data_loss(self, X, y, weights=None, mode=kernels.INFER):
         """(sum of the rows' losses, weighted by weights when given, and the rows' count or
         weight) for a checked X and y, without the L2 penalty, chunk by chunk; mode: INFER, or
         REPLAY (kernels.mlp_loss; for one chunk, as batch statistics are a chunk's)."""
-        if mode != kernels.INFER:   # batch statistics: the whole X is one batch
-            self.reserve(X.shape[0])
-        net = self.net._replace(l2=0.0)
-        total = 0.0
-        for start, stop, x in self._chunks(X):
-            # A chunk's share: its rows, or its weight (the entry returns its weighted mean).
-            if weights is None:
-                share, chunk_weights = stop - start, None
-            else:
-                chunk_weights = weights[start:stop]
-                share = kernels.weight_sum(chunk_weights)
-                if share == 0:
-                    continue
-            total += share * self.run(kernels.entry.loss, (*self.work, self.params, x,
-                                                           y[start:stop], *net, chunk_weights,
-                                                           mode),
-                                      weighted=weights is not None)
-        rows = X.shape[0] if weights is None else kernels.weight_sum(weights)
-        return total, rows
+        with self.in_use:   # (the chunks share the engine's buffers)
+            if mode != kernels.INFER:   # batch statistics: the whole X is one batch
+                self.reserve(X.shape[0])
+            net = self.net._replace(l2=0.0)
+            total = 0.0
+            for start, stop, x in self._chunks(X):
+                # A chunk's share: its rows, or its weight (the entry returns its weighted mean).
+                if weights is None:
+                    share, chunk_weights = stop - start, None
+                else:
+                    chunk_weights = weights[start:stop]
+                    share = kernels.weight_sum(chunk_weights)
+                    if share == 0:
+                        continue
+                total += share * self.run(kernels.entry.loss, (*self.work, self.params, x,
+                                                               y[start:stop], *net, chunk_weights,
+                                                               mode),
+                                          weighted=weights is not None)
+            rows = X.shape[0] if weights is None else kernels.weight_sum(weights)
+            return total, rows
 
     def l2_penalty(self, n_rows):
         """The L2 penalty of n_rows rows (a count or a weight). (Callers skip it when l2 is 0:
@@ -276,12 +312,13 @@ class Engine:
     def grad_norms(self):
         """The L2 norm of each layer's gradient, as a new (L,) float64 array: from the last
         norm pass when it saw the current gradients, else from a new one."""
-        work = self.work
-        if not self._grad_norms_fresh:
-            kernels.layer_sums_of_squares(work.layer_sq, work.partials, self.grads,
-                                          self.net.param_offsets)
-            self._grad_norms_fresh = True
-        return np.sqrt(work.layer_sq)
+        with self.in_use:   # (a compiled call of its own, not through run)
+            work = self.work
+            if not self._grad_norms_fresh:
+                kernels.layer_sums_of_squares(work.layer_sq, work.partials, self.grads,
+                                              self.net.param_offsets)
+                self._grad_norms_fresh = True
+            return np.sqrt(work.layer_sq)
 
     # -- update and steps ---------------------------------------------------------------------
 

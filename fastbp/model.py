@@ -140,6 +140,11 @@ class MLP:
     predict_proba, loss_value, fit's validation) uses the running statistics and does not
     drop. A batch-normalised model trains on batches of 2 rows or more.
 
+    Not thread-safe: one thread at a time may use a model. While a thread is inside fit, or
+    any call that runs compiled code on it, another thread's call raises RuntimeError before
+    changing anything (the same thread may re-enter: fit's callbacks may predict). Give each
+    thread its own model, or serialise the calls.
+
     Attributes
     ----------
     params : 1-D array of every parameter, layer by layer: W (fan_in, fan_out) row-major, then

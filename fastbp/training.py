@@ -22,6 +22,7 @@ A callback is any object with some of these methods (all optional; a missing one
 ``on_step_end`` and ``on_epoch_end`` may return True to stop training: after that step (the
 epoch's metrics then cover the steps taken) or after that epoch.
 """
+import contextlib
 import math
 import numbers
 import time
@@ -193,25 +194,34 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
     Raises DivergenceError (a FloatingPointError) naming the epoch and step if the loss or the
     gradient norm becomes NaN or Inf; the parameters keep their last finite values.
     """
-    ranks = distributed.Alone() if comm is None else distributed.Ranks(comm)
-    # rank 0's draw, for seed=None (each step's rows must be the same on every rank)
-    shared_seed = ranks.shared_seed()
-    # With comm, a refusal on one rank is a refusal on every rank (none waits for another).
-    with ranks.agreed_errors():
-        run = _Run(model, optimizer, ranks)
-        run.check(X, y, shared_seed, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                  seed=seed, validation_data=validation_data,
-                  validation_fraction=validation_fraction, early_stopping=early_stopping,
-                  monitor=monitor, callbacks=callbacks, progress=progress,
-                  metrics_rows=metrics_rows, grad_hook=grad_hook, accumulate=accumulate,
-                  initial_epoch=initial_epoch, initial_step=initial_step,
-                  sample_weight=sample_weight, shard=shard)
-    run.place_rows()   # (with comm, every rank gets here, for the same collective calls)
-    # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
-    # exception on one rank ends the job (the others would wait for it forever), but for those
-    # every rank raises alike.
-    with ranks.training(agreed=(DivergenceError, distributed.ReplicaDriftError)):
-        return run.train()
+    # One thread at a time: a second thread's fit is refused before it changes anything
+    # (engine.OneThreadAtATime); callbacks, on this thread, may still use the model.
+    with _held(model):
+        ranks = distributed.Alone() if comm is None else distributed.Ranks(comm)
+        # rank 0's draw, for seed=None (each step's rows must be the same on every rank)
+        shared_seed = ranks.shared_seed()
+        # With comm, a refusal on one rank is a refusal on every rank (none waits for another).
+        with ranks.agreed_errors():
+            run = _Run(model, optimizer, ranks)
+            run.check(X, y, shared_seed, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                      seed=seed, validation_data=validation_data,
+                      validation_fraction=validation_fraction, early_stopping=early_stopping,
+                      monitor=monitor, callbacks=callbacks, progress=progress,
+                      metrics_rows=metrics_rows, grad_hook=grad_hook, accumulate=accumulate,
+                      initial_epoch=initial_epoch, initial_step=initial_step,
+                      sample_weight=sample_weight, shard=shard)
+        run.place_rows()   # (with comm, every rank gets here, for the same collective calls)
+        # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
+        # exception on one rank ends the job (the others would wait for it forever), but for those
+        # every rank raises alike.
+        with ranks.training(agreed=(DivergenceError, distributed.ReplicaDriftError)):
+            return run.train()
+
+
+def _held(model):
+    """model's engine held for this thread (see fit); nothing for a non-model, which
+    _Run.check refuses."""
+    return model.engine.in_use if isinstance(model, MLP) else contextlib.nullcontext()
 
 
 class _Run:

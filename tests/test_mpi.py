@@ -185,6 +185,66 @@ def test_mpiexec_fastbp_train_refusal_is_one_line(tmp_path):
     assert len(lines) == 1 and "missing.csv" in lines[0], done.stderr
 
 
+# A bound on a hang: these launches stop before training, in a second or two.
+REFUSAL_TIMEOUT = 120
+
+
+def mpiexec_each(*rank_args, cwd=None):
+    """mpiexec with one rank per argument list (MPMD: -n 1 A : -n 1 B ...), in a session of
+    its own, killed whole (ranks too) if it outlives REFUSAL_TIMEOUT: (status, stdout,
+    stderr), status None for a hang."""
+    command = [MPIEXEC]
+    for args in rank_args:
+        command += (["-n", "1", sys.executable, "-m", "fastbp", *args]
+                    + ([":"] if args is not rank_args[-1] else []))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=REFUSAL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
+    return proc.returncode, out, err
+
+
+@needs_mpi
+@pytest.mark.parametrize("bad_rank", [0, 1])
+def test_a_rank_refusing_its_options_ends_every_rank(bad_rank):
+    """One rank's bad option: that rank says why, on stderr, and every rank exits 2 (rank 0,
+    when it is not the one, names it), rather than the others waiting for it forever."""
+    ranks = [["train", "--epochs", "1"], ["train", "--epochs", "1"]]
+    ranks[bad_rank] = ["train", "--epochs", "x"]
+    status, out, err = mpiexec_each(*ranks)
+    assert status == 2, err
+    lines = [line for line in err.split("\n") if line.strip()]
+    own = [line for line in lines if line.startswith("fastbp train: argument --epochs")]
+    assert len(own) == 1 and "'x'" in own[0], err
+    if bad_rank != 0:
+        assert any(f"rank {bad_rank} of 2 failed" in line for line in lines), err
+    assert out == ""
+
+
+@needs_mpi
+@pytest.mark.parametrize("option", [["--save", "m.npz"], ["--plot", "p.png"], ["--json"]])
+def test_an_option_given_to_one_rank_only_is_refused(tmp_path, option):
+    """Rank 0 alone writes the outputs: an output option given to another rank only would be
+    lost, so options that differ are refused on every rank, naming the option."""
+    status, out, err = mpiexec_each(["train", "--epochs", "1"],
+                                    ["train", "--epochs", "1", *option], cwd=tmp_path)
+    assert status == 2, err
+    lines = [line for line in err.split("\n") if line.strip()]
+    assert len(lines) == 1 and f"different options: {option[0]} " in lines[0], err
+    assert out == "" and os.listdir(tmp_path) == []
+
+
+@needs_mpi
+def test_ranks_may_differ_in_threads_alone():
+    status, out, err = mpiexec_each(["train", "--epochs", "1", "--quiet", "--threads", "1"],
+                                    ["train", "--epochs", "1", "--quiet"])
+    assert status == 0, err
+
+
 @needs_mpi
 def test_ctrl_c_under_mpiexec_saves_once(tmp_path):
     """SIGINT to mpiexec (which passes it to every rank): the ranks stop after the same step,
