@@ -8,7 +8,7 @@ import os
 
 from . import __version__
 from .data import NAMED, SCALINGS, TASKS
-from .io import ModelFileError, read_metadata
+from .io import DestinationError, ModelFileError, destination, read_metadata
 from .kernels import LOSS_KINDS
 from .model import ACTIVATIONS, LOSSES, NORMS
 from .optim import OPTIMIZERS
@@ -438,6 +438,10 @@ def _check_output_path(option, path):
         raise UsageError(f"{where}: names a folder; give a file name")
     if os.path.isdir(path):
         raise UsageError(f"{where}: is a folder; give a file name")
+    try:   # (before training: a write that would fail after it loses the model)
+        folder = os.path.dirname(destination(path))
+    except DestinationError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     if not os.path.isdir(folder):
         raise UsageError(f"{where}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
