@@ -8,7 +8,7 @@ import os
 
 from . import __version__
 from .data import NAMED, SCALINGS, TASKS
-from .io import ModelFileError, read_metadata
+from .io import DestinationError, ModelFileError, destination, read_metadata
 from .kernels import LOSS_KINDS
 from .model import ACTIVATIONS, LOSSES, NORMS
 from .optim import OPTIMIZERS
@@ -34,6 +34,9 @@ _ONE_HOT_LOSSES = [name for name, kind in LOSS_KINDS.items() if kind.targets == 
 # The losses whose outputs are the values predicted (not logits): those --task regression takes;
 # the first, its default.
 REGRESSION_LOSSES = [name for name, kind in LOSS_KINDS.items() if kind.predict == "values"]
+# The most epochs a run may plan (--epochs, or a run record that --resume reads): a bound far
+# above any real run, so that a typo or an altered file cannot start a run that never ends.
+MAX_EPOCHS = 1_000_000
 
 
 def optimizers_taking(dest):
@@ -249,7 +252,8 @@ def build_parser():
     model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                        help="floating-point type of the parameters and the data")
     optim = train.add_argument_group("training")
-    optim.add_argument("--epochs", type=_int_type("epochs", 1), default=d["epochs"], metavar="N",
+    optim.add_argument("--epochs", type=_int_type("epochs", 1, MAX_EPOCHS), default=d["epochs"],
+                       metavar="N",
                        help="passes over the training rows (the most, with --early-stopping)")
     optim.add_argument("--batch-size", type=_int_type("batch size", 1), default=d["batch_size"],
                        metavar="N", help="rows per training step")
@@ -391,6 +395,7 @@ def _check_resume(args):
     args.resume_run = run if isinstance(run, dict) else {}
     if not isinstance(run, dict):
         return  # saved by fastbp.save from Python: nothing to compare
+    _check_run_counts(args.resume, run)
     if run.get("stop_reason") == "early_stopping":
         raise UsageError(f"fastbp train: --resume {args.resume}: that run ended by early "
                          "stopping and holds its best epoch's weights: nothing to continue")
@@ -408,6 +413,19 @@ def _check_resume(args):
                          f"it continues: {'; '.join(differ)}")
 
 
+def _check_run_counts(path, run):
+    """The run record's numbers that --resume acts on, as --save writes them: a file altered
+    by hand must not crash the command, nor make it train for ever."""
+    where = f"fastbp train: --resume {path}: its run record"
+    for name, low, high in (("epochs", 1, MAX_EPOCHS), ("epoch_steps", 0, None)):
+        value = run.get(name, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low \
+                or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise UsageError(f"{where}: {name} should be an integer {bounds}, got "
+                             f"{value!r:.40}; the file was altered")
+
+
 # -- checks that must pass before any work is done ----------------------------------------
 
 
@@ -420,6 +438,10 @@ def _check_output_path(option, path):
         raise UsageError(f"{where}: names a folder; give a file name")
     if os.path.isdir(path):
         raise UsageError(f"{where}: is a folder; give a file name")
+    try:   # (before training: a write that would fail after it loses the model)
+        folder = os.path.dirname(destination(path))
+    except DestinationError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     if not os.path.isdir(folder):
         raise UsageError(f"{where}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

@@ -121,6 +121,13 @@ def _check_resumed_model(args, ds, model, optimizer):
     if optimizer.epochs_done >= args.epochs:
         raise UsageError(f"fastbp train: --resume {args.resume}: {optimizer.epochs_done} "
                          f"epochs done already; --epochs is the total, so raise it above that")
+    # (_check_resume saw that it is a count; only the data tells how many steps there are.)
+    per_epoch = _steps_per_epoch(args, len(ds.y_train))
+    epoch_steps = getattr(args, "resume_run", {}).get("epoch_steps", 0)
+    if epoch_steps > per_epoch:
+        raise UsageError(f"fastbp train: --resume {args.resume}: its run record says "
+                         f"epoch_steps {epoch_steps}, but an epoch of this run has "
+                         f"{per_epoch} steps; the file was altered")
     _check_resumed_data(args, ds)
 
 
@@ -149,12 +156,37 @@ def _rows_digest(ds):
     return digest.hexdigest()
 
 
-def _run_record(args, optimizer, history, n_train, first_epoch, first_step, steps):
-    """What --resume needs to continue this run: its data and batch settings, its planned
-    epochs, how it stopped, and how many steps into an unfinished epoch it got."""
+def _steps_per_epoch(args, n_train):
+    """Steps (updates) in an epoch of n_train rows, as fit cuts it."""
     batch = min(args.batch_size, n_train)
-    per_epoch = -(-n_train // (batch * min(args.accumulate, -(-n_train // batch))))
-    position = first_epoch * per_epoch + first_step + steps
+    return -(-n_train // (batch * min(args.accumulate, -(-n_train // batch))))
+
+
+def _end_finished_epoch(optimizer, model, epoch_steps, per_epoch, n_train, watched_rows):
+    """Steps into the unfinished epoch, after ending an epoch whose steps have all run.
+
+    A Ctrl-C that lands in an epoch's last compiled chunk stops fit after all the epoch's
+    steps but before it ends the epoch (the schedule's step, epochs_done): end it here as fit
+    would have, so that a resumed run starts the next epoch at its first step. (Files of older
+    fastbp versions hold such an epoch unended, so --resume calls this too.) Only the adaptive
+    schedule looks at the epoch's loss: the loss of watched_rows (validation rows, as fit
+    watches; without them the training rows at the epoch's end weights, standing in for the
+    mean of its steps' losses, which is lost).
+    """
+    if epoch_steps < per_epoch:
+        return epoch_steps
+    loss = 0.0
+    if callable(getattr(optimizer.lr_schedule, "observe", None)):
+        _, losses = model.forward_and_losses(*watched_rows)
+        loss = float(losses.sum()) / len(losses)
+    optimizer.end_epoch(n_train, loss)
+    return 0
+
+
+def _run_record(args, optimizer, history, per_epoch, position):
+    """What --resume needs to continue this run: its data and batch settings, its planned
+    epochs, how it stopped, and how many steps into an unfinished epoch it got (position:
+    the steps of the whole run)."""
     return {**{dest: getattr(args, dest) for dest in RUN_OPTIONS}, "epochs": args.epochs,
             "schedule": getattr(optimizer.lr_schedule, "name", "constant"),
             "stop_reason": history.stop_reason,
@@ -247,8 +279,15 @@ def train(args, ranks=None):
     say(f"model  {'-'.join(map(str, sizes))} ({_hidden_described(model)}), {model.loss}, "
         f"{np.dtype(model.dtype).name}, {model.n_params:,} parameters"
         + (f"; resumed from {args.resume}" if args.resume else ""))
+    validation = (ds.X_val, y_val) if len(ds.y_val) else None
+    watched_rows = validation or (ds.X_train, y_train)   # the rows whose loss fit watches
+    per_epoch = _steps_per_epoch(args, len(y_train))
+    first_step = 0
+    if args.resume:
+        first_step = _end_finished_epoch(optimizer, model,
+                                         args.resume_run.get("epoch_steps", 0), per_epoch,
+                                         len(y_train), watched_rows)
     first_epoch = optimizer.epochs_done
-    first_step = getattr(args, "resume_run", {}).get("epoch_steps", 0) if args.resume else 0
     steps_before = optimizer.steps
     epochs = args.epochs - first_epoch
     accumulate = f" x {args.accumulate} accumulated" if args.accumulate > 1 else ""
@@ -266,7 +305,6 @@ def train(args, ranks=None):
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
     callbacks = [_EpochReport(say, args.epochs, first_epoch)]
-    validation = (ds.X_val, y_val) if len(ds.y_val) else None
     t0 = time.perf_counter()
     try:
         with _together(ranks):
@@ -301,14 +339,16 @@ def train(args, ranks=None):
 
     saved = plotted = None
     if args.save is not None:
+        position = first_epoch * per_epoch + first_step + optimizer.steps - steps_before
+        _end_finished_epoch(optimizer, model, position - optimizer.epochs_done * per_epoch,
+                            per_epoch, len(y_train), watched_rows)
         metadata = {"data": ds.name, "task": ds.task, "class_names": list(ds.class_names),
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
                     "scale": ds.scale.tolist(), "train_rows_digest": _rows_digest(ds),
                     "image_shape": ds.image_shape,
-                    **_target_scaling(ds), **scores, "epochs": first_epoch + epochs_run,
+                    **_target_scaling(ds), **scores, "epochs": optimizer.epochs_done,
                     "interrupted": history.interrupted, "fastbp_version": __version__,
-                    "run": _run_record(args, optimizer, history, len(y_train),
-                                       first_epoch, first_step, optimizer.steps - steps_before)}
+                    "run": _run_record(args, optimizer, history, per_epoch, position)}
         with _HeldInterrupt() as held:
             try:
                 saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)

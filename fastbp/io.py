@@ -42,7 +42,9 @@ model, and versions 1 to 3 load as models without normalisation, dropout or resi
 
 ``save`` writes to a temporary file in the destination folder, flushes it to disk and renames
 it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
-new one, never a partial write. ``load`` checks every field (sizes, activations, loss, dtype,
+new one, never a partial write. A symbolic link at ``path`` has its target replaced; what is
+not a regular file (folder, fifo, device, socket) or a link to nothing is refused
+(``destination``). ``load`` checks every field (sizes, activations, loss, dtype,
 checkpoint_every, l2, parameter count, finite values) and raises :class:`ModelFileError` with a
 one-line message when something does not fit. It reads versions 1 to 4. (Version 3 added l2: a
 fastbp that reads only version 2 refuses such a file rather than load it without its penalty,
@@ -51,6 +53,7 @@ also rebuilds the optimizer, after checking its fields against the model.
 """
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -59,10 +62,11 @@ from .layout import DENSE, NORM_KINDS, n_params
 from .model import ACTIVATIONS, LOSSES, MLP
 from . import optim, schedules
 from ._validate import number_in
-from ._tempfiles import create_beside
+from ._tempfiles import create_beside, name_max
 from .kernels.update import KINDS, LR, STEPS
 
-__all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "ModelFileError",
+__all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "destination",
+           "ModelFileError", "DestinationError",
            "FORMAT", "VERSION",
            "READABLE_VERSIONS"]
 
@@ -85,7 +89,10 @@ def save(model, path, metadata=None, optimizer=None):
     ``metadata``: an optional JSON-serialisable dict stored beside the weights (for example how
     the inputs were scaled); read it back with ``read_metadata``. ``optimizer``: a fastbp
     optimizer of this model, whose state (moments, step count, schedule position) is stored
-    too, for ``load_checkpoint`` to resume from. The folder must exist. Returns the path.
+    too, for ``load_checkpoint`` to resume from. The folder must exist. ``path`` may name a
+    regular file, which is replaced, or a symbolic link, whose target is (``destination``); a
+    folder, fifo, device, socket or link to nothing raises DestinationError (an OSError) naming
+    it, and is left as it was. Returns the path.
     """
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
@@ -213,28 +220,78 @@ def _count(name, value):
     return value
 
 
+class DestinationError(OSError):
+    """A path that a write must not replace: str() says why, without the path."""
+
+
+class _FolderError(DestinationError, IsADirectoryError):
+    """A folder where a file should be written (an IsADirectoryError, as before)."""
+
+
+# What a path may hold other than a regular file, for the refusal to name it.
+_NOT_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def destination(path):
+    """The file that writing ``path`` atomically replaces, as an absolute path: ``path``
+    itself, or the file a symbolic link there points to (the link stays, its target gets the
+    new data, as writing through a link does). Raises DestinationError for what a rename must
+    not replace, nor a write create: something other than a regular file (a folder, a fifo, a
+    device such as /dev/null, a socket), a link to nothing (refused rather than followed: it
+    may be a typo, and where it points is not the file the user sees), and a name longer than
+    the file system takes."""
+    path = os.fspath(path)
+    if os.path.islink(path):
+        try:
+            target = os.path.realpath(path, strict=True)
+        except FileNotFoundError:
+            raise DestinationError(f"is a symbolic link to {os.path.realpath(path)}, which "
+                                   "does not exist; name the file itself") from None
+        except OSError as exc:   # a loop of links
+            raise DestinationError(f"is a symbolic link that cannot be followed "
+                                   f"({exc.strerror})") from None
+    else:
+        target = os.path.abspath(path)
+    mode = os.stat(target).st_mode if os.path.exists(target) else stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        kind = next((kind for is_kind, kind in _NOT_FILES if is_kind(mode)), "something else")
+        error = _FolderError if stat.S_ISDIR(mode) else DestinationError
+        raise error(f"is {kind}, not a regular file; refusing to replace it")
+    folder, name = os.path.split(target)
+    limit = name_max(folder) if os.path.isdir(folder) else 255
+    if len(os.fsencode(name)) > limit:
+        raise DestinationError(f"the file name is {len(os.fsencode(name))} bytes long; the "
+                               f"file system takes at most {limit}")
+    return target
+
+
 def atomic_write(path, write):
     """Call ``write(f)`` on a binary file object, then put the result at ``path`` in one rename.
 
     The data goes to a temporary file in the same folder, is flushed to disk, and replaces
     ``path`` only once ``write`` has returned: on any error (or Ctrl-C) the temporary file is
     removed and ``path`` is left as it was; one left by a killed process is removed by the next
-    write to ``path``. Returns ``path``.
+    write to ``path``. ``path`` may be a symbolic link: its target is replaced (see
+    ``destination``, which also says what is refused, with DestinationError, an OSError,
+    before anything is written). Returns ``path``.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        target = destination(path)
+    except DestinationError as exc:
+        raise type(exc)(f"path: {path} {exc}") from None
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: is a folder")
-    fd, tmp = create_beside(path, ".tmp")
+    fd, tmp = create_beside(target, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
