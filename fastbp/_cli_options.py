@@ -429,16 +429,17 @@ def _check_run_counts(path, run):
 # -- checks that must pass before any work is done ----------------------------------------
 
 
-def _check_output_path(option, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    where = f"fastbp train: {option} {path}"
+def check_output_path(option, path, command="fastbp train"):
+    """Refuse an output path that cannot be written, before any work is done (a write that
+    would fail after training loses the model)."""
+    where = f"{command}: {option} {path}"
     if not path.strip():
-        raise UsageError(f"fastbp train: {option}: the file name is empty")
+        raise UsageError(f"{command}: {option}: the file name is empty")
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
         raise UsageError(f"{where}: names a folder; give a file name")
     if os.path.isdir(path):
         raise UsageError(f"{where}: is a folder; give a file name")
-    try:   # (before training: a write that would fail after it loses the model)
+    try:
         folder = os.path.dirname(destination(path))
     except DestinationError as exc:
         raise UsageError(f"{where}: {exc}") from None
@@ -517,9 +518,9 @@ def check_args(args):
             raise UsageError(f"fastbp train: --resume {args.resume}: {what}")
         _check_resume(args)
     if args.save is not None:
-        _check_output_path("--save", args.save)
+        check_output_path("--save", args.save)
     if args.plot is not None:
-        _check_output_path("--plot", args.plot)
+        check_output_path("--plot", args.plot)
         if args.save is not None and os.path.abspath(args.save) == os.path.abspath(args.plot):
             raise UsageError(f"fastbp train: --save and --plot name the same file "
                              f"({args.plot}); one would overwrite the other")

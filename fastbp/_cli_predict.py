@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from . import distributed
-from ._cli_options import UsageError
+from ._cli_options import UsageError, check_output_path
 from .data import DataError, read_features
 from .io import ModelFileError, atomic_write
 from .predictor import load_predictor
@@ -64,13 +64,8 @@ def _check_proba(args, predictor):
 
 def _check_out(path):
     """Refuse an output path that cannot be written before any work (as train's --save)."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not path.strip() or os.path.isdir(path):
-        raise UsageError(f"fastbp predict: --out {path!r}: give a file name")
-    if not os.path.isdir(folder):
-        raise UsageError(f"fastbp predict: --out {path}: the folder {folder} does not exist")
+    if path is not None:
+        check_output_path("--out", path, "fastbp predict")
 
 
 def _header(predictor, values, proba):

@@ -4,6 +4,8 @@ units) that match the model's own, and bad input refused with one line (exit 2).
 import csv
 import json
 
+import os
+
 import numpy as np
 import pytest
 
@@ -219,7 +221,9 @@ def bad_inputs(tmp, regression_model):
     cli.main(["train", "--quiet", "--data", str(tmp / "d.npz"), "--loss", "mse", "--layers",
               "none", "--epochs", "1", "--save", str(tmp / "mse.npz")])
     out = str(tmp / "out.csv")
+    os.mkfifo(tmp / "fifo")   # (a write to it would block: it must be refused before)
     return [
+        (["predict", model, data, "--out", str(tmp / "fifo")], "is a fifo"),
         (["predict", str(tmp / "none.npz"), data, "--out", out], "no such file"),
         (["predict", str(tmp / "junk.npz"), data, "--out", out], "junk.npz"),
         (["predict", model, str(tmp / "wide.csv"), "--out", out], "5 columns"),
