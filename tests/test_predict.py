@@ -3,7 +3,6 @@
 units) that match the model's own, and bad input refused with one line (exit 2)."""
 import csv
 import json
-
 import os
 
 import numpy as np
