@@ -17,6 +17,7 @@ needs nothing of mpi4py but the communicator object handed in
 and MPI's constants.
 """
 import contextlib
+import hashlib
 import os
 import signal
 import sys
@@ -36,8 +37,8 @@ assert engine.GRAD_SPARE >= 2
 
 _COMM_METHODS = ("Allreduce", "allgather", "Bcast", "Get_rank", "Get_size", "Abort")
 
-# How many rows of X the data check of an unsharded run hashes (evenly spaced).
-_CHECKED_ROWS = 256
+# The most bytes of a non-contiguous array that the data check copies at a time to hash it.
+_HASH_CHUNK_BYTES = 1 << 24
 
 
 class RankMismatchError(ValueError):
@@ -340,17 +341,29 @@ def node_threads(comm):
 
 
 def data_fingerprint(X, y):
-    """A cheap description of an unsharded data set, to check that every rank has the same:
-    the shapes, the dtypes, and a CRC-32 of up to 256 evenly spaced rows of X (for a sparse X,
-    their values and column indices) and of all of y."""
-    rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], _CHECKED_ROWS)).astype(int))
-    sample = X[rows]
-    parts = [sample] if isinstance(sample, np.ndarray) else [sample.data, sample.indices]
-    crc = 0
-    for part in parts + [y]:
-        crc = zlib.crc32(np.ascontiguousarray(part).view(np.uint8), crc)
+    """A description of an unsharded data set, to check that every rank has the same: the
+    shapes, the dtypes, and a digest of every value of X (for a sparse X, its values, column
+    indices and row starts) and of y. Every row counts: a sample of them would let ranks whose
+    data differ in one row train on mixed data, and hashing is cheap beside training."""
+    parts = [X] if isinstance(X, np.ndarray) else [X.data, X.indices, X.indptr]
     return {"X shape": tuple(X.shape), "X dtype": str(X.dtype), "y shape": tuple(y.shape),
-            "y dtype": str(y.dtype), "X and y (CRC-32 of a sample)": crc}
+            "y dtype": str(y.dtype), "X and y (BLAKE2b)": array_digest(*parts, y)}
+
+
+def array_digest(*arrays):
+    """A BLAKE2b digest of the arrays' values, in C order whatever their memory layout."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.asarray(array)
+        if array.flags.c_contiguous:   # its buffer as it is: no copy
+            digest.update(array.reshape(-1).view(np.uint8))
+            continue
+        # A C-ordered copy of a few rows at a time: memory bounded, whatever the array's size.
+        rows = max(1, _HASH_CHUNK_BYTES // max(1, array[:1].nbytes))
+        for start in range(0, array.shape[0], rows):
+            digest.update(np.ascontiguousarray(array[start:start + rows]).reshape(-1)
+                          .view(np.uint8))
+    return digest.hexdigest()
 
 
 def _mpi():
@@ -404,7 +417,7 @@ def rank_settings(model, optimizer, X, y, weights, X_val, y_val, ranks, **settin
     if not ranks.shard:
         described.update(data_fingerprint(X, y))
         if weights is not None:
-            described["sample_weight (CRC-32)"] = zlib.crc32(weights.view(np.uint8))
+            described["sample_weight (BLAKE2b)"] = array_digest(weights)
         if X_val is not None:
             described.update({"validation " + key: value for key, value in
                               data_fingerprint(X_val, y_val).items()})

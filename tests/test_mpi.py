@@ -197,6 +197,12 @@ def mpiexec_each(*rank_args, cwd=None):
     for args in rank_args:
         command += (["-n", "1", sys.executable, "-m", "fastbp", *args]
                     + ([":"] if args is not rank_args[-1] else []))
+    return run_or_kill(command, cwd=cwd)
+
+
+def run_or_kill(command, cwd=None):
+    """Run an mpiexec command line in a session of its own, killed whole (ranks too) if it
+    outlives REFUSAL_TIMEOUT: (status, stdout, stderr), status None for a hang."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), cwd=cwd, start_new_session=True)
     try:
@@ -243,6 +249,48 @@ def test_ranks_may_differ_in_threads_alone():
     status, out, err = mpiexec_each(["train", "--epochs", "1", "--quiet", "--threads", "1"],
                                     ["train", "--epochs", "1", "--quiet"])
     assert status == 0, err
+
+
+# Each rank fits 600 rows; rank 1's differ from rank 0's in row 1 alone, which the old check
+# (256 evenly spaced rows of X: 0, 2, 4, 7, ...) never looked at. Each rank writes a line per
+# variant to a file of its own (the ranks' stdout interleave).
+_ONE_CHANGED_ROW = """
+import sys, numpy as np, scipy.sparse, fastbp
+from mpi4py import MPI
+rank = MPI.COMM_WORLD.Get_rank()
+report = open(f"{sys.argv[1]}/{rank}", "w")
+rng = np.random.default_rng(0)
+X, y, w = rng.integers(0, 4, (600, 5)), rng.integers(0, 2, 600), np.ones(600, int)
+for variant in ("dense X", "sparse X", "y", "sample_weight"):
+    X_, y_, w_ = X.copy(), y.copy(), w.copy()
+    if rank == 1:   # (a label stays a class: one rank's bad label would end the job)
+        {"dense X": X_, "sparse X": X_, "y": y_, "sample_weight": w_}[variant][1] ^= 1
+    if variant == "sparse X":
+        X_ = scipy.sparse.csr_matrix(X_)
+    model = fastbp.MLP([5, 4, 2], dtype=np.float64, seed=0)
+    try:
+        fastbp.fit(model, X_, y_, fastbp.SGD(model, lr=0.1), epochs=1, batch_size=50,
+                   seed=0, sample_weight=w_, comm=MPI.COMM_WORLD)
+        print(f"{variant}|trained", file=report, flush=True)
+    except fastbp.distributed.RankMismatchError as exc:
+        print(f"{variant}|refused: {exc}", file=report, flush=True)
+"""
+
+
+@needs_mpi
+def test_ranks_whose_data_differ_in_one_row_are_refused(tmp_path):
+    """Every row of X, y and the sample weights counts in the ranks' data check (the README:
+    different data on the ranks are refused), not a sample of the rows."""
+    status, out, err = run_or_kill([MPIEXEC, "-n", "2", sys.executable, "-c",
+                                    _ONE_CHANGED_ROW, str(tmp_path)])
+    assert status == 0, err[-3000:]
+    for rank in range(2):
+        outcomes = dict(line.split("|", 1)
+                        for line in (tmp_path / str(rank)).read_text().splitlines())
+        assert sorted(outcomes) == ["dense X", "sample_weight", "sparse X", "y"], outcomes
+        for variant, outcome in outcomes.items():
+            field = "sample_weight" if variant == "sample_weight" else "X and y"
+            assert outcome.startswith("refused") and field in outcome, (rank, variant, outcome)
 
 
 @needs_mpi
