@@ -9,10 +9,12 @@ SIGTERM was ignored when the command started.
 
 Started by ``mpiexec -n N``, the N processes train one model together (fit's ``comm``, see
 docs/mpi.md): rank 0 alone prints and writes files; a refusal on any rank is a refusal on all,
-and every rank must be given the same options (``--threads`` aside).
+and every rank must be given the same options (``--threads`` aside); ``--help`` and
+``--version`` are for one process, refused under mpiexec.
 """
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -705,8 +707,8 @@ def _main(argv, term):
         ranks = _mpi_ranks()
         try:
             with _together(ranks):
-                args = parser.parse_args(argv)
-        except SystemExit as exc:  # --help, --version
+                args = _parse(parser, argv, ranks)
+        except SystemExit as exc:  # --help, --version (one process alone)
             return exc.code if isinstance(exc.code, int) else 0
         _check_same_options(ranks, args)
         if args.command == "predict":
@@ -736,6 +738,21 @@ def _main(argv, term):
             from mpi4py import MPI
             distributed.Ranks(MPI.COMM_WORLD).abort(exc)
         raise
+
+
+def _parse(parser, argv, ranks):
+    """The parsed options. Under MPI, --help and --version are refused: argparse prints and
+    exits (SystemExit, which the ranks do not share) on the ranks given them, and a rank given
+    them alone would leave the others waiting for it for ever. A refusal (UsageError) every
+    rank agrees on, and nothing printed, whichever ranks were given them."""
+    if ranks is None:
+        return parser.parse_args(argv)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return parser.parse_args(argv)
+    except SystemExit:
+        raise UsageError("fastbp: --help and --version are for one process; give them "
+                         "without mpiexec") from None
 
 
 def _end_job(status):

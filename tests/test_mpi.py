@@ -194,9 +194,8 @@ def mpiexec_each(*rank_args, cwd=None):
     its own, killed whole (ranks too) if it outlives REFUSAL_TIMEOUT: (status, stdout,
     stderr), status None for a hang."""
     command = [MPIEXEC]
-    for args in rank_args:
-        command += (["-n", "1", sys.executable, "-m", "fastbp", *args]
-                    + ([":"] if args is not rank_args[-1] else []))
+    for rank, args in enumerate(rank_args):   # (by position: two ranks may share a list)
+        command += ([":"] if rank else []) + ["-n", "1", sys.executable, "-m", "fastbp", *args]
     return run_or_kill(command, cwd=cwd)
 
 
@@ -229,6 +228,31 @@ def test_a_rank_refusing_its_options_ends_every_rank(bad_rank):
     if bad_rank != 0:
         assert any(f"rank {bad_rank} of 2 failed" in line for line in lines), err
     assert out == ""
+
+
+HELP_REFUSED = "fastbp: --help and --version are for one process; give them without mpiexec"
+
+
+@needs_mpi
+@pytest.mark.parametrize("asking", [(1, ["train", "--help"]), (0, ["--version"]),
+                                    ("all", ["train", "--help"])],
+                         ids=["--help on rank 1", "--version on rank 0", "--help on all"])
+def test_help_or_version_under_mpiexec_ends_every_rank(asking):
+    """argparse prints --help or --version and exits the process given it; under mpiexec the
+    ranks not given it waited for that one for ever. Now every rank refuses them (exit 2),
+    printing no help: rank 0 says why (and a rank given it alone says so too)."""
+    rank, option = asking
+    ranks = [option, option] if rank == "all" else [["train", "--epochs", "1"]] * 2
+    if rank != "all":
+        ranks[rank] = option
+    status, out, err = mpiexec_each(*ranks)
+    assert status == 2, err
+    # (The ranks' stderr may interleave within a line: count the messages, not the lines.)
+    assert err.count(HELP_REFUSED) == (2 if rank == 1 else 1), err
+    assert err.count("\n") == err.count(HELP_REFUSED), err
+    if rank == 1:
+        assert "rank 1 of 2 failed" in err, err
+    assert out == "" and "Traceback" not in err
 
 
 @needs_mpi
