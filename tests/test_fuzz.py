@@ -35,18 +35,20 @@ import threading
 import tracemalloc
 import zipfile
 from datetime import timedelta
+from unittest import mock
 
 import numpy as np
 import pytest
 
 import fastbp
+import fastbp.cli
 from fastbp import data, kernels
 from fastbp.data import DataError
 from fastbp.io import ModelFileError
 from fastbp.model import ACTIVATIONS, LOSSES
 
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
 from hypothesis.extra import numpy as npst  # noqa: E402
 
 # Hypothesis keeps caches (besides its example database, off below) in .hypothesis/ of the
@@ -895,6 +897,182 @@ def test_model_arguments_are_taken_or_refused(compiled, kwargs):
     except ARGUMENT_ERRORS:
         return
     model.predict(np.zeros((2, model.sizes[0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command's option checks and run records, and fit's MPI settings (no MPI launch needed)
+
+
+def few(n):
+    """The profile with n examples ("ci"; "long" keeps its own) and no deadline: an example
+    runs the command's checks or a fit, slow by Hypothesis's measure."""
+    long = os.environ.get("FASTBP_FUZZ_PROFILE") == "long"
+    return settings(fuzz, max_examples=fuzz.max_examples if long else n, deadline=None)
+
+
+class _Started(BaseException):
+    """Raised in place of the command's kernel warm-up: every check passed and the run began.
+    (A BaseException: the command's `except Exception` must not turn it into a refusal.)"""
+
+
+def _start_instead_of_training(*args, **kwargs):
+    raise _Started
+
+
+def train_command(argv):
+    """fastbp.cli.main(argv) up to the start of training: "started", or (status, stderr).
+    Fails on a hang (the checks take milliseconds)."""
+    out, err = io.StringIO(), io.StringIO()
+    with time_limit(LOADER_SECONDS), mock.patch.object(fastbp.cli, "_warm_up",
+                                                       _start_instead_of_training), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = fastbp.cli.main(argv)
+        except _Started:
+            return "started"
+    return status, err.getvalue()
+
+
+def assert_started_or_one_line(outcome):
+    """The command's invariant: the run starts, or exits 2 with one line on stderr."""
+    event("started" if outcome == "started" else "refused")
+    if outcome == "started":
+        return
+    status, err = outcome
+    assert status == 2 and len(err.splitlines()) == 1 and err.endswith("\n"), outcome
+    assert "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory):
+    """40 rows: 3 numeric features, a label of 2 classes named by the header `label`."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("cli") / "tiny.csv"
+    rows = [f"{a:.3f},{b:.3f},{c:.3f},{int(a > 0)}" for a, b, c in rng.normal(size=(40, 3))]
+    path.write_text("f0,f1,f2,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+# Values of train's options: valid, at their bounds, and beyond them or of the wrong kind.
+OPTION_VALUES = {
+    "--epochs": ["1", "3", "0", "-2", "x", "1000001", "1e3", ""],
+    "--batch-size": ["1", "2", "8", "40", "0", "-1", "abc", "10000000000"],
+    "--lr": ["0.1", "1e-3", "0", "-1", "nan", "inf", "x", "1e300"],
+    "--layers": ["4", "3,3", "", "0", "4,-2", "a", "3,,3", "100000000"],
+    "--activation": ["relu", "tanh", "relu,tanh", "swish", ""],
+    "--dropout": ["0", "0.5", "0.2,0.3", "1", "-0.1", "nan", "x"],
+    "--norm": ["none", "batch", "layer", "batch,layer", "group"],
+    "--task": ["classification", "regression", "clustering"],
+    "--label-column": ["-1", "3", "label", "0", "99", "-99", "f9", ""],
+    "--class-weight": ["none", "balanced", "heavy"],
+    "--loss": ["softmax_cross_entropy", "mse", "huber", "binary_cross_entropy", "hinge"],
+    "--optimizer": ["sgd", "adam", "rmsprop", "adamw", "lbfgs"],
+    "--momentum": ["0.9", "0", "-1", "1", "x"],
+    "--betas": ["0.9,0.99", "0.9", "2,0.5", "x,y"],
+    "--val-fraction": ["0", "0.2", "0.5", "1", "-0.1", "x"],
+    "--test-fraction": ["0.2", "0", "0.9", "1.5"],
+    "--scale": ["auto", "standard", "unit", "none", "log"],
+    "--lr-schedule": ["constant", "cosine", "step", "invscaling", "adaptive", "linear"],
+    "--warmup": ["0", "1", "5", "-1"],
+    "--lr-step": ["1", "0", "x"],
+    "--accumulate": ["1", "2", "0", "-3"],
+    "--clip-norm": ["5", "0", "none", "-1", "x"],
+    "--early-stopping": ["2", "0", "-1"],
+    "--seed": ["0", "7", "-1", "x", "1e40"],
+    "--dtype": ["float32", "float64", "float16"],
+}
+FLAGS = ["--residual", "--nesterov", "--amsgrad", "--centered"]
+
+
+@st.composite
+def train_options(draw):
+    """train's argv (after --data): a few options with any of their values, a flag or two."""
+    names = draw(st.lists(st.sampled_from(sorted(OPTION_VALUES)), max_size=6, unique=True))
+    argv = []
+    for name in names:
+        argv += [name, draw(st.sampled_from(OPTION_VALUES[name]))]
+    return argv + draw(st.lists(st.sampled_from(FLAGS), max_size=2, unique=True))
+
+
+@few(50)
+@given(options=train_options())
+def test_train_options_start_the_run_or_are_one_line_refusals(tiny_csv, options):
+    assert_started_or_one_line(train_command(["train", "--data", str(tiny_csv), "--quiet",
+                                              *options]))
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny_csv, tmp_path_factory):
+    """A run saved by `fastbp train --save` on tiny_csv (2 epochs of batches of 8)."""
+    path = tmp_path_factory.mktemp("run") / "run.npz"
+    status = fastbp.cli.main(["train", "--data", str(tiny_csv), "--quiet", "--epochs", "2",
+                              "--batch-size", "8", "--layers", "4", "--save", str(path)])
+    assert status == 0
+    return path
+
+
+# Values a run record's field may be altered to: numbers at and beyond their bounds, other
+# kinds, containers.
+RECORD_VALUES = (st.integers(-2 ** 70, 2 ** 70) | st.sampled_from([0, 1, 2, 3, 8, 40, -1])
+                 | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()
+                 | st.none() | st.text(max_size=12) | st.sampled_from(
+                     ["cosine", "early_stopping", "completed", "digits", "regression", "auto"])
+                 | st.lists(st.integers(0, 3), max_size=3)
+                 | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+@st.composite
+def altered_records(draw, run):
+    """The run record with some fields set to other values, deleted or added; or not a record
+    at all."""
+    if sometimes(draw, "not a dict", 10):
+        return draw(RECORD_VALUES)
+    run = dict(run)
+    for name in draw(st.lists(st.sampled_from(sorted(run) + ["extra"]), min_size=1,
+                              max_size=3, unique=True)):
+        if sometimes(draw, f"delete {name}", 5):
+            run.pop(name, None)
+        else:
+            run[name] = draw(RECORD_VALUES, label=name)
+    return run
+
+
+@few(40)
+@given(data_=st.data())
+def test_altered_run_records_are_resumed_or_one_line_refusals(tiny_csv, saved_run,
+                                                              tmp_path_factory, data_):
+    """--resume of a run whose record was altered by hand: the run starts (the fields still
+    describe a run it can continue) or is refused in one line; never a traceback or a hang."""
+    model, optimizer = fastbp.load_checkpoint(saved_run)
+    metadata = fastbp.io.read_metadata(saved_run)
+    metadata["run"] = data_.draw(altered_records(metadata["run"]), label="run record")
+    altered = tmp_path_factory.mktemp("altered") / "altered.npz"
+    fastbp.save(model, altered, metadata=metadata, optimizer=optimizer)
+    assert_started_or_one_line(train_command(
+        ["train", "--data", str(tiny_csv), "--quiet", "--batch-size", "8", "--resume",
+         str(altered), *data_.draw(st.sampled_from([[], ["--epochs", "5"]]), label="epochs")]))
+
+
+# fit's comm and shard: anything but a communicator (and a bool) is refused before training.
+NOT_COMMUNICATORS = st.sampled_from(["COMM_WORLD", 0, 1, 2.5, b"", [], {}, object(), np.int64(2),
+                                     type("HalfComm", (), {"Get_rank": lambda self: 0,
+                                                           "Get_size": lambda self: 2})()])
+
+
+@few(30)
+@given(comm=st.none() | NOT_COMMUNICATORS,
+       shard=st.sampled_from([False, True, 0, 1, None, "yes", np.bool_(True)]))
+def test_fit_refuses_mpi_settings_without_a_communicator(comm, shard):
+    model = fastbp.MLP([3, 4, 2], dtype=np.float64, seed=0)
+    optimizer = fastbp.SGD(model, lr=0.1)
+    X, y = good_batch(model, 8)
+    trained = False
+    with unchanged_if_refused(model, optimizer=optimizer):
+        fastbp.fit(model, X, y, optimizer, epochs=1, batch_size=4, seed=0, comm=comm,
+                   shard=shard)
+        trained = True
+    # Only fit's own settings, alone, train: no communicator, and no shard.
+    assert trained == (comm is None and shard is False)
 
 
 # ---------------------------------------------------------------------------------------------
