@@ -406,11 +406,18 @@ def _check_resume(args):
         raise UsageError(f"fastbp train: --resume {args.resume}: its cosine schedule spans "
                          f"{planned} epochs; resume with --epochs {planned} (or without "
                          "--epochs)")
-    differ = [f"{_flag(dest)} {getattr(args, dest)} (the run's: {run[dest]})"
+    differ = [f"{_flag(dest)} {getattr(args, dest)} (the run's: {_shown(run[dest])})"
               for dest in RUN_OPTIONS if dest in run and run[dest] != getattr(args, dest)]
     if differ:
         raise UsageError(f"fastbp train: --resume {args.resume}: give the settings of the run "
                          f"it continues: {'; '.join(differ)}")
+
+
+def _shown(value):
+    """A run record's value for a one-line message: as it is when printable, else its repr (a
+    file altered by hand may hold line breaks or control characters); at most 40 characters."""
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_run_counts(path, run):

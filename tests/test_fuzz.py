@@ -5,8 +5,10 @@ Every property asserts robustness only: a call succeeds or raises its documented
 TypeError for arguments, FloatingPointError for a training step refused on numerical grounds),
 never anything else; a loader returns within LOADER_SECONDS and allocates at most
 LOADER_MEMORY; a refused call leaves the model's parameters (and gradients, and optimizer
-state) bitwise as they were; a training step taken leaves them finite. A segfault kills pytest,
-which fails the run.
+state) bitwise as they were; a training step taken leaves them finite. The command
+(``fastbp train``'s options, and run records altered by hand under ``--resume``) starts its run
+or exits 2 with one line on stderr, never a traceback or a hang. A segfault kills pytest, which
+fails the run.
 
 Profiles, chosen by the environment variable FASTBP_FUZZ_PROFILE:
 
@@ -48,7 +50,7 @@ from fastbp.io import ModelFileError
 from fastbp.model import ACTIVATIONS, LOSSES
 
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 from hypothesis.extra import numpy as npst  # noqa: E402
 
 # Hypothesis keeps caches (besides its example database, off below) in .hypothesis/ of the
@@ -935,7 +937,6 @@ def train_command(argv):
 
 def assert_started_or_one_line(outcome):
     """The command's invariant: the run starts, or exits 2 with one line on stderr."""
-    event("started" if outcome == "started" else "refused")
     if outcome == "started":
         return
     status, err = outcome
@@ -1159,3 +1160,19 @@ def test_bug_6_decay_and_momentum_that_would_grow_the_parameters_are_refused(mak
     with pytest.raises(ValueError, match="lr x weight_decay"):
         optimizer.lr = 3.0
     assert optimizer.lr == 1.0
+
+
+@pytest.mark.parametrize("value", ["\x1e", "a\nb"])
+def test_bug_8_a_run_record_value_that_breaks_the_refusals_line(tiny_csv, saved_run, tmp_path,
+                                                                 value):
+    """--resume named the run's setting as it was: a control character or line break that a
+    hand-altered record held split the refusal over two lines."""
+    model, optimizer = fastbp.load_checkpoint(saved_run)
+    metadata = fastbp.io.read_metadata(saved_run)
+    metadata["run"]["scale"] = value
+    altered = tmp_path / "altered.npz"
+    fastbp.save(model, altered, metadata=metadata, optimizer=optimizer)
+    outcome = train_command(["train", "--data", str(tiny_csv), "--quiet", "--batch-size", "8",
+                             "--resume", str(altered)])
+    assert_started_or_one_line(outcome)
+    assert "--scale auto (the run's: " in outcome[1], outcome
