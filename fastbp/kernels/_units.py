@@ -28,6 +28,7 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import cfunc, njit, types
 from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
@@ -172,9 +173,11 @@ def ensure(names, dtype, meanwhile=None):
     try:
         if meanwhile is not None:
             meanwhile()
+            raise_held_ctrl_c()
         for name in missing:
             if not any(name in group for group in theirs):
                 _install(name, dt)
+                raise_held_ctrl_c()
         for worker in workers:
             worker.wait()
     except BaseException:
@@ -183,6 +186,32 @@ def ensure(names, dtype, meanwhile=None):
         raise
     for name in missing:
         _install(name, dt)  # from the cache, or compiled here if a worker failed
+        raise_held_ctrl_c()
+
+
+# -- Ctrl-C during a compile -------------------------------------------------------------------
+# Python runs a signal handler at the next bytecode its main thread executes. In the middle of a
+# Numba compile that is often a ctypes callback of llvmlite's, which prints a KeyboardInterrupt
+# raised there as "Exception ignored" and goes on (a first run went on to train to the end and
+# exit 0), or else Numba code that the exception leaves half-built. So a Ctrl-C that arrives while
+# this thread compiles is held, and raised from plain Python once the compile step returns.
+_held_ctrl_c = []
+
+
+def on_ctrl_c(signum, frame):
+    """A SIGINT handler: KeyboardInterrupt, held back (raise_held_ctrl_c) while this thread
+    compiles (holds Numba's compiler lock)."""
+    if global_compiler_lock.is_locked():
+        _held_ctrl_c.append(signum)
+        return
+    raise KeyboardInterrupt
+
+
+def raise_held_ctrl_c():
+    """Raise the KeyboardInterrupt that on_ctrl_c held back during a compile, if any."""
+    if _held_ctrl_c and not global_compiler_lock.is_locked():
+        _held_ctrl_c.clear()
+        raise KeyboardInterrupt
 
 
 _install_lock = threading.Lock()
