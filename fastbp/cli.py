@@ -742,6 +742,9 @@ def _main(argv, term):
         if distributed.launched_rank() == 0:
             print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except kernels._units.UnitMissingError as exc:   # work skipped: never a success
+        print(f"fastbp train: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         if distributed.launched_rank() == 0:
             print(f"fastbp: {'terminated' if term.received else 'interrupted'}; nothing "
