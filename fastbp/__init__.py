@@ -1,6 +1,7 @@
 """fastbp: fast, allocation-free training of multilayer perceptrons on multicore CPUs."""
 from . import _environment
 
+_environment.quiet_ctrl_c()   # first: Numba's import takes a while
 _environment.check()
 try:
     from . import kernels

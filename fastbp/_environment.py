@@ -4,10 +4,11 @@ Some Numba settings break fastbp in ways that surface late and obscurely: ``NUMB
 fails inside ``import numba``, ``NUMBA_DISABLE_JIT=1`` leaves no compiled code to call, and a
 ``NUMBA_THREADING_LAYER`` that cannot load fails at the first parallel loop. Each is reported
 here in one sentence: an ImportError for a library user, one line on stderr and exit status 2
-for the ``fastbp`` command (which also exits 130, without a traceback, on Ctrl-C while fastbp
-imports).
+for the ``fastbp`` command (which also exits 130, with one line and no traceback, on Ctrl-C
+while fastbp imports: quiet_ctrl_c).
 """
 import os
+import signal
 import sys
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -54,6 +55,24 @@ def check():
         print(f"fastbp: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     raise ImportError(f"fastbp: {problem}")
+
+
+def exit_interrupted(signum, frame):
+    # Straight out: a KeyboardInterrupt raised here could land inside a ctypes callback (which
+    # swallows it) or in the middle of Numba's own import; nothing has been written yet.
+    print("fastbp: interrupted", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def quiet_ctrl_c():
+    """For the ``fastbp`` command, from the first statement of fastbp's import until its main
+    installs its own handler: Ctrl-C ends it at once with exit status 130 and one line. A
+    library user's Ctrl-C handling is left as it is."""
+    if _running_the_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        try:
+            signal.signal(signal.SIGINT, exit_interrupted)
+        except ValueError:   # not the main thread: fastbp imported from a thread of the caller's
+            pass
 
 
 def interrupted():

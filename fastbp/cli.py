@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import __version__, distributed, kernels
+from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._threads import set_num_threads
@@ -263,6 +263,7 @@ def train(args, ranks=None):
         set_num_threads(share)
     with _together(ranks):
         ds, model, optimizer, sizes = _data_and_model(args, say)
+    kernels._units.raise_held_ctrl_c()   # one held in a compile on the way (a data check's)
     t_data = time.perf_counter() - t_start
 
     dtype = model.dtype
@@ -303,6 +304,7 @@ def train(args, ranks=None):
     sample_weight = _sample_weight(args, ds)
     _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)),
              args.accumulate, ranks, weighted=sample_weight is not None)
+    kernels._units.raise_held_ctrl_c()
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
@@ -693,9 +695,29 @@ class _TermAsInterrupt:
         return False
 
 
+class _CtrlCHeldInCompiles:
+    """While the command runs, Ctrl-C is a KeyboardInterrupt, except during a Numba compile,
+    where it is held and raised once the compile returns (kernels._units.on_ctrl_c): raised
+    inside one, it could be swallowed by an llvmlite callback and the run go on. In place of
+    Python's own handler, or of the one fastbp's import put in place for the command; a caller's
+    own (or Ctrl-C ignored) is left alone."""
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(
+                signal.SIGINT) in (signal.default_int_handler, _environment.exit_interrupted):
+            self._previous = signal.signal(signal.SIGINT, kernels._units.on_ctrl_c)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return False
+
+
 def main(argv=None):
     """Entry point of the ``fastbp`` command; returns the exit status."""
-    with _TermAsInterrupt() as term:
+    with _CtrlCHeldInCompiles(), _TermAsInterrupt() as term:
         return term.status(_main(argv, term))
 
 
@@ -722,6 +744,9 @@ def _main(argv, term):
         if distributed.launched_rank() == 0:
             print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except kernels._units.UnitMissingError as exc:   # work skipped: never a success
+        print(f"fastbp train: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         if distributed.launched_rank() == 0:
             print(f"fastbp: {'terminated' if term.received else 'interrupted'}; nothing "

@@ -152,7 +152,9 @@ class Engine:
         with self.in_use:
             self.ready(entry, args, update_kind, weighted, sparse_index)
             pin_kernel_blas()
-            return entry(*args)
+            result = entry(*args)
+            kernels._units.raise_if_unfilled()   # a skipped unit: that result is not one
+            return result
 
     def ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):
         """Ready the compiled code that entry(*args) needs (kernels.prepare: compiled, or loaded

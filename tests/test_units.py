@@ -1,5 +1,6 @@
 """fastbp.kernels._units: each unit is declared in the module that defines its kernel (the
 losses' still in network), under the name the cost table, units_for and the slot hashes know."""
+import subprocess
 import sys
 
 import fastbp.kernels  # noqa: F401 (declares every unit)
@@ -26,3 +27,32 @@ def test_cost_table_names_declared_units():
 def test_units_for_names_declared_units():
     assert set(network.units_for("mse", update_kind=0, weighted=True,
                                  sparse_index="int32")) <= set(_units._SPEC)
+
+
+# A unit that compiled code finds missing and cannot fill (a stale cache, a failed compile):
+# the call is skipped inside compiled code, so fastbp's Python layer must raise, never return
+# what the skipped call left (a training step that did nothing).
+UNFILLABLE = """
+import numpy as np, fastbp
+from fastbp.kernels import _units
+model = fastbp.MLP([4, 8, 3], seed=0)
+X = np.ones((5, 4), np.float32)
+model.forward(X)                      # every unit it calls, ready
+def cannot(*args):
+    raise RuntimeError("no compiler here")
+_units._make_unit = cannot
+for slot in range(_units.TABLE_SIZE):  # as if none were filled yet
+    _units._table[slot] = None
+try:
+    model.forward(X)
+except _units.UnitMissingError as exc:
+    assert "no compiler here" in str(exc), exc
+    print("raised")
+"""
+
+
+def test_a_unit_that_cannot_be_filled_raises_instead_of_skipping_work():
+    result = subprocess.run([sys.executable, "-c", UNFILLABLE], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "raised", result.stderr

@@ -12,7 +12,8 @@ Arguments travel as one tuple, stored in the caller's stack frame, whose address
 unit reads it with the same Numba types (its ``register``-ed ones), so both sides agree on its
 layout. The table is filled from Python (``ensure``) before fastbp's entry points run; compiled
 code that finds a slot empty (a user's own ``@njit`` code calling the network functions) asks
-Python to fill it through a callback, and skips the call if that fails.
+Python to fill it through a callback, and skips the call if that fails; fastbp's Python layer
+then raises UnitMissingError (raise_if_unfilled) rather than return what such a call left.
 """
 import ctypes
 import hashlib
@@ -28,6 +29,7 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import cfunc, njit, types
 from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
@@ -168,21 +170,55 @@ def ensure(names, dtype, meanwhile=None):
     cold = [name for name in missing if not _cached(_SPEC[name], dt)]
     # Workers hand their units over through the cache: without one, this process does all.
     mine, theirs = _share(cold, _max_workers() if CACHE else 0)
-    workers = [worker for worker in map(_spawn, theirs, [dt] * len(theirs)) if worker]
+    workers = []
     try:
+        for group in theirs:   # in the try: a Ctrl-C while spawning ends those spawned
+            worker = _spawn(group, dt)
+            if worker:
+                workers.append(worker)
         if meanwhile is not None:
             meanwhile()
+            raise_held_ctrl_c()
         for name in missing:
             if not any(name in group for group in theirs):
                 _install(name, dt)
+                raise_held_ctrl_c()
         for worker in workers:
             worker.wait()
     except BaseException:
         for worker in workers:
             worker.kill()
+        for worker in workers:
+            worker.wait()   # gone before this process is (a Ctrl-C ends it soon after)
         raise
     for name in missing:
         _install(name, dt)  # from the cache, or compiled here if a worker failed
+        raise_held_ctrl_c()
+
+
+# -- Ctrl-C during a compile -------------------------------------------------------------------
+# Python runs a signal handler at the next bytecode its main thread executes. In the middle of a
+# Numba compile that is often a ctypes callback of llvmlite's, which prints a KeyboardInterrupt
+# raised there as "Exception ignored" and goes on (a first run went on to train to the end and
+# exit 0), or else Numba code that the exception leaves half-built. So a Ctrl-C that arrives while
+# this thread compiles is held, and raised from plain Python once the compile step returns.
+_held_ctrl_c = []
+
+
+def on_ctrl_c(signum, frame):
+    """A SIGINT handler: KeyboardInterrupt, held back (raise_held_ctrl_c) while this thread
+    compiles (holds Numba's compiler lock)."""
+    if global_compiler_lock.is_locked():
+        _held_ctrl_c.append(signum)
+        return
+    raise KeyboardInterrupt
+
+
+def raise_held_ctrl_c():
+    """Raise the KeyboardInterrupt that on_ctrl_c held back during a compile, if any."""
+    if _held_ctrl_c and not global_compiler_lock.is_locked():
+        _held_ctrl_c.clear()
+        raise KeyboardInterrupt
 
 
 _install_lock = threading.Lock()
@@ -251,14 +287,36 @@ def compile_group(args):
         _make_unit(_SPEC[name], dt)
 
 
+class UnitMissingError(RuntimeError):
+    """Compiled code called a unit that could not be compiled or found: that call did nothing."""
+
+
+_unfilled = []   # why slots could not be filled, since the last raise_if_unfilled
+
+
 def _fill_slot(slot):
-    if slot not in _BY_SLOT:
-        raise RuntimeError(
-            f"fastbp: compiled code called unit slot {slot}, which this version of fastbp does "
-            "not have: it is a stale Numba cache of your own @njit code, compiled against "
-            "another version; delete that cache (__pycache__/*.nbi and *.nbc, or the "
-            "NUMBA_CACHE_DIR folder). The call was skipped.")
-    _install(*_BY_SLOT[slot])
+    # Called from compiled code through ctypes, where an exception is only printed and the
+    # call is skipped: so the failure is also kept, for raise_if_unfilled to raise from Python.
+    try:
+        if slot not in _BY_SLOT:
+            raise UnitMissingError(
+                f"fastbp: compiled code called unit slot {slot}, which this version of fastbp "
+                "does not have: it is a stale Numba cache of your own @njit code, compiled "
+                "against another version; delete that cache (__pycache__/*.nbi and *.nbc, or "
+                "the NUMBA_CACHE_DIR folder). The call was skipped.")
+        _install(*_BY_SLOT[slot])
+    except BaseException as exc:
+        _unfilled.append(str(exc) or repr(exc))
+        raise
+
+
+def raise_if_unfilled():
+    """Raise UnitMissingError if compiled code found a unit it could not fill since the last
+    call: its work was skipped, so what the call returned must not be used."""
+    if _unfilled:
+        reasons = list(dict.fromkeys(_unfilled))
+        _unfilled.clear()
+        raise UnitMissingError("; ".join(reasons))
 
 
 _ensure_callback = ctypes.CFUNCTYPE(None, ctypes.c_int64)(_fill_slot)

@@ -39,42 +39,36 @@ def prepare(dtype, loss, update_kind=None, net=None, entry=None, args=(), weight
     inference = entry in (forward, forward_and_losses, take_csr_rows)   # (no input split)
     names = units_for(loss, update_kind, net, may_split=not inference,
                       weighted=weighted, sparse_index=sparse_index)
-    with _ctrl_c_is_keyboard_interrupt():
+    with _ctrl_c_between_compile_steps():
         _units.ensure(names, np.dtype(dtype), meanwhile=compile_entry)
 
 
-# Set when Ctrl-C stopped a compile: the half-built LLVM objects it leaves may not survive the
-# interpreter's teardown (a double free was seen once, under load), so the command then ends
-# its process without one (cli.main).
+# Set when Ctrl-C stopped a compile: the command then ends its process without the
+# interpreter's teardown (cli.main), in case Numba's objects were left half-built (a double free
+# was seen once, under load, when the interrupt was raised inside a compile).
 compile_interrupted = False
 
 
 @contextlib.contextmanager
-def _ctrl_c_is_keyboard_interrupt():
-    """Ctrl-C in the middle of a compile can surface from Numba as another error (a half-built
-    library): report it as the KeyboardInterrupt it is. Only on the main thread, and only while
-    Python's own Ctrl-C handler is in place."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    pressed = []
-
-    def on_ctrl_c(signum, frame):
-        pressed.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_ctrl_c)
+def _ctrl_c_between_compile_steps():
+    """Ctrl-C while the units and the entry compile: held during each compile and raised as
+    KeyboardInterrupt between them (_units.on_ctrl_c), never swallowed inside one. Only on the
+    main thread, and only in place of Python's own Ctrl-C handler (the command installs
+    on_ctrl_c itself; a caller's own handler is left alone)."""
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if ours:
+        signal.signal(signal.SIGINT, _units.on_ctrl_c)
     try:
         yield
-    except BaseException:
-        if pressed:
-            global compile_interrupted
-            compile_interrupted = True
-            raise KeyboardInterrupt from None
+        _units.raise_held_ctrl_c()   # a press held during the last compile step
+    except KeyboardInterrupt:
+        global compile_interrupted
+        compile_interrupted = True
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @njit(**SERIAL)
