@@ -263,7 +263,7 @@ def train(args, ranks=None):
         set_num_threads(share)
     with _together(ranks):
         ds, model, optimizer, sizes = _data_and_model(args, say)
-    kernels._units.raise_held_ctrl_c()   # one held in a compile on the way (a data check's)
+    kernels.raise_held_ctrl_c()   # one held in a compile on the way (a data check's)
     t_data = time.perf_counter() - t_start
 
     dtype = model.dtype
@@ -304,7 +304,7 @@ def train(args, ranks=None):
     sample_weight = _sample_weight(args, ds)
     _warm_up(model, optimizer, ds.X_train, y_train, min(args.batch_size, len(y_train)),
              args.accumulate, ranks, weighted=sample_weight is not None)
-    kernels._units.raise_held_ctrl_c()
+    kernels.raise_held_ctrl_c()
     t_compile = time.perf_counter() - t0
     say(f"kernels ready in {t_compile:.1f} s (compiled, or loaded from Numba's cache)")
 
@@ -697,7 +697,7 @@ class _TermAsInterrupt:
 
 class _CtrlCHeldInCompiles:
     """While the command runs, Ctrl-C is a KeyboardInterrupt, except during a Numba compile,
-    where it is held and raised once the compile returns (kernels._units.on_ctrl_c): raised
+    where it is held and raised once the compile returns (kernels.on_ctrl_c): raised
     inside one, it could be swallowed by an llvmlite callback and the run go on. In place of
     Python's own handler, or of the one fastbp's import put in place for the command; a caller's
     own (or Ctrl-C ignored) is left alone."""
@@ -706,7 +706,7 @@ class _CtrlCHeldInCompiles:
         self._previous = None
         if threading.current_thread() is threading.main_thread() and signal.getsignal(
                 signal.SIGINT) in (signal.default_int_handler, _environment.exit_interrupted):
-            self._previous = signal.signal(signal.SIGINT, kernels._units.on_ctrl_c)
+            self._previous = signal.signal(signal.SIGINT, kernels.on_ctrl_c)
         return self
 
     def __exit__(self, *exc_info):
@@ -744,7 +744,7 @@ def _main(argv, term):
         if distributed.launched_rank() == 0:
             print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    except kernels._units.UnitMissingError as exc:   # work skipped: never a success
+    except kernels.UnitMissingError as exc:   # work skipped: never a success
         print(f"fastbp train: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -153,7 +153,7 @@ class Engine:
             self.ready(entry, args, update_kind, weighted, sparse_index)
             pin_kernel_blas()
             result = entry(*args)
-            kernels._units.raise_if_unfilled()   # a skipped unit: that result is not one
+            kernels.raise_if_unfilled()   # a skipped unit: that result is not one
             return result
 
     def ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):

@@ -39,6 +39,7 @@ sum squares in the working dtype over blocks of 512, and the blocks in float64.
 from . import _config
 from ._config import MIN_TILE_WORK, NORM_CHUNK
 from ._native import gemm
+from ._units import UnitMissingError, on_ctrl_c, raise_held_ctrl_c, raise_if_unfilled
 from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
                           activation_forward, relu_backward, relu_forward, sigmoid_backward,
                           sigmoid_forward, tanh_backward, tanh_forward, uses_input)
@@ -91,7 +92,8 @@ __all__ = [
     "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",
     "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
     "take_rows", "take_csr_rows", "CSR", "csr_is_valid", "all_finite", "labels_in_range",
-    "gemm", "prepare",
+    "gemm", "prepare", "UnitMissingError", "raise_if_unfilled",
+    "on_ctrl_c", "raise_held_ctrl_c",
     "MIN_TILE_WORK", "NORM_CHUNK", "CACHE_LINE",
 ]
 
