@@ -440,8 +440,9 @@ def test_interrupt_saves_last_good_weights(tmp_path, capsys, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # main's handler, gone again
 
 
-def test_sigint_in_a_real_process(tmp_path):
-    """A real SIGINT while `fastbp train` runs: exit 130, no traceback, weights saved."""
+def _signal_after_the_first_epoch(tmp_path, signum):
+    """Run `fastbp train --save m.npz` in a real process and send it signum once it reports its
+    first epoch; returns (exit status, stdout, stderr, the save's path)."""
     path = tmp_path / "m.npz"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", "--epochs", "100000",
@@ -451,12 +452,18 @@ def test_sigint_in_a_real_process(tmp_path):
         for line in proc.stdout:
             if line.startswith("epoch "):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    return proc.returncode, out, err, path
+
+
+def test_sigint_in_a_real_process(tmp_path):
+    """A real SIGINT while `fastbp train` runs: exit 130, no traceback, weights saved."""
+    status, out, err, path = _signal_after_the_first_epoch(tmp_path, signal.SIGINT)
+    assert status == 130, err
     assert "Traceback" not in err
     assert "interrupted" in out and "model saved" in out
     assert fastbp.load(path).sizes == [64, 128, 10]
@@ -466,21 +473,8 @@ def test_sigint_in_a_real_process(tmp_path):
 def test_sigterm_stops_like_ctrl_c_and_saves(tmp_path):
     """SIGTERM (a preempted cluster job) once the first epoch is reported: exit 143, no
     traceback, the last good weights saved and loadable, marked interrupted."""
-    path = tmp_path / "m.npz"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", "--epochs", "100000",
-                             "--save", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        for line in proc.stdout:
-            if line.startswith("epoch "):
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err
+    status, out, err, path = _signal_after_the_first_epoch(tmp_path, signal.SIGTERM)
+    assert status == 143, err
     assert "Traceback" not in err
     assert "interrupted" in out and "model saved" in out
     assert fastbp.load(path).sizes == [64, 128, 10]

@@ -2,7 +2,6 @@
 `fastbp.load_predictor`: predictions in the data's own terms (class names, targets in their
 units) that match the model's own, and bad input refused with one line (exit 2)."""
 import csv
-import json
 import os
 
 import numpy as np
@@ -12,20 +11,10 @@ import fastbp
 from fastbp import cli
 from fastbp.data import restore_targets
 
+from test_cli import run, run_json
+
 # A noise-free linear target: a net without hidden layers can represent it exactly.
 WEIGHTS, INTERCEPT = np.array([3.0, -2.0, 0.5]), 100.0
-
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def train_json(argv, capsys):
-    code, out, err = run(["train", "--json", "--quiet"] + argv, capsys)
-    assert code == 0, err
-    return json.loads(out)
 
 
 def linear_csv(path, n=400, seed=0):
@@ -70,7 +59,7 @@ def regression_model(tmp_path_factory):
 
 def test_regression_trains_and_reports_r2_mae_rmse_in_the_targets_units(tmp_path, capsys):
     X, y = linear_csv(tmp_path / "linear.csv")
-    summary = train_json(["--data", str(tmp_path / "linear.csv"), "--task", "regression",
+    summary = run_json(["--data", str(tmp_path / "linear.csv"), "--task", "regression",
                           "--layers", "none", "--epochs", "40"], capsys)
     assert summary["loss"] == "mse" and summary["sizes"] == [3, 1]
     assert "test_accuracy" not in summary and "test_correct" not in summary
@@ -88,7 +77,7 @@ def test_regression_trains_and_reports_r2_mae_rmse_in_the_targets_units(tmp_path
 
 def test_huber_regression_and_its_saved_metadata(tmp_path, capsys):
     linear_csv(tmp_path / "linear.csv")
-    summary = train_json(["--data", str(tmp_path / "linear.csv"), "--task", "regression",
+    summary = run_json(["--data", str(tmp_path / "linear.csv"), "--task", "regression",
                           "--loss", "huber", "--layers", "8", "--epochs", "3",
                           "--save", str(tmp_path / "m.npz")], capsys)
     assert summary["loss"] == "huber"
@@ -143,7 +132,7 @@ def digits_npz(path, n=500, n_test=100):
 def test_predict_matches_the_classifiers_own_predictions_on_the_test_rows(tmp_path, capsys):
     X_test = digits_npz(tmp_path / "d.npz")
     np.savez(tmp_path / "rows.npz", X=X_test)
-    train_json(["--data", str(tmp_path / "d.npz"), "--layers", "16", "--epochs", "3",
+    run_json(["--data", str(tmp_path / "d.npz"), "--layers", "16", "--epochs", "3",
                 "--save", str(tmp_path / "m.npz")], capsys)
     model = fastbp.load(tmp_path / "m.npz")
     ds = fastbp.data.load(tmp_path / "d.npz")
@@ -170,7 +159,7 @@ def test_predict_matches_a_two_target_regressions_own_predictions(tmp_path, caps
 
     np.savez(tmp_path / "r.npz", X=X, y=targets(X), X_test=X_test, y_test=targets(X_test))
     np.savez(tmp_path / "rows.npz", X=X_test)
-    summary = train_json(["--data", str(tmp_path / "r.npz"), "--task", "regression",
+    summary = run_json(["--data", str(tmp_path / "r.npz"), "--task", "regression",
                           "--layers", "8", "--epochs", "3", "--save",
                           str(tmp_path / "m.npz")], capsys)
     assert summary["sizes"] == [3, 8, 2]
@@ -187,7 +176,7 @@ def test_predict_matches_a_two_target_regressions_own_predictions(tmp_path, caps
 
 def test_predict_names_the_classes_and_gives_probabilities(tmp_path, capsys):
     X, names = blobs_csv(tmp_path / "blobs.csv")
-    train_json(["--data", str(tmp_path / "blobs.csv"), "--label-column", "0", "--layers",
+    run_json(["--data", str(tmp_path / "blobs.csv"), "--label-column", "0", "--layers",
                 "8", "--epochs", "10", "--save", str(tmp_path / "m.npz")], capsys)
     code, out, err = run(["predict", str(tmp_path / "m.npz"), str(tmp_path / "blobs.csv")],
                          capsys)
