@@ -388,10 +388,11 @@ def _check_resume(args):
     if given:
         raise UsageError(f"fastbp train: --resume takes the model and the optimizer from "
                          f"{args.resume}; drop {', '.join(given)}")
-    try:
-        run = read_metadata(args.resume).get("run")
+    try:   # (kept: the data check after loading compares it too)
+        args.resume_metadata = read_metadata(args.resume)
     except ModelFileError as exc:
         raise UsageError(f"fastbp train: --resume: {exc}") from None
+    run = args.resume_metadata.get("run")
     args.resume_run = run if isinstance(run, dict) else {}
     if not isinstance(run, dict):
         return  # saved by fastbp.save from Python: nothing to compare

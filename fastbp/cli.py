@@ -32,7 +32,7 @@ from ._cli_report import metrics_table
 from .classification import balanced_sample_weight, classification_metrics
 from .data import DataError, LabelColumnError, restore_targets
 from .data import load as load_data
-from .io import ModelFileError, load_checkpoint, read_metadata
+from .io import ModelFileError, load_checkpoint
 from .io import save as save_model
 from .model import MLP
 from .optim import OPTIMIZERS
@@ -137,7 +137,7 @@ def _check_resumed_data(args, ds):
     """The data must be the saved run's, not only its file name: the training rows must have
     the digest saved with the run, and (files saved before it had one) the scaling fitted on
     them must be the saved one. A file overwritten with other rows fails either."""
-    saved = read_metadata(args.resume)
+    saved = args.resume_metadata
     where = f"fastbp train: --resume {args.resume}: the data {args.data} is not the run's"
     if "train_rows_digest" in saved and saved["train_rows_digest"] != _rows_digest(ds):
         raise UsageError(f"{where}: its training rows differ from those the run trained on "
