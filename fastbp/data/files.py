@@ -430,7 +430,7 @@ def _parse_csv(rows, what, label_column):
         except ValueError:
             if line_no == first_line:  # the one header line
                 continue
-            bad = next(s for s in fields if not _is_number(s))
+            bad = next(s for s in fields if not is_number(s))
             raise DataError(f"{what}: line {line_no}: {bad!r} is not a number") from None
         if line_no == first_line:
             first_fields = fields
@@ -460,9 +460,9 @@ def _is_header(features, labels):
     of numbers only (``0,1,2,3,4``) cannot be told from data and is read as a row.
     """
     name, later = labels[0], labels[1:]
-    if not name or _is_number(name):
+    if not name or is_number(name):
         return False
-    if later and all(_is_number(label) for label in later):
+    if later and all(is_number(label) for label in later):
         return True
     pandas_names = [str(i) for i in range(len(features))]
     return [field.strip() for field in features] == pandas_names and name not in later
@@ -492,7 +492,7 @@ def _named_column(what, header, name):
     if matches:
         raise DataError(f"{what}: the header names {name!r} {len(matches)} times; give the "
                         "label column's index instead")
-    if all(_is_number(field) for field in names):
+    if all(is_number(field) for field in names):
         raise DataError(f"{what}: label column {name!r}: the file has no header line to find "
                         "it in; give the label column's index instead")
     shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
@@ -538,7 +538,8 @@ def csv_width(path):
         raise DataError(f"{what}: cannot read ({exc.strerror or exc})") from None
 
 
-def _is_number(text):
+def is_number(text):
+    """Whether text reads as a float (Python's float(): NaN and Inf too)."""
     try:
         float(text)
         return True

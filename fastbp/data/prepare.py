@@ -5,7 +5,7 @@ beside the raw array and the result.
 """
 import numpy as np
 
-from .files import DataError
+from .files import DataError, is_number
 
 __all__ = ["MAX_CLASSES", "split_indices"]
 
@@ -110,7 +110,7 @@ def float_targets(values, what):
         try:
             values = values.astype(np.float64)
         except ValueError:
-            bad = next(s for s in values.tolist() if not _is_float(s))
+            bad = next(s for s in values.tolist() if not is_number(s))
             raise DataError(f"{what}: target {bad!r} is not a number (regression takes "
                             "numeric targets)") from None
     if values.dtype.kind not in "biuf":
@@ -121,14 +121,6 @@ def float_targets(values, what):
     if not np.all(np.isfinite(values)):
         raise DataError(f"{what}: targets contain NaN or Inf")
     return values.astype(np.float64).reshape(len(values), -1)
-
-
-def _is_float(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def check_test_classes(y_train, y_test, class_names, what):
