@@ -204,6 +204,7 @@ def bad_inputs(tmp, regression_model):
     model, data = str(folder / "model.npz"), str(folder / "linear.csv")
     (tmp / "wide.csv").write_text("1,2,3,4,5\n6,7,8,9,10\n")
     (tmp / "junk.npz").write_bytes(b"junk")
+    np.savez(tmp / "no_x.npz", features=np.ones((4, 3)))
     (tmp / "words.csv").write_text("a,b,c,y\n1,2,3,four\n5,6,7,8\n")
     digits_npz(tmp / "d.npz")
     cli.main(["train", "--quiet", "--data", str(tmp / "d.npz"), "--loss", "mse", "--layers",
@@ -215,6 +216,7 @@ def bad_inputs(tmp, regression_model):
         (["predict", str(tmp / "none.npz"), data, "--out", out], "no such file"),
         (["predict", str(tmp / "junk.npz"), data, "--out", out], "junk.npz"),
         (["predict", model, str(tmp / "wide.csv"), "--out", out], "5 columns"),
+        (["predict", model, str(tmp / "no_x.npz"), "--out", out], "needs an array X"),
         (["predict", model, str(tmp / "none.csv"), "--out", out], "no such file"),
         (["predict", model, data, "--proba", "--out", out], "regression model"),
         (["predict", str(tmp / "mse.npz"), str(tmp / "d.npz"), "--proba", "--out", out],

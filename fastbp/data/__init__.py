@@ -242,11 +242,11 @@ def read_features(source, n_features, label_column=-1):
     source = os.fspath(source)
     lower = source.lower()
     if lower.endswith(".npz"):
-        X = read_npz(source).get("X")
-        if X is None or X.ndim < 2 or X.dtype.kind not in "biuf" or X.size == 0:
-            raise DataError(f"{source}: needs an array X of real numbers with one row per "
-                            "sample")
-        X = X.reshape(len(X), -1)
+        arrays = read_npz(source)
+        if "X" not in arrays:
+            raise DataError(f"{source}: needs an array X of the features (arrays present: "
+                            f"{', '.join(sorted(arrays)) or 'none'})")
+        X = _features(arrays["X"], source)
     elif lower.endswith((".csv", ".csv.gz")):
         width = csv_width(source)
         if width not in (n_features, n_features + 1):
@@ -361,13 +361,9 @@ def _regression_dataset(raw, rows, prepare, offset, scale, description, dtype):
                    task="regression", target_offset=target_offset, target_scale=target_scale)
 
 
-def _check_xy(arrays, what, x_key="X", y_key="y", task="classification"):
-    missing = [k for k in (x_key, y_key) if k not in arrays]
-    if missing:
-        have = ", ".join(sorted(arrays)) or "none"
-        raise DataError(f"{what}: needs arrays {x_key} and {y_key}; missing "
-                        f"{', '.join(missing)} (arrays present: {have})")
-    X, y = arrays[x_key], arrays[y_key]
+def _features(X, what, x_key="X"):
+    """A .npz's features X as rows (N, F), checked: real numbers, one row per sample, not
+    empty."""
     if X.ndim < 2:
         raise DataError(f"{what}: {x_key} must have one row per sample (2-D or more), got shape "
                         f"{X.shape}")
@@ -375,9 +371,16 @@ def _check_xy(arrays, what, x_key="X", y_key="y", task="classification"):
         raise DataError(f"{what}: {x_key} must hold real numbers, got dtype {X.dtype}")
     if X.shape[0] == 0 or 0 in X.shape[1:]:
         raise DataError(f"{what}: {x_key} is empty (shape {X.shape})")
-    X = X.reshape(X.shape[0], -1)
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataError(f"{what}: {x_key} is empty (shape {X.shape})")
+    return X.reshape(X.shape[0], -1)
+
+
+def _check_xy(arrays, what, x_key="X", y_key="y", task="classification"):
+    missing = [k for k in (x_key, y_key) if k not in arrays]
+    if missing:
+        have = ", ".join(sorted(arrays)) or "none"
+        raise DataError(f"{what}: needs arrays {x_key} and {y_key}; missing "
+                        f"{', '.join(missing)} (arrays present: {have})")
+    X, y = _features(arrays[x_key], what, x_key), arrays[y_key]
     if task == "regression":
         y = float_targets(y, f"{what}: {y_key}")
     else:
