@@ -13,7 +13,6 @@ and every rank must be given the same options (``--threads`` aside); ``--help`` 
 ``--version`` are for one process, refused under mpiexec.
 """
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -152,10 +151,7 @@ def _check_resumed_data(args, ds):
 def _rows_digest(ds):
     """A digest of the training rows as the model sees them (scaled) and their labels or
     targets, saved with the run: what --resume compares to know the data is the run's."""
-    digest = hashlib.blake2b(digest_size=16)
-    for rows in (ds.X_train, ds.y_train):
-        digest.update(np.ascontiguousarray(rows).data)
-    return digest.hexdigest()
+    return distributed.array_digest(ds.X_train, ds.y_train)
 
 
 def _steps_per_epoch(args, n_train):
