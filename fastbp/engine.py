@@ -62,8 +62,10 @@ class Engine:
     """The compiled state of a network of these layer widths (input first), activation codes
     (one per layer, the output's last), loss name, dtype, checkpoint interval and L2 penalty;
     and of each layer's kind (layout.LAYER_KINDS codes), dropout probability and residual flag
-    (None: plain dense layers), with seed keying the dropout masks. Its buffers hold `capacity`
-    rows to start with and grow on demand (``reserve``).
+    (None: plain dense layers), with seed keying the dropout masks, and the matrix products'
+    precision (a code of kernels.PRECISIONS; BFLOAT16 is checked to run here, and raises
+    kernels.Bfloat16Unavailable otherwise). Its buffers hold `capacity` rows to start with and
+    grow on demand (``reserve``).
 
     Besides the parameters it holds two buffers of training state (kept when the Net is
     rebuilt): ``running``, the batch normalisations' running means and variances (float64,
@@ -71,7 +73,10 @@ class Engine:
     keys the dropout masks."""
 
     def __init__(self, sizes, codes, loss, dtype, checkpoint_every=1, l2=0.0, capacity=1,
-                 kinds=None, dropout=None, residual=None, seed=0):
+                 kinds=None, dropout=None, residual=None, seed=0, precision=kernels.FLOAT32):
+        if precision == kernels.BFLOAT16:
+            kernels.require_bfloat16()
+        self.precision = precision
         self.sizes, self.codes, self.loss = tuple(sizes), tuple(codes), loss
         self.dtype, self.checkpoint_every = dtype, checkpoint_every
         n_layers = len(self.sizes) - 1
@@ -125,7 +130,7 @@ class Engine:
             net, acts_size = kernels.make_net(self.sizes, self.codes, n_rows,
                                               self.checkpoint_every, self.loss, self._l2,
                                               self.kinds, self.dropout, self.residual,
-                                              self.running, self.counter)
+                                              self.running, self.counter, self.precision)
             work = kernels.make_workspace(net, acts_size, self.dtype)
             if self.work is not None:
                 work.layer_sq[:] = self.work.layer_sq
@@ -136,7 +141,7 @@ class Engine:
         scratch alone."""
         work = self.work
         return {"params": self.params.nbytes, "grads": self.grads.nbytes,
-                "buffers": self.running.nbytes + self.counter.nbytes,
+                "buffers": self.running.nbytes + self.counter.nbytes + self.net.bits.nbytes,
                 "optimizer": work.partials.nbytes + work.layer_sq.nbytes,
                 "activations": work.acts.nbytes + work.deltas.nbytes + work.losses.nbytes,
                 "capacity": self.capacity}

@@ -13,6 +13,8 @@ LOSSES = tuple(kernels.LOSS_KINDS)
 # Losses whose output activation must be the identity (the loss holds its own nonlinearity).
 _FUSED = tuple(name for name, kind in kernels.LOSS_KINDS.items() if kind.fused is not None)
 DTYPES = (np.float32, np.float64)
+#: Accepted matmul precisions (fastbp.kernels.bfloat16), by code.
+MATMUL_PRECISIONS = kernels.PRECISIONS
 
 
 def _checked_l2(value, dtype):
@@ -76,6 +78,20 @@ def _residual_layers(value, sizes):
     return flags
 
 
+def _precision_code(value, dtype):
+    """The code of a matmul_precision name for a model of this dtype (bfloat16 ones need
+    float32; "bfloat16" also needs the CPU unit and MKL: kernels.require_bfloat16)."""
+    if not isinstance(value, str) or value not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision: expected one of "
+                         f"{', '.join(map(repr, MATMUL_PRECISIONS))}, got {value!r}")
+    code = MATMUL_PRECISIONS.index(value)
+    if code != kernels.FLOAT32 and dtype != np.float32:
+        raise ValueError(f"matmul_precision: {value!r} is for float32 models (bfloat16 "
+                         f"operands, float32 sums); this model's dtype is "
+                         f"{np.dtype(dtype).name}")
+    return code
+
+
 def _dropout_seed(seed):
     """The key of the dropout masks: the model's seed, or one drawn from the OS without one."""
     if seed is None:
@@ -134,6 +150,15 @@ class MLP:
         Its masks depend only on the model's seed, the training pass and the row (its index in
         the data set under fit), so runs are reproducible at any thread count and resume
         bitwise.
+    matmul_precision : "float32", "bfloat16" or "bfloat16-emulated"
+        The matrix products' operands. "float32" (the default): the model's dtype. "bfloat16"
+        (float32 models): each product's operands rounded to bfloat16 and their products
+        summed in float32 by Intel MKL on the CPU's bfloat16 units (AMX or AVX512-BF16), as
+        PyTorch's bfloat16 autocast does; parameters, gradients, optimizer state, losses and
+        norms stay float32. It needs such a CPU and MKL (``pip install 'fastbp[bf16]'``), and
+        raises kernels.Bfloat16Unavailable naming what is missing otherwise.
+        "bfloat16-emulated": the same rounding, multiplied by fastbp's own loops on any CPU
+        (slow: for checking results).
 
     Training passes (loss_and_grad, train_step, fit's steps) normalise by the batch's
     statistics, fold them into the running ones and drop; inference (forward, predict,
@@ -169,7 +194,7 @@ class MLP:
 
     def __init__(self, sizes, activation="relu", output_activation="identity",
                  loss="softmax_cross_entropy", dtype=np.float32, seed=None, checkpoint_every=1,
-                 l2=0.0, norm=None, residual=False, dropout=0.0):
+                 l2=0.0, norm=None, residual=False, dropout=0.0, matmul_precision="float32"):
         sizes = self._check_sizes(sizes)
         n_layers = len(sizes) - 1
         if isinstance(activation, str):
@@ -204,13 +229,14 @@ class MLP:
         drops = _per_hidden("dropout", dropout, n_layers - 1, _dropout_p) + [0.0]
         residuals = _residual_layers(residual, sizes)
         kinds = [layout.NORM_KINDS[n] if n else layout.DENSE for n in norms] + [layout.DENSE]
+        precision = _precision_code(matmul_precision, dtype)
 
         self._activations = tuple(name for code in hidden for name, c in ACTIVATIONS.items()
                                   if c == code)
         self._output_activation = output_activation
         self._build(Engine(sizes, hidden + [output_code], loss, dtype, checkpoint_every, l2,
                            kinds=kinds, dropout=drops, residual=residuals,
-                           seed=_dropout_seed(seed)))
+                           seed=_dropout_seed(seed), precision=precision))
         self._initialise(seed)
         pin_kernel_blas()
 
@@ -252,6 +278,8 @@ class MLP:
     loss = property(lambda self: self._engine.loss)
     dtype = property(lambda self: self._engine.dtype)
     checkpoint_every = property(lambda self: self._engine.checkpoint_every)
+    matmul_precision = property(lambda self: MATMUL_PRECISIONS[self._engine.precision],
+                                doc="The matrix products' precision (see the class).")
     norm = property(lambda self: [layout.LAYER_KINDS[k].norm for k in self._engine.kinds[:-1]],
                     doc="Each hidden layer's normalisation, or None (a copy).")
     dropout = property(lambda self: list(self._engine.dropout[:-1]),
@@ -339,6 +367,8 @@ class MLP:
             extras += ", residual=True"
         if any(self.dropout):
             extras += f", dropout={self.dropout}"
+        if self.matmul_precision != "float32":
+            extras += f", matmul_precision={self.matmul_precision!r}"
         return (f"MLP(sizes={self.sizes}, activation={self.activations}, output_activation="
                 f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.__name__}, "
                 f"checkpoint_every={self.checkpoint_every}, l2={self.l2!r}{extras})")
@@ -348,7 +378,7 @@ class MLP:
     # The settings a pickle holds (with the two buffers' values), as MLPs have always been
     # pickled; the engine and the per-layer views are rebuilt from them.
     _PICKLED = ("_sizes", "_loss", "_dtype", "_checkpoint_every", "_l2", "_codes", "_capacity",
-                "_kinds", "_dropout", "_residual", "_running", "_counter")
+                "_kinds", "_dropout", "_residual", "_running", "_counter", "_precision")
     _VIEWS = ("_engine", "_weights", "_biases", "_weight_grads", "_bias_grads", "_norm_weights",
               "_norm_biases", "_norm_weight_grads", "_norm_bias_grads", "_running_means",
               "_running_vars")
@@ -364,13 +394,14 @@ class MLP:
                      _codes=list(engine.codes), _capacity=engine.capacity,
                      _kinds=list(engine.kinds), _dropout=list(engine.dropout),
                      _residual=list(engine.residual), _running=engine.running.copy(),
-                     _counter=engine.counter.copy(),
+                     _counter=engine.counter.copy(), _precision=engine.precision,
                      params=np.array(self.params), grads=np.array(self.grads))
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         state.setdefault("_l2", 0.0)  # pickled before l2 existed
+        state.setdefault("_precision", kernels.FLOAT32)   # before matmul_precision
         for name in ("_kinds", "_dropout", "_residual", "_running", "_counter"):
             state.setdefault(name, None)   # pickled before normalisation and dropout
         for stale in ("_grad_norms_fresh", "_net", "_work", "_prepared", "_optimizers"):
@@ -379,9 +410,9 @@ class MLP:
         params, grads = state.pop("params"), state.pop("grads")
         self.__dict__.update(state)
         (sizes, loss, dtype, checkpoint_every, l2, codes, capacity, kinds, dropout, residual,
-         running, counter) = settings
+         running, counter, precision) = settings
         self._build(Engine(sizes, codes, loss, dtype, checkpoint_every, l2, max(1, capacity),
-                           kinds, dropout, residual))
+                           kinds, dropout, residual, precision=precision))
         self.params[...], self.grads[...] = params, grads
         if running is not None:
             self._engine.running[...], self._engine.counter[...] = running, counter
@@ -409,8 +440,11 @@ class MLP:
     def memory_report(self, *optimizers):
         """Bytes held, by kind: "params", "grads", "optimizer" (the norm scratch, and the state of
         the fastbp optimizers given: moments, momentum buffers), "activations" (layer outputs,
-        kept pre-activations, backward deltas and per-sample losses at the current capacity)
-        and "total". "capacity" is the batch size the buffers hold.
+        kept pre-activations, backward deltas and per-sample losses at the current capacity),
+        "buffers" (batch normalisation's running statistics, the dropout key, and in bfloat16
+        precision the operands' bfloat16 copies: 2 bytes a parameter, plus 2 * capacity *
+        (widest input + widest output)) and "total". "capacity" is the batch size the buffers
+        hold.
 
         Without checkpointing, activations = capacity * (sum(blocks) + 2 * max(sizes[1:])) *
         itemsize + 8 * capacity, where a layer's block is its width, twice its width for a gelu

@@ -16,7 +16,8 @@ weights, and sample weights, are stages after the loss's gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer),
-``normalization`` (layer and batch normalisation), ``dropout`` (inverted dropout, masks from a
+``bfloat16`` (bfloat16 operands for a float32 model's products: rounding, MKL's product or
+its emulation), ``normalization`` (layer and batch normalisation), ``dropout`` (inverted dropout, masks from a
 counter-based hash), ``block`` (the hidden layer with normalisation, dropout and a residual
 connection, built from those), ``losses``
 (``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
@@ -33,7 +34,8 @@ element is written by two threads, and the split depends only on the shapes, the
 and the scratch given, so results are bitwise reproducible at a fixed thread count.
 
 Precision: matrix products and the sums over the batch in dW and db accumulate in the working
-dtype, as BLAS does. Losses and the softmax denominator accumulate in float64; gradient norms
+dtype, as BLAS does (a float32 Net in bfloat16 precision rounds the products' operands to
+bfloat16 first; bfloat16.py). Losses and the softmax denominator accumulate in float64; gradient norms
 sum squares in the working dtype over blocks of 512, and the blocks in float64.
 """
 from . import _config
@@ -44,8 +46,11 @@ from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
                           activation_forward, relu_backward, relu_forward, sigmoid_backward,
                           sigmoid_forward, tanh_backward, tanh_forward, uses_input)
 from .activations import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH  # noqa: F401
+from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, PRECISIONS, Bfloat16Unavailable,
+                       cpu_bfloat16_units, require_bfloat16, round_to_bfloat16)
 from .block import INFER, REPLAY, TRAIN, add_forward, aux_layout, block_backward, block_forward
-from .dense import dense_backward, dense_forward, splits_input
+from .dense import (dense_backward, dense_backward_bf16, dense_forward, dense_forward_bf16,
+                    splits_input)
 from .dropout import (dropout_backward, dropout_forward, dropout_forward_masked, dropout_mask,
                       dropout_uniform)
 from .entry import prepare
@@ -73,6 +78,9 @@ globals().update(_LOSS_KERNELS)
 __all__ = [
     "ACTIVATIONS", "CODES", "Activation", *(a.name.upper() for a in ACTIVATIONS),
     "dense_forward", "dense_backward",
+    "dense_forward_bf16", "dense_backward_bf16", "round_to_bfloat16", "PRECISIONS", "FLOAT32",
+    "BFLOAT16", "BFLOAT16_EMULATED", "Bfloat16Unavailable", "require_bfloat16",
+    "cpu_bfloat16_units",
     "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
     "batch_norm_inference", "NORM_EPS", "BATCH_NORM_MOMENTUM",
     "dropout_mask", "dropout_forward", "dropout_forward_masked", "dropout_backward",

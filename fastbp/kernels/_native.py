@@ -11,8 +11,13 @@ build NumPy and SciPy themselves are made with). It is loaded privately (its sym
 
 Callers run it from inside ``prange`` loops, one call per batch tile: it must be limited to one
 thread (see ``fastbp._threads``), or its pool and Numba's fight.
+
+Products of bfloat16 operands (fastbp.kernels.bfloat16) call Intel MKL's ``gemm_bf16bf16f32``
+through a third symbol, registered by ``load_bfloat16_gemm`` only when a model asks for them
+(MKL is an optional extra, loaded with its sequential threading layer: one pool, Numba's).
 """
 import ctypes
+import ctypes.util
 import os
 
 import numba
@@ -48,12 +53,73 @@ _config.restype = ctypes.c_char_p
 #: The BLAS library behind the kernels' matrix products, as its build describes itself.
 BLAS = _config().decode()
 
-_SYMBOLS = {types.float32: "fastbp_sgemm", types.float64: "fastbp_dgemm"}
+# The gemm symbol by (operands' dtype, output's dtype).
+_SYMBOLS = {(types.float32, types.float32): "fastbp_sgemm",
+            (types.float64, types.float64): "fastbp_dgemm",
+            (types.uint16, types.float32): "fastbp_gemm_bf16"}
 for _name in ("sgemm", "dgemm"):
     _llvm.add_symbol("fastbp_" + _name,
                      ctypes.cast(getattr(openblas, f"scipy_{_name}_"), ctypes.c_void_p).value)
 # Starting Numba's thread pool registers its "get_num_threads" symbol, which num_threads calls.
 numba.get_num_threads()
+
+
+class Bfloat16Unavailable(RuntimeError):
+    """bfloat16 products were asked for where they cannot run (no MKL, or no CPU unit)."""
+
+
+#: What this CPU has for bfloat16 products, from LLVM's view of the host: {"amx_bf16": bool,
+#: "avx512_bf16": bool}.
+CPU_BF16 = {name: _llvm.get_host_cpu_features().get(feature, False)
+            for name, feature in (("amx_bf16", "amx-bf16"), ("avx512_bf16", "avx512bf16"))}
+_MKL_SEQUENTIAL = 1   # MKL_THREADING_SEQUENTIAL
+_mkl = []             # the loaded MKL, once load_bfloat16_gemm found it
+
+
+def _find_mkl():
+    """The path of MKL's single dynamic library (mkl_rt) from the ``mkl`` wheel, else as the
+    system's loader would find it; None when neither has it."""
+    from importlib import metadata
+    try:
+        for file in metadata.files("mkl") or ():
+            if file.name.startswith(("libmkl_rt.so", "libmkl_rt.", "mkl_rt.")):
+                return str(file.locate())
+    except metadata.PackageNotFoundError:
+        pass
+    return ctypes.util.find_library("mkl_rt")
+
+
+def load_bfloat16_gemm():
+    """Register the bfloat16 product's symbol: MKL's gemm_bf16bf16f32 at one thread per call.
+    Returns MKL's version string. Raises Bfloat16Unavailable when MKL cannot be loaded, or runs
+    with another threading layer already chosen in this process (its own pool would then fight
+    Numba's)."""
+    if _mkl:
+        return _mkl[0]
+    path = _find_mkl()
+    if path is None:
+        raise Bfloat16Unavailable(
+            "bfloat16 products need Intel MKL, which is not installed: pip install "
+            "'fastbp[bf16]' (or pip install mkl)")
+    try:
+        lib = ctypes.CDLL(path)
+        set_layer = lib.MKL_Set_Threading_Layer
+        gemm_bf16 = lib.gemm_bf16bf16f32_
+    except (OSError, AttributeError) as exc:
+        raise Bfloat16Unavailable(f"bfloat16 products: could not load MKL's gemm_bf16bf16f32 "
+                                  f"from {path}: {exc}") from None
+    set_layer.argtypes, set_layer.restype = [ctypes.c_int], ctypes.c_int
+    layer = set_layer(_MKL_SEQUENTIAL)
+    if layer != _MKL_SEQUENTIAL:
+        raise Bfloat16Unavailable(
+            f"bfloat16 products: MKL in this process already runs threading layer {layer}, "
+            "not the sequential one fastbp calls it with; set MKL_THREADING_LAYER=SEQUENTIAL")
+    version = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(version, 256)
+    _llvm.add_symbol(_SYMBOLS[types.uint16, types.float32],
+                     ctypes.cast(gemm_bf16, ctypes.c_void_p).value)
+    _mkl.append(version.value.decode(errors="replace").strip())
+    return _mkl[0]
 
 
 @intrinsic
@@ -71,7 +137,8 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
     """Call Fortran ?gemm: c := alpha*op(a) @ op(b) + beta*c, column-major, every argument by
     reference. transa/transb are character codes (ord('N') or ord('T'))."""
     dtype = c.dtype
-    if dtype not in _SYMBOLS or a.dtype != dtype or b.dtype != dtype:
+    symbol = _SYMBOLS.get((a.dtype, dtype))
+    if symbol is None or b.dtype != a.dtype:
         return None
     sig = types.void(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
@@ -79,12 +146,13 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
         ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
         tys = signature.args
         fty = context.get_value_type(dtype)
+        oty = context.get_value_type(a.dtype)   # the operands'
         i8, i32 = ir.IntType(8), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer()] * 2 + [i32.as_pointer()] * 3
-                               + [fty.as_pointer(), fty.as_pointer(), i32.as_pointer(),
-                                  fty.as_pointer(), i32.as_pointer(), fty.as_pointer(),
+                               + [fty.as_pointer(), oty.as_pointer(), i32.as_pointer(),
+                                  oty.as_pointer(), i32.as_pointer(), fty.as_pointer(),
                                   fty.as_pointer(), i32.as_pointer()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[dtype])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
 
         def by_ref(value, from_type, to_llvm, to_type):
             slot = cgutils.alloca_once(builder, to_llvm)
@@ -102,7 +170,7 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
 
         def data(arr, t):
             return builder.bitcast(context.make_array(t)(context, builder, arr).data,
-                                   fty.as_pointer())
+                                   context.get_value_type(t.dtype).as_pointer())
 
         builder.call(fn, [char(ta, tys[0]), char(tb, tys[1]), int32(m_, tys[2]),
                           int32(n_, tys[3]), int32(k_, tys[4]), scalar(alpha_, tys[5]),
@@ -122,7 +190,9 @@ def _leading_dim(x):
 
 @njit(**INLINED)
 def gemm(c, a, b, alpha, beta, trans_a, trans_b):
-    """c (M, N) := alpha * op(a) @ op(b) + beta * c, on row-major views.
+    """c (M, N) := alpha * op(a) @ op(b) + beta * c, on row-major views. a and b are of c's
+    dtype, or bfloat16 bit patterns (uint16) for a float32 c (MKL's product: load_bfloat16_gemm
+    first).
 
     op(a) is (M, K): a is (M, K), or (K, M) when trans_a. op(b) is (K, N): b is (K, N), or
     (N, K) when trans_b. Every view must have unit stride along its last axis; rows may be
@@ -208,3 +278,32 @@ def float64_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """The IEEE bit pattern of a float32, as a uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bit pattern is the low 32 bits of the integer bits."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        elif bits.bitwidth < 32:
+            value = builder.zext(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen

@@ -53,19 +53,24 @@ argtypes(dtype), returning restype."""
 _SPEC = {}      # name -> Spec
 _SLOTS = {}     # (name, dtype) -> slot
 _BY_SLOT = {}   # slot -> (name, dtype)
+_PREPARE = {}   # name -> what to call before compiling or loading it
 
 
-def register(name, kernel, argtypes, restype=types.none, packed=False, cost=None):
+def register(name, kernel, argtypes, restype=types.none, packed=False, cost=None, prepare=None):
     """Declare a unit. Its slot in each dtype is a hash of its name, dtype and types (probing on
     the rare collision), so compiled code that has a slot built in (fastbp's, or a user's own
     cached @njit code calling the network functions) finds the same unit in every process and
     version, or, if that unit changed or went, an empty slot and a clear message (_fill_slot),
     never another unit. cost: its compile time in seconds, for ensure to share the units out
-    between processes (see _COST; left out: that of an activation's loop)."""
+    between processes (see _COST; left out: that of an activation's loop). prepare: called
+    before the unit is compiled or loaded, in whichever process does it (registers a native
+    symbol its code calls)."""
     if name in _SPEC:
         return
     if cost is not None:
         _COST[name] = cost
+    if prepare is not None:
+        _PREPARE[name] = prepare
     spec = Spec(name, kernel, argtypes, restype, packed)
     _SPEC[name] = spec
     for dt in DTYPES:
@@ -136,6 +141,8 @@ def _unit_function(spec, dtype):
 
 def _make_unit(spec, dtype):
     """The cfunc of one (kernel, dtype): compiled now, or loaded from Numba's cache."""
+    if spec.name in _PREPARE:
+        _PREPARE[spec.name]()
     return cfunc(types.void(types.voidptr, types.voidptr), cache=CACHE)(
         _unit_function(spec, dtype))
 
@@ -387,10 +394,10 @@ def caller(name):
     return njit(**INLINED)(scope[name])
 
 
-def unit(name, kernel, argtypes, restype=types.none, packed=False, cost=None):
+def unit(name, kernel, argtypes, restype=types.none, packed=False, cost=None, prepare=None):
     """Declare a unit (register) and return its caller: how a kernel's module declares the unit
     of a kernel beside it, so that the network calls ``module.<name>_unit(...)``."""
-    register(name, kernel, argtypes, restype, packed, cost)
+    register(name, kernel, argtypes, restype, packed, cost, prepare)
     return caller(name)
 
 

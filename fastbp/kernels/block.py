@@ -110,11 +110,14 @@ def _views(acts, running, params, n_rows, n_in, n_out, param_offset, act_offset,
 @njit(**SERIAL)
 def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, activation,
                   param_offset, act_offset, pre_offset, aux_offset, running_offset, capacity,
-                  norm, p, residual, seed, step, row_base, layer, mode):
+                  norm, p, residual, seed, step, row_base, layer, mode, weight_bits, rows_bits,
+                  precision):
     """A block layer's forward pass for inp (B, n_in), in mode INFER, TRAIN or REPLAY; see the
     module docstring for what goes where. scratch: as dense_forward's (1-D; empty for none).
     row_ids (B,) int64: the rows' keys for the dropout mask, plus row_base (empty: their
-    positions); seed and step: the rest of the masks' key (dropout.dropout_mask)."""
+    positions); seed and step: the rest of the masks' key (dropout.dropout_mask). weight_bits,
+    rows_bits, precision: the product's precision and its bfloat16 buffers
+    (dense.dense_forward_layer)."""
     n_rows = inp.shape[0]
     (out, pre, xhat, a, mask, weight, bias, gamma, beta, row_rstd, col_mean, col_rstd,
      run_mean, run_var) = _views(acts, running, params, n_rows, n_in, n_out, param_offset,
@@ -124,10 +127,11 @@ def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, act
     if not drops and residual == 0:
         a = out   # inference without a residual: the activation's output is the layer's
     if norm == 0:
-        dense.dense_forward_by_units(a, pre, inp, weight, bias, activation, scratch)
+        dense.dense_forward_layer(a, pre, inp, weight, bias, activation, scratch, weight_bits,
+                                  rows_bits, precision)
     else:
-        dense.dense_forward_by_units(xhat, pre[:0], inp, weight, bias, activations.IDENTITY,
-                                     scratch)
+        dense.dense_forward_layer(xhat, pre[:0], inp, weight, bias, activations.IDENTITY,
+                                  scratch, weight_bits, rows_bits, precision)
         zn = pre if pre.shape[0] > 0 else a
         if norm == _LAYER_NORM:
             normalization.layer_norm_forward(zn, xhat, row_rstd, xhat, gamma, beta)
@@ -148,11 +152,13 @@ def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, act
 @njit(**SERIAL)
 def block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params,
                    n_in, n_out, activation, param_offset, act_offset, pre_offset, aux_offset,
-                   running_offset, capacity, norm, p, residual):
+                   running_offset, capacity, norm, p, residual, weight_bits, rows_bits,
+                   precision):
     """A block layer's backward pass after a training forward pass, given dout (B, n_out) =
     dL/d(its output): its parameters' gradients into grads, and dinp (B, n_in) = dL/d(inp_pre)
     for inp = act(inp_pre), act the code inp_activation (dinp without rows: skipped). dout is
-    overwritten."""
+    overwritten. weight_bits, rows_bits, precision: as block_forward's (the weight's bfloat16
+    copy as block_forward left it)."""
     n_rows = dout.shape[0]
     (out, pre, xhat, a, mask, weight, bias, gamma, beta, row_rstd, col_mean, col_rstd,
      run_mean, run_var) = _views(acts, running, params, n_rows, n_in, n_out, param_offset,
@@ -177,10 +183,11 @@ def block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, runnin
     elif norm == _BATCH_NORM:
         normalization.batch_norm_backward(g, dgamma, dbeta, g, xhat, col_rstd, gamma)
     if residual == 0 or dinp.shape[0] == 0:
-        dense.dense_backward_unit(dinp, dweight, dbias, g, inp, weight, inp_activation, inp_pre)
+        dense.dense_backward_layer(dinp, dweight, dbias, g, inp, weight, inp_activation,
+                                   inp_pre, weight_bits, rows_bits, precision)
         return
-    dense.dense_backward_unit(dinp, dweight, dbias, g, inp, weight, activations.IDENTITY,
-                              inp_pre)
+    dense.dense_backward_layer(dinp, dweight, dbias, g, inp, weight, activations.IDENTITY,
+                               inp_pre, weight_bits, rows_bits, precision)
     add_forward(dinp, dinp, dout)
     if inp_activation != activations.IDENTITY:
         activations.activation_backward_unit(dinp, dinp, inp, inp_activation, inp_pre)
@@ -191,10 +198,12 @@ _I, _F = types.int64, types.float64
 block_forward_unit = _units.unit(
     "block_forward", block_forward,
     lambda dt: (_V[dt], _units.FLOAT64S, _V[dt], _M[dt], _V[dt], _units.INDEX,
-                _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, _I, _I, _I, _I, _I),
+                _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, _I, _I, _I, _I, _I,
+                dense.BITS, dense.BITS, _I),
     cost=6)
 block_backward_unit = _units.unit(
     "block_backward", block_backward,
     lambda dt: (_M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _I, _V[dt], _units.FLOAT64S,
-                _V[dt], _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I),
+                _V[dt], _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, dense.BITS, dense.BITS,
+                _I),
     cost=6)

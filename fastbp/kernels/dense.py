@@ -5,20 +5,26 @@ single-threaded BLAS followed by its fused epilogue (bias and activation, or the
 gradient) while the tile is still in cache. A forward product with far more inputs than batch
 rows is split over its inputs instead, when given a scratch buffer for the second half's partial
 sums. Work too small to repay waking a thread runs serially, outside any parallel region.
+
+In bfloat16 precision (bfloat16.py) the same tiles multiply bfloat16 copies of the operands:
+dense_forward_bf16 rounds inp and weight, dense_backward_bf16 rounds inp and dpre and reuses the
+forward's rounded weight; bias, activations and db read the float32 values.
 """
+import numpy as np
 from numba import njit, prange, types
 
 from . import _units
 from ._config import INLINED, MIN_TILE_WORK, PARALLEL, SERIAL
-from ._native import gemm, matrix_view, num_threads
+from ._native import load_bfloat16_gemm, matrix_view, num_threads
+from .bfloat16 import BFLOAT16, BFLOAT16_EMULATED, FLOAT32, product, round_to_bfloat16
 from ._tiling import grid, span
 from .activations import activation_grad_tile, activation_input, bias_activation_tile
 
 
 @njit(**SERIAL)
 def _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1):
-    """out[r0:r1, c0:c1] of dense_forward."""
-    gemm(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
+    """out[r0:r1, c0:c1] of dense_forward (inp and weight: the product's operands)."""
+    product(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
     bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
 
 
@@ -45,7 +51,7 @@ def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation)
         k0, k1 = span(t // n_cols, 2, n_in)
         c0, c1 = span(t % n_cols, n_cols, n_out)
         dst = out if t < n_cols else partial
-        gemm(dst[:, c0:c1], inp[:, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False, False)
+        product(dst[:, c0:c1], inp[:, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False, False)
     n_tiles = min(n_threads, n_rows)
     for t in prange(n_tiles):
         r0, r1 = span(t, n_tiles, n_rows)
@@ -113,9 +119,10 @@ dense_forward_grid_unit = _units.unit(
 
 
 @njit(**SERIAL)
-def _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1):
-    """dweight[r0:r1, c0:c1]; the tiles of the first row (r0 == 0) also do dbias[c0:c1]."""
-    gemm(dweight[r0:r1, c0:c1], inp[:, r0:r1], dpre[:, c0:c1], 1.0, 0.0, True, False)
+def _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1):
+    """dweight[r0:r1, c0:c1] = inp_op^T dpre_op (the product's operands); the tiles of the
+    first row (r0 == 0) also do dbias[c0:c1] from dpre."""
+    product(dweight[r0:r1, c0:c1], inp_op[:, r0:r1], dpre_op[:, c0:c1], 1.0, 0.0, True, False)
     if r0 == 0:
         b = dbias[c0:c1]
         for j in range(b.shape[0]):
@@ -128,12 +135,12 @@ def _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1):
 
 @njit(**SERIAL)
 def _input_grad_tile(dinp, dpre, weight, inp, inp_pre, inp_activation, r0, r1, c0, c1):
-    """dinp[r0:r1, c0:c1]."""
-    gemm(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
+    """dinp[r0:r1, c0:c1] (dpre and weight: the product's operands)."""
+    product(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
     activation_grad_tile(dinp, inp_pre, inp, inp_activation, r0, r1, c0, c1)
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre=None):
     """Backward of dense_forward, given dpre (B, OC) = dL/d(inp @ weight + bias).
 
@@ -147,6 +154,14 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     dW, db and dinp tiles run in one parallel region. dW is split over its own elements, so each
     is one thread's whole sum over the batch: no races and no partial buffers.
     """
+    _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, inp,
+                    dpre)
+
+
+@njit(**PARALLEL)
+def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, inp_op,
+                    dpre_op):
+    """dense_backward, the products taking inp_op, dpre_op and weight as their operands."""
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     z = activation_input(inp_pre, inp, inp_activation)
@@ -164,21 +179,21 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
             n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
         k0, k1 = span(0, 1, n_in)
         c0, c1 = span(0, 1, n_out)
-        _weight_grad_tile(dweight, dbias, dpre, inp, k0, k1, c0, c1)
+        _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, k0, k1, c0, c1)
         if n_input_tiles:
             r0, r1 = span(0, 1, n_rows)
-            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, k0, k1)
+            _input_grad_tile(dinp, dpre_op, weight, inp, z, inp_activation, r0, r1, k0, k1)
         return
     for t in prange(n_weight_tiles + n_input_tiles):
         if t < n_weight_tiles:
             r0, r1 = span(t // w_cols, w_rows, n_in)
             c0, c1 = span(t % w_cols, w_cols, n_out)
-            _weight_grad_tile(dweight, dbias, dpre, inp, r0, r1, c0, c1)
+            _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1)
         else:
             u = t - n_weight_tiles
             r0, r1 = span(u // i_cols, i_rows, n_rows)
             c0, c1 = span(u % i_cols, i_cols, n_in)
-            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
+            _input_grad_tile(dinp, dpre_op, weight, inp, z, inp_activation, r0, r1, c0, c1)
 
 
 dense_backward_unit = _units.unit(
@@ -198,3 +213,110 @@ def dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch):
                                        weight, bias, activation)
     else:
         dense_forward_grid_unit(out, pre, inp, weight, bias, activation)
+
+
+# -- bfloat16 operands (bfloat16.py) -----------------------------------------------------------
+
+
+@njit(**SERIAL)
+def dense_forward_bf16(out, pre, inp, weight, bias, activation, inp_bits, weight_bits):
+    """dense_forward (without the input split) with bfloat16 operands: inp (B, C) and weight
+    (C, OC) rounded into inp_bits (>= B * C) and weight_bits (C * OC), 1-D bit-pattern buffers
+    (uint16: MKL's product; int16: emulated), overwritten; weight_bits then holds what
+    dense_backward_bf16 reads. pre: as dense_forward's, or a view without rows."""
+    n_rows, n_in = inp.shape
+    n_out = weight.shape[1]
+    inp_op = matrix_view(inp_bits, 0, n_rows, n_in)
+    weight_op = matrix_view(weight_bits, 0, n_in, n_out)
+    round_to_bfloat16(inp_op, inp)
+    round_to_bfloat16(weight_op, weight)
+    _dense_forward_grid(out, pre, inp_op, weight_op, bias, activation)
+
+
+@njit(**SERIAL)
+def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation, inp_pre,
+                        rows_bits):
+    """dense_backward with bfloat16 operands: weight_bits (C * OC) as dense_forward_bf16 left
+    it; inp and dpre rounded into rows_bits (>= B * (C + OC), overwritten). dbias and the
+    activation's gradient read the float32 dpre, inp and inp_pre."""
+    n_rows, n_in = inp.shape
+    n_out = dpre.shape[1]
+    inp_op = matrix_view(rows_bits, 0, n_rows, n_in)
+    dpre_op = matrix_view(rows_bits, n_rows * n_in, n_rows, n_out)
+    round_to_bfloat16(inp_op, inp)
+    round_to_bfloat16(dpre_op, dpre)
+    _dense_backward(dinp, dweight, dbias, dpre, inp, matrix_view(weight_bits, 0, n_in, n_out),
+                    inp_activation, inp_pre, inp_op, dpre_op)
+
+
+@njit(**SERIAL)
+def _dense_forward_bf16_emulated(out, pre, inp, weight, bias, activation, inp_bits,
+                                 weight_bits):
+    dense_forward_bf16(out, pre, inp, weight, bias, activation, inp_bits.view(np.int16),
+                       weight_bits.view(np.int16))
+
+
+@njit(**SERIAL)
+def _dense_backward_bf16_emulated(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation,
+                                  inp_pre, rows_bits):
+    dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits.view(np.int16),
+                        inp_activation, inp_pre, rows_bits.view(np.int16))
+
+
+#: A bfloat16 bit-pattern buffer, as units take it.
+BITS = types.Array(types.uint16, 1, "C")
+
+
+def _forward_bf16_types(dt):
+    return (_M[dt], _M[dt], _M[dt], _M[dt], _V[dt], types.int64, BITS, BITS)
+
+
+def _backward_bf16_types(dt):
+    return (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], BITS, types.int64, _M[dt], BITS)
+
+
+dense_forward_bf16_unit = _units.unit(
+    "dense_forward_bf16", dense_forward_bf16, _forward_bf16_types, cost=1.9,
+    prepare=load_bfloat16_gemm)
+dense_backward_bf16_unit = _units.unit(
+    "dense_backward_bf16", dense_backward_bf16, _backward_bf16_types, cost=3.8,
+    prepare=load_bfloat16_gemm)
+_forward_emulated_unit = _units.unit(
+    "dense_forward_bf16_emulated", _dense_forward_bf16_emulated, _forward_bf16_types)
+_backward_emulated_unit = _units.unit(
+    "dense_backward_bf16_emulated", _dense_backward_bf16_emulated, _backward_bf16_types)
+#: The units of a precision's products, by its code.
+PRECISION_UNITS = {FLOAT32: ["dense_forward_grid", "dense_backward"],
+                   BFLOAT16: ["dense_forward_bf16", "dense_backward_bf16"],
+                   BFLOAT16_EMULATED: ["dense_forward_bf16_emulated",
+                                       "dense_backward_bf16_emulated"]}
+
+
+@njit(**INLINED)
+def dense_forward_layer(out, pre, inp, weight, bias, activation, scratch, weight_bits,
+                        rows_bits, precision):
+    """A layer's dense_forward in its precision (bfloat16.py's codes): by the units, with
+    scratch as dense_forward_by_units's; or with bfloat16 operands in weight_bits (C * OC) and
+    rows_bits (>= B * C) (dense_forward_bf16)."""
+    if precision == FLOAT32:
+        dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
+    elif precision == BFLOAT16:
+        dense_forward_bf16_unit(out, pre, inp, weight, bias, activation, rows_bits,
+                                weight_bits)
+    else:
+        _forward_emulated_unit(out, pre, inp, weight, bias, activation, rows_bits, weight_bits)
+
+
+@njit(**INLINED)
+def dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre,
+                         weight_bits, rows_bits, precision):
+    """A layer's dense_backward in its precision: by its unit, or with bfloat16 operands
+    (dense_backward_bf16: weight_bits as the forward pass left it, rows_bits >= B * (C + OC))."""
+    if precision == FLOAT32:
+        dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+    elif precision == BFLOAT16:
+        dense_backward_bf16_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
+                                 inp_activation, inp_pre, rows_bits)
+    else:
+        _backward_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation,
+                                inp_pre, rows_bits)

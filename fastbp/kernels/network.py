@@ -14,7 +14,10 @@ its start, the L2 penalty covers (layout.weight_lengths), dropout (L,) each laye
 probability, residual (L,) 1 where a layer adds its input to its output, aux_offsets (L,)
 where a block layer's saved values start (-1: a plain layer), running_offsets (L,) where a
 batch-normalised layer's running mean and variance start in running (float64), and counter
-[seed, training passes, row base], the dropout masks' key (see make_net).
+[seed, training passes, row base], the dropout masks' key (see make_net), precision (the
+matrix products' code of bfloat16.PRECISIONS) and bits, the bfloat16 operands' buffer (uint16;
+empty in FLOAT32 precision): each layer's rounded weight at its parameter offset, then
+capacity * (widest input + widest output) for a batch's rounded rows (bfloat16_length).
 
 Layers: a layer with none of normalisation, dropout or a residual connection is plain: the
 dense kernels, its activation fused into the product. The others are block layers (block.py:
@@ -76,6 +79,7 @@ from .. import layout
 from ._config import INLINED, SERIAL
 from ._native import matrix_view
 from . import _units, activations, block, dense, losses, rows, update
+from .bfloat16 import FLOAT32
 from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
 from .block import INFER, REPLAY, TRAIN
@@ -87,7 +91,7 @@ from .update import norm_partials_size
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
                          "checkpoint_every", "act_offsets", "pre_offsets", "loss", "l2",
                          "kinds", "weight_lengths", "dropout", "residual", "aux_offsets",
-                         "running_offsets", "running", "counter"])
+                         "running_offsets", "running", "counter", "precision", "bits"])
 Workspace = namedtuple("Workspace", ["acts", "deltas", "losses", "layer_sq", "partials"])
 
 # Every unit is declared beside its kernel (dense, activations, rows, update, losses); the
@@ -112,7 +116,7 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
     names = _layer_units(net) + ["take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
-    if may_split and (net is None or _may_split_input(net)):
+    if may_split and (net is None or (net.precision == FLOAT32 and _may_split_input(net))):
         names.append("dense_forward_split_input")
     kind = LOSS_KINDS[loss]
     names += kind.units
@@ -132,16 +136,17 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
 # -- building (plain Python) -------------------------------------------------------------------
 
 
-# The units of the plain dense layer, and those a block layer (block.py) adds.
-_DENSE_UNITS = ["dense_forward_grid", "dense_backward"]
+# The units a block layer (block.py) adds to the dense layer's.
 _BLOCK_UNITS = ["block_forward", "block_backward", "activation_backward"]
 
 
 def _layer_units(net):
-    """The units of the layers of a Net (without one, of every kind of layer)."""
+    """The units of the layers of a Net: its precision's products, and the block layers' if it
+    has any (without a Net: float32 products and every kind of layer)."""
+    products = dense.PRECISION_UNITS[FLOAT32 if net is None else net.precision]
     if net is None or (net.aux_offsets >= 0).any():
-        return _DENSE_UNITS + _BLOCK_UNITS
-    return list(_DENSE_UNITS)
+        return products + _BLOCK_UNITS
+    return list(products)
 
 
 def _may_split_input(net):
@@ -247,8 +252,13 @@ def new_running(sizes, kinds=None):
     return running
 
 
+def bfloat16_length(sizes, capacity, n_params):
+    """Length of a bfloat16 Net's bits buffer (see the module docstring)."""
+    return n_params + capacity * (int(max(sizes[:-1])) + int(max(sizes[1:])))
+
+
 def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0, kinds=None,
-             dropout=None, residual=None, running=None, counter=None):
+             dropout=None, residual=None, running=None, counter=None, precision=FLOAT32):
     """Build a Net (plain Python; call it outside compiled code). Returns (net, acts_size).
     loss: a name of losses.LOSS_CODES, or None to choose by the target's type
     (losses.DEFAULT_LOSS: integer labels take softmax cross-entropy, float targets MSE). l2:
@@ -260,7 +270,8 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
     passes; counter: int64 array [seed, training passes so far, row base] that keys the
     dropout masks (None: zeros), advanced in place by each training pass (the row base is
     added to the row indices that key them: a data-parallel rank's first global row). The running and counter arrays
-    are shared, not copied: a Net rebuilt for a larger capacity passes them on."""
+    are shared, not copied: a Net rebuilt for a larger capacity passes them on. precision: the
+    matrix products' code of bfloat16.PRECISIONS (bfloat16 ones need a float32 model)."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     activations = np.ascontiguousarray(activations, dtype=np.int64)
     n_layers = len(sizes) - 1
@@ -282,10 +293,12 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
         counter = np.zeros(3, dtype=np.int64)
     code = -1 if loss is None else LOSS_CODES[loss]
     kinds = np.ascontiguousarray(kinds, dtype=np.int64)
+    bits_length = 0 if precision == FLOAT32 else bfloat16_length(sizes, capacity, offsets[-1])
     return Net(sizes, activations, offsets, capacity, checkpoint_every, act_offsets,
                pre_offsets, code, float(l2), kinds, layout.weight_lengths(sizes, kinds),
                np.array(dropout, dtype=np.float64), np.array(residual, dtype=np.int64),
-               aux_offsets, running_offsets, running, counter), acts_size
+               aux_offsets, running_offsets, running, counter, int(precision),
+               aligned_zeros(bits_length, np.uint16)), acts_size
 
 
 def make_workspace(net, acts_size, dtype):
@@ -310,6 +323,19 @@ def _dense_params(params, net, layer):
     weight = matrix_view(params, start, n_in, n_out)
     bias = params[start + n_in * n_out:start + (n_in + 1) * n_out]
     return weight, bias
+
+
+@njit(**INLINED)
+def _weight_bits(net, layer):
+    """The layer's rounded weight in net.bits (flat; empty in FLOAT32 precision)."""
+    start = net.param_offsets[layer]
+    return net.bits[start:start + net.sizes[layer] * net.sizes[layer + 1]]
+
+
+@njit(**INLINED)
+def _rows_bits(net):
+    """The rounded rows' area of net.bits."""
+    return net.bits[net.param_offsets[-1]:]
 
 
 @njit(**INLINED)
@@ -349,16 +375,18 @@ def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
     n_rows = inp.shape[0]
     if net.aux_offsets[layer] < 0:
         weight, bias = _dense_params(params, net, layer)
-        dense.dense_forward_by_units(_layer_output(acts, net, n_rows, layer),
-                                     _layer_pre(acts, net, n_rows, layer), inp, weight, bias,
-                                     net.activations[layer], scratch)
+        dense.dense_forward_layer(_layer_output(acts, net, n_rows, layer),
+                                  _layer_pre(acts, net, n_rows, layer), inp, weight, bias,
+                                  net.activations[layer], scratch, _weight_bits(net, layer),
+                                  _rows_bits(net), net.precision)
         return
     block.block_forward_unit(
         acts, net.running, params, inp, scratch, row_ids, net.sizes[layer],
         net.sizes[layer + 1], net.activations[layer], net.param_offsets[layer],
         net.act_offsets[layer], net.pre_offsets[layer], net.aux_offsets[layer],
         net.running_offsets[layer], net.capacity, net.kinds[layer], net.dropout[layer],
-        net.residual[layer], net.counter[0], net.counter[1], net.counter[2], layer, mode)
+        net.residual[layer], net.counter[0], net.counter[1], net.counter[2], layer, mode,
+        _weight_bits(net, layer), _rows_bits(net), net.precision)
 
 
 @njit(**INLINED)
@@ -371,15 +399,17 @@ def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, param
     if net.aux_offsets[layer] < 0:
         weight, _ = _dense_params(params, net, layer)
         dweight, dbias = _dense_params(grads, net, layer)
-        dense.dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
-                                  inp_pre)
+        dense.dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
+                                   inp_pre, _weight_bits(net, layer), _rows_bits(net),
+                                   net.precision)
         return
     block.block_backward_unit(
         dinp, grads, dpre, inp, inp_pre, inp_activation, acts, net.running, params,
         net.sizes[layer], net.sizes[layer + 1], net.activations[layer],
         net.param_offsets[layer], net.act_offsets[layer], net.pre_offsets[layer],
         net.aux_offsets[layer], net.running_offsets[layer], net.capacity, net.kinds[layer],
-        net.dropout[layer], net.residual[layer])
+        net.dropout[layer], net.residual[layer], _weight_bits(net, layer), _rows_bits(net),
+        net.precision)
 
 
 # -- forward and loss --------------------------------------------------------------------------
