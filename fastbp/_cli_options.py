@@ -9,8 +9,8 @@ import os
 from . import __version__
 from .data import NAMED, SCALINGS, TASKS
 from .io import DestinationError, ModelFileError, destination, read_metadata
-from .kernels import LOSS_KINDS
-from .model import ACTIVATIONS, LOSSES, NORMS
+from .kernels import LOSS_KINDS, Bfloat16Unavailable, require_bfloat16
+from .model import ACTIVATIONS, LOSSES, MATMUL_PRECISIONS, NORMS
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 
@@ -21,7 +21,8 @@ DEFAULTS = dict(data="digits", layers="128", activation="relu", loss="softmax_cr
                 val_fraction=0.1, test_fraction=0.2, lr_schedule="cosine", scale="auto",
                 optimizer="sgd", momentum=0.0, betas="0.9,0.999", eps=1e-8, accumulate=1,
                 warmup=0, lr_gamma=0.1, power_t=0.5, alpha=0.99, norm="none", dropout="0",
-                task="classification", label_column=-1, class_weight="none")
+                task="classification", label_column=-1, class_weight="none",
+                matmul_precision="float32")
 # Learning rates when --lr is not given: SGD's (its constructor has none) reaches the accuracy
 # above; the others' are their constructors' defaults (PyTorch's).
 _CHOSEN_LR = {"sgd": 0.2}
@@ -251,6 +252,13 @@ def build_parser():
                        f"{REGRESSION_LOSSES[0]}")
     model.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                        help="floating-point type of the parameters and the data")
+    model.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS,
+                       default=d["matmul_precision"],
+                       help="the matrix products' operands: bfloat16 rounds them to bfloat16 "
+                       "and sums in float32 on the CPU's bfloat16 units (AMX or AVX512-BF16; "
+                       "needs MKL: pip install 'fastbp[bf16]'), with --dtype float32; "
+                       "bfloat16-emulated does the same on any CPU, slowly. With --resume: "
+                       "the saved model's unless given")
     optim = train.add_argument_group("training")
     optim.add_argument("--epochs", type=_int_type("epochs", 1, MAX_EPOCHS), default=d["epochs"],
                        metavar="N",
@@ -356,6 +364,9 @@ def _add_predict_parser(commands):
                          "(classifiers trained with a cross-entropy loss)")
     predict.add_argument("--out", metavar="FILE",
                          help="write to FILE (.csv, or .npy) instead of stdout")
+    predict.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS,
+                         help="the matrix products' operands (default: the model's; float32 "
+                         "runs a bfloat16 model where the CPU has no bfloat16 unit)")
 
 
 def given_options(argv):
@@ -412,6 +423,21 @@ def _check_resume(args):
     if differ:
         raise UsageError(f"fastbp train: --resume {args.resume}: give the settings of the run "
                          f"it continues: {'; '.join(differ)}")
+
+
+def _check_matmul_precision(args):
+    """--matmul-precision bfloat16 needs float32, and a CPU and MKL that run it: said before
+    the data are read. (With --resume, --dtype is the file's: the model checks that.)"""
+    if args.matmul_precision == "float32":
+        return
+    if args.dtype != "float32" and args.resume is None:
+        raise UsageError(f"fastbp train: --matmul-precision {args.matmul_precision} is for "
+                         f"--dtype float32, not {args.dtype}")
+    if args.matmul_precision == "bfloat16":
+        try:
+            require_bfloat16()
+        except Bfloat16Unavailable as exc:
+            raise UsageError(f"fastbp train: --matmul-precision bfloat16: {exc}") from None
 
 
 def _shown(value):
@@ -485,6 +511,7 @@ def check_args(args):
                          "--val-fraction above 0")
     given = getattr(args, "given", set())
     _check_task(args)
+    _check_matmul_precision(args)
     n_hidden = len(args.layers)
     for dest, what in (("activation", "names"), ("norm", "names"), ("dropout", "values")):
         values = getattr(args, dest)

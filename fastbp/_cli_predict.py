@@ -13,6 +13,7 @@ from . import distributed
 from ._cli_options import UsageError, check_output_path
 from .data import DataError, read_features
 from .io import ModelFileError, atomic_write
+from .kernels import Bfloat16Unavailable
 from .predictor import load_predictor
 
 EXIT_FAILED = 1
@@ -23,7 +24,7 @@ def predict(args):
     if distributed.launched_ranks() > 1:
         raise UsageError("fastbp predict: runs as one process; start it without mpiexec")
     _check_out(args.out)
-    predictor = _predictor(args.model)
+    predictor = _predictor(args.model, args.matmul_precision)
     if args.proba:
         _check_proba(args, predictor)
     try:
@@ -40,14 +41,17 @@ def predict(args):
     return 0
 
 
-def _predictor(path):
+def _predictor(path, matmul_precision):
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "no such file"
         raise UsageError(f"fastbp predict: MODEL {path}: {what}")
     try:
-        return load_predictor(path)
+        return load_predictor(path, matmul_precision)
     except ModelFileError as exc:
         raise UsageError(f"fastbp predict: {exc}") from None
+    except Bfloat16Unavailable as exc:
+        raise UsageError(f"fastbp predict: {path}: {exc}; or predict with --matmul-precision "
+                         "float32") from None
 
 
 def _check_proba(args, predictor):

@@ -95,7 +95,8 @@ def _new_model(args, sizes):
     activation, norm, dropout = (values[0] if len(values) == 1 else values
                                  for values in (args.activation, args.norm, args.dropout))
     model = MLP(sizes, activation=activation, loss=args.loss, dtype=np.dtype(args.dtype).type,
-                seed=args.seed, norm=norm, residual=args.residual, dropout=dropout)
+                seed=args.seed, norm=norm, residual=args.residual, dropout=dropout,
+                matmul_precision=args.matmul_precision)
     cls = OPTIMIZERS[args.optimizer]
     # Each option named after an argument of the optimizer sets it (None: the default).
     options = {name: getattr(args, name) for name in cls.arguments()
@@ -106,10 +107,12 @@ def _new_model(args, sizes):
 
 
 def _resumed_model(args):
-    """The model and optimizer saved in --resume."""
+    """The model and optimizer saved in --resume (in the --matmul-precision given, else the
+    saved one)."""
+    given = "matmul_precision" in getattr(args, "given", ())
     try:
-        return load_checkpoint(args.resume)
-    except ModelFileError as exc:
+        return load_checkpoint(args.resume, args.matmul_precision if given else None)
+    except (ModelFileError, kernels.Bfloat16Unavailable) as exc:
         raise UsageError(f"fastbp train: --resume: {exc}") from None
 
 
@@ -276,7 +279,10 @@ def train(args, ranks=None):
     by_rank = [threads] if ranks is None else ranks.comm.allgather(threads)   # (collective)
     say(f"data   {ds.summary()}; {ds.scaling}")
     say(f"model  {'-'.join(map(str, sizes))} ({_hidden_described(model)}), {model.loss}, "
-        f"{np.dtype(model.dtype).name}, {model.n_params:,} parameters"
+        f"{np.dtype(model.dtype).name}"
+        + ("" if model.matmul_precision == "float32" else
+           f" ({model.matmul_precision} products)")
+        + f", {model.n_params:,} parameters"
         + (f"; resumed from {args.resume}" if args.resume else ""))
     validation = (ds.X_val, y_val) if len(ds.y_val) else None
     watched_rows = validation or (ds.X_train, y_train)   # the rows whose loss fit watches
@@ -412,7 +418,7 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
         "data": ds.name, "sizes": sizes, "activations": model.activations,
         "norm": model.norm, "dropout": model.dropout, "residual": model.residual,
         "loss": model.loss, "dtype": np.dtype(model.dtype).name,
-        "n_params": model.n_params, "optimizer": {"name": optimizer.name, **optimizer.config()},
+        "matmul_precision": model.matmul_precision, "n_params": model.n_params, "optimizer": {"name": optimizer.name, **optimizer.config()},
         "lr": optimizer.base_lr, "lr_schedule": (optimizer.lr_schedule.name
                                                  if optimizer.lr_schedule else "constant"),
         "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,

@@ -5,8 +5,9 @@ run code):
 
 =====================  ====================================================================
 ``format``             the text "fastbp.MLP"
-``version``            format version: 4 for a model with normalisation, dropout or residual
-                       connections, else 3 (so that a fastbp from before version 4 reads it)
+``version``            format version: 5 for a model whose matmul precision is not float32;
+                       else 4 for one with normalisation, dropout or residual connections;
+                       else 3 (so that an older fastbp reads every file it can load as written)
 ``sizes``              int64 layer widths, input first
 ``activations``        text, one per hidden layer
 ``output_activation``  text
@@ -24,6 +25,8 @@ run code):
                        (``fastbp.kernels.running_layout``; empty without batch norm)
 ``dropout_key``        version 4: int64 [seed, training passes]: what keys the dropout masks,
                        so that a loaded model goes on drawing the masks it would have drawn
+``matmul_precision``   version 5: text, "bfloat16" or "bfloat16-emulated" (``MLP``'s; version 5
+                       files also hold every version 4 field)
 ``metadata``           optional: JSON text given to ``save``
 ``optimizer``          optional (``save(..., optimizer=opt)``): JSON text: the optimizer's
                        name (a key of ``fastbp.optim.OPTIMIZERS``: "sgd", "adam", "adamw",
@@ -38,7 +41,9 @@ run code):
 
 Together these are every argument of ``MLP(...)`` (``seed`` only as the dropout masks' key; its
 other use, the initial values, ``params`` replaces): ``load(save(model))`` builds the same
-model, and versions 1 to 3 load as models without normalisation, dropout or residuals.
+model, and versions 1 to 3 load as models without normalisation, dropout or residuals,
+versions 1 to 4 as float32-precision ones. ``load(path, matmul_precision=...)`` overrides the
+stored precision (a bfloat16 model on a machine without a bfloat16 unit, say).
 
 ``save`` writes to a temporary file in the destination folder, flushes it to disk and renames
 it over ``path`` in one step, so ``path`` always holds either the previous file or the complete
@@ -46,7 +51,7 @@ new one, never a partial write. A symbolic link at ``path`` has its target repla
 not a regular file (folder, fifo, device, socket) or a link to nothing is refused
 (``destination``). ``load`` checks every field (sizes, activations, loss, dtype,
 checkpoint_every, l2, parameter count, finite values) and raises :class:`ModelFileError` with a
-one-line message when something does not fit. It reads versions 1 to 4. (Version 3 added l2: a
+one-line message when something does not fit. It reads versions 1 to 5. (Version 3 added l2: a
 fastbp that reads only version 2 refuses such a file rather than load it without its penalty,
 which a resumed run would then train without.) ``load_checkpoint``
 also rebuilds the optimizer, after checking its fields against the model.
@@ -59,7 +64,7 @@ import numpy as np
 
 from .data import DataError, read_npz
 from .layout import DENSE, NORM_KINDS, n_params
-from .model import ACTIVATIONS, LOSSES, MLP
+from .model import ACTIVATIONS, LOSSES, MATMUL_PRECISIONS, MLP
 from . import optim, schedules
 from ._validate import number_in
 from ._tempfiles import create_beside, name_max
@@ -71,10 +76,11 @@ __all__ = ["save", "load", "load_checkpoint", "read_metadata", "atomic_write", "
            "READABLE_VERSIONS"]
 
 FORMAT = "fastbp.MLP"
-VERSION = 4
+VERSION = 5
 # Versions that load() reads. Version 1 had no checkpoint_every (it loads as 1); versions 1 and
-# 2 had no l2 (they load with 0); versions 1 to 3 no normalisation, dropout or residuals.
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 2 had no l2 (they load with 0); versions 1 to 3 no normalisation, dropout or residuals;
+# versions 1 to 4 no matmul precision (float32).
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 # The fields version 4 added.
 _EXTRAS = ("norm", "dropout", "residual", "running", "dropout_key")
 
@@ -111,10 +117,11 @@ def save(model, path, metadata=None, optimizer=None):
             raise TypeError(f"optimizer: its lr_schedule, a {type(schedule).__name__}, is not "
                             "one of fastbp.schedules, so it cannot be saved")
     path = os.fspath(path)
-    extras = any(model.norm) or model.residual or any(model.dropout)
+    precision = model.matmul_precision != "float32"
+    extras = precision or any(model.norm) or model.residual or any(model.dropout)
     arrays = {
         "format": np.array(FORMAT),
-        "version": np.array(VERSION if extras else 3, dtype=np.int64),
+        "version": np.array(5 if precision else 4 if extras else 3, dtype=np.int64),
         "sizes": np.array(model.sizes, dtype=np.int64),
         "activations": np.array(model.activations, dtype=str),
         "output_activation": np.array(model.output_activation),
@@ -130,6 +137,8 @@ def save(model, path, metadata=None, optimizer=None):
                       dropout=np.array(model.dropout, dtype=np.float64),
                       residual=np.array(int(model.residual), dtype=np.int64),
                       running=engine.running.copy(), dropout_key=engine.counter[:2].copy())
+    if precision:
+        arrays["matmul_precision"] = np.array(model.matmul_precision)
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
@@ -152,14 +161,14 @@ def _optimizer_record(opt):
                 "state": schedule.state() if hasattr(schedule, "state") else {}}}
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, matmul_precision=None):
     """Read a model and its optimizer written by ``save(model, path, optimizer=opt)``: returns
     (model, optimizer), the optimizer with the saved hyper-parameters, state and schedule
     position, so that training continues as if never stopped. Raises ModelFileError when the
     file has no optimizer, or its optimizer does not fit the model (kind, buffer shapes, dtype,
-    values); nothing is returned half-loaded."""
+    values); nothing is returned half-loaded. matmul_precision: as load's."""
     what = path = _path(path)
-    model = load(path)
+    model = load(path, matmul_precision)
     arrays = _read(path)
     if "optimizer" not in arrays:
         raise ModelFileError(f"{what}: holds no optimizer state (saved without optimizer=); "
@@ -330,12 +339,17 @@ def _text(arrays, key, what):
     return str(value)
 
 
-def load(path):
+def load(path, matmul_precision=None):
     """Read a model written by ``save``. Returns a new MLP with the stored parameters.
 
-    Raises ModelFileError (a ValueError) naming the file and the problem when the file is
-    missing, is not a fastbp model, or its fields do not agree with each other.
+    matmul_precision: the loaded model's (see MLP), in place of the stored one (None: the
+    stored one). Raises ModelFileError (a ValueError) naming the file and the problem when the
+    file is missing, is not a fastbp model, or its fields do not agree with each other; a
+    bfloat16 model where bfloat16 products cannot run raises kernels.Bfloat16Unavailable.
     """
+    if matmul_precision is not None and matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision: expected None or one of "
+                         f"{', '.join(map(repr, MATMUL_PRECISIONS))}, got {matmul_precision!r}")
     what = path = _path(path)
     arrays = _read(path)
     if "format" not in arrays or "params" not in arrays:
@@ -378,6 +392,8 @@ def load(path):
     l2 = _l2(arrays, version, what)
 
     norm, dropout, residual, running, key = _extras(arrays, version, len(sizes) - 2, what)
+    if matmul_precision is None:
+        matmul_precision = _matmul_precision(arrays, version, what)
     params = arrays["params"]
     expected = n_params(sizes, [NORM_KINDS[n] if n else DENSE for n in norm] + [DENSE])
     if params.ndim != 1 or params.dtype != np.dtype(dtype_name):
@@ -392,7 +408,7 @@ def load(path):
         model = MLP(sizes, activation=activations, output_activation=output_activation,
                     loss=loss, dtype=np.dtype(dtype_name).type,
                     checkpoint_every=checkpoint_every, l2=l2, norm=norm, residual=residual,
-                    dropout=dropout, seed=key[0])
+                    dropout=dropout, seed=key[0], matmul_precision=matmul_precision)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{what}: {exc}") from None
     engine = model.engine
@@ -435,6 +451,19 @@ def _extras(arrays, version, n_hidden, what):
             raise ModelFileError(f"{what}: unknown normalisation {str(name)!r}")
     return ([str(n) or None for n in norm], [float(p) for p in dropout], bool(residual),
             running, [int(k) for k in key])
+
+
+def _matmul_precision(arrays, version, what):
+    """The stored matmul precision; "float32" for files before version 5."""
+    if version < 5:
+        return "float32"
+    if "matmul_precision" not in arrays:
+        raise ModelFileError(f"{what}: missing the field 'matmul_precision'; not a version 5 "
+                             "fastbp model file")
+    value = _text(arrays, "matmul_precision", what)
+    if value not in MATMUL_PRECISIONS:
+        raise ModelFileError(f"{what}: unknown matmul_precision {value!r}")
+    return value
 
 
 def _checkpoint_every(arrays, version, what):

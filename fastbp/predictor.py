@@ -20,10 +20,11 @@ from .io import ModelFileError, load, read_metadata
 __all__ = ["Predictor", "load_predictor", "class_indices"]
 
 
-def load_predictor(path):
+def load_predictor(path, matmul_precision=None):
     """The Predictor of a model file written by ``fastbp train --save`` (or ``fastbp.save``).
-    Raises ModelFileError (one line) when the file or its metadata does not fit."""
-    return Predictor(load(path), read_metadata(path), what=str(path))
+    Raises ModelFileError (one line) when the file or its metadata does not fit.
+    matmul_precision: as fastbp.load's (None: the model's)."""
+    return Predictor(load(path, matmul_precision), read_metadata(path), what=str(path))
 
 
 def class_indices(model, X):
