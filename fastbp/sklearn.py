@@ -9,8 +9,8 @@ runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
 
 fastbp's own parameters: ``dtype`` (float32 by default: the float64 of scikit-learn on request),
 ``clip_norm`` (global gradient-norm clipping, none by default), ``n_threads`` (default: all
-cores), and the hidden layers' ``norm``, ``residual`` and ``dropout`` (none by default: see the
-estimators' docstrings). In the worker processes of ``cross_val_score(n_jobs=k)`` or
+cores), the hidden layers' ``norm``, ``residual`` and ``dropout`` (none by default) and the
+products' ``matmul_precision`` ("float32" by default): see the estimators' docstrings. In the worker processes of ``cross_val_score(n_jobs=k)`` or
 ``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS`` to cores / k, so that the k
 processes share the cores instead of each taking all of them: fastbp then uses that many threads
 (``n_threads`` cannot exceed it).
@@ -37,7 +37,7 @@ from sklearn.utils.validation import (_check_sample_weight, _num_features, check
                                       column_or_1d, validate_data)
 
 from . import _threads, _validate
-from .model import MLP, NORMS
+from .model import MATMUL_PRECISIONS, MLP, NORMS
 from .optim import SGD, Adam
 from .engine import StepBuffers
 from .steps import Batches
@@ -159,6 +159,10 @@ class _BaseMLP(BaseEstimator):
         if self.n_threads is not None:
             _number("n_threads", self.n_threads, 1, integer=True)
         _flag("residual", self.residual)
+        _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        if self.matmul_precision != "float32" and dtype != np.float32:
+            raise ValueError(f"matmul_precision: {self.matmul_precision!r} is for "
+                             f"dtype='float32', not {self.dtype!r}")
         _, dropout = self._layer_options()   # (norm is checked there too)
         if self.solver == "lbfgs" and any(dropout):
             raise ValueError("dropout: the lbfgs solver needs an objective that does not change "
@@ -241,7 +245,8 @@ class _BaseMLP(BaseEstimator):
                              f"sizes {model.sizes}; this call asks for {sizes}")
         norm, dropout = self._layer_options()
         for name, asked in (("norm", norm), ("dropout", dropout),
-                            ("residual", bool(self.residual))):
+                            ("residual", bool(self.residual)),
+                            ("matmul_precision", self.matmul_precision)):
             if getattr(model, name) != asked:
                 raise ValueError(f"{name}: warm_start and partial_fit continue the fitted "
                                  f"network, whose {name} is {getattr(model, name)}; this call "
@@ -265,7 +270,8 @@ class _BaseMLP(BaseEstimator):
         seed = int(self._random_state.randint(np.iinfo(np.int32).max)) if any(dropout) else 0
         self._model = MLP(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss(),
                           dtype=np.dtype(self.dtype).type, seed=seed, l2=float(self.alpha),
-                          norm=norm, residual=bool(self.residual), dropout=dropout)
+                          norm=norm, residual=bool(self.residual), dropout=dropout,
+                          matmul_precision=self.matmul_precision)
         for weight, bias, (weight_draw, bias_draw) in zip(self._model.weights,
                                                           self._model.biases, draws):
             weight[...], bias[...] = weight_draw, bias_draw
@@ -528,6 +534,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     dropout : float in [0, 1), or a list of one per hidden layer
         Dropout after each hidden activation, when training (predict does not drop). Its
         masks are keyed by a seed drawn from random_state. Not with solver="lbfgs".
+    matmul_precision : "float32", "bfloat16" or "bfloat16-emulated"
+        The matrix products' operands (fastbp.MLP's): "bfloat16" rounds them to bfloat16 and
+        sums in float32 on the CPU's bfloat16 units, with dtype="float32".
     """
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -537,7 +546,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32", clip_norm=None, n_threads=None, norm=None, residual=False,
-                 dropout=0.0):
+                 dropout=0.0, matmul_precision="float32"):
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)
@@ -637,8 +646,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     Parameters beyond scikit-learn's
     --------------------------------
     dtype, clip_norm, n_threads : see the module docstring.
-    norm, residual, dropout : the hidden layers' normalisation, residual connections and
-        dropout, as MLPClassifier's (see its docstring).
+    norm, residual, dropout, matmul_precision : the hidden layers' normalisation, residual
+        connections and dropout, and the products' precision, as MLPClassifier's (see its
+        docstring).
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
@@ -648,7 +658,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32", clip_norm=None, n_threads=None, norm=None, residual=False,
-                 dropout=0.0):
+                 dropout=0.0, matmul_precision="float32"):
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)

@@ -115,11 +115,12 @@ def _model(config, checkpoint_every=1, loss="softmax_cross_entropy", activation=
                       **CONFIGS[config])
 
 
-def _torch_pass(torch, model, x, y, running, train, rows):
+def torch_pass(torch, model, x, y, running, train, rows, product=None):
     """PyTorch's loss, gradient, new running statistics and output for fastbp's model, built
-    from nn.functional with the same parameters and fastbp's masks (from the reference)."""
+    from nn.functional with the same parameters (in float64) and fastbp's masks (from the
+    reference). product(h, weight): each layer's product (None: h @ weight)."""
     F = torch.nn.functional
-    params = torch.tensor(model.params.copy(), requires_grad=True)
+    params = torch.tensor(model.params.astype(np.float64), requires_grad=True)
     engine = model.engine
     offsets = layout.param_offsets(model.sizes, engine.kinds)
     run_offsets, _ = kernels.running_layout(model.sizes, engine.kinds)
@@ -128,7 +129,8 @@ def _torch_pass(torch, model, x, y, running, train, rows):
     for layer, (n_in, n_out) in enumerate(zip(model.sizes[:-1], model.sizes[1:])):
         block = params[offsets[layer]:offsets[layer + 1]]
         weight = block[:n_in * n_out].reshape(n_in, n_out)
-        z = h @ weight + block[n_in * n_out:(n_in + 1) * n_out]
+        z = (h @ weight if product is None else product(h, weight)) \
+            + block[n_in * n_out:(n_in + 1) * n_out]
         gamma, beta = block[(n_in + 1) * n_out:(n_in + 2) * n_out], block[(n_in + 2) * n_out:]
         norm = layout.LAYER_KINDS[engine.kinds[layer]].norm
         if norm == "layer":
@@ -165,11 +167,11 @@ def test_loss_gradients_and_running_statistics_equal_pytorch(config, checkpoint_
         x, y = rng.normal(size=(9, 5)), rng.integers(0, 3, 9)
         before = model.engine.running.copy()
         loss = model.loss_and_grad(x, y)
-        expected, grads, running, _ = _torch_pass(torch, model, x, y, before, True, range(9))
+        expected, grads, running, _ = torch_pass(torch, model, x, y, before, True, range(9))
         assert loss == pytest.approx(expected, rel=1e-12, abs=1e-12)
         np.testing.assert_allclose(model.grads, grads, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(model.engine.running, running, rtol=1e-12, atol=1e-14)
-    _, _, _, out = _torch_pass(torch, model, x, y, model.engine.running, False, range(9))
+    _, _, _, out = torch_pass(torch, model, x, y, model.engine.running, False, range(9))
     np.testing.assert_allclose(model.forward(x), out, rtol=1e-10, atol=1e-12)
 
 
@@ -179,7 +181,7 @@ def test_mse_and_a_relu_stack_equal_pytorch_too():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(6, 5)), rng.normal(size=(6, 3))
     loss = model.loss_and_grad(x, y)
-    expected, grads, _, _ = _torch_pass(torch, model, x, y, kernels.new_running(
+    expected, grads, _, _ = torch_pass(torch, model, x, y, kernels.new_running(
         model.sizes, model.engine.kinds), True, range(6))
     assert loss == pytest.approx(expected, rel=1e-12)
     np.testing.assert_allclose(model.grads, grads, rtol=1e-10, atol=1e-12)
