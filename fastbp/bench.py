@@ -6,6 +6,7 @@
     python -m fastbp.bench --cold-start          # import-to-first-step time, cold and warm cache
     python -m fastbp.bench --mnist DIR           # whole epochs on the MNIST IDX files in DIR
     python -m fastbp.bench --optimizer adam      # Adam steps (beside SGD's) against torch's
+    python -m fastbp.bench --matmul-precision bfloat16   # bfloat16 products (AMX, AVX512-BF16)
 
 One step = forward + backward + global-norm clipping + SGD update, float32, ReLU hidden layers,
 softmax cross-entropy. FLOPs per step = 6 * p * batch (the products'; a config's extras add
@@ -43,6 +44,12 @@ x jax, % peak, % gemm) the median of the ratios taken within a round.
 with the same threads (forward, weight gradient and input gradient of every layer but the first
 layer's input gradient); "% gemm" is that time as a percentage of fastbp's step. On large nets it
 is the floor this machine's BLAS sets; on small nets NumPy's cost per call dominates it.
+
+With ``--matmul-precision bfloat16`` fastbp's steps take bfloat16 operands (MKL's products);
+PyTorch's run under ``torch.autocast("cpu", dtype=torch.bfloat16)``; JAX is left out; and more
+figures are timed in the same rounds: fastbp's float32 step of the same config ("x f32") and
+MKL's bfloat16 product of two 2048 x 2048 matrices cut into one column tile per thread, as the
+kernels call it ("bf16 peak"; "% bf16 peak" holds the step's FLOPs against it).
 
 With ``--threads N`` smaller than the machine's cores, the process is pinned to N cores (Linux),
 so that every library gets the same N.
@@ -183,9 +190,32 @@ def _fastbp_optimizer(name, model):
     return {"adam": fastbp.Adam, "adamw": fastbp.AdamW}[name](model, lr=ADAM_LR, clip_norm=CLIP)
 
 
-def fastbp_steps(sizes, batch, optimizer="sgd", extras=None):
+def bf16_peak_product():
+    """MKL's bfloat16 product of two PEAK_SIZE x PEAK_SIZE matrices (float32 sums), one column
+    tile per thread, each one single-threaded call, as the kernels make them; a callable."""
+    from numba import njit, prange
+
+    from .kernels._native import gemm, num_threads
+    from .kernels._config import PARALLEL
+
+    @njit(**dict(PARALLEL, cache=False))
+    def product(c, a, b):
+        n = c.shape[1]
+        tiles = num_threads()
+        for t in prange(tiles):
+            c0, c1 = t * n // tiles, (t + 1) * n // tiles
+            gemm(c[:, c0:c1], a, b[:, c0:c1], 1.0, 0.0, False, False)
+    bits = np.random.default_rng(0).integers(0x3F00, 0x4000, (PEAK_SIZE, PEAK_SIZE),
+                                             dtype=np.uint16)   # values in [0.5, 2)
+    out = np.empty((PEAK_SIZE, PEAK_SIZE), dtype=np.float32)
+    product(out, bits, bits)
+    return lambda: product(out, bits, bits)
+
+
+def fastbp_steps(sizes, batch, optimizer="sgd", extras=None, precision="float32"):
     """(train_step callable, one-epoch callable, batches per epoch, parameter count, update
-    callable: the update pass alone), for an MLP with these extras (keyword arguments)."""
+    callable: the update pass alone), for an MLP with these extras (keyword arguments) and
+    matmul precision."""
     import fastbp
     from fastbp.layout import n_params
     from fastbp.engine import StepBuffers
@@ -194,7 +224,7 @@ def fastbp_steps(sizes, batch, optimizer="sgd", extras=None):
     n = batch * n_batches
     X = rng.standard_normal((n, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], n)
-    model = fastbp.MLP(sizes, seed=0, **(extras or {}))
+    model = fastbp.MLP(sizes, seed=0, matmul_precision=precision, **(extras or {}))
     opt = _fastbp_optimizer(optimizer, model)
     xb, yb = X[:batch], y[:batch]
 
@@ -260,8 +290,11 @@ def torch_net(sizes, extras=None):
     return torch.nn.Sequential(*hidden, torch.nn.Linear(sizes[-2], sizes[-1])).train()
 
 
-def torch_step(sizes, batch, threads, optimizer="sgd", fused=False, extras=None):
-    """A callable that runs one PyTorch eager training step."""
+def torch_step(sizes, batch, threads, optimizer="sgd", fused=False, extras=None,
+               autocast=False):
+    """A callable that runs one PyTorch eager training step (its forward pass and loss under
+    bfloat16 autocast when autocast)."""
+    import contextlib
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -272,9 +305,16 @@ def torch_step(sizes, batch, threads, optimizer="sgd", fused=False, extras=None)
     X = torch.from_numpy(rng.standard_normal((batch, sizes[0])).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, sizes[-1], batch))
 
+    def precision():
+        if autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
         opt.zero_grad(set_to_none=False)
-        loss_fn(net(X), y).backward()
+        with precision():
+            loss = loss_fn(net(X), y)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
         opt.step()
     return step
@@ -388,10 +428,12 @@ def cold_start():
 def machine():
     import numba
 
+    from .kernels import cpu_bfloat16_units
     from .kernels._native import BLAS
     info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "kernel_blas": BLAS,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cpu_bfloat16": cpu_bfloat16_units()}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -419,6 +461,9 @@ def main(argv=None):
     parser.add_argument("--no-jax", action="store_true", help="skip JAX")
     parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                         help="the optimizer of every step (see above)")
+    parser.add_argument("--matmul-precision", choices=("float32", "bfloat16"), default="float32",
+                        help="fastbp's products (bfloat16: against PyTorch's bfloat16 autocast "
+                        "and fastbp float32; see above)")
     parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "
                         "MNIST IDX files in DIR, against a plain PyTorch loop")
     parser.add_argument("--mnist-epochs", type=int, default=3, metavar="N",
@@ -441,7 +486,13 @@ def main(argv=None):
     os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: a GPU must not stand in
     have = {}
     adam = args.optimizer != "sgd"
-    for name, skip in (("torch", args.no_torch), ("jax", args.no_jax or adam)):
+    bf16 = args.matmul_precision == "bfloat16"
+    if bf16:
+        try:
+            info_mkl = fastbp.kernels.require_bfloat16()
+        except fastbp.kernels.Bfloat16Unavailable as exc:
+            parser.error(f"--matmul-precision bfloat16: {exc}")
+    for name, skip in (("torch", args.no_torch), ("jax", args.no_jax or adam or bf16)):
         if not skip:
             try:
                 __import__(name)
@@ -450,8 +501,13 @@ def main(argv=None):
                 print(f"{name} is not installed: its column is left empty")
 
     info = machine()
+    units = [name for name, present in info["cpu_bfloat16"].items() if present]
     print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}; "
-          f"kernels' BLAS: {info['kernel_blas']}")
+          f"kernels' BLAS: {info['kernel_blas']}; bfloat16 units: "
+          f"{', '.join(units) if units else 'none'}")
+    if bf16:
+        info["bf16_blas"] = info_mkl
+        print(f"bfloat16 products: {info_mkl}")
     header = (f"{'config':<28}{'params':>11}{'step us':>10}{'fit us':>10}{'torch us':>10}"
               f"{'jax us':>9}{'x torch':>9}{'x jax':>7}{'GFLOP/s':>9}{'% peak':>8}"
               f"{'gemm us':>10}{'% gemm':>8}")
@@ -459,15 +515,21 @@ def main(argv=None):
     rows = []
     from threadpoolctl import threadpool_limits
     for sizes, batch, extras in args.configs:
-        step, epoch, n_batches, p, update = fastbp_steps(sizes, batch, args.optimizer, extras)
+        step, epoch, n_batches, p, update = fastbp_steps(sizes, batch, args.optimizer, extras,
+                                                         args.matmul_precision)
         fns = {"step": step, "fit": epoch, "peak": peak_product()}
+        if bf16:
+            fns["f32"] = fastbp_steps(sizes, batch, args.optimizer, extras)[1]
+            fns["bf16 peak"] = bf16_peak_product()
         if extras:
-            fns["plain"] = fastbp_steps(sizes, batch, args.optimizer)[1]
+            fns["plain"] = fastbp_steps(sizes, batch, args.optimizer, None,
+                                        args.matmul_precision)[1]
         if adam:
             fns["fit sgd"] = fastbp_steps(sizes, batch, extras=extras)[1]
             fns["update"], fns["copy"] = update, update_copy(p)
         if have.get("torch"):
-            fns["torch"] = torch_step(sizes, batch, threads, args.optimizer, extras=extras)
+            fns["torch"] = torch_step(sizes, batch, threads, args.optimizer, extras=extras,
+                                      autocast=bf16)
             if adam:
                 fns["torch fused"] = torch_step(sizes, batch, threads, args.optimizer, True,
                                                 extras)
@@ -481,14 +543,21 @@ def main(argv=None):
             runs = {name: np.array(times)
                     for name, times in interleaved_times(fns, args.min_time).items()}
         runs["fit"] /= n_batches
-        for name in ("fit sgd", "plain"):
+        for name in ("fit sgd", "plain", "f32"):
             if name in runs:
                 runs[name] /= n_batches
         runs["gemm"] = sum(runs.pop(f"gemm {i}") for i in range(len(products)))
         fit = runs["fit"]  # what fit runs; the ratios and GFLOP/s use it
         row = {"config": config_name(sizes, batch, extras), "params": p,
                "step_us": np.median(runs["step"]) * 1e6, "fit_step_us": np.median(fit) * 1e6,
-               "threads": threads}
+               "threads": threads, "matmul_precision": args.matmul_precision}
+        if bf16:
+            bf16_peak = 2 * PEAK_SIZE ** 3 / runs["bf16 peak"] / 1e9
+            row.update(f32_fit_step_us=np.median(runs["f32"]) * 1e6,
+                       speedup_vs_f32=np.median(runs["f32"] / fit),
+                       bf16_peak_gflops=np.median(bf16_peak),
+                       percent_of_bf16_peak=100 * np.median(6 * p * batch / fit / 1e9
+                                                            / bf16_peak))
         if extras:
             row["plain_fit_step_us"] = np.median(runs["plain"]) * 1e6
             row["cost_vs_plain"] = np.median(fit / runs["plain"])
@@ -528,6 +597,11 @@ def main(argv=None):
         if extras:
             print(f"{'':<28}x plain {row['cost_vs_plain']:.3f} (the plain step of these "
                   f"sizes: {row['plain_fit_step_us']:.0f} us)")
+        if bf16:
+            print(f"{'':<28}x f32 {row['speedup_vs_f32']:.2f} (fastbp's float32 step: "
+                  f"{row['f32_fit_step_us']:.0f} us); {row['percent_of_bf16_peak']:.0f}% of "
+                  f"MKL's bf16 product ({row['bf16_peak_gflops']:.0f} GFLOP/s); torch: "
+                  "bf16 autocast")
         if adam:
             versus = (f", x torch {row['sgd_speedup_vs_torch']:.2f}; x torch fused "
                       f"{args.optimizer} {row['speedup_vs_torch_fused']:.2f}"
