@@ -245,8 +245,32 @@ def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activa
     dpre_op = matrix_view(rows_bits, n_rows * n_in, n_rows, n_out)
     round_to_bfloat16(inp_op, inp)
     round_to_bfloat16(dpre_op, dpre)
-    _dense_backward(dinp, dweight, dbias, dpre, inp, matrix_view(weight_bits, 0, n_in, n_out),
-                    inp_activation, inp_pre, inp_op, dpre_op)
+    weight_op = matrix_view(weight_bits, 0, n_in, n_out)
+    # dW, then dinp, each over every thread: MKL's bfloat16 products ran slower side by side
+    # (the float32 path's split) than one after the other (docs/bfloat16.md).
+    _dense_backward(dinp[:0], dweight, dbias, dpre, inp, weight_op, inp_activation, inp_pre,
+                    inp_op, dpre_op)
+    if dinp.shape[0] > 0:
+        _input_grad(dinp, dpre_op, weight_op, inp, activation_input(inp_pre, inp,
+                                                                    inp_activation),
+                    inp_activation)
+
+
+@njit(**PARALLEL)
+def _input_grad(dinp, dpre, weight, inp, z, inp_activation):
+    """dinp of dense_backward alone, split into a grid of tiles over every thread (dpre and
+    weight: the product's operands)."""
+    n_rows, n_in = dinp.shape
+    rows, cols = grid(n_rows, n_in, dpre.shape[1], num_threads())
+    if rows * cols == 1:
+        r0, r1 = span(0, 1, n_rows)
+        c0, c1 = span(0, 1, n_in)
+        _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
+        return
+    for t in prange(rows * cols):
+        r0, r1 = span(t // cols, rows, n_rows)
+        c0, c1 = span(t % cols, cols, n_in)
+        _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
 
 
 @njit(**SERIAL)
