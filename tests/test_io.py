@@ -75,7 +75,7 @@ def test_round_trip(tmp_path, dtype, kw):
                                  "l2", "params"}
     # A model without normalisation, dropout or residuals is written as version 3 (which a
     # fastbp from before version 4 reads).
-    assert int(fields(path)["version"]) == 3 and fio.VERSION == 4
+    assert int(fields(path)["version"]) == 3 and fio.VERSION == 5
 
 
 @pytest.mark.parametrize("make_optimizer", [
@@ -264,7 +264,7 @@ def test_save_errors(tmp_path):
     ({"sizes": np.array([5, 0, 4, 3])}, "positive layer widths"),
     ({"sizes": np.array([5.0, 7.0, 4.0, 3.0])}, "positive layer widths"),
     ({"format": np.array("something.else")}, "format is 'something.else'"),
-    ({"version": np.array(5)}, "format version 5; this fastbp reads versions 1, 2, 3, 4"),
+    ({"version": np.array(6)}, "format version 6; this fastbp reads versions 1, 2, 3, 4, 5"),
     ({"version": np.array(0)}, "format version 0"),
     ({"loss": None}, "missing the field 'loss'"),
     ({"params": None}, "not a fastbp model file"),

@@ -305,9 +305,9 @@ dense_forward_bf16_unit = _units.unit(
 dense_backward_bf16_unit = _units.unit(
     "dense_backward_bf16", dense_backward_bf16, _backward_bf16_types, cost=3.8,
     prepare=load_bfloat16_gemm)
-_forward_emulated_unit = _units.unit(
+dense_forward_bf16_emulated_unit = _units.unit(
     "dense_forward_bf16_emulated", _dense_forward_bf16_emulated, _forward_bf16_types)
-_backward_emulated_unit = _units.unit(
+dense_backward_bf16_emulated_unit = _units.unit(
     "dense_backward_bf16_emulated", _dense_backward_bf16_emulated, _backward_bf16_types)
 #: The units of a precision's products, by its code.
 PRECISION_UNITS = {FLOAT32: ["dense_forward_grid", "dense_backward"],
@@ -328,7 +328,8 @@ def dense_forward_layer(out, pre, inp, weight, bias, activation, scratch, weight
         dense_forward_bf16_unit(out, pre, inp, weight, bias, activation, rows_bits,
                                 weight_bits)
     else:
-        _forward_emulated_unit(out, pre, inp, weight, bias, activation, rows_bits, weight_bits)
+        dense_forward_bf16_emulated_unit(out, pre, inp, weight, bias, activation, rows_bits,
+                                         weight_bits)
 
 
 @njit(**INLINED)
@@ -342,5 +343,5 @@ def dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation
         dense_backward_bf16_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
                                  inp_activation, inp_pre, rows_bits)
     else:
-        _backward_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation,
-                                inp_pre, rows_bits)
+        dense_backward_bf16_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
+                                          inp_activation, inp_pre, rows_bits)
