@@ -418,7 +418,8 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
         "data": ds.name, "sizes": sizes, "activations": model.activations,
         "norm": model.norm, "dropout": model.dropout, "residual": model.residual,
         "loss": model.loss, "dtype": np.dtype(model.dtype).name,
-        "matmul_precision": model.matmul_precision, "n_params": model.n_params, "optimizer": {"name": optimizer.name, **optimizer.config()},
+        "matmul_precision": model.matmul_precision, "n_params": model.n_params,
+        "optimizer": {"name": optimizer.name, **optimizer.config()},
         "lr": optimizer.base_lr, "lr_schedule": (optimizer.lr_schedule.name
                                                  if optimizer.lr_schedule else "constant"),
         "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,

@@ -17,9 +17,9 @@ weights, and sample weights, are stages after the loss's gradient.
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer),
 ``bfloat16`` (bfloat16 operands for a float32 model's products: rounding, MKL's product or
-its emulation), ``normalization`` (layer and batch normalisation), ``dropout`` (inverted dropout, masks from a
-counter-based hash), ``block`` (the hidden layer with normalisation, dropout and a residual
-connection, built from those), ``losses``
+its emulation), ``normalization`` (layer and batch normalisation), ``dropout`` (inverted
+dropout, masks from a counter-based hash), ``block`` (the hidden layer with normalisation,
+dropout and a residual connection, built from those), ``losses``
 (``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
 ``KINDS``, the registry of update kinds), ``rows`` (row gathering, from dense and from CSR
 sparse matrices, and input checks), ``network`` (Net, Workspace, whole-network functions, each
@@ -35,8 +35,8 @@ and the scratch given, so results are bitwise reproducible at a fixed thread cou
 
 Precision: matrix products and the sums over the batch in dW and db accumulate in the working
 dtype, as BLAS does (a float32 Net in bfloat16 precision rounds the products' operands to
-bfloat16 first; bfloat16.py). Losses and the softmax denominator accumulate in float64; gradient norms
-sum squares in the working dtype over blocks of 512, and the blocks in float64.
+bfloat16 first; bfloat16.py). Losses and the softmax denominator accumulate in float64;
+gradient norms sum squares in the working dtype over blocks of 512, and the blocks in float64.
 """
 from . import _config
 from ._config import MIN_TILE_WORK, NORM_CHUNK
