@@ -112,6 +112,7 @@ def rounded(x):
 def test_dense_forward_is_the_product_of_rounded_operands(bits_type):
     if bits_type == np.uint16 and not _mkl_runs():
         pytest.skip("MKL's product needs a bfloat16 unit and MKL")
+    kernels.register_bfloat16_emulation()
     rng = np.random.default_rng(2)
     n_rows, n_in, n_out = 37, 53, 29
     inp = rng.standard_normal((n_rows, n_in)).astype(np.float32)

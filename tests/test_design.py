@@ -360,13 +360,14 @@ def _jit_calls(path):
 
 def test_every_kernel_takes_its_flags_from_config():
     """Every @njit in fastbp.kernels passes exactly one of _config's flag sets and nothing else
-    (so fastmath, caching and parallelism are set in one place); the only cfunc is the units'
-    (caching as _config.CACHE says, with an explicit C signature)."""
+    (so fastmath, caching and parallelism are set in one place); every cfunc (the units', the
+    emulated bfloat16 product) passes _config.C_FUNCTION, with an explicit C signature."""
     offenders = []
     for path in sorted(KERNELS_DIR.glob("*.py")):
         for line, kind, spread, plain, n_args in _jit_calls(path):
             ok = (kind == "njit" and len(spread) == 1 and spread <= FLAG_SETS and not plain
-                  and n_args == 0) or (kind == "cfunc" and path.name == "_units.py")
+                  and n_args == 0) or (kind == "cfunc" and spread == {"C_FUNCTION"}
+                                       and not plain)
             if not ok:
                 offenders.append(f"{path.name}:{line}")
     assert not offenders, f"@njit with flags of its own: {offenders}"

@@ -47,7 +47,8 @@ from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
                           sigmoid_forward, tanh_backward, tanh_forward, uses_input)
 from .activations import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH  # noqa: F401
 from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, PRECISIONS, Bfloat16Unavailable,
-                       cpu_bfloat16_units, require_bfloat16, round_to_bfloat16)
+                       cpu_bfloat16_units, register_bfloat16_emulation, require_bfloat16,
+                       round_to_bfloat16)
 from .block import INFER, REPLAY, TRAIN, add_forward, aux_layout, block_backward, block_forward
 from .dense import (dense_backward, dense_backward_bf16, dense_forward, dense_forward_bf16,
                     splits_input)
@@ -80,7 +81,7 @@ __all__ = [
     "dense_forward", "dense_backward",
     "dense_forward_bf16", "dense_backward_bf16", "round_to_bfloat16", "PRECISIONS", "FLOAT32",
     "BFLOAT16", "BFLOAT16_EMULATED", "Bfloat16Unavailable", "require_bfloat16",
-    "cpu_bfloat16_units",
+    "register_bfloat16_emulation", "cpu_bfloat16_units",
     "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
     "batch_norm_inference", "NORM_EPS", "BATCH_NORM_MOMENTUM",
     "dropout_mask", "dropout_forward", "dropout_forward_masked", "dropout_backward",

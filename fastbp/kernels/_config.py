@@ -1,7 +1,8 @@
 """Compiler flags and tuning constants for every kernel: the one place that sets them.
 
 Every ``@njit`` in ``fastbp.kernels`` takes one of ``SERIAL``, ``PARALLEL``, ``INLINED`` or
-``ELEMENTWISE`` (tests/test_design.py fails on any that sets its own).
+``ELEMENTWISE``, and every ``cfunc`` ``C_FUNCTION`` (tests/test_design.py fails on any that sets
+its own).
 
 Numba's on-disk cache checks only the source file a function is defined in, but a compiled
 function also holds copies of the functions it calls from other modules. ``guard_cache`` keeps
@@ -52,6 +53,8 @@ INLINED = dict(SERIAL, inline="always")
 # is the answer when the divisor is 0 (sample weights that sum to 0: a NaN loss, which the
 # training step refuses), where Python's model would raise, and a unit cannot raise.
 ELEMENTWISE = dict(SERIAL, error_model="numpy")
+# C-ABI functions (Numba cfuncs: the units, the emulated bfloat16 product), cached alike.
+C_FUNCTION = dict(cache=CACHE)
 
 # Multiply-adds a tile must hold before it is worth waking another thread for it: about the GEMM
 # work that entering a parallel region costs in time (docs/kernels-notes.md).

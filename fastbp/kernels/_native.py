@@ -56,7 +56,33 @@ BLAS = _config().decode()
 # The gemm symbol by (operands' dtype, output's dtype).
 _SYMBOLS = {(types.float32, types.float32): "fastbp_sgemm",
             (types.float64, types.float64): "fastbp_dgemm",
-            (types.uint16, types.float32): "fastbp_gemm_bf16"}
+            (types.uint16, types.float32): "fastbp_gemm_bf16",
+            (types.int16, types.float32): "fastbp_gemm_bf16_emulated"}
+
+
+def _not_ready(operands, remedy):
+    """A stand-in for a bfloat16 gemm symbol until it is registered: it computes nothing and
+    says so (kernels.raise_if_unfilled then raises), where a missing symbol would crash."""
+    from ._units import report_skipped
+
+    def stub(*args):
+        report_skipped(f"fastbp: a bfloat16 product ({operands} operands) ran before {remedy} "
+                       "in this process; it was skipped (call that first, then restart)")
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(stub)
+
+
+_STUBS = {types.uint16: _not_ready("uint16", "kernels.require_bfloat16()"),
+          types.int16: _not_ready("int16", "kernels.register_bfloat16_emulation()")}
+
+
+def register_gemm(operands, address):
+    """Register the gemm of float32 outputs for operands of this Numba type (uint16, int16: both
+    bfloat16 bit patterns) at a C function's address (Fortran gemm's arguments)."""
+    _llvm.add_symbol(_SYMBOLS[operands, types.float32], address)
+
+
+for _operands, _stub in _STUBS.items():
+    register_gemm(_operands, ctypes.cast(_stub, ctypes.c_void_p).value)
 for _name in ("sgemm", "dgemm"):
     _llvm.add_symbol("fastbp_" + _name,
                      ctypes.cast(getattr(openblas, f"scipy_{_name}_"), ctypes.c_void_p).value)
@@ -116,8 +142,7 @@ def load_bfloat16_gemm():
             "not the sequential one fastbp calls it with; set MKL_THREADING_LAYER=SEQUENTIAL")
     version = ctypes.create_string_buffer(256)
     lib.MKL_Get_Version_String(version, 256)
-    _llvm.add_symbol(_SYMBOLS[types.uint16, types.float32],
-                     ctypes.cast(gemm_bf16, ctypes.c_void_p).value)
+    register_gemm(types.uint16, ctypes.cast(gemm_bf16, ctypes.c_void_p).value)
     _mkl.append(version.value.decode(errors="replace").strip())
     return _mkl[0]
 
@@ -191,7 +216,8 @@ def _leading_dim(x):
 @njit(**INLINED)
 def gemm(c, a, b, alpha, beta, trans_a, trans_b):
     """c (M, N) := alpha * op(a) @ op(b) + beta * c, on row-major views. a and b are of c's
-    dtype, or bfloat16 bit patterns (uint16) for a float32 c (MKL's product: load_bfloat16_gemm
+    dtype, or bfloat16 bit patterns for a float32 c: uint16 for MKL's product
+    (load_bfloat16_gemm first), int16 for its emulation (bfloat16.register_bfloat16_emulation
     first).
 
     op(a) is (M, K): a is (M, K), or (K, M) when trans_a. op(b) is (K, N): b is (K, N), or

@@ -33,7 +33,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from ._config import CACHE, INLINED
+from ._config import C_FUNCTION, CACHE, INLINED
 
 DTYPES = (types.float32, types.float64)
 TABLE_SIZE = 4096  # slots; a unit's slot is a hash of what it is, see register
@@ -143,7 +143,7 @@ def _make_unit(spec, dtype):
     """The cfunc of one (kernel, dtype): compiled now, or loaded from Numba's cache."""
     if spec.name in _PREPARE:
         _PREPARE[spec.name]()
-    return cfunc(types.void(types.voidptr, types.voidptr), cache=CACHE)(
+    return cfunc(types.void(types.voidptr, types.voidptr), **C_FUNCTION)(
         _unit_function(spec, dtype))
 
 
@@ -315,6 +315,12 @@ def _fill_slot(slot):
     except BaseException as exc:
         _unfilled.append(str(exc) or repr(exc))
         raise
+
+
+def report_skipped(message):
+    """Record that compiled code skipped work (a native routine it calls was not ready), for
+    raise_if_unfilled to raise from Python."""
+    _unfilled.append(message)
 
 
 def raise_if_unfilled():

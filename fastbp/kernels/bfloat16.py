@@ -10,18 +10,19 @@ gemm_bf16bf16f32 (_native.load_bfloat16_gemm), at one thread per call like the f
 
 Emulation: the same bit patterns viewed as int16 are multiplied by compiled loops here instead
 (each product of two bfloat16 values is exact in float32, and the sums are float32's), on any
-CPU and without MKL: slow, for checking results where the CPU has no bfloat16 unit.
+CPU and without MKL: slow, for checking results where the CPU has no bfloat16 unit. They sit
+behind a gemm symbol of their own (register_bfloat16_emulation), so the layers' tiles call
+_native.gemm alike for every kind of operand.
 
 Precisions, by code (a Net's ``precision``): FLOAT32 (the model's own dtype: no rounding),
 BFLOAT16 (MKL), BFLOAT16_EMULATED.
 """
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import carray, cfunc, njit, prange, types
 
-from ._config import INLINED, PARALLEL, SERIAL
-from ._native import (CPU_BF16, Bfloat16Unavailable, float32_bits, float32_from_bits, gemm,
-                      load_bfloat16_gemm)
+from ._config import C_FUNCTION, INLINED, PARALLEL, SERIAL
+from ._native import (CPU_BF16, Bfloat16Unavailable, float32_bits, float32_from_bits,
+                      load_bfloat16_gemm, register_gemm)
 from ._tiling import n_tiles, span
 
 FLOAT32, BFLOAT16, BFLOAT16_EMULATED = 0, 1, 2
@@ -88,36 +89,38 @@ def round_to_bfloat16(dst, src):
 
 
 @njit(**SERIAL)
-def _gemm_emulated(c, a, b, alpha, beta, trans_a, trans_b):
-    """gemm's contract for bfloat16 bit patterns a and b (int16): op(a) @ op(b) in float32."""
-    m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    for i in range(m):
-        row = c[i]
-        for j in range(n):
-            row[j] = 0 if beta == 0 else beta * row[j]
+def _gemm_emulated(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Fortran gemm's contract (column-major; a and b bfloat16 bit patterns): c := alpha *
+    op(a) @ op(b) + beta * c, op(a) (m, k), op(b) (k, n), each product exact in float32, the
+    sums float32's, in order over k. ta, tb: ord('N') or ord('T')."""
+    for j in range(n):
+        column = c[j * ldc:j * ldc + m]
+        for i in range(m):
+            column[i] = 0 if beta == 0 else beta * column[i]
         for p in range(k):
-            scale = np.float32(alpha) * bfloat16_value(a[p, i] if trans_a else a[i, p])
-            if trans_b:
-                for j in range(n):
-                    row[j] += scale * bfloat16_value(b[j, p])
-            else:
-                other = b[p]
-                for j in range(n):
-                    row[j] += scale * bfloat16_value(other[j])
+            scale = alpha * bfloat16_value(b[j * ldb + p] if tb == 78 else b[p * ldb + j])
+            for i in range(m):
+                column[i] += scale * bfloat16_value(a[p * lda + i] if ta == 78 else
+                                                    a[i * lda + p])
 
 
-def product(c, a, b, alpha, beta, trans_a, trans_b):
-    """gemm (c := alpha op(a) @ op(b) + beta c) for operands of any kind the layers use: the
-    model's dtype (BLAS), bfloat16 bit patterns as uint16 (MKL) or as int16 (emulated)."""
-    raise NotImplementedError("compiled code only")
+_emulated = []   # the emulated product's cfunc, once registered
 
 
-@overload(product, jit_options=SERIAL)
-def _product_impl(c, a, b, alpha, beta, trans_a, trans_b):
-    if a.dtype == types.int16:
-        return lambda c, a, b, alpha, beta, trans_a, trans_b: _gemm_emulated(
-            c, a, b, alpha, beta, trans_a, trans_b)
-    return lambda c, a, b, alpha, beta, trans_a, trans_b: gemm(
-        c, a, b, alpha, beta, trans_a, trans_b)
+def register_bfloat16_emulation():
+    """Register _gemm_emulated (compiled, or loaded from Numba's cache) as the product of int16
+    bit patterns (_native's gemm symbol for them): what the emulated units call."""
+    if _emulated:
+        return
+    i8, i32, f32, i16 = (types.CPointer(t) for t in (types.int8, types.int32, types.float32,
+                                                      types.int16))
 
+    def gemm_emulated(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        a_array = carray(a, (lda[0] * (k[0] if ta[0] == 78 else m[0]),))
+        b_array = carray(b, (ldb[0] * (n[0] if tb[0] == 78 else k[0]),))
+        _gemm_emulated(ta[0], tb[0], m[0], n[0], k[0], alpha[0], a_array, lda[0], b_array,
+                       ldb[0], beta[0], carray(c, (ldc[0] * n[0],)), ldc[0])
+    function = cfunc(types.void(i8, i8, i32, i32, i32, f32, i16, i32, i16, i32, f32, f32, i32),
+                     **C_FUNCTION)(gemm_emulated)
+    register_gemm(types.int16, function.address)
+    _emulated.append(function)

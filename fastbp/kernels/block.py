@@ -110,14 +110,14 @@ def _views(acts, running, params, n_rows, n_in, n_out, param_offset, act_offset,
 @njit(**SERIAL)
 def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, activation,
                   param_offset, act_offset, pre_offset, aux_offset, running_offset, capacity,
-                  norm, p, residual, seed, step, row_base, layer, mode, weight_bits, rows_bits,
+                  norm, p, residual, seed, step, row_base, layer, mode, bits, rows_at,
                   precision):
     """A block layer's forward pass for inp (B, n_in), in mode INFER, TRAIN or REPLAY; see the
     module docstring for what goes where. scratch: as dense_forward's (1-D; empty for none).
     row_ids (B,) int64: the rows' keys for the dropout mask, plus row_base (empty: their
-    positions); seed and step: the rest of the masks' key (dropout.dropout_mask). weight_bits,
-    rows_bits, precision: the product's precision and its bfloat16 buffers
-    (dense.dense_forward_layer)."""
+    positions); seed and step: the rest of the masks' key (dropout.dropout_mask). bits,
+    rows_at, precision: the product's precision and its bfloat16 buffer, the layer's weight at
+    param_offset (dense.dense_forward_layer)."""
     n_rows = inp.shape[0]
     (out, pre, xhat, a, mask, weight, bias, gamma, beta, row_rstd, col_mean, col_rstd,
      run_mean, run_var) = _views(acts, running, params, n_rows, n_in, n_out, param_offset,
@@ -127,11 +127,11 @@ def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, act
     if not drops and residual == 0:
         a = out   # inference without a residual: the activation's output is the layer's
     if norm == 0:
-        dense.dense_forward_layer(a, pre, inp, weight, bias, activation, scratch, weight_bits,
-                                  rows_bits, precision)
+        dense.dense_forward_layer(a, pre, inp, weight, bias, activation, scratch, bits,
+                                  param_offset, rows_at, precision)
     else:
         dense.dense_forward_layer(xhat, pre[:0], inp, weight, bias, activations.IDENTITY,
-                                  scratch, weight_bits, rows_bits, precision)
+                                  scratch, bits, param_offset, rows_at, precision)
         zn = pre if pre.shape[0] > 0 else a
         if norm == _LAYER_NORM:
             normalization.layer_norm_forward(zn, xhat, row_rstd, xhat, gamma, beta)
@@ -152,13 +152,12 @@ def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, act
 @njit(**SERIAL)
 def block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params,
                    n_in, n_out, activation, param_offset, act_offset, pre_offset, aux_offset,
-                   running_offset, capacity, norm, p, residual, weight_bits, rows_bits,
-                   precision):
+                   running_offset, capacity, norm, p, residual, bits, rows_at, precision):
     """A block layer's backward pass after a training forward pass, given dout (B, n_out) =
     dL/d(its output): its parameters' gradients into grads, and dinp (B, n_in) = dL/d(inp_pre)
     for inp = act(inp_pre), act the code inp_activation (dinp without rows: skipped). dout is
-    overwritten. weight_bits, rows_bits, precision: as block_forward's (the weight's bfloat16
-    copy as block_forward left it)."""
+    overwritten. bits, rows_at, precision: as block_forward's (the weight's bfloat16 copy as
+    block_forward left it)."""
     n_rows = dout.shape[0]
     (out, pre, xhat, a, mask, weight, bias, gamma, beta, row_rstd, col_mean, col_rstd,
      run_mean, run_var) = _views(acts, running, params, n_rows, n_in, n_out, param_offset,
@@ -184,10 +183,10 @@ def block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, runnin
         normalization.batch_norm_backward(g, dgamma, dbeta, g, xhat, col_rstd, gamma)
     if residual == 0 or dinp.shape[0] == 0:
         dense.dense_backward_layer(dinp, dweight, dbias, g, inp, weight, inp_activation,
-                                   inp_pre, weight_bits, rows_bits, precision)
+                                   inp_pre, bits, param_offset, rows_at, precision)
         return
     dense.dense_backward_layer(dinp, dweight, dbias, g, inp, weight, activations.IDENTITY,
-                               inp_pre, weight_bits, rows_bits, precision)
+                               inp_pre, bits, param_offset, rows_at, precision)
     add_forward(dinp, dinp, dout)
     if inp_activation != activations.IDENTITY:
         activations.activation_backward_unit(dinp, dinp, inp, inp_activation, inp_pre)
@@ -199,11 +198,10 @@ block_forward_unit = _units.unit(
     "block_forward", block_forward,
     lambda dt: (_V[dt], _units.FLOAT64S, _V[dt], _M[dt], _V[dt], _units.INDEX,
                 _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, _I, _I, _I, _I, _I,
-                dense.BITS, dense.BITS, _I),
+                dense.BITS, _I, _I),
     cost=6)
 block_backward_unit = _units.unit(
     "block_backward", block_backward,
     lambda dt: (_M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _I, _V[dt], _units.FLOAT64S,
-                _V[dt], _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, dense.BITS, dense.BITS,
-                _I),
+                _V[dt], _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, dense.BITS, _I, _I),
     cost=6)

@@ -12,11 +12,13 @@ forward's rounded weight; bias, activations and db read the float32 values.
 """
 import numpy as np
 from numba import njit, prange, types
+from numba.extending import overload
 
 from . import _units
 from ._config import INLINED, MIN_TILE_WORK, PARALLEL, SERIAL
-from ._native import load_bfloat16_gemm, matrix_view, num_threads
-from .bfloat16 import BFLOAT16, BFLOAT16_EMULATED, FLOAT32, product, round_to_bfloat16
+from ._native import gemm, load_bfloat16_gemm, matrix_view, num_threads
+from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, register_bfloat16_emulation,
+                       round_to_bfloat16)
 from ._tiling import grid, span
 from .activations import activation_grad_tile, activation_input, bias_activation_tile
 
@@ -24,7 +26,7 @@ from .activations import activation_grad_tile, activation_input, bias_activation
 @njit(**SERIAL)
 def _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1):
     """out[r0:r1, c0:c1] of dense_forward (inp and weight: the product's operands)."""
-    product(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
+    gemm(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
     bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
 
 
@@ -51,7 +53,7 @@ def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation)
         k0, k1 = span(t // n_cols, 2, n_in)
         c0, c1 = span(t % n_cols, n_cols, n_out)
         dst = out if t < n_cols else partial
-        product(dst[:, c0:c1], inp[:, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False, False)
+        gemm(dst[:, c0:c1], inp[:, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False, False)
     n_tiles = min(n_threads, n_rows)
     for t in prange(n_tiles):
         r0, r1 = span(t, n_tiles, n_rows)
@@ -122,7 +124,7 @@ dense_forward_grid_unit = _units.unit(
 def _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1):
     """dweight[r0:r1, c0:c1] = inp_op^T dpre_op (the product's operands); the tiles of the
     first row (r0 == 0) also do dbias[c0:c1] from dpre."""
-    product(dweight[r0:r1, c0:c1], inp_op[:, r0:r1], dpre_op[:, c0:c1], 1.0, 0.0, True, False)
+    gemm(dweight[r0:r1, c0:c1], inp_op[:, r0:r1], dpre_op[:, c0:c1], 1.0, 0.0, True, False)
     if r0 == 0:
         b = dbias[c0:c1]
         for j in range(b.shape[0]):
@@ -136,11 +138,11 @@ def _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1):
 @njit(**SERIAL)
 def _input_grad_tile(dinp, dpre, weight, inp, inp_pre, inp_activation, r0, r1, c0, c1):
     """dinp[r0:r1, c0:c1] (dpre and weight: the product's operands)."""
-    product(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
+    gemm(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
     activation_grad_tile(dinp, inp_pre, inp, inp_activation, r0, r1, c0, c1)
 
 
-@njit(**SERIAL)
+@njit(**PARALLEL)
 def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre=None):
     """Backward of dense_forward, given dpre (B, OC) = dL/d(inp @ weight + bias).
 
@@ -154,14 +156,6 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     dW, db and dinp tiles run in one parallel region. dW is split over its own elements, so each
     is one thread's whole sum over the batch: no races and no partial buffers.
     """
-    _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, inp,
-                    dpre)
-
-
-@njit(**PARALLEL)
-def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, inp_op,
-                    dpre_op):
-    """dense_backward, the products taking inp_op, dpre_op and weight as their operands."""
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     z = activation_input(inp_pre, inp, inp_activation)
@@ -179,21 +173,21 @@ def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp
             n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
         k0, k1 = span(0, 1, n_in)
         c0, c1 = span(0, 1, n_out)
-        _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, k0, k1, c0, c1)
+        _weight_grad_tile(dweight, dbias, dpre, inp, dpre, k0, k1, c0, c1)
         if n_input_tiles:
             r0, r1 = span(0, 1, n_rows)
-            _input_grad_tile(dinp, dpre_op, weight, inp, z, inp_activation, r0, r1, k0, k1)
+            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, k0, k1)
         return
     for t in prange(n_weight_tiles + n_input_tiles):
         if t < n_weight_tiles:
             r0, r1 = span(t // w_cols, w_rows, n_in)
             c0, c1 = span(t % w_cols, w_cols, n_out)
-            _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1)
+            _weight_grad_tile(dweight, dbias, dpre, inp, dpre, r0, r1, c0, c1)
         else:
             u = t - n_weight_tiles
             r0, r1 = span(u // i_cols, i_rows, n_rows)
             c0, c1 = span(u % i_cols, i_cols, n_in)
-            _input_grad_tile(dinp, dpre_op, weight, inp, z, inp_activation, r0, r1, c0, c1)
+            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
 
 
 dense_backward_unit = _units.unit(
@@ -223,7 +217,9 @@ def dense_forward_bf16(out, pre, inp, weight, bias, activation, inp_bits, weight
     """dense_forward (without the input split) with bfloat16 operands: inp (B, C) and weight
     (C, OC) rounded into inp_bits (>= B * C) and weight_bits (C * OC), 1-D bit-pattern buffers
     (uint16: MKL's product; int16: emulated), overwritten; weight_bits then holds what
-    dense_backward_bf16 reads. pre: as dense_forward's, or a view without rows."""
+    dense_backward_bf16 reads. pre: as dense_forward's, or a view without rows. Call
+    require_bfloat16() (uint16) or register_bfloat16_emulation() (int16) once before the
+    first call in a process (fastbp's models do)."""
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     inp_op = matrix_view(inp_bits, 0, n_rows, n_in)
@@ -247,13 +243,29 @@ def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activa
     round_to_bfloat16(dpre_op, dpre)
     weight_op = matrix_view(weight_bits, 0, n_in, n_out)
     # dW, then dinp, each over every thread: MKL's bfloat16 products ran slower side by side
-    # (the float32 path's split) than one after the other (docs/bfloat16.md).
-    _dense_backward(dinp[:0], dweight, dbias, dpre, inp, weight_op, inp_activation, inp_pre,
-                    inp_op, dpre_op)
+    # (dense_backward's split) than one after the other (README, bfloat16 products).
+    _weight_grad(dweight, dbias, dpre, inp_op, dpre_op)
     if dinp.shape[0] > 0:
         _input_grad(dinp, dpre_op, weight_op, inp, activation_input(inp_pre, inp,
                                                                     inp_activation),
                     inp_activation)
+
+
+@njit(**PARALLEL)
+def _weight_grad(dweight, dbias, dpre, inp_op, dpre_op):
+    """dweight and dbias of dense_backward alone, split into a grid of tiles over every
+    thread (inp_op, dpre_op: the product's operands; dbias from dpre)."""
+    n_in, n_out = dweight.shape
+    rows, cols = grid(n_in, n_out, dpre.shape[0], num_threads())
+    if rows * cols == 1:
+        r0, r1 = span(0, 1, n_in)
+        c0, c1 = span(0, 1, n_out)
+        _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1)
+        return
+    for t in prange(rows * cols):
+        r0, r1 = span(t // cols, rows, n_in)
+        c0, c1 = span(t % cols, cols, n_out)
+        _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1)
 
 
 @njit(**PARALLEL)
@@ -306,9 +318,11 @@ dense_backward_bf16_unit = _units.unit(
     "dense_backward_bf16", dense_backward_bf16, _backward_bf16_types, cost=3.8,
     prepare=load_bfloat16_gemm)
 dense_forward_bf16_emulated_unit = _units.unit(
-    "dense_forward_bf16_emulated", _dense_forward_bf16_emulated, _forward_bf16_types)
+    "dense_forward_bf16_emulated", _dense_forward_bf16_emulated, _forward_bf16_types,
+    prepare=register_bfloat16_emulation)
 dense_backward_bf16_emulated_unit = _units.unit(
-    "dense_backward_bf16_emulated", _dense_backward_bf16_emulated, _backward_bf16_types)
+    "dense_backward_bf16_emulated", _dense_backward_bf16_emulated, _backward_bf16_types,
+    prepare=register_bfloat16_emulation)
 #: The units of a precision's products, by its code.
 PRECISION_UNITS = {FLOAT32: ["dense_forward_grid", "dense_backward"],
                    BFLOAT16: ["dense_forward_bf16", "dense_backward_bf16"],
@@ -316,32 +330,70 @@ PRECISION_UNITS = {FLOAT32: ["dense_forward_grid", "dense_backward"],
                                        "dense_backward_bf16_emulated"]}
 
 
-@njit(**INLINED)
-def dense_forward_layer(out, pre, inp, weight, bias, activation, scratch, weight_bits,
-                        rows_bits, precision):
+def dense_forward_layer(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
+                        rows_at, precision):
     """A layer's dense_forward in its precision (bfloat16.py's codes): by the units, with
-    scratch as dense_forward_by_units's; or with bfloat16 operands in weight_bits (C * OC) and
-    rows_bits (>= B * C) (dense_forward_bf16)."""
-    if precision == FLOAT32:
-        dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
-    elif precision == BFLOAT16:
-        dense_forward_bf16_unit(out, pre, inp, weight, bias, activation, rows_bits,
-                                weight_bits)
-    else:
-        dense_forward_bf16_emulated_unit(out, pre, inp, weight, bias, activation, rows_bits,
-                                         weight_bits)
+    scratch as dense_forward_by_units's; or with bfloat16 operands (dense_forward_bf16) in the
+    bit-pattern buffer bits: the rounded weight (C * OC) from weight_at, the rounded rows
+    (>= B * C) from rows_at. precision None (a float32 Net's): the units alone, and nothing of
+    bfloat16 is compiled."""
+    raise NotImplementedError("compiled code only")
 
 
-@njit(**INLINED)
+@overload(dense_forward_layer, jit_options=SERIAL, inline="always")
+def _dense_forward_layer_impl(out, pre, inp, weight, bias, activation, scratch, bits,
+                              weight_at, rows_at, precision):
+    if isinstance(precision, types.NoneType):
+        def float32_only(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
+                         rows_at, precision):
+            dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
+        return float32_only
+
+    def by_precision(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
+                     rows_at, precision):
+        weight_bits = bits[weight_at:weight_at + weight.shape[0] * weight.shape[1]]
+        rows_bits = bits[rows_at:]
+        if precision == FLOAT32:
+            dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
+        elif precision == BFLOAT16:
+            dense_forward_bf16_unit(out, pre, inp, weight, bias, activation, rows_bits,
+                                    weight_bits)
+        else:
+            dense_forward_bf16_emulated_unit(out, pre, inp, weight, bias, activation,
+                                             rows_bits, weight_bits)
+    return by_precision
+
+
 def dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre,
-                         weight_bits, rows_bits, precision):
+                         bits, weight_at, rows_at, precision):
     """A layer's dense_backward in its precision: by its unit, or with bfloat16 operands
-    (dense_backward_bf16: weight_bits as the forward pass left it, rows_bits >= B * (C + OC))."""
-    if precision == FLOAT32:
-        dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
-    elif precision == BFLOAT16:
-        dense_backward_bf16_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
-                                 inp_activation, inp_pre, rows_bits)
-    else:
-        dense_backward_bf16_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
-                                          inp_activation, inp_pre, rows_bits)
+    (dense_backward_bf16: the rounded weight in bits from weight_at as the forward pass left
+    it, the rows' area from rows_at, >= B * (C + OC)); precision None: the unit alone, as
+    dense_forward_layer."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(dense_backward_layer, jit_options=SERIAL, inline="always")
+def _dense_backward_layer_impl(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
+                               inp_pre, bits, weight_at, rows_at, precision):
+    if isinstance(precision, types.NoneType):
+        def float32_only(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre,
+                         bits, weight_at, rows_at, precision):
+            dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
+                                inp_pre)
+        return float32_only
+
+    def by_precision(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, bits,
+                     weight_at, rows_at, precision):
+        weight_bits = bits[weight_at:weight_at + weight.shape[0] * weight.shape[1]]
+        rows_bits = bits[rows_at:]
+        if precision == FLOAT32:
+            dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
+                                inp_pre)
+        elif precision == BFLOAT16:
+            dense_backward_bf16_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
+                                     inp_activation, inp_pre, rows_bits)
+        else:
+            dense_backward_bf16_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
+                                              inp_activation, inp_pre, rows_bits)
+    return by_precision

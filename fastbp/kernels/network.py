@@ -15,9 +15,10 @@ probability, residual (L,) 1 where a layer adds its input to its output, aux_off
 where a block layer's saved values start (-1: a plain layer), running_offsets (L,) where a
 batch-normalised layer's running mean and variance start in running (float64), and counter
 [seed, training passes, row base], the dropout masks' key (see make_net), precision (the
-matrix products' code of bfloat16.PRECISIONS) and bits, the bfloat16 operands' buffer (uint16;
-empty in FLOAT32 precision): each layer's rounded weight at its parameter offset, then
-capacity * (widest input + widest output) for a batch's rounded rows (bfloat16_length).
+matrix products' code of bfloat16.PRECISIONS, or None for FLOAT32, whose code then holds
+nothing of bfloat16) and bits, the bfloat16 operands' buffer (uint16; empty in FLOAT32
+precision): each layer's rounded weight at its parameter offset, then capacity * (widest input + widest output) for a batch's
+rounded rows (bfloat16_length).
 
 Layers: a layer with none of normalisation, dropout or a residual connection is plain: the
 dense kernels, its activation fused into the product. The others are block layers (block.py:
@@ -116,7 +117,7 @@ def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
     names = _layer_units(net) + ["take_rows"]
     codes = range(len(ACTIVATIONS)) if net is None else sorted(set(net.activations.tolist()))
     names += activations.epilogue_units(codes)
-    if may_split and (net is None or (net.precision == FLOAT32 and _may_split_input(net))):
+    if may_split and (net is None or (net.precision is None and _may_split_input(net))):
         names.append("dense_forward_split_input")
     kind = LOSS_KINDS[loss]
     names += kind.units
@@ -143,7 +144,8 @@ _BLOCK_UNITS = ["block_forward", "block_backward", "activation_backward"]
 def _layer_units(net):
     """The units of the layers of a Net: its precision's products, and the block layers' if it
     has any (without a Net: float32 products and every kind of layer)."""
-    products = dense.PRECISION_UNITS[FLOAT32 if net is None else net.precision]
+    products = dense.PRECISION_UNITS[FLOAT32 if net is None or net.precision is None
+                                     else net.precision]
     if net is None or (net.aux_offsets >= 0).any():
         return products + _BLOCK_UNITS
     return list(products)
@@ -293,12 +295,14 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
         counter = np.zeros(3, dtype=np.int64)
     code = -1 if loss is None else LOSS_CODES[loss]
     kinds = np.ascontiguousarray(kinds, dtype=np.int64)
-    bits_length = 0 if precision == FLOAT32 else bfloat16_length(sizes, capacity, offsets[-1])
+    # A float32 Net's precision is None: its code is compiled with nothing of bfloat16.
+    bits = aligned_zeros(0 if precision == FLOAT32 else
+                         bfloat16_length(sizes, capacity, offsets[-1]), np.uint16)
     return Net(sizes, activations, offsets, capacity, checkpoint_every, act_offsets,
                pre_offsets, code, float(l2), kinds, layout.weight_lengths(sizes, kinds),
                np.array(dropout, dtype=np.float64), np.array(residual, dtype=np.int64),
-               aux_offsets, running_offsets, running, counter, int(precision),
-               aligned_zeros(bits_length, np.uint16)), acts_size
+               aux_offsets, running_offsets, running, counter,
+               None if precision == FLOAT32 else int(precision), bits), acts_size
 
 
 def make_workspace(net, acts_size, dtype):
@@ -325,17 +329,16 @@ def _dense_params(params, net, layer):
     return weight, bias
 
 
-@njit(**INLINED)
-def _weight_bits(net, layer):
-    """The layer's rounded weight in net.bits (flat; empty in FLOAT32 precision)."""
-    start = net.param_offsets[layer]
-    return net.bits[start:start + net.sizes[layer] * net.sizes[layer + 1]]
+def _precision_code(net):
+    """net.precision as a code (FLOAT32 for None)."""
+    raise NotImplementedError("compiled code only")
 
 
-@njit(**INLINED)
-def _rows_bits(net):
-    """The rounded rows' area of net.bits."""
-    return net.bits[net.param_offsets[-1]:]
+@overload(_precision_code, jit_options=SERIAL, inline="always")
+def _precision_code_impl(net):
+    if isinstance(net.types[net.fields.index("precision")], types.NoneType):
+        return lambda net: FLOAT32
+    return lambda net: net.precision
 
 
 @njit(**INLINED)
@@ -377,8 +380,9 @@ def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
         weight, bias = _dense_params(params, net, layer)
         dense.dense_forward_layer(_layer_output(acts, net, n_rows, layer),
                                   _layer_pre(acts, net, n_rows, layer), inp, weight, bias,
-                                  net.activations[layer], scratch, _weight_bits(net, layer),
-                                  _rows_bits(net), net.precision)
+                                  net.activations[layer], scratch, net.bits,
+                                  net.param_offsets[layer], net.param_offsets[-1],
+                                  net.precision)
         return
     block.block_forward_unit(
         acts, net.running, params, inp, scratch, row_ids, net.sizes[layer],
@@ -386,7 +390,7 @@ def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
         net.act_offsets[layer], net.pre_offsets[layer], net.aux_offsets[layer],
         net.running_offsets[layer], net.capacity, net.kinds[layer], net.dropout[layer],
         net.residual[layer], net.counter[0], net.counter[1], net.counter[2], layer, mode,
-        _weight_bits(net, layer), _rows_bits(net), net.precision)
+        net.bits, net.param_offsets[-1], _precision_code(net))
 
 
 @njit(**INLINED)
@@ -400,16 +404,16 @@ def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, param
         weight, _ = _dense_params(params, net, layer)
         dweight, dbias = _dense_params(grads, net, layer)
         dense.dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
-                                   inp_pre, _weight_bits(net, layer), _rows_bits(net),
-                                   net.precision)
+                                   inp_pre, net.bits, net.param_offsets[layer],
+                                   net.param_offsets[-1], net.precision)
         return
     block.block_backward_unit(
         dinp, grads, dpre, inp, inp_pre, inp_activation, acts, net.running, params,
         net.sizes[layer], net.sizes[layer + 1], net.activations[layer],
         net.param_offsets[layer], net.act_offsets[layer], net.pre_offsets[layer],
         net.aux_offsets[layer], net.running_offsets[layer], net.capacity, net.kinds[layer],
-        net.dropout[layer], net.residual[layer], _weight_bits(net, layer), _rows_bits(net),
-        net.precision)
+        net.dropout[layer], net.residual[layer], net.bits, net.param_offsets[-1],
+        _precision_code(net))
 
 
 # -- forward and loss --------------------------------------------------------------------------
