@@ -67,11 +67,17 @@ def test_ranks_train_as_one_process(ranks_run, case):
         np.testing.assert_array_equal(result["params"], ranks[0]["params"])
         np.testing.assert_array_equal(result["running"], ranks[0]["running"])
         assert int(result["passes"]) == model.training_passes
-    first = fastbp.MLP(model.sizes, activation=model.activations[0], dtype=np.float64, seed=3,
+    first = fastbp.MLP(model.sizes, activation=model.activations[0], dtype=model.dtype, seed=3,
                        norm=model.norm)
     assert not np.allclose(model.params, first.params)   # it trained
     if case in mpi_cases.BATCH_STATISTICS_APART:
         assert not np.allclose(ranks[0]["running"], first.engine.running)   # and folded in
+        return
+    if case in mpi_cases.FLOAT32_CASES:
+        assert str(ranks[0]["stop_reason"]) == history.stop_reason
+        np.testing.assert_allclose(ranks[0]["loss"], history["loss"], rtol=1e-3)
+        scale = np.max(np.abs(model.params))
+        assert np.max(np.abs(ranks[0]["params"] - model.params)) <= 1e-2 * scale
         return
     scale = np.max(np.abs(model.params))
     assert np.max(np.abs(ranks[0]["params"] - model.params)) <= 1e-9 * scale
