@@ -79,7 +79,7 @@ from numba.extending import overload
 from .. import layout
 from ._config import INLINED, SERIAL
 from ._native import matrix_view
-from . import _units, activations, block, dense, losses, rows, update
+from . import activations, block, dense, losses, rows, update
 from .bfloat16 import FLOAT32
 from ._units import caller
 from .activations import ACTIVATIONS, IDENTITY
