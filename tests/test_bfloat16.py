@@ -326,3 +326,29 @@ def test_estimators_take_the_precision():
     assert clf._model.matmul_precision == EMULATED
     with pytest.raises(ValueError, match="matmul_precision"):
         MLPClassifier(dtype="float64", matmul_precision=EMULATED).fit(X[:50], y[:50])
+
+
+def _as_bfloat16_file(path):
+    """Rewrite a saved emulated model as a "bfloat16" one (what a machine with a unit saves)."""
+    fields = dict(np.load(path))
+    fields["matmul_precision"] = np.array("bfloat16")
+    np.savez(path, **fields)
+
+
+def test_without_a_unit_the_commands_say_so_and_float32_still_runs(tmp_path, capsys,
+                                                                   monkeypatch):
+    saved = tmp_path / "m.npz"
+    run_json(["--matmul-precision", EMULATED, "--epochs", "1", "--save", str(saved)], capsys)
+    _as_bfloat16_file(saved)
+    monkeypatch.setattr(kernels.bfloat16, "CPU_BF16", {"amx_bf16": False, "avx512_bf16": False})
+    code, out, err = run(["train", "--matmul-precision", "bfloat16"], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("fastbp train: --matmul-precision bfloat16: ") and "AMX-BF16" in err
+    data = str(ROOT / "data" / "digits.npz")
+    code, _, err = run(["predict", str(saved), data], capsys)
+    assert code == 2 and "--matmul-precision float32" in err and "Traceback" not in err
+    code, out, err = run(["predict", str(saved), data, "--matmul-precision", "float32"], capsys)
+    assert code == 0, err
+    with pytest.raises(kernels.Bfloat16Unavailable):
+        fastbp.load(saved)
+    assert fastbp.load(saved, matmul_precision=EMULATED).matmul_precision == EMULATED
