@@ -31,6 +31,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 from ._config import INLINED
+from ._units import report_skipped
 
 
 def _load_openblas():
@@ -63,8 +64,6 @@ _SYMBOLS = {(types.float32, types.float32): "fastbp_sgemm",
 def _not_ready(operands, remedy):
     """A stand-in for a bfloat16 gemm symbol until it is registered: it computes nothing and
     says so (kernels.raise_if_unfilled then raises), where a missing symbol would crash."""
-    from ._units import report_skipped
-
     def stub(*args):
         report_skipped(f"fastbp: a bfloat16 product ({operands} operands) ran before {remedy} "
                        "in this process; it was skipped (call that first, then restart)")

@@ -330,6 +330,13 @@ PRECISION_UNITS = {FLOAT32: ["dense_forward_grid", "dense_backward"],
                                        "dense_backward_bf16_emulated"]}
 
 
+@njit(**INLINED)
+def _operand_bits(bits, weight_at, rows_at, weight):
+    """(the layer's rounded weight, the rounded rows' area) in a bit-pattern buffer: the weight
+    (C * OC) from weight_at, the rows from rows_at on."""
+    return bits[weight_at:weight_at + weight.shape[0] * weight.shape[1]], bits[rows_at:]
+
+
 def dense_forward_layer(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
                         rows_at, precision):
     """A layer's dense_forward in its precision (bfloat16.py's codes): by the units, with
@@ -351,8 +358,7 @@ def _dense_forward_layer_impl(out, pre, inp, weight, bias, activation, scratch, 
 
     def by_precision(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
                      rows_at, precision):
-        weight_bits = bits[weight_at:weight_at + weight.shape[0] * weight.shape[1]]
-        rows_bits = bits[rows_at:]
+        weight_bits, rows_bits = _operand_bits(bits, weight_at, rows_at, weight)
         if precision == FLOAT32:
             dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
         elif precision == BFLOAT16:
@@ -385,8 +391,7 @@ def _dense_backward_layer_impl(dinp, dweight, dbias, dpre, inp, weight, inp_acti
 
     def by_precision(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, bits,
                      weight_at, rows_at, precision):
-        weight_bits = bits[weight_at:weight_at + weight.shape[0] * weight.shape[1]]
-        rows_bits = bits[rows_at:]
+        weight_bits, rows_bits = _operand_bits(bits, weight_at, rows_at, weight)
         if precision == FLOAT32:
             dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
                                 inp_pre)
