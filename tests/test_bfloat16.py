@@ -235,10 +235,10 @@ def test_block_layers_match_pytorch_with_rounded_products(config):
 
 def test_float32_models_compile_no_bfloat16_unit():
     model = fastbp.MLP([4, 3, 2], seed=0)
-    names = kernels.network.units_for(model.loss, None, model.engine.net)
+    names = kernels.plan.units_for(model.loss, None, model.engine.net)
     assert not any("bf16" in name for name in names)
     emulated = fastbp.MLP([4, 3, 2], seed=0, matmul_precision=EMULATED)
-    names = kernels.network.units_for(model.loss, None, emulated.engine.net)
+    names = kernels.plan.units_for(model.loss, None, emulated.engine.net)
     assert "dense_forward_bf16_emulated" in names and "dense_forward_grid" not in names
 
 

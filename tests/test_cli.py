@@ -541,7 +541,7 @@ def test_warm_up_readies_everything_training_runs_and_changes_nothing():
     code = """
 import numpy as np, fastbp
 from fastbp import cli
-from fastbp.kernels import _units, network
+from fastbp.kernels import _units, plan
 import numba
 fastbp.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
 rng = np.random.default_rng(0)
@@ -550,7 +550,7 @@ optimizer = fastbp.SGD(model, lr=0.1)
 X, y = rng.normal(size=(50, 784)), rng.integers(0, 10, 50)
 before = model.params.copy()
 cli._warm_up(model, optimizer, X, y, 32)
-names = network.units_for(model.loss, optimizer.update_spec().kind, model.engine.net)
+names = plan.units_for(model.loss, optimizer.update_spec().kind, model.engine.net)
 ready = [name for name in names if _units._table[_units._slot(name, _units.DTYPES[0])]]
 others = [kind.unit for kind in fastbp.kernels.KINDS.values() if kind.unit not in names]
 print(np.array_equal(model.params, before), sorted(names) == sorted(ready),

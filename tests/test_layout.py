@@ -136,11 +136,11 @@ def test_every_layer_kind_lays_out_consistently(code):
 def test_every_layer_kind_has_kernels(code):
     """A kind's code is the block layer's code of its normalisation (none for dense), and a
     network with a normalised layer readies the block layer's units."""
-    from fastbp.kernels import block, network
+    from fastbp.kernels import block, plan
     norm = layout.LAYER_KINDS[code].norm
     assert code == {None: 0, "layer": block._LAYER_NORM, "batch": block._BATCH_NORM}[norm]
-    net, _ = network.make_net([5, 7, 4, 3], [1, 1, 0], 4, kinds=[layout.DENSE, code, 0])
-    units = network.units_for("softmax_cross_entropy", None, net)
+    net, _ = plan.make_net([5, 7, 4, 3], [1, 1, 0], 4, kinds=[layout.DENSE, code, 0])
+    units = plan.units_for("softmax_cross_entropy", None, net)
     assert ("block_forward" in units) == (norm is not None)
     assert all(name in fastbp.kernels._units._SPEC for name in units)
 

@@ -8,7 +8,7 @@ import pytest
 import fastbp
 import naive
 from fastbp import kernels
-from fastbp.kernels import _units, losses, network
+from fastbp.kernels import _units, losses, plan
 from fastbp.training import _Scorer
 from helpers import make_targets
 
@@ -36,8 +36,8 @@ def test_every_loss_has_its_units_and_references(kind):
     assert _units._SPEC[loss].kernel is kind.loss
     target = _units._SPEC[loss].argtypes(_units.DTYPES[1])[2]
     assert target.ndim == (1 if kind.targets == "labels" else 2)
-    plain, _ = network.make_net([4, 3, 2], [1, 0], 4, loss=kind.name)   # (no block layer)
-    names = network.units_for(kind.name, None, plain)
+    plain, _ = plan.make_net([4, 3, 2], [1, 0], 4, loss=kind.name)   # (no block layer)
+    names = plan.units_for(kind.name, None, plain)
     assert forward_backward in names and loss in names
     assert ("activation_backward" in names) == (kind.fused is None)
     for other in KINDS:   # no other loss's units

@@ -909,7 +909,7 @@ def test_each_optimizer_is_a_registered_kind_of_update(name):
     assert spec.hyper.shape == (len(kind.hyper),)
     assert opt.state.shape == (len(kind.state(spec.hyper)), model.n_params)
     step_units = {other.unit for other in kernels.KINDS.values()}
-    units = kernels.network.units_for(model.loss, spec.kind, model.engine.net)
+    units = kernels.plan.units_for(model.loss, spec.kind, model.engine.net)
     assert [unit for unit in units if unit in step_units] == [kind.unit]
     again = cls(model_of(), **opt.config())
     assert again.update_spec().hyper.tobytes() == spec.hyper.tobytes()

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import fastbp.kernels  # noqa: F401 (declares every unit)
-from fastbp.kernels import _units, activations, losses, network, update
+from fastbp.kernels import _units, activations, losses, plan, update
 
 
 def test_units_are_declared_beside_their_kernels():
@@ -25,7 +25,7 @@ def test_cost_table_names_declared_units():
 
 
 def test_units_for_names_declared_units():
-    assert set(network.units_for("mse", update_kind=0, weighted=True,
+    assert set(plan.units_for("mse", update_kind=0, weighted=True,
                                  sparse_index="int32")) <= set(_units._SPEC)
 
 

@@ -22,7 +22,8 @@ dropout, masks from a counter-based hash), ``block`` (the hidden layer with norm
 dropout and a residual connection, built from those), ``losses``
 (``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
 ``KINDS``, the registry of update kinds), ``rows`` (row gathering, from dense and from CSR
-sparse matrices, and input checks), ``network`` (Net, Workspace, whole-network functions, each
+sparse matrices, and input checks), ``plan`` (building a Net and its Workspace, the buffers'
+plan, in plain Python), ``network`` (Net, Workspace, whole-network functions, each
 layer kind's steps), ``entry`` (what fastbp's Python layer calls); ``_config`` holds every
 compiler flag and tuning constant, ``_tiling`` the thread split, ``_native`` BLAS and views,
 ``_units`` the table through which the network calls the heavy kernels. Every name below is
@@ -58,9 +59,10 @@ from .entry import prepare
 from .losses import (LOSS_CODES, LOSS_KINDS, LossKind, l2_penalty_forward_backward,
                      l2_penalty_loss, sample_weights_forward_backward, sample_weights_loss,
                      softmax_forward, weight_sum)
-from .network import (Net, Workspace, apply_update, is_block, make_net, make_workspace,
-                      mlp_forward, mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step,
-                      new_running, plan_activations, running_layout)
+from .network import (Net, Workspace, apply_update, mlp_forward, mlp_loss, mlp_loss_and_grad,
+                      mlp_train_epoch, mlp_train_step)
+from .plan import (is_block, make_net, make_workspace, new_running, plan_activations,
+                   running_layout)
 from .normalization import (BATCH_NORM_MOMENTUM, NORM_EPS, batch_norm_backward,
                             batch_norm_forward, batch_norm_inference, layer_norm_backward,
                             layer_norm_forward)

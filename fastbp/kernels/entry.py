@@ -19,8 +19,8 @@ from . import _units
 from ._config import SERIAL
 from .network import (Net, Workspace, apply_update, l2_penalty_unit,
                       mlp_accumulated_loss_and_grad, mlp_forward, mlp_forward_and_losses,
-                      mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step, take_x_rows,
-                      units_for)
+                      mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step, take_x_rows)
+from .plan import units_for
 from .rows import CSR
 from .update import Update
 

@@ -20,7 +20,7 @@ The L2 penalty on the weights (scikit-learn's ``alpha``) is a term of the object
 Sample weights are a stage after the loss too (``sample_weights_forward_backward``): it turns
 the mean loss and its gradient into the weighted mean's, sum_i w_i loss_i / sum_i w_i.
 
-Codes of the losses, as a Net carries them (network.make_net): ``LOSS_CODES``.
+Codes of the losses, as a Net carries them (plan.make_net): ``LOSS_CODES``.
 """
 import math
 from collections import namedtuple
@@ -577,7 +577,7 @@ for _kind in LOSS_KINDS.values():
     check_kind(_kind)
 #: The losses by name, as MLP(loss=...) takes them, and their codes.
 LOSS_CODES = {name: kind.code for name, kind in LOSS_KINDS.items()}
-#: The loss that a Net made without one (network.make_net's loss=None, code -1) takes, by the
+#: The loss that a Net made without one (plan.make_net's loss=None, code -1) takes, by the
 #: kind of its targets; any code not in the table takes it too.
 DEFAULT_LOSS = {"labels": "softmax_cross_entropy", "values": "mse"}
 

@@ -80,7 +80,7 @@ def take_csr_rows(out, data, indices, indptr, index):
         _take_csr_span(out, data, indices, indptr, index, r0, r1)
 
 
-# One unit for each type of the indices (network.CSR_UNITS).
+# One unit for each type of the indices (plan.CSR_UNITS).
 take_csr_rows_unit = _units.unit(
     "take_csr_rows", take_csr_rows,
     lambda dt: (_M[dt], _units.VECTOR[dt], _units.INT64S, _units.INT64S, _units.INDEX))
