@@ -345,7 +345,29 @@ def build_parser():
                      "go to stderr")
     parser.train_parser = train
     _add_predict_parser(commands)
+    _add_export_parser(commands)
     return parser
+
+
+def _add_export_parser(commands):
+    export = commands.add_parser(
+        "export", help="write a model saved by fastbp train --save as ONNX, PyTorch or "
+        "safetensors",
+        description="Write the model MODEL saved by fastbp train --save in another format. "
+        "onnx: the inference graph with the model file's feature scaling, class names and "
+        "target scaling (input X: raw rows, float64; outputs label, probabilities or outputs), "
+        "for onnxruntime. torch: a torch.export program of the model "
+        "(torch.export.load(OUT).module(): scaled features in, outputs (logits) out). "
+        "safetensors: PyTorch's tensor names, fastbp's structure in the header "
+        "(fastbp.export.load_safetensors). Needs the package of the format (pip install "
+        "onnx, torch or safetensors).")
+    export.add_argument("model", metavar="MODEL", help="the .npz file fastbp train --save wrote")
+    export.add_argument("--to", required=True, choices=("onnx", "torch", "safetensors"),
+                        help="the format to write")
+    export.add_argument("out", metavar="OUT", help="the file to write (replaced if it exists)")
+    export.add_argument("--opset", type=int, metavar="N",
+                        help="the ONNX opset (--to onnx; default: 17; GELU as an operator from "
+                        "20)")
 
 
 def _add_predict_parser(commands):

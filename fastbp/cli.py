@@ -739,6 +739,9 @@ def _main(argv, term):
         if args.command == "predict":
             from ._cli_predict import predict
             return predict(args)
+        if args.command == "export":
+            from ._cli_export import export
+            return export(args)
         args.given = given_options(argv)
         with _together(ranks):
             check_args(args)
