@@ -17,6 +17,7 @@ try:
     from .io import ModelFileError, load, load_checkpoint, save
     from .predictor import Predictor, load_predictor
     from .plotting import plot_history
+    from . import export   # (its onnx, torch and safetensors are imported when used)
 except KeyboardInterrupt:
     _environment.interrupted()
 
@@ -25,4 +26,4 @@ __all__ = ["MLP", "SGD", "Adam", "AdamW", "RMSprop", "schedules", "load_checkpoi
            "gradcheck", "set_num_threads", "get_num_threads", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
            "DataError", "save", "load", "ModelFileError", "plot_history", "load_predictor",
-           "Predictor", "__version__"]
+           "Predictor", "export", "__version__"]
