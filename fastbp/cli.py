@@ -28,7 +28,7 @@ from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, ch
                            given_options)
 from ._threads import set_num_threads
 from ._cli_report import metrics_table
-from .classification import balanced_sample_weight, classification_metrics
+from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
 from .data import load as load_data
 from .io import ModelFileError, load_checkpoint
@@ -593,7 +593,7 @@ _SCORES = {"classification": ("test_accuracy", "test_correct"),
 def _test_scores(model, ds):
     """The test rows' scores (_SCORES): how many the model classifies right, or how close its
     values come to the targets, in their own units; and a classifier's per-class figures
-    (fastbp.classification.classification_metrics; None for a regression)."""
+    (fastbp.metrics.classification_metrics; None for a regression)."""
     if ds.task == "classification":
         predictions = class_indices(model, ds.X_test)
         n_correct = int(np.sum(predictions == ds.y_test))
@@ -601,19 +601,7 @@ def _test_scores(model, ds):
         return {"test_accuracy": n_correct / len(ds.y_test), "test_correct": n_correct}, metrics
     predicted, truth = (restore_targets(values, ds.target_offset, ds.target_scale)
                         for values in (model.predict(ds.X_test), ds.y_test))
-    return _regression_scores(predicted, truth), None
-
-
-def _regression_scores(predicted, truth):
-    """R^2, MAE and RMSE of each target (N, T), averaged over the targets (as scikit-learn's
-    r2_score and the others do by default; R^2 of a constant target: 1 when hit, else 0)."""
-    error = predicted - truth
-    squares = np.sum(error ** 2, axis=0)
-    spread = np.sum((truth - truth.mean(axis=0)) ** 2, axis=0)
-    safe = np.where(spread > 0, spread, 1.0)
-    r2 = np.where(spread > 0, 1 - squares / safe, (squares == 0).astype(float))
-    return {"test_r2": float(r2.mean()), "test_mae": float(np.abs(error).mean()),
-            "test_rmse": float(np.sqrt(squares / len(truth)).mean())}
+    return regression_metrics(predicted, truth), None
 
 
 def _target_scaling(ds):

@@ -24,7 +24,7 @@ def plot_history(history, path, title=None, layer_names=None, metrics=None,
     (``history["layer_grad_norms"]``, log scale). ``layer_names`` labels the layers (default
     "layer 1", "layer 2", ...). When early stopping restored an earlier epoch's weights
     (``history.best_epoch``), a dotted line marks that epoch on each panel. ``metrics``
-    (``fastbp.classification.classification_metrics`` of the test rows) adds a second row: the
+    (``fastbp.metrics.classification_metrics`` of the test rows) adds a second row: the
     confusion matrix and each class's precision, recall and F1, its classes named by
     ``class_names``. The file is written atomically (see ``fastbp.io.atomic_write``). Returns
     ``path``.

@@ -13,7 +13,7 @@ import pytest
 import fastbp
 from fastbp import _cli_options, cli
 from fastbp._cli_report import TABLE_CLASSES, metrics_table
-from fastbp.classification import classification_metrics
+from fastbp.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "2", "--layers", "16"]

@@ -1,9 +1,9 @@
-"""fastbp.classification against scikit-learn: per-class figures, confusion matrix and
-balanced class weights."""
+"""fastbp.metrics against scikit-learn: per-class figures, confusion matrix, balanced class
+weights and regression figures."""
 import numpy as np
 import pytest
 
-from fastbp.classification import balanced_sample_weight, classification_metrics
+from fastbp.metrics import balanced_sample_weight, classification_metrics, regression_metrics
 
 
 def _labels(rng, n, n_classes, skill):
@@ -56,3 +56,24 @@ def test_balanced_weights_are_scikit_learns():
     for c, w in zip(classes, expected):
         np.testing.assert_allclose(weights[y == c], w, rtol=1e-15)
     assert weights.sum() == pytest.approx(len(y))   # the rows' total weight is kept
+
+
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_regression_metrics_match_scikit_learn(n_targets):
+    metrics_ = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(n_targets)
+    truth = rng.normal(size=(80, n_targets)) * [10.0, 1.0, 0.1][:n_targets]
+    predicted = truth + rng.normal(size=truth.shape)
+    ours = regression_metrics(predicted, truth)
+    assert ours["test_r2"] == pytest.approx(metrics_.r2_score(truth, predicted), abs=1e-12)
+    assert ours["test_mae"] == pytest.approx(metrics_.mean_absolute_error(truth, predicted),
+                                             abs=1e-12)
+    assert ours["test_rmse"] == pytest.approx(
+        metrics_.root_mean_squared_error(truth, predicted), abs=1e-12)
+
+
+def test_regression_metrics_of_a_constant_target():
+    """scikit-learn's rule: R^2 1 when a constant target is hit exactly, else 0."""
+    truth = np.full((5, 1), 2.0)
+    assert regression_metrics(truth.copy(), truth)["test_r2"] == 1.0
+    assert regression_metrics(truth + 0.5, truth)["test_r2"] == 0.0
