@@ -2,6 +2,7 @@
 bitwise reproducible results at a fixed thread count."""
 import gc
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -483,3 +484,27 @@ def test_a_read_only_install_runs_compiling_in_memory(tmp_path):
                             text=True, timeout=600, env=subprocess_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("True")
+
+
+def test_an_installed_fastbp_caches_outside_site_packages(tmp_path):
+    """Installed into a site-packages folder, fastbp's compiled code goes to the per-user cache
+    folder, not into site-packages (where pip does not record it, and leftovers hid a later
+    editable install); NUMBA_CACHE_DIR, when set, still decides."""
+    import shutil
+    site = tmp_path / "lib" / "site-packages"
+    shutil.copytree(pathlib.Path(fastbp.__file__).parent, site / "fastbp",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    script = ("import numpy as np, fastbp; assert 'site-packages' in fastbp.__file__; "
+              "fastbp.MLP([3, 2], seed=0).forward(np.zeros((1, 3)))")
+    env = dict(os.environ, PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "user-cache"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(site.rglob("*.nbi")), "compiled code written into site-packages"
+    assert list((tmp_path / "user-cache" / "numba").rglob("kernels_*/*.nbi"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            env=dict(env, NUMBA_CACHE_DIR=str(tmp_path / "chosen")),
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "chosen").rglob("*.nbi")) and not list(site.rglob("*.nbi"))

@@ -21,6 +21,38 @@ import pathlib
 FASTMATH = {"nsz", "reassoc"}
 
 
+def _installed(py_file):
+    """Whether py_file is one of fastbp's own sources installed into a site-packages (or
+    dist-packages) folder, rather than a checkout."""
+    path = pathlib.Path(py_file).resolve()
+    package = PACKAGE_DIR.parent
+    return package in path.parents and package.parent.name in ("site-packages",
+                                                                "dist-packages")
+
+
+def _use_user_cache_for_installs():
+    """Cache an installed fastbp's compiled code in the per-user folder (Numba's
+    UserWideCacheLocator: ~/.cache/numba, or $XDG_CACHE_HOME/numba), not in __pycache__
+    beside its sources: pip does not record files written there, so uninstalling left them in
+    site-packages, where they hid a later editable install (``module 'fastbp' has no attribute
+    'MLP'``). NUMBA_CACHE_DIR still comes first; a checkout still caches beside its sources;
+    without a writable per-user folder Numba goes on to its other locators, as before."""
+    try:
+        from numba.core.caching import CacheImpl, InTreeCacheLocator, UserWideCacheLocator
+    except ImportError:  # another Numba: its own rules
+        return
+
+    class InstalledFastbpLocator(UserWideCacheLocator):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            return super().from_function(py_func, py_file) if _installed(py_file) else None
+
+    locators = CacheImpl._locator_classes
+    if InTreeCacheLocator in locators and not any(
+            k.__name__ == InstalledFastbpLocator.__name__ for k in locators):
+        locators.insert(locators.index(InTreeCacheLocator), InstalledFastbpLocator)
+
+
 def _cache_usable():
     """Whether Numba has somewhere to cache this package's compiled code: one of its cache
     locators (NUMBA_CACHE_DIR, __pycache__ beside the sources, a per-user folder) is writable.
@@ -37,6 +69,8 @@ def _cache_usable():
     return True
 
 
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+_use_user_cache_for_installs()
 CACHE = _cache_usable()
 if not CACHE:
     import warnings
@@ -63,7 +97,6 @@ MIN_TILE_WORK = 1 << 18
 # and the clipping that uses it, do not depend on the thread count.
 NORM_CHUNK = 1 << 14
 
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 _STAMP = "fastbp-kernels-sources.sha256"
 
 
