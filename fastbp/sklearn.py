@@ -18,13 +18,18 @@ processes share the cores instead of each taking all of them: fastbp then uses t
 Where the arithmetic differs from scikit-learn's (float32 by default, Adam's epsilon, SGD's
 momentum under a changing rate, the multi-output regressor's loss_), and by how much:
 docs/sklearn.md.
+
+A fitted estimator converts to scikit-learn's own fitted MLP, the same weights, with
+``to_sklearn()``, and ``from_sklearn(est)`` converts back (see their docstrings).
 """
+import copy
 import numbers
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
 import scipy.optimize
+from sklearn import neural_network
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
@@ -44,7 +49,7 @@ from .steps import Batches
 from .training import DivergenceError
 from .training import fit as _train
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "from_sklearn"]
 
 # scikit-learn's activation names, and the fastbp activation of each ("logistic" is fastbp's
 # "sigmoid"); fastbp's other activations are accepted under their own names.
@@ -52,6 +57,8 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
                 "leaky_relu": "leaky_relu", "gelu": "gelu"}
 _SOLVERS = ("lbfgs", "sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
+# The hidden activations scikit-learn's MLPs have (its MLPs' "activation" options).
+_SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 # scikit-learn's adaptive rate stops dividing below this.
 _MIN_ADAPTIVE_LR = 1e-6
 
@@ -205,6 +212,86 @@ class _BaseMLP(BaseEstimator):
         if model is None:
             raise AttributeError("not fitted yet: coefs_ and intercepts_ exist after fit")
         return model
+
+    # -- conversion to scikit-learn's own MLP -------------------------------------------------------
+
+    def to_sklearn(self):
+        """This fitted network as scikit-learn's own fitted MLPClassifier or MLPRegressor
+        (sklearn.neural_network), with the same weights: its predict, predict_proba and score
+        give this estimator's results to rounding (the same classes). The weights are copies,
+        in the model's dtype (float32 or float64 arrays, as scikit-learn's are after fitting
+        on X of that dtype); scikit-learn computes in X's dtype, so give a float32 network
+        float32 X to compute as fastbp does.
+
+        Its parameters are this estimator's wherever scikit-learn has them (copies), but for
+        hidden_layer_sizes and activation, which are the fitted network's (scikit-learn reads
+        activation at predict). fastbp's own parameters (dtype, clip_norm, n_threads, and
+        norm, residual, dropout and matmul_precision at their defaults) are dropped. The fitted
+        attributes are copied: classes_, n_features_in_ (and feature_names_in_), n_outputs_,
+        n_layers_, out_activation_, n_iter_, t_, loss_, loss_curve_, best_loss_,
+        validation_scores_, best_validation_score_. The optimizer's state (Adam's moments, SGD's
+        momentum) is not: a partial_fit of the result starts a new optimizer, as a first
+        partial_fit does.
+
+        Raises sklearn's NotFittedError before fit, and a ValueError naming all that
+        scikit-learn's MLP cannot express: normalisation layers (norm), residual connections,
+        dropout (scikit-learn would train on without it), a matmul_precision other than
+        "float32" (its predictions would not be these), an activation other than identity,
+        logistic, tanh or relu.
+        """
+        check_is_fitted(self)
+        self._check_expressible_in_sklearn()
+        sklearn_class = self._sklearn_class
+        names = sklearn_class().get_params(deep=False)
+        # Copies, so that a RandomState given as random_state is not shared between the two.
+        params = copy.deepcopy({name: value for name, value in self.get_params(deep=False).items()
+                                if name in names})
+        params["hidden_layer_sizes"] = _hidden_param(self.hidden_layer_sizes,
+                                                     self._model.sizes[1:-1])
+        params["activation"] = self._fitted_activation()
+        theirs = sklearn_class(**params)
+        _copy_fitted_attributes(self, theirs)
+        theirs.coefs_ = [np.array(weight) for weight in self._model.weights]
+        theirs.intercepts_ = [np.array(bias) for bias in self._model.biases]
+        # scikit-learn's early stopping restores these if no epoch of a warm-started fit
+        # improves on best_validation_score_ (its first fit sets them to the initial weights).
+        theirs._best_coefs = [coef.copy() for coef in theirs.coefs_]
+        theirs._best_intercepts = [intercept.copy() for intercept in theirs.intercepts_]
+        return theirs
+
+    def _fitted_activation(self):
+        """The fitted network's hidden activation, by the estimator's name (the parameter when
+        the network has no hidden layer, whose activation is then never applied)."""
+        fitted = self._model.activations
+        if not fitted:
+            return self.activation
+        names = {fastbp_name: name for name, fastbp_name in _ACTIVATIONS.items()}
+        return names.get(fitted[0], fitted[0])   # (the estimator gives every layer one)
+
+    def _check_expressible_in_sklearn(self):
+        model = self._model
+        problems = []
+        if any(model.norm):
+            problems.append(f"norm: it has no normalisation layers (this network's: "
+                            f"{model.norm})")
+        if model.residual:
+            problems.append("residual: it has no residual connections")
+        if any(model.dropout):
+            problems.append(f"dropout: it has none (this network's: {model.dropout}), and "
+                            "would train the weights on without it")
+        if model.matmul_precision != "float32":
+            problems.append(f"matmul_precision: it multiplies in the weights' dtype, not in "
+                            f"{model.matmul_precision!r}, so its predictions would differ")
+        activation = self._fitted_activation()
+        if activation not in _SKLEARN_ACTIVATIONS:
+            problems.append(f"activation: it has no {activation!r} (only "
+                            f"{', '.join(map(repr, _SKLEARN_ACTIVATIONS))})")
+        if model.loss != self._loss():
+            problems.append(f"loss: the network's is {model.loss!r}, where scikit-learn's is "
+                            f"{self._loss()!r} (fastbp's name) for these targets")
+        if problems:
+            raise ValueError(f"to_sklearn: scikit-learn's {self._sklearn_class.__name__} cannot "
+                             f"express this network: {'; '.join(problems)}")
 
     # -- fit ----------------------------------------------------------------------------------------
 
@@ -520,6 +607,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Multiclass targets train a softmax output with cross-entropy; binary and multilabel
     (indicator matrix) targets logistic outputs with binary cross-entropy, as scikit-learn.
+    to_sklearn() gives scikit-learn's own fitted MLPClassifier, from_sklearn() takes one.
 
     Parameters beyond scikit-learn's
     --------------------------------
@@ -538,6 +626,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         The matrix products' operands (fastbp.MLP's): "bfloat16" rounds them to bfloat16 and
         sums in float32 on the CPU's bfloat16 units, with dtype="float32".
     """
+
+    # scikit-learn's own estimator (to_sklearn's); not a parameter.
+    _sklearn_class = neural_network.MLPClassifier
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -641,7 +732,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """scikit-learn's MLPRegressor (squared error, identity output), trained by fastbp (see the
-    module docstring).
+    module docstring). to_sklearn() gives scikit-learn's own fitted MLPRegressor,
+    from_sklearn() takes one.
 
     Parameters beyond scikit-learn's
     --------------------------------
@@ -650,6 +742,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         connections and dropout, and the products' precision, as MLPClassifier's (see its
         docstring).
     """
+
+    # scikit-learn's own estimator (to_sklearn's); not a parameter.
+    _sklearn_class = neural_network.MLPRegressor
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -700,3 +795,106 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         X = self._checked_X(X)
         values = self._model.predict(X)
         return values.ravel() if self.n_outputs_ == 1 else values
+
+
+# -------------------------------------------------------------------------------------------------
+# Conversion from scikit-learn's own MLPs (to them: the estimators' to_sklearn)
+
+# The fitted attributes that the two libraries' estimators share, copied either way (the
+# weights apart). _no_improvement_count is the stopping rule's count, which warm_start and
+# partial_fit go on with, as loss_curve_ and best_loss_.
+_FITTED_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "n_outputs_", "n_layers_",
+                      "out_activation_", "n_iter_", "t_", "loss_", "loss_curve_", "best_loss_",
+                      "validation_scores_", "best_validation_score_", "_no_improvement_count",
+                      "_label_binarizer")
+
+
+def from_sklearn(estimator):
+    """fastbp's fitted MLPClassifier or MLPRegressor from scikit-learn's own fitted one
+    (sklearn.neural_network), with the same weights (coefs_ and intercepts_ bitwise) and
+    parameters (wherever both have them; copies): predict, predict_proba and score give
+    scikit-learn's results to rounding. The estimator's dtype is its weights' (float32 or
+    float64). Its fitted attributes are copied as to_sklearn copies them; fit with
+    warm_start=True and partial_fit continue training from these weights, with a new optimizer
+    (scikit-learn's optimizer state is not carried over).
+
+    Raises TypeError for anything but scikit-learn's MLPClassifier or MLPRegressor, sklearn's
+    NotFittedError before its fit, and ValueError naming what fastbp's estimator cannot take:
+    loss="poisson" (or its "exp" output), weights not all float32 or all float64, weights that
+    are not finite or whose shapes do not chain, a parameter fastbp's fit would refuse.
+    """
+    ours_class = _fastbp_class(estimator)
+    check_is_fitted(estimator, ["coefs_", "intercepts_"])
+    dtype = _weights_dtype(estimator)
+    sizes = _fitted_sizes(estimator)
+    names = ours_class().get_params(deep=False)
+    params = copy.deepcopy({name: value for name, value
+                            in estimator.get_params(deep=False).items() if name in names})
+    params["hidden_layer_sizes"] = _hidden_param(params["hidden_layer_sizes"], sizes[1:-1])
+    ours = ours_class(**params, dtype=dtype.name)
+    ours._check_params()   # (names scikit-learn's settings that fastbp has not: loss="poisson")
+    _copy_fitted_attributes(estimator, ours)
+    if estimator.out_activation_ != ours._output_activation():
+        raise ValueError(f"out_activation_: the network's outputs are "
+                         f"{estimator.out_activation_!r}; fastbp's {ours_class.__name__} has "
+                         f"{ours._output_activation()!r} outputs for these targets")
+    ours._model = MLP(sizes, activation=_ACTIVATIONS[ours.activation], loss=ours._loss(),
+                      dtype=dtype.type, seed=0, l2=float(ours.alpha))
+    for weight, bias, coef, intercept in zip(ours._model.weights, ours._model.biases,
+                                             estimator.coefs_, estimator.intercepts_):
+        weight[...], bias[...] = coef, intercept
+    return ours
+
+
+def _fastbp_class(estimator):
+    for ours_class in (MLPClassifier, MLPRegressor):
+        if isinstance(estimator, ours_class._sklearn_class):
+            return ours_class
+    raise TypeError(f"from_sklearn: expected scikit-learn's MLPClassifier or MLPRegressor "
+                    f"(sklearn.neural_network), got {type(estimator).__module__}."
+                    f"{type(estimator).__qualname__}")
+
+
+def _weights_dtype(estimator):
+    arrays = list(estimator.coefs_) + list(estimator.intercepts_)
+    dtypes = {np.asarray(array).dtype for array in arrays}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+        raise ValueError(f"coefs_, intercepts_: fastbp's weights are all float32 or all "
+                         f"float64; these are {', '.join(sorted(map(str, dtypes)))}")
+    return next(iter(dtypes))
+
+
+def _fitted_sizes(estimator):
+    """The layer widths that coefs_ and intercepts_ describe, input first, checked."""
+    coefs, intercepts = list(estimator.coefs_), list(estimator.intercepts_)
+    shapes = [np.shape(coef) for coef in coefs]
+    bias_shapes = [np.shape(intercept) for intercept in intercepts]
+    chained = shapes and all(len(shape) == 2 for shape in shapes)
+    sizes = [shapes[0][0]] + [shape[1] for shape in shapes] if chained else []
+    if (not chained or shapes != list(zip(sizes[:-1], sizes[1:]))
+            or bias_shapes != [(size,) for size in sizes[1:]]):
+        raise ValueError(f"coefs_, intercepts_: shapes {shapes} and {bias_shapes} are not the "
+                         "layers of a network")
+    if not all(np.isfinite(array).all() for array in coefs + intercepts):
+        raise ValueError("coefs_, intercepts_: contain NaN or Inf")
+    return [int(size) for size in sizes]
+
+
+def _hidden_param(asked, fitted):
+    """hidden_layer_sizes for a converted estimator: the parameter as it was (an int stays an
+    int) if it describes the fitted network, else the network's sizes. (set_params after fit
+    changes the parameter, not the network; the converted estimator describes the network, so
+    that warm_start continues it.)"""
+    try:
+        same = _hidden_sizes(asked) == list(fitted)
+    except (TypeError, ValueError):
+        same = False
+    return asked if same else tuple(fitted)
+
+
+def _copy_fitted_attributes(source, target):
+    for name in _FITTED_ATTRIBUTES:
+        if hasattr(source, name):
+            setattr(target, name, copy.deepcopy(getattr(source, name)))
+    if hasattr(target, "_label_binarizer"):   # (one array, as each library's fit leaves it)
+        target.classes_ = target._label_binarizer.classes_
