@@ -485,6 +485,16 @@ def _check_run_counts(path, run):
 # -- checks that must pass before any work is done ----------------------------------------
 
 
+def check_input_file(option, path, command):
+    """Refuse an input that is not a regular file (a folder, a fifo, a device), by what it
+    is, before reading it."""
+    if not os.path.exists(path):
+        raise UsageError(f"{command}: {option} {path}: no such file")
+    if not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not a regular file"
+        raise UsageError(f"{command}: {option} {path}: is {what}")
+
+
 def check_output_path(option, path, command="fastbp train"):
     """Refuse an output path that cannot be written, before any work is done (a write that
     would fail after training loses the model)."""

@@ -4,16 +4,15 @@
 it cannot use (one line on stderr, nothing written); 1 when FILE cannot be written."""
 import csv
 import io
-import os
 import sys
 
 import numpy as np
 
 from . import distributed
-from ._cli_options import UsageError, check_output_path
+from ._cli_options import UsageError, check_input_file, check_output_path
 from .data import DataError, read_features
 from .io import ModelFileError, atomic_write
-from .kernels import Bfloat16Unavailable
+from .kernels import Bfloat16Unavailable, raise_held_ctrl_c
 from .predictor import load_predictor
 
 EXIT_FAILED = 1
@@ -25,6 +24,7 @@ def predict(args):
         raise UsageError("fastbp predict: runs as one process; start it without mpiexec")
     _check_out(args.out)
     predictor = _predictor(args.model, args.matmul_precision)
+    raise_held_ctrl_c()   # a press held while the model's compiled code loaded
     if args.proba:
         _check_proba(args, predictor)
     try:
@@ -42,9 +42,7 @@ def predict(args):
 
 
 def _predictor(path, matmul_precision):
-    if not os.path.isfile(path):
-        what = "is a folder" if os.path.isdir(path) else "no such file"
-        raise UsageError(f"fastbp predict: MODEL {path}: {what}")
+    check_input_file("MODEL", path, "fastbp predict")
     try:
         return load_predictor(path, matmul_precision)
     except ModelFileError as exc:

@@ -10,6 +10,7 @@ while fastbp imports: quiet_ctrl_c).
 import os
 import signal
 import sys
+import threading
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -82,3 +83,26 @@ def interrupted():
         print("fastbp: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     raise KeyboardInterrupt
+
+
+class HeldInterrupt:
+    """Holds Ctrl-C (SIGINT, and SIGTERM, which the command hands to it) back until the block
+    ends and records it in ``received``: a save must finish, or the trained weights are lost,
+    and a library writing a file (PyTorch's) can abort the process when interrupted inside
+    its own code. Main thread only (elsewhere, nothing is held)."""
+
+    def __enter__(self):
+        self.received = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:   # (the caller's)
+            self._previous = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False

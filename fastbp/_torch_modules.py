@@ -43,9 +43,10 @@ def read_sequential(sequential, activations, eps, momentum):
     activations: torch.nn class name -> (fastbp name, keyword arguments the module must have).
     Raises export.ExportError naming the module that fastbp cannot take."""
     from .export import ExportError
+    _check_no_hooks(sequential, ExportError)
     found = []
     for path, child in sequential.named_children():
-        if isinstance(child, Residual):
+        if type(child) is Residual:
             start = len(found)
             for inner, grandchild in child.named_children():
                 _take(found, f"{path}.{inner}", grandchild, activations, ExportError)
@@ -60,23 +61,41 @@ def read_sequential(sequential, activations, eps, momentum):
     return _structure(found, eps, momentum, ExportError)
 
 
+def _check_no_hooks(sequential, error):
+    """Refuse forward hooks, which change what a module computes (fastbp would not)."""
+    from torch.nn.modules import module as torch_module
+    hooked = [name or "module" for name, m in sequential.named_modules()
+              if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        raise error(f"module {hooked[0]}: has forward hooks, which fastbp cannot express")
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        raise error("module: global forward hooks are registered (torch.nn.modules.module."
+                    "register_module_forward_hook), which fastbp cannot express")
+
+
+def _class(child):
+    """The torch.nn class a module is: its own, or for a parametrized one (weight norm, ...)
+    the class torch.nn.utils.parametrize derived it from. A subclass of a torch.nn class is
+    not that class: its forward may compute something else."""
+    cls = type(child)
+    if torch.nn.utils.parametrize.is_parametrized(child):
+        cls = cls.__mro__[1]
+    return cls
+
+
 def _take(found, path, child, activations, error):
     """Add ``child`` to the layers found so far (a Linear starts a layer; its norm, activation
     and dropout follow it, in that order)."""
-    kind = type(child).__name__
-    if isinstance(child, torch.nn.Identity):
+    kind, cls = type(child).__name__, _class(child)
+    if cls is torch.nn.Identity:
         return
-    if isinstance(child, torch.nn.Linear):
+    if cls is torch.nn.Linear:
         found.append({"linear": (path, child)})
         return
-    if not found:
-        raise error(f"module {path} ({kind}): the first layer must be a Linear")
-    layer = found[-1]
     order = ("linear", "norm", "activation", "dropout")
-    if isinstance(child, (torch.nn.LayerNorm, torch.nn.BatchNorm1d)) \
-            and type(child) in (torch.nn.LayerNorm, torch.nn.BatchNorm1d):
+    if cls in (torch.nn.LayerNorm, torch.nn.BatchNorm1d):
         slot = "norm"
-    elif kind in activations and type(child) is getattr(torch.nn, kind):
+    elif kind in activations and cls is getattr(torch.nn, kind):
         slot = "activation"
         name, kwargs = activations[kind]
         wrong = {k: getattr(child, k) for k, v in kwargs.items() if getattr(child, k) != v}
@@ -85,7 +104,7 @@ def _take(found, path, child, activations, error):
         if wrong:
             raise error(f"module {path} ({kind}): fastbp's {name} has "
                         f"{kwargs or {'approximate': 'none'}}, this module {wrong}")
-    elif type(child) is torch.nn.Dropout:
+    elif cls is torch.nn.Dropout:
         slot = "dropout"
     else:
         hint = (" (fastbp's softmax_cross_entropy loss applies the softmax: end the module "
@@ -93,6 +112,9 @@ def _take(found, path, child, activations, error):
         raise error(f"module {path} ({kind}): not a layer fastbp has (Linear, LayerNorm, "
                     f"BatchNorm1d, {', '.join(sorted(activations))}, Dropout, Residual, "
                     f"Identity){hint}")
+    if not found:
+        raise error(f"module {path} ({kind}): the first layer must be a Linear")
+    layer = found[-1]
     if any(order.index(s) >= order.index(slot) for s in layer if s in order[1:]):
         raise error(f"module {path} ({kind}): out of fastbp's order (Linear, normalisation, "
                     "activation, dropout), or a second one in the same layer")
@@ -154,6 +176,9 @@ def _check_residual(found, sizes, residual, error):
 
 
 def _array(tensor):
+    if tensor.is_meta:
+        from .export import ExportError
+        raise ExportError("module: its tensors are on the meta device (shapes without values)")
     return tensor.detach().cpu().numpy().copy()
 
 

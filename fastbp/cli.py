@@ -26,6 +26,7 @@ import numpy as np
 from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
+from ._environment import HeldInterrupt
 from ._threads import set_num_threads
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
@@ -355,7 +356,7 @@ def train(args, ranks=None):
                     **_target_scaling(ds), **scores, "epochs": optimizer.epochs_done,
                     "interrupted": history.interrupted, "fastbp_version": __version__,
                     "run": _run_record(args, optimizer, history, per_epoch, position)}
-        with _HeldInterrupt() as held:
+        with HeldInterrupt() as held:
             try:
                 saved = save_model(model, args.save, metadata=metadata, optimizer=optimizer)
             except OSError as exc:
@@ -625,27 +626,6 @@ def _plot(args, ds, sizes, history, metrics):
                         metrics=metrics, class_names=ds.class_names)
 
 
-class _HeldInterrupt:
-    """Holds Ctrl-C (SIGINT, and SIGTERM, which _TermAsInterrupt hands to it) back until the
-    block ends and records it in ``received``: a save must finish, or the trained weights are
-    lost."""
-
-    def __enter__(self):
-        self.received = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._hold)
-        return self
-
-    def _hold(self, signum, frame):
-        self.received = True
-
-    def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
 def _have_tqdm():
     try:
         import tqdm  # noqa: F401
@@ -656,7 +636,7 @@ def _have_tqdm():
 
 class _TermAsInterrupt:
     """While the command runs, SIGTERM (``kill``, a cluster scheduler preempting the job) is
-    handed to whatever handles Ctrl-C at that moment: fit's clean stop, _HeldInterrupt's hold
+    handed to whatever handles Ctrl-C at that moment: fit's clean stop, HeldInterrupt's hold
     over a save, the MPI ranks' shared stop flag. So it stops as Ctrl-C does, the last good
     weights saved, and ``received`` turns the exit status 130 into 143. Main thread only, and
     not where SIGTERM was ignored when the command started (the caller chose that)."""

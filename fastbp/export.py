@@ -11,17 +11,28 @@ residual; the output layer is dense and its activation).
 """
 import json
 import math
+import os
 from collections import namedtuple
 
 import numpy as np
 
 from . import kernels, layout
 from .io import FORMAT, ModelFileError, atomic_write
-from .model import MLP
+from .model import MATMUL_PRECISIONS as MLP_PRECISIONS, MLP
 from .predictor import Predictor
 
 __all__ = ["Layer", "layers", "to_onnx", "to_torch", "from_torch", "save_safetensors",
-           "load_safetensors", "ExportError", "ONNX_OPSETS"]
+           "load_safetensors", "ExportError", "ONNX_OPSETS", "Residual"]
+
+
+def __getattr__(name):
+    """``Residual``, to_torch's block for a layer with a residual connection: defined with
+    torch, so imported (with torch) when asked for."""
+    if name == "Residual":
+        _require("torch", "fastbp.export.Residual", "torch")
+        from ._torch_modules import Residual
+        return Residual
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ExportError(ValueError):
@@ -92,6 +103,7 @@ def to_onnx(model, path, opset=17):
         raise TypeError(f"model: expected a fastbp.MLP or Predictor, got {type(model).__name__}")
     onnx = _require("onnx", "to_onnx", "onnx")
     opset = _checked_opset(opset, onnx)
+    _finite(mlp)
     graph = _OnnxGraph(onnx, mlp.dtype, opset)
     x = graph.input("X", np.float64 if predictor else mlp.dtype, mlp.sizes[0])
     if predictor:
@@ -106,6 +118,13 @@ def to_onnx(model, path, opset=17):
     except Exception as exc:   # (onnx's checker raises its own error types)
         raise ExportError(f"model: the ONNX graph fails onnx.checker ({exc})") from None
     return atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+
+
+def _finite(model):
+    """Refuse a model whose parameters are not all finite, before a file is written (as
+    fastbp.save does: nothing could load it)."""
+    if not np.all(np.isfinite(model.params)):
+        raise ExportError("model: its params contain NaN or Inf")
 
 
 def _checked_opset(opset, onnx):
@@ -134,7 +153,10 @@ def _onnx_outputs(graph, mlp, out, predictor):
                      width if kind.predict == "indicators" else None)
     if kind.fused is not None:
         op = {"softmax": ("Softmax", {"axis": -1}), "sigmoid": ("Sigmoid", {})}[kind.fused]
-        graph.output("probabilities", graph.node(op[0], [out], **op[1]), mlp.dtype, width)
+        probabilities = graph.node(op[0], [out], **op[1])
+        if predictor is not None and width == 1 and len(predictor.class_names) == 2:
+            probabilities, width = graph.both_classes(probabilities), 2   # (as the Predictor)
+        graph.output("probabilities", probabilities, mlp.dtype, width)
     elif predictor is None or kind.predict == "values":
         graph.output("outputs", out, mlp.dtype, width)
 
@@ -193,9 +215,7 @@ class _OnnxGraph:
         out = self.node("Gemm", [x, self.constant("weight", self.typed(layer.weight)),
                                  self.constant("bias", self.typed(layer.bias))])
         if layer.norm == "layer":
-            out = self.node("LayerNormalization", [out, self.constant("scale", layer.scale),
-                                                   self.constant("shift", layer.shift)],
-                            axis=-1, epsilon=NORM_EPS)
+            out = self.layer_norm(out, layer.scale, layer.shift)
         elif layer.norm == "batch":
             out = self.node("BatchNormalization", [
                 out, self.constant("scale", layer.scale), self.constant("shift", layer.shift),
@@ -204,6 +224,28 @@ class _OnnxGraph:
                 epsilon=NORM_EPS)
         out = self.activation(out, layer.activation)
         return self.node("Add", [x, out]) if layer.residual else out
+
+    def layer_norm(self, x, scale, shift):
+        """LayerNormalization over the last axis; for a float64 model spelled out, since the
+        operator's epsilon is a float32 (1e-5 - 2.5e-14, off by 1e-8 relative on rows of small
+        variance), with fastbp's order: mean, then the mean square of x - mean."""
+        scale, shift = self.constant("scale", scale), self.constant("shift", shift)
+        if self.dtype != np.float64:
+            return self.node("LayerNormalization", [x, scale, shift], axis=-1,
+                             epsilon=NORM_EPS)
+        centred = self.node("Sub", [x, self.mean_of_rows(x)])
+        variance = self.mean_of_rows(self.node("Mul", [centred, centred]))
+        rstd = self.node("Reciprocal", [self.node("Sqrt", [self.node(
+            "Add", [variance, self.constant("eps", self.typed(NORM_EPS))])])])
+        return self.node("Add", [self.node("Mul", [self.node("Mul", [centred, rstd]), scale]),
+                                 shift])
+
+    def mean_of_rows(self, x):
+        """ReduceMean over the last axis, kept (axes an attribute before opset 18)."""
+        if self.opset < 18:
+            return self.node("ReduceMean", [x], axes=[-1], keepdims=1)
+        return self.node("ReduceMean", [x, self.constant("axes", np.array([-1], np.int64))],
+                         keepdims=1)
 
     def activation(self, x, name):
         op = _ONNX_ACTIVATIONS[name]
@@ -257,6 +299,11 @@ class _OnnxGraph:
         above = self.node("Greater", [column, self.constant("threshold",
                                                             self.typed(kind.threshold))])
         return self.node("Cast", [above], to=self._tensor_type(np.int64))
+
+    def both_classes(self, p):
+        """[1 - p, p] of a single column p."""
+        return self.node("Concat", [self.node("Sub", [self.constant("one", self.typed(1.0)),
+                                                      p]), p], axis=1)
 
     def class_names(self, indices, names):
         return self.node("Gather", [self.constant("class_names", np.array(names, dtype=object)),
@@ -323,7 +370,10 @@ def to_torch(model):
     the running statistics in the model's dtype), ReLU, Sigmoid, Tanh, LeakyReLU(0.01),
     GELU(), Dropout(p); a hidden layer with a residual connection is a
     ``fastbp.export.Residual`` block (a Sequential whose output is added to its input). Its
-    state_dict has PyTorch's names and loads strictly into the same structure. Needs torch."""
+    state_dict has PyTorch's names and loads strictly into the same structure. A bfloat16
+    model's module multiplies its weights in float32. Needs torch."""
+    if not isinstance(model, MLP):
+        raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
     _require("torch", "to_torch", "torch")
     from ._torch_modules import Residual, module
     torch_dtype = {np.float32: "float32", np.float64: "float64"}[model.dtype]
@@ -352,13 +402,13 @@ def from_torch(module, loss="softmax_cross_entropy", l2=0.0, checkpoint_every=1)
     module and what fastbp cannot take."""
     torch = _require("torch", "from_torch", "torch")
     from ._torch_modules import read_sequential
-    if not isinstance(module, torch.nn.Sequential):
+    if type(module) is not torch.nn.Sequential:   # (a subclass may compute something else)
         raise ExportError(f"module: expected a torch.nn.Sequential, got "
                           f"{type(module).__name__}")
     structure, grouped = read_sequential(module, _torch_activations(), NORM_EPS,
                                          BATCH_NORM_MOMENTUM)
     structure.update(loss=loss, l2=l2, checkpoint_every=checkpoint_every)
-    model = _new_model(structure, "module", ExportError)
+    model = _new_model(structure, "from_torch", ExportError)
     return _load_tensors(model, _canonical_names(model, grouped), "module", ExportError)
 
 
@@ -378,18 +428,24 @@ _STRUCTURE = ("sizes", "activations", "output_activation", "loss", "dtype", "che
               "l2", "norm", "residual", "dropout", "matmul_precision")
 
 
-def save_safetensors(model, path):
+def save_safetensors(model, path, matmul_precision=None):
     """Write ``model`` to ``path`` as safetensors: the tensors of ``to_torch(model)``'s
     state_dict, by the same names (weights (out, in)), running statistics in float64, and
     fastbp's structure (sizes, activations, loss, dtype, norm, residual, dropout, ...) as JSON
     under the header's metadata key "fastbp". PyTorch users read it with
     ``safetensors.torch.load_file``; ``load_safetensors`` gives the model back. Written
-    atomically. Needs the ``safetensors`` package."""
+    atomically. ``matmul_precision``: the one recorded (None: the model's). Needs the
+    ``safetensors`` package."""
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
+    if matmul_precision is not None and matmul_precision not in MLP_PRECISIONS:
+        raise ValueError(f"matmul_precision: expected None or one of "
+                         f"{', '.join(map(repr, MLP_PRECISIONS))}, got {matmul_precision!r}")
     st = _require("safetensors.numpy", "save_safetensors", "safetensors")
+    _finite(model)
     structure = {key: getattr(model, key) for key in _STRUCTURE}
     structure["dtype"] = np.dtype(model.dtype).name
+    structure["matmul_precision"] = matmul_precision or model.matmul_precision
     header = {"format": _SAFETENSORS_FORMAT, "version": str(_SAFETENSORS_VERSION),
               "fastbp": json.dumps(structure)}
     tensors = {name: np.array(value, order="C") for name, value in _state_names(model).items()}
@@ -401,7 +457,10 @@ def load_safetensors(path):
     """The MLP of a file written by save_safetensors. ModelFileError (one line) when the file
     is missing, is not such a file, or its tensors do not fit its structure."""
     st = _require("safetensors", "load_safetensors", "safetensors")
-    what = str(path)
+    what = os.fsdecode(os.fspath(path))
+    if not os.path.isfile(path):   # (a fifo would block the read for ever)
+        raise ModelFileError(f"{what}: " + ("no such file" if not os.path.exists(path)
+                                            else "not a regular file"))
     try:
         with st.safe_open(path, framework="numpy") as f:
             header = f.metadata() or {}
@@ -416,13 +475,28 @@ def load_safetensors(path):
                              f"reads version {_SAFETENSORS_VERSION}")
     try:
         structure = json.loads(header.get("fastbp", ""))
-    except ValueError:
+    except (ValueError, RecursionError):
         structure = None
     if not isinstance(structure, dict) or set(structure) != set(_STRUCTURE):
         raise ModelFileError(f"{what}: metadata 'fastbp' should be JSON with the keys "
                              f"{', '.join(_STRUCTURE)}")
+    _check_held(structure.get("sizes"), tensors, what)
     return _load_tensors(_new_model(structure, what, ModelFileError), tensors, what,
                          ModelFileError)
+
+
+def _check_held(sizes, tensors, what):
+    """Refuse sizes whose weights and biases alone are more values than the file holds, before
+    a model of those sizes is allocated (a small file must not ask for gigabytes)."""
+    if not isinstance(sizes, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ModelFileError(f"{what}: metadata 'fastbp': sizes should be a list of positive "
+                             f"widths, got {str(sizes):.60}")
+    needed = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    held = sum(int(np.prod(t.shape)) for t in tensors.values())
+    if needed > held:
+        raise ModelFileError(f"{what}: sizes {str(sizes):.60} need {needed:,} weights and "
+                             f"biases; the file holds {held:,} values")
 
 
 # -- shared ---------------------------------------------------------------------------------
@@ -436,8 +510,10 @@ def _new_model(structure, what, error):
             str(arguments["dtype"])]
         arguments["activation"] = arguments.pop("activations")
         return MLP(**arguments)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise error(f"{what}: its structure is not a fastbp model's ({exc})") from None
+    except KeyError as exc:
+        raise error(f"{what}: its structure lacks {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what}: {exc}") from None
 
 
 def _load_tensors(model, tensors, what, error):

@@ -285,7 +285,7 @@ def atomic_write(path, write):
     ``destination``, which also says what is refused, with DestinationError, an OSError,
     before anything is written). Returns ``path``.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))   # (bytes too: temporary names are built as text)
     try:
         target = destination(path)
     except DestinationError as exc:

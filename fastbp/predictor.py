@@ -84,12 +84,16 @@ class Predictor:
     def predict_proba(self, X):
         """Class probabilities (N, C), columns in the order of ``class_names``: the model's
         predict_proba (softmax cross-entropy: rows summing to 1; binary cross-entropy: each
-        class's sigmoid, one-vs-rest). ValueError for a regression, or a loss that gives no
+        class's sigmoid, one-vs-rest; a single output p of two classes: 1 - p and p, as
+        scikit-learn gives them). ValueError for a regression, or a loss that gives no
         probabilities (MSE, Huber)."""
         if self.task == "regression":
             raise ValueError("predict_proba: a regression model predicts values, not class "
                              "probabilities")
-        return self.model.predict_proba(self._scaled(X))
+        probabilities = self.model.predict_proba(self._scaled(X))
+        if probabilities.shape[1] == 1 and len(self.class_names) == 2:
+            return np.hstack([1 - probabilities, probabilities])
+        return probabilities
 
     def _scaled(self, X):
         """X scaled as the training rows were, in the model's dtype."""

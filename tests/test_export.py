@@ -153,6 +153,8 @@ def test_onnx_of_a_predictor_takes_raw_rows_and_gives_class_names(tmp_path, loss
     if kernels.LOSS_KINDS[loss].proba is not None:
         np.testing.assert_allclose(results["probabilities"], predictor.predict_proba(X),
                                    **TOLERANCE[np.float32])
+        # One column per class name: a single output's p is [1 - p, p].
+        assert results["probabilities"].shape == (50, len(names))
     assert len(set(results["label"].tolist())) > 1   # (not one class for every row)
 
 
@@ -345,10 +347,48 @@ def test_from_torch_refuses_residual_blocks_fastbp_cannot_place():
         export.from_torch(two)
 
 
+def test_from_torch_refuses_modules_whose_forward_may_differ():
+    """Subclasses (their forward is their own) and forward hooks are refused; a parametrized
+    Linear (weight norm) is a Linear."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 10
+
+    class Doubled(nn.Sequential):
+        pass
+
+    with pytest.raises(export.ExportError, match=r"module 0 \(Scaled\): not a layer"):
+        export.from_torch(nn.Sequential(Scaled(3, 2)))
+    with pytest.raises(export.ExportError, match="expected a torch.nn.Sequential, got Doubled"):
+        export.from_torch(Doubled(nn.Linear(3, 2)))
+    hooked = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    hooked[2].register_forward_hook(lambda module, inputs, output: output * 3)
+    with pytest.raises(export.ExportError, match="module 2: has forward hooks"):
+        export.from_torch(hooked)
+    normed = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.Tanh(),
+                           nn.Linear(4, 2))
+    X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = normed(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(export.from_torch(normed).forward(X), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_to_torch_refuses_what_is_not_a_model_and_residual_is_exported():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="model: expected a fastbp.MLP, got str"):
+        export.to_torch("model.npz")
+    module = export.to_torch(make_model(residual=True))
+    assert isinstance(module[2], export.Residual) and isinstance(module[2], torch.nn.Sequential)
+
+
 def test_from_torch_refuses_non_finite_weights_and_bad_model_arguments():
     torch = pytest.importorskip("torch")
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    with pytest.raises(export.ExportError, match="unknown loss 'hinge'"):
+    with pytest.raises(export.ExportError, match="from_torch: loss: unknown loss 'hinge'"):
         export.from_torch(module, loss="hinge")
     with torch.no_grad():
         module[2].weight[0, 0] = float("nan")
@@ -428,9 +468,68 @@ def test_load_safetensors_refuses_files_that_do_not_fit(tmp_path):
         with pytest.raises(ModelFileError, match=message):
             export.load_safetensors(tampered(tmp_path, model, **change))
     (tmp_path / "junk").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    for path in (tmp_path / "junk", tmp_path / "missing.safetensors"):
-        with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        export.load_safetensors(tmp_path / "junk")
+    with pytest.raises(ModelFileError, match="no such file"):
+        export.load_safetensors(tmp_path / "missing.safetensors")
+    os.mkfifo(tmp_path / "fifo")   # (reading it would block for ever)
+    for path in (tmp_path / "fifo", tmp_path):
+        with pytest.raises(ModelFileError, match="not a regular file"):
             export.load_safetensors(path)
+
+
+def test_load_safetensors_refuses_sizes_beyond_its_tensors_before_allocating(tmp_path):
+    """A small file whose header asks for a huge model is refused from the arithmetic alone
+    (it took 19 GB before the tensors were checked)."""
+    pytest.importorskip("safetensors")
+    model = make_model()
+    for sizes, message in (([6, 40000, 40000, 3], r"need 1,600,440,003 weights and biases; "
+                                                  r"the file holds 155 values"),
+                           ([6, 10 ** 12, 3], "need"), ("abc", "sizes should be a list"),
+                           ([6, 0, 3], "sizes should be a list of positive widths")):
+        def change(header, sizes=sizes):
+            import json
+            structure = json.loads(header["fastbp"])
+            structure["sizes"] = sizes
+            header["fastbp"] = json.dumps(structure)
+        with pytest.raises(ModelFileError, match=message):
+            export.load_safetensors(tampered(tmp_path, model, change_header=change))
+    deep = dict(change_header=lambda h: h.update(fastbp="[" * 100000 + "]" * 100000))
+    with pytest.raises(ModelFileError, match="should be JSON"):
+        export.load_safetensors(tampered(tmp_path, model, **deep))
+
+
+def test_exports_refuse_a_model_with_nan_params(tmp_path):
+    model = make_model()
+    model.params[3] = np.nan
+    calls = []
+    try:
+        import onnx  # noqa: F401
+        calls.append(lambda: export.to_onnx(model, tmp_path / "m.onnx"))
+    except ImportError:
+        pass
+    try:
+        import safetensors  # noqa: F401
+        calls.append(lambda: export.save_safetensors(model, tmp_path / "m.st"))
+    except ImportError:
+        pass
+    for call in calls:
+        with pytest.raises(export.ExportError, match="params contain NaN or Inf"):
+            call()
+    assert os.listdir(tmp_path) == []
+
+
+def test_float64_layer_norm_in_onnx_keeps_its_epsilon(tmp_path):
+    """ONNX's LayerNormalization keeps epsilon as a float32: on rows of small variance that
+    was 1e-8 relative off; a float64 graph spells the normalisation out."""
+    pytest.importorskip("onnx")
+    model = make_model(np.float64, loss="mse", sizes=[3, 4, 2], norm="layer")
+    model.weights[0][...] *= 1e-4
+    for opset in (17, 18):
+        export.to_onnx(model, tmp_path / "m.onnx", opset=opset)
+        X = rows(model)["held-out"]
+        np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", X)["outputs"],
+                                   model.forward(X), rtol=1e-12)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -495,10 +594,43 @@ def test_export_command_refusals_exit_2_with_one_line(trained, tmp_path, capsys)
     except ImportError:
         cases.append((["export", str(trained), "--to", "onnx", str(tmp_path / "o.onnx")],
                       "needs the onnx package"))
-    before = sorted(os.listdir(tmp_path))
+    before = sorted(os.listdir(tmp_path) + ["fifo", "link.npz"])
     for argv, message in cases:
         code, out, err = run(argv, capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    os.symlink(trained, tmp_path / "link.npz")
+    os.mkfifo(tmp_path / "fifo")
+    for argv, message in (
+            (["export", str(trained), "--to", "safetensors", str(trained)],
+             "is MODEL"),
+            (["export", str(trained), "--to", "onnx", str(tmp_path / "link.npz")], "is MODEL"),
+            (["export", str(tmp_path / "fifo"), "--to", "onnx", "o.onnx"],
+             "is not a regular file")):
+        before_model = trained.read_bytes()
+        code, out, err = run(argv, capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert trained.read_bytes() == before_model
     code, _, err = run(["export", str(trained), "--to", "keras", "o"], capsys)
     assert code == 2 and "invalid choice" in err
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_export_command_notes_what_the_output_does_not_hold(tmp_path, capsys):
+    """A bfloat16 model's weights are exported to be multiplied in float32; a float64 GELU
+    graph cannot run in onnxruntime: each said on stderr, the export itself done."""
+    pytest.importorskip("onnx")
+    bf16 = make_model(matmul_precision="bfloat16-emulated")
+    fastbp.save(bf16, tmp_path / "bf16.npz")
+    code, _, err = run(["export", str(tmp_path / "bf16.npz"), "--to", "onnx",
+                        str(tmp_path / "bf16.onnx")], capsys)
+    assert code == 0 and "multiplies in bfloat16-emulated" in err, err
+    if __import__("importlib").util.find_spec("safetensors"):
+        code, _, err = run(["export", str(tmp_path / "bf16.npz"), "--to", "safetensors",
+                            str(tmp_path / "bf16.st")], capsys)
+        assert code == 0 and err == ""
+        assert export.load_safetensors(tmp_path / "bf16.st").matmul_precision == \
+            "bfloat16-emulated"
+    fastbp.save(make_model(np.float64, "gelu"), tmp_path / "gelu.npz")
+    code, _, err = run(["export", str(tmp_path / "gelu.npz"), "--to", "onnx",
+                        str(tmp_path / "gelu.onnx")], capsys)
+    assert code == 0 and "no float64 Erf or Gelu" in err, err
