@@ -20,6 +20,13 @@ THIRD_PARTY = {
     # numba: a dispatcher's on-disk cache (kernels.entry.in_cache, _units), and its code
     # generators' struct proxies (_native, _units)
     "_cache", "_cache_file", "_index_path", "_getvalue",
+    "_locator_classes",  # numba: where its cache goes (kernels._config, for installed copies)
+    # torch: forward hooks, which change what a module computes (from_torch refuses them)
+    "_forward_hooks", "_forward_pre_hooks", "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    # scikit-learn's MLP: the weights its early stopping restores (sklearn's to_sklearn sets
+    # them, as scikit-learn's own fit does)
+    "_best_coefs", "_best_intercepts",
 }
 # scikit-learn's own helpers, imported so that the estimators check as scikit-learn's do.
 THIRD_PARTY_IMPORTS = {("sklearn.utils.multiclass", "_check_partial_fit_first_call"),
