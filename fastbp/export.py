@@ -16,13 +16,13 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import kernels, layout
+from . import kernels
 from .io import FORMAT, ModelFileError, atomic_write
 from .model import MATMUL_PRECISIONS as MLP_PRECISIONS, MLP
 from .predictor import Predictor
 
 __all__ = ["Layer", "layers", "to_onnx", "to_torch", "from_torch", "save_safetensors",
-           "load_safetensors", "ExportError", "ONNX_OPSETS", "Residual"]
+           "load_safetensors", "ExportError", "ONNX_OPSETS"]   # (and Residual, with torch)
 
 
 def __getattr__(name):
@@ -49,8 +49,7 @@ The arrays are views into the model."""
 
 # Normalisations' epsilon (as nn.LayerNorm's and nn.BatchNorm1d's default) and batch norm's
 # momentum: fixed in fastbp, so a module with others cannot be imported.
-NORM_EPS = kernels.NORM_EPS
-BATCH_NORM_MOMENTUM = 0.1
+NORM_EPS, BATCH_NORM_MOMENTUM = kernels.NORM_EPS, kernels.BATCH_NORM_MOMENTUM
 
 
 def layers(model):
