@@ -567,8 +567,11 @@ def _mpi_ranks():
     try:
         from mpi4py import MPI
     except ImportError:
-        raise UsageError(f"fastbp train: started by mpiexec as one of {n} processes, but "
-                         "mpi4py is not installed (pip install 'fastbp[mpi]')") from None
+        message = (f"fastbp: rank {distributed.launched_rank()}: started by mpiexec as one of "
+                   f"{n} processes, but mpi4py is not installed (pip install 'fastbp[mpi]')")
+        if distributed.launched_rank() != 0:   # (rank 0 says it in main; the others cannot)
+            print(message, file=sys.stderr)
+        raise UsageError(message) from None
     return distributed.Ranks(MPI.COMM_WORLD)
 
 
@@ -697,10 +700,11 @@ def _main(argv, term):
     try:
         # MPI first: a rank refusing its options must still tell the others, which would
         # otherwise wait for it forever.
-        ranks = _mpi_ranks()
         try:
-            with _together(ranks):
-                args = _parse(parser, argv, ranks)
+            with distributed.start_deadline("fastbp"):
+                ranks = _mpi_ranks()
+                with _together(ranks):
+                    args = _parse(parser, argv, ranks)
         except SystemExit as exc:  # --help, --version (one process alone)
             return exc.code if isinstance(exc.code, int) else 0
         _check_same_options(ranks, args)

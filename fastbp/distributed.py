@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -373,6 +374,55 @@ def _mpi():
 
 def _in_place():
     return _mpi().IN_PLACE
+
+
+#: Seconds the ranks of a job wait for each other to start MPI before giving up
+#: (FASTBP_MPI_START_TIMEOUT overrides): MPI's start waits for every rank, for ever.
+START_TIMEOUT = 120.0
+
+
+@contextlib.contextmanager
+def start_deadline(command):
+    """Around the start of MPI (importing mpi4py starts it) and the ranks' first exchange: a
+    rank that never joins (started without mpi4py, or failed before MPI started) would leave
+    the others waiting for ever, so past the deadline this rank says so and is ended, and
+    mpiexec then ends the job. The watch is a small process of its own: MPI's start blocks
+    this one inside C, holding the GIL (no thread or signal handler here could run)."""
+    if launched_ranks() <= 1:   # (one process: nothing to wait for)
+        yield
+        return
+    seconds = _start_timeout()
+    message = (f"{command}: rank {launched_rank()}: the job's {launched_ranks()} ranks did "
+               f"not all start MPI within {seconds:g} s: another rank did not join (started "
+               "without mpi4py, or failed before MPI started; its own message says which); "
+               "stopping (FASTBP_MPI_START_TIMEOUT sets the wait)")
+    watch = subprocess.Popen([sys.executable, "-c", _WATCH, str(os.getpid()), str(seconds),
+                              message], stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watch.stdin.close()   # (the watch ends on this end of file)
+        watch.wait()
+
+
+# The watch: waits for its parent to close its stdin; past the deadline, says why and kills it
+# (SIGKILL: a Python-level handler of the parent could not run inside MPI's start).
+_WATCH = """
+import os, select, signal, sys
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:
+    print(message, file=sys.stderr, flush=True)
+    os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _start_timeout():
+    text = os.environ.get("FASTBP_MPI_START_TIMEOUT", "")
+    try:
+        seconds = float(text)
+    except ValueError:
+        return START_TIMEOUT
+    return seconds if seconds > 0 else START_TIMEOUT
 
 
 def launched_rank():

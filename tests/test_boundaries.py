@@ -14,7 +14,8 @@ PACKAGE = ROOT / "fastbp"
 THIRD_PARTY = {
     # namedtuple's public API is underscored so as not to clash with field names
     "_replace", "_fields", "_asdict", "_make",
-    "_exit",             # os._exit: ending the process after an interrupted compile (cli)
+    "_exit",             # os._exit: ending the process after an interrupted compile (cli),
+                         # or when MPI does not start (distributed)
     "_actions",          # argparse: listing the command's options (_cli_options)
     "_launch_threads",   # numba: starting its pool before fork (_environment)
     # numba: a dispatcher's on-disk cache (kernels.entry.in_cache, _units), and its code

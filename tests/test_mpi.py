@@ -415,3 +415,20 @@ def test_launched_ranks_reads_the_launchers_environment(monkeypatch):
     assert distributed.launched_ranks() == 1
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     assert distributed.launched_ranks() == 4
+
+
+@needs_mpi
+def test_a_rank_without_mpi4py_ends_the_job_with_a_message_not_a_hang():
+    """MPI's start waits for every rank: one started without mpi4py says so, and the others,
+    past FASTBP_MPI_START_TIMEOUT, say why they stop and end the job (it hung for ever)."""
+    without_mpi4py = ("import sys; sys.modules['mpi4py'] = None; from fastbp import cli; "
+                      "sys.exit(cli.main(['train', '--epochs', '1']))")
+    done = subprocess.run(
+        [MPIEXEC, "-n", "1", sys.executable, "-m", "fastbp", "train", "--epochs", "1", ":",
+         "-n", "1", sys.executable, "-c", without_mpi4py], capture_output=True, text=True,
+        timeout=LAUNCH_TIMEOUT, env=dict(_env(), FASTBP_MPI_START_TIMEOUT="5"))
+    assert done.returncode != 0
+    err = done.stdout + done.stderr
+    assert "rank 1: started by mpiexec as one of 2 processes, but mpi4py is not installed" \
+        in err, err[-2000:]
+    assert "rank 0: the job's 2 ranks did not all start MPI within 5 s" in err, err[-2000:]
