@@ -247,9 +247,11 @@ class Engine:
         with self.in_use:   # (the chunks share the engine's buffers)
             if mode != kernels.INFER:   # batch statistics: the whole X is one batch
                 self.reserve(X.shape[0])
-            net = self.net._replace(l2=0.0)
             total = 0.0
             for start, stop, x in self._chunks(X):
+                # (after _chunks has grown the buffers: a Net from before would describe the
+                # old ones, and the first call on a new model gave a wrong loss)
+                net = self.net._replace(l2=0.0)
                 # A chunk's share: its rows, or its weight (the entry returns its weighted mean).
                 if weights is None:
                     share, chunk_weights = stop - start, None
