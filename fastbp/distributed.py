@@ -264,10 +264,13 @@ class Ranks:
     def abort(self, exc):
         """End the whole job after an exception on this rank alone (the others would wait for
         it forever in their next MPI call): the traceback on stderr, then MPI_Abort."""
-        print(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI job",
-              file=sys.stderr)
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        # One write, then a moment for mpiexec's forwarding of it: MPI_Abort tears the job
+        # down at once, and under load the traceback's last lines were lost on the way.
+        sys.stderr.write(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI job\n"
+                         + "".join(traceback.format_exception(type(exc), exc,
+                                                              exc.__traceback__)))
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE)
         self.comm.Abort(1)
 
 
@@ -376,6 +379,8 @@ def _in_place():
     return _mpi().IN_PLACE
 
 
+#: Seconds a failing rank leaves mpiexec to forward its traceback before ending the job.
+ABORT_GRACE = 0.5
 #: Seconds the ranks of a job wait for each other to start MPI before giving up
 #: (FASTBP_MPI_START_TIMEOUT overrides): MPI's start waits for every rank, for ever.
 START_TIMEOUT = 120.0
