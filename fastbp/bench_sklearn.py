@@ -6,8 +6,9 @@
 
 Each case fits both estimators with the same parameters, the same number of epochs (tol=0 and
 n_iter_no_change=max_iter, so neither stops early) and random_state=0, for the Adam and the SGD
-solver, and scores both on the same held-out rows. fastbp runs with its default dtype (float32)
-on ``--threads`` threads; scikit-learn's matrix products get the same number of BLAS threads.
+solver, and scores both on the same held-out rows. Both get X in ``--dtype`` (float32 by
+default; "both" runs each), so that both compute in it, as scikit-learn's MLP and fastbp's
+estimators (dtype=None) follow X: like for like. fastbp runs on ``--threads`` threads; scikit-learn's matrix products get the same number of BLAS threads.
 fastbp is compiled (or loaded from Numba's cache) by a short fit before the timed one. Each fit is
 timed ``--repeats`` times, alternating the two libraries, each after a pause that lets the
 previous one's threads go idle; the figure is the fastest.
@@ -168,6 +169,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both libraries (default: all cores)")
     parser.add_argument("--repeats", type=int, default=3, help="fits per estimator (default 3)")
+    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float32",
+                        help="X's dtype for both libraries, which both compute in (default "
+                        "float32)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -175,19 +179,21 @@ def main(argv=None):
 
     from fastbp.bench import machine
     info = machine()
-    print(f"{info['cpu']}, {threads} threads; fastbp float32 against scikit-learn float64")
-    print(f"{'case':<9}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}{'fastbp s':>10}"
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    print(f"{info['cpu']}, {threads} threads; both libraries compute in X's dtype")
+    print(f"{'case':<9}{'dtype':<8}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}{'fastbp s':>10}"
           f"{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}"
           f"{'products s':>11}{'at most x':>10}{'at peak x':>10}")
     rows = []
     for case, path in (("digits", None), ("letters", args.letters), ("mnist", args.mnist)):
         if case != "digits" and path is None:
             continue
-        data = load_case(case, path)
-        for solver in ("adam", "sgd"):
-            row = compare(case, data, solver, threads, args.repeats)
+        loaded = load_case(case, path)
+        for dtype, solver in ((d, s) for d in dtypes for s in ("adam", "sgd")):
+            data = tuple(a.astype(dtype) if a.dtype.kind == "f" else a for a in loaded)
+            row = dict(compare(case, data, solver, threads, args.repeats), dtype=dtype)
             rows.append(row)
-            print(f"{case:<9}{solver:<7}{'-'.join(map(str, row['hidden'])):<10}"
+            print(f"{case:<9}{dtype:<8}{solver:<7}{'-'.join(map(str, row['hidden'])):<10}"
                   f"{row['batch']:>6}{row['epochs']:>7}{row['fastbp_fit_s']:>10.3f}"
                   f"{row['sklearn_fit_s']:>10.3f}{row['speedup']:>9.1f}"
                   f"{100 * row['fastbp_accuracy']:>10.2f}%{100 * row['sklearn_accuracy']:>11.2f}%"

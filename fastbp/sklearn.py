@@ -7,41 +7,45 @@ rules as scikit-learn's, so that code, pipelines and grid searches run unchanged
 runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
 (``pip install "fastbp[sklearn]"``).
 
-fastbp's own parameters: ``dtype`` (float32 by default: the float64 of scikit-learn on request),
-``clip_norm`` (global gradient-norm clipping, none by default), ``n_threads`` (default: all
-cores), the hidden layers' ``norm``, ``residual`` and ``dropout`` (none by default) and the
-products' ``matmul_precision`` ("float32" by default): see the estimators' docstrings. In the worker processes of ``cross_val_score(n_jobs=k)`` or
-``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS`` to cores / k, so that the k
-processes share the cores instead of each taking all of them: fastbp then uses that many threads
-(``n_threads`` cannot exceed it).
+fastbp's own parameters: ``dtype`` (None by default: scikit-learn's, X's float32 or float64,
+and float64 for L-BFGS; "float32" or "float64" to choose), ``clip_norm`` (global gradient-norm clipping, none
+by default), ``n_threads`` (default: all cores), the hidden layers' ``norm``, ``residual`` and
+``dropout`` (none by default), the products' ``matmul_precision`` ("float32" by default) and
+the classifier's ``class_weight``: see the estimators' docstrings. In the worker processes of
+``cross_val_score(n_jobs=k)`` or ``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS``
+to cores / k, so that the k processes share the cores instead of each taking all of them:
+fastbp then uses that many threads (``n_threads`` cannot exceed it).
 
-Where the arithmetic differs from scikit-learn's (float32 by default, Adam's epsilon, SGD's
-momentum under a changing rate, the multi-output regressor's loss_), and by how much:
-docs/sklearn.md.
+Where the arithmetic differs from scikit-learn's (Adam's epsilon, SGD's momentum under a
+changing rate, the multi-output regressor's loss_), and by how much: docs/sklearn.md.
 
 A fitted estimator converts to scikit-learn's own fitted MLP, the same weights, with
 ``to_sklearn()``, and ``from_sklearn(est)`` converts back (see their docstrings).
 """
 import copy
-import numbers
 import warnings
 from contextlib import contextmanager
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
-from sklearn import neural_network
+from sklearn import get_config, neural_network
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (Interval, InvalidParameterError, Options,
+                                             StrOptions)
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import (_check_sample_weight, _num_features, check_is_fitted,
                                       column_or_1d, validate_data)
 
-from . import _threads, _validate
+from . import _threads, _validate, kernels
+from .kernels.update import STEPS
 from .model import MATMUL_PRECISIONS, MLP, NORMS
 from .optim import SGD, Adam
 from .engine import StepBuffers
@@ -55,72 +59,98 @@ __all__ = ["MLPClassifier", "MLPRegressor", "from_sklearn"]
 # "sigmoid"); fastbp's other activations are accepted under their own names.
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "leaky_relu": "leaky_relu", "gelu": "gelu"}
-_SOLVERS = ("lbfgs", "sgd", "adam")
-_LEARNING_RATES = ("constant", "invscaling", "adaptive")
 # The hidden activations scikit-learn's MLPs have (its MLPs' "activation" options).
 _SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 # scikit-learn's adaptive rate stops dividing below this.
 _MIN_ADAPTIVE_LR = 1e-6
+# scikit-learn's words when a fit leaves non-finite weights (fastbp's detail may follow them).
+_NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain "
+               "large values and need to be preprocessed.")
 
 
 # -------------------------------------------------------------------------------------------------
 # Parameter checks (at fit, scikit-learn's convention)
 
-
-def _number(name, value, low, high=np.inf, low_open=False, high_open=False, integer=False,
-            infinite=False):
-    kinds = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name}: expected {kind}, got {value!r}")
-    if not np.isfinite(value) and not (infinite and value == np.inf):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
-        left, right = "(" if low_open else "[", ")" if high_open or high == np.inf else "]"
-        raise ValueError(f"{name}: expected a value in {left}{low}, {high}{right}, got {value!r}")
-    return value
-
-
-def _choice(name, value, options):
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got "
-                         f"{value!r}")
-    return value
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
+# scikit-learn's own constraints for its parameters (its InvalidParameterError, its messages),
+# and fastbp's for its own, checked by BaseEstimator._validate_params as scikit-learn's
+# estimators check theirs. What a constraint cannot say (a list of one value per hidden layer,
+# settings that exclude each other) is checked by _check_params after it.
+_PARAMETER_CONSTRAINTS = {
+    **neural_network.MLPClassifier._parameter_constraints,
+    "activation": [StrOptions(set(_ACTIVATIONS))],
+    "dtype": [None, StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
+              Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
+    "clip_norm": [None, Interval(Real, 0, None, closed="neither")],
+    "n_threads": [None, Interval(Integral, 1, None, closed="left")],
+    "norm": [None, StrOptions(set(NORMS)), list, tuple],
+    "residual": ["boolean"],
+    "dropout": [Interval(Real, 0, 1, closed="left"), list, tuple],
+    "matmul_precision": [StrOptions(set(MATMUL_PRECISIONS))],
+}
 
 
 def _hidden_sizes(value):
+    """hidden_layer_sizes as a list of ints (its type checked by the constraints), refused as
+    scikit-learn refuses sizes below 1."""
     sizes = list(value) if np.iterable(value) and not isinstance(value, str) else [value]
-    for size in sizes:
-        _number("hidden_layer_sizes", size, 1, integer=True)
+    if any(not isinstance(size, Integral) or isinstance(size, bool) for size in sizes):
+        raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
+    if any(size <= 0 for size in sizes):
+        raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
     return [int(s) for s in sizes]
 
 
-def _per_hidden(name, value, n_hidden, check):
-    """value checked, as a list of one per hidden layer: a list or tuple is one per hidden
-    layer already, anything else is for every hidden layer."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != n_hidden:
-            raise ValueError(f"{name}: expected one value, or a list of {n_hidden} (one per "
-                             f"hidden layer), got {len(value)} values")
-        return [check(name, v) for v in value]
-    return [check(name, value)] * n_hidden
+def _per_hidden(estimator, name, value, n_hidden, accepts, expected):
+    """value as a list of one per hidden layer, each checked by accepts: a list or tuple is
+    one per hidden layer already, anything else is for every hidden layer (the constraints
+    have checked a single value)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n_hidden
+    if len(values) != n_hidden or not all(accepts(v) for v in values):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {type(estimator).__name__} must be {expected}, or a "
+            f"list of {n_hidden} of them (one per hidden layer). Got {value!r} instead.")
+    return values
 
 
-def _norm(name, value):
-    if value is not None and (not isinstance(value, str) or value not in NORMS):
-        raise ValueError(f"{name}: expected None or one of {', '.join(map(repr, NORMS))}, got "
-                         f"{value!r}")
-    return value
+def _is_norm(value):
+    return value is None or (isinstance(value, str) and value in NORMS)
 
 
-def _probability(name, value):
-    return float(_number(name, value, 0, 1, high_open=True))
+def _is_probability(value):
+    return isinstance(value, Real) and not isinstance(value, bool) and 0 <= value < 1
+
+
+class _Layers(list):
+    """coefs_ or intercepts_: views of the network's weights, one per layer. Assigning an item
+    (``est.coefs_[0] = w``) copies w's values into that layer, checked, as scikit-learn's list
+    of arrays takes a new array."""
+
+    def __init__(self, views, name):
+        super().__init__(views)
+        self._name = name
+
+    def __setitem__(self, index, value):
+        if isinstance(index, slice):
+            raise TypeError(f"{self._name}: assign one layer (est.{self._name}[i] = array) or "
+                            f"all of them (est.{self._name} = [...])")
+        view = self[index]
+        view[...] = _checked_layer(f"{self._name}[{index}]", view, value)
+
+
+def _checked_layer(name, view, value):
+    """value as the layer view's new values: its shape, in the network's dtype, finite."""
+    array = np.asarray(value)
+    if array.shape != view.shape:
+        raise ValueError(f"{name}: expected shape {view.shape} (the fitted network's layer), "
+                         f"got {array.shape}")
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise ValueError(f"{name}: expected real numbers, got {array.dtype}")
+    with np.errstate(over="ignore"):
+        converted = array.astype(view.dtype)
+    if not np.isfinite(converted).all():
+        raise ValueError(f"{name}: contains NaN or Inf (or values beyond the network's "
+                         f"{view.dtype})")
+    return converted
 
 
 # -------------------------------------------------------------------------------------------------
@@ -130,46 +160,19 @@ def _probability(name, value):
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, checks, the training loops."""
 
+    _parameter_constraints = _PARAMETER_CONSTRAINTS
+
     def _check_params(self):
+        """scikit-learn's checks of each parameter (InvalidParameterError), unless its
+        skip_parameter_validation is set, then what they cannot say: the values per hidden
+        layer and the settings that exclude each other."""
+        if not get_config()["skip_parameter_validation"]:
+            self._validate_params()
         _hidden_sizes(self.hidden_layer_sizes)
-        _choice("activation", self.activation, tuple(_ACTIVATIONS))
-        _choice("solver", self.solver, _SOLVERS)
-        _number("alpha", self.alpha, 0)
-        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
-            _number("batch_size", self.batch_size, 1, integer=True)
-        _choice("learning_rate", self.learning_rate, _LEARNING_RATES)
-        _number("learning_rate_init", self.learning_rate_init, 0, low_open=True)
-        _number("power_t", self.power_t, 0)
-        _number("max_iter", self.max_iter, 1, integer=True)
-        _flag("shuffle", self.shuffle)
-        _number("tol", self.tol, 0)
-        if not isinstance(self.verbose, (bool, np.bool_)):
-            _number("verbose", self.verbose, 0, integer=True)
-        _flag("warm_start", self.warm_start)
-        _number("momentum", self.momentum, 0, 1)
-        _flag("nesterovs_momentum", self.nesterovs_momentum)
-        _flag("early_stopping", self.early_stopping)
-        _number("validation_fraction", self.validation_fraction, 0, 1, high_open=True)
-        _number("beta_1", self.beta_1, 0, 1, high_open=True)
-        _number("beta_2", self.beta_2, 0, 1, high_open=True)
-        _number("epsilon", self.epsilon, 0, low_open=True)
-        _number("n_iter_no_change", self.n_iter_no_change, 1, infinite=True)
-        _number("max_fun", self.max_fun, 1, integer=True)
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: expected float32 or float64, got {self.dtype!r}")
-        if self.clip_norm is not None:
-            _number("clip_norm", self.clip_norm, 0, low_open=True)
-        if self.n_threads is not None:
-            _number("n_threads", self.n_threads, 1, integer=True)
-        _flag("residual", self.residual)
-        _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
-        if self.matmul_precision != "float32" and dtype != np.float32:
+        if self.matmul_precision != "float32" and self.dtype is not None \
+                and np.dtype(self.dtype) != np.float32:
             raise ValueError(f"matmul_precision: {self.matmul_precision!r} is for "
-                             f"dtype='float32', not {self.dtype!r}")
+                             f"dtype='float32' (or None), not {self.dtype!r}")
         _, dropout = self._layer_options()   # (norm is checked there too)
         if self.solver == "lbfgs" and any(dropout):
             raise ValueError("dropout: the lbfgs solver needs an objective that does not change "
@@ -179,8 +182,10 @@ class _BaseMLP(BaseEstimator):
     def _layer_options(self):
         """(norm, dropout), checked, as lists of one per hidden layer."""
         n_hidden = len(_hidden_sizes(self.hidden_layer_sizes))
-        return (_per_hidden("norm", self.norm, n_hidden, _norm),
-                _per_hidden("dropout", self.dropout, n_hidden, _probability))
+        norms = " or ".join(map(repr, NORMS))
+        return (_per_hidden(self, "norm", self.norm, n_hidden, _is_norm, f"None, {norms}"),
+                [float(p) for p in _per_hidden(self, "dropout", self.dropout, n_hidden,
+                                               _is_probability, "a float in [0, 1)")])
 
     def _check_residual(self, X):
         """residual=True needs a hidden layer as wide as its input, the first one's being X's
@@ -195,22 +200,63 @@ class _BaseMLP(BaseEstimator):
                              f"{widths}: X's {n_features} features, then hidden_layer_sizes), "
                              "so none can add its input to its output")
 
+    def _compute_dtype(self, X_dtype):
+        """The dtype of a new network: the dtype parameter, or scikit-learn's: X's (float32
+        or float64, after its conversion) for the stochastic solvers, float64 for L-BFGS
+        (scikit-learn's runs on SciPy's float64 point and leaves float64 coefs_ whatever X's
+        dtype); float32 under a bfloat16 matmul_precision, which is for float32 networks."""
+        if self.dtype is not None:
+            return np.dtype(self.dtype).type
+        if self.matmul_precision != "float32":
+            return np.float32
+        if self.solver == "lbfgs":
+            return np.float64
+        return np.dtype(X_dtype).type
+
+    def _continued_dtype(self):
+        """The dtype a warm start or partial_fit trains in: the fitted network's (scikit-learn
+        keeps its weights' dtype whatever X's), unless the rules of a new one name another."""
+        return self._compute_dtype(self._model.dtype)
+
     # -- fitted attributes that are views of the model -------------------------------------------
 
     @property
     def coefs_(self):
-        """Weight matrices (n_in, n_out), one per layer: views of the model's parameters."""
-        return self._fitted_model().weights
+        """Weight matrices (n_in, n_out), one per layer: views of the model's parameters.
+        Assignable, as scikit-learn's: ``est.coefs_ = [...]`` or ``est.coefs_[i] = w`` copies
+        the values into the network (same shapes, cast to its dtype, finite)."""
+        return _Layers(self._fitted_model().weights, "coefs_")
+
+    @coefs_.setter
+    def coefs_(self, arrays):
+        self._assign_layers("coefs_", self._fitted_model().weights, arrays)
 
     @property
     def intercepts_(self):
-        """Bias vectors (n_out,), one per layer: views of the model's parameters."""
-        return self._fitted_model().biases
+        """Bias vectors (n_out,), one per layer: views of the model's parameters. Assignable
+        as coefs_ is."""
+        return _Layers(self._fitted_model().biases, "intercepts_")
+
+    @intercepts_.setter
+    def intercepts_(self, arrays):
+        self._assign_layers("intercepts_", self._fitted_model().biases, arrays)
+
+    @staticmethod
+    def _assign_layers(name, views, arrays):
+        """Every layer's new values checked before any is written: a refusal changes none."""
+        arrays = list(arrays)
+        if len(arrays) != len(views):
+            raise ValueError(f"{name}: expected {len(views)} arrays (one per layer of the "
+                             f"fitted network), got {len(arrays)}")
+        checked = [_checked_layer(f"{name}[{i}]", view, array)
+                   for i, (view, array) in enumerate(zip(views, arrays))]
+        for view, values in zip(views, checked):
+            view[...] = values
 
     def _fitted_model(self):
         model = self.__dict__.get("_model")
         if model is None:
-            raise AttributeError("not fitted yet: coefs_ and intercepts_ exist after fit")
+            raise NotFittedError("not fitted yet: coefs_ and intercepts_ exist after fit")
         return model
 
     # -- conversion to scikit-learn's own MLP -------------------------------------------------------
@@ -225,11 +271,12 @@ class _BaseMLP(BaseEstimator):
 
         Its parameters are this estimator's wherever scikit-learn has them (copies), but for
         hidden_layer_sizes and activation, which are the fitted network's (scikit-learn reads
-        activation at predict). fastbp's own parameters (dtype, clip_norm, n_threads, and
-        norm, residual, dropout and matmul_precision at their defaults) are dropped. The fitted
-        attributes are copied: classes_, n_features_in_ (and feature_names_in_), n_outputs_,
-        n_layers_, out_activation_, n_iter_, t_, loss_, loss_curve_, best_loss_,
-        validation_scores_, best_validation_score_. The optimizer's state (Adam's moments, SGD's
+        activation at predict). fastbp's own parameters (dtype, clip_norm, n_threads,
+        class_weight, and norm, residual, dropout and matmul_precision at their defaults) are
+        dropped. The fitted attributes are copied: classes_, n_features_in_ (and
+        feature_names_in_), n_outputs_, n_layers_, out_activation_, n_iter_, t_, loss_,
+        loss_curve_, best_loss_, validation_scores_, best_validation_score_ (not fastbp's
+        validation_loss_curve_). The optimizer's state (Adam's moments, SGD's
         momentum) is not: a partial_fit of the result starts a new optimizer, as a first
         partial_fit does.
 
@@ -300,28 +347,33 @@ class _BaseMLP(BaseEstimator):
         first = not hasattr(self, "_model") or (not self.warm_start and not incremental)
         if first and self.residual:
             self._check_residual(X)
-        X, target = self._validate_input(X, y, incremental, reset=first)
+        X, y = self._validate_input(X, y, incremental, reset=first)
+        sample_weight = self._row_weights(X, y, sample_weight)
+        dtype = self._compute_dtype(X.dtype) if first else self._continued_dtype()
+        X, target = _in_dtype(X, self._target(y, dtype), dtype)
         n_outputs = len(self.classes_) if target.ndim == 1 else target.shape[1]
         sizes = [X.shape[1]] + _hidden_sizes(self.hidden_layer_sizes) + [n_outputs]
         if not first:
             self._check_continued(sizes)
         self._random_state = check_random_state(self.random_state)
         if first:
-            self._initialize(sizes)
-        else:   # this call's alpha, as scikit-learn takes it
-            self._model.l2 = float(self.alpha)
-        dtype = self._model.dtype
-        X = X.astype(dtype) if hasattr(X, "tocsr") else np.ascontiguousarray(X, dtype=dtype)
-        if target.dtype.kind == "f":
-            target = np.ascontiguousarray(target, dtype=dtype)
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            self._initialize(sizes, dtype)
+        else:
+            self._take_changed_settings(dtype)
         with self._threads():
             if self.solver == "lbfgs":
-                self._fit_lbfgs(X, target, sample_weight)
+                detail = self._fit_lbfgs(X, target, sample_weight)
             else:
-                self._fit_stochastic(X, target, sample_weight, incremental)
+                detail = self._fit_stochastic(X, target, sample_weight, incremental)
+        if not np.isfinite(self._model.params).all():   # (scikit-learn's last check)
+            raise ValueError(_NON_FINITE + detail)
         return self
+
+    def _row_weights(self, X, y, sample_weight):
+        """Each row's weight in the objective (None: all 1)."""
+        if sample_weight is None:
+            return None
+        return _check_sample_weight(sample_weight, X, dtype=np.float64)
 
     def _check_continued(self, sizes):
         """warm_start and partial_fit continue the fitted network: this call's parameters must
@@ -339,7 +391,17 @@ class _BaseMLP(BaseEstimator):
                                  f"network, whose {name} is {getattr(model, name)}; this call "
                                  f"asks for {asked}")
 
-    def _initialize(self, sizes):
+    def _take_changed_settings(self, dtype):
+        """A warm start or partial_fit trains the fitted weights with this call's alpha and
+        activation (scikit-learn reads both at every pass) and dtype. fastbp's network has its
+        activation and dtype built in: it is rebuilt around the weights when either changed."""
+        model = self._model
+        activation = _ACTIVATIONS[self.activation]
+        if model.dtype != dtype or any(name != activation for name in model.activations):
+            self._model = _rebuilt(model, activation, dtype)
+        self._model.l2 = float(self.alpha)
+
+    def _initialize(self, sizes, dtype):
         """A new model, initialised as scikit-learn's is: Glorot uniform weights and biases
         (bound sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...) for logistic), drawn from
         random_state in scikit-learn's order, so that a seed gives its initial weights. The
@@ -356,8 +418,8 @@ class _BaseMLP(BaseEstimator):
         # every draw is scikit-learn's).
         seed = int(self._random_state.randint(np.iinfo(np.int32).max)) if any(dropout) else 0
         self._model = MLP(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss(),
-                          dtype=np.dtype(self.dtype).type, seed=seed, l2=float(self.alpha),
-                          norm=norm, residual=bool(self.residual), dropout=dropout,
+                          dtype=dtype, seed=seed, l2=float(self.alpha), norm=norm,
+                          residual=bool(self.residual), dropout=dropout,
                           matmul_precision=self.matmul_precision)
         for weight, bias, (weight_draw, bias_draw) in zip(self._model.weights,
                                                           self._model.biases, draws):
@@ -372,11 +434,13 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement_count = 0
             if self.early_stopping:
                 self.validation_scores_ = []
+                self.validation_loss_curve_ = []
                 self.best_validation_score_ = -np.inf
                 self.best_loss_ = None
             else:
                 self.best_loss_ = np.inf
                 self.validation_scores_ = None
+                self.validation_loss_curve_ = None
                 self.best_validation_score_ = None
 
     @contextmanager
@@ -430,51 +494,75 @@ class _BaseMLP(BaseEstimator):
         return batch
 
     def _fit_stochastic(self, X, target, sample_weight, incremental):
+        """scikit-learn's epochs, their steps in fastbp's compiled chunks. Returns fastbp's
+        detail of a divergence, for the message of non-finite weights ("" without one)."""
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
+        elif self._optimizer.model is not self._model:   # (rebuilt: a new activation or dtype)
+            self._optimizer = _moved_optimizer(self._optimizer, self._model)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         validation = None
         if self.early_stopping:
-            stratify = target if is_classifier(self) and target.ndim == 1 else None
-            arrays = (X, target) if sample_weight is None else (X, target, sample_weight)
-            parts = train_test_split(*arrays, random_state=self._random_state,
-                                     test_size=self.validation_fraction, stratify=stratify)
-            X, X_val, target, y_val = parts[:4]
-            sample_weight, val_weight = parts[4:] if sample_weight is not None else (None, None)
-            validation = (X_val, y_val, val_weight)
-            if X_val.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase "
-                                 "'validation_fraction' or the size of your dataset.")
+            X, target, sample_weight, validation = self._hold_out(X, target, sample_weight)
         batch_size = self._batch_size(X.shape[0])
         self.n_iter_ = 0   # each call counts its own epochs, as scikit-learn's (t_ goes on)
         epochs = _Epochs(self, validation, X.shape[0], incremental)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
+        detail = ""
         try:
             history = _train(self._model, X, target, self._optimizer,
-                             epochs=1 if incremental else self.max_iter,
-                             batch_size=batch_size, shuffle=self.shuffle,
+                             epochs=epochs.n_epochs, batch_size=batch_size, shuffle=self.shuffle,
                              seed=seed, callbacks=[epochs], sample_weight=sample_weight,
                              metrics_rows=0)   # scikit-learn scores no training accuracy
+            if history.interrupted:
+                warnings.warn("Training interrupted by user.")
         except DivergenceError as exc:
-            raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The input "
-                             "data may contain large values and need to be preprocessed.") \
-                from None
-        if history.interrupted:
-            warnings.warn("Training interrupted by user.")
-        if self.early_stopping:   # (the running statistics are the weights' own)
-            self._model.params = epochs.best_params
+            # fastbp refuses the step; scikit-learn takes it, and its weights are non-finite
+            # from there on: so are these, for the epochs scikit-learn goes on with.
+            detail = f" (fastbp: {str(exc).removesuffix('; parameters left unchanged')})"
+            self._model.params[...] = np.nan
+            epochs.finish_diverged()
+        if self.early_stopping:   # (written, not assigned: the best may be NaN, as scikit-learn's)
+            self._model.params[...] = epochs.best_params
             self._model.engine.running[...] = epochs.best_running
         if not incremental and not epochs.stopped and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning)
+        return detail
+
+    def _hold_out(self, X, target, sample_weight):
+        """(X, target, sample_weight) to train on, and the validation rows (X, target, weights):
+        scikit-learn's split, its own train_test_split drawing from random_state after the
+        initial weights, stratified where scikit-learn stratifies: a classifier's single output
+        (binary targets; a multiclass target is one output per class to it, and it does not
+        stratify multilabel targets)."""
+        stratify = target.astype(bool) if is_classifier(self) and self.n_outputs_ == 1 else None
+        arrays = (X, target) if sample_weight is None else (X, target, sample_weight)
+        parts = train_test_split(*arrays, random_state=self._random_state,
+                                 test_size=self.validation_fraction, stratify=stratify)
+        X, X_val, target, y_val = parts[:4]
+        sample_weight, val_weight = parts[4:] if sample_weight is not None else (None, None)
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                             "or the size of your dataset.")
+        return X, target, sample_weight, (X_val, y_val, val_weight)
+
+    def _validation_scores(self, X, y, weights):
+        """(score, loss) of the network on the validation rows, from one forward pass:
+        scikit-learn's score (accuracy or R^2, weighted; NaN where scikit-learn's is), and the
+        mean data loss of loss_curve_ (weighted likewise; without the alpha penalty)."""
+        outputs, losses = self._model.forward_and_losses(X, y)
+        return self._score_outputs(outputs, y, weights), float(np.average(losses,
+                                                                          weights=weights))
 
     def _fit_lbfgs(self, X, target, sample_weight):
         """Full-batch L-BFGS (SciPy's L-BFGS-B, as scikit-learn) over fastbp's loss and
         gradient: each evaluation writes the point into the model's parameter buffer and reads
         the gradient from its gradient buffer. A sparse X is evaluated LBFGS_CHUNK rows at a
         time (the gradient accumulated as fit's accumulate does), never densified whole, but
-        under batch normalisation, whose statistics are the whole batch's."""
+        under batch normalisation, whose statistics are the whole batch's. Returns "" (no
+        detail for the message of non-finite weights)."""
         model = self._model
         X, target = model.engine.check_batch(X, target)
         weights = _validate.sample_weight(sample_weight, X.shape[0])
@@ -490,16 +578,15 @@ class _BaseMLP(BaseEstimator):
         result = scipy.optimize.minimize(
             loss_and_grad, model.params.astype(np.float64), method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
-        if not np.all(np.isfinite(result.x)):
-            raise ValueError("Solver produced non-finite parameter weights. The input data may "
-                             "contain large values and need to be preprocessed.")
-        model.params[...] = result.x
-        self.n_iter_ = min(int(result.nit), self.max_iter)
-        self.loss_ = float(result.fun)
         if result.status != 0:
             warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) "
                           f"(status={result.status}): {result.message}. Increase the number of "
                           "iterations (max_iter) or scale the data.", ConvergenceWarning)
+        self.n_iter_ = min(int(result.nit), self.max_iter)
+        self.loss_ = float(result.fun)
+        with np.errstate(over="ignore", invalid="ignore"):
+            model.params[...] = result.x   # (written: fit refuses a non-finite point after)
+        return ""
 
     # -- prediction -----------------------------------------------------------------------------
 
@@ -522,6 +609,50 @@ class _BaseMLP(BaseEstimator):
         return True
 
 
+def _in_dtype(X, target, dtype):
+    """X and float targets in the network's dtype. Values beyond a float32 network's range
+    (float64 data) are refused in scikit-learn's words: the weights could not stay finite."""
+    narrowed = [name for name, array in (("X", X), ("y", target))
+                if array.dtype.kind == "f" and array.dtype.itemsize > np.dtype(dtype).itemsize]
+    with np.errstate(over="ignore"):
+        X = X.astype(dtype) if hasattr(X, "tocsr") else np.ascontiguousarray(X, dtype=dtype)
+        if target.dtype.kind == "f":
+            target = np.ascontiguousarray(target, dtype=dtype)
+    for name, array in (("X", X.data if hasattr(X, "tocsr") else X), ("y", target)):
+        if name in narrowed and not np.isfinite(array).all():
+            raise ValueError(f"{_NON_FINITE} (fastbp: {name} has values beyond the range of "
+                             f"{np.dtype(dtype).name}, the network's dtype)")
+    return X, target
+
+
+def _rebuilt(model, activation, dtype):
+    """A network as model (layers, loss, penalty, normalisations, dropout and its masks' key)
+    but of this hidden activation and dtype, with model's weights, running statistics and
+    training passes."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        params = model.params.astype(dtype)
+    if (np.isfinite(model.params) & ~np.isfinite(params)).any():
+        raise ValueError(f"dtype: the fitted weights do not fit {np.dtype(dtype).name}")
+    new = MLP(model.sizes, activation=activation, loss=model.loss, dtype=dtype, seed=0,
+              l2=model.l2, norm=model.norm, residual=model.residual, dropout=model.dropout,
+              matmul_precision=model.matmul_precision)
+    new.params[...] = params   # (written: a diverged network's NaN stays, as scikit-learn's)
+    new.engine.running[...] = model.engine.running
+    new.engine.counter[...] = model.engine.counter
+    return new
+
+
+def _moved_optimizer(old, model):
+    """old, the same optimizer (settings, state, step count, current rate), for a rebuilt
+    model: partial_fit goes on with it, as scikit-learn's keeps its optimizer."""
+    new = type(old)(model, **old.config())
+    with np.errstate(over="ignore"):
+        new.state[...] = old.state
+    new.update_spec().hyper[STEPS] = old.steps
+    new.lr = old.lr
+    return new
+
+
 # Rows per evaluation chunk of L-BFGS over a sparse X.
 LBFGS_CHUNK = 4096
 
@@ -538,48 +669,67 @@ def _chunked(model, X, target, weights):
 
 class _Epochs:
     """fit's epoch callback: scikit-learn's bookkeeping after each epoch (loss_curve_, t_,
-    n_iter_), its learning-rate rules and its stopping rule (n_iter_no_change epochs without an
-    improvement by tol, of the training loss or, with early_stopping, the validation score)."""
+    n_iter_, validation_scores_ and validation_loss_curve_), its learning-rate rules (SGD's)
+    and its stopping rule (n_iter_no_change epochs without an improvement by tol, of the
+    training loss or, with early_stopping, the validation score)."""
 
     def __init__(self, estimator, validation, n_train, incremental):
         self.estimator, self.validation = estimator, validation
         self.n_train, self.incremental = n_train, incremental
+        self.n_epochs = 1 if incremental else estimator.max_iter
         self.best_params = estimator._model.params.copy()
         self.best_running = estimator._model.engine.running.copy()
         self.stopped = False
 
     def on_epoch_end(self, epoch, history, model):
+        return self.end_epoch(history["loss"][-1])
+
+    def finish_diverged(self):
+        """The epochs scikit-learn goes on with after its weights became non-finite (they
+        stay so): from the epoch that diverged on, each records a NaN loss and the scores of
+        a non-finite network until the stopping rule or max_iter ends them. (A NaN validation
+        score, a regressor's, never counts as a lack of improvement, so that such a fit runs
+        to max_iter: scikit-learn issue 29504.)"""
+        while self.estimator.n_iter_ < self.n_epochs:
+            if self.end_epoch(np.nan):
+                return
+
+    def end_epoch(self, loss):
+        """The bookkeeping of an epoch whose loss_ is loss; True to stop."""
         est = self.estimator
         est.n_iter_ += 1
-        est.loss_ = history["loss"][-1]
+        est.loss_ = loss
         est.t_ += self.n_train
-        est.loss_curve_.append(est.loss_)
+        est.loss_curve_.append(loss)
         if est.verbose:
-            print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+            print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
         self._count_no_improvement(est)
         opt = est._optimizer
-        if est.learning_rate == "invscaling":
-            opt.lr = est.learning_rate_init / est.t_ ** est.power_t
+        sgd = est.solver == "sgd"   # (scikit-learn's learning_rate rules are SGD's only)
+        if sgd and est.learning_rate == "invscaling":
+            opt.lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
         if est._no_improvement_count > est.n_iter_no_change:
             watched = "Validation score" if est.early_stopping else "Training loss"
             message = (f"{watched} did not improve more than tol={est.tol:f} for "
                        f"{est.n_iter_no_change} consecutive epochs.")
-            if est.learning_rate == "adaptive" and opt.lr > _MIN_ADAPTIVE_LR:
+            if sgd and est.learning_rate == "adaptive" and opt.lr > _MIN_ADAPTIVE_LR:
                 opt.lr = opt.lr / 5.0
                 if est.verbose:
                     print(f"{message} Setting learning rate to {opt.lr:f}")
                 est._no_improvement_count = 0
             else:
                 if est.verbose:
-                    print(message + " Stopping.")
+                    small = sgd and est.learning_rate == "adaptive"
+                    print(message + (" Learning rate too small." if small else "") + " Stopping.")
                 self.stopped = True
                 return True
         return self.incremental
 
     def _count_no_improvement(self, est):
         if est.early_stopping:
-            score = est._validation_score(*self.validation)
+            score, loss = est._validation_scores(*self.validation)
             est.validation_scores_.append(score)
+            est.validation_loss_curve_.append(loss)
             if est.verbose:
                 print(f"Validation score: {score:f}")
             if score < est.best_validation_score_ + est.tol:
@@ -611,7 +761,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Parameters beyond scikit-learn's
     --------------------------------
-    dtype, clip_norm, n_threads : see the module docstring.
+    dtype : None, "float32" or "float64"
+        The precision of the weights and the arithmetic. None (the default): scikit-learn's,
+        X's dtype (float32 X: float32; float64 X, and any other that scikit-learn converts,
+        float64), and float64 for solver="lbfgs" (scikit-learn's L-BFGS leaves float64
+        coefs_ whatever X's dtype). A warm start or partial_fit goes on in the fitted
+        network's dtype whatever X's (as scikit-learn's weights keep theirs), unless dtype
+        names another: the network is then converted to it.
+    clip_norm, n_threads : see the module docstring.
     norm : None, "layer" or "batch", or a list of one per hidden layer
         Normalisation of each hidden layer's product before its activation (PyTorch's
         LayerNorm or BatchNorm1d; see fastbp.MLP). Batch normalisation trains on batches of 2
@@ -624,11 +781,29 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         masks are keyed by a seed drawn from random_state. Not with solver="lbfgs".
     matmul_precision : "float32", "bfloat16" or "bfloat16-emulated"
         The matrix products' operands (fastbp.MLP's): "bfloat16" rounds them to bfloat16 and
-        sums in float32 on the CPU's bfloat16 units, with dtype="float32".
+        sums in float32 on the CPU's bfloat16 units, in a float32 network (dtype None or
+        "float32").
+    class_weight : None, "balanced", a dict {class: weight}, or a list of dicts
+        Weights of the classes in the objective, as scikit-learn's other classifiers define
+        them (sklearn.utils.class_weight.compute_sample_weight of y): each row's is its class's,
+        multiplied with its sample_weight. "balanced": n_samples / (n_classes * the class's
+        count in y). Multilabel targets: "balanced" (per label, the weights multiplied), or a
+        list of one dict per label, {0: w0, 1: w1}. The validation rows of early stopping are
+        weighted alike. partial_fit refuses "balanced" (one call's rows do not give the
+        classes' frequencies), as SGDClassifier's does.
+
+    Attributes beyond scikit-learn's
+    --------------------------------
+    validation_loss_curve_ : list of float, or None
+        With early_stopping: the validation rows' loss after each epoch, beside
+        validation_scores_: the data loss of loss_curve_ (log-loss), without the alpha
+        penalty, weighted as the score is. None without early_stopping.
     """
 
     # scikit-learn's own estimator (to_sklearn's); not a parameter.
     _sklearn_class = neural_network.MLPClassifier
+    _parameter_constraints = {**_PARAMETER_CONSTRAINTS,
+                              "class_weight": [None, StrOptions({"balanced"}), dict, list]}
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -636,8 +811,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", clip_norm=None, n_threads=None, norm=None, residual=False,
-                 dropout=0.0, matmul_precision="float32"):
+                 dtype=None, clip_norm=None, n_threads=None, norm=None, residual=False,
+                 dropout=0.0, matmul_precision="float32", class_weight=None):
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)
@@ -669,24 +844,58 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
                                  f"{self.classes_}. 'y' has {classes}.")
-        if self._multiclass():
-            return X, np.searchsorted(self.classes_, y).astype(np.int64)
-        return X, self._label_binarizer.transform(y).astype(X.dtype)
+        return X, y
 
-    def _validation_score(self, X, y, sample_weight):
-        labels = self._label_binarizer.inverse_transform(y) if y.ndim == 2 else self.classes_[y]
-        return accuracy_score(labels, self._predict_checked(X), sample_weight=sample_weight)
+    def _target(self, y, dtype):
+        """The network's targets: class indices (softmax), or the label indicators."""
+        if self._multiclass():
+            return np.searchsorted(self.classes_, y).astype(np.int64)
+        return self._label_binarizer.transform(y).astype(dtype)
+
+    def _row_weights(self, X, y, sample_weight):
+        weights = super()._row_weights(X, y, sample_weight)
+        if self.class_weight is None:
+            return weights
+        by_class = compute_sample_weight(self.class_weight, y)
+        return by_class if weights is None else weights * by_class
+
+    def _score_outputs(self, outputs, y, weights):
+        """scikit-learn's validation score: the accuracy of predict's labels."""
+        truth = self._label_binarizer.inverse_transform(y) if y.ndim == 2 else self.classes_[y]
+        return accuracy_score(truth, self._labels(outputs), sample_weight=weights)
+
+    def _labels(self, outputs):
+        """predict's labels for the network's outputs (logits); for outputs that overflowed,
+        scikit-learn's: its softmax of a row holding a NaN or +Inf is NaN throughout, whose
+        argmax is the first class, and a NaN probability is not above 1/2."""
+        kind = kernels.LOSS_KINDS[self._model.loss]
+        if self._multiclass():
+            overflowed = np.isnan(outputs).any(axis=1) | np.isposinf(outputs).any(axis=1)
+            return self.classes_[np.where(overflowed, 0, kind.predictions(outputs))]
+        probabilities = outputs
+        kind.proba(probabilities, outputs)   # (in place)
+        if self.n_outputs_ == 1:
+            probabilities = probabilities.ravel()
+        return self._label_binarizer.inverse_transform(probabilities)
 
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y (class labels, or a label indicator
-        matrix for multilabel classification), each row weighted by ``sample_weight`` when
-        given (scikit-learn's weighted loss). Returns self."""
+        matrix for multilabel classification), each row weighted by ``sample_weight`` (and
+        by its class's ``class_weight``) when given (scikit-learn's weighted loss). Returns
+        self."""
         return self._fit(X, y, sample_weight, incremental=False)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y). ``classes``, all the classes of the task, is required on the
         first call. Returns self."""
+        if isinstance(self.class_weight, str) and self.class_weight == "balanced":
+            raise ValueError("class_weight 'balanced' is not supported for partial_fit. In "
+                             "order to use 'balanced' weights, use compute_class_weight("
+                             "'balanced', classes=classes, y=y). In place of y you can use a "
+                             "large enough sample of the full training set target to properly "
+                             "estimate the class frequency distributions. Pass the resulting "
+                             "weights as the class_weight parameter.")
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -737,14 +946,22 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     Parameters beyond scikit-learn's
     --------------------------------
-    dtype, clip_norm, n_threads : see the module docstring.
+    dtype, clip_norm, n_threads : see the module docstring and MLPClassifier's.
     norm, residual, dropout, matmul_precision : the hidden layers' normalisation, residual
         connections and dropout, and the products' precision, as MLPClassifier's (see its
         docstring).
+
+    Attributes beyond scikit-learn's
+    --------------------------------
+    validation_loss_curve_ : list of float, or None
+        With early_stopping: the validation rows' loss after each epoch (the squared-error
+        data loss of loss_curve_, without the alpha penalty); None without.
     """
 
     # scikit-learn's own estimator (to_sklearn's); not a parameter.
     _sklearn_class = neural_network.MLPRegressor
+    _parameter_constraints = {**_PARAMETER_CONSTRAINTS,
+                              "loss": neural_network.MLPRegressor._parameter_constraints["loss"]}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -752,17 +969,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", clip_norm=None, n_threads=None, norm=None, residual=False,
+                 dtype=None, clip_norm=None, n_threads=None, norm=None, residual=False,
                  dropout=0.0, matmul_precision="float32"):
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)
 
     def _check_params(self):
+        super()._check_params()
         if self.loss != "squared_error":
             raise ValueError(f"loss: fastbp's MLPRegressor supports 'squared_error' only, got "
                              f"{self.loss!r}")
-        super()._check_params()
 
     def _loss(self):
         return "mse"
@@ -775,10 +992,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                              y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        return X, (y.reshape(-1, 1) if y.ndim == 1 else y)
+        return X, y
 
-    def _validation_score(self, X, y, sample_weight):
-        return r2_score(y, self._model.predict(X), sample_weight=sample_weight)
+    def _target(self, y, dtype):
+        return y.reshape(-1, 1) if y.ndim == 1 else y
+
+    def _score_outputs(self, outputs, y, weights):
+        """scikit-learn's validation score: R^2, or NaN for outputs that overflowed (its
+        _score_with_function's rule)."""
+        if not np.isfinite(outputs).all():
+            return np.nan
+        return r2_score(y, outputs, sample_weight=weights)
 
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and targets y, each row weighted by ``sample_weight``
@@ -840,6 +1064,9 @@ def from_sklearn(estimator):
                          f"{ours._output_activation()!r} outputs for these targets")
     ours._model = MLP(sizes, activation=_ACTIVATIONS[ours.activation], loss=ours._loss(),
                       dtype=dtype.type, seed=0, l2=float(ours.alpha))
+    if hasattr(ours, "validation_scores_"):   # (scikit-learn keeps no validation losses)
+        scores = ours.validation_scores_
+        ours.validation_loss_curve_ = None if scores is None else [np.nan] * len(scores)
     for weight, bias, coef, intercept in zip(ours._model.weights, ours._model.biases,
                                              estimator.coefs_, estimator.intercepts_):
         weight[...], bias[...] = coef, intercept

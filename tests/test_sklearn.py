@@ -395,9 +395,9 @@ def test_batch_norm_batches_of_one_row(digits):
 class _RecordingValidation(MLPClassifier):
     """MLPClassifier that keeps the validation rows early stopping scores."""
 
-    def _validation_score(self, X, y, sample_weight):
+    def _validation_scores(self, X, y, weights):
         self.validation_rows_ = X, y
-        return super()._validation_score(X, y, sample_weight)
+        return super()._validation_scores(X, y, weights)
 
 
 def test_early_stopping_restores_the_best_epochs_running_statistics(digits):
@@ -422,15 +422,17 @@ def test_get_params_set_params_and_clone_carry_them():
 
 
 @pytest.mark.parametrize("params, message", [
-    (dict(norm="group"), "norm: expected None or one of 'layer', 'batch', got 'group'"),
-    (dict(norm=["batch"], hidden_layer_sizes=(8, 8)), "norm: expected one value, or a list of 2"),
-    (dict(norm=1), "norm"),
-    (dict(dropout=1.0), "dropout: expected a value in \\[0, 1\\)"),
-    (dict(dropout=-0.1), "dropout"),
-    (dict(dropout=float("nan")), "dropout"),
-    (dict(dropout="0.1"), "dropout"),
-    (dict(dropout=[0.1, 1.5], hidden_layer_sizes=(8, 8)), "dropout"),
-    (dict(residual="yes"), "residual"),
+    # (scikit-learn's InvalidParameterError and words: "The 'norm' parameter of ...")
+    (dict(norm="group"), "'norm' parameter .* must be None, a str among .*'batch'.*'group'"),
+    (dict(norm=["batch"], hidden_layer_sizes=(8, 8)),
+     "'norm' parameter .* or a list of 2 of them \\(one per hidden layer\\). Got \\['batch'\\]"),
+    (dict(norm=1), "'norm' parameter"),
+    (dict(dropout=1.0), "'dropout' parameter .* must be a float in the range \\[0.0, 1.0\\)"),
+    (dict(dropout=-0.1), "'dropout' parameter"),
+    (dict(dropout=float("nan")), "'dropout' parameter"),
+    (dict(dropout="0.1"), "'dropout' parameter"),
+    (dict(dropout=[0.1, 1.5], hidden_layer_sizes=(8, 8)), "'dropout' parameter"),
+    (dict(residual="yes"), "'residual' parameter"),
     (dict(residual=True, hidden_layer_sizes=(32, 16)), "residual: no hidden layer"),
     (dict(solver="lbfgs", dropout=0.5), "dropout"),
 ])
@@ -510,15 +512,10 @@ def test_bad_data_is_refused_and_the_fitted_model_kept(digits):
 # -- scikit-learn's own estimator checks ----------------------------------------------------------
 
 
-# Parameters for single checks, as scikit-learn's own suite gives its MLPs some: these checks'
-# tolerance (rtol 1e-7) is float64's, and fastbp's default float32 differs from it by rounding.
-CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": {"dtype": "float64"},
-                "check_sample_weight_equivalence_on_sparse_data": {"dtype": "float64"}}
-
-
+# With the default dtype (X's, as scikit-learn's), every check passes as the estimators are,
+# the sample-weight equivalence checks (float64 data, float64 tolerance) included.
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
 def test_scikit_learn_estimator_checks(estimator, check):
-    estimator.set_params(**CHECK_PARAMS.get(getattr(check, "func", check).__name__, {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
@@ -537,7 +534,6 @@ def _not_sample_weights(estimator):
                                        dropout=[0.2, 0.0], hidden_layer_sizes=(32, 32))],
                          expected_failed_checks=_not_sample_weights)
 def test_scikit_learn_estimator_checks_with_the_layer_options(estimator, check):
-    estimator.set_params(**CHECK_PARAMS.get(getattr(check, "func", check).__name__, {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)

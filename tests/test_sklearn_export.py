@@ -376,7 +376,8 @@ def test_from_sklearn_refuses_the_poisson_loss(digits):
     (lambda est: est.coefs_.__setitem__(1, est.coefs_[1][:-1]),
      r"coefs_, intercepts_: shapes \[\(64, 6\), \(5, 10\)\] and \[\(6,\), \(10,\)\] are not "
      "the layers of a network"),
-    (lambda est: est.set_params(activation="softplus"), "activation: expected one of"),
+    (lambda est: est.set_params(activation="softplus"),
+     "The 'activation' parameter of MLPClassifier must be a str among"),
 ])
 def test_from_sklearn_refuses_weights_and_settings_fastbp_cannot_take(digits, damage, message):
     X, y = _task_data(digits, "multiclass", "float64")
