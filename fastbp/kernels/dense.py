@@ -12,7 +12,6 @@ forward's rounded weight; bias, activations and db read the float32 values.
 """
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
 
 from . import _units
 from ._config import INLINED, MIN_TILE_WORK, PARALLEL, SERIAL
@@ -337,68 +336,44 @@ def _operand_bits(bits, weight_at, rows_at, weight):
     return bits[weight_at:weight_at + weight.shape[0] * weight.shape[1]], bits[rows_at:]
 
 
+@njit(**INLINED)
 def dense_forward_layer(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
                         rows_at, precision):
     """A layer's dense_forward in its precision (bfloat16.py's codes): by the units, with
     scratch as dense_forward_by_units's; or with bfloat16 operands (dense_forward_bf16) in the
     bit-pattern buffer bits: the rounded weight (C * OC) from weight_at, the rounded rows
-    (>= B * C) from rows_at. precision None (a float32 Net's): the units alone, and nothing of
-    bfloat16 is compiled."""
-    raise NotImplementedError("compiled code only")
+    (>= B * C) from rows_at. precision None (a float32 Net's): the units alone. Where precision
+    is an argument of the compiled function this is inlined into, Numba drops the branches
+    that None does not take, so nothing of bfloat16 is compiled for a float32 Net."""
+    if precision is None:
+        dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
+        return
+    weight_bits, rows_bits = _operand_bits(bits, weight_at, rows_at, weight)
+    if precision == FLOAT32:
+        dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
+    elif precision == BFLOAT16:
+        dense_forward_bf16_unit(out, pre, inp, weight, bias, activation, rows_bits, weight_bits)
+    else:
+        dense_forward_bf16_emulated_unit(out, pre, inp, weight, bias, activation, rows_bits,
+                                         weight_bits)
 
 
-@overload(dense_forward_layer, jit_options=SERIAL, inline="always")
-def _dense_forward_layer_impl(out, pre, inp, weight, bias, activation, scratch, bits,
-                              weight_at, rows_at, precision):
-    if isinstance(precision, types.NoneType):
-        def float32_only(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
-                         rows_at, precision):
-            dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
-        return float32_only
-
-    def by_precision(out, pre, inp, weight, bias, activation, scratch, bits, weight_at,
-                     rows_at, precision):
-        weight_bits, rows_bits = _operand_bits(bits, weight_at, rows_at, weight)
-        if precision == FLOAT32:
-            dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch)
-        elif precision == BFLOAT16:
-            dense_forward_bf16_unit(out, pre, inp, weight, bias, activation, rows_bits,
-                                    weight_bits)
-        else:
-            dense_forward_bf16_emulated_unit(out, pre, inp, weight, bias, activation,
-                                             rows_bits, weight_bits)
-    return by_precision
-
-
+@njit(**INLINED)
 def dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre,
                          bits, weight_at, rows_at, precision):
     """A layer's dense_backward in its precision: by its unit, or with bfloat16 operands
     (dense_backward_bf16: the rounded weight in bits from weight_at as the forward pass left
     it, the rows' area from rows_at, >= B * (C + OC)); precision None: the unit alone, as
-    dense_forward_layer."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(dense_backward_layer, jit_options=SERIAL, inline="always")
-def _dense_backward_layer_impl(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
-                               inp_pre, bits, weight_at, rows_at, precision):
-    if isinstance(precision, types.NoneType):
-        def float32_only(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre,
-                         bits, weight_at, rows_at, precision):
-            dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
-                                inp_pre)
-        return float32_only
-
-    def by_precision(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre, bits,
-                     weight_at, rows_at, precision):
-        weight_bits, rows_bits = _operand_bits(bits, weight_at, rows_at, weight)
-        if precision == FLOAT32:
-            dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
-                                inp_pre)
-        elif precision == BFLOAT16:
-            dense_backward_bf16_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
-                                     inp_activation, inp_pre, rows_bits)
-        else:
-            dense_backward_bf16_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
-                                              inp_activation, inp_pre, rows_bits)
-    return by_precision
+    dense_forward_layer (and pruned alike)."""
+    if precision is None:
+        dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+        return
+    weight_bits, rows_bits = _operand_bits(bits, weight_at, rows_at, weight)
+    if precision == FLOAT32:
+        dense_backward_unit(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+    elif precision == BFLOAT16:
+        dense_backward_bf16_unit(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation,
+                                 inp_pre, rows_bits)
+    else:
+        dense_backward_bf16_emulated_unit(dinp, dweight, dbias, dpre, inp, weight_bits,
+                                          inp_activation, inp_pre, rows_bits)

@@ -85,16 +85,14 @@ def _dense_params(params, net, layer):
     return weight, bias
 
 
-def _precision_code(net):
-    """net.precision as a code (FLOAT32 for None)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(_precision_code, jit_options=SERIAL, inline="always")
-def _precision_code_impl(net):
-    if isinstance(net.types[net.fields.index("precision")], types.NoneType):
-        return lambda net: FLOAT32
-    return lambda net: net.precision
+@njit(**INLINED)
+def _precision_code(precision):
+    """A Net's precision as a code (FLOAT32 for a float32 Net's None). Pruned as
+    dense.dense_forward_layer's branches are: precision must be an argument of the compiled
+    function this is inlined into (so _forward_layers and _data_loss_and_grad take it)."""
+    if precision is None:
+        return FLOAT32
+    return precision
 
 
 @njit(**INLINED)
@@ -126,7 +124,7 @@ def _delta(deltas, n_rows, width, half):
 
 
 @njit(**INLINED)
-def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
+def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids, precision):
     """Layer `layer`'s forward pass from inp (B, C) into its area of acts: a plain layer's
     output act(inp @ weight + bias) (and its pre-activation, when kept); a block layer's in
     mode (block.INFER, TRAIN or REPLAY), keying its dropout masks by row_ids (B,) (empty: the
@@ -137,8 +135,7 @@ def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
         dense.dense_forward_layer(_layer_output(acts, net, n_rows, layer),
                                   _layer_pre(acts, net, n_rows, layer), inp, weight, bias,
                                   net.activations[layer], scratch, net.bits,
-                                  net.param_offsets[layer], net.param_offsets[-1],
-                                  net.precision)
+                                  net.param_offsets[layer], net.param_offsets[-1], precision)
         return
     block.block_forward_unit(
         acts, net.running, params, inp, scratch, row_ids, net.sizes[layer],
@@ -146,11 +143,12 @@ def _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids):
         net.act_offsets[layer], net.pre_offsets[layer], net.aux_offsets[layer],
         net.running_offsets[layer], net.capacity, net.kinds[layer], net.dropout[layer],
         net.residual[layer], net.counter[0], net.counter[1], net.counter[2], layer, mode,
-        net.bits, net.param_offsets[-1], _precision_code(net))
+        net.bits, net.param_offsets[-1], _precision_code(precision))
 
 
 @njit(**INLINED)
-def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, params, net, layer):
+def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, params, net, layer,
+                    precision):
     """From dpre (B, OC): dL/d(pre-activation) for a plain layer, dL/d(output) for a block
     layer (which applies its own activation's gradient). The layer's parameter gradients go
     into grads, and dinp (B, C) = dL/d(inp) * act'(inp_pre) for inp = act(inp_pre), act the
@@ -161,7 +159,7 @@ def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, param
         dweight, dbias = _dense_params(grads, net, layer)
         dense.dense_backward_layer(dinp, dweight, dbias, dpre, inp, weight, inp_activation,
                                    inp_pre, net.bits, net.param_offsets[layer],
-                                   net.param_offsets[-1], net.precision)
+                                   net.param_offsets[-1], precision)
         return
     block.block_backward_unit(
         dinp, grads, dpre, inp, inp_pre, inp_activation, acts, net.running, params,
@@ -169,7 +167,7 @@ def _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, param
         net.param_offsets[layer], net.act_offsets[layer], net.pre_offsets[layer],
         net.aux_offsets[layer], net.running_offsets[layer], net.capacity, net.kinds[layer],
         net.dropout[layer], net.residual[layer], net.bits, net.param_offsets[-1],
-        _precision_code(net))
+        _precision_code(precision))
 
 
 # -- forward and loss --------------------------------------------------------------------------
@@ -189,14 +187,14 @@ def _unliteral_impl(value):
 
 
 @njit(**SERIAL)
-def _forward_layers(acts, params, x, net, first, stop, scratch, mode, row_ids):
+def _forward_layers(acts, params, x, net, first, stop, scratch, mode, row_ids, precision):
     """Layers first..stop-1, reading layer first-1's output (x when first == 0), in mode
     (block.INFER, TRAIN or REPLAY; see _layer_forward). scratch: as dense_forward's (an empty
-    one for none)."""
+    one for none). precision: net.precision, as an argument (see _precision_code)."""
     n_rows = x.shape[0]
     for layer in range(first, stop):
         inp = x if layer == 0 else _layer_output(acts, net, n_rows, layer - 1)
-        _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids)
+        _layer_forward(acts, inp, params, net, layer, scratch, mode, row_ids, precision)
 
 
 @njit(**INLINED)
@@ -204,7 +202,7 @@ def _forward(acts, params, x, net, scratch, mode, row_ids):
     """mlp_forward with a scratch for dense_forward, in mode (see _forward_layers)."""
     n_layers = net.activations.shape[0]
     _forward_layers(acts, params, x, net, _unliteral(0), n_layers, scratch,
-                    _unliteral(mode), row_ids)
+                    _unliteral(mode), row_ids, net.precision)
     return _layer_output(acts, net, x.shape[0], n_layers - 1)
 
 
@@ -367,13 +365,15 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None, row_ids
     net.counter[1] += 1
     ids = _row_keys(row_ids, net)
     if weights is None:   # compile-time: the code from before weights
-        loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0, ids)
+        loss = _data_loss_and_grad(grads, work, params, x, target, net, None, 0.0, ids,
+                                   net.precision)
         if net.l2 != 0:   # skipped, not added as 0: no bit changes without a penalty
             loss += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
                                 net.weight_lengths, net.l2, x.shape[0])
         return loss
     total_weight = weight_sum(weights)
-    loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight, ids)
+    loss = _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight, ids,
+                               net.precision)
     if net.l2 != 0 and total_weight != 0:   # (of no weight: the loss is NaN already)
         loss += l2_penalty_unit(grads, work.partials, params, net.param_offsets,
                             net.weight_lengths, net.l2, total_weight)
@@ -393,7 +393,8 @@ def _row_keys_impl(row_ids, net):
 
 
 @njit(**SERIAL)
-def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight, row_ids):
+def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weight, row_ids,
+                        precision):
     """mlp_loss_and_grad without the L2 penalty and without advancing the counter; with
     weights (else None), the weighted mean over total_weight (their sum, or that of all the
     rows of an accumulated update). row_ids: the rows' dropout keys (empty: positions)."""
@@ -416,7 +417,8 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
             # written. (Big enough for the same input splits as the first pass, so the
             # recomputed outputs are bitwise the first ones.)
             _forward_layers(acts, params, x, net, segment_start, layer,
-                            _delta_half(deltas, 1 - half), _unliteral(REPLAY), row_ids)
+                            _delta_half(deltas, 1 - half), _unliteral(REPLAY), row_ids,
+                            precision)
         if layer == 0:   # x: no activation, and no gradient wanted (dinp without rows)
             inp, inp_pre, inp_activation = x, x, IDENTITY
             dinp = _delta(deltas, 0, net.sizes[0], 1 - half)
@@ -431,7 +433,7 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
                 inp_activation = IDENTITY
             dinp = _delta(deltas, n_rows, net.sizes[layer], 1 - half)
         _layer_backward(dinp, grads, dpre, inp, inp_pre, inp_activation, acts, params, net,
-                        layer)
+                        layer, precision)
         dpre = dinp
         half = 1 - half
     return loss
@@ -544,7 +546,7 @@ def mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
             xb, yb = x_batch[:stop - start], y_batch[:stop - start]
             _gather(xb, yb, x, target, rows[start:stop])
             loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, None, 0.0,
-                                       rows[start:stop])
+                                       rows[start:stop], net.precision)
             if not math.isfinite(loss):
                 return loss
             weight = (stop - start) / rows.shape[0]
@@ -561,7 +563,7 @@ def mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
         _gather(xb, yb, x, target, rows[start:stop])
         _take_targets(wb, weights, rows[start:stop])
         loss = _data_loss_and_grad(micro_grads, work, params, xb, yb, net, wb, total_weight,
-                                   rows[start:stop])
+                                   rows[start:stop], net.precision)
         if not math.isfinite(loss):
             return loss
         update.add_scaled(grads, micro_grads, 1.0)
