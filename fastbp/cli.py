@@ -142,7 +142,7 @@ def _check_resumed_data(args, ds):
     them must be the saved one. A file overwritten with other rows fails either."""
     saved = args.resume_metadata
     where = f"fastbp train: --resume {args.resume}: the data {args.data} is not the run's"
-    if "train_rows_digest" in saved and saved["train_rows_digest"] != _rows_digest(ds):
+    if _saved_rows_digest(saved) not in (None, _rows_digest(ds, saved)):
         raise UsageError(f"{where}: its training rows differ from those the run trained on "
                          "(was the file changed?)")
     for name, now in (("offset", ds.offset), ("scale", ds.scale)):
@@ -152,10 +152,21 @@ def _check_resumed_data(args, ds):
                              "differs from the run's (was the file changed?)")
 
 
-def _rows_digest(ds):
-    """A digest of the training rows as the model sees them (scaled) and their labels or
-    targets, saved with the run: what --resume compares to know the data is the run's."""
-    return distributed.array_digest(ds.X_train, ds.y_train)
+def _saved_rows_digest(saved):
+    """The digest of the training rows a run saved: of the rows as the file gave them
+    ("raw_rows_digest"), or, saved before that, of the scaled rows ("train_rows_digest");
+    None when the file has neither."""
+    return saved.get("raw_rows_digest", saved.get("train_rows_digest"))
+
+
+def _rows_digest(ds, saved=None):
+    """The digest of the training rows and their labels or targets, as the run saves it:
+    of the rows as the file gave them (ds.raw_digest: no scaling arithmetic in it, which may
+    differ in the last bit between NumPy builds and would refuse a resume); of the scaled rows
+    to compare with a run saved before that."""
+    if saved is not None and "raw_rows_digest" not in saved:
+        return distributed.array_digest(ds.X_train, ds.y_train)
+    return ds.raw_digest
 
 
 def _steps_per_epoch(args, n_train):
@@ -351,7 +362,7 @@ def train(args, ranks=None):
                             per_epoch, len(y_train), watched_rows)
         metadata = {"data": ds.name, "task": ds.task, "class_names": list(ds.class_names),
                     "scaling": ds.scaling, "offset": ds.offset.tolist(),
-                    "scale": ds.scale.tolist(), "train_rows_digest": _rows_digest(ds),
+                    "scale": ds.scale.tolist(), "raw_rows_digest": _rows_digest(ds),
                     "image_shape": ds.image_shape,
                     **_target_scaling(ds), **scores, "epochs": optimizer.epochs_done,
                     "interrupted": history.interrupted, "fastbp_version": __version__,

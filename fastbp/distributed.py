@@ -17,7 +17,6 @@ needs nothing of mpi4py but the communicator object handed in
 and MPI's constants.
 """
 import contextlib
-import hashlib
 import os
 import signal
 import subprocess
@@ -31,15 +30,13 @@ import numba
 import numpy as np
 
 from . import _threads, _validate, engine, schedules, steps
+from .data.prepare import array_digest
 
 # The step's loss and stop flag, summed with the gradients: the engine's spare slots.
 LOSS_SLOT, STOP_SLOT = -2, -1
 assert engine.GRAD_SPARE >= 2
 
 _COMM_METHODS = ("Allreduce", "allgather", "Bcast", "Get_rank", "Get_size", "Abort")
-
-# The most bytes of a non-contiguous array that the data check copies at a time to hash it.
-_HASH_CHUNK_BYTES = 1 << 24
 
 
 class RankMismatchError(ValueError):
@@ -352,22 +349,6 @@ def data_fingerprint(X, y):
     parts = [X] if isinstance(X, np.ndarray) else [X.data, X.indices, X.indptr]
     return {"X shape": tuple(X.shape), "X dtype": str(X.dtype), "y shape": tuple(y.shape),
             "y dtype": str(y.dtype), "X and y (BLAKE2b)": array_digest(*parts, y)}
-
-
-def array_digest(*arrays):
-    """A BLAKE2b digest of the arrays' values, in C order whatever their memory layout."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        array = np.asarray(array)
-        if array.flags.c_contiguous:   # its buffer as it is: no copy
-            digest.update(array.reshape(-1).view(np.uint8))
-            continue
-        # A C-ordered copy of a few rows at a time: memory bounded, whatever the array's size.
-        rows = max(1, _HASH_CHUNK_BYTES // max(1, array[:1].nbytes))
-        for start in range(0, array.shape[0], rows):
-            digest.update(np.ascontiguousarray(array[start:start + rows]).reshape(-1)
-                          .view(np.uint8))
-    return digest.hexdigest()
 
 
 def _mpi():

@@ -594,7 +594,8 @@ def _csv_rows(path, seed):
 
 def test_resume_refuses_a_data_file_whose_rows_changed(tmp_path, capsys):
     """Same file name, other rows: refused with one line naming the file, nothing written;
-    also for a file saved without the rows' digest (the scaling of the rows then differs)."""
+    also for a file saved with the digest of the scaled rows (before the raw rows' digest), and
+    for one saved without a digest (the scaling of the rows then differs)."""
     data_file, saved = tmp_path / "rows.csv", tmp_path / "run.npz"
     _csv_rows(data_file, seed=0)
     run_json(["--data", str(data_file), "--epochs", "1", "--layers", "8", "--lr-schedule",
@@ -602,11 +603,17 @@ def test_resume_refuses_a_data_file_whose_rows_changed(tmp_path, capsys):
              capsys)
     model, optimizer = fastbp.load_checkpoint(saved)
     metadata = fastbp.io.read_metadata(saved)
-    del metadata["train_rows_digest"]
+    raw_digest = metadata.pop("raw_rows_digest")
     older = tmp_path / "older.npz"
     fastbp.io.save(model, older, metadata=metadata, optimizer=optimizer)
+    ds = fastbp.data.load(str(data_file), seed=0)
+    scaled = tmp_path / "scaled.npz"   # saved when the digest was of the scaled rows
+    fastbp.io.save(model, scaled, optimizer=optimizer, metadata=dict(
+        metadata, train_rows_digest=fastbp.distributed.array_digest(ds.X_train, ds.y_train)))
+    assert raw_digest == ds.raw_digest
     _csv_rows(data_file, seed=1)   # overwritten: other rows, same shape and classes
     for resumed, expected in ((saved, "its training rows differ"),
+                              (scaled, "its training rows differ"),
                               (older, "the feature scaling of its training rows (offset)")):
         before = resumed.read_bytes()
         code, out, err = run(["train", "--quiet", "--data", str(data_file), "--epochs", "3",
@@ -614,10 +621,11 @@ def test_resume_refuses_a_data_file_whose_rows_changed(tmp_path, capsys):
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"--resume {resumed}: the data {data_file} is not the run's" in err
         assert expected in err and resumed.read_bytes() == before, err
-    _csv_rows(data_file, seed=0)   # the run's rows again: it continues
-    summary = run_json(["--data", str(data_file), "--epochs", "3", "--resume", str(saved)],
-                       capsys)
-    assert summary["first_epoch"] == 2
+    _csv_rows(data_file, seed=0)   # the run's rows again: it continues, from either digest
+    for resumed in (saved, scaled):
+        summary = run_json(["--data", str(data_file), "--epochs", "3", "--resume",
+                            str(resumed)], capsys)
+        assert summary["first_epoch"] == 2
 
 
 def test_resume_after_ctrl_c_within_an_epoch_is_the_uninterrupted_run(tmp_path, capsys,

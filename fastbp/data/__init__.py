@@ -65,7 +65,7 @@ import numpy as np
 from .files import DataError, csv_width, limit_origin, memory_limit, read_csv, read_idx, read_npz
 from .named import NAMED, cache_dir, digits_path, download_verified, fetch, read_idx_set
 from .prepare import (MAX_CLASSES, MAX_CLASSES_PER_ROW, LabelColumnError, apply_scaling,
-                      check_label_column, check_test_classes, fit_scaling,
+                      array_digest, check_label_column, check_test_classes, fit_scaling,
                       fit_target_scaling, float_targets, integer_labels, labels_from_strings,
                       restore_targets, split_indices)
 
@@ -89,6 +89,8 @@ class Dataset:
     X arrays are C-contiguous (rows, n_features) in the requested float dtype; y arrays are int64
     class labels 0..n_classes-1. ``X_val``/``y_val`` have zero rows when ``val_fraction`` is 0.
     ``offset`` and ``scale`` (length n_features) give the scaling: ``X = (raw - offset) / scale``.
+    ``raw_digest``: a digest of the training rows as the file gave them (before any scaling, whose
+    arithmetic may differ in the last bit between NumPy builds) and their labels or targets.
 
     With ``task="regression"``, y arrays are the targets (rows, n_targets), standardised in the
     same float dtype, ``y = (raw - target_offset) / target_scale`` (``restore_targets`` undoes
@@ -111,6 +113,7 @@ class Dataset:
     task: str = "classification"
     target_offset: np.ndarray = None
     target_scale: np.ndarray = None
+    raw_digest: str = None
 
     @property
     def n_features(self):
@@ -330,6 +333,7 @@ def _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype, s
         raise DataError(f"{name}: val_fraction {val_fraction} of {len(y)} training rows leaves "
                         "no validation row; give more rows, a larger fraction, or 0 for none")
     X_train, y_train, X_val, y_val = X[train], y[train], X[val], y[val]
+    raw_digest = array_digest(X_train, y_train)
     offset, scale, description = fit_scaling(X_train, scaling, raw.max_value, name)
 
     def prepare(features):
@@ -337,15 +341,16 @@ def _split_and_scale(raw, n_classes, val_fraction, test_fraction, seed, dtype, s
 
     if task == "regression":
         return _regression_dataset(raw, (X_train, y_train, X_val, y_val, X_test, y_test),
-                                   prepare, offset, scale, description, dtype)
+                                   prepare, offset, scale, description, dtype, raw_digest)
     return Dataset(name=name, X_train=prepare(X_train), y_train=y_train.astype(np.int64),
                    X_val=prepare(X_val), y_val=y_val.astype(np.int64),
                    X_test=prepare(X_test), y_test=y_test.astype(np.int64),
                    n_classes=n_classes, class_names=raw.class_names, offset=offset,
-                   scale=scale, scaling=description, image_shape=raw.image_shape)
+                   scale=scale, scaling=description, image_shape=raw.image_shape,
+                   raw_digest=raw_digest)
 
 
-def _regression_dataset(raw, rows, prepare, offset, scale, description, dtype):
+def _regression_dataset(raw, rows, prepare, offset, scale, description, dtype, raw_digest):
     """The Dataset of a regression: the features as a classification's, the targets
     standardised by the training rows'."""
     X_train, y_train, X_val, y_val, X_test, y_test = rows
@@ -358,7 +363,8 @@ def _regression_dataset(raw, rows, prepare, offset, scale, description, dtype):
                    X_val=prepare(X_val), y_val=targets(y_val), X_test=prepare(X_test),
                    y_test=targets(y_test), n_classes=0, class_names=[], offset=offset,
                    scale=scale, scaling=description, image_shape=raw.image_shape,
-                   task="regression", target_offset=target_offset, target_scale=target_scale)
+                   task="regression", target_offset=target_offset, target_scale=target_scale,
+                   raw_digest=raw_digest)
 
 
 def _features(X, what, x_key="X"):

@@ -3,11 +3,13 @@
 Scaling works through blocks of rows, so that it never holds a float64 copy of a whole data set
 beside the raw array and the result.
 """
+import hashlib
+
 import numpy as np
 
 from .files import DataError, is_number
 
-__all__ = ["MAX_CLASSES", "split_indices"]
+__all__ = ["MAX_CLASSES", "split_indices", "array_digest"]
 
 # Most classes a data set may have. Labels are class indices 0..C-1, so one stray large label
 # would otherwise build a model with that many outputs.
@@ -229,3 +231,23 @@ def apply_scaling(X, offset, scale, dtype, name):
                 raise DataError(f"{name}: features beyond the range of {dtype.name} after "
                                 f"scaling{wider}; rescale them or use another --scale")
     return out
+
+
+# Bytes hashed at a time from an array that is not C-contiguous.
+_HASH_CHUNK_BYTES = 1 << 24
+
+
+def array_digest(*arrays):
+    """A BLAKE2b digest of the arrays' values, in C order whatever their memory layout."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.asarray(array)
+        if array.flags.c_contiguous:   # its buffer as it is: no copy
+            digest.update(array.reshape(-1).view(np.uint8))
+            continue
+        # A C-ordered copy of a few rows at a time: memory bounded, whatever the array's size.
+        rows = max(1, _HASH_CHUNK_BYTES // max(1, array[:1].nbytes))
+        for start in range(0, array.shape[0], rows):
+            digest.update(np.ascontiguousarray(array[start:start + rows]).reshape(-1)
+                          .view(np.uint8))
+    return digest.hexdigest()
