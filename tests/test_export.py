@@ -192,15 +192,22 @@ def test_onnx_refuses_what_is_not_a_model_and_paths_it_cannot_write(tmp_path):
 
 def test_a_missing_package_is_named(monkeypatch, tmp_path):
     import builtins
-    real_import = builtins.__import__
+    import importlib
+    real_import, real_import_module = builtins.__import__, importlib.import_module
+    missing = ("onnx", "safetensors", "torch")
 
     def no_onnx(name, *args, **kwargs):
-        if name.split(".")[0] in ("onnx", "safetensors", "torch"):
+        if name.split(".")[0] in missing:
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
+    def import_module(name, package=None):
+        if name.split(".")[0] in missing:
+            raise ImportError(name)
+        return real_import_module(name, package)
+
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    monkeypatch.setattr("importlib.import_module", lambda name: no_onnx(name))
+    monkeypatch.setattr(importlib, "import_module", import_module)
     for call, package in ((lambda: export.to_onnx(make_model(), tmp_path / "m.onnx"), "onnx"),
                           (lambda: export.to_torch(make_model()), "torch"),
                           (lambda: export.save_safetensors(make_model(), tmp_path / "m"),
