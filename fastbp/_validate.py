@@ -82,6 +82,24 @@ def as_array(name, value):
         raise TypeError(f"{name}: cannot be read as an array ({exc})") from None
 
 
+def converted(name, value, shape, dtype, what, finite=True):
+    """value as an array of this shape in dtype, to be copied into a buffer: ValueError for
+    another shape (``what`` says whose: "this model's parameter count"), TypeError for values
+    that are not real numbers, ValueError for NaN or Inf, or values beyond dtype, when
+    ``finite``."""
+    value = as_array(name, value)
+    if value.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} ({what}), got {value.shape}")
+    if value.dtype.kind not in "fiu" or value.dtype == np.bool_:
+        raise TypeError(f"{name}: expected real numbers, got {value.dtype}")
+    with np.errstate(over="ignore"):
+        result = value.astype(dtype, copy=False)
+    if finite and not np.all(np.isfinite(result)):
+        raise ValueError(f"{name}: contains NaN or Inf (or values beyond "
+                         f"{np.dtype(dtype).name})")
+    return result
+
+
 def _contiguous(array, dtype):
     if array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable:
         return array

@@ -341,17 +341,8 @@ class MLP:
 
     def _assign(self, name, buffer, value, finite):
         """Copy value into buffer after checking it fits (shape, a real dtype, finite)."""
-        value = _validate.as_array(name, value)
-        if value.shape != buffer.shape:
-            raise ValueError(f"{name}: expected shape {buffer.shape} (this model's parameter "
-                             f"count), got {value.shape}")
-        if value.dtype.kind not in "fiu" or value.dtype == np.bool_:
-            raise TypeError(f"{name}: expected real numbers, got {value.dtype}")
-        with np.errstate(over="ignore"):
-            converted = value.astype(buffer.dtype, copy=False)
-        if finite and not np.all(np.isfinite(converted)):
-            raise ValueError(f"{name}: contains NaN or Inf (or values beyond "
-                             f"{np.dtype(buffer.dtype).name})")
+        converted = _validate.converted(name, value, buffer.shape, buffer.dtype,
+                                        "this model's parameter count", finite)
         if converted is not buffer:
             np.copyto(buffer, converted)
 

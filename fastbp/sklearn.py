@@ -139,18 +139,8 @@ class _Layers(list):
 
 def _checked_layer(name, view, value):
     """value as the layer view's new values: its shape, in the network's dtype, finite."""
-    array = np.asarray(value)
-    if array.shape != view.shape:
-        raise ValueError(f"{name}: expected shape {view.shape} (the fitted network's layer), "
-                         f"got {array.shape}")
-    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
-        raise ValueError(f"{name}: expected real numbers, got {array.dtype}")
-    with np.errstate(over="ignore"):
-        converted = array.astype(view.dtype)
-    if not np.isfinite(converted).all():
-        raise ValueError(f"{name}: contains NaN or Inf (or values beyond the network's "
-                         f"{view.dtype})")
-    return converted
+    return _validate.converted(name, value, view.shape, view.dtype,
+                               "the fitted network's layer")
 
 
 # -------------------------------------------------------------------------------------------------
