@@ -32,7 +32,7 @@ def export(args):
                          "(torch.export.load reads such files)")
     check_input_file("MODEL", args.model, "fastbp export")
     check_output_path("OUT", args.out, "fastbp export")
-    if os.path.realpath(args.model) == destination(args.out):
+    if os.path.realpath(args.model) == os.path.realpath(destination(args.out)):
         raise UsageError(f"fastbp export: OUT {args.out} is MODEL {args.model}; writing it "
                          "would replace the model")
     predictor, precision = _predictor(args.model)
@@ -55,16 +55,17 @@ def export(args):
 
 
 def _predictor(path):
-    """(Predictor, the model's matmul precision as the file records it). The model multiplies
-    in float32 here: an export holds weights, not how they are multiplied, and a bfloat16 model
-    must export where the CPU has no bfloat16 unit too."""
+    """(Predictor, the model's matmul precision as the file records it). A bfloat16 model
+    exports where the CPU has no bfloat16 unit too: an export holds weights, not how they are
+    multiplied, so it is then loaded to multiply in float32."""
     try:
-        precision = load_predictor(path).model.matmul_precision
-    except kernels.Bfloat16Unavailable:
-        precision = "bfloat16"
+        try:
+            predictor = load_predictor(path)
+        except kernels.Bfloat16Unavailable:
+            return load_predictor(path, matmul_precision="float32"), "bfloat16"
     except ModelFileError as exc:
         raise UsageError(f"fastbp export: {exc}") from None
-    return load_predictor(path, matmul_precision="float32"), precision
+    return predictor, predictor.model.matmul_precision
 
 
 def _onnx(formats, predictor, precision, args):

@@ -19,15 +19,14 @@ class Residual(torch.nn.Sequential):
 
 
 def module(kind, args, tensors, dtype):
-    """The torch.nn module ``kind`` built with ``args``, in ``dtype`` ("float32" or
-    "float64"), its tensors (state_dict name -> NumPy array) copied in."""
-    dtype = getattr(torch, dtype)
-    if kind == "Linear":
-        made = torch.nn.Linear(*args, dtype=dtype)
-    elif kind in ("LayerNorm", "BatchNorm1d"):
-        made = getattr(torch.nn, kind)(*args, dtype=dtype)   # eps 1e-5, momentum 0.1
-    else:
-        made = getattr(torch.nn, kind)(*args)
+    """The torch.nn module ``kind`` built with ``args`` (positional, or a dict of keyword
+    arguments), in ``dtype`` ("float32" or "float64"), its tensors (state_dict name -> NumPy
+    array) copied in."""
+    keywords = args if isinstance(args, dict) else {}
+    args = () if isinstance(args, dict) else args
+    if kind in ("Linear", "LayerNorm", "BatchNorm1d"):   # (norms: eps 1e-5, momentum 0.1)
+        keywords = dict(keywords, dtype=getattr(torch, dtype))
+    made = getattr(torch.nn, kind)(*args, **keywords)
     with torch.no_grad():
         for name, value in tensors.items():
             target = made.get_buffer(name) if name in dict(made.named_buffers()) else \
@@ -47,13 +46,16 @@ def read_sequential(sequential, activations, eps, momentum):
     found = []
     for path, child in sequential.named_children():
         if type(child) is Residual:
+            inner = list(child.named_children())
+            if not inner or _class(inner[0][1]) is not torch.nn.Linear:
+                raise ExportError(f"module {path} (Residual): should start with its Linear")
             start = len(found)
-            for inner, grandchild in child.named_children():
-                _take(found, f"{path}.{inner}", grandchild, activations, ExportError)
+            for name, grandchild in inner:
+                _take(found, f"{path}.{name}", grandchild, activations, ExportError)
             if len(found) != start + 1:
                 raise ExportError(f"module {path} (Residual): should hold one layer (a Linear "
                                   f"and what follows it), holds {len(found) - start}")
-            found[-1]["residual"] = path
+            found[-1]["residual"] = path   # (closed: only a Linear may follow the block)
         else:
             _take(found, path, child, activations, ExportError)
     if not found:
@@ -115,6 +117,9 @@ def _take(found, path, child, activations, error):
     if not found:
         raise error(f"module {path} ({kind}): the first layer must be a Linear")
     layer = found[-1]
+    if "residual" in layer:
+        raise error(f"module {path} ({kind}): follows a Residual block, which holds its whole "
+                    "layer; only a Linear may come next")
     if any(order.index(s) >= order.index(slot) for s in layer if s in order[1:]):
         raise error(f"module {path} ({kind}): out of fastbp's order (Linear, normalisation, "
                     "activation, dropout), or a second one in the same layer")

@@ -31,6 +31,7 @@ from ._threads import set_num_threads
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
+from .data.prepare import array_digest
 from .data import load as load_data
 from .io import ModelFileError, load_checkpoint
 from .io import save as save_model
@@ -165,7 +166,7 @@ def _rows_digest(ds, saved=None):
     differ in the last bit between NumPy builds and would refuse a resume); of the scaled rows
     to compare with a run saved before that."""
     if saved is not None and "raw_rows_digest" not in saved:
-        return distributed.array_digest(ds.X_train, ds.y_train)
+        return array_digest(ds.X_train, ds.y_train)
     return ds.raw_digest
 
 
@@ -711,6 +712,11 @@ def _main(argv, term):
     try:
         # MPI first: a rank refusing its options must still tell the others, which would
         # otherwise wait for it forever.
+        if distributed.launched_ranks() > 1:
+            try:
+                distributed.start_timeout()   # (checked before any rank starts MPI)
+            except ValueError as exc:
+                raise UsageError(f"fastbp: {exc}") from None
         try:
             with distributed.start_deadline("fastbp"):
                 ranks = _mpi_ranks()

@@ -17,6 +17,7 @@ needs nothing of mpi4py but the communicator object handed in
 and MPI's constants.
 """
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -263,12 +264,14 @@ class Ranks:
         it forever in their next MPI call): the traceback on stderr, then MPI_Abort."""
         # One write, then a moment for mpiexec's forwarding of it: MPI_Abort tears the job
         # down at once, and under load the traceback's last lines were lost on the way.
-        sys.stderr.write(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI job\n"
-                         + "".join(traceback.format_exception(type(exc), exc,
-                                                              exc.__traceback__)))
-        sys.stderr.flush()
-        time.sleep(ABORT_GRACE)
-        self.comm.Abort(1)
+        try:   # (a write that fails, to a closed pipe, must not keep the job from ending)
+            sys.stderr.write(f"fastbp: rank {self.rank} of {self.size} failed; ending the MPI "
+                             "job\n" + "".join(traceback.format_exception(type(exc), exc,
+                                                                          exc.__traceback__)))
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE)
+        finally:
+            self.comm.Abort(1)
 
 
 class Alone:
@@ -374,21 +377,33 @@ def start_deadline(command):
     the others waiting for ever, so past the deadline this rank says so and is ended, and
     mpiexec then ends the job. The watch is a small process of its own: MPI's start blocks
     this one inside C, holding the GIL (no thread or signal handler here could run)."""
-    if launched_ranks() <= 1:   # (one process: nothing to wait for)
+    watch = _start_watch(command) if launched_ranks() > 1 else None
+    try:
         yield
-        return
-    seconds = _start_timeout()
+    finally:
+        if watch is not None:
+            watch.stdin.close()   # (the watch ends on this end of file)
+            watch.wait()
+
+
+def _start_watch(command):
+    """The watch process of start_deadline, or None where it cannot run (not POSIX, a frozen
+    application, no interpreter to start): then MPI's start has no deadline, as before."""
+    seconds = start_timeout()
     message = (f"{command}: rank {launched_rank()}: the job's {launched_ranks()} ranks did "
                f"not all start MPI within {seconds:g} s: another rank did not join (started "
                "without mpi4py, or failed before MPI started; its own message says which); "
                "stopping (FASTBP_MPI_START_TIMEOUT sets the wait)")
-    watch = subprocess.Popen([sys.executable, "-c", _WATCH, str(os.getpid()), str(seconds),
-                              message], stdin=subprocess.PIPE)
+    if os.name != "posix" or getattr(sys, "frozen", False):
+        return None
+    # -I: the interpreter alone (no user site, no script folder to shadow its modules); and
+    # none of the launcher's variables, which would make it one of the job's ranks.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}
     try:
-        yield
-    finally:
-        watch.stdin.close()   # (the watch ends on this end of file)
-        watch.wait()
+        return subprocess.Popen([sys.executable, "-I", "-c", _WATCH, str(os.getpid()),
+                                 str(seconds), message], stdin=subprocess.PIPE, env=env)
+    except OSError:
+        return None
 
 
 # The watch: waits for its parent to close its stdin; past the deadline, says why and kills it
@@ -402,13 +417,26 @@ if not select.select([sys.stdin], [], [], seconds)[0]:
 """
 
 
-def _start_timeout():
+# The environment variables of MPI launchers (MPICH/Hydra's PMI, Open MPI's, MVAPICH's).
+_LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "MV2_", "HYDRA_", "MPI_LOCAL")
+# The longest wait select takes (a day); a larger FASTBP_MPI_START_TIMEOUT means that.
+_LONGEST_WAIT = 86400.0
+
+
+def start_timeout():
+    """FASTBP_MPI_START_TIMEOUT in seconds (START_TIMEOUT when unset), at most a day; a value
+    that is not a positive number is refused, naming the variable."""
     text = os.environ.get("FASTBP_MPI_START_TIMEOUT", "")
+    if not text.strip():
+        return START_TIMEOUT
     try:
         seconds = float(text)
     except ValueError:
-        return START_TIMEOUT
-    return seconds if seconds > 0 else START_TIMEOUT
+        seconds = math.nan
+    if not seconds > 0:
+        raise ValueError(f"FASTBP_MPI_START_TIMEOUT: expected a number of seconds > 0, got "
+                         f"{text!r:.40}")
+    return min(seconds, _LONGEST_WAIT)
 
 
 def launched_rank():

@@ -19,10 +19,11 @@ import numpy as np
 from . import kernels
 from .io import FORMAT, ModelFileError, atomic_write
 from .model import MATMUL_PRECISIONS as MLP_PRECISIONS, MLP
+from .data.prepare import divides_in_dtype
 from .predictor import Predictor
 
 __all__ = ["Layer", "layers", "to_onnx", "to_torch", "from_torch", "save_safetensors",
-           "load_safetensors", "ExportError", "ONNX_OPSETS"]   # (and Residual, with torch)
+           "load_safetensors", "ExportError", "MIN_ONNX_OPSET"]   # (and Residual, with torch)
 
 
 def __getattr__(name):
@@ -67,9 +68,9 @@ def layers(model):
 
 # -- ONNX -----------------------------------------------------------------------------------
 
-#: The opsets to_onnx writes: 17 (the first with LayerNormalization) up to what the installed
-#: onnx package knows (checked when called).
-ONNX_OPSETS = (17, None)
+#: The first opset to_onnx writes (the first with LayerNormalization); the last is the newest
+#: the installed onnx package knows.
+MIN_ONNX_OPSET = 17
 # ONNX keeps epsilon as a float32, 1e-5 - 2.5e-14: batch normalisation's running variances
 # carry the difference, so that variance + epsilon is fastbp's in float64 too.
 _EPS_ROUNDING = NORM_EPS - float(np.float32(NORM_EPS))
@@ -129,8 +130,8 @@ def _finite(model):
 def _checked_opset(opset, onnx):
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) \
-            or not ONNX_OPSETS[0] <= opset <= newest:
-        raise ExportError(f"opset: expected an integer from {ONNX_OPSETS[0]} (the first with "
+            or not MIN_ONNX_OPSET <= opset <= newest:
+        raise ExportError(f"opset: expected an integer from {MIN_ONNX_OPSET} (the first with "
                           f"LayerNormalization) to {newest} (the newest this onnx "
                           f"{onnx.__version__} knows), got {opset!r}")
     return int(opset)
@@ -271,10 +272,16 @@ class _OnnxGraph:
     # -- the ends
 
     def scaled_input(self, x, offset, scale, dtype):
-        """(x - offset) / scale in float64, then in the model's dtype (as a Predictor)."""
+        """The Predictor's scaling (data.prepare.apply_scaling), in the same arithmetic: x in
+        the model's dtype divided by one divisor in it, or (x - offset) / scale in float64 and
+        then in the model's dtype."""
+        to_dtype = self._tensor_type(dtype)
+        if divides_in_dtype(offset, scale, dtype):
+            return self.node("Div", [self.node("Cast", [x], to=to_dtype), self.constant(
+                "scale", np.asarray(scale[0], dtype=dtype))])
         x = self.node("Div", [self.node("Sub", [x, self.constant("offset", offset)]),
                               self.constant("scale", scale)])
-        return self.node("Cast", [x], to=self._tensor_type(dtype))
+        return self.node("Cast", [x], to=to_dtype)
 
     def unscaled(self, out, offset, scale):
         out = self.node("Cast", [out], to=self._tensor_type(np.float64))
@@ -349,8 +356,8 @@ def _layer_modules(layer):
             "weight": layer.scale, "bias": layer.shift, "running_mean": layer.running_mean,
             "running_var": layer.running_var, "num_batches_tracked": np.array(0, np.int64)}))
     torch_ref = kernels.ACTIVATIONS[kernels.CODES[layer.activation]].torch
-    if torch_ref is not None:
-        block.append(_Module(None, _TORCH_MODULES[torch_ref[0]], (), dict()))
+    if torch_ref is not None:   # (its keyword arguments: LeakyReLU's slope)
+        block.append(_Module(None, _TORCH_MODULES[torch_ref[0]], dict(torch_ref[1]), {}))
     if layer.dropout > 0:
         block.append(_Module(None, "Dropout", (layer.dropout,), {}))
     return block
@@ -452,9 +459,14 @@ def save_safetensors(model, path, matmul_precision=None):
     return atomic_write(path, lambda f: f.write(data))
 
 
-def load_safetensors(path):
+def load_safetensors(path, matmul_precision=None):
     """The MLP of a file written by save_safetensors. ModelFileError (one line) when the file
-    is missing, is not such a file, or its tensors do not fit its structure."""
+    is missing, is not such a file, or its tensors do not fit its structure. matmul_precision:
+    as fastbp.load's (None: the file's; a bfloat16 model where bfloat16 products cannot run
+    raises kernels.Bfloat16Unavailable, and "float32" runs it)."""
+    if matmul_precision is not None and matmul_precision not in MLP_PRECISIONS:
+        raise ValueError(f"matmul_precision: expected None or one of "
+                         f"{', '.join(map(repr, MLP_PRECISIONS))}, got {matmul_precision!r}")
     st = _require("safetensors", "load_safetensors", "safetensors")
     what = os.fsdecode(os.fspath(path))
     if not os.path.isfile(path):   # (a fifo would block the read for ever)
@@ -480,6 +492,8 @@ def load_safetensors(path):
         raise ModelFileError(f"{what}: metadata 'fastbp' should be JSON with the keys "
                              f"{', '.join(_STRUCTURE)}")
     _check_held(structure.get("sizes"), tensors, what)
+    if matmul_precision is not None:
+        structure["matmul_precision"] = matmul_precision
     return _load_tensors(_new_model(structure, what, ModelFileError), tensors, what,
                          ModelFileError)
 
@@ -504,9 +518,12 @@ def _new_model(structure, what, error):
     """The MLP of a structure (MLP's arguments by name; dtype by name, activations as a
     list), its parameters zero; ``error`` naming ``what`` when it is not a model's."""
     arguments = dict(structure)
+    dtypes = {"float32": np.float32, "float64": np.float64}
+    if str(arguments.get("dtype")) not in dtypes:
+        raise error(f"{what}: dtype should be float32 or float64, got "
+                    f"{arguments.get('dtype')!r:.40}")
     try:
-        arguments["dtype"] = {"float32": np.float32, "float64": np.float64}[
-            str(arguments["dtype"])]
+        arguments["dtype"] = dtypes[str(arguments["dtype"])]
         arguments["activation"] = arguments.pop("activations")
         return MLP(**arguments)
     except KeyError as exc:

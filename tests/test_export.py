@@ -352,6 +352,15 @@ def test_from_torch_refuses_residual_blocks_fastbp_cannot_place():
     two = nn.Sequential(Residual(nn.Linear(4, 4), nn.Linear(4, 4)), nn.Linear(4, 2))
     with pytest.raises(export.ExportError, match="should hold one layer"):
         export.from_torch(two)
+    # A block holds its whole layer: nothing but a Linear after it, a Linear first in it.
+    for after in (nn.ReLU(), nn.LayerNorm(8)):
+        with pytest.raises(export.ExportError, match="follows a Residual block"):
+            export.from_torch(nn.Sequential(nn.Linear(4, 8), Residual(nn.Linear(8, 8)), after,
+                                            nn.Linear(8, 2)))
+    with pytest.raises(export.ExportError, match=r"module 1 \(Residual\): should start with its "
+                                                 "Linear"):
+        export.from_torch(nn.Sequential(nn.Linear(4, 8), Residual(nn.ReLU(), nn.Linear(8, 8)),
+                                        nn.Linear(8, 2)))
 
 
 def test_from_torch_refuses_modules_whose_forward_may_differ():
@@ -459,6 +468,9 @@ def test_load_safetensors_refuses_files_that_do_not_fit(tmp_path):
         (dict(change_header=lambda h: h.update(fastbp="{")), "metadata 'fastbp' should be JSON"),
         (dict(change_header=lambda h: h.update(fastbp=h["fastbp"].replace('"relu"', '"swish"'))),
          "unknown activation 'swish'"),
+        (dict(change_header=lambda h: h.update(fastbp=h["fastbp"].replace('"float32"',
+                                                                          '"float16"'))),
+         "dtype should be float32 or float64, got 'float16'"),
         (dict(change_tensors=lambda t: t.pop("6.bias")), r"missing: 6.bias"),
         (dict(change_tensors=lambda t: t.update(extra=np.zeros(2, np.float32))),
          "unexpected: extra"),
@@ -601,13 +613,16 @@ def test_export_command_refusals_exit_2_with_one_line(trained, tmp_path, capsys)
     except ImportError:
         cases.append((["export", str(trained), "--to", "onnx", str(tmp_path / "o.onnx")],
                       "needs the onnx package"))
-    before = sorted(os.listdir(tmp_path) + ["fifo", "link.npz"])
+    before = sorted(os.listdir(tmp_path) + ["fifo", "folder-link", "link.npz"])
     for argv, message in cases:
         code, out, err = run(argv, capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     os.symlink(trained, tmp_path / "link.npz")
     os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path, tmp_path / "folder-link")   # OUT through a linked folder is MODEL too
     for argv, message in (
+            (["export", str(trained), "--to", "safetensors",
+              str(tmp_path / "folder-link" / trained.name)], "is MODEL"),
             (["export", str(trained), "--to", "safetensors", str(trained)],
              "is MODEL"),
             (["export", str(trained), "--to", "onnx", str(tmp_path / "link.npz")], "is MODEL"),
@@ -641,3 +656,36 @@ def test_export_command_notes_what_the_output_does_not_hold(tmp_path, capsys):
     code, _, err = run(["export", str(tmp_path / "gelu.npz"), "--to", "onnx",
                         str(tmp_path / "gelu.onnx")], capsys)
     assert code == 0 and "no float64 Erf or Gelu" in err, err
+
+
+def test_onnx_of_a_predictor_scales_in_its_arithmetic(tmp_path):
+    """One divisor and no offset: the Predictor divides X in the model's dtype
+    (data.prepare.apply_scaling), and so does the graph, bitwise on the scaled rows; with
+    offsets, in float64 then the model's dtype, as the Predictor."""
+    pytest.importorskip("onnx")
+    onnx = pytest.importorskip("onnx")
+    X = np.random.default_rng(8).normal(size=(300, 6)) * 10
+    for offset, scale in (([0.0] * 6, [7.3] * 6), ([1.5, 0, 0, 0, 0, -2], [7.3] * 6)):
+        model = make_model(sizes=[6, 3])
+        predictor = save_with_metadata(tmp_path, model, {"offset": offset, "scale": scale})
+        export.to_onnx(predictor, tmp_path / "p.onnx")
+        graph = onnx.load(str(tmp_path / "p.onnx"))
+        graph.graph.output.insert(0, onnx.helper.make_tensor_value_info(
+            graph.graph.node[1].output[0] if not any(offset) else graph.graph.node[2].output[0],
+            onnx.TensorProto.FLOAT, ["batch", 6]))
+        onnx.save(graph, str(tmp_path / "scaled.onnx"))
+        scaled = run_onnx(tmp_path / "scaled.onnx", X)
+        first = next(iter(scaled.values()))
+        assert first.tobytes() == predictor._scaled(X).tobytes()
+
+
+def test_load_safetensors_takes_another_matmul_precision(tmp_path):
+    pytest.importorskip("safetensors")
+    model = make_model(matmul_precision="bfloat16-emulated")
+    export.save_safetensors(model, tmp_path / "m.st")
+    assert export.load_safetensors(tmp_path / "m.st").matmul_precision == "bfloat16-emulated"
+    back = export.load_safetensors(tmp_path / "m.st", matmul_precision="float32")
+    assert back.matmul_precision == "float32"
+    assert back.params.tobytes() == model.params.tobytes()
+    with pytest.raises(ValueError, match="matmul_precision: expected None or one of"):
+        export.load_safetensors(tmp_path / "m.st", matmul_precision="fp8")

@@ -432,3 +432,13 @@ def test_a_rank_without_mpi4py_ends_the_job_with_a_message_not_a_hang():
     assert "rank 1: started by mpiexec as one of 2 processes, but mpi4py is not installed" \
         in err, err[-2000:]
     assert "rank 0: the job's 2 ranks did not all start MPI within 5 s" in err, err[-2000:]
+
+
+@needs_mpi
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan"])
+def test_a_bad_start_timeout_is_refused_before_mpi_starts(value):
+    done = mpiexec(2, [sys.executable, "-m", "fastbp", "train", "--epochs", "1"],
+                   env=dict(_env(), FASTBP_MPI_START_TIMEOUT=value))
+    assert done.returncode != 0
+    assert "FASTBP_MPI_START_TIMEOUT: expected a number of seconds > 0" in done.stderr, \
+        done.stderr[-2000:]

@@ -215,14 +215,23 @@ def restore_targets(values, offset, scale):
     return np.asarray(values, dtype=np.float64) * scale + offset
 
 
+def divides_in_dtype(offset, scale, dtype):
+    """Whether apply_scaling scales by dividing X, converted to dtype, by one divisor in dtype
+    (no offset, one scale that dtype holds as a normal number), rather than computing
+    (X - offset) / scale in float64."""
+    dtype = np.dtype(dtype)
+    return (not np.any(offset) and bool(np.all(scale == scale[0]))
+            and np.finfo(dtype).tiny <= scale[0] <= np.finfo(dtype).max)
+
+
 def apply_scaling(X, offset, scale, dtype, name):
     """``(X - offset) / scale`` as a new C-contiguous array of ``dtype``, block by block;
     DataError when a value falls outside the range of ``dtype``."""
     out = np.empty(X.shape, dtype=dtype)
-    divide_only = not offset.any() and np.all(scale == scale[0])
+    divide_only = divides_in_dtype(offset, scale, dtype)
     with np.errstate(over="ignore"):
         for rows in _blocks(len(X)):
-            if divide_only and np.finfo(dtype).tiny <= scale[0] <= np.finfo(dtype).max:
+            if divide_only:
                 np.divide(X[rows], dtype.type(scale[0]), out=out[rows], dtype=dtype)
             else:
                 out[rows] = (X[rows] - offset) / scale

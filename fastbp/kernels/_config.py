@@ -10,6 +10,7 @@ an edit in one kernel module from leaving stale code of another in use: at impor
 hash of every module of this package with the one stored beside the cache, and removes this
 package's cached code when they differ.
 """
+import functools
 import hashlib
 import os
 import pathlib
@@ -22,17 +23,25 @@ FASTMATH = {"nsz", "reassoc"}
 
 
 def _installed(py_file):
-    """Whether py_file is one of fastbp's own sources installed into a site-packages (or
-    dist-packages) folder, rather than a checkout."""
-    path = pathlib.Path(py_file).resolve()
-    package = PACKAGE_DIR.parent
-    return package in path.parents and package.parent.name in ("site-packages",
-                                                                "dist-packages")
+    """Whether py_file is one of fastbp's own sources installed by an installer (into a
+    site-packages or dist-packages folder, or beside its fastbp-*.dist-info, as pip install
+    --target leaves it), rather than a checkout."""
+    return PACKAGE_DIR.parent in pathlib.Path(py_file).resolve().parents and _installed_here()
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_here():
+    """Whether this copy of fastbp was installed by an installer (see _installed): asked once,
+    not for each of the hundreds of functions whose cache Numba locates."""
+    folder = PACKAGE_DIR.parent.parent
+    return (folder.name in ("site-packages", "dist-packages")
+            or any(folder.glob("fastbp-*.dist-info")))
 
 
 def _use_user_cache_for_installs():
     """Cache an installed fastbp's compiled code in the per-user folder (Numba's
-    UserWideCacheLocator: ~/.cache/numba, or $XDG_CACHE_HOME/numba), not in __pycache__
+    UserWideCacheLocator: on Linux ~/.cache/numba or $XDG_CACHE_HOME/numba; the platform's
+    user cache folder elsewhere), not in __pycache__
     beside its sources: pip does not record files written there, so uninstalling left them in
     site-packages, where they hid a later editable install (``module 'fastbp' has no attribute
     'MLP'``). NUMBA_CACHE_DIR still comes first; a checkout still caches beside its sources;
