@@ -154,7 +154,7 @@ def _onnx_outputs(graph, mlp, out, predictor):
     if kind.fused is not None:
         op = {"softmax": ("Softmax", {"axis": -1}), "sigmoid": ("Sigmoid", {})}[kind.fused]
         probabilities = graph.node(op[0], [out], **op[1])
-        if predictor is not None and width == 1 and len(predictor.class_names) == 2:
+        if predictor is not None and predictor.one_output_two_classes:
             probabilities, width = graph.both_classes(probabilities), 2   # (as the Predictor)
         graph.output("probabilities", probabilities, mlp.dtype, width)
     elif predictor is None or kind.predict == "values":

@@ -91,9 +91,15 @@ class Predictor:
             raise ValueError("predict_proba: a regression model predicts values, not class "
                              "probabilities")
         probabilities = self.model.predict_proba(self._scaled(X))
-        if probabilities.shape[1] == 1 and len(self.class_names) == 2:
+        if self.one_output_two_classes:
             return np.hstack([1 - probabilities, probabilities])
         return probabilities
+
+    @property
+    def one_output_two_classes(self):
+        """Whether the model has a single output for two classes (its probability of the
+        second): predict_proba then gives both columns, 1 - p and p."""
+        return self.model.sizes[-1] == 1 and len(self.class_names) == 2
 
     def _scaled(self, X):
         """X scaled as the training rows were, in the model's dtype."""
