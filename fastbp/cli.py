@@ -233,7 +233,7 @@ def _warm_up(model, optimizer, X_example, y_example, batch_size, accumulate=1, r
     X, y = engine.check_batch(X_example[:1], y_example[:1])
     if ranks is not None:
         def ready():
-            engine.ready_steps(optimizer.update_spec(), X, y, batch_size, accumulate)
+            engine.ready_steps(optimizer.update_spec(), X, y, batch_size, accumulate, weighted)
             model.forward_and_losses(X, y)   # fit scores its rows with this
             model.forward(X)
         ranks.node_leader_first(ready)

@@ -401,27 +401,30 @@ class Engine:
                          StepBuffers(self, X, y, batch_size, weighted=weighted), weights=weights)
         self._grad_norms_fresh = fresh
 
-    def ready_steps(self, spec, X, y, batch_size, accumulate=1):
+    def ready_steps(self, spec, X, y, batch_size, accumulate=1, weighted=False):
         """Ready what a data-parallel step runs (loss_and_grad without penalty or
         accumulated_loss_and_grad, add_l2_penalty, update) for a kernels.Update, checked X and
-        y (a row or more), batch size and accumulation, changing no parameter and no optimizer
-        state (grads are overwritten)."""
+        y (a row or more), batch size and accumulation, with sample weights or (weighted False)
+        without, changing no parameter and no optimizer state (grads are overwritten)."""
         self.reserve(max(batch_size, X.shape[0]))
         work, net = self.work, self.net
+        weights = np.ones(X.shape[0]) if weighted else None
         # All the units at once (the update's too): compiled side by side (kernels.prepare).
         self.ready(kernels.entry.loss_and_grad, (self.grads, *work, self.params, X, y, *net,
-                                                 None, None), update_kind=spec.kind)
+                                                 weights, None), update_kind=spec.kind,
+                   weighted=weighted)
         with self.kept_state():
-            self.loss_and_grad(X, y, penalty=False)
+            self.loss_and_grad(X, y, weights, penalty=False)
         self.ready(kernels.entry.update, (self.params, self.grads, work.layer_sq, work.partials,
                                           net.param_offsets, *spec), update_kind=spec.kind)
         if accumulate > 1:
             x_batch = kernels.aligned_zeros((batch_size, X.shape[1]), X.dtype)
             y_batch = np.empty((batch_size,) + y.shape[1:], dtype=y.dtype)
+            w_batch = np.empty(batch_size) if weighted else None
             self.ready(kernels.entry.accumulated_loss_and_grad, (
                 self.grads, kernels.aligned_zeros(self.params.size, self.dtype), *work,
-                self.params, x_batch, y_batch, X, y, np.arange(1), batch_size, *net, None,
-                None))
+                self.params, x_batch, y_batch, X, y, np.arange(1), batch_size, *net, weights,
+                w_batch), weighted=weighted)
         if self.l2 != 0:
             self.add_l2_penalty(1.0)
 

@@ -388,7 +388,7 @@ class _Run:
             # load them from Numba's cache: side by side, they would share the node's cores.
             ranks.ready(lambda: model.engine.ready_steps(
                 optimizer.update_spec(), self.X[:1], self.y[:1], self.batch_size,
-                self.accumulate))
+                self.accumulate, self.weights is not None))
         for cb in self.callbacks:
             if callable(getattr(cb, "on_train_begin", None)):
                 cb.on_train_begin(model, history)

@@ -442,3 +442,24 @@ def test_a_bad_start_timeout_is_refused_before_mpi_starts(value):
     assert done.returncode != 0
     assert "FASTBP_MPI_START_TIMEOUT: expected a number of seconds > 0" in done.stderr, \
         done.stderr[-2000:]
+
+
+def test_ready_steps_readies_the_weighted_step(monkeypatch):
+    """The data-parallel warm-up (one rank per node compiles, the others load the cache)
+    readies the weighted step when the run has sample weights (--class-weight balanced), not
+    only the unweighted one: else every rank compiled it in the first epoch."""
+    model = fastbp.MLP([6, 5, 3], seed=0)
+    opt = fastbp.SGD(model, lr=0.1)
+    X, y = model.engine.check_batch(np.zeros((1, 6)), np.zeros(1, dtype=np.int64))
+    readied = []
+
+    def ready(entry, args, update_kind=None, weighted=False, sparse_index=None):
+        readied.append((entry.py_func.__name__, weighted))
+
+    monkeypatch.setattr(model.engine, "ready", ready)
+    for accumulate, entries in ((1, {"loss_and_grad"}),
+                                (2, {"loss_and_grad", "accumulated_loss_and_grad"})):
+        readied.clear()
+        model.engine.ready_steps(opt.update_spec(), X, y, 4, accumulate, weighted=True)
+        weighted = {name for name, w in readied if w}
+        assert weighted >= entries, readied
