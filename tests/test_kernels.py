@@ -3,6 +3,10 @@ forward kernels (float64, max relative error < 1e-7), forward kernels against th
 reference, the optimizer kernels, numerics at extreme inputs, and a user's own @njit function
 built from the kernels."""
 import math
+import os
+import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -12,7 +16,7 @@ from numba import njit
 import fastbp
 import naive
 from fastbp import kernels
-from helpers import max_threads
+from helpers import ROOT, max_threads
 
 CODES = dict(kernels.CODES)     # every activation of kernels.ACTIVATIONS, by name
 #: Activations whose gradient reads the pre-activation z (activation_backward needs inp).
@@ -943,3 +947,21 @@ def test_dense_kernels_take_an_unknown_activation_code_as_the_identity(code, rng
     dinp, dpre = np.empty((4, 3)), rng.normal(size=(4, 2))
     kernels.dense_backward(dinp, np.empty((3, 2)), np.empty(2), dpre, inp, weight, code, inp)
     np.testing.assert_allclose(dinp, dpre @ weight.T, rtol=1e-14)
+
+
+def test_the_own_training_loop_example_trains(tmp_path):
+    """examples/own_training_loop.py: a training loop in one's own cached @njit code over the
+    kernels, and an ensemble, one member per thread with its own Workspace; its first member
+    starts from the same weights as the loop, so it ends the same."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "own_training_loop.py")],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loop = re.search(r"own loop: loss [\d.]+ -> ([\d.]+), test accuracy ([\d.]+)%",
+                     result.stdout)
+    assert loop and float(loop[1]) < 0.1 and float(loop[2]) > 95, result.stdout
+    ensemble = re.search(r"ensemble of 4: test accuracy ([\d.]+)%", result.stdout)
+    if ensemble is None:
+        assert "ensemble skipped: the workqueue threading layer" in result.stdout
+    else:
+        assert ensemble[1] == loop[2], result.stdout
