@@ -113,3 +113,49 @@ class Threads:
 
     def time_train_step(self, threads, network):
         self.net.train_step()
+
+
+class Bfloat16:
+    """A training step (SGD, through the public API: opt.train_step) with bfloat16 products
+    (MLP(matmul_precision="bfloat16"): MKL's bf16 products on AMX or AVX512-BF16) on the small,
+    mid and wide nets: time_train_step in each precision, and track_cost_vs_float32, the
+    step's time over the float32 step's, both timed interleaved in one process (smaller is
+    better, as asv reads every benchmark; issue 26 asks for at most 1/2.5 on the wide nets).
+    Skipped where bfloat16 products cannot run (no CPU unit, or no MKL: pip install
+    ".[bf16]")."""
+
+    params = [["float32", "bfloat16"], list(common.SMALL_MID_WIDE)]
+    param_names = ["precision", "network"]
+    repeat = (3, 10, 1.0)
+    warmup_time = 0.05
+    timeout = 180
+
+    def setup(self, precision, network):
+        import numpy as np
+
+        import fastbp
+        from fastbp import kernels
+
+        sizes, batch = common.SMALL_MID_WIDE[network]
+        try:
+            kernels.require_bfloat16()
+        except kernels.Bfloat16Unavailable as exc:
+            raise NotImplementedError(str(exc)) from None
+        rng = np.random.default_rng(0)
+        self.X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+        self.y = rng.integers(0, sizes[-1], batch)
+        self.steps = {}
+        for name in ("float32", "bfloat16"):
+            model = fastbp.MLP(sizes, seed=0, matmul_precision=name)
+            opt = common.make_optimizer("sgd", model)
+            opt.train_step(self.X, self.y)   # (compiled or loaded before timing)
+            self.steps[name] = (lambda opt=opt: opt.train_step(self.X, self.y))
+
+    def time_train_step(self, precision, network):
+        self.steps[precision]()
+
+    def track_cost_vs_float32(self, precision, network):
+        step, f32 = common.best_seconds([self.steps[precision], self.steps["float32"]])
+        return step / f32
+
+    track_cost_vs_float32.unit = "ratio"

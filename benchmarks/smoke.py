@@ -20,6 +20,7 @@ SMOKE = [
     r"time_(forward|backward|train_step)\(128, 2, 32, 'float32'\)",  # Forward/Backward/TrainStep
     r"Threads\.time_train_step\(1, '64-128-10 b32'\)",
     r"Optimizers\.\w+\('adam', '64-128-10 b32'\)",
+    r"Bfloat16\.\w+\('bfloat16', '64-128-10 b32'\)",   # (skipped without a bf16 unit)
     r"Epoch\.\w+\(128, 32, 'float32'\)",
     r"PeakMemory\.peakmem_fit\(128, 32, 'float32'\)",
     r"Throughput\.\w+\('64-128-10 b32', 'float32'\)",
