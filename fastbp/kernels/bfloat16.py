@@ -17,6 +17,11 @@ _native.gemm alike for every kind of operand.
 Precisions, by code (a Net's ``precision``): FLOAT32 (the model's own dtype: no rounding),
 BFLOAT16 (MKL), BFLOAT16_EMULATED.
 """
+import functools
+import inspect
+import os
+import warnings
+
 import numpy as np
 from numba import carray, cfunc, njit, prange, types
 
@@ -46,9 +51,32 @@ def require_bfloat16():
             "AMX-BF16 nor AVX512-BF16); use 'float32', or 'bfloat16-emulated' to check "
             "bfloat16 results here (slow)")
     try:
-        return load_bfloat16_gemm()
+        version = load_bfloat16_gemm()
     except Bfloat16Unavailable as exc:
         raise Bfloat16Unavailable(f"matmul_precision='bfloat16': {exc}") from None
+    if not CPU_BF16.get("amx_bf16"):
+        _warn_without_amx()
+    return version
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_without_amx():
+    """Once a process: measured on AVX512-BF16 without AMX, MKL's bfloat16 products ran below
+    OpenBLAS's float32 ones (the README's bfloat16 section)."""
+    warnings.warn("matmul_precision='bfloat16': this CPU has AVX512-BF16 but no AMX, where "
+                  "MKL's bfloat16 products measured slower than float32 (fastbp's bfloat16 "
+                  "step 0.68-0.81x its float32 step's speed); float32 is likely faster here",
+                  stacklevel=_first_caller_outside_fastbp())
+
+
+def _first_caller_outside_fastbp():
+    """The stacklevel of warnings.warn, called here, that names the first caller outside
+    the fastbp package (the user's line that asked for bfloat16)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = inspect.currentframe().f_back, 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @njit(**INLINED)
