@@ -17,8 +17,8 @@ from collections import namedtuple
 import numpy as np
 
 from . import kernels
-from .io import FORMAT, ModelFileError, atomic_write
-from .model import MATMUL_PRECISIONS as MLP_PRECISIONS, MLP
+from .io import FORMAT, ModelFileError, atomic_write, check_matmul_precision
+from .model import MLP
 from .data.prepare import divides_in_dtype
 from .predictor import Predictor
 
@@ -444,9 +444,7 @@ def save_safetensors(model, path, matmul_precision=None):
     ``safetensors`` package."""
     if not isinstance(model, MLP):
         raise TypeError(f"model: expected a fastbp.MLP, got {type(model).__name__}")
-    if matmul_precision is not None and matmul_precision not in MLP_PRECISIONS:
-        raise ValueError(f"matmul_precision: expected None or one of "
-                         f"{', '.join(map(repr, MLP_PRECISIONS))}, got {matmul_precision!r}")
+    check_matmul_precision(matmul_precision)
     st = _require("safetensors.numpy", "save_safetensors", "safetensors")
     _finite(model)
     structure = {key: getattr(model, key) for key in _STRUCTURE}
@@ -464,9 +462,7 @@ def load_safetensors(path, matmul_precision=None):
     is missing, is not such a file, or its tensors do not fit its structure. matmul_precision:
     as fastbp.load's (None: the file's; a bfloat16 model where bfloat16 products cannot run
     raises kernels.Bfloat16Unavailable, and "float32" runs it)."""
-    if matmul_precision is not None and matmul_precision not in MLP_PRECISIONS:
-        raise ValueError(f"matmul_precision: expected None or one of "
-                         f"{', '.join(map(repr, MLP_PRECISIONS))}, got {matmul_precision!r}")
+    check_matmul_precision(matmul_precision)
     st = _require("safetensors", "load_safetensors", "safetensors")
     what = os.fsdecode(os.fspath(path))
     if not os.path.isfile(path):   # (a fifo would block the read for ever)

@@ -339,6 +339,13 @@ def _text(arrays, key, what):
     return str(value)
 
 
+def check_matmul_precision(value):
+    """Refuse a loader's matmul_precision other than None (the file's) or a precision's name."""
+    if value is not None and value not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision: expected None or one of "
+                         f"{', '.join(map(repr, MATMUL_PRECISIONS))}, got {value!r}")
+
+
 def load(path, matmul_precision=None):
     """Read a model written by ``save``. Returns a new MLP with the stored parameters.
 
@@ -347,9 +354,7 @@ def load(path, matmul_precision=None):
     file is missing, is not a fastbp model, or its fields do not agree with each other; a
     bfloat16 model where bfloat16 products cannot run raises kernels.Bfloat16Unavailable.
     """
-    if matmul_precision is not None and matmul_precision not in MATMUL_PRECISIONS:
-        raise ValueError(f"matmul_precision: expected None or one of "
-                         f"{', '.join(map(repr, MATMUL_PRECISIONS))}, got {matmul_precision!r}")
+    check_matmul_precision(matmul_precision)
     what = path = _path(path)
     arrays = _read(path)
     if "format" not in arrays or "params" not in arrays:
