@@ -478,7 +478,8 @@ def _data_and_model(args, say):
         ds = load_data(args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, seed=args.seed,
                        label_column=args.label_column, dtype=dtype_name,
-                       scaling=args.scale, log=say, task=args.task)
+                       scaling=args.scale, log=say, task=args.task,
+                       digest=args.save is not None or args.resume is not None)
     except LabelColumnError as exc:
         exc.remedy = "use --label-column NAME|INDEX"
         raise UsageError(f"fastbp train: {exc}") from None

@@ -606,11 +606,12 @@ def test_resume_refuses_a_data_file_whose_rows_changed(tmp_path, capsys):
     raw_digest = metadata.pop("raw_rows_digest")
     older = tmp_path / "older.npz"
     fastbp.io.save(model, older, metadata=metadata, optimizer=optimizer)
-    ds = fastbp.data.load(str(data_file), seed=0)
+    ds = fastbp.data.load(str(data_file), seed=0, digest=True)
     scaled = tmp_path / "scaled.npz"   # saved when the digest was of the scaled rows
     fastbp.io.save(model, scaled, optimizer=optimizer, metadata=dict(
         metadata, train_rows_digest=fastbp.distributed.array_digest(ds.X_train, ds.y_train)))
     assert raw_digest == ds.raw_digest
+    assert fastbp.data.load(str(data_file), seed=0).raw_digest is None   # (asked for only)
     _csv_rows(data_file, seed=1)   # overwritten: other rows, same shape and classes
     for resumed, expected in ((saved, "its training rows differ"),
                               (scaled, "its training rows differ"),
