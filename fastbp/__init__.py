@@ -5,7 +5,7 @@ _environment.quiet_ctrl_c()   # first: Numba's import takes a while
 _environment.check()
 try:
     from . import kernels
-    from ._threads import get_num_threads, set_num_threads
+    from ._threads import get_num_threads, get_work_split, set_num_threads, set_work_split
     from .gradcheck import gradcheck
     from .model import MLP
     from .monitor import GradientHealthWarning, GradientMonitor
@@ -23,7 +23,8 @@ except KeyboardInterrupt:
 
 __version__ = "0.1.0"
 __all__ = ["MLP", "SGD", "Adam", "AdamW", "RMSprop", "schedules", "load_checkpoint", "fit",
-           "gradcheck", "set_num_threads", "get_num_threads", "kernels",
+           "gradcheck", "set_num_threads", "get_num_threads", "set_work_split",
+           "get_work_split", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
            "DataError", "save", "load", "ModelFileError", "plot_history", "load_predictor",
            "Predictor", "export", "__version__"]

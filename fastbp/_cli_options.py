@@ -12,6 +12,7 @@ from .io import DestinationError, ModelFileError, destination, read_metadata
 from .kernels import LOSS_KINDS, Bfloat16Unavailable, require_bfloat16
 from .model import ACTIVATIONS, LOSSES, MATMUL_PRECISIONS, NORMS
 from .optim import OPTIMIZERS
+from ._threads import WORK_SPLITS
 from .schedules import SCHEDULES
 
 # Defaults: chosen so that `fastbp train` (the shipped digits) reaches 97% test accuracy or more
@@ -328,6 +329,11 @@ def build_parser():
     optim.add_argument("--threads", type=_int_type("threads", 1), metavar="N",
                        help="threads for the kernels (default: all cores; under mpiexec, "
                        "each rank's share of its node's cores)")
+    optim.add_argument("--work-split", choices=WORK_SPLITS, default="shape",
+                       help="how the kernels cut matrix products for the threads: by their "
+                       "shape (default: the same results at any thread count) or by the "
+                       "thread count (faster on mid-size nets at a few threads; results then "
+                       "depend on it)")
     optim.add_argument("--resume", metavar="PATH",
                        help="continue the run saved in PATH (by --save, also after Ctrl-C): its "
                        "model, optimizer state, schedule and position, to the run's planned "

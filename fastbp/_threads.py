@@ -5,12 +5,16 @@ worker threads, two pools would spin against each other and steps would run 50-1
 the BLAS that the kernels call (``fastbp.kernels._native.openblas``, a library of their own) is
 limited to one thread, and Numba's pool is the only one: ``set_num_threads`` sets its size.
 NumPy's BLAS, a separate library, is not touched.
+
+How the kernels cut their matrix products into tiles for the threads is ``set_work_split``'s
+choice: by the products' shapes (the default: the same bits at any thread count) or by the
+thread count (fewer, larger BLAS calls).
 """
 import ctypes
 
 import numba
 
-from .kernels._native import openblas
+from .kernels._native import openblas, set_split_by_threads, splits_by_threads
 
 _chosen = False   # whether set_num_threads was called (fit(comm=) then keeps the count)
 
@@ -47,6 +51,30 @@ def set_num_threads(n):
     pin_kernel_blas()
     numba.set_num_threads(n)
     _chosen = True
+
+
+#: The ways set_work_split can cut the kernels' matrix products.
+WORK_SPLITS = ("shape", "threads")
+
+
+def set_work_split(split):
+    """How every fastbp kernel cuts a matrix product into tiles for its threads.
+
+    "shape" (the default): by the product's shape alone, into up to kernels.GRID_TILES tiles
+    that the threads share out, so that training and inference give bitwise the same results
+    at any thread count. "threads": one tile per thread (fewer, larger BLAS calls: faster on
+    mid-size nets at a few threads, README), with results that are bitwise the same only at
+    the same thread count. Applies to every thread of the process, from the next kernel call.
+    """
+    if split not in WORK_SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(map(repr, WORK_SPLITS))}, got "
+                         f"{split!r}")
+    set_split_by_threads(split == "threads")
+
+
+def get_work_split():
+    """How the kernels cut matrix products: "shape" or "threads" (set_work_split)."""
+    return "threads" if splits_by_threads() else "shape"
 
 
 def chosen():

@@ -464,6 +464,9 @@ def main(argv=None):
     parser.add_argument("--matmul-precision", choices=("float32", "bfloat16"), default="float32",
                         help="fastbp's products (bfloat16: against PyTorch's bfloat16 autocast "
                         "and fastbp float32; see above)")
+    parser.add_argument("--work-split", choices=("shape", "threads"), default="shape",
+                        help="how fastbp's kernels cut products for the threads "
+                        "(fastbp.set_work_split; default shape)")
     parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "
                         "MNIST IDX files in DIR, against a plain PyTorch loop")
     parser.add_argument("--mnist-epochs", type=int, default=3, metavar="N",
@@ -482,6 +485,7 @@ def main(argv=None):
     # pool) before this line, and changing it now makes Numba refuse to compile.
     import fastbp
     fastbp.set_num_threads(threads)
+    fastbp.set_work_split(args.work_split)
 
     os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: a GPU must not stand in
     have = {}
@@ -501,8 +505,10 @@ def main(argv=None):
                 print(f"{name} is not installed: its column is left empty")
 
     info = machine()
+    info["work_split"] = args.work_split
     units = [name for name, present in info["cpu_bfloat16"].items() if present]
-    print(f"{info['cpu']}, {threads} threads, numba {info['numba']}, numpy {info['numpy']}; "
+    print(f"{info['cpu']}, {threads} threads (work split: {args.work_split}), "
+          f"numba {info['numba']}, numpy {info['numpy']}; "
           f"kernels' BLAS: {info['kernel_blas']}; bfloat16 units: "
           f"{', '.join(units) if units else 'none'}")
     if bf16:

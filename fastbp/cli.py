@@ -27,7 +27,7 @@ from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._environment import HeldInterrupt
-from ._threads import set_num_threads
+from ._threads import set_num_threads, set_work_split
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
@@ -269,6 +269,7 @@ def train(args, ranks=None):
     lead = ranks is None or ranks.rank == 0
     say = _Printer(args.quiet, to_stderr=args.json, silent=not lead)
     share = None if ranks is None else distributed.node_threads(ranks.comm)   # (collective)
+    set_work_split(args.work_split)
     if args.threads is not None:
         set_num_threads(args.threads)
     elif share is not None and not distributed.threads_chosen():
@@ -438,6 +439,7 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
         "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
         "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
         "batch_size": args.batch_size, "seed": args.seed, "threads": by_rank[0],
+        "work_split": args.work_split,
         "ranks": len(by_rank), "threads_by_rank": by_rank,
         "rows": {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)},
         "epochs_run": history.n_epochs, "stop_reason": history.stop_reason,

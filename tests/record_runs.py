@@ -4,9 +4,11 @@
 dtype; sample weights, sparse X, accumulation, checkpointing, L2, a gradient hook, step
 callbacks, validation and early stopping, save and resume, the command) and writes every
 parameter, optimizer state and history value to OUT.npz. ``python tests/record_runs.py NEW.npz
---compare OLD.npz`` records again and lists every array whose bytes differ. Results depend on
-the CPU and the thread count (BLAS kernels), so compare only records made on one machine with
-the same NUMBA_NUM_THREADS; this is a tool for a developer, not a test.
+--compare OLD.npz`` records again and lists every array whose bytes differ. Results depend
+on the CPU (BLAS kernels) and the work split (fastbp.set_work_split: "shape", the default,
+gives the same bits at any thread count; "threads" only at the same NUMBA_NUM_THREADS), so
+compare only records made on one machine with the same split; this is a tool for a
+developer, not a test.
 """
 import os
 import subprocess

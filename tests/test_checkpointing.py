@@ -106,11 +106,9 @@ def test_checkpointed_gradients_with_gelu_are_bitwise_the_plain_ones(k, sizes, h
     assert np.array_equal(plain.forward(X), ckpt.forward(X))
 
 
-@pytest.mark.skipif(helpers.max_threads() < 2, reason="needs 2 threads")
 def test_checkpointing_recomputes_split_products_bitwise(rng):
-    """On 2 threads the 1024-input first layer splits its product over the inputs (see
+    """The 1024-input first layer splits its product over the inputs at a batch of 8 (see
     kernels.splits_input); its recomputed output must be bitwise the first one."""
-    fastbp.set_num_threads(2)
     sizes = [1024, 64, 64, 64, 3]
     X, y = _data(rng, 8, sizes, "softmax_cross_entropy")
     plain, ckpt = (fastbp.MLP(sizes, dtype=np.float32, seed=2, checkpoint_every=k)

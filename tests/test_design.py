@@ -1,5 +1,5 @@
 """Design requirements: no allocation in a warm training step, one thread pool at a time, and
-bitwise reproducible results at a fixed thread count."""
+bitwise reproducible results, the same at any thread count."""
 import gc
 import json
 import os
@@ -312,13 +312,13 @@ def test_bitwise_reproducible_across_processes():
 
 
 @needs_two_threads
-def test_thread_counts_agree_closely():
-    losses1, params1, grads1 = reproducibility_run(np.float64, threads=1)
-    losses2, params2, grads2 = reproducibility_run(np.float64, threads=2)
-    np.testing.assert_allclose(losses2, losses1, rtol=1e-12)
-    scale = np.abs(grads1).max()
-    assert np.abs(grads2 - grads1).max() <= 1e-12 * scale
-    assert np.abs(params2 - params1).max() <= 1e-12 * np.abs(params1).max()
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_counts_agree_bitwise(dtype):
+    """The products' tiles follow their shapes, not the thread count (tests/test_thread_counts.py
+    covers the rest)."""
+    one, two = (reproducibility_run(dtype, threads=n) for n in (1, 2))
+    assert one[0] == two[0]
+    assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
 
 
 def test_repeated_gradients_are_bitwise_identical():

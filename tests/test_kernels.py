@@ -256,14 +256,12 @@ def test_dense_kernels_accept_row_strided_views(rng):
     assert not dinp_wide[:, :4].any() and not dW_wide[:, n_out:].any()
 
 
-@pytest.mark.skipif(max_threads() < 2, reason="needs 2 threads")
-def test_dense_forward_splits_many_inputs_over_threads(rng):
-    """Given scratch, on 2 threads, a layer with far more inputs than rows takes two half products
-    over the inputs (the second half's left in scratch) and adds them; a scratch too small for
-    that is left alone."""
-    fastbp.set_num_threads(2)
+def test_dense_forward_splits_many_inputs(rng):
+    """Given scratch, a layer with far more inputs than rows takes two half products over the
+    inputs (the second half's left in scratch) and adds them, at any thread count; a scratch
+    too small for that is left alone."""
     n_rows, n_in, n_out = 8, 1024, 64
-    assert kernels.splits_input(n_rows, n_in, n_out, 2, n_rows * n_out)
+    assert kernels.splits_input(n_rows, n_in, n_out, kernels.tile_budget(), n_rows * n_out)
     inp, W, b = (rng.normal(size=(n_rows, n_in)), rng.normal(size=(n_in, n_out)),
                  rng.normal(size=n_out))
     want = np.maximum(inp @ W + b, 0)

@@ -95,15 +95,13 @@ def test_l2_penalty_gradient_matches_finite_differences_and_reference(depth, act
         assert np.array_equal(model.bias_grads[layer], plain.bias_grads[layer])
 
 
-@pytest.mark.skipif(max_threads() < 2, reason="needs 2 threads")
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
 def test_gradients_match_reference_when_the_first_layer_splits_its_inputs(checkpoint_every, rng):
-    """On 2 threads a 1024-input layer with a batch of 8 splits its forward product over the
-    inputs (kernels.splits_input), in the first pass and, with checkpointing, when recomputed."""
-    fastbp.set_num_threads(2)
+    """A 1024-input layer with a batch of 8 splits its forward product over the inputs
+    (kernels.splits_input), in the first pass and, with checkpointing, when recomputed."""
     model = fastbp.MLP([1024, 64, 64, 3], dtype=np.float64, seed=3,
                        checkpoint_every=checkpoint_every)
-    assert fastbp.kernels.splits_input(8, 1024, 64, 2, 8 * 64)
+    assert fastbp.kernels.splits_input(8, 1024, 64, fastbp.kernels.tile_budget(), 8 * 64)
     X, y = rng.normal(size=(8, 1024)), rng.integers(0, 3, size=8)
     loss_value = model.loss_and_grad(X, y)
     ref_loss, ref_grads = reference_for(model).loss_and_grad(model.params, X, y)

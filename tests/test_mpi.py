@@ -463,3 +463,17 @@ def test_ready_steps_readies_the_weighted_step(monkeypatch):
         model.engine.ready_steps(opt.update_spec(), X, y, 4, accumulate, weighted=True)
         weighted = {name for name, w in readied if w}
         assert weighted >= entries, readied
+
+
+@needs_mpi
+def test_a_jobs_results_do_not_depend_on_its_ranks_threads(tmp_path):
+    """With the default work split, 2 ranks of 1 thread and 2 ranks of 2 (oversubscribed: for
+    bits, not speed) train the same parameters; products this wide are cut into many tiles."""
+    args = ["train", "--epochs", "1", "--quiet", "--layers", "512,512", "--batch-size", "256"]
+    params = []
+    for threads in ("1", "2"):
+        done = mpiexec(2, [sys.executable, "-m", "fastbp", *args, "--threads", threads,
+                           "--save", str(tmp_path / f"{threads}.npz")], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        params.append(fastbp.load(tmp_path / f"{threads}.npz").params)
+    assert np.array_equal(params[0], params[1])

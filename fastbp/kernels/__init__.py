@@ -29,10 +29,13 @@ compiler flag and tuning constant, ``_tiling`` the thread split, ``_native`` BLA
 ``_units`` the table through which the network calls the heavy kernels. Every name below is
 importable from ``fastbp.kernels`` itself.
 
-Parallelism: matrix products are split into a grid of output tiles, one per thread; row-wise
-passes are ``prange`` over row tiles; weight gradients are split over their own elements. No
-element is written by two threads, and the split depends only on the shapes, the thread count
-and the scratch given, so results are bitwise reproducible at a fixed thread count.
+Parallelism: matrix products are split into a grid of output tiles that the threads share out;
+row-wise passes are ``prange`` over row tiles; weight gradients are split over their own
+elements. No element is written by two threads. A product's tiles follow its shape, the
+scratch given and ``tile_budget()``: ``GRID_TILES`` by default, whatever the thread count, so
+results are bitwise the same at any thread count (BLAS rounds a tile's sums by the tile's
+shape); after ``fastbp.set_work_split("threads")``, the thread count, and then only the same
+thread count gives the same bits. Row-wise passes compute each row alike in any tile.
 
 Precision: matrix products and the sums over the batch in dW and db accumulate in the working
 dtype, as BLAS does (a float32 Net in bfloat16 precision rounds the products' operands to
@@ -40,8 +43,9 @@ bfloat16 first; bfloat16.py). Losses and the softmax denominator accumulate in f
 gradient norms sum squares in the working dtype over blocks of 512, and the blocks in float64.
 """
 from . import _config
-from ._config import MIN_TILE_WORK, NORM_CHUNK
+from ._config import GRID_TILES, MIN_TILE_WORK, NORM_CHUNK
 from ._native import gemm
+from ._tiling import tile_budget
 from ._units import UnitMissingError, on_ctrl_c, raise_held_ctrl_c, raise_if_unfilled
 from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
                           activation_forward, relu_backward, relu_forward, sigmoid_backward,
@@ -105,7 +109,7 @@ __all__ = [
     "take_rows", "take_csr_rows", "CSR", "csr_is_valid", "all_finite", "labels_in_range",
     "gemm", "prepare", "UnitMissingError", "raise_if_unfilled",
     "on_ctrl_c", "raise_held_ctrl_c",
-    "MIN_TILE_WORK", "NORM_CHUNK", "CACHE_LINE",
+    "MIN_TILE_WORK", "GRID_TILES", "tile_budget", "splits_input", "NORM_CHUNK", "CACHE_LINE",
 ]
 
 _config.guard_cache(getattr(getattr(mlp_forward, "_cache", None), "_cache_path", None))

@@ -102,6 +102,14 @@ C_FUNCTION = dict(cache=CACHE)
 # Multiply-adds a tile must hold before it is worth waking another thread for it: about the GEMM
 # work that entering a parallel region costs in time (docs/kernels-notes.md).
 MIN_TILE_WORK = 1 << 18
+# The most tiles a matrix product is cut into, by its shape alone (the default work split):
+# BLAS rounds a tile's sums by the tile's shape, so cuts that followed the thread count would
+# give other bits at another thread count. 16 keeps 16 cores busy on a large product
+# (docs/kernels-notes.md).
+GRID_TILES = 16
+# dense.splits_input: a forward product is cut over its inputs when they outnumber its batch
+# rows by more than this (measured on 2 threads: README, "Wide inputs, few rows").
+INPUT_SPLIT_RATIO = 4
 # Elements per chunk of the parallel norm and update. Fixed (not per thread) so that the norm,
 # and the clipping that uses it, do not depend on the thread count.
 NORM_CHUNK = 1 << 14

@@ -1,8 +1,9 @@
-"""Native routines for ``@njit`` code: BLAS GEMM on strided 2-D views and the size of Numba's
-thread pool (both called through named symbols), and a cheap matrix view of a flat buffer.
+"""Native routines for ``@njit`` code: BLAS GEMM on strided 2-D views, the size of Numba's
+thread pool and the work-split setting (all reached through named symbols), and a cheap matrix
+view of a flat buffer.
 
-Both are reached through symbols registered with LLVM at import time, not through ctypes pointers
-baked into the code: that keeps every kernel that uses them cacheable with ``cache=True``.
+The symbols are registered with LLVM at import time, not ctypes pointers baked into the code:
+that keeps every kernel that uses them cacheable with ``cache=True``.
 
 Numba's own ``np.dot`` needs contiguous operands and cannot accumulate into its output, so the
 kernels call BLAS ``?gemm`` directly: that of the OpenBLAS in the scipy-openblas32 wheel (the
@@ -88,6 +89,22 @@ for _name in ("sgemm", "dgemm"):
 # Starting Numba's thread pool registers its "get_num_threads" symbol, which num_threads calls.
 numba.get_num_threads()
 
+# 1 when the kernels cut matrix products by the thread count, 0 (the default) when by their
+# shape alone (fastbp._threads.set_work_split). Read at run time through a symbol, as the
+# thread count is, so that both settings run one compiled, cached code.
+_split_by_threads = ctypes.c_int64(0)
+_llvm.add_symbol("fastbp_split_by_threads", ctypes.addressof(_split_by_threads))
+
+
+def set_split_by_threads(flag):
+    """Cut matrix products by the thread count (True) or by their shape alone (False)."""
+    _split_by_threads.value = int(bool(flag))
+
+
+def splits_by_threads():
+    """Whether the kernels cut matrix products by the thread count (set_split_by_threads)."""
+    return bool(_split_by_threads.value)
+
 
 class Bfloat16Unavailable(RuntimeError):
     """bfloat16 products were asked for where they cannot run (no MKL, or no CPU unit)."""
@@ -154,6 +171,17 @@ def num_threads(typingctx):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "get_num_threads")
         return builder.call(fn, [])
     return types.intp(), codegen
+
+
+@intrinsic
+def split_by_threads(typingctx):
+    """The setting of set_split_by_threads, from compiled code: 1 or 0 (int64)."""
+    def codegen(context, builder, signature, args):
+        flag = builder.module.globals.get("fastbp_split_by_threads")
+        if flag is None:   # a declaration, which the registered symbol resolves
+            flag = ir.GlobalVariable(builder.module, ir.IntType(64), "fastbp_split_by_threads")
+        return builder.load(flag)
+    return types.int64(), codegen
 
 
 @intrinsic

@@ -1,11 +1,12 @@
 """How work is split between threads: row tiles for row-wise passes, a grid of output tiles
-for matrix products. The split depends only on the shapes and the thread count, so results are
-bitwise reproducible at a fixed thread count."""
+for matrix products. A row-wise pass computes each row alike whatever its tile. A product's
+grid follows its shape and tile_budget(): by default GRID_TILES, so that the threads share out
+the same tiles, and the results are bitwise the same, at any thread count."""
 import numpy as np
 from numba import njit
 
-from ._config import INLINED, MIN_TILE_WORK, SERIAL
-from ._native import num_threads
+from ._config import GRID_TILES, INLINED, MIN_TILE_WORK, SERIAL
+from ._native import num_threads, split_by_threads
 
 
 @njit(**INLINED)
@@ -24,14 +25,22 @@ def span(tile, n_tiles, n):
     return tile * n // n_tiles, (tile + 1) * n // n_tiles
 
 
+@njit(**INLINED)
+def tile_budget():
+    """How many tiles a matrix product may be cut into: GRID_TILES at any thread count (the
+    default), or the thread count when the work is split by threads
+    (fastbp.set_work_split("threads"): fewer, larger BLAS calls, other bits at another count)."""
+    return num_threads() if split_by_threads() else GRID_TILES
+
+
 @njit(**SERIAL)
-def grid(n_rows, n_cols, depth, n_threads):
+def grid(n_rows, n_cols, depth, max_tiles):
     """(row tiles, column tiles) for a matrix product with an (n_rows, n_cols) output and
-    depth-long dot products. Uses n_threads tiles (fewer if the product is small) and,
+    depth-long dot products. Uses max_tiles tiles (fewer if the product is small) and,
     among the splits into that many, the one that makes BLAS read and pack the least: each
     column tile re-reads the left operand (n_rows x depth) and each row tile the right one
     (depth x n_cols)."""
-    n = max(1, min(n_threads, (n_rows * n_cols * depth) // MIN_TILE_WORK))
+    n = max(1, min(max_tiles, (n_rows * n_cols * depth) // MIN_TILE_WORK))
     best_rows, best_cols = 1, 1
     best_tiles, best_cost = 0, 0
     for rows in range(1, min(n, n_rows) + 1):

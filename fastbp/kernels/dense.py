@@ -1,10 +1,12 @@
 """The dense layer: out = act(inp @ weight + bias), forward and backward.
 
-Matrix products are split into a grid of output tiles, one per thread, each tile one call of
-single-threaded BLAS followed by its fused epilogue (bias and activation, or the activation's
-gradient) while the tile is still in cache. A forward product with far more inputs than batch
-rows is split over its inputs instead, when given a scratch buffer for the second half's partial
-sums. Work too small to repay waking a thread runs serially, outside any parallel region.
+Matrix products are split into a grid of output tiles that the threads share out, each tile
+one call of single-threaded BLAS followed by its fused epilogue (bias and activation, or the
+activation's gradient) while the tile is still in cache. A forward product with far more inputs
+than batch rows is split over its inputs instead, when given a scratch buffer for the second
+half's partial sums. Every cut follows the shapes and tile_budget() (_tiling): by default not
+the thread count, so the results are bitwise the same at any thread count. Work too small to
+repay waking a thread runs serially, outside any parallel region.
 
 In bfloat16 precision (bfloat16.py) the same tiles multiply bfloat16 copies of the operands:
 dense_forward_bf16 rounds inp and weight, dense_backward_bf16 rounds inp and dpre and reuses the
@@ -14,11 +16,11 @@ import numpy as np
 from numba import njit, prange, types
 
 from . import _units
-from ._config import INLINED, MIN_TILE_WORK, PARALLEL, SERIAL
+from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import gemm, load_bfloat16_gemm, matrix_view, num_threads
 from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, register_bfloat16_emulation,
                        round_to_bfloat16)
-from ._tiling import grid, span
+from ._tiling import grid, span, tile_budget
 from .activations import activation_grad_tile, activation_input, bias_activation_tile
 
 
@@ -30,30 +32,34 @@ def _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1)
 
 
 @njit(**SERIAL)
-def splits_input(n_rows, n_in, n_out, n_threads, scratch_size):
-    """Whether dense_forward also splits its product over the input features, in two halves.
-    Worth it when weight is much larger than the output (n_in > 2 * threads * n_rows): each
-    thread then reads half of weight's rows and half of inp's columns, not a slice of weight's
-    every row and all of inp, and one pass adds the two partial outputs (README)."""
-    return (scratch_size >= n_rows * n_out and n_threads >= 2
-            and n_in > 2 * n_threads * n_rows and n_rows * n_in * n_out >= 2 * MIN_TILE_WORK)
+def splits_input(n_rows, n_in, n_out, max_tiles, scratch_size):
+    """Whether dense_forward splits its product over the input features, in two halves, for a
+    tile budget of max_tiles (tile_budget(); at least 2) and a scratch buffer of scratch_size
+    elements. Worth it when weight is much larger than the output (n_in > INPUT_SPLIT_RATIO *
+    n_rows): each tile then reads half of weight's rows and half of inp's columns, not a slice
+    of weight's every row and all of inp, and one pass adds the two partial outputs (README)."""
+    return (scratch_size >= n_rows * n_out and max_tiles >= 2
+            and n_in > INPUT_SPLIT_RATIO * n_rows
+            and n_rows * n_in * n_out >= 2 * MIN_TILE_WORK)
 
 
 @njit(**PARALLEL)
 def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation):
-    """dense_forward as two half products over the input features (each split over output
-    columns between half the threads), into out and partial (B, OC); then out += partial,
-    bias and activation, over row tiles."""
+    """dense_forward as two half products over the input features (each cut into a grid of
+    half the tile budget), into out and partial (B, OC); then out += partial, bias and
+    activation, over row tiles."""
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
-    n_threads = num_threads()
-    n_cols = max(1, min(n_threads // 2, n_out))
-    for t in prange(2 * n_cols):
-        k0, k1 = span(t // n_cols, 2, n_in)
-        c0, c1 = span(t % n_cols, n_cols, n_out)
-        dst = out if t < n_cols else partial
-        gemm(dst[:, c0:c1], inp[:, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False, False)
-    n_tiles = min(n_threads, n_rows)
+    rows, cols = grid(n_rows, n_out, n_in // 2, max(1, tile_budget() // 2))
+    per_half = rows * cols
+    for t in prange(2 * per_half):
+        k0, k1 = span(t // per_half, 2, n_in)
+        r0, r1 = span(t % per_half // cols, rows, n_rows)
+        c0, c1 = span(t % cols, cols, n_out)
+        dst = out if t < per_half else partial
+        gemm(dst[r0:r1, c0:c1], inp[r0:r1, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False,
+             False)
+    n_tiles = min(num_threads(), n_rows)
     for t in prange(n_tiles):
         r0, r1 = span(t, n_tiles, n_rows)
         for i in range(r0, r1):
@@ -74,14 +80,15 @@ dense_forward_split_input_unit = _units.unit(
 def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
     """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)).
 
-    The output is split into a grid of tiles, one per thread; bias and activation are applied
-    to each tile right after its matrix product, while it is still in cache.
+    The output is split into a grid of tiles (by its shape and tile_budget(): by default the
+    same at any thread count), which the threads share out; bias and activation are applied to
+    each tile right after its matrix product, while it is still in cache.
     scratch: optional 1-D C-contiguous buffer of the dtype, overlapping no other argument (its
-    contents are overwritten). When it holds B * OC elements, on 2 or more threads, a product of
-    at least 2 * MIN_TILE_WORK multiply-adds with far more inputs than batch rows (C > 2 *
-    threads * B) is split over the inputs instead (splits_input): two half products, the second
-    into scratch, then one pass adds them and applies bias and activation. Results then differ
-    in the last bits from a call without scratch.
+    contents are overwritten). When it holds B * OC elements, a product of at least 2 *
+    MIN_TILE_WORK multiply-adds with far more inputs than batch rows (C > INPUT_SPLIT_RATIO *
+    B, and a tile budget of 2 or more) is split over the inputs instead (splits_input): two
+    half products, the second into scratch, then one pass adds them and applies bias and
+    activation. Results then differ in the last bits from a call without scratch.
     pre: optional (B, OC) array that receives the pre-activation inp @ weight + bias, for
     activations whose gradient needs it (gelu); not written for the others.
     """
@@ -89,7 +96,7 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
     n_out = weight.shape[1]
     keep = out[:0] if pre is None else pre
     if scratch is not None:
-        if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
+        if splits_input(n_rows, n_in, n_out, tile_budget(), scratch.shape[0]):
             _dense_forward_split_input(out, matrix_view(scratch, 0, n_rows, n_out), keep, inp,
                                        weight, bias, activation)
             return
@@ -101,7 +108,7 @@ def _dense_forward_grid(out, pre, inp, weight, bias, activation):
     """dense_forward split into a grid of output tiles (never over the inputs)."""
     n_rows = inp.shape[0]
     n_out = weight.shape[1]
-    grid_rows, grid_cols = grid(n_rows, n_out, inp.shape[1], num_threads())
+    grid_rows, grid_cols = grid(n_rows, n_out, inp.shape[1], tile_budget())
     n_tiles = grid_rows * grid_cols
     if n_tiles == 1:
         r0, r1 = span(0, 1, n_rows)
@@ -153,40 +160,46 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     Reads inp (B, C) and weight (C, OC).
 
     dW, db and dinp tiles run in one parallel region. dW is split over its own elements, so each
-    is one thread's whole sum over the batch: no races and no partial buffers.
+    is one thread's whole sum over the batch: no races and no partial buffers. The grids follow
+    the shapes and tile_budget(), and on one thread the same tiles run in turn.
     """
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     z = activation_input(inp_pre, inp, inp_activation)
-    # With both products to do, each gets half the threads: fewer, larger BLAS calls than
-    # splitting each product over all of them (docs/kernels-notes.md).
-    w_threads = num_threads() if dinp.shape[0] == 0 else max(1, num_threads() // 2)
-    w_rows, w_cols = grid(n_in, n_out, n_rows, w_threads)
+    # With both products to do, each gets half the tile budget: fewer, larger BLAS calls than
+    # splitting each product over all of it (docs/kernels-notes.md).
+    budget = tile_budget()
+    w_budget = budget if dinp.shape[0] == 0 else max(1, budget // 2)
+    w_rows, w_cols = grid(n_in, n_out, n_rows, w_budget)
+    i_rows, i_cols = grid(n_rows, n_in, n_out, max(1, budget - w_budget))
     n_weight_tiles = w_rows * w_cols
-    i_rows, i_cols = 1, 1
-    if dinp.shape[0] > 0:
-        i_rows, i_cols = grid(n_rows, n_in, n_out, max(1, num_threads() - w_threads))
-    n_input_tiles = i_rows * i_cols if dinp.shape[0] > 0 else 0
-    n_tasks = n_weight_tiles + n_input_tiles
+    n_tasks = n_weight_tiles + (i_rows * i_cols if dinp.shape[0] > 0 else 0)
     if num_threads() == 1 or n_tasks == 1 or (
             n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
-        k0, k1 = span(0, 1, n_in)
-        c0, c1 = span(0, 1, n_out)
-        _weight_grad_tile(dweight, dbias, dpre, inp, dpre, k0, k1, c0, c1)
-        if n_input_tiles:
-            r0, r1 = span(0, 1, n_rows)
-            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, k0, k1)
+        for t in range(n_tasks):
+            _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
+                           n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
         return
-    for t in prange(n_weight_tiles + n_input_tiles):
-        if t < n_weight_tiles:
-            r0, r1 = span(t // w_cols, w_rows, n_in)
-            c0, c1 = span(t % w_cols, w_cols, n_out)
-            _weight_grad_tile(dweight, dbias, dpre, inp, dpre, r0, r1, c0, c1)
-        else:
-            u = t - n_weight_tiles
-            r0, r1 = span(u // i_cols, i_rows, n_rows)
-            c0, c1 = span(u % i_cols, i_cols, n_in)
-            _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
+    for t in prange(n_tasks):
+        _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
+                       n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
+
+
+@njit(**SERIAL)
+def _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
+                   n_weight_tiles, w_rows, w_cols, i_rows, i_cols):
+    """Task t of dense_backward: tile t of dW's (and db's) w_rows x w_cols grid, or past its
+    n_weight_tiles, tile t - n_weight_tiles of dinp's i_rows x i_cols grid."""
+    n_rows, n_in = inp.shape
+    if t < n_weight_tiles:
+        r0, r1 = span(t // w_cols, w_rows, n_in)
+        c0, c1 = span(t % w_cols, w_cols, weight.shape[1])
+        _weight_grad_tile(dweight, dbias, dpre, inp, dpre, r0, r1, c0, c1)
+    else:
+        u = t - n_weight_tiles
+        r0, r1 = span(u // i_cols, i_rows, n_rows)
+        c0, c1 = span(u % i_cols, i_cols, n_in)
+        _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
 
 
 dense_backward_unit = _units.unit(
@@ -201,7 +214,7 @@ def dense_forward_by_units(out, pre, inp, weight, bias, activation, scratch):
     a view without rows."""
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
-    if splits_input(n_rows, n_in, n_out, num_threads(), scratch.shape[0]):
+    if splits_input(n_rows, n_in, n_out, tile_budget(), scratch.shape[0]):
         dense_forward_split_input_unit(out, matrix_view(scratch, 0, n_rows, n_out), pre, inp,
                                        weight, bias, activation)
     else:
@@ -255,7 +268,7 @@ def _weight_grad(dweight, dbias, dpre, inp_op, dpre_op):
     """dweight and dbias of dense_backward alone, split into a grid of tiles over every
     thread (inp_op, dpre_op: the product's operands; dbias from dpre)."""
     n_in, n_out = dweight.shape
-    rows, cols = grid(n_in, n_out, dpre.shape[0], num_threads())
+    rows, cols = grid(n_in, n_out, dpre.shape[0], tile_budget())
     if rows * cols == 1:
         r0, r1 = span(0, 1, n_in)
         c0, c1 = span(0, 1, n_out)
@@ -272,7 +285,7 @@ def _input_grad(dinp, dpre, weight, inp, z, inp_activation):
     """dinp of dense_backward alone, split into a grid of tiles over every thread (dpre and
     weight: the product's operands)."""
     n_rows, n_in = dinp.shape
-    rows, cols = grid(n_rows, n_in, dpre.shape[1], num_threads())
+    rows, cols = grid(n_rows, n_in, dpre.shape[1], tile_budget())
     if rows * cols == 1:
         r0, r1 = span(0, 1, n_rows)
         c0, c1 = span(0, 1, n_in)

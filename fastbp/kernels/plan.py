@@ -39,6 +39,8 @@ from .. import layout
 from . import activations, block, dense
 from .activations import ACTIVATIONS
 from .bfloat16 import FLOAT32
+from ._config import GRID_TILES, INPUT_SPLIT_RATIO
+from ._native import splits_by_threads
 from .dense import splits_input
 from .losses import LOSS_CODES, LOSS_KINDS
 from .network import UPDATE_UNITS, Net, Workspace
@@ -53,7 +55,7 @@ CSR_UNITS = {np.dtype(np.int64): "take_csr_rows", np.dtype(np.int32): "take_csr_
 def units_for(loss, update_kind=None, net=None, may_split=True, weighted=False,
               sparse_index=None):
     """Names of the units that training with this loss (and update kind) calls; with a Net,
-    the input-split forward only if some layer of it can split at the current thread count
+    the input-split forward only if some layer of it can split at the current tile budget
     (never without may_split: inference does not split), and the activations' loops only for
     its activations (else for all), and the L2 penalty's only if its l2 is not 0 (else
     always); the sample weights' stage only when weighted; the CSR gather for sparse data
@@ -97,12 +99,13 @@ def _layer_units(net):
 
 def _may_split_input(net):
     """Whether dense_forward's input split (dense.splits_input) can trigger for some dense
-    layer and some batch of at most net.capacity rows, at the current thread count."""
-    threads = numba.get_num_threads()
+    layer and some batch of at most net.capacity rows, at the current tile budget
+    (_tiling.tile_budget)."""
+    budget = numba.get_num_threads() if splits_by_threads() else GRID_TILES
     scratch = net.capacity * int(net.sizes[1:].max())
     for n_in, n_out in zip(net.sizes[:-1].tolist(), net.sizes[1:].tolist()):
-        rows = min(net.capacity, (n_in - 1) // (2 * threads))  # the most rows that split
-        if rows >= 1 and splits_input(rows, n_in, n_out, threads, scratch):
+        rows = min(net.capacity, (n_in - 1) // INPUT_SPLIT_RATIO)  # the most rows that split
+        if rows >= 1 and splits_input(rows, n_in, n_out, budget, scratch):
             return True
     return False
 
