@@ -185,7 +185,7 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
                        n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
 
 
-@njit(**SERIAL)
+@njit(**INLINED)
 def _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
                    n_weight_tiles, w_rows, w_cols, i_rows, i_cols):
     """Task t of dense_backward: tile t of dW's (and db's) w_rows x w_cols grid, or past its
