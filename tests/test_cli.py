@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -754,3 +755,23 @@ def test_ctrl_c_while_fastbp_imports_exits_130_without_a_traceback():
             "from fastbp.cli import main\n")
     result = _command(["train"], code=code)
     assert result.returncode == 130 and result.stderr == "fastbp: interrupted\n", result.stderr
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_work_split_shape_gives_the_same_run_at_any_thread_count(capsys):
+    args = ["--epochs", "2", "--layers", "256", "--batch-size", "128", "--seed", "3"]
+    threads = fastbp.get_num_threads()
+    try:
+        one, two = (run_json(args + ["--threads", n], capsys) for n in ("1", "2"))
+        fast = run_json(args + ["--threads", "2", "--work-split", "threads"], capsys)
+        assert fastbp.get_work_split() == "threads"
+    finally:
+        fastbp.set_work_split("shape")
+        fastbp.set_num_threads(threads)
+    assert (one["work_split"], fast["work_split"]) == ("shape", "threads")
+    timings = ("seconds", "samples_per_s")
+    assert ({k: v for k, v in one["history"].items() if k not in timings}
+            == {k: v for k, v in two["history"].items() if k not in timings})
+    assert fast["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-5)
+    code, _, err = run(["train", "--work-split", "fast"], capsys)
+    assert code == 2 and "--work-split" in err and "'fast'" in err
