@@ -64,6 +64,11 @@ CASES = {
     "validation, early stopping": {"fit": {"validation_fraction": 0.2, "early_stopping": 2}},
     "bfloat16, emulated": {"model": {"matmul_precision": "bfloat16-emulated"}},
 }
+try:   # MKL's bfloat16 products, where the CPU and the bf16 extra allow them
+    kernels.require_bfloat16()
+    CASES["bfloat16, MKL"] = {"model": {"matmul_precision": "bfloat16"}}
+except kernels.Bfloat16Unavailable:
+    pass
 
 
 def run(case):
