@@ -446,6 +446,8 @@ def machine():
 
 
 def main(argv=None):
+    from ._threads import WORK_SPLITS
+
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None,
@@ -464,7 +466,7 @@ def main(argv=None):
     parser.add_argument("--matmul-precision", choices=("float32", "bfloat16"), default="float32",
                         help="fastbp's products (bfloat16: against PyTorch's bfloat16 autocast "
                         "and fastbp float32; see above)")
-    parser.add_argument("--work-split", choices=("shape", "threads"), default="shape",
+    parser.add_argument("--work-split", choices=WORK_SPLITS, default="shape",
                         help="how fastbp's kernels cut products for the threads "
                         "(fastbp.set_work_split; default shape)")
     parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "

@@ -32,15 +32,14 @@ Workspace: acts; deltas (two halves of capacity * max width, used in turn during
 pass); per-sample losses (capacity,) float64; layer_sq (L,) float64, the per-layer squared
 gradient norms of the last update; partials (norm scratch).
 """
-import numba
 import numpy as np
 
 from .. import layout
 from . import activations, block, dense
 from .activations import ACTIVATIONS
 from .bfloat16 import FLOAT32
-from ._config import GRID_TILES, INPUT_SPLIT_RATIO
-from ._native import splits_by_threads
+from ._config import INPUT_SPLIT_RATIO
+from ._tiling import tile_budget
 from .dense import splits_input
 from .losses import LOSS_CODES, LOSS_KINDS
 from .network import UPDATE_UNITS, Net, Workspace
@@ -101,7 +100,7 @@ def _may_split_input(net):
     """Whether dense_forward's input split (dense.splits_input) can trigger for some dense
     layer and some batch of at most net.capacity rows, at the current tile budget
     (_tiling.tile_budget)."""
-    budget = numba.get_num_threads() if splits_by_threads() else GRID_TILES
+    budget = tile_budget()
     scratch = net.capacity * int(net.sizes[1:].max())
     for n_in, n_out in zip(net.sizes[:-1].tolist(), net.sizes[1:].tolist()):
         rows = min(net.capacity, (n_in - 1) // INPUT_SPLIT_RATIO)  # the most rows that split
