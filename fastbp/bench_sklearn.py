@@ -8,7 +8,8 @@ Each case fits both estimators with the same parameters, the same number of epoc
 n_iter_no_change=max_iter, so neither stops early) and random_state=0, for the Adam and the SGD
 solver, and scores both on the same held-out rows. Both get X in ``--dtype`` (float32 by
 default; "both" runs each), so that both compute in it, as scikit-learn's MLP and fastbp's
-estimators (dtype=None) follow X: like for like. fastbp runs on ``--threads`` threads; scikit-learn's matrix products get the same number of BLAS threads.
+estimators (dtype=None) follow X: like for like. fastbp runs on ``--threads`` threads;
+scikit-learn's matrix products get the same number of BLAS threads.
 fastbp is compiled (or loaded from Numba's cache) by a short fit before the timed one. Each fit is
 timed ``--repeats`` times, alternating the two libraries, each after a pause that lets the
 previous one's threads go idle; the figure is the fastest.
@@ -181,8 +182,8 @@ def main(argv=None):
     info = machine()
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     print(f"{info['cpu']}, {threads} threads; both libraries compute in X's dtype")
-    print(f"{'case':<9}{'dtype':<8}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}{'fastbp s':>10}"
-          f"{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}"
+    print(f"{'case':<9}{'dtype':<8}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}"
+          f"{'fastbp s':>10}{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}"
           f"{'products s':>11}{'at most x':>10}{'at peak x':>10}")
     rows = []
     for case, path in (("digits", None), ("letters", args.letters), ("mnist", args.mnist)):

@@ -582,9 +582,10 @@ def _mpi_ranks():
     try:
         from mpi4py import MPI
     except ImportError:
-        message = (f"fastbp: rank {distributed.launched_rank()}: started by mpiexec as one of "
-                   f"{n} processes, but mpi4py is not installed (pip install 'fastbp[mpi]')")
-        if distributed.launched_rank() != 0:   # (rank 0 says it in main; the others cannot)
+        rank = distributed.launched_rank()
+        message = (f"fastbp: rank {rank}: started by mpiexec as one of {n} processes, but "
+                   "mpi4py is not installed (pip install 'fastbp[mpi]')")
+        if rank != 0:   # (rank 0 says it in main; the others cannot)
             print(message, file=sys.stderr)
         raise UsageError(message) from None
     return distributed.Ranks(MPI.COMM_WORLD)

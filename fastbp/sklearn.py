@@ -8,8 +8,8 @@ runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
 (``pip install "fastbp[sklearn]"``).
 
 fastbp's own parameters: ``dtype`` (None by default: scikit-learn's, X's float32 or float64,
-and float64 for L-BFGS; "float32" or "float64" to choose), ``clip_norm`` (global gradient-norm clipping, none
-by default), ``n_threads`` (default: all cores), the hidden layers' ``norm``, ``residual`` and
+and float64 for L-BFGS; "float32" or "float64" to choose), ``clip_norm`` (global
+gradient-norm clipping, none by default), ``n_threads`` (default: all cores), the hidden layers' ``norm``, ``residual`` and
 ``dropout`` (none by default), the products' ``matmul_precision`` ("float32" by default) and
 the classifier's ``class_weight``: see the estimators' docstrings. In the worker processes of
 ``cross_val_score(n_jobs=k)`` or ``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS``
