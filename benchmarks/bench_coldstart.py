@@ -4,6 +4,8 @@ cache is empty). Each sample runs in a new interpreter (asv's timeraw_)."""
 import importlib.util
 import os
 
+from . import common
+
 
 def _path_setup():
     """Setup code that makes the subprocess import the same fastbp as this one."""
@@ -33,7 +35,7 @@ class FirstStep:
     cache="cold": an empty cache directory (NUMBA_CACHE_DIR), so every kernel compiles: the
     first run after installing fastbp, or after any change to its kernels."""
 
-    params = [["warm", "cold"], ["float32", "float64"]]
+    params = [["warm", "cold"], common.cases(["float32", "float64"], ["float32"])]
     param_names = ["cache", "dtype"]
     # A cold sample takes tens of seconds on 2 cores: warm ones get up to 5 samples in 10 s,
     # cold ones one.

@@ -7,16 +7,17 @@ Numba dispatch, not fastbp's argument checks. Combinations over the suite's budg
 """
 from . import common
 
-WIDTHS = [128, 512, 2048, 4096]
-DEPTHS = [1, 2, 4, 8]
-BATCHES = [1, 32, 256, 1024]
-DTYPES = ["float32", "float64"]
+# The full grid (FASTBP_BENCH_FULL=1) and, by default, a small and a wide net at depth 2.
+WIDTHS = common.cases([128, 512, 2048, 4096], [128, 1024])
+DEPTHS = common.cases([1, 2, 4, 8], [2])
+BATCHES = common.cases([1, 32, 256, 1024], [32, 256])
+DTYPES = common.cases(["float32", "float64"], ["float32", "float64"])
 
 
 class _Grid:
     params = [WIDTHS, DEPTHS, BATCHES, DTYPES]
     param_names = ["width", "depth", "batch", "dtype"]
-    # 3 to 10 samples in at most about 1 s, one process per combination: the grid has 276
+    # 3 to 10 samples in at most about 1 s, one process per combination: the full grid has 276
     # combinations within budget (92 per benchmark), so this keeps it near 8 minutes on 2 cores.
     repeat = (3, 10, 1.0)
     rounds = 1
@@ -65,7 +66,7 @@ class Optimizers:
     wide nets (it moves 7 values per parameter, a memory-bound pass, against O(batch) FLOPs per
     parameter of the rest of the step)."""
 
-    params = [common.OPTIMIZERS, list(common.SMALL_MID_WIDE)]
+    params = [common.OPTIMIZERS, common.cases(common.SMALL_MID_WIDE, ["784-256-128-10 b128"])]
     param_names = ["optimizer", "network"]
     repeat = (3, 10, 1.0)
     warmup_time = 0.05
@@ -94,7 +95,7 @@ class Threads:
     """A training step against the size of Numba's thread pool (fastbp.set_num_threads). BLAS
     inside the kernels stays single-threaded whatever the count: one thread pool at a time."""
 
-    params = [THREADS, list(common.SMALL_MID_WIDE)]
+    params = [THREADS, common.cases(common.SMALL_MID_WIDE, ["64-128-10 b32", "1024x3-10 b256"])]
     param_names = ["threads", "network"]
     repeat = (3, 10, 2.0)
     warmup_time = 0.05
@@ -124,7 +125,7 @@ class Bfloat16:
     Skipped where bfloat16 products cannot run (no CPU unit, or no MKL: pip install
     ".[bf16]")."""
 
-    params = [["float32", "bfloat16"], list(common.SMALL_MID_WIDE)]
+    params = [["float32", "bfloat16"], common.cases(common.SMALL_MID_WIDE, ["1024x3-10 b256"])]
     param_names = ["precision", "network"]
     repeat = (3, 10, 1.0)
     warmup_time = 0.05

@@ -1,5 +1,10 @@
-"""Training throughput: samples/s, GFLOP/s, the fraction of the machine's matrix-multiply peak,
-and how much of a step its matrix products alone would take (the BLAS floor).
+"""Training throughput, as costs: microseconds per sample, the step's time over what its FLOPs
+would take at the machine's matrix-multiply peak, and over the time its matrix products alone
+take (the BLAS floor).
+
+asv reads a larger value as worse for every benchmark, so every figure here is a cost (smaller is
+better) rather than a rate: samples/s = 1e6 / track_us_per_sample, GFLOP/s = 6 p / (1e3 *
+track_us_per_sample), the fraction of peak = 1 / track_step_over_peak.
 
 The networks are those of ../shared/PERF.md, so the figures compare with PyTorch's and JAX's
 there. Each value comes from the best of interleaved samples of the compiled training step
@@ -17,7 +22,8 @@ NETWORKS = {
 
 
 class Throughput:
-    params = [list(NETWORKS), ["float32", "float64"]]
+    params = [common.cases(NETWORKS, ["64-128-10 b32", "784-512-256-10 b128"]),
+              common.cases(["float32", "float64"], ["float32"])]
     param_names = ["network", "dtype"]
     timeout = 180
 
@@ -28,30 +34,27 @@ class Throughput:
     def _step_seconds(self):
         return common.best_seconds([self.net.train_step], repeat=5, min_sample=0.05)[0]
 
-    def track_samples_per_s(self, network, dtype):
-        return self.net.batch / self._step_seconds()
+    def track_us_per_sample(self, network, dtype):
+        step, = common.best_seconds([self.net.train_step], repeat=5, min_sample=0.05)
+        return step / self.net.batch * 1e6
 
-    track_samples_per_s.unit = "samples/s"
+    track_us_per_sample.unit = "µs per sample"
 
-    def track_gflops(self, network, dtype):
-        return self.net.flops / self._step_seconds() / 1e9
-
-    track_gflops.unit = "GFLOP/s"
-
-    def track_peak_fraction(self, network, dtype):
-        """GFLOP/s of the training step over numpy's GFLOP/s on a 2048 x 2048 matrix product in
-        the same dtype, both measured here, interleaved (best of 5 samples each)."""
+    def track_step_over_peak(self, network, dtype):
+        """The step's time over the time its FLOPs would take at numpy's rate on a 2048 x 2048
+        matrix product in the same dtype (1 would be the machine's peak), both measured here,
+        interleaved (best of 5 samples each)."""
         product, product_flops = common.matmul(self.net.dtype)
         step, product_seconds = common.best_seconds([self.net.train_step, product], repeat=5,
                                                     min_sample=0.05)
-        return (self.net.flops / step) / (product_flops / product_seconds)
+        return step / (self.net.flops * product_seconds / product_flops)
 
-    track_peak_fraction.unit = "fraction of matmul peak"
+    track_step_over_peak.unit = "ratio"
 
-    def track_gemm_floor_fraction(self, network, dtype):
-        """The time the step's matrix products take on their own, as NumPy matmuls with all
-        threads (fastbp.bench.step_products), over the step's time: how close the step comes to
-        this machine's BLAS floor, 1 meaning nothing but the products. Interleaved, best of 5."""
+    def track_step_over_gemm_floor(self, network, dtype):
+        """The step's time over the time its matrix products take on their own, as NumPy
+        matmuls with all threads (fastbp.bench.step_products): how far the step is from this
+        machine's BLAS floor, 1 meaning nothing but the products. Interleaved, best of 5."""
         from fastbp.bench import step_products
         products = step_products(self.net.sizes, self.net.batch, self.net.dtype)
 
@@ -60,9 +63,9 @@ class Throughput:
                 product()
         step, floor = common.best_seconds([self.net.train_step, all_products], repeat=5,
                                           min_sample=0.05)
-        return floor / step
+        return step / floor
 
-    track_gemm_floor_fraction.unit = "fraction of the step"
+    track_step_over_gemm_floor.unit = "ratio"
 
 
 class MatmulPeak:
@@ -72,7 +75,9 @@ class MatmulPeak:
     param_names = ["dtype"]
     timeout = 120
 
-    def track_matmul_gflops(self, dtype):
-        return common.matmul_peak_gflops(common.DTYPES[dtype])
+    def track_matmul_ms(self, dtype):
+        """Milliseconds per product, best of 5 (GFLOP/s = 2 * 2048**3 / 1e6 / this)."""
+        product, _ = common.matmul(common.DTYPES[dtype])
+        return common.best_seconds([product], repeat=5, min_sample=0)[0] * 1e3
 
-    track_matmul_gflops.unit = "GFLOP/s"
+    track_matmul_ms.unit = "ms"

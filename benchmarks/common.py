@@ -31,6 +31,17 @@ SMALL_MID_WIDE = {"64-128-10 b32": ([64, 128, 10], 32),
                   "784-256-128-10 b128": ([784, 256, 128, 10], 128),
                   "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
 
+# Every case of every benchmark runs in a process of its own (about 1.3 s each on 2 cores before
+# it times anything), so the full parameter grids take 15 minutes even with --quick. By default
+# each benchmark runs a few representative cases (a quick run in under 3 minutes); set
+# FASTBP_BENCH_FULL=1 in asv's environment for the full grids.
+FULL = os.environ.get("FASTBP_BENCH_FULL", "") not in ("", "0")
+
+
+def cases(full, default):
+    """A parameter's values: ``full`` under FASTBP_BENCH_FULL=1, else ``default``."""
+    return list(full) if FULL else list(default)
+
 # Budgets that keep the full grid affordable on a 2-core machine (asv skips the combinations
 # whose setup raises NotImplementedError): at most 2e10 FLOPs per step (about 0.1-0.2 s in
 # float32 on 2 cores) and at most 4e7 parameters (params + grads under 0.7 GB in float64).
@@ -215,12 +226,6 @@ def matmul(dtype=np.float32, n=2048):
     b = rng.standard_normal((n, n)).astype(dtype)
     out = np.empty((n, n), dtype=dtype)
     return (lambda: np.matmul(a, b, out=out)), 2 * n ** 3
-
-
-def matmul_peak_gflops(dtype=np.float32, n=2048, repeat=5):
-    """GFLOP/s of the best of ``repeat`` n x n matrix products (see matmul)."""
-    func, flops = matmul(dtype, n)
-    return flops / best_seconds([func], repeat=repeat, min_sample=0)[0] / 1e9
 
 
 # -- a backward pass alone --------------------------------------------------------------------
