@@ -3,8 +3,10 @@
     python benchmarks/gate.py BASE [HEAD] [--rounds N] [--threshold F] [--json OUT]
 
 BASE and HEAD are git revisions or fastbp source trees (a folder holding ``fastbp/``); HEAD
-defaults to this checkout as it is, uncommitted changes included. Exits 0 when no workload is
-slower beyond the noise, 1 when one is (a regression), 2 when the gate could not run.
+defaults to this checkout as it is, uncommitted changes included. Exit status: 0 when no
+workload is slower beyond the noise, 1 when one is (a regression), 2 when the gate could not
+run. A workload that one side cannot run (a revision older than the API it uses) is left out,
+with a note.
 
 Why not ``asv continuous``: it installs each revision into a virtualenv (recompiling every
 kernel each time it switches) and compares one sample per benchmark, so on a 2-core machine a
@@ -15,10 +17,12 @@ compiling), and every round runs one fresh process per revision, in alternating 
 process times the same workloads through the public API, interleaved, best of several samples
 (common.best_seconds). A workload regresses when the median over rounds of HEAD's time over
 BASE's (the two processes of one round ran moments apart) exceeds 1 + threshold and HEAD was
-slower in at least 3/4 of the rounds. benchmarks/README.md gives the measured false-alarm and
-detection counts.
+slower in at least 3/4 of the rounds. One gate at a time runs on a machine (a lock in the cache
+folder): two at once would time each other's load. benchmarks/README.md gives the measured
+false-alarm and detection counts.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +38,8 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.
                      "fastbp-gate")
 
 # name: (layer sizes, batch, dtype, what is timed). Public API calls only, so that the gate runs
-# the same code against any revision; "step" is SGD.train_step (clipped), "adam" Adam's,
+# the same code against any revision since 2503dab (fit's metrics_rows); "step" is
+# SGD.train_step (clipped), "adam" Adam's,
 # "predict" MLP.predict_proba on 4 batches' rows, "fit" one epoch of fastbp.fit (compiled
 # loop) over 1797 rows, the digits' shape.
 WORKLOADS = {
@@ -63,18 +68,31 @@ def _git(*args):
 
 def source_tree(spec):
     """(label, folder) of a side: a folder holding fastbp/ as it is, or a git revision exported
-    once (its fastbp/ only) into CACHE/<commit>, where its Numba cache is kept between gates."""
+    once (its fastbp/ only) into CACHE/<commit>, where its Numba cache is kept between gates.
+    Call it holding the cache's lock (cache_lock)."""
     if spec is None:
         return "working tree", ROOT
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "fastbp", "__init__.py")):
             raise GateError(f"{spec}: not a fastbp source tree (no fastbp/__init__.py)")
         return spec, os.path.abspath(spec)
-    commit = _git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}").decode().strip()
+    try:
+        commit = _git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}").decode().strip()
+    except GateError:
+        raise GateError(f"{spec}: neither a folder holding fastbp/ nor a git revision of "
+                        f"{ROOT}") from None
     folder = os.path.join(CACHE, commit)
     if not os.path.isfile(os.path.join(folder, "fastbp", "__init__.py")):
-        os.makedirs(CACHE, exist_ok=True)
-        scratch = tempfile.mkdtemp(prefix=f"{commit[:12]}.", dir=CACHE)
+        _export(commit, folder)
+    return f"{spec} ({commit[:10]})", folder
+
+
+def _export(commit, folder):
+    """git archive's fastbp/ of commit, unpacked into folder (through a scratch folder, removed
+    whatever happens, so that an interrupted export leaves nothing half made)."""
+    os.makedirs(CACHE, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f"{commit[:12]}.", dir=CACHE)
+    try:
         archive = os.path.join(scratch, "tree.tar")
         with open(archive, "wb") as f:
             f.write(_git("archive", "--format=tar", commit, "fastbp"))
@@ -84,9 +102,28 @@ def source_tree(spec):
             else:
                 tar.extractall(scratch)
         os.remove(archive)
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)   # an incomplete one (no fastbp/__init__.py)
         os.replace(scratch, folder)
-    return f"{spec} ({commit[:10]})", folder
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cache_lock(log=print):
+    """Holds CACHE/.lock for a whole gate: exports and timings of two gates never overlap."""
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, ".lock"), "w") as lock:
+        try:
+            import fcntl
+        except ImportError:   # (Windows: no lock)
+            yield
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another gate to finish (lock: {lock.name})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # -- one process: every workload, timed -----------------------------------------------------------
@@ -96,39 +133,44 @@ def _workload(sizes, batch, dtype, kind):
     import numpy as np
 
     import fastbp
-    from common import synthetic_batch
+    from common import CLIP_NORM, LR, synthetic_batch
 
     dtype = getattr(np, dtype)
     model = fastbp.MLP(sizes, dtype=dtype, seed=0)
     rows = {"predict": 4 * batch, "fit": 1797}.get(kind, batch)
-    X, y = synthetic_batch(rows, sizes[0], dtype)
-    y = y % sizes[-1]
+    X, y = synthetic_batch(rows, sizes[0], dtype)   # 10 classes, as every network here
     if kind == "predict":
         run = lambda: model.predict_proba(X)  # noqa: E731
     elif kind == "fit":
-        opt = fastbp.SGD(model, lr=1e-5, clip_norm=1.0)
+        opt = fastbp.SGD(model, lr=LR, clip_norm=CLIP_NORM)
         run = lambda: fastbp.fit(model, X, y, opt, epochs=1, batch_size=batch,  # noqa: E731
                                  seed=0, metrics_rows=0)
     else:
-        opt = (fastbp.Adam(model, lr=1e-5, clip_norm=1.0) if kind == "adam"
-               else fastbp.SGD(model, lr=1e-5, clip_norm=1.0))
+        opt = (fastbp.Adam(model, lr=LR, clip_norm=CLIP_NORM) if kind == "adam"
+               else fastbp.SGD(model, lr=LR, clip_norm=CLIP_NORM))
         run = lambda: opt.train_step(X, y)  # noqa: E731
     run()
     return run
 
 
 def worker(tree, names, repeat):
-    """Seconds per call of each workload (best of `repeat` interleaved samples), as JSON on
-    stdout, timed with the fastbp of `tree`."""
+    """Seconds per call of each workload (best of `repeat` interleaved samples) timed with the
+    fastbp of `tree`, as JSON on stdout: {"seconds": {name: s}, "failed": {name: why}}. A
+    workload this revision cannot run (its API is older) is reported, not timed."""
     import fastbp
     from common import best_seconds
 
     here = os.path.realpath(os.path.dirname(fastbp.__file__))
     if not here.startswith(os.path.realpath(tree) + os.sep):
         raise SystemExit(f"imported fastbp from {here}, not from {tree}")
-    runs = [_workload(*WORKLOADS[name]) for name in names]
-    seconds = best_seconds(runs, repeat=repeat, min_sample=0.03)
-    print(json.dumps(dict(zip(names, seconds))))
+    runs, failed = {}, {}
+    for name in names:
+        try:
+            runs[name] = _workload(*WORKLOADS[name])
+        except (TypeError, AttributeError, ValueError) as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    seconds = best_seconds(list(runs.values()), repeat=repeat, min_sample=0.03) if runs else []
+    print(json.dumps({"seconds": dict(zip(runs, seconds)), "failed": failed}))
 
 
 def run_worker(tree, names, repeat, threads):
@@ -138,17 +180,22 @@ def run_worker(tree, names, repeat, threads):
     command = [sys.executable, os.path.abspath(__file__), "--worker", tree,
                "--repeat", str(repeat), *[arg for name in names for arg in ("--workload", name)]]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise GateError(f"the workloads failed on {tree}:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    try:
+        if result.returncode != 0:
+            raise ValueError
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise GateError(f"the workloads failed on {tree} (exit status {result.returncode}):\n"
+                        f"{result.stderr[-3000:]}") from None
 
 
 # -- the comparison -----------------------------------------------------------------------------
 
 def verdict(base, head, threshold):
     """Per-round times of one workload -> (median ratio head/base, rounds HEAD was slower,
-    regressed?). Regressed: the median ratio is above 1 + threshold and HEAD was slower in at
-    least 3/4 of the rounds (one disturbed process can swing a round's ratio by 15%)."""
+    regressed?). Regressed: the median ratio is above 1 + threshold, so that a few disturbed
+    processes (one round's ratio ranged from 0.64 to 1.58 on identical code) do not decide, and
+    HEAD was slower in at least 3/4 of the rounds."""
     ratios = [h / b for b, h in zip(base, head)]
     median = statistics.median(ratios)
     slower = sum(r > 1 for r in ratios)
@@ -157,15 +204,21 @@ def verdict(base, head, threshold):
 
 def compare(base_tree, head_tree, names, rounds, repeat, threads, log=print):
     """Times every workload at both trees, one process per tree per round, alternating which
-    goes first; returns {name: {"base": [...], "head": [...]}} in seconds."""
+    goes first; returns {name: {"base": [...], "head": [...]}} in seconds, leaving out (with a
+    note) the workloads that either tree cannot run."""
     log("warming up (the first gate on a revision compiles its kernels)...")
     for tree in (base_tree, head_tree):
-        run_worker(tree, names, 1, threads)
+        failed = run_worker(tree, names, 1, threads)["failed"]
+        for name, why in failed.items():
+            log(f"left out {name!r}: {tree} cannot run it ({why})")
+        names = [name for name in names if name not in failed]
+    if not names:
+        raise GateError("no workload runs on both sides")
     times = {name: {"base": [], "head": []} for name in names}
     for r in range(rounds):
         order = [("base", base_tree), ("head", head_tree)]
         for side, tree in (order if r % 2 == 0 else order[::-1]):
-            for name, seconds in run_worker(tree, names, repeat, threads).items():
+            for name, seconds in run_worker(tree, names, repeat, threads)["seconds"].items():
                 times[name][side].append(seconds)
         log(f"round {r + 1}/{rounds} done")
     return times
@@ -187,7 +240,8 @@ def report(times, threshold, log=print):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog="exit status: 0 no regression, 1 a regression, 2 the "
+                                     "gate could not run; benchmarks/README.md says more")
     parser.add_argument("base", nargs="?", help="git revision or fastbp source tree")
     parser.add_argument("head", nargs="?", help="git revision or source tree (default: this "
                         "checkout as it is)")
@@ -212,28 +266,30 @@ def parse_args(argv):
     if args.rounds < 3 and args.worker is None:
         parser.error("--rounds must be at least 3: the verdict needs a median over rounds")
     if not 0 < args.threshold < 10:
-        parser.error("--threshold must be a fraction above 0, e.g. 0.08")
+        parser.error("--threshold must be a fraction between 0 and 10, e.g. 0.08")
     if args.threads < 0:
         parser.error("--threads must be 0 (every core) or more")
+    for tree in (args.base, args.head, args.worker):
+        if tree is not None and os.pathsep in tree and os.path.isdir(tree):
+            parser.error(f"{tree}: a folder whose path holds {os.pathsep!r} cannot go on "
+                         "PYTHONPATH; move or link it")
+    if args.json:
+        try:
+            open(args.json, "a").close()
+        except OSError as exc:
+            parser.error(f"--json {args.json}: cannot write it ({exc.strerror})")
     return args
 
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def gate(args):
+    """The gate itself: 0, 1 or 2 (see the module's docstring)."""
     names = args.workload or list(WORKLOADS)
-    sys.path.append(HERE)  # common.py; appended, so that it cannot shadow the tree's fastbp
-    if args.worker is not None:
-        worker(args.worker, names, args.repeat)
-        return 0
-    try:
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    with cache_lock(log):
         (base_label, base_tree), (head_label, head_tree) = (source_tree(args.base),
                                                             source_tree(args.head))
-        print(f"BASE {base_label}: {base_tree}\nHEAD {head_label}: {head_tree}", flush=True)
-        times = compare(base_tree, head_tree, names, args.rounds, args.repeat, args.threads,
-                        log=lambda text: print(text, flush=True))
-    except (GateError, subprocess.TimeoutExpired) as exc:
-        print(f"gate: {exc}", file=sys.stderr)
-        return 2
+        log(f"BASE {base_label}: {base_tree}\nHEAD {head_label}: {head_tree}")
+        times = compare(base_tree, head_tree, names, args.rounds, args.repeat, args.threads, log)
     regressed = report(times, args.threshold)
     if args.json:
         with open(args.json, "w") as f:
@@ -241,10 +297,26 @@ def main(argv=None):
                        "rounds": args.rounds, "times": times, "regressed": regressed}, f,
                       indent=1)
     if regressed:
-        print(f"PERFORMANCE REGRESSED beyond {args.threshold:.0%}: {', '.join(regressed)}")
+        print(f"PERFORMANCE REGRESSED beyond {args.threshold:.1%}: {', '.join(regressed)}")
         return 1
-    print(f"no workload slower beyond {args.threshold:.0%}")
+    print(f"no workload slower beyond {args.threshold:.1%}")
     return 0
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.worker is not None:
+        worker(args.worker, args.workload or list(WORKLOADS), args.repeat)
+        return 0
+    try:
+        return gate(args)
+    except (GateError, subprocess.TimeoutExpired) as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gate: interrupted", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 (a crash must not read as a regression: exit 1)
+        print(f"gate: could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

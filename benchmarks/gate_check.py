@@ -3,15 +3,18 @@ on this machine.
 
     python benchmarks/gate_check.py [REV] [--runs 5] [--slowdown 0.15] [--json OUT]
 
-Takes fastbp at REV (default HEAD) and makes two copies of its tree: an identical one, and one
-whose public training step (Optimizer.train_step, the method every optimizer inherits) busy-waits
-after its work until it has taken (1 + slowdown) times as long, so each step is that much slower
-whatever the network (the patch is INJECTED below). Then it runs the gate `--runs` times REV
+Takes fastbp at REV (a git revision or a folder holding fastbp/; default HEAD) and makes two
+copies of its tree in the gate's cache folder: an identical one, and one whose public training
+step (Optimizer.train_step, the method every optimizer inherits) busy-waits after its work until
+it has taken (1 + slowdown) times as long, so each step is that much slower whatever the network
+(SLOWDOWN below, appended to the copy's optim.py). Then it runs the gate `--runs` times REV
 against the identical copy (any alarm is a false alarm) and `--runs` times against the slowed
 copy (an alarm on a train-step workload is a detection), alternating the two, and prints the
-counts. Exits 1 if any false alarm was raised or fewer than 4 in 5 slowdowns were caught.
+counts. Exit status: 0 when no false alarm was raised and at least 4 in 5 slowdowns were
+caught, 1 otherwise, 2 when it could not run.
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -22,40 +25,95 @@ if __package__:   # imported by asv's discovery, as benchmarks.gate_check
 else:
     import gate
 
-# The slowdown, inserted as the first lines of Optimizer.train_step's body (after its
-# docstring): the method's own lines become a new method, _unpadded_train_step, which the
-# padded train_step calls and times.
-ANCHOR = "        engine = self.model.engine\n        X, y = engine.check_batch(X, y)\n"
-INJECTED = '''        import time
+# Appended to the slowed copy's fastbp/optim.py: Optimizer.train_step, whatever its parameters,
+# wrapped so that it returns only once (1 + slowdown) times its own time has passed.
+SLOWDOWN = '''
+
+def _padded(train_step, slowdown={slowdown!r}):
+    import functools
+    import time
+
+    @functools.wraps(train_step)
+    def padded_train_step(*args, **kwargs):
         started = time.perf_counter()
-        result = self._unpadded_train_step(X, y, sample_weight)
-        padded = started + (1 + {slowdown!r}) * (time.perf_counter() - started)
-        while time.perf_counter() < padded:
+        result = train_step(*args, **kwargs)
+        until = started + (1 + slowdown) * (time.perf_counter() - started)
+        while time.perf_counter() < until:
             pass
         return result
+    return padded_train_step
 
-    def _unpadded_train_step(self, X, y, sample_weight=None):
+
+Optimizer.train_step = _padded(Optimizer.train_step)
 '''
 
 
-def copy_tree(source, destination, slowdown=None):
-    """Copy source's fastbp/ (not its Numba cache) to destination; with slowdown, patch it."""
+def _digest(folder, extra):
+    """A hash of folder's fastbp/*.py sources and of extra: names a copy, so that a copy of
+    changed sources (or of another slowdown) is made afresh instead of reused."""
+    digest = hashlib.sha256(extra.encode())
+    package = os.path.join(folder, "fastbp")
+    for dirpath, dirnames, filenames in sorted(os.walk(package)):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as f:
+                    digest.update(os.path.relpath(path, package).encode() + b"\0" + f.read())
+    return digest.hexdigest()[:16]
+
+
+def copy_tree(source, cache, slowdown=None):
+    """A copy of source's fastbp/ (not its Numba cache) under cache, slowed when slowdown is
+    given; made once per content, then reused with its own Numba cache."""
+    patch = "" if slowdown is None else SLOWDOWN.format(slowdown=slowdown)
+    destination = os.path.join(cache, "check-" + _digest(source, patch) +
+                               ("" if slowdown is None else f"-slow{slowdown:g}"))
     if not os.path.isdir(destination):
         scratch = destination + ".tmp"
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.copytree(os.path.join(source, "fastbp"), os.path.join(scratch, "fastbp"),
                         ignore=shutil.ignore_patterns("__pycache__"))
-        if slowdown is not None:
-            path = os.path.join(scratch, "fastbp", "optim.py")
-            with open(path) as f:
-                text = f.read()
-            if text.count(ANCHOR) != 1:
-                raise gate.GateError("cannot inject the slowdown: Optimizer.train_step's first "
-                                     "lines are not the expected ones; update gate_check.ANCHOR")
-            with open(path, "w") as f:
-                f.write(text.replace(ANCHOR, INJECTED.format(slowdown=slowdown) + ANCHOR))
+        if patch:
+            with open(os.path.join(scratch, "fastbp", "optim.py"), "a") as f:
+                f.write(patch)
         os.replace(scratch, destination)
     return destination
+
+
+def passed(false_alarms, detections, runs):
+    """The check's verdict: no false alarm, and at least 4 in 5 slowdowns caught."""
+    return false_alarms == 0 and 5 * detections >= 4 * runs
+
+
+def check(args, log=print):
+    """The runs; returns the exit status."""
+    with gate.cache_lock(log):
+        label, base = gate.source_tree(args.rev)
+        same = copy_tree(base, gate.CACHE)
+        slow = copy_tree(base, gate.CACHE, args.slowdown)
+        steps = [name for name, spec in gate.WORKLOADS.items() if spec[3] in ("step", "adam")]
+        false_alarms = detections = 0
+        records = []
+        for run in range(args.runs):
+            for kind, head in (("same", same), ("slowed", slow)):
+                log(f"\n== run {run + 1}/{args.runs}: {label} against the {kind} copy")
+                times = gate.compare(base, head, list(gate.WORKLOADS), args.rounds, 5, 0,
+                                     log=lambda text: None)
+                regressed = gate.report(times, args.threshold, log)
+                records.append({"kind": kind, "times": times, "regressed": regressed})
+                if kind == "same":
+                    false_alarms += bool(regressed)
+                else:
+                    detections += any(name in regressed for name in steps)
+    log(f"\nfalse alarms: {false_alarms} of {args.runs} gates of {label} against itself")
+    log(f"detections: {detections} of {args.runs} gates against a {args.slowdown:.0%} slower "
+        f"training step")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rev": label, "slowdown": args.slowdown, "rounds": args.rounds,
+                       "threshold": args.threshold, "gates": records}, f, indent=1)
+    return 0 if passed(false_alarms, detections, args.runs) else 1
 
 
 def main(argv=None):
@@ -64,38 +122,23 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=5, help="gates of each kind (default 5)")
     parser.add_argument("--slowdown", type=float, default=0.15,
                         help="the injected slowdown of the training step (default 0.15)")
-    parser.add_argument("--rounds", type=int, default=8, help="the gate's --rounds")
-    parser.add_argument("--threshold", type=float, default=0.08, help="the gate's --threshold")
+    parser.add_argument("--rounds", type=int, default=8, help="the gate's --rounds (default 8)")
+    parser.add_argument("--threshold", type=float, default=0.08,
+                        help="the gate's --threshold (default 0.08)")
     parser.add_argument("--json", metavar="OUT", help="write every gate's times here")
     args = parser.parse_args(argv)
-    if args.runs < 1 or not 0 < args.slowdown < 10:
-        parser.error("--runs must be at least 1 and --slowdown a fraction above 0")
-
-    label, base = gate.source_tree(args.rev)
-    same = copy_tree(base, base + ".same")
-    slow = copy_tree(base, base + f".slow{args.slowdown:g}", args.slowdown)
-    steps = [name for name, spec in gate.WORKLOADS.items() if spec[3] in ("step", "adam")]
-    false_alarms = detections = 0
-    records = []
-    for run in range(args.runs):
-        for kind, head in (("same", same), ("slowed", slow)):
-            print(f"\n== run {run + 1}/{args.runs}: {label} against the {kind} copy", flush=True)
-            times = gate.compare(base, head, list(gate.WORKLOADS), args.rounds, 5, 0,
-                                 log=lambda text: None)
-            regressed = gate.report(times, args.threshold)
-            records.append({"kind": kind, "times": times, "regressed": regressed})
-            if kind == "same":
-                false_alarms += bool(regressed)
-            else:
-                detections += any(name in regressed for name in steps)
-    print(f"\nfalse alarms: {false_alarms} of {args.runs} gates of {label} against itself")
-    print(f"detections: {detections} of {args.runs} gates against a {args.slowdown:.0%} slower "
-          f"training step")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rev": label, "slowdown": args.slowdown, "rounds": args.rounds,
-                       "threshold": args.threshold, "gates": records}, f, indent=1)
-    return int(false_alarms > 0 or 5 * detections < 4 * args.runs)
+    if args.runs < 1 or args.rounds < 3:
+        parser.error("--runs must be at least 1 and --rounds at least 3")
+    if not (0 < args.slowdown < 10 and 0 < args.threshold < 10):
+        parser.error("--slowdown and --threshold must be fractions between 0 and 10")
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    try:
+        return check(args, log)
+    except (gate.GateError, OSError) as exc:
+        print(f"gate_check: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gate_check: interrupted", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

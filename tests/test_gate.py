@@ -63,10 +63,18 @@ def test_bad_arguments_are_refused(args, message):
 
 def test_an_unknown_revision_or_folder_stops_the_gate_with_status_2(tmp_path):
     result = _gate("no-such-revision-xyz", XDG_CACHE_HOME=str(tmp_path))
-    assert result.returncode == 2 and "no-such-revision-xyz" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert ("no-such-revision-xyz: neither a folder holding fastbp/ nor a git revision"
+            in result.stderr)
     assert "Traceback" not in result.stderr
     result = _gate(str(tmp_path))
     assert result.returncode == 2 and "not a fastbp source tree" in result.stderr
+
+
+def test_an_unwritable_json_path_is_refused_before_any_timing(tmp_path):
+    result = _gate(str(ROOT), "--json", str(tmp_path / "no such folder" / "gate.json"))
+    assert result.returncode == 2 and "--json" in result.stderr and "cannot write" in result.stderr
+    assert "warming up" not in result.stdout
 
 
 def test_a_revision_is_exported_once_into_the_cache(tools, tmp_path, monkeypatch):
@@ -80,7 +88,59 @@ def test_a_revision_is_exported_once_into_the_cache(tools, tmp_path, monkeypatch
     assert (pathlib.Path(folder) / "fastbp" / "__init__.py").read_bytes() == tracked
     assert label.startswith("HEAD (") and pathlib.Path(folder).parent == tmp_path
     assert not (pathlib.Path(folder) / "tests").exists()   # fastbp/ only
-    assert gate.source_tree("HEAD") == (label, folder)      # found, not exported again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [pathlib.Path(folder).name]  # no scratch
+    git = gate._git
+
+    def no_second_archive(*args):
+        assert args[0] != "archive", "exported again"
+        return git(*args)
+    monkeypatch.setattr(gate, "_git", no_second_archive)
+    assert gate.source_tree("HEAD") == (label, folder)
+
+
+def _fake_times(head_factor, rounds=8):
+    return {"step 64-128-10 b32": {"base": [1e-3] * rounds, "head": [head_factor * 1e-3] * rounds},
+            "fit 64-128-128-10 b32": {"base": [2e-3] * rounds, "head": [2e-3] * rounds}}
+
+
+@pytest.mark.parametrize("head_factor, status", [(1.2, 1), (1.0, 0)])
+def test_the_exit_status_and_json_name_what_regressed(tools, tmp_path, monkeypatch, capsys,
+                                                      head_factor, status):
+    gate = tools[0]
+    monkeypatch.setattr(gate, "CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gate, "compare", lambda *args, **kwargs: _fake_times(head_factor))
+    out = tmp_path / "gate.json"
+    assert gate.main([str(ROOT), str(ROOT), "--json", str(out)]) == status
+    regressed = json.loads(out.read_text())["regressed"]
+    assert regressed == (["step 64-128-10 b32"] if status else [])
+    assert ("PERFORMANCE REGRESSED beyond 8.0%" in capsys.readouterr().out) == bool(status)
+
+
+def test_a_crash_is_status_2_not_a_regression(tools, tmp_path, monkeypatch, capsys):
+    gate = tools[0]
+    monkeypatch.setattr(gate, "CACHE", str(tmp_path))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(gate, "compare", crash)
+    assert gate.main([str(ROOT), str(ROOT)]) == 2
+    assert "could not run: RuntimeError: disk on fire" in capsys.readouterr().err
+
+
+def test_a_workload_one_side_cannot_run_is_left_out(tools, monkeypatch):
+    """An older BASE without an API a workload uses: the others are still compared."""
+    gate = tools[0]
+
+    def run_worker(tree, names, repeat, threads):
+        failed = {"fit 64-128-128-10 b32": "TypeError: no metrics_rows"} if tree == "old" else {}
+        return {"seconds": {n: 1e-3 for n in names if n not in failed}, "failed": failed}
+    monkeypatch.setattr(gate, "run_worker", run_worker)
+    notes = []
+    times = gate.compare("old", "new", ["step 64-128-10 b32", "fit 64-128-128-10 b32"], 3, 1, 0,
+                         log=notes.append)
+    assert list(times) == ["step 64-128-10 b32"]
+    assert any("left out 'fit 64-128-128-10 b32'" in note and "metrics_rows" in note
+               for note in notes)
 
 
 def test_the_gate_runs_end_to_end_and_writes_its_times(tmp_path):
@@ -89,7 +149,7 @@ def test_the_gate_runs_end_to_end_and_writes_its_times(tmp_path):
     out = tmp_path / "gate.json"
     result = _gate(str(ROOT), str(ROOT), "--rounds", "3", "--repeat", "1", "--threads", "1",
                    "--workload", "step 64-128-10 b32", "--workload", "predict 784-256-128-10 b512",
-                   "--json", str(out))
+                   "--json", str(out), XDG_CACHE_HOME=str(tmp_path))
     assert result.returncode in (0, 1), result.stderr
     data = json.loads(out.read_text())
     assert set(data["times"]) == {"step 64-128-10 b32", "predict 784-256-128-10 b512"}
@@ -99,19 +159,61 @@ def test_the_gate_runs_end_to_end_and_writes_its_times(tmp_path):
     assert "step 64-128-10 b32" in result.stdout and "round 3/3 done" in result.stdout
 
 
-def test_the_slowdown_is_injected_into_the_training_step(tools, tmp_path):
-    """gate_check's patch still finds Optimizer.train_step's first lines, and the patched
-    module is valid Python whose train_step pads the original one."""
+# -- gate_check -----------------------------------------------------------------------------------
+
+def test_the_injected_slowdown_pads_each_call(tools, monkeypatch):
+    """SLOWDOWN's wrapper, run against a stand-in Optimizer and a stand-in clock that ticks once
+    per reading: the call's result and arguments pass through, and it returns only once
+    (1 + slowdown) times the call's own time has passed."""
+    import time
     gate_check = tools[1]
-    slowed = gate_check.copy_tree(str(ROOT), str(tmp_path / "slow"), 0.15)
-    text = (pathlib.Path(slowed) / "fastbp" / "optim.py").read_text()
-    compile(text, "optim.py", "exec")
-    assert text.count("def _unpadded_train_step(self, X, y, sample_weight=None):") == 1
-    assert "(1 + 0.15) *" in text
-    same = gate_check.copy_tree(str(ROOT), str(tmp_path / "same"))
-    assert (pathlib.Path(same) / "fastbp" / "optim.py").read_text() == (
-        ROOT / "fastbp" / "optim.py").read_text()
-    assert not list(pathlib.Path(same).rglob("__pycache__"))
+    clock = [0.0]
+
+    def perf_counter():
+        clock[0] += 1
+        return clock[0]
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+
+    class Optimizer:
+        def train_step(self, X, y, sample_weight=None):
+            clock[0] += 99          # the step's own work: 100 ticks from the first reading
+            return (X, y, sample_weight)
+    namespace = {"Optimizer": Optimizer}
+    exec(gate_check.SLOWDOWN.format(slowdown=0.15), namespace)
+    assert Optimizer().train_step(1, 2, sample_weight=3) == (1, 2, 3)
+    assert clock[0] >= 1 + 1.15 * 100     # padded to 115 ticks after the start
+    assert Optimizer.train_step.__name__ == "train_step"
+
+
+def test_copies_are_made_once_per_content(tools, tmp_path):
+    gate_check = tools[1]
+    source = tmp_path / "src"
+    (source / "fastbp").mkdir(parents=True)
+    (source / "fastbp" / "optim.py").write_text("class Optimizer:\n    pass\n")
+    (source / "fastbp" / "__pycache__").mkdir()
+    same = pathlib.Path(gate_check.copy_tree(str(source), str(tmp_path / "cache")))
+    slow = pathlib.Path(gate_check.copy_tree(str(source), str(tmp_path / "cache"), 0.15))
+    assert (same / "fastbp" / "optim.py").read_text() == "class Optimizer:\n    pass\n"
+    assert not (same / "fastbp" / "__pycache__").exists()
+    slowed = (slow / "fastbp" / "optim.py").read_text()
+    assert slowed.endswith("Optimizer.train_step = _padded(Optimizer.train_step)\n")
+    compile(slowed, "optim.py", "exec")
+    assert gate_check.copy_tree(str(source), str(tmp_path / "cache")) == str(same)
+    (source / "fastbp" / "optim.py").write_text("class Optimizer:\n    x = 1\n")
+    assert gate_check.copy_tree(str(source), str(tmp_path / "cache")) != str(same)
+
+
+def test_the_project_s_optimizer_can_be_slowed(tools):
+    """The patch names Optimizer.train_step: it must exist in fastbp/optim.py."""
+    import fastbp.optim
+    assert "train_step" in vars(fastbp.optim.Optimizer)
+
+
+@pytest.mark.parametrize("false_alarms, detections, ok", [(0, 5, True), (0, 4, True),
+                                                          (0, 3, False), (1, 5, False)])
+def test_the_check_passes_on_no_false_alarm_and_4_in_5_caught(tools, false_alarms, detections,
+                                                               ok):
+    assert tools[1].passed(false_alarms, detections, 5) is ok
 
 
 # -- the offline report ---------------------------------------------------------------------------
