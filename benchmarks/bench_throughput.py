@@ -31,9 +31,6 @@ class Throughput:
         sizes, batch = NETWORKS[network]
         self.net = common.Net(sizes, batch, dtype)
 
-    def _step_seconds(self):
-        return common.best_seconds([self.net.train_step], repeat=5, min_sample=0.05)[0]
-
     def track_us_per_sample(self, network, dtype):
         step, = common.best_seconds([self.net.train_step], repeat=5, min_sample=0.05)
         return step / self.net.batch * 1e6

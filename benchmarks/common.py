@@ -31,10 +31,10 @@ SMALL_MID_WIDE = {"64-128-10 b32": ([64, 128, 10], 32),
                   "784-256-128-10 b128": ([784, 256, 128, 10], 128),
                   "1024x3-10 b256": ([1024, 1024, 1024, 1024, 10], 256)}
 
-# Every case of every benchmark runs in a process of its own (about 1.3 s each on 2 cores before
-# it times anything), so the full parameter grids take 15 minutes even with --quick. By default
-# each benchmark runs a few representative cases (a quick run in under 3 minutes); set
-# FASTBP_BENCH_FULL=1 in asv's environment for the full grids.
+# Every case of every benchmark runs in a process of its own, so the full parameter grids take
+# about 13 minutes on 2 cores even with --quick. By default each benchmark runs a few
+# representative cases (--quick in about 2 minutes); set FASTBP_BENCH_FULL=1 in asv's
+# environment for the full grids.
 FULL = os.environ.get("FASTBP_BENCH_FULL", "") not in ("", "0")
 
 
