@@ -327,8 +327,9 @@ def build_parser():
                        help="seed of the initialisation, the validation split and the batch "
                        "order")
     optim.add_argument("--threads", type=_int_type("threads", 1), metavar="N",
-                       help="threads for the kernels (default: all cores; under mpiexec, "
-                       "each rank's share of its node's cores)")
+                       help="threads for the kernels (default: the cores other processes "
+                       "leave free, read before each epoch; under mpiexec, each rank's share "
+                       "of its node's cores)")
     optim.add_argument("--work-split", choices=WORK_SPLITS, default="shape",
                        help="how the kernels cut matrix products for the threads: by their "
                        "shape (default: the same results at any thread count) or by the "

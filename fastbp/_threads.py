@@ -10,7 +10,10 @@ How the kernels cut their matrix products into tiles for the threads is ``set_wo
 choice: by the products' shapes (the default: the same bits at any thread count) or by the
 thread count (fewer, larger BLAS calls).
 """
+import contextlib
 import ctypes
+import os
+import time
 
 import numba
 
@@ -42,7 +45,9 @@ def set_num_threads(n):
     """Set the number of threads every fastbp kernel uses (Numba's pool; BLAS stays at one).
 
     n must be an integer between 1 and numba.config.NUMBA_NUM_THREADS (the machine's cores
-    unless NUMBA_NUM_THREADS says otherwise). Applies to the calling thread.
+    unless NUMBA_NUM_THREADS says otherwise). Applies to the calling thread. Until a count is
+    chosen (here or by NUMBA_NUM_THREADS), ``fit`` runs each epoch on the cores that other
+    processes left free lately, and puts the count back after.
     """
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
@@ -84,4 +89,89 @@ def chosen():
 
 def get_num_threads():
     """The number of threads fastbp's kernels use."""
+    return numba.get_num_threads()
+
+
+# -- the load of the machine ---------------------------------------------------------------------
+
+class LoadProbe:
+    """How many cores' worth of other processes' work ran on this process's CPUs lately: their
+    busy time in /proc/stat (user, nice, system, interrupts and a hypervisor's steal) less this
+    process's own CPU time, over the wall time since the last reading. A parallel region waits
+    for its slowest thread, and a thread that shares a core with another busy process runs in
+    turns with it, so fit runs on the cores left free (``fit_threads``)."""
+
+    MIN_WINDOW = 0.05   # seconds: /proc/stat counts in ticks of 10 ms
+    BUSY_FIELDS = (0, 1, 2, 5, 6, 7)   # user nice system (idle iowait) irq softirq steal
+
+    def __init__(self, stat_path="/proc/stat", clock=time.perf_counter,
+                 own_cpu=time.process_time):
+        self.stat_path, self.clock, self.own_cpu = stat_path, clock, own_cpu
+        self.cpus = ({f"cpu{c}" for c in os.sched_getaffinity(0)}
+                     if hasattr(os, "sched_getaffinity") else None)
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.last = self._reading()
+
+    def _reading(self):
+        """(wall seconds, busy seconds of our CPUs, this process's CPU seconds), or None
+        where /proc/stat cannot be read (not Linux)."""
+        try:
+            with open(self.stat_path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu" and (self.cpus is None
+                                                               or name in self.cpus):
+                busy += sum(int(fields[i]) for i in self.BUSY_FIELDS if i < len(fields))
+        return self.clock(), busy / self.tick, self.own_cpu()
+
+    def others(self):
+        """Cores' worth of other processes' work since the last reading that returned a value:
+        None where there is no reading or less than MIN_WINDOW passed."""
+        if self.last is None:
+            return None
+        now = self._reading()
+        if now is None or now[0] - self.last[0] < self.MIN_WINDOW:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self.last, now))
+        self.last = now
+        return max(0.0, (busy - own) / wall)
+
+
+_probe = LoadProbe()   # from import on, so that fit's first reading spans the time before it
+
+
+@contextlib.contextmanager
+def count_restored():
+    """The calling thread's thread count as it was, whatever the body sets (fit_threads)."""
+    before = numba.get_num_threads()
+    try:
+        yield
+    finally:
+        if numba.get_num_threads() != before:
+            numba.set_num_threads(before)
+
+
+def load_free():
+    """Whether fit may set its own thread count from the machine's load: no count chosen
+    (set_num_threads, NUMBA_NUM_THREADS), more than one thread, and the kernels' default work
+    split, in which the count changes no result's bits."""
+    return (not _chosen and "NUMBA_NUM_THREADS" not in os.environ
+            and not splits_by_threads() and numba.config.NUMBA_NUM_THREADS > 1)
+
+
+def fit_threads(most, probe=None):
+    """Set the calling thread's count to the cores that other processes left free lately
+    (rounded; at least 1, at most `most`, the count fit started with), when the probe has a
+    reading; returns the count in use. fit calls it before each epoch, where load_free()."""
+    probe = _probe if probe is None else probe
+    others = probe.others()
+    if others is not None:
+        cores = len(probe.cpus) if probe.cpus else os.cpu_count() or 1
+        count = max(1, min(most, int(cores - others + 0.5)))
+        if count != numba.get_num_threads():
+            numba.set_num_threads(count)
     return numba.get_num_threads()

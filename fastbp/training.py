@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 
 from . import _validate, distributed, kernels, layout, optim
-from ._threads import pin_kernel_blas
+from ._threads import count_restored, fit_threads, get_num_threads, load_free, pin_kernel_blas
 from .model import MLP
 from .engine import StepBuffers
 from .steps import HookError
@@ -186,6 +186,14 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         "lr": the optimizer's learning rate during the epoch (when it has a numeric ``lr``).
     Its attributes ``best_epoch``, ``stop_reason`` and ``interrupted`` say how training ended.
 
+    Threads: without ``comm``, unless a count was chosen (``set_num_threads``,
+    NUMBA_NUM_THREADS) or ``set_work_split("threads")`` is in force, each epoch runs on the
+    cores that other processes left free lately (/proc/stat, read before the epoch; where it
+    cannot be read, on the count fit started with):
+    a parallel region waits for its slowest thread, and one that shares a core with a busy
+    process stalls it. Results are bitwise the same at any count; the caller's count is put
+    back after fit.
+
     Ctrl-C (KeyboardInterrupt) ends training cleanly: every step is one compiled call that
     finishes before Python sees the interrupt, so the parameters are those after the last
     completed step (or of the best epoch, with early stopping); the history keeps the complete
@@ -214,7 +222,8 @@ def fit(model, X, y, optimizer, epochs, batch_size, shuffle=True, seed=None, *,
         # With comm: threads per rank and Ctrl-C held for the ranks to share, from here on; an
         # exception on one rank ends the job (the others would wait for it forever), but for those
         # every rank raises alike.
-        with ranks.training(agreed=(DivergenceError, distributed.ReplicaDriftError)):
+        with ranks.training(agreed=(DivergenceError, distributed.ReplicaDriftError)), \
+                count_restored():   # (fit_threads may change this thread's count)
             return run.train()
 
 
@@ -389,12 +398,19 @@ class _Run:
             ranks.ready(lambda: model.engine.ready_steps(
                 optimizer.update_spec(), self.X[:1], self.y[:1], self.batch_size,
                 self.accumulate, self.weights is not None))
+        # One process alone, no thread count chosen: each epoch runs on the cores other
+        # processes left free lately (a parallel region waits for a thread that shares its
+        # core). The count changes no result.
+        most = get_num_threads()
+        follow_load = isinstance(ranks, distributed.Alone) and load_free()
         for cb in self.callbacks:
             if callable(getattr(cb, "on_train_begin", None)):
                 cb.on_train_begin(model, history)
         self.bar = None
         try:
             for epoch in range(self.epochs):
+                if follow_load:
+                    fit_threads(most)
                 start_time = time.perf_counter()
                 epoch_lr = _current_lr(optimizer)
                 order = (rng.permutation(self.n_samples) if self.shuffle

@@ -123,3 +123,41 @@ def test_asv_suite_kernel_calls_match_the_entry_points(monkeypatch):
     before = model.params.copy()
     net.train_step()
     assert not np.array_equal(before, model.params)
+
+
+def test_load_bench_takes_turns_and_reports_each_setting(monkeypatch):
+    """python -m fastbp.bench_load: every setting runs once per round in each condition, the
+    busy runs beside spinning processes that are stopped after each run, and the table gives
+    each setting's ratio to the best fixed count."""
+    from fastbp import bench_load
+    runs, spinners = [], []
+
+    class Spinner:
+        def __init__(self):
+            self.killed = False
+            spinners.append(self)
+
+        def kill(self):
+            self.killed = True
+
+        def wait(self):
+            assert self.killed
+
+    def train_seconds(threads, options=()):
+        busy = bool(spinners) and not spinners[-1].killed
+        runs.append((threads, busy, tuple(options)))
+        return {None: 1.0, 1: 1.0, 2: 0.5}[threads] * (3 if busy and threads == 2 else 1)
+    monkeypatch.setattr(bench_load, "_train_seconds", train_seconds)
+    monkeypatch.setattr(bench_load, "_busy", lambda n: [Spinner() for _ in range(n)])
+    monkeypatch.setattr(bench_load.time, "sleep", lambda s: None)
+    times = bench_load.measure([None, 1, 2], 2, 1, ["--epochs", "1"], log=lambda t: None)
+    assert times == {"quiet": {"None": [1.0, 1.0], "1": [1.0, 1.0], "2": [0.5, 0.5]},
+                     "busy": {"None": [1.0, 1.0], "1": [1.0, 1.0], "2": [1.5, 1.5]}}
+    assert [r[0] for r in runs[:6]] == [None, 1, 2, None, 1, 2]
+    assert [r[0] for r in runs[6:9]] == [2, 1, None]        # the next round in reverse
+    assert [r[1] for r in runs[:6]] == [False] * 3 + [True] * 3
+    assert all(r[2] == ("--epochs", "1") for r in runs) and all(s.killed for s in spinners)
+    lines = []
+    bench_load.table(times, log=lines.append)
+    assert any(line.startswith("quiet  default") and "2.00x" in line for line in lines)
+    assert any(line.startswith("busy   default") and "1.00x" in line for line in lines)

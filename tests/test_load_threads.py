@@ -1,0 +1,150 @@
+"""fit on a busy machine (issue 33): where nobody chose a thread count, fit runs on the cores
+that other processes leave free (fastbp._threads.LoadProbe reads /proc/stat), read again after
+each epoch. The count must never change a result, must be restored after fit, and must stay as
+chosen whenever someone chose it. (The time it saves is a benchmark, python -m
+fastbp.bench_load, not a test.)"""
+import numba
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _threads
+from fastbp._threads import LoadProbe, fit_threads
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _stat(path, cpu0, cpu1, cpu2=0):
+    """A /proc/stat whose cpu0, cpu1 and cpu2 have been busy (user) cpu0, cpu1, cpu2 ticks."""
+    lines = [f"cpu  {cpu0 + cpu1 + cpu2} 0 0 999 0 0 0 0 0 0"]
+    lines += [f"cpu{i} {busy} 0 0 333 0 0 0 0 0 0" for i, busy in enumerate((cpu0, cpu1, cpu2))]
+    path.write_text("\n".join(lines + ["intr 1 2 3", "ctxt 42"]) + "\n")
+
+
+def test_the_probe_counts_other_processes_work_on_our_cpus(tmp_path):
+    stat, wall, own = tmp_path / "stat", Clock(), Clock()
+    _stat(stat, 0, 0)
+    probe = LoadProbe(str(stat), clock=wall, own_cpu=own)
+    probe.cpus = {"cpu0", "cpu1"}      # cpu2 is not ours: its work is ignored
+    probe.last = probe._reading()
+    # 1 s: cpu0 busy all along (100 ticks), cpu1 half (50); this process used 0.5 s of CPU
+    wall.now, own.now = 1.0, 0.5
+    _stat(stat, 100, 50, 100)
+    assert probe.others() == pytest.approx(1.0)
+    wall.now = 1.01                     # under MIN_WINDOW later: no reading
+    assert probe.others() is None
+    wall.now, own.now = 2.0, 2.5        # then a second of ours alone on both cpus
+    _stat(stat, 200, 150, 100)
+    assert probe.others() == pytest.approx(0.0)
+
+
+def test_no_proc_stat_no_reading(tmp_path):
+    probe = LoadProbe(str(tmp_path / "missing"))
+    assert probe.last is None and probe.others() is None
+
+
+class FakeProbe:
+    def __init__(self, others, cpus=2):
+        self.value, self.cpus = others, {f"cpu{i}" for i in range(cpus)}
+
+    def others(self):
+        return self.value
+
+
+needs_two = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                               reason="needs a pool of at least 2 threads")
+
+
+@needs_two
+@pytest.mark.parametrize("others, count", [(1.0, 1), (0.7, 1), (0.4, 2), (0.0, 2), (5.0, 1),
+                                           (None, 2)])
+def test_fit_threads_takes_the_free_cores(others, count):
+    numba.set_num_threads(2)
+    assert fit_threads(2, FakeProbe(others)) == count == numba.get_num_threads()
+
+
+@needs_two
+def test_fit_threads_never_goes_above_the_count_fit_started_with():
+    numba.set_num_threads(1)
+    assert fit_threads(1, FakeProbe(0.0, cpus=16)) == 1
+
+
+@pytest.fixture
+def unchosen(monkeypatch):
+    """This process as if nobody had chosen a thread count (tests before may have), on a
+    machine whose probe says what the test sets."""
+    monkeypatch.setattr(_threads, "_chosen", False)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    fastbp.set_work_split("shape")
+    before = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    probe = FakeProbe(0.0, cpus=numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setattr(_threads, "_probe", probe)
+    yield probe
+    numba.set_num_threads(before)
+
+
+class SeenThreads:
+    def __init__(self):
+        self.counts = []
+
+    def on_epoch_end(self, epoch, history, model):
+        self.counts.append(numba.get_num_threads())
+
+
+def _fit(probe=None, **options):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(700, 20)).astype(np.float32)
+    y = rng.integers(0, 3, size=700)
+    model = fastbp.MLP([20, 64, 64, 3], dtype=np.float32, seed=0, norm="layer")
+    opt = fastbp.Adam(model, lr=1e-3, clip_norm=1.0)
+    seen = SeenThreads()
+    history = fastbp.fit(model, X, y, opt, epochs=3, batch_size=8, seed=0,
+                         validation_fraction=0.1, callbacks=[seen], **options)
+    return model.params.copy(), [history[k] for k in ("loss", "grad_norm", "val_loss")], seen
+
+
+@needs_two
+def test_a_busy_machine_gets_fewer_threads_and_the_same_bits(unchosen):
+    most = numba.get_num_threads()
+    quiet = _fit()
+    assert quiet[2].counts == [most] * 3
+    unchosen.value = most - 0.9           # all cores but one busy elsewhere
+    busy = _fit()
+    assert busy[2].counts == [1] * 3 and numba.get_num_threads() == most   # restored
+    assert np.array_equal(quiet[0], busy[0]) and quiet[1] == busy[1]
+
+
+@needs_two
+def test_the_count_follows_the_load_epoch_by_epoch(unchosen):
+    values = iter([0.0, 1.0, 0.0])        # read before each epoch
+
+    class Changing(FakeProbe):
+        def others(self):
+            return next(values, None)
+    _threads._probe = Changing(0.0, cpus=2)
+    numba.set_num_threads(2)
+    assert _fit()[2].counts == [2, 1, 2]
+
+
+@needs_two
+@pytest.mark.parametrize("chosen_by", ["set_num_threads", "NUMBA_NUM_THREADS", "work split"])
+def test_a_chosen_count_is_kept(unchosen, monkeypatch, chosen_by):
+    unchosen.value = 5.0                  # the machine looks busy
+    if chosen_by == "set_num_threads":
+        fastbp.set_num_threads(2)
+    elif chosen_by == "NUMBA_NUM_THREADS":
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    elif chosen_by == "work split":
+        fastbp.set_work_split("threads")  # (the unchosen fixture puts "shape" back)
+    try:
+        assert not _threads.load_free()
+        assert _fit()[2].counts == [2] * 3
+    finally:
+        fastbp.set_work_split("shape")
