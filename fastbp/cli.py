@@ -440,7 +440,7 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
         "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
         "batch_size": args.batch_size, "seed": args.seed, "threads": by_rank[0],
         "work_split": args.work_split,
-        "ranks": len(by_rank), "threads_by_rank": by_rank,
+        "ranks": len(by_rank), "threads_by_rank": by_rank, "epoch_threads": history.threads,
         "rows": {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)},
         "epochs_run": history.n_epochs, "stop_reason": history.stop_reason,
         "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,

@@ -48,12 +48,14 @@ class History(dict):
     ``best_epoch``: index of the epoch whose weights the model holds when early stopping
     restored them, else None. ``stop_reason``: "completed", "early_stopping", "callback" or
     "interrupted". ``interrupted``: True when a KeyboardInterrupt (Ctrl-C) ended training.
+    ``threads``: the thread count each recorded epoch ran on (see ``fit``).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.best_epoch = None
         self.stop_reason = "completed"
+        self.threads = []
 
     @property
     def interrupted(self):
@@ -409,8 +411,8 @@ class _Run:
         self.bar = None
         try:
             for epoch in range(self.epochs):
-                if follow_load:
-                    fit_threads(most)
+                history.threads.append(fit_threads(most) if follow_load
+                                       else get_num_threads())
                 start_time = time.perf_counter()
                 epoch_lr = _current_lr(optimizer)
                 order = (rng.permutation(self.n_samples) if self.shuffle
@@ -461,6 +463,7 @@ class _Run:
         if history.stop_reason != "interrupted" \
                 and ranks.any(ranks.interrupted):   # Ctrl-C after the last step (ranks)
             history.stop_reason = "interrupted"
+        del history.threads[history.n_epochs:]   # (an epoch cut short is not recorded)
         if watch is not None:
             history.best_epoch = watch.restore()
         for cb in self.callbacks:

@@ -107,7 +107,8 @@ def _fit(probe=None, **options):
     seen = SeenThreads()
     history = fastbp.fit(model, X, y, opt, epochs=3, batch_size=8, seed=0,
                          validation_fraction=0.1, callbacks=[seen], **options)
-    return model.params.copy(), [history[k] for k in ("loss", "grad_norm", "val_loss")], seen
+    return (model.params.copy(), [history[k] for k in ("loss", "grad_norm", "val_loss")], seen,
+            history)
 
 
 @needs_two
@@ -118,6 +119,7 @@ def test_a_busy_machine_gets_fewer_threads_and_the_same_bits(unchosen):
     unchosen.value = most - 0.9           # all cores but one busy elsewhere
     busy = _fit()
     assert busy[2].counts == [1] * 3 and numba.get_num_threads() == most   # restored
+    assert busy[3].threads == [1] * 3 and quiet[3].threads == [most] * 3
     assert np.array_equal(quiet[0], busy[0]) and quiet[1] == busy[1]
 
 
