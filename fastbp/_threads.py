@@ -9,6 +9,9 @@ NumPy's BLAS, a separate library, is not touched.
 How the kernels cut their matrix products into tiles for the threads is ``set_work_split``'s
 choice: by the products' shapes (the default: the same bits at any thread count) or by the
 thread count (fewer, larger BLAS calls).
+
+Until a count is chosen, ``fit`` runs each epoch on the cores that other processes leave free
+(``LoadProbe``, ``fit_threads``): in the default work split the count changes no result.
 """
 import contextlib
 import ctypes
@@ -96,13 +99,21 @@ def get_num_threads():
 
 class LoadProbe:
     """How many cores' worth of other processes' work ran on this process's CPUs lately: their
-    busy time in /proc/stat (user, nice, system, interrupts and a hypervisor's steal) less this
-    process's own CPU time, over the wall time since the last reading. A parallel region waits
-    for its slowest thread, and a thread that shares a core with another busy process runs in
-    turns with it, so fit runs on the cores left free (``fit_threads``)."""
+    busy time in /proc/stat less this process's own CPU time, over the wall time since the last
+    reading. A parallel region waits for its slowest thread, and a thread that shares a core
+    with another busy process runs in turns with it, so fit runs on the cores left free
+    (``fit_threads``).
+
+    Counted: user, system and interrupt time; niced time only when this process is niced too (a
+    niced process soaks up idle cores but yields them to us). Not counted: a hypervisor's steal
+    time (it hits every virtual CPU, whatever our thread count), and threads of this process
+    that are not fastbp's (their time is this process's own). A reading spans at least
+    MIN_WINDOW (a shorter one gives the last estimate again) and at most MAX_WINDOW (a longer
+    one, as after an idle hour in a notebook, is stale: it starts a new window instead).
+    """
 
     MIN_WINDOW = 0.05   # seconds: /proc/stat counts in ticks of 10 ms
-    BUSY_FIELDS = (0, 1, 2, 5, 6, 7)   # user nice system (idle iowait) irq softirq steal
+    MAX_WINDOW = 5.0
 
     def __init__(self, stat_path="/proc/stat", clock=time.perf_counter,
                  own_cpu=time.process_time):
@@ -110,68 +121,108 @@ class LoadProbe:
         self.cpus = ({f"cpu{c}" for c in os.sched_getaffinity(0)}
                      if hasattr(os, "sched_getaffinity") else None)
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        niced = hasattr(os, "getpriority") and os.getpriority(os.PRIO_PROCESS, 0) > 0
+        # user nice system (idle iowait) irq softirq
+        self.busy_fields = (0, 1, 2, 5, 6) if niced else (0, 2, 5, 6)
+        self.estimate = None
+        self.restart()
+
+    def restart(self):
+        """Start a new window here (at import, and in a forked child, whose CPU clock restarts)."""
         self.last = self._reading()
 
     def _reading(self):
-        """(wall seconds, busy seconds of our CPUs, this process's CPU seconds), or None
-        where /proc/stat cannot be read (not Linux)."""
+        """(wall seconds, busy seconds of our CPUs, this process's CPU seconds), or None where
+        /proc/stat cannot be read or names none of our CPUs (not Linux; a container that
+        renumbers them)."""
         try:
             with open(self.stat_path) as f:
-                lines = f.read().splitlines()
-        except OSError:
+                busy, matched = 0, 0
+                for line in f:
+                    name, _, rest = line.partition(" ")
+                    if not name.startswith("cpu"):
+                        break   # the per-CPU lines come first
+                    if name != "cpu" and (self.cpus is None or name in self.cpus):
+                        fields = rest.split()
+                        busy += sum(int(fields[i]) for i in self.busy_fields)
+                        matched += 1
+        except (OSError, ValueError, IndexError):
             return None
-        busy = 0
-        for line in lines:
-            name, *fields = line.split()
-            if name.startswith("cpu") and name != "cpu" and (self.cpus is None
-                                                               or name in self.cpus):
-                busy += sum(int(fields[i]) for i in self.BUSY_FIELDS if i < len(fields))
+        if not matched:
+            return None
         return self.clock(), busy / self.tick, self.own_cpu()
 
     def others(self):
-        """Cores' worth of other processes' work since the last reading that returned a value:
-        None where there is no reading or less than MIN_WINDOW passed."""
-        if self.last is None:
-            return None
+        """Cores' worth of other processes' work over the window that ends now: None where
+        there is no reading (or the window was stale), the last estimate where the window is
+        still shorter than MIN_WINDOW."""
+        if self.last is None or self.clock() - self.last[0] < self.MIN_WINDOW:
+            return self.estimate if self.last is not None else None
         now = self._reading()
-        if now is None or now[0] - self.last[0] < self.MIN_WINDOW:
+        if now is None:
             return None
         wall, busy, own = (b - a for a, b in zip(self.last, now))
         self.last = now
-        return max(0.0, (busy - own) / wall)
+        if wall > self.MAX_WINDOW:
+            self.estimate = None
+            return None
+        self.estimate = max(0.0, (busy - own) / wall)
+        return self.estimate
 
 
 _probe = LoadProbe()   # from import on, so that fit's first reading spans the time before it
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _probe.restart())
+
+
+def count_chosen():
+    """Whether this process's thread count was chosen (set_num_threads, or NUMBA_NUM_THREADS),
+    and so is kept as it is."""
+    return _chosen or "NUMBA_NUM_THREADS" in os.environ
 
 
 @contextlib.contextmanager
 def count_restored():
-    """The calling thread's thread count as it was, whatever the body sets (fit_threads)."""
-    before = numba.get_num_threads()
+    """The calling thread's thread count as it was after the body, unless someone chose a
+    count meanwhile (a callback's set_num_threads stays)."""
+    before, chosen_before = numba.get_num_threads(), _chosen
     try:
         yield
     finally:
-        if numba.get_num_threads() != before:
+        if _chosen == chosen_before and numba.get_num_threads() != before:
             numba.set_num_threads(before)
 
 
 def load_free():
-    """Whether fit may set its own thread count from the machine's load: no count chosen
-    (set_num_threads, NUMBA_NUM_THREADS), more than one thread, and the kernels' default work
-    split, in which the count changes no result's bits."""
-    return (not _chosen and "NUMBA_NUM_THREADS" not in os.environ
-            and not splits_by_threads() and numba.config.NUMBA_NUM_THREADS > 1)
+    """Whether fit may set its own thread count from the machine's load: no count chosen, more
+    than one thread, and the kernels' default work split, in which the count changes no
+    result's bits."""
+    return (not count_chosen() and not splits_by_threads()
+            and numba.config.NUMBA_NUM_THREADS > 1)
 
 
 def fit_threads(most, probe=None):
     """Set the calling thread's count to the cores that other processes left free lately
     (rounded; at least 1, at most `most`, the count fit started with), when the probe has a
-    reading; returns the count in use. fit calls it before each epoch, where load_free()."""
+    reading; returns the count in use. fit calls it before each epoch, while load_free()."""
     probe = _probe if probe is None else probe
     others = probe.others()
-    if others is not None:
-        cores = len(probe.cpus) if probe.cpus else os.cpu_count() or 1
-        count = max(1, min(most, int(cores - others + 0.5)))
+    if others is not None and probe.cpus:
+        count = max(1, min(most, int(len(probe.cpus) - others + 0.5)))
         if count != numba.get_num_threads():
             numba.set_num_threads(count)
     return numba.get_num_threads()
+
+
+@contextlib.contextmanager
+def chosen_count(n):
+    """set_num_threads(n) for the body only: the count, and whether one was chosen, as they
+    were after (fastbp.sklearn's n_threads)."""
+    global _chosen
+    before, chosen_before = numba.get_num_threads(), _chosen
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+        _chosen = chosen_before

@@ -330,7 +330,7 @@ class Alone:
 def threads_chosen():
     """Whether this process's thread count was chosen (fastbp.set_num_threads, or
     NUMBA_NUM_THREADS), and so is kept."""
-    return _threads.chosen() or "NUMBA_NUM_THREADS" in os.environ
+    return _threads.count_chosen()
 
 
 def node_threads(comm):

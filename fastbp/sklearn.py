@@ -4,12 +4,12 @@
 
 Same parameters (names, meanings, defaults), fitted attributes, methods, warnings and stopping
 rules as scikit-learn's, so that code, pipelines and grid searches run unchanged; the training
-runs in fastbp's compiled kernels, on every core. Needs scikit-learn and SciPy
+runs in fastbp's compiled kernels, on every free core. Needs scikit-learn and SciPy
 (``pip install "fastbp[sklearn]"``).
 
 fastbp's own parameters: ``dtype`` (None by default: scikit-learn's, X's float32 or float64,
 and float64 for L-BFGS; "float32" or "float64" to choose), ``clip_norm`` (global
-gradient-norm clipping, none by default), ``n_threads`` (default: all cores), the hidden layers' ``norm``, ``residual`` and
+gradient-norm clipping, none by default), ``n_threads`` (default: fastbp's, see ``fastbp.fit``), the hidden layers' ``norm``, ``residual`` and
 ``dropout`` (none by default), the products' ``matmul_precision`` ("float32" by default) and
 the classifier's ``class_weight``: see the estimators' docstrings. In the worker processes of
 ``cross_val_score(n_jobs=k)`` or ``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS``
@@ -435,18 +435,15 @@ class _BaseMLP(BaseEstimator):
 
     @contextmanager
     def _threads(self):
-        """fastbp's thread count for this fit: n_threads, or what it is (all cores, unless
-        NUMBA_NUM_THREADS says less, as joblib's worker processes do)."""
+        """fastbp's thread count for this fit: n_threads, or fastbp's default (the cores that
+        other processes leave free, at most all of them, or NUMBA_NUM_THREADS, as joblib's
+        worker processes set it)."""
         if self.n_threads is None:
             yield
             return
         import numba
-        before = _threads.get_num_threads()
-        _threads.set_num_threads(min(int(self.n_threads), numba.config.NUMBA_NUM_THREADS))
-        try:
+        with _threads.chosen_count(min(int(self.n_threads), numba.config.NUMBA_NUM_THREADS)):
             yield
-        finally:
-            _threads.set_num_threads(before)
 
     def _new_optimizer(self):
         model = self._model

@@ -411,7 +411,7 @@ class _Run:
         self.bar = None
         try:
             for epoch in range(self.epochs):
-                history.threads.append(fit_threads(most) if follow_load
+                history.threads.append(fit_threads(most) if follow_load and load_free()
                                        else get_num_threads())
                 start_time = time.perf_counter()
                 epoch_lr = _current_lr(optimizer)
