@@ -171,7 +171,10 @@ def _clip(text):
 
 
 def _label_column(text):
-    """An index (negative: from the end) when the text is an integer, else a header name."""
+    """An index (negative: from the end) when the text is an integer, else a header name;
+    several, comma-separated, as a tuple (the targets of a regression)."""
+    if "," in text:
+        return tuple(_label_column(item) for item in text.split(","))
     try:
         return int(text)
     except ValueError:
@@ -213,7 +216,9 @@ def build_parser():
     data.add_argument("--label-column", type=_label_column, default=d["label_column"],
                       metavar="NAME|INDEX",
                       help="CSV column holding the label: its name in the header line, or its "
-                      "index (0 = first, -1 = last). A classification label column of fractional "
+                      "index (0 = first, -1 = last); with --task regression, several, "
+                      "comma-separated (price,volume), one target each. A classification label "
+                      "column of fractional "
                       "numbers, or with more distinct values than half the rows, is refused as "
                       "most likely not the label")
     data.add_argument("--task", choices=TASKS, default=d["task"],

@@ -65,7 +65,9 @@ class Predictor:
             self.target_scale = _numbers(metadata, "target_scale", n_out, 1.0, what,
                                          positive=True)
         run = metadata.get("run")
-        self.label_column = run.get("label_column", -1) if isinstance(run, dict) else -1
+        column = run.get("label_column", -1) if isinstance(run, dict) else -1
+        # (several target columns are saved as a JSON list)
+        self.label_column = tuple(column) if isinstance(column, list) else column
 
     @property
     def n_features(self):

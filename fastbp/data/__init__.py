@@ -15,7 +15,8 @@
   and ``y`` (integer class labels), and optionally ``X_test`` and ``y_test``. Read without
   pickle: object arrays are refused.
 - a path to a ``.csv`` (or ``.csv.gz``) file: one sample per line, comma-separated numbers, the
-  label in column ``label_column``: its index (default -1, the last) or its name in the header.
+  label in column ``label_column``: its index (default -1, the last) or its name in the header;
+  for a regression (``task="regression"``), a tuple of them for several target columns.
   A first line that names columns is taken as a header: a feature field that is not a number,
   or a label that is a name where every later label is a number (pandas writes ``0,1,2,label``
   for integer column names), or a name that never appears again in the label column after the
@@ -220,6 +221,10 @@ def _read_source(source, data_dir, label_column, download, log, task="classifica
     if lower.endswith(".npz"):
         raw = _read_npz_source(source, task)
     elif lower.endswith((".csv", ".csv.gz")):
+        if isinstance(label_column, tuple) and task != "regression":
+            raise DataError(f"{source}: several label columns {label_column} are the targets "
+                            "of a regression (task='regression', fastbp train --task "
+                            "regression); a classification has one")
         X, text_labels = read_csv(source, label_column)
         if task == "regression":
             y, class_names = float_targets(text_labels, source), None
@@ -255,9 +260,11 @@ def read_features(source, n_features, label_column=-1):
         X = _features(arrays["X"], source)
     elif lower.endswith((".csv", ".csv.gz")):
         width = csv_width(source)
-        if width not in (n_features, n_features + 1):
+        n_labels = len(label_column) if isinstance(label_column, tuple) else 1
+        if width not in (n_features, n_features + n_labels):
             raise DataError(f"{source}: {width} columns; the model takes {n_features} "
-                            f"features (and the file may add the label column)")
+                            f"features (and the file may add the {n_labels} label "
+                            f"column{'s' if n_labels > 1 else ''})")
         X, _ = read_csv(source, label_column if width > n_features else None)
     else:
         raise DataError(f"{source}: unsupported file type; expected a .npz, .csv or .csv.gz "
@@ -270,7 +277,8 @@ def read_features(source, n_features, label_column=-1):
 
 
 def _column_described(label_column, n_fields):
-    """'column 13' (the index, also of a negative label_column) or "column 'kind'"."""
+    """'column 13' (the index, also of a negative label_column) or "column 'kind'" (one
+    column: only a regression takes several)."""
     if isinstance(label_column, str):
         return f"column {label_column!r}"
     return f"column {range(n_fields)[label_column]}"

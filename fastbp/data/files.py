@@ -381,7 +381,8 @@ def read_csv(path, label_column=-1):
     """(X float64 (N, F), labels as strings (N,)) from a comma-separated file (.csv or .csv.gz).
 
     ``label_column`` is the label's index (negative: from the end), or its name in the header
-    line (a str); None: no label, every field is a feature (labels None). With a name, the first
+    line (a str); a tuple of those for several columns (regression targets: labels are then
+    (N, T) text); None: no label, every field is a feature (labels None). With a name, the first
     line must be that header; otherwise the first line is a header (skipped) when it names
     columns, by :func:`_is_header` (feature fields that are not all numbers, or a label field
     that is a name where the labels are numbers). Every line must have the same number of
@@ -389,7 +390,8 @@ def read_csv(path, label_column=-1):
     """
     what = os.fspath(path)
     # A name needs the header, which NumPy's fast reader cannot read: the careful reader.
-    fast = None if isinstance(label_column, str) else _read_numeric_csv(path, what, label_column)
+    named = any(isinstance(c, str) for c in _columns(label_column))
+    fast = None if named else _read_numeric_csv(path, what, label_column)
     if fast is not None:
         return fast
     try:
@@ -418,13 +420,24 @@ def _parse_csv(rows, what, label_column):
         if n_fields is None:
             first_line, n_fields = line_no, len(fields)
             if label_column is not None:
-                column = _label_column(what, line_no, fields, label_column)
-                if isinstance(label_column, str):
-                    continue   # the header that names the label column
+                column = [_label_column(what, line_no, fields, c)
+                          for c in _columns(label_column)]
+                if len(set(column)) < len(column):
+                    raise DataError(f"{what}: label columns {label_column}: a column twice")
+                if len(column) >= n_fields:
+                    raise DataError(f"{what}: label columns {label_column} leave no feature "
+                                    f"(lines have {n_fields} fields)")
+                if any(isinstance(c, str) for c in _columns(label_column)):
+                    continue   # the header that names the label columns
         elif len(fields) != n_fields:
             raise DataError(f"{what}: line {line_no}: {len(fields)} fields, the first line has "
                             f"{n_fields}")
-        label = None if column is None else fields.pop(column).strip()
+        label = None
+        if column is not None:
+            label = [fields[c].strip() for c in column]
+            for c in sorted(column, reverse=True):
+                del fields[c]
+            label = label[0] if not isinstance(label_column, tuple) else tuple(label)
         try:
             row = [float(s) for s in fields]
         except ValueError:
@@ -437,9 +450,11 @@ def _parse_csv(rows, what, label_column):
         values.extend(row)
         labels.append(label)
         n_rows += 1
-    n_features = (n_fields or 1) - (column is not None)
+    n_features = (n_fields or 1) - (0 if column is None else len(column))
     # Whether a numeric first line is a header can only be told from the labels below it.
-    if first_fields is not None and column is not None and _is_header(first_fields, labels):
+    if first_fields is not None and column is not None and all(
+            _is_header(first_fields, [row[t] for row in labels] if len(column) > 1 else labels)
+            for t in range(len(column))):
         del values[:n_features]
         del labels[0]
         n_rows -= 1
@@ -466,6 +481,13 @@ def _is_header(features, labels):
         return True
     pandas_names = [str(i) for i in range(len(features))]
     return [field.strip() for field in features] == pandas_names and name not in later
+
+
+def _columns(label_column):
+    """The label columns as a tuple (one column, a tuple of them, or none)."""
+    if label_column is None:
+        return ()
+    return label_column if isinstance(label_column, tuple) else (label_column,)
 
 
 def _label_column(what, line_no, fields, label_column):
@@ -514,6 +536,14 @@ def _read_numeric_csv(path, what, label_column):
         return (table, None) if table.size else None
     if table.shape[0] == 0 or table.shape[1] < 2:
         return None
+    if isinstance(label_column, tuple):   # regression targets: any numbers
+        try:
+            columns = [range(table.shape[1])[c] for c in label_column]
+        except (IndexError, TypeError):
+            return None
+        if len(set(columns)) < len(columns) or len(columns) >= table.shape[1]:
+            return None
+        return np.delete(table, columns, axis=1), table[:, columns].astype(str)
     try:
         column = range(table.shape[1])[label_column]
     except (IndexError, TypeError):
