@@ -27,7 +27,7 @@ from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._environment import HeldInterrupt
-from ._threads import set_num_threads, set_work_split
+from ._threads import load_free, set_num_threads, set_work_split
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
@@ -418,10 +418,11 @@ def _hidden_described(model):
 
 
 def _threads_described(by_rank):
-    """'2 threads', or under MPI '1 threads on each of 2 MPI ranks' or '1-2 threads ...'."""
+    """'2 threads' ('up to 2 threads' where fit follows the machine's load), or under MPI
+    '1 threads on each of 2 MPI ranks' or '1-2 threads ...'."""
     low, high = min(by_rank), max(by_rank)
     if len(by_rank) == 1:
-        return f"{low} threads"
+        return f"{'up to ' if load_free() else ''}{low} threads"
     return (f"{low}" if low == high else f"{low}-{high}") + \
         f" threads {'on each of' if low == high else 'per rank on'} {len(by_rank)} MPI ranks"
 
