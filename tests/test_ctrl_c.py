@@ -83,10 +83,11 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def test_ctrl_c_inside_an_llvmlite_callback_is_not_swallowed(tmp_path):
-    started = time.monotonic()
+    """Swallowed, the interrupt would let the run finish: exit 0 and a saved model. (It is
+    acted on once the object files under way are compiled: 15 of the 46 a cold run compiles in
+    its own process, here; TIMEOUT only bounds a hang.)"""
     proc = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_CALLBACK, "train", "--epochs", "1",
                            "--save", str(tmp_path / "m.npz")],
                           capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path,
                           timeout=TIMEOUT)
     _assert_interrupted(proc, proc.stderr, tmp_path)
-    assert time.monotonic() - started < TIMEOUT / 2
