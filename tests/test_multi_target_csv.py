@@ -39,6 +39,16 @@ def test_read_csv_takes_several_label_columns(linear, which, columns):
     np.testing.assert_array_equal(labels.astype(np.float64), expected)   # exact round trip
 
 
+def test_one_label_column_as_a_tuple_reads_as_that_column(tmp_path):
+    """pandas' '0,1,price' header (numbers, then a name) over numeric rows: skipped as with
+    the column given alone, the targets one column of (N, 1)."""
+    path = tmp_path / "numbered.csv"
+    path.write_text("0,1,price\n1.5,2,3.25\n2.5,3,4.5\n")
+    alone, one = read_csv(path, 2), read_csv(path, (2,))
+    np.testing.assert_array_equal(one[0], alone[0])
+    assert one[1].tolist() == [[label] for label in alone[1].tolist()] == [["3.25"], ["4.5"]]
+
+
 @pytest.mark.parametrize("columns, message", [((2, 2), "a column twice"),
                                               ((0, 1, 2, 3, 4, 5, 6), "leave no feature"),
                                               ((2, 9), "does not exist"),

@@ -452,8 +452,9 @@ def _parse_csv(rows, what, label_column):
         n_rows += 1
     n_features = (n_fields or 1) - (0 if column is None else len(column))
     # Whether a numeric first line is a header can only be told from the labels below it.
+    several = isinstance(label_column, tuple)   # (labels are then tuples, one per row)
     if first_fields is not None and column is not None and all(
-            _is_header(first_fields, [row[t] for row in labels] if len(column) > 1 else labels)
+            _is_header(first_fields, [row[t] for row in labels] if several else labels)
             for t in range(len(column))):
         del values[:n_features]
         del labels[0]
