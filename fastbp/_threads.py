@@ -85,11 +85,6 @@ def get_work_split():
     return "threads" if splits_by_threads() else "shape"
 
 
-def chosen():
-    """Whether set_num_threads chose the thread count."""
-    return _chosen
-
-
 def get_num_threads():
     """The number of threads fastbp's kernels use."""
     return numba.get_num_threads()

@@ -27,7 +27,7 @@ from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._environment import HeldInterrupt
-from ._threads import load_free, set_num_threads, set_work_split
+from ._threads import count_chosen, load_free, set_num_threads, set_work_split
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
@@ -272,7 +272,7 @@ def train(args, ranks=None):
     set_work_split(args.work_split)
     if args.threads is not None:
         set_num_threads(args.threads)
-    elif share is not None and not distributed.threads_chosen():
+    elif share is not None and not count_chosen():
         set_num_threads(share)
     with _together(ranks):
         ds, model, optimizer, sizes = _data_and_model(args, say)

@@ -228,7 +228,7 @@ class Ranks:
         stops after the same step (main thread only)."""
         self._threads_before = numba.get_num_threads()
         share = node_threads(self.comm)   # (a collective call: every rank makes it)
-        if not threads_chosen():
+        if not _threads.count_chosen():
             numba.set_num_threads(share)
         self._sigint_before = None
         if threading.current_thread() is threading.main_thread():
@@ -325,12 +325,6 @@ class Alone:
 
     def ready(self, task):
         pass   # compiled on first use
-
-
-def threads_chosen():
-    """Whether this process's thread count was chosen (fastbp.set_num_threads, or
-    NUMBA_NUM_THREADS), and so is kept."""
-    return _threads.count_chosen()
 
 
 def node_threads(comm):

@@ -400,18 +400,18 @@ class _Run:
             ranks.ready(lambda: model.engine.ready_steps(
                 optimizer.update_spec(), self.X[:1], self.y[:1], self.batch_size,
                 self.accumulate, self.weights is not None))
-        # One process alone, no thread count chosen: each epoch runs on the cores other
-        # processes left free lately (a parallel region waits for a thread that shares its
-        # core). The count changes no result.
+        # One process alone, no thread count chosen (asked each epoch: a callback may choose
+        # one): each epoch runs on the cores other processes left free lately (a parallel
+        # region waits for a thread that shares its core). The count changes no result.
         most = get_num_threads()
-        follow_load = isinstance(ranks, distributed.Alone) and load_free()
+        alone = isinstance(ranks, distributed.Alone)
         for cb in self.callbacks:
             if callable(getattr(cb, "on_train_begin", None)):
                 cb.on_train_begin(model, history)
         self.bar = None
         try:
             for epoch in range(self.epochs):
-                history.threads.append(fit_threads(most) if follow_load and load_free()
+                history.threads.append(fit_threads(most) if alone and load_free()
                                        else get_num_threads())
                 start_time = time.perf_counter()
                 epoch_lr = _current_lr(optimizer)
