@@ -9,8 +9,9 @@ runs in fastbp's compiled kernels, on every free core. Needs scikit-learn and Sc
 
 fastbp's own parameters: ``dtype`` (None by default: scikit-learn's, X's float32 or float64,
 and float64 for L-BFGS; "float32" or "float64" to choose), ``clip_norm`` (global
-gradient-norm clipping, none by default), ``n_threads`` (default: fastbp's, see ``fastbp.fit``), the hidden layers' ``norm``, ``residual`` and
-``dropout`` (none by default), the products' ``matmul_precision`` ("float32" by default) and
+gradient-norm clipping, none by default), ``n_threads`` (default: fastbp's, see
+``fastbp.fit``), the hidden layers' ``norm``, ``residual`` and ``dropout`` (none by default),
+the products' ``matmul_precision`` ("float32" by default) and
 the classifier's ``class_weight``: see the estimators' docstrings. In the worker processes of
 ``cross_val_score(n_jobs=k)`` or ``GridSearchCV(n_jobs=k)``, joblib sets ``NUMBA_NUM_THREADS``
 to cores / k, so that the k processes share the cores instead of each taking all of them:
@@ -25,7 +26,6 @@ A fitted estimator converts to scikit-learn's own fitted MLP, the same weights, 
 import copy
 import warnings
 from contextlib import contextmanager
-from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
@@ -36,8 +36,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import (Interval, InvalidParameterError, Options,
-                                             StrOptions)
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
@@ -45,79 +44,19 @@ from sklearn.utils.validation import (_check_sample_weight, _num_features, check
                                       column_or_1d, validate_data)
 
 from . import _threads, _validate, kernels
-from .kernels.update import STEPS
-from .model import MATMUL_PRECISIONS, MLP, NORMS
+from .model import MLP, NORMS
 from .optim import SGD, Adam
-from .engine import StepBuffers
-from .steps import Batches
+from ._sklearn_convert import chunked, in_dtype, moved_optimizer, rebuilt
+from ._sklearn_params import (ACTIVATIONS, NON_FINITE, PARAMETER_CONSTRAINTS,
+                              SKLEARN_ACTIVATIONS, hidden_sizes, is_norm, is_probability,
+                              per_hidden)
 from .training import DivergenceError
 from .training import fit as _train
 
 __all__ = ["MLPClassifier", "MLPRegressor", "from_sklearn"]
 
-# scikit-learn's activation names, and the fastbp activation of each ("logistic" is fastbp's
-# "sigmoid"); fastbp's other activations are accepted under their own names.
-_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
-                "leaky_relu": "leaky_relu", "gelu": "gelu"}
-# The hidden activations scikit-learn's MLPs have (its MLPs' "activation" options).
-_SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 # scikit-learn's adaptive rate stops dividing below this.
 _MIN_ADAPTIVE_LR = 1e-6
-# scikit-learn's words when a fit leaves non-finite weights (fastbp's detail may follow them).
-_NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain "
-               "large values and need to be preprocessed.")
-
-
-# -------------------------------------------------------------------------------------------------
-# Parameter checks (at fit, scikit-learn's convention)
-
-# scikit-learn's own constraints for its parameters (its InvalidParameterError, its messages),
-# and fastbp's for its own, checked by BaseEstimator._validate_params as scikit-learn's
-# estimators check theirs. What a constraint cannot say (a list of one value per hidden layer,
-# settings that exclude each other) is checked by _check_params after it.
-_PARAMETER_CONSTRAINTS = {
-    **neural_network.MLPClassifier._parameter_constraints,
-    "activation": [StrOptions(set(_ACTIVATIONS))],
-    "dtype": [None, StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
-              Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
-    "clip_norm": [None, Interval(Real, 0, None, closed="neither")],
-    "n_threads": [None, Interval(Integral, 1, None, closed="left")],
-    "norm": [None, StrOptions(set(NORMS)), list, tuple],
-    "residual": ["boolean"],
-    "dropout": [Interval(Real, 0, 1, closed="left"), list, tuple],
-    "matmul_precision": [StrOptions(set(MATMUL_PRECISIONS))],
-}
-
-
-def _hidden_sizes(value):
-    """hidden_layer_sizes as a list of ints (its type checked by the constraints), refused as
-    scikit-learn refuses sizes below 1."""
-    sizes = list(value) if np.iterable(value) and not isinstance(value, str) else [value]
-    if any(not isinstance(size, Integral) or isinstance(size, bool) for size in sizes):
-        raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
-    if any(size <= 0 for size in sizes):
-        raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
-    return [int(s) for s in sizes]
-
-
-def _per_hidden(estimator, name, value, n_hidden, accepts, expected):
-    """value as a list of one per hidden layer, each checked by accepts: a list or tuple is
-    one per hidden layer already, anything else is for every hidden layer (the constraints
-    have checked a single value)."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * n_hidden
-    if len(values) != n_hidden or not all(accepts(v) for v in values):
-        raise InvalidParameterError(
-            f"The {name!r} parameter of {type(estimator).__name__} must be {expected}, or a "
-            f"list of {n_hidden} of them (one per hidden layer). Got {value!r} instead.")
-    return values
-
-
-def _is_norm(value):
-    return value is None or (isinstance(value, str) and value in NORMS)
-
-
-def _is_probability(value):
-    return isinstance(value, Real) and not isinstance(value, bool) and 0 <= value < 1
 
 
 class _Layers(list):
@@ -150,7 +89,7 @@ def _checked_layer(name, view, value):
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, checks, the training loops."""
 
-    _parameter_constraints = _PARAMETER_CONSTRAINTS
+    _parameter_constraints = PARAMETER_CONSTRAINTS
 
     def _check_params(self):
         """scikit-learn's checks of each parameter (InvalidParameterError), unless its
@@ -158,7 +97,7 @@ class _BaseMLP(BaseEstimator):
         layer and the settings that exclude each other."""
         if not get_config()["skip_parameter_validation"]:
             self._validate_params()
-        _hidden_sizes(self.hidden_layer_sizes)
+        hidden_sizes(self.hidden_layer_sizes)
         if self.matmul_precision != "float32" and self.dtype is not None \
                 and np.dtype(self.dtype) != np.float32:
             raise ValueError(f"matmul_precision: {self.matmul_precision!r} is for "
@@ -171,11 +110,11 @@ class _BaseMLP(BaseEstimator):
 
     def _layer_options(self):
         """(norm, dropout), checked, as lists of one per hidden layer."""
-        n_hidden = len(_hidden_sizes(self.hidden_layer_sizes))
+        n_hidden = len(hidden_sizes(self.hidden_layer_sizes))
         norms = " or ".join(map(repr, NORMS))
-        return (_per_hidden(self, "norm", self.norm, n_hidden, _is_norm, f"None, {norms}"),
-                [float(p) for p in _per_hidden(self, "dropout", self.dropout, n_hidden,
-                                               _is_probability, "a float in [0, 1)")])
+        return (per_hidden(self, "norm", self.norm, n_hidden, is_norm, f"None, {norms}"),
+                [float(p) for p in per_hidden(self, "dropout", self.dropout, n_hidden,
+                                              is_probability, "a float in [0, 1)")])
 
     def _check_residual(self, X):
         """residual=True needs a hidden layer as wide as its input, the first one's being X's
@@ -184,7 +123,7 @@ class _BaseMLP(BaseEstimator):
             n_features = _num_features(X)
         except TypeError:
             return   # (X is refused by the data checks)
-        widths = [n_features] + _hidden_sizes(self.hidden_layer_sizes)
+        widths = [n_features] + hidden_sizes(self.hidden_layer_sizes)
         if not any(a == b for a, b in zip(widths[:-1], widths[1:])):
             raise ValueError(f"residual: no hidden layer is as wide as its input (widths "
                              f"{widths}: X's {n_features} features, then hidden_layer_sizes), "
@@ -302,7 +241,7 @@ class _BaseMLP(BaseEstimator):
         fitted = self._model.activations
         if not fitted:
             return self.activation
-        names = {fastbp_name: name for name, fastbp_name in _ACTIVATIONS.items()}
+        names = {fastbp_name: name for name, fastbp_name in ACTIVATIONS.items()}
         return names.get(fitted[0], fitted[0])   # (the estimator gives every layer one)
 
     def _check_expressible_in_sklearn(self):
@@ -320,9 +259,9 @@ class _BaseMLP(BaseEstimator):
             problems.append(f"matmul_precision: it multiplies in the weights' dtype, not in "
                             f"{model.matmul_precision!r}, so its predictions would differ")
         activation = self._fitted_activation()
-        if activation not in _SKLEARN_ACTIVATIONS:
+        if activation not in SKLEARN_ACTIVATIONS:
             problems.append(f"activation: it has no {activation!r} (only "
-                            f"{', '.join(map(repr, _SKLEARN_ACTIVATIONS))})")
+                            f"{', '.join(map(repr, SKLEARN_ACTIVATIONS))})")
         if model.loss != self._loss():
             problems.append(f"loss: the network's is {model.loss!r}, where scikit-learn's is "
                             f"{self._loss()!r} (fastbp's name) for these targets")
@@ -340,9 +279,9 @@ class _BaseMLP(BaseEstimator):
         X, y = self._validate_input(X, y, incremental, reset=first)
         sample_weight = self._row_weights(X, y, sample_weight)
         dtype = self._compute_dtype(X.dtype) if first else self._continued_dtype()
-        X, target = _in_dtype(X, self._target(y, dtype), dtype)
+        X, target = in_dtype(X, self._target(y, dtype), dtype)
         n_outputs = len(self.classes_) if target.ndim == 1 else target.shape[1]
-        sizes = [X.shape[1]] + _hidden_sizes(self.hidden_layer_sizes) + [n_outputs]
+        sizes = [X.shape[1]] + hidden_sizes(self.hidden_layer_sizes) + [n_outputs]
         if not first:
             self._check_continued(sizes)
         self._random_state = check_random_state(self.random_state)
@@ -356,7 +295,7 @@ class _BaseMLP(BaseEstimator):
             else:
                 detail = self._fit_stochastic(X, target, sample_weight, incremental)
         if not np.isfinite(self._model.params).all():   # (scikit-learn's last check)
-            raise ValueError(_NON_FINITE + detail)
+            raise ValueError(NON_FINITE + detail)
         return self
 
     def _row_weights(self, X, y, sample_weight):
@@ -386,9 +325,9 @@ class _BaseMLP(BaseEstimator):
         activation (scikit-learn reads both at every pass) and dtype. fastbp's network has its
         activation and dtype built in: it is rebuilt around the weights when either changed."""
         model = self._model
-        activation = _ACTIVATIONS[self.activation]
+        activation = ACTIVATIONS[self.activation]
         if model.dtype != dtype or any(name != activation for name in model.activations):
-            self._model = _rebuilt(model, activation, dtype)
+            self._model = rebuilt(model, activation, dtype)
         self._model.l2 = float(self.alpha)
 
     def _initialize(self, sizes, dtype):
@@ -407,7 +346,7 @@ class _BaseMLP(BaseEstimator):
         # that dropout leaves them as they are) and only with dropout (so that without it
         # every draw is scikit-learn's).
         seed = int(self._random_state.randint(np.iinfo(np.int32).max)) if any(dropout) else 0
-        self._model = MLP(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss(),
+        self._model = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=self._loss(),
                           dtype=dtype, seed=seed, l2=float(self.alpha), norm=norm,
                           residual=bool(self.residual), dropout=dropout,
                           matmul_precision=self.matmul_precision)
@@ -486,7 +425,7 @@ class _BaseMLP(BaseEstimator):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         elif self._optimizer.model is not self._model:   # (rebuilt: a new activation or dtype)
-            self._optimizer = _moved_optimizer(self._optimizer, self._model)
+            self._optimizer = moved_optimizer(self._optimizer, self._model)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         validation = None
@@ -546,8 +485,9 @@ class _BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, X, target, sample_weight):
         """Full-batch L-BFGS (SciPy's L-BFGS-B, as scikit-learn) over fastbp's loss and
         gradient: each evaluation writes the point into the model's parameter buffer and reads
-        the gradient from its gradient buffer. A sparse X is evaluated LBFGS_CHUNK rows at a
-        time (the gradient accumulated as fit's accumulate does), never densified whole, but
+        the gradient from its gradient buffer. A sparse X is evaluated in chunks of
+        _sklearn_convert.LBFGS_CHUNK rows (the gradient accumulated as fit's accumulate does),
+        never densified whole, but
         under batch normalisation, whose statistics are the whole batch's. Returns "" (no
         detail for the message of non-finite weights)."""
         model = self._model
@@ -555,7 +495,7 @@ class _BaseMLP(BaseEstimator):
         weights = _validate.sample_weight(sample_weight, X.shape[0])
         self._check_batch_norm_rows(X.shape[0])
         in_chunks = isinstance(X, _validate.SparseRows) and "batch" not in model.norm
-        evaluate = _chunked(model, X, target, weights) if in_chunks else \
+        evaluate = chunked(model, X, target, weights) if in_chunks else \
             (lambda: model.engine.loss_and_grad(X, target, weights))
 
         def loss_and_grad(point):
@@ -594,64 +534,6 @@ class _BaseMLP(BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
                                  f"{self.solver} is not stochastic.")
         return True
-
-
-def _in_dtype(X, target, dtype):
-    """X and float targets in the network's dtype. Values beyond a float32 network's range
-    (float64 data) are refused in scikit-learn's words: the weights could not stay finite."""
-    narrowed = [name for name, array in (("X", X), ("y", target))
-                if array.dtype.kind == "f" and array.dtype.itemsize > np.dtype(dtype).itemsize]
-    with np.errstate(over="ignore"):
-        X = X.astype(dtype) if hasattr(X, "tocsr") else np.ascontiguousarray(X, dtype=dtype)
-        if target.dtype.kind == "f":
-            target = np.ascontiguousarray(target, dtype=dtype)
-    for name, array in (("X", X.data if hasattr(X, "tocsr") else X), ("y", target)):
-        if name in narrowed and not np.isfinite(array).all():
-            raise ValueError(f"{_NON_FINITE} (fastbp: {name} has values beyond the range of "
-                             f"{np.dtype(dtype).name}, the network's dtype)")
-    return X, target
-
-
-def _rebuilt(model, activation, dtype):
-    """A network as model (layers, loss, penalty, normalisations, dropout and its masks' key)
-    but of this hidden activation and dtype, with model's weights, running statistics and
-    training passes."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        params = model.params.astype(dtype)
-    if (np.isfinite(model.params) & ~np.isfinite(params)).any():
-        raise ValueError(f"dtype: the fitted weights do not fit {np.dtype(dtype).name}")
-    new = MLP(model.sizes, activation=activation, loss=model.loss, dtype=dtype, seed=0,
-              l2=model.l2, norm=model.norm, residual=model.residual, dropout=model.dropout,
-              matmul_precision=model.matmul_precision)
-    new.params[...] = params   # (written: a diverged network's NaN stays, as scikit-learn's)
-    new.engine.running[...] = model.engine.running
-    new.engine.counter[...] = model.engine.counter
-    return new
-
-
-def _moved_optimizer(old, model):
-    """old, the same optimizer (settings, state, step count, current rate), for a rebuilt
-    model: partial_fit goes on with it, as scikit-learn's keeps its optimizer."""
-    new = type(old)(model, **old.config())
-    with np.errstate(over="ignore"):
-        new.state[...] = old.state
-    new.update_spec().hyper[STEPS] = old.steps
-    new.lr = old.lr
-    return new
-
-
-# Rows per evaluation chunk of L-BFGS over a sparse X.
-LBFGS_CHUNK = 4096
-
-
-def _chunked(model, X, target, weights):
-    """The full-batch objective and gradient of a sparse X (checked), computed LBFGS_CHUNK
-    rows at a time in one compiled call: a function of no arguments, for the current params."""
-    chunk = min(LBFGS_CHUNK, X.shape[0])
-    buffers = StepBuffers(model.engine, X, target, chunk, weighted=weights is not None,
-                          accumulates=True)
-    return Batches(model.engine, X, target, np.arange(X.shape[0]), buffers,
-                   weights).loss_and_grad
 
 
 class _Epochs:
@@ -789,7 +671,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     # scikit-learn's own estimator (to_sklearn's); not a parameter.
     _sklearn_class = neural_network.MLPClassifier
-    _parameter_constraints = {**_PARAMETER_CONSTRAINTS,
+    _parameter_constraints = {**PARAMETER_CONSTRAINTS,
                               "class_weight": [None, StrOptions({"balanced"}), dict, list]}
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -947,7 +829,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     # scikit-learn's own estimator (to_sklearn's); not a parameter.
     _sklearn_class = neural_network.MLPRegressor
-    _parameter_constraints = {**_PARAMETER_CONSTRAINTS,
+    _parameter_constraints = {**PARAMETER_CONSTRAINTS,
                               "loss": neural_network.MLPRegressor._parameter_constraints["loss"]}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
@@ -1049,7 +931,7 @@ def from_sklearn(estimator):
         raise ValueError(f"out_activation_: the network's outputs are "
                          f"{estimator.out_activation_!r}; fastbp's {ours_class.__name__} has "
                          f"{ours._output_activation()!r} outputs for these targets")
-    ours._model = MLP(sizes, activation=_ACTIVATIONS[ours.activation], loss=ours._loss(),
+    ours._model = MLP(sizes, activation=ACTIVATIONS[ours.activation], loss=ours._loss(),
                       dtype=dtype.type, seed=0, l2=float(ours.alpha))
     if hasattr(ours, "validation_scores_"):   # (scikit-learn keeps no validation losses)
         scores = ours.validation_scores_
@@ -1100,7 +982,7 @@ def _hidden_param(asked, fitted):
     changes the parameter, not the network; the converted estimator describes the network, so
     that warm_start continues it.)"""
     try:
-        same = _hidden_sizes(asked) == list(fitted)
+        same = hidden_sizes(asked) == list(fitted)
     except (TypeError, ValueError):
         same = False
     return asked if same else tuple(fitted)

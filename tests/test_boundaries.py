@@ -28,6 +28,9 @@ THIRD_PARTY = {
     # scikit-learn's MLP: the weights its early stopping restores (sklearn's to_sklearn sets
     # them, as scikit-learn's own fit does)
     "_best_coefs", "_best_intercepts",
+    # scikit-learn's parameter constraints of its MLPs, which fastbp's estimators extend
+    # (_sklearn_params; fastbp.sklearn's estimators define their own)
+    "_parameter_constraints",
 }
 # scikit-learn's own helpers, imported so that the estimators check as scikit-learn's do.
 THIRD_PARTY_IMPORTS = {("sklearn.utils.multiclass", "_check_partial_fit_first_call"),

@@ -116,8 +116,8 @@ def test_sparse_X_trains_as_dense_X(digits, solver, norm, monkeypatch):
     batch's, not a chunk's.)"""
     import scipy.sparse
 
-    import fastbp.sklearn as estimators
-    monkeypatch.setattr(estimators, "LBFGS_CHUNK", 128)   # several chunks
+    from fastbp import _sklearn_convert
+    monkeypatch.setattr(_sklearn_convert, "LBFGS_CHUNK", 128)   # several chunks
     X, y = digits
     X = np.where(np.abs(X) > 1.0, X, 0.0)   # about 80% zeros
     params = dict(max_iter=5, random_state=0, hidden_layer_sizes=(32,), solver=solver,
