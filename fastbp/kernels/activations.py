@@ -125,6 +125,13 @@ CODES = {a.name: code for code, a in enumerate(ACTIVATIONS)}
 globals().update({name.upper(): code for name, code in CODES.items()})  # RELU = 1, ...
 
 _USES_INPUT = tuple(a.uses_input for a in ACTIVATIONS)
+N_ACTIVATIONS = len(ACTIVATIONS)
+
+
+@njit(**INLINED)
+def is_activation(code):
+    """Whether code is one of CODES' (a kernel refuses any other: see _checks)."""
+    return 0 <= code < N_ACTIVATIONS
 
 
 @njit(**INLINED)

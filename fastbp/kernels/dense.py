@@ -16,12 +16,14 @@ import numpy as np
 from numba import njit, prange, types
 
 from . import _units
+from ._checks import arguments, require
 from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import gemm, load_bfloat16_gemm, matrix_view, num_threads
 from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, register_bfloat16_emulation,
                        round_to_bfloat16)
 from ._tiling import grid, span, tile_budget
-from .activations import activation_grad_tile, activation_input, bias_activation_tile
+from .activations import (activation_grad_tile, activation_input, bias_activation_tile,
+                          is_activation)
 
 
 @njit(**SERIAL)
@@ -92,8 +94,11 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
     pre: optional (B, OC) array that receives the pre-activation inp @ weight + bias, for
     activations whose gradient needs it (gelu); not written for the others.
     """
+    _forward_arguments(out, inp, weight, bias, activation, scratch, pre)
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
+    _check_forward(out, inp, weight, bias, activation)
+    require(pre is None or pre.shape == out.shape, "dense_forward: pre must be (B, OC) as out")
     keep = out[:0] if pre is None else pre
     if scratch is not None:
         if splits_input(n_rows, n_in, n_out, tile_budget(), scratch.shape[0]):
@@ -101,6 +106,23 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
                                        weight, bias, activation)
             return
     _dense_forward_grid(out, keep, inp, weight, bias, activation)
+
+
+_forward_arguments = arguments("dense_forward", out="matrix", inp="matrix", weight="matrix",
+                               bias="vector", activation="code", scratch="vector?",
+                               pre="matrix?")
+
+
+@njit(**INLINED)
+def _check_forward(out, inp, weight, bias, activation):
+    """The shapes dense_forward and dense_forward_bf16 read and write, and the activation."""
+    require(weight.shape[0] == inp.shape[1],
+            "dense_forward: weight must have as many rows as inp has columns (C)")
+    require(out.shape[0] == inp.shape[0] and out.shape[1] == weight.shape[1],
+            "dense_forward: out must be (B, OC): inp's rows by weight's columns")
+    require(bias.shape[0] == weight.shape[1], "dense_forward: bias must have OC elements")
+    require(is_activation(activation),
+            "dense_forward: activation must be one of kernels.CODES' codes")
 
 
 @njit(**PARALLEL)
@@ -163,6 +185,10 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     is one thread's whole sum over the batch: no races and no partial buffers. The grids follow
     the shapes and tile_budget(), and on one thread the same tiles run in turn.
     """
+    _backward_arguments(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+    _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre)
+    require(weight.shape[0] == inp.shape[1] and weight.shape[1] == dpre.shape[1],
+            "dense_backward: weight must be (C, OC): inp's columns by dpre's")
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     z = activation_input(inp_pre, inp, inp_activation)
@@ -183,6 +209,29 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     for t in prange(n_tasks):
         _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
                        n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
+
+
+_backward_arguments = arguments("dense_backward", dinp="matrix", dweight="matrix",
+                                dbias="vector", dpre="matrix", inp="matrix", weight="matrix",
+                                inp_activation="code", inp_pre="matrix?")
+
+
+@njit(**INLINED)
+def _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre):
+    """The shapes dense_backward and dense_backward_bf16 read and write (but the weight's),
+    and the activation."""
+    n_rows, n_in = inp.shape
+    n_out = dpre.shape[1]
+    require(dpre.shape[0] == n_rows, "dense_backward: dpre must have as many rows as inp (B)")
+    require(dweight.shape[0] == n_in and dweight.shape[1] == n_out,
+            "dense_backward: dweight must be (C, OC): inp's columns by dpre's")
+    require(dbias.shape[0] == n_out, "dense_backward: dbias must have OC elements")
+    require((dinp.shape[0] == n_rows or dinp.shape[0] == 0) and dinp.shape[1] == n_in,
+            "dense_backward: dinp must be (B, C) as inp, or have no rows")
+    require(inp_pre is None or inp_pre.shape == inp.shape,
+            "dense_backward: inp_pre must be (B, C) as inp")
+    require(is_activation(inp_activation),
+            "dense_backward: inp_activation must be one of kernels.CODES' codes")
 
 
 @njit(**INLINED)
