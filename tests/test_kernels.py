@@ -934,17 +934,18 @@ def test_dense_backward_with_gelu_input_needs_its_pre_activation(rng):
 
 @pytest.mark.parametrize("code", [len(kernels.ACTIVATIONS), len(kernels.ACTIVATIONS) + 1, -1,
                                   1000])
-def test_dense_kernels_take_an_unknown_activation_code_as_the_identity(code, rng):
-    """A code outside the table is the identity, as it always was (and nothing is read or
-    called out of the tables of activation loops): forward gives the affine map, backward the
-    plain product."""
+def test_dense_kernels_refuse_an_unknown_activation_code(code, rng):
+    """A code outside the table is refused before anything is written (it used to run as the
+    identity, which hid a caller's mistake)."""
     inp, weight, bias = rng.normal(size=(4, 3)), rng.normal(size=(3, 2)), rng.normal(size=2)
-    out = np.empty((4, 2))
-    kernels.dense_forward(out, inp, weight, bias, code)
-    np.testing.assert_allclose(out, inp @ weight + bias, rtol=1e-14)
-    dinp, dpre = np.empty((4, 3)), rng.normal(size=(4, 2))
-    kernels.dense_backward(dinp, np.empty((3, 2)), np.empty(2), dpre, inp, weight, code, inp)
-    np.testing.assert_allclose(dinp, dpre @ weight.T, rtol=1e-14)
+    out = np.full((4, 2), 7.0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        kernels.dense_forward(out, inp, weight, bias, code)
+    assert (out == 7.0).all()
+    dinp, dpre = np.full((4, 3), 7.0), rng.normal(size=(4, 2))
+    with pytest.raises(ValueError, match="inp_activation must be one of"):
+        kernels.dense_backward(dinp, np.empty((3, 2)), np.empty(2), dpre, inp, weight, code, inp)
+    assert (dinp == 7.0).all()
 
 
 def test_the_own_training_loop_example_trains(tmp_path):
