@@ -157,8 +157,12 @@ class Engine:
         with self.in_use:
             self.ready(entry, args, update_kind, weighted, sparse_index)
             pin_kernel_blas()
-            result = entry(*args)
-            kernels.raise_if_unfilled()   # a skipped unit: that result is not one
+            try:
+                result = entry(*args)
+            except kernels.UnitMissingError:
+                kernels.raise_if_unfilled()   # with the reason, where one was recorded
+                raise
+            kernels.raise_if_unfilled()   # a unit's own call skipped: that result is not one
             return result
 
     def ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):

@@ -5,6 +5,7 @@ import sys
 
 import fastbp.kernels  # noqa: F401 (declares every unit)
 from fastbp.kernels import _units, activations, losses, plan, update
+from helpers import subprocess_env
 
 
 def test_units_are_declared_beside_their_kernels():
@@ -56,3 +57,49 @@ def test_a_unit_that_cannot_be_filled_raises_instead_of_skipping_work():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "raised", result.stderr
+
+
+# A user's own @njit code calling the network, whose unit slot this fastbp does not have (as
+# after an upgrade, with that code cached against the old version): the call must stop the
+# caller with UnitMissingError, not skip the work and go on (it used to print a traceback per
+# skipped call, exit 0 and leave the parameters untrained).
+STALE_SLOT = """
+import numpy as np, numba
+from fastbp import kernels
+from fastbp.kernels import _units
+net, size = kernels.make_net([4, 8, 3], [1, 0], 16)
+work = kernels.make_workspace(net, size, np.float32)
+params = np.full(net.param_offsets[-1], 0.1, np.float32)
+grads = np.zeros_like(params)
+x, y = np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+
+@numba.njit
+def train(params, grads, work, x, y, net):
+    for _ in range(3):
+        kernels.mlp_loss_and_grad(grads, work, params, x, y, net)
+        kernels.sgd_update(params, grads, 0.1)
+
+train(params, grads, work, x, y, net)
+slot = _units._slot("dense_backward", numba.types.float32)
+del _units._BY_SLOT[slot]        # this version has no such unit
+_units._table[slot] = None
+before = params.copy()
+try:
+    train(params, grads, work, x, y, net)
+except kernels.UnitMissingError as exc:
+    assert "cached against another version" in str(exc), exc
+    assert (params == before).all()   # stopped at the first call: no update ran
+    try:
+        kernels.raise_if_unfilled()
+    except kernels.UnitMissingError as reason:
+        assert "which this version of fastbp does not have" in str(reason), reason
+        print("raised")
+"""
+
+
+def test_a_stale_unit_slot_stops_the_callers_own_compiled_code():
+    result = subprocess.run([sys.executable, "-c", STALE_SLOT], capture_output=True, text=True,
+                            timeout=300, env=subprocess_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "raised", result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr

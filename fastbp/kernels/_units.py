@@ -12,8 +12,10 @@ Arguments travel as one tuple, stored in the caller's stack frame, whose address
 unit reads it with the same Numba types (its ``register``-ed ones), so both sides agree on its
 layout. The table is filled from Python (``ensure``) before fastbp's entry points run; compiled
 code that finds a slot empty (a user's own ``@njit`` code calling the network functions) asks
-Python to fill it through a callback, and skips the call if that fails; fastbp's Python layer
-then raises UnitMissingError (raise_if_unfilled) rather than return what such a call left.
+Python to fill it through a callback, and raises UnitMissingError if that fails (the callback
+keeps the reason, which raise_if_unfilled raises). Inside a unit, a C function that cannot
+raise, Numba prints the exception and the unit returns: fastbp's Python layer then raises the
+reason (raise_if_unfilled) rather than return what such a call left.
 """
 import ctypes
 import hashlib
@@ -302,19 +304,19 @@ _unfilled = []   # why slots could not be filled, since the last raise_if_unfill
 
 
 def _fill_slot(slot):
-    # Called from compiled code through ctypes, where an exception is only printed and the
-    # call is skipped: so the failure is also kept, for raise_if_unfilled to raise from Python.
+    # Called from compiled code through ctypes, where an exception would only be printed: so
+    # the reason is kept, for raise_if_unfilled, and the compiled caller raises
+    # UnitMissingError when it finds the slot still empty (_call_slot).
     try:
         if slot not in _BY_SLOT:
             raise UnitMissingError(
                 f"fastbp: compiled code called unit slot {slot}, which this version of fastbp "
                 "does not have: it is a stale Numba cache of your own @njit code, compiled "
                 "against another version; delete that cache (__pycache__/*.nbi and *.nbc, or "
-                "the NUMBA_CACHE_DIR folder). The call was skipped.")
+                "the NUMBA_CACHE_DIR folder).")
         _install(*_BY_SLOT[slot])
     except BaseException as exc:
         _unfilled.append(str(exc) or repr(exc))
-        raise
 
 
 def report_skipped(message):
@@ -362,11 +364,9 @@ def _pack(context, builder, args, declared, values):
 
 
 def _call_packed(context, builder, restype, slot, arg_slot):
-    # Zeroed: a call skipped (an empty slot that could not be filled) returns zeros, not
-    # whatever the stack held (for the clipped update: not applied).
-    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype), zfill=True)
+    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype))
                 if restype != types.none else arg_slot)
-    _call_slot(builder, slot, arg_slot, ret_slot)
+    _call_slot(context, builder, slot, arg_slot, ret_slot)
     if restype == types.none:
         return context.get_dummy_value()
     return builder.load(ret_slot)
@@ -446,9 +446,19 @@ def _borrowed(context, builder, ty, value):
     return array._getvalue()
 
 
-def _call_slot(builder, slot, arg_slot, ret_slot):
+# What compiled code raises when a slot stays empty: the caller stops there. (Inside a unit, a
+# C function, Numba prints it instead and the unit returns; fastbp's Python layer then raises
+# the reason through raise_if_unfilled.)
+_UNFILLED_MESSAGE = (
+    "fastbp: compiled code called a fastbp kernel (a unit) that could not be loaded, and "
+    "stopped. Most often your own @njit code was cached against another version of fastbp: "
+    "delete that cache (its __pycache__/*.nbi and *.nbc files, or the NUMBA_CACHE_DIR folder) "
+    "and run again. fastbp.kernels.raise_if_unfilled() raises the reason.")
+
+
+def _call_slot(context, builder, slot, arg_slot, ret_slot):
     """Call the table's entry `slot` (an int64 value) as void(i8*, i8*); fill an empty entry
-    first."""
+    first, and raise UnitMissingError if it stays empty."""
     module = builder.module
     i8p = ir.IntType(8).as_pointer()
     table = module.globals.get("fastbp_unit_table")
@@ -460,7 +470,8 @@ def _call_slot(builder, slot, arg_slot, ret_slot):
             module, ir.FunctionType(ir.VoidType(), [ir.IntType(64)]), "fastbp_unit_ensure")
         builder.call(fill, [slot])
     address = builder.load(entry)
-    with builder.if_then(cgutils.is_not_null(builder, address), likely=True):
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p])
-        builder.call(builder.bitcast(address, fnty.as_pointer()),
-                     [builder.bitcast(arg_slot, i8p), builder.bitcast(ret_slot, i8p)])
+    with builder.if_then(cgutils.is_null(builder, address), likely=False):
+        context.call_conv.return_user_exc(builder, UnitMissingError, (_UNFILLED_MESSAGE,))
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p])
+    builder.call(builder.bitcast(address, fnty.as_pointer()),
+                 [builder.bitcast(arg_slot, i8p), builder.bitcast(ret_slot, i8p)])
