@@ -13,7 +13,12 @@ What the kernels need (see fastbp.kernels and the README's kernel table):
 - `make_workspace(net, acts_size, dtype)` allocates the buffers one thread's passes write: a
   Workspace each for passes that run at the same time.
 - Class labels are int64; X and the parameters share one float dtype; X's rows are
-  C-contiguous.
+  C-contiguous. A kernel refuses arguments it cannot use (ValueError, TypeError) before it
+  writes anything; inside a prange body, though, Numba drops what a called function raises, so
+  such a call just returns: call a kernel once outside the loop to check its arguments.
+- The kernels open parallel loops of their own. Inside your prange they run nested: under
+  Numba's OpenMP and TBB threading layers as they do, under its workqueue layer (which cannot
+  nest loops) each on its own thread (fastbp runs a nested loop there serially).
 """
 import time
 
@@ -56,21 +61,6 @@ def accuracy(model, params, data):
     return (model.predict(data.X_test) == data.y_test).mean()
 
 
-@njit(parallel=True)
-def _parallel_sum(n):
-    total = 0
-    for i in prange(n):
-        total += i
-    return total
-
-
-def nested_parallelism_works():
-    """A prange around kernels that run parallel loops of their own needs Numba's OpenMP or
-    TBB threading layer; the workqueue layer refuses it ("Concurrent access ...")."""
-    _parallel_sum(2)   # (Numba picks its threading layer at the first parallel call)
-    return numba.threading_layer() != "workqueue"
-
-
 def main(epochs=20, members=4, batch=32):
     data = fastbp.data.load("digits")   # float32, standardised, int64 labels
     sizes = [64, 128, 10]
@@ -87,10 +77,6 @@ def main(epochs=20, members=4, batch=32):
           f"{accuracy(model, params, data):.2%} ({time.perf_counter() - start:.2f} s with "
           "compiling or loading it)")
 
-    if not nested_parallelism_works():
-        print("ensemble skipped: the workqueue threading layer cannot nest parallel loops "
-              "(set NUMBA_THREADING_LAYER=omp or tbb)")
-        return
     params = np.stack([fastbp.MLP(sizes, seed=seed).params for seed in range(members)])
     grads = np.zeros_like(params)
     works = [kernels.make_workspace(net, acts_size, np.float32) for _ in range(members)]

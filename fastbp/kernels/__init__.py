@@ -42,7 +42,7 @@ dtype, as BLAS does (a float32 Net in bfloat16 precision rounds the products' op
 bfloat16 first; bfloat16.py). Losses and the softmax denominator accumulate in float64;
 gradient norms sum squares in the working dtype over blocks of 512, and the blocks in float64.
 """
-from . import _config
+from . import _config, _nesting
 from ._config import GRID_TILES, MIN_TILE_WORK, NORM_CHUNK
 from ._native import gemm
 from ._tiling import tile_budget
@@ -113,3 +113,4 @@ __all__ = [
 ]
 
 _config.guard_cache(getattr(getattr(mlp_forward, "_cache", None), "_cache_path", None))
+_nesting.install_for_workqueue()

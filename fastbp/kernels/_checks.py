@@ -49,20 +49,26 @@ KINDS = {
     "float64s": (_is_array_of(1, (types.float64,)), "a 1-D float64 array"),
     "float64_matrix": (_is_array_of(2, (types.float64,)), "a 2-D float64 array"),
     "bits": (_is_array_of(1, BITS), "a 1-D uint16 or int16 array (bfloat16 bit patterns)"),
+    "bits_matrix": (_is_array_of(2, BITS),
+                    "a 2-D uint16 or int16 array (bfloat16 bit patterns)"),
+    "float32_matrix": (_is_array_of(2, (types.float32,)), "a 2-D float32 array"),
+    "operand": (_is_array_of(2, FLOATS + BITS),
+                "a 2-D float32 or float64 array, or uint16 or int16 (bfloat16 bit patterns)"),
     "code": (lambda t: isinstance(t, types.Integer), "an integer"),
     "number": (lambda t: isinstance(t, (types.Integer, types.Float)), "a number"),
     "flag": (lambda t: isinstance(t, (types.Boolean, types.Integer)), "a bool"),
 }
 # Kinds whose arrays hold the model's numbers: those of one call share one dtype.
-_MODEL_DTYPE = ("matrix", "vector", "rows")
+_MODEL_DTYPE = ("matrix", "vector", "rows", "float32_matrix")
 
 
 def _absent(t):
     return t is None or isinstance(t, (types.NoneType, types.Omitted))
 
 
-def _type_error(kernel, name, kind, t):
-    """The message for argument `name` of type t, which is not of `kind`, or None if it is."""
+def _type_error(kernel, name, kind, t, any_layout=False):
+    """The message for argument `name` of type t, which is not of `kind`, or None if it is
+    (any_layout: a Fortran-ordered matrix is of its kind)."""
     base, optional = kind.rstrip("?"), kind.endswith("?")
     if optional and _absent(t):
         return None
@@ -70,16 +76,17 @@ def _type_error(kernel, name, kind, t):
     if not test(t):
         return (f"{kernel}: {name} must be {wanted}{' or None' if optional else ''}, "
                 f"not {t}")
-    if isinstance(t, types.Array) and t.ndim == 2 and t.layout == "F":
+    if not any_layout and isinstance(t, types.Array) and t.ndim == 2 and t.layout == "F":
         return (f"{kernel}: {name} is Fortran-ordered; its rows must be contiguous "
                 f"(pass np.ascontiguousarray({name}))")
     return None
 
 
-def type_errors(kernel, kinds, argtypes):
+def type_errors(kernel, kinds, argtypes, any_layout=False):
     """The messages for every argument of argtypes (name -> Numba type) that is not of its kind
     (kinds: name -> kind), then for float arrays that do not share one dtype."""
-    errors = [e for e in (_type_error(kernel, n, kinds[n], t) for n, t in argtypes.items()) if e]
+    errors = [e for e in (_type_error(kernel, n, kinds[n], t, any_layout)
+                          for n, t in argtypes.items()) if e]
     model = {n: t.dtype for n, t in argtypes.items()
              if kinds[n].rstrip("?") in _MODEL_DTYPE and not _absent(t)}
     if not errors and len(set(model.values())) > 1:
@@ -110,12 +117,14 @@ _STRIDE_TESTS = {
 }
 
 
-def arguments(kernel, **kinds):
+def arguments(kernel, any_layout=False, **kinds):
     """A function of the arguments name=kind (in the kernel's order; kinds in KINDS, "kind?"
     where None may be passed) that a kernel calls first with its own: its typing raises
     TypeError for an argument of another kind, a Fortran-ordered matrix, or float arrays of
     two dtypes; its code tests the strides of arrays of unknown layout (Numba's "A": views)
-    and raises ValueError when they are not as the kernels read them."""
+    and raises ValueError when they are not as the kernels read them. any_layout: the kernel
+    reads its arrays by Numba's indexing, which follows any strides, so no layout is refused
+    or tested."""
     names = list(kinds)
     scope = {}
     exec(compile(_CHECK.format(name=f"check_{kernel}", params=", ".join(names)), __file__,
@@ -123,12 +132,13 @@ def arguments(kernel, **kinds):
     stub = scope[f"check_{kernel}"]
 
     def typing(*argtypes):
-        errors = type_errors(kernel, kinds, dict(zip(names, argtypes)))
+        errors = type_errors(kernel, kinds, dict(zip(names, argtypes)), any_layout)
         if errors:
             raise TypeError("; ".join(errors))
         lines = [_STRIDE_TESTS[t.ndim].format(a=n, kernel=kernel)
                  for n, t in zip(names, argtypes)
-                 if isinstance(t, types.Array) and t.layout == "A" and t.ndim in (1, 2)]
+                 if isinstance(t, types.Array) and t.layout == "A" and t.ndim in (1, 2)
+                 and not any_layout]
         source = _IMPL.format(params=", ".join(names), lines="\n".join(lines) or "    pass")
         impl_scope = {}
         exec(compile(source, __file__, "exec"), impl_scope)

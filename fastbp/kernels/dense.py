@@ -108,9 +108,9 @@ def dense_forward(out, inp, weight, bias, activation, scratch=None, pre=None):
     _dense_forward_grid(out, keep, inp, weight, bias, activation)
 
 
-_forward_arguments = arguments("dense_forward", out="matrix", inp="matrix", weight="matrix",
-                               bias="vector", activation="code", scratch="vector?",
-                               pre="matrix?")
+_forward_arguments = arguments("dense_forward", out="matrix", inp="matrix",
+                               weight="matrix", bias="vector", activation="code",
+                               scratch="vector?", pre="matrix?")
 
 
 @njit(**INLINED)
@@ -211,9 +211,9 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
                        n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
 
 
-_backward_arguments = arguments("dense_backward", dinp="matrix", dweight="matrix",
-                                dbias="vector", dpre="matrix", inp="matrix", weight="matrix",
-                                inp_activation="code", inp_pre="matrix?")
+_backward_arguments = arguments("dense_backward", dinp="matrix",
+                                dweight="matrix", dbias="vector", dpre="matrix", inp="matrix",
+                                weight="matrix", inp_activation="code", inp_pre="matrix?")
 
 
 @njit(**INLINED)
