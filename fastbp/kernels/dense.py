@@ -226,7 +226,7 @@ def _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre):
     require(dweight.shape[0] == n_in and dweight.shape[1] == n_out,
             "dense_backward: dweight must be (C, OC): inp's columns by dpre's")
     require(dbias.shape[0] == n_out, "dense_backward: dbias must have OC elements")
-    require((dinp.shape[0] == n_rows or dinp.shape[0] == 0) and dinp.shape[1] == n_in,
+    require(dinp.shape[0] == 0 or (dinp.shape[0] == n_rows and dinp.shape[1] == n_in),
             "dense_backward: dinp must be (B, C) as inp, or have no rows")
     require(inp_pre is None or inp_pre.shape == inp.shape,
             "dense_backward: inp_pre must be (B, C) as inp")
@@ -278,11 +278,20 @@ def dense_forward_bf16(out, pre, inp, weight, bias, activation, inp_bits, weight
     """dense_forward (without the input split) with bfloat16 operands: inp (B, C) and weight
     (C, OC) rounded into inp_bits (>= B * C) and weight_bits (C * OC), 1-D bit-pattern buffers
     (uint16: MKL's product; int16: emulated), overwritten; weight_bits then holds what
-    dense_backward_bf16 reads. pre: as dense_forward's, or a view without rows. Call
-    require_bfloat16() (uint16) or register_bfloat16_emulation() (int16) once before the
-    first call in a process (fastbp's models do)."""
+    dense_backward_bf16 reads. pre: as dense_forward's, or a view without rows. All float32.
+    Call require_bfloat16() (uint16) or register_bfloat16_emulation() (int16) once before the
+    first call in a process (fastbp's models do). Refuses what dense_forward refuses, and bit
+    buffers too short."""
+    _forward_bf16_arguments(out, pre, inp, weight, bias, activation, inp_bits, weight_bits)
+    _check_forward(out, inp, weight, bias, activation)
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
+    require(pre.shape[0] == 0 or pre.shape == out.shape,
+            "dense_forward_bf16: pre must be (B, OC) as out, or have no rows")
+    require(inp_bits.shape[0] >= n_rows * n_in,
+            "dense_forward_bf16: inp_bits must hold B * C bit patterns")
+    require(weight_bits.shape[0] >= n_in * n_out,
+            "dense_forward_bf16: weight_bits must hold C * OC bit patterns")
     inp_op = matrix_view(inp_bits, 0, n_rows, n_in)
     weight_op = matrix_view(weight_bits, 0, n_in, n_out)
     round_to_bfloat16(inp_op, inp)
@@ -295,9 +304,18 @@ def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activa
                         rows_bits):
     """dense_backward with bfloat16 operands: weight_bits (C * OC) as dense_forward_bf16 left
     it; inp and dpre rounded into rows_bits (>= B * (C + OC), overwritten). dbias and the
-    activation's gradient read the float32 dpre, inp and inp_pre."""
+    activation's gradient read the float32 dpre, inp and inp_pre. Refuses what dense_backward
+    refuses, and bit buffers too short."""
+    _backward_bf16_arguments(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation,
+                             inp_pre, rows_bits)
+    _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre)
     n_rows, n_in = inp.shape
     n_out = dpre.shape[1]
+    require(weight_bits.shape[0] >= n_in * n_out,
+            "dense_backward_bf16: weight_bits must hold C * OC bit patterns")
+    require(rows_bits.shape[0] >= n_rows * (n_in + n_out),
+            "dense_backward_bf16: rows_bits must hold B * (C + OC) bit patterns")
+    z = activation_input(inp_pre, inp, inp_activation)   # (it may refuse: before any write)
     inp_op = matrix_view(rows_bits, 0, n_rows, n_in)
     dpre_op = matrix_view(rows_bits, n_rows * n_in, n_rows, n_out)
     round_to_bfloat16(inp_op, inp)
@@ -307,9 +325,16 @@ def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activa
     # (dense_backward's split) than one after the other (README, bfloat16 products).
     _weight_grad(dweight, dbias, dpre, inp_op, dpre_op)
     if dinp.shape[0] > 0:
-        _input_grad(dinp, dpre_op, weight_op, inp, activation_input(inp_pre, inp,
-                                                                    inp_activation),
-                    inp_activation)
+        _input_grad(dinp, dpre_op, weight_op, inp, z, inp_activation)
+
+
+_forward_bf16_arguments = arguments(
+    "dense_forward_bf16", out="float32_matrix", pre="matrix", inp="matrix", weight="matrix",
+    bias="vector", activation="code", inp_bits="bits", weight_bits="bits")
+_backward_bf16_arguments = arguments(
+    "dense_backward_bf16", dinp="float32_matrix", dweight="matrix", dbias="vector",
+    dpre="matrix", inp="matrix", weight_bits="bits", inp_activation="code", inp_pre="matrix?",
+    rows_bits="bits")
 
 
 @njit(**PARALLEL)
