@@ -149,5 +149,8 @@ def arguments(kernel, any_layout=False, **kinds):
     shim = {}
     exec(compile(f"def typing_shim({signature}):\n    return typing({signature})\n",
                  __file__, "exec"), {"typing": typing}, shim)
-    overload(stub, jit_options=SERIAL, prefer_literal=False)(shim["typing_shim"])
+    # Not cached: every guard's impl has one name in this file, so Numba's cache would hand a
+    # kernel another's impl of the same types (and could not rebuild its globals).
+    overload(stub, jit_options=dict(SERIAL, cache=False),
+             prefer_literal=False)(shim["typing_shim"])
     return stub
