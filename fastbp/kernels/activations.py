@@ -19,6 +19,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from . import _units
+from ._checks import arguments, require
 from ._config import INLINED, PARALLEL, SERIAL
 from ._tiling import n_tiles, span
 
@@ -143,9 +144,10 @@ def uses_input(activation):
 def per_activation(loop):
     """An inlined function f(activation, args) that runs loop(value, grad, uses_input, args)
     with the functions of the table entry whose code is activation (the identity's for a code
-    outside the table): a chain of ifs over the codes, built from ACTIVATIONS. So each loop is
-    written once, the branch on the code stays outside it, and the activation's functions are
-    called directly (and inlined) inside it."""
+    outside the table, which the public kernels refuse before they get here): a chain of ifs
+    over the codes, built from ACTIVATIONS. So each loop is written once, the branch on the
+    code stays outside it, and the activation's functions are called directly (and inlined)
+    inside it."""
     chain = _link(None, ACTIVATIONS[IDENTITY], loop, None)  # the identity, and any other code
     for code in reversed(range(len(ACTIVATIONS))):
         if code != IDENTITY:
@@ -155,7 +157,7 @@ def per_activation(loop):
 
 def _link(code, activation_entry, loop, rest):
     """The chain's link for one code; with rest (and code) None, the end of the chain, which
-    runs for any code (a code outside the table is the identity, as it always was)."""
+    runs for any code (a code outside the table is the identity: never read out of a table)."""
     value, grad, keep = activation_entry.value, activation_entry.grad, activation_entry.uses_input
     if rest is None:
         @njit(**INLINED)
@@ -341,7 +343,12 @@ def _activation_backward_rows(dinp, dout, out, inp, activation, r0, r1):
 
 @njit(**PARALLEL)
 def activation_forward(out, inp, activation):
-    """out (B, N) = act(inp (B, N)) for an activation code; out may be inp."""
+    """out (B, N) = act(inp (B, N)) for an activation code; out may be inp. Refused: out of
+    another shape, a code not in CODES."""
+    _forward_arguments(out, inp, activation)
+    require(out.shape == inp.shape, "activation_forward: out must be (B, N) as inp")
+    require(is_activation(activation),
+            "activation_forward: activation must be one of kernels.CODES' codes")
     n_rows = inp.shape[0]
     tiles = n_tiles(n_rows, 8 * inp.shape[1])
     if tiles == 1:
@@ -356,7 +363,17 @@ def activation_forward(out, inp, activation):
 def activation_backward(dinp, dout, out, activation, inp=None):
     """dinp (B, N) = dout (B, N) * act'(z), where out (B, N) = act(z); dinp may be dout.
     inp: z (B, N), needed by activations whose gradient reads their input (gelu; see
-    uses_input), ignored by the others."""
+    uses_input), ignored by the others. Refused: arrays of another shape than out, a code not
+    in CODES, no inp where it is needed."""
+    _backward_arguments(dinp, dout, out, activation, inp)
+    require(dout.shape == out.shape, "activation_backward: dout must be (B, N) as out")
+    require(dinp.shape == out.shape, "activation_backward: dinp must be (B, N) as out")
+    require(inp is None or inp.shape == out.shape,
+            "activation_backward: inp must be (B, N) as out")
+    require(is_activation(activation),
+            "activation_backward: activation must be one of kernels.CODES' codes")
+    require(inp is not None or not uses_input(activation),
+            "activation_backward: this activation's gradient needs inp, its input z")
     z = activation_input(inp, out, activation)
     n_rows = out.shape[0]
     tiles = n_tiles(n_rows, 2 * out.shape[1])
@@ -369,42 +386,74 @@ def activation_backward(dinp, dout, out, activation, inp=None):
         _activation_backward_rows(dinp, dout, out, z, activation, r0, r1)
 
 
+# Element by element, through Numba's indexing: any strides will do.
+_forward_arguments = arguments("activation_forward", any_layout=True, out="matrix",
+                               inp="matrix", activation="code")
+_backward_arguments = arguments("activation_backward", any_layout=True, dinp="matrix",
+                                dout="matrix", out="matrix", activation="code", inp="matrix?")
 activation_backward_unit = _units.unit(
     "activation_backward", activation_backward,
     lambda dt: (_M[dt], _M[dt], _M[dt], types.int64, _M[dt]))
 
 
+# The named activations' kernels check their arguments under their own names.
+def _named_arguments(name):
+    return (arguments(f"{name}_forward", any_layout=True, out="matrix", inp="matrix"),
+            arguments(f"{name}_backward", any_layout=True, dinp="matrix", dout="matrix",
+                      out="matrix"))
+
+
+_relu_forward_arguments, _relu_backward_arguments = _named_arguments("relu")
+_sigmoid_forward_arguments, _sigmoid_backward_arguments = _named_arguments("sigmoid")
+_tanh_forward_arguments, _tanh_backward_arguments = _named_arguments("tanh")
+
+
 @njit(**SERIAL)
 def relu_forward(out, inp):
     """out (B, N) = max(inp, 0); NaN stays NaN."""
+    _relu_forward_arguments(out, inp)
+    require(out.shape == inp.shape, "relu_forward: out must be (B, N) as inp")
     activation_forward(out, inp, RELU)  # noqa: F821 (defined from the table)
 
 
 @njit(**SERIAL)
 def relu_backward(dinp, dout, out):
     """dinp (B, N) = dout where out > 0, else 0; out is relu_forward's output."""
+    _relu_backward_arguments(dinp, dout, out)
+    require(dinp.shape == out.shape and dout.shape == out.shape,
+            "relu_backward: dinp and dout must be (B, N) as out")
     activation_backward(dinp, dout, out, RELU)  # noqa: F821
 
 
 @njit(**SERIAL)
 def sigmoid_forward(out, inp):
     """out (B, N) = 1 / (1 + exp(-inp)), without overflow for any finite input."""
+    _sigmoid_forward_arguments(out, inp)
+    require(out.shape == inp.shape, "sigmoid_forward: out must be (B, N) as inp")
     activation_forward(out, inp, SIGMOID)  # noqa: F821
 
 
 @njit(**SERIAL)
 def sigmoid_backward(dinp, dout, out):
     """dinp (B, N) = dout * out * (1 - out); out is sigmoid_forward's output."""
+    _sigmoid_backward_arguments(dinp, dout, out)
+    require(dinp.shape == out.shape and dout.shape == out.shape,
+            "sigmoid_backward: dinp and dout must be (B, N) as out")
     activation_backward(dinp, dout, out, SIGMOID)  # noqa: F821
 
 
 @njit(**SERIAL)
 def tanh_forward(out, inp):
     """out (B, N) = tanh(inp)."""
+    _tanh_forward_arguments(out, inp)
+    require(out.shape == inp.shape, "tanh_forward: out must be (B, N) as inp")
     activation_forward(out, inp, TANH)  # noqa: F821
 
 
 @njit(**SERIAL)
 def tanh_backward(dinp, dout, out):
     """dinp (B, N) = dout * (1 - out^2); out is tanh_forward's output."""
+    _tanh_backward_arguments(dinp, dout, out)
+    require(dinp.shape == out.shape and dout.shape == out.shape,
+            "tanh_backward: dinp and dout must be (B, N) as out")
     activation_backward(dinp, dout, out, TANH)  # noqa: F821

@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ._checks import arguments, require
 from ._config import INLINED, PARALLEL, SERIAL
 from ._tiling import n_tiles, span
 
@@ -86,14 +87,25 @@ def dropout_mask(mask, p, seed, step, layer, row_ids, row_base=0):
     """mask (B, N) := 1 / (1 - p) where an element is kept, 0 where it is dropped (probability
     p in [0, 1)), for the rows keyed by row_base + row_ids (B,) int64 (their indices in the
     data set), or by their positions 0..B-1 when row_ids is empty; seed, step, layer and
-    row_base: int64 >= 0."""
+    row_base: int64 >= 0. Refused: p outside [0, 1), row_ids neither empty nor (B,)."""
+    _mask_arguments(mask, p, seed, step, layer, row_ids, row_base)
+    require(0 <= p < 1, "dropout_mask: p must be in [0, 1)")
+    require(row_ids.shape[0] == 0 or row_ids.shape[0] == mask.shape[0],
+            "dropout_mask: row_ids must have B elements, one per row of mask, or none")
     _masks(mask[:0], mask, mask, p, seed, step, layer, row_ids, row_base)
 
 
 @njit(**SERIAL)
 def dropout_forward_masked(out, mask, inp, p, seed, step, layer, row_ids, row_base=0):
     """dropout_mask into mask, and out (B, N) = inp (B, N) * mask, in one pass; out may not be
-    mask."""
+    mask. Refused: as dropout_mask, and out or inp of another shape than mask."""
+    _masked_arguments(out, mask, inp, p, seed, step, layer, row_ids, row_base)
+    require(out.shape == mask.shape and inp.shape == mask.shape,
+            "dropout_forward_masked: out and inp must be (B, N) as mask")
+    require(0 <= p < 1, "dropout_forward_masked: p must be in [0, 1)")
+    require(row_ids.shape[0] == 0 or row_ids.shape[0] == mask.shape[0],
+            "dropout_forward_masked: row_ids must have B elements, one per row of mask, or "
+            "none")
     _masks(out, mask, inp, p, seed, step, layer, row_ids, row_base)
 
 
@@ -112,7 +124,11 @@ def _times_rows(out, inp, mask, r0, r1):
 
 @njit(**PARALLEL)
 def dropout_forward(out, inp, mask):
-    """out (B, N) = inp (B, N) * mask (B, N) (dropout_mask's); out may be inp or mask."""
+    """out (B, N) = inp (B, N) * mask (B, N) (dropout_mask's); out may be inp or mask.
+    Refused: arrays of other shapes."""
+    _forward_arguments(out, inp, mask)
+    require(out.shape == inp.shape and mask.shape == inp.shape,
+            "dropout_forward: out and mask must be (B, N) as inp")
     n_rows = inp.shape[0]
     tiles = n_tiles(n_rows, 2 * inp.shape[1])
     if tiles == 1:
@@ -126,5 +142,20 @@ def dropout_forward(out, inp, mask):
 @njit(**SERIAL)
 def dropout_backward(dinp, dout, mask):
     """dinp (B, N) = dout (B, N) * mask: the gradient through dropout_forward (the same
-    product); dinp may be dout or mask."""
+    product); dinp may be dout or mask. Refused: arrays of other shapes."""
+    _backward_arguments(dinp, dout, mask)
+    require(dinp.shape == dout.shape and mask.shape == dout.shape,
+            "dropout_backward: dinp and mask must be (B, N) as dout")
     dropout_forward(dinp, dout, mask)
+
+
+# Their arguments' kinds (element by element, by Numba's indexing: any strides will do).
+_MASK_KINDS = dict(p="number", seed="code", step="code", layer="code", row_ids="index",
+                   row_base="code")
+_mask_arguments = arguments("dropout_mask", any_layout=True, mask="matrix", **_MASK_KINDS)
+_masked_arguments = arguments("dropout_forward_masked", any_layout=True, out="matrix",
+                              mask="matrix", inp="matrix", **_MASK_KINDS)
+_forward_arguments = arguments("dropout_forward", any_layout=True, out="matrix", inp="matrix",
+                               mask="matrix")
+_backward_arguments = arguments("dropout_backward", any_layout=True, dinp="matrix",
+                                dout="matrix", mask="matrix")

@@ -1,10 +1,15 @@
 """Losses, fused with their gradient where training needs it. Each returns the mean loss over the
 batch, summed in float64 in row order; per-sample losses go to a float64 array.
 
-Softmax cross-entropy takes integer labels (B,) in [0, OC), not checked here (see
-rows.labels_in_range); MSE and Huber take targets (B, OC); binary cross-entropy (a sigmoid per
-logit, fused into the loss) takes targets (B, OC) in [0, 1], not checked here. The softmax's float32
-exp is a polynomial that vectorises, within 1 ulp of the correctly rounded value.
+Softmax cross-entropy takes integer labels (B,) in [0, OC); MSE and Huber take targets (B, OC);
+binary cross-entropy (a sigmoid per logit, fused into the loss) takes targets (B, OC) in [0, 1],
+not checked here. The softmax's float32 exp is a polynomial that vectorises, within 1 ulp of the
+correctly rounded value.
+
+Each loss kernel first checks its arguments, by a check made from its entry in the registry
+(see the end of this module): B > 0, the gradient (B, OC) as the outputs, losses (B,), and the
+target by its kind (labels (B,) in [0, OC), values (B, OC)); it refuses anything else before it
+writes.
 
 Each loss is defined once, in the registry ``LOSS_KINDS`` (name -> ``LossKind``) at the end of
 this module: its kernels (and their units), the targets it takes, whether it holds its own
@@ -29,10 +34,12 @@ import numpy as np
 from numba import njit, prange, types
 
 from . import _units
+from ._checks import arguments, require
 from ._config import ELEMENTWISE, INLINED, PARALLEL, SERIAL
 from ._native import float64_from_bits, num_threads, rows_view
 from ._tiling import n_tiles, span
 from .activations import sigmoid_forward
+from .rows import labels_in_range
 from .update import axpy, chunk_bounds, norm_partials_size, sum_of_squares
 
 SOFTMAX_CROSS_ENTROPY = 0
@@ -137,9 +144,11 @@ def softmax_cross_entropy_forward_backward(dlogits, losses, logits, labels):
     """Fused softmax + cross-entropy, forward and backward in one pass over the logits.
 
     losses (B,) = logsumexp(logits_i) - logits_i[labels_i]; dlogits (B, OC) = (softmax(logits)
-    - onehot(labels)) / B, the gradient of the mean loss. logits (B, OC); labels (B,) integers in
-    [0, OC), not checked here (see labels_in_range). dlogits may be logits. Returns the mean loss.
+    - onehot(labels)) / B, the gradient of the mean loss. logits (B, OC); labels (B,) int64 in
+    [0, OC). dlogits may be logits. Returns the mean loss.
     """
+    _check_softmax_cross_entropy_forward_backward(  # noqa: F821 (made from LOSS_KINDS below)
+        dlogits, losses, logits, labels)
     n_rows = logits.shape[0]
     scale = 1.0 / n_rows
     tiles = n_tiles(n_rows, 8 * logits.shape[1])
@@ -157,6 +166,7 @@ def softmax_cross_entropy_loss(losses, logits, labels):
     """losses (B,) as in softmax_cross_entropy_forward_backward, no gradient; returns the mean.
     (The same operations, but the sum of exponentials may be added in another order: the two
     can differ by about 1e-16 of the largest term.)"""
+    _check_softmax_cross_entropy_loss(losses, logits, labels)  # noqa: F821
     for i in range(logits.shape[0]):
         top = _row_max(logits, i)
         total = 0.0
@@ -172,7 +182,11 @@ def softmax_cross_entropy_loss(losses, logits, labels):
 
 @njit(**SERIAL)
 def softmax_forward(probs, logits):
-    """probs (B, OC) = softmax of each row of logits (B, OC); probs may be logits."""
+    """probs (B, OC) = softmax of each row of logits (B, OC); probs may be logits. Refused:
+    probs of another shape, logits without columns."""
+    _softmax_arguments(probs, logits)
+    require(probs.shape == logits.shape, "softmax_forward: probs must be (B, OC) as logits")
+    require(logits.shape[1] > 0, "softmax_forward: logits must have at least one column")
     n_rows = logits.shape[0]
     _shift_rows(probs, logits, 0, n_rows)
     _exp_rows(probs, 0, n_rows)
@@ -186,6 +200,7 @@ def mse_forward_backward(dpred, losses, pred, target):
 
     pred, target (B, OC); dpred may be pred. Returns the mean loss.
     """
+    _check_mse_forward_backward(dpred, losses, pred, target)  # noqa: F821
     n_rows = pred.shape[0]
     scale = 1.0 / n_rows
     tiles = n_tiles(n_rows, 4 * pred.shape[1])
@@ -212,6 +227,7 @@ def _mse_rows(dpred, losses, pred, target, scale):
 @njit(**SERIAL)
 def mse_loss(losses, pred, target):
     """losses (B,) as in mse_forward_backward, no gradient; returns the mean."""
+    _check_mse_loss(losses, pred, target)  # noqa: F821
     for i in range(pred.shape[0]):
         total = 0.0
         for j in range(pred.shape[1]):
@@ -235,6 +251,7 @@ def huber_forward_backward(dpred, losses, pred, target):
     pred, target (B, OC); dpred may be pred. Each row's loss is summed in float64. Returns the
     mean loss (PyTorch's HuberLoss(reduction="sum", delta=delta)(pred, target) / B).
     """
+    _check_huber_forward_backward(dpred, losses, pred, target)  # noqa: F821
     n_rows = pred.shape[0]
     scale = 1.0 / n_rows
     # Weighed as MSE's rows (a comparison and a select more per element; not measured).
@@ -282,6 +299,7 @@ def _huber_rows(dpred, losses, pred, target, scale):
 @njit(**SERIAL)
 def huber_loss(losses, pred, target):
     """losses (B,) as in huber_forward_backward, no gradient; returns the mean."""
+    _check_huber_loss(losses, pred, target)  # noqa: F821
     for i in range(pred.shape[0]):
         total = 0.0
         for j in range(pred.shape[1]):
@@ -325,6 +343,8 @@ def binary_cross_entropy_forward_backward(dlogits, losses, logits, target):
     computed in float64. Returns the mean loss (scikit-learn's binary_log_loss; PyTorch's
     binary_cross_entropy_with_logits(logits, target, reduction="sum") / B).
     """
+    _check_binary_cross_entropy_forward_backward(  # noqa: F821
+        dlogits, losses, logits, target)
     n_rows = logits.shape[0]
     scale = 1.0 / n_rows
     # An exp and a log1p per logit: weighed above mse's 4 and softmax's 8 (not measured).
@@ -342,6 +362,7 @@ def binary_cross_entropy_forward_backward(dlogits, losses, logits, target):
 def binary_cross_entropy_loss(losses, logits, target):
     """losses (B,) as in binary_cross_entropy_forward_backward, no gradient; returns the
     mean."""
+    _check_binary_cross_entropy_loss(losses, logits, target)  # noqa: F821
     for i in range(logits.shape[0]):
         total = 0.0
         for j in range(logits.shape[1]):
@@ -360,11 +381,12 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
     it); row i is multiplied by w_i / (total_weight / B), so that it carries w_i /
     total_weight instead.
     Returns sum_i w_i losses_i / total_weight. losses (B,) float64, the rows' unweighted
-    losses; weights (B,) float64, >= 0 (not checked here); total_weight: their sum, or, when
-    several batches make one update (accumulation), the sum over all its rows (0 makes the
-    loss NaN, 0/0, which a training step refuses). A row of
+    losses; weights (B,) float64 (refused: another length), >= 0 (not checked here);
+    total_weight: their sum, or, when several batches make one update (accumulation), the sum
+    over all its rows (0 makes the loss NaN, 0/0, which a training step refuses). A row of
     weight 0 counts as absent: its dout row is set to 0 and its loss left out (an Inf there
-    gives no NaN). dout may be empty (no gradient: sample_weights_loss).
+    gives no NaN). dout may be empty (no gradient: sample_weights_loss); refused: rows other
+    than B (or none).
 
     A stage of its own rather than a weight argument of each loss kernel: one small kernel
     serves every loss (and the output activations that follow the unfused ones: a row's
@@ -372,6 +394,11 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
     (so every unweighted result) stay as they are. Its cost is one pass over the output's
     delta (B x OC), in weighted steps only.
     """
+    _sample_weights_arguments(dout, losses, weights, total_weight)
+    require(weights.shape[0] == losses.shape[0],
+            "sample_weights_forward_backward: weights must have B elements, one per loss")
+    require(dout.shape[0] == losses.shape[0] or dout.shape[0] == 0,
+            "sample_weights_forward_backward: dout must have B rows, one per loss, or none")
     mean_weight = total_weight / losses.shape[0]
     for i in range(dout.shape[0]):
         w = weights[i]
@@ -385,7 +412,10 @@ def sample_weights_forward_backward(dout, losses, weights, total_weight):
 def sample_weights_loss(losses, weights, total_weight):
     """The weighted mean of sample_weights_forward_backward, which calls this, no gradient:
     sum_i w_i losses_i / total_weight, rows of weight 0 left out, summed in float64 in row
-    order."""
+    order. Refused: weights of another length than losses."""
+    _sample_weights_loss_arguments(losses, weights, total_weight)
+    require(weights.shape[0] == losses.shape[0],
+            "sample_weights_loss: weights must have B elements, one per loss")
     total = 0.0
     for i in range(losses.shape[0]):
         w = weights[i]
@@ -399,6 +429,7 @@ def weight_sum(weights):
     """The sum of weights (B,), in float64: the total_weight of
     sample_weights_forward_backward (fastbp computes every total with this function, so that
     all its paths agree on it to the bit)."""
+    _weight_sum_arguments(weights)
     total = 0.0
     for i in range(weights.shape[0]):
         total += weights[i]
@@ -434,8 +465,12 @@ def l2_penalty_forward_backward(grads, partials, params, param_offsets, weight_l
     l2_penalty_loss). partials: float64 scratch of update.norm_partials_size(param_offsets).
     Squares are summed as update.layer_sums_of_squares sums them, over fixed-size chunks (in
     parallel when there are many) added in order, so the value does not depend on the thread
-    count. l2 >= 0, n_rows > 0.
+    count. l2 >= 0, n_rows > 0. Refused: param_offsets reaching outside params,
+    weight_lengths of another length than L, grads of another length than params (but 0),
+    partials too short, l2 < 0, n_rows <= 0.
     """
+    _check_l2_penalty_forward_backward(grads, partials, params, param_offsets, weight_lengths,
+                                       l2, n_rows)
     n_chunks = norm_partials_size(param_offsets)
     scale = params.dtype.type(l2 / n_rows)
     if n_chunks < 2 * num_threads():
@@ -452,7 +487,9 @@ def l2_penalty_forward_backward(grads, partials, params, param_offsets, weight_l
 
 @njit(**SERIAL)
 def l2_penalty_loss(partials, params, param_offsets, weight_lengths, l2, n_rows):
-    """The penalty of l2_penalty_forward_backward (bitwise the same), no gradient."""
+    """The penalty of l2_penalty_forward_backward (bitwise the same), no gradient; refused as
+    it refuses."""
+    _check_l2_penalty_loss(partials, params, param_offsets, weight_lengths, l2, n_rows)
     return l2_penalty_forward_backward(params[:0], partials, params, param_offsets,
                                        weight_lengths, l2, n_rows)
 
@@ -464,6 +501,61 @@ def _mean(x):
         total += x[i]
     return total / x.shape[0]
 
+
+# -- argument checks ---------------------------------------------------------------------------
+# Every kernel here indexes its arrays element by element, which Numba does at any strides: no
+# layout is refused (any_layout).
+
+_softmax_arguments = arguments("softmax_forward", any_layout=True, probs="matrix",
+                               logits="matrix")
+_sample_weights_arguments = arguments(
+    "sample_weights_forward_backward", any_layout=True, dout="matrix", losses="float64s",
+    weights="float64s", total_weight="number")
+_sample_weights_loss_arguments = arguments(
+    "sample_weights_loss", any_layout=True, losses="float64s", weights="float64s",
+    total_weight="number")
+_weight_sum_arguments = arguments("weight_sum", any_layout=True, weights="vector")
+
+
+def _made_check(kernel, kinds, tests, scope=()):
+    """An inlined check(args) of the @njit kernel's arguments (their kinds: name -> kind, as
+    _checks.arguments takes them), then a ValueError "<kernel's name>: <message>" for the first
+    (test, message) of tests whose test (an expression of the arguments, in scope) fails.
+    Written out as source, so that each message is a constant."""
+    code = kernel.py_func.__code__
+    params = ", ".join(code.co_varnames[:code.co_argcount])
+    name = kernel.py_func.__name__
+    # (Each its own name: Numba's cache tells functions apart by their names.)
+    lines = [f"def check_{name}({params}):", f"    guard({params})"]
+    for test, message in tests:
+        lines += [f"    if not ({test}):", f"        raise ValueError({name + ': ' + message!r})"]
+    namespace = {"guard": arguments(name, any_layout=True, **kinds), **dict(scope)}
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
+    return njit(**INLINED)(namespace[f"check_{name}"])
+
+
+def _l2_check(kernel, grads):
+    """The check of l2_penalty_forward_backward (grads) or l2_penalty_loss (no grads)."""
+    kinds = dict(grads="vector") if grads else {}
+    kinds.update(partials="float64s", params="vector", param_offsets="index",
+                 weight_lengths="index", l2="number", n_rows="number")
+    tests = [("param_offsets.shape[0] > 0 and param_offsets[0] >= 0 and "
+              "param_offsets[param_offsets.shape[0] - 1] <= params.shape[0]",
+              "param_offsets (L + 1,) must run from 0 or more to at most params' length"),
+             ("weight_lengths.shape[0] == param_offsets.shape[0] - 1",
+              "weight_lengths must have L elements, one per layer of param_offsets"),
+             ("partials.shape[0] >= norm_partials_size(param_offsets)",
+              "partials must have update.norm_partials_size(param_offsets) elements"),
+             ("l2 >= 0", "l2 must be >= 0"),
+             ("n_rows > 0", "n_rows must be > 0")]
+    if grads:
+        tests.insert(0, ("grads.shape[0] == params.shape[0] or grads.shape[0] == 0",
+                         "grads must be as long as params, or empty"))
+    return _made_check(kernel, kinds, tests, dict(norm_partials_size=norm_partials_size))
+
+
+_check_l2_penalty_forward_backward = _l2_check(l2_penalty_forward_backward, True)
+_check_l2_penalty_loss = _l2_check(l2_penalty_loss, False)
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -523,6 +615,11 @@ class LossKind(namedtuple("LossKind", ["code", "name", "forward_backward", "loss
         raise ValueError(f"loss {self.name!r}: no predict rule {self.predict!r}")
 
 
+def _check_name(kernel):
+    """The name of the argument check that a loss kernel calls first (made below)."""
+    return f"_check_{kernel.py_func.__name__}"
+
+
 def check_kind(kind):
     """Raise ValueError if an entry misses a rule that another of its fields needs, or names
     one that does not exist: a loss is refused where it is declared, not taken for another
@@ -550,8 +647,11 @@ def check_kind(kind):
     if kind.torch is None or len(kind.torch) != 3:
         problems.append("no PyTorch reference (name, keyword arguments, scale)")
     for field in ("forward_backward", "loss"):
-        if not hasattr(getattr(kind, field), "py_func"):
+        kernel = getattr(kind, field)
+        if not hasattr(kernel, "py_func"):
             problems.append(f"{field} is not an @njit kernel")
+        elif _check_name(kernel) not in kernel.py_func.__code__.co_names:
+            problems.append(f"{field} does not call its argument check, {_check_name(kernel)}")
     if problems:
         raise ValueError(f"loss {kind.name!r}: " + "; ".join(problems))
 
@@ -575,6 +675,42 @@ LOSS_KINDS = {kind.name: kind for kind in (
 )}
 for _kind in LOSS_KINDS.values():
     check_kind(_kind)
+
+# Each loss kernel's argument check, made from its entry and named _check_<kernel>, which the
+# kernel calls before anything else (check_kind refuses a kernel that does not call it). Its
+# tests, in the kernel's argument names: B > 0, the gradient (if any) as the outputs, losses
+# one per row, and the target by its kind.
+_TARGET_CHECKS = {
+    "labels": ("labels", lambda t, out: [
+        (f"{t}.shape[0] == {out}.shape[0]", f"{t} must have B elements, one per row of {out}"),
+        (f"labels_in_range({t}, {out}.shape[1])",   # one pass, before anything is written
+         f"{t} must be in [0, OC), OC the columns of {out}")]),
+    "values": ("matrix", lambda t, out: [
+        (f"{t}.shape == {out}.shape", f"{t} must be (B, OC) as {out}")]),
+}
+assert set(_TARGET_CHECKS) == set(TARGETS)
+
+
+def _loss_check(kernel, targets):
+    """The check of a loss kernel of (dout,) losses, output, target for targets."""
+    code = kernel.py_func.__code__
+    *grad, losses, output, target = code.co_varnames[:code.co_argcount]
+    target_kind, target_tests = _TARGET_CHECKS[targets]
+    kinds = {**dict.fromkeys(grad, "matrix"), losses: "float64s", output: "matrix",
+             target: target_kind}
+    tests = [(f"{output}.shape[0] > 0", f"{output} must have at least one row (B > 0)"),
+             *[(f"{g}.shape == {output}.shape", f"{g} must be (B, OC) as {output}")
+               for g in grad],
+             (f"{losses}.shape[0] == {output}.shape[0]",
+              f"{losses} must have B elements, one per row of {output}"),
+             *target_tests(target, output)]
+    return _made_check(kernel, kinds, tests, dict(labels_in_range=labels_in_range))
+
+
+for _kind in LOSS_KINDS.values():
+    for _kernel in (_kind.forward_backward, _kind.loss):
+        globals()[_check_name(_kernel)] = _loss_check(_kernel, _kind.targets)
+
 #: The losses by name, as MLP(loss=...) takes them, and their codes.
 LOSS_CODES = {name: kind.code for name, kind in LOSS_KINDS.items()}
 #: The loss that a Net made without one (plan.make_net's loss=None, code -1) takes, by the

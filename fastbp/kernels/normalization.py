@@ -18,6 +18,7 @@ import math
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._checks import arguments, require
 from ._config import INLINED, PARALLEL, SERIAL
 from .activations import as_type_of
 from ._tiling import n_tiles, span
@@ -78,8 +79,17 @@ def _at_impl(value, j):
 def layer_norm_forward(out, xhat, rstd, inp, gamma, beta, eps=NORM_EPS):
     """Layer normalisation of each row of inp (B, N): xhat (B, N) and rstd (B,) (kept for the
     backward pass) and out (B, N) = gamma (N,) * xhat + beta (N,). xhat may be inp, and out
-    may be xhat or inp (each row is read whole before it is written)."""
-    n_rows = inp.shape[0]
+    may be xhat or inp (each row is read whole before it is written). Refused: other shapes,
+    N = 0, eps <= 0."""
+    _layer_norm_forward_arguments(out, xhat, rstd, inp, gamma, beta, eps)
+    n_rows, n_cols = inp.shape
+    require(n_cols > 0, "layer_norm_forward: inp must have at least one column (N > 0)")
+    require(out.shape == inp.shape and xhat.shape == inp.shape,
+            "layer_norm_forward: out and xhat must be (B, N) as inp")
+    require(rstd.shape[0] == n_rows, "layer_norm_forward: rstd must have B elements")
+    require(gamma.shape[0] == n_cols and beta.shape[0] == n_cols,
+            "layer_norm_forward: gamma and beta must have N elements")
+    require(eps > 0, "layer_norm_forward: eps must be > 0")
     tiles = n_tiles(n_rows, 4 * inp.shape[1])
     if tiles == 1:
         _layer_norm_rows(out, xhat, rstd, inp, gamma, beta, eps, 0, n_rows)
@@ -161,8 +171,15 @@ def _layer_norm_backward_rows(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, r0, 
 @njit(**PARALLEL)
 def layer_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma):
     """Backward of layer_norm_forward, given dout (B, N) = dL/dout: dgamma (N,) and dbeta (N,)
-    (overwritten) and dinp (B, N) = dL/dinp. dinp may be dout."""
-    n_rows = dout.shape[0]
+    (overwritten) and dinp (B, N) = dL/dinp. dinp may be dout. Refused: other shapes, N = 0."""
+    _layer_norm_backward_arguments(dinp, dgamma, dbeta, dout, xhat, rstd, gamma)
+    n_rows, n_cols = dout.shape
+    require(n_cols > 0, "layer_norm_backward: dout must have at least one column (N > 0)")
+    require(dinp.shape == dout.shape and xhat.shape == dout.shape,
+            "layer_norm_backward: dinp and xhat must be (B, N) as dout")
+    require(rstd.shape[0] == n_rows, "layer_norm_backward: rstd must have B elements")
+    require(gamma.shape[0] == n_cols and dgamma.shape[0] == n_cols and dbeta.shape[0] == n_cols,
+            "layer_norm_backward: gamma, dgamma and dbeta must have N elements")
     tiles = n_tiles(n_rows, 4 * dout.shape[1])
     if tiles == 1:
         _layer_norm_backward_rows(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, 0, n_rows)
@@ -217,8 +234,21 @@ def batch_norm_forward(out, xhat, mean, rstd, running_mean, running_var, inp, ga
     pass) and out (B, N) = gamma * xhat + beta. With update_running (and B > 1), the running
     estimates running_mean (N,) and running_var (N,) float64 move by momentum towards the
     batch's mean and unbiased variance (var * B / (B - 1)), as nn.BatchNorm1d does. xhat may
-    be inp and out may be xhat or inp."""
+    be inp and out may be xhat or inp. Refused: other shapes, B = 0, eps <= 0, momentum
+    outside [0, 1]."""
+    _batch_norm_forward_arguments(out, xhat, mean, rstd, running_mean, running_var, inp, gamma,
+                                  beta, update_running, eps, momentum)
     n_rows, n_cols = inp.shape
+    require(n_rows > 0, "batch_norm_forward: inp must have at least one row (B > 0)")
+    require(out.shape == inp.shape and xhat.shape == inp.shape,
+            "batch_norm_forward: out and xhat must be (B, N) as inp")
+    require(mean.shape[0] == n_cols and rstd.shape[0] == n_cols
+            and gamma.shape[0] == n_cols and beta.shape[0] == n_cols,
+            "batch_norm_forward: mean, rstd, gamma and beta must have N elements")
+    require(running_mean.shape[0] == n_cols and running_var.shape[0] == n_cols,
+            "batch_norm_forward: running_mean and running_var must have N elements")
+    require(eps > 0, "batch_norm_forward: eps must be > 0")
+    require(0 <= momentum <= 1, "batch_norm_forward: momentum must be in [0, 1]")
     tiles = _column_tiles(n_rows, n_cols)
     if tiles == 1:
         _batch_norm_columns(out, xhat, mean, rstd, running_mean, running_var, inp, gamma, beta,
@@ -243,8 +273,15 @@ def _batch_norm_inference_rows(out, inp, gamma, beta, running_mean, running_var,
 def batch_norm_inference(out, inp, gamma, beta, running_mean, running_var, eps=NORM_EPS):
     """Batch normalisation of inp (B, N) with the running estimates (inference, nn.BatchNorm1d's
     eval()): out (B, N) = (inp - running_mean) / sqrt(running_var + eps) * gamma + beta. out
-    may be inp."""
-    n_rows = inp.shape[0]
+    may be inp. Refused: other shapes, eps <= 0."""
+    _batch_norm_inference_arguments(out, inp, gamma, beta, running_mean, running_var, eps)
+    n_rows, n_cols = inp.shape
+    require(out.shape == inp.shape, "batch_norm_inference: out must be (B, N) as inp")
+    require(gamma.shape[0] == n_cols and beta.shape[0] == n_cols
+            and running_mean.shape[0] == n_cols and running_var.shape[0] == n_cols,
+            "batch_norm_inference: gamma, beta, running_mean and running_var must have N "
+            "elements")
+    require(eps > 0, "batch_norm_inference: eps must be > 0")
     tiles = n_tiles(n_rows, 4 * inp.shape[1])
     if tiles == 1:
         _batch_norm_inference_rows(out, inp, gamma, beta, running_mean, running_var, eps, 0,
@@ -276,8 +313,14 @@ def _batch_norm_backward_columns(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, c
 def batch_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma):
     """Backward of batch_norm_forward, given dout (B, N) = dL/dout: dgamma (N,) and dbeta (N,)
     (overwritten) and dinp (B, N) = dL/dinp through the batch's statistics. dinp may be
-    dout."""
+    dout. Refused: other shapes."""
+    _batch_norm_backward_arguments(dinp, dgamma, dbeta, dout, xhat, rstd, gamma)
     n_rows, n_cols = dout.shape
+    require(dinp.shape == dout.shape and xhat.shape == dout.shape,
+            "batch_norm_backward: dinp and xhat must be (B, N) as dout")
+    require(rstd.shape[0] == n_cols and gamma.shape[0] == n_cols
+            and dgamma.shape[0] == n_cols and dbeta.shape[0] == n_cols,
+            "batch_norm_backward: rstd, gamma, dgamma and dbeta must have N elements")
     tiles = _column_tiles(n_rows, n_cols)
     if tiles == 1:
         _batch_norm_backward_columns(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, 0, n_cols)
@@ -285,3 +328,22 @@ def batch_norm_backward(dinp, dgamma, dbeta, dout, xhat, rstd, gamma):
     for t in prange(tiles):
         c0, c1 = span(t, tiles, n_cols)
         _batch_norm_backward_columns(dinp, dgamma, dbeta, dout, xhat, rstd, gamma, c0, c1)
+
+
+# Their arguments' kinds (element by element, by Numba's indexing: any strides will do).
+_layer_norm_forward_arguments = arguments(
+    "layer_norm_forward", any_layout=True, out="matrix", xhat="matrix", rstd="vector",
+    inp="matrix", gamma="vector", beta="vector", eps="number")
+_layer_norm_backward_arguments = arguments(
+    "layer_norm_backward", any_layout=True, dinp="matrix", dgamma="vector", dbeta="vector",
+    dout="matrix", xhat="matrix", rstd="vector", gamma="vector")
+_batch_norm_forward_arguments = arguments(
+    "batch_norm_forward", any_layout=True, out="matrix", xhat="matrix", mean="vector",
+    rstd="vector", running_mean="float64s", running_var="float64s", inp="matrix",
+    gamma="vector", beta="vector", update_running="flag", eps="number", momentum="number")
+_batch_norm_inference_arguments = arguments(
+    "batch_norm_inference", any_layout=True, out="matrix", inp="matrix", gamma="vector",
+    beta="vector", running_mean="float64s", running_var="float64s", eps="number")
+_batch_norm_backward_arguments = arguments(
+    "batch_norm_backward", any_layout=True, dinp="matrix", dgamma="vector", dbeta="vector",
+    dout="matrix", xhat="matrix", rstd="vector", gamma="vector")
