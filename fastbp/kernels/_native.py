@@ -31,7 +31,8 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
-from ._config import INLINED
+from ._checks import arguments, require
+from ._config import INLINED, SERIAL
 from ._units import report_skipped
 
 
@@ -190,8 +191,10 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
     reference. transa/transb are character codes (ord('N') or ord('T'))."""
     dtype = c.dtype
     symbol = _SYMBOLS.get((a.dtype, dtype))
-    if symbol is None or b.dtype != a.dtype:
-        return None
+    if symbol is None or b.dtype != a.dtype:   # (gemm passes its b as a, its a as b)
+        raise TypeError(f"gemm: a and b must both be of c's dtype, or both bfloat16 bit "
+                        f"patterns (uint16 or int16) for a float32 c; got a {b.dtype}, b "
+                        f"{a.dtype}, c {dtype}")
     sig = types.void(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, signature, args):
@@ -240,6 +243,17 @@ def _leading_dim(x):
     return max(x.strides[0] // x.itemsize, x.shape[1], 1)
 
 
+_INT32_MAX = 2 ** 31 - 1
+
+
+@njit(**INLINED)
+def _blas_sized(x):
+    """Whether BLAS reads x's rows where they are: its row stride a whole number of elements,
+    its sizes within BLAS's 32-bit integers."""
+    return (x.strides[0] % x.itemsize == 0 and x.shape[0] <= _INT32_MAX
+            and _leading_dim(x) <= _INT32_MAX)
+
+
 @njit(**INLINED)
 def gemm(c, a, b, alpha, beta, trans_a, trans_b):
     """c (M, N) := alpha * op(a) @ op(b) + beta * c, on row-major views. a and b are of c's
@@ -249,8 +263,12 @@ def gemm(c, a, b, alpha, beta, trans_a, trans_b):
 
     op(a) is (M, K): a is (M, K), or (K, M) when trans_a. op(b) is (K, N): b is (K, N), or
     (N, K) when trans_b. Every view must have unit stride along its last axis; rows may be
-    strided (slices of a wider matrix). With beta == 0, c is overwritten, never read.
+    strided (slices of a wider matrix), not overlap nor run backwards. With beta == 0, c is
+    overwritten, never read. Other shapes or strides raise ValueError, other types
+    TypeError, c untouched. (c must not overlap a or b: not checked.)
     """
+    _gemm_arguments(c, a, b, alpha, beta, trans_a, trans_b)
+    _check_gemm(c, a, b, trans_a, trans_b)
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
@@ -258,6 +276,27 @@ def gemm(c, a, b, alpha, beta, trans_a, trans_b):
     # Row-major c is column-major c^T = op(b)^T op(a)^T: swap the operands, keep the flags.
     _fortran_gemm(84 if trans_b else 78, 84 if trans_a else 78, n, m, k, alpha,
                   b, _leading_dim(b), a, _leading_dim(a), beta, c, _leading_dim(c))
+
+
+@njit(**SERIAL)
+def _check_gemm(c, a, b, trans_a, trans_b):
+    """gemm's shapes and strides. A function of its own, not inlined: gemm runs inside the
+    callers' prange loops, which its raises would keep from running in parallel."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    require((a.shape[1] if trans_a else a.shape[0]) == m,
+            "gemm: op(a) must have as many rows as c (M)")
+    require((b.shape[1] if trans_b else b.shape[0]) == k,
+            "gemm: op(b) must have as many rows as op(a) has columns (K)")
+    require((b.shape[0] if trans_b else b.shape[1]) == n,
+            "gemm: op(b) must have as many columns as c (N)")
+    require(_blas_sized(c) and _blas_sized(a) and _blas_sized(b),
+            "gemm: c's, a's and b's row strides must be whole numbers of elements, and their "
+            "sizes below 2**31 (BLAS's 32-bit integers)")
+
+
+_gemm_arguments = arguments("gemm", c="matrix", a="operand", b="operand", alpha="number",
+                            beta="number", trans_a="flag", trans_b="flag")
 
 
 def _itemsize(context, dtype):

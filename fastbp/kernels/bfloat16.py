@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 from numba import carray, cfunc, njit, prange, types
 
+from ._checks import arguments, require
 from ._config import C_FUNCTION, INLINED, PARALLEL, SERIAL
 from ._native import (CPU_BF16, Bfloat16Unavailable, float32_bits, float32_from_bits,
                       load_bfloat16_gemm, register_gemm)
@@ -106,6 +107,8 @@ def _round_rows(dst, src, r0, r1):
 def round_to_bfloat16(dst, src):
     """dst (R, C) := src (R, C) float32 rounded to bfloat16, as bit patterns (dst's dtype:
     uint16 or int16), split into row tiles over the threads."""
+    _round_arguments(dst, src)
+    require(dst.shape == src.shape, "round_to_bfloat16: dst must be (R, C) as src")
     n_rows, n_cols = src.shape
     tiles = n_tiles(n_rows, n_cols)
     if tiles == 1:
@@ -114,6 +117,10 @@ def round_to_bfloat16(dst, src):
     for t in prange(tiles):
         r0, r1 = span(t, tiles, n_rows)
         _round_rows(dst, src, r0, r1)
+
+
+_round_arguments = arguments("round_to_bfloat16", any_layout=True, dst="bits_matrix",
+                             src="float32_matrix")
 
 
 @njit(**SERIAL)

@@ -28,12 +28,14 @@ The arithmetic is PyTorch's (torch.optim.SGD, Adam, AdamW, RMSprop, and clip_gra
 operation for operation, so that float64 runs agree with it to rounding.
 """
 import math
+import numbers
 from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange, types
 
 from . import _units
+from ._checks import arguments, require
 from ._config import ELEMENTWISE, INLINED, NORM_CHUNK, PARALLEL, SERIAL
 from ._native import num_threads
 
@@ -62,11 +64,17 @@ def _layer_chunks(param_offsets, layer):
 
 @njit(**SERIAL)
 def norm_partials_size(param_offsets):
-    """Length of the float64 scratch array that layer_sums_of_squares needs."""
+    """Length of the float64 scratch array that layer_sums_of_squares needs for param_offsets
+    ((L+1,) int64, as it takes them)."""
+    _partials_arguments(param_offsets)
     total = 0
     for layer in range(param_offsets.shape[0] - 1):
         total += _layer_chunks(param_offsets, layer)
     return total
+
+
+_partials_arguments = arguments("norm_partials_size", any_layout=True,
+                                  param_offsets="index")
 
 
 @njit(**SERIAL)
@@ -98,14 +106,21 @@ def sum_of_squares(x):
     return total
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
     """Sum of squares of each layer's block of a flat gradient, in one pass; returns the total.
 
     layer_sq (L,) float64: per layer; partials: float64 scratch of
     norm_partials_size(param_offsets); grads (P,); param_offsets (L+1,) int64: layer l owns
-    grads[param_offsets[l]:param_offsets[l+1]] (pass [0, P] for one block).
+    grads[param_offsets[l]:param_offsets[l+1]], rising from 0 to P (pass [0, P] for one block).
     """
+    _check_layer_sums_of_squares(layer_sq, partials, grads, param_offsets)
+    return _layer_sums_of_squares(layer_sq, partials, grads, param_offsets)
+
+
+@njit(**PARALLEL)
+def _layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
+    """layer_sums_of_squares on checked arguments."""
     n_chunks = norm_partials_size(param_offsets)
     if n_chunks < 2 * num_threads():
         for c in range(n_chunks):
@@ -137,6 +152,8 @@ def axpy(y, alpha, x):
 @njit(**PARALLEL)
 def sgd_update(params, grads, step):
     """params (P,) -= step * grads (P,), in place."""
+    _sgd_update_arguments(params, grads, step)
+    require(grads.shape[0] == params.shape[0], "sgd_update: grads must have params' length (P)")
     step_ = params.dtype.type(step)
     n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
     if n_chunks < 2 * num_threads():
@@ -147,11 +164,21 @@ def sgd_update(params, grads, step):
         axpy(params[chunk], step_, grads[chunk])
 
 
+_sgd_update_arguments = arguments("sgd_update", any_layout=True, params="vector",
+                                  grads="vector", step="number")
+
+
 @njit(**SERIAL)
 def add_scaled(total, x, weight):
     """total (P,) += weight * x (P,), in place (gradient accumulation). One thread: a pass over
     memory that a parallel loop would barely speed up, and cheap to compile into a caller."""
+    _add_scaled_arguments(total, x, weight)
+    require(x.shape[0] == total.shape[0], "add_scaled: x must have total's length (P)")
     axpy(total, total.dtype.type(-weight), x)
+
+
+_add_scaled_arguments = arguments("add_scaled", any_layout=True, total="vector",
+                                  x="vector", weight="number")
 
 
 @njit(**SERIAL)
@@ -177,9 +204,10 @@ def guarded_step(kind_pass, kind_fits, params, layer_sq, partials, grads, param_
     changes) when the norm is NaN or Inf, or when kind_fits says it could overflow.
 
     Inlined into each kind's step (the kind's functions are compile-time constants there), so
-    each step kernel is one function of its own, its unit compiled only when used.
+    each step kernel is one function of its own, its unit compiled only when used. The step
+    checks its arguments first (_step_checks).
     """
-    norm = math.sqrt(layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
+    norm = math.sqrt(_layer_sums_of_squares(layer_sq, partials, grads, param_offsets))
     scale = _clip_scale(norm, hyper[CLIP_NORM])
     applied = math.isfinite(norm) and kind_fits(params, norm, scale, hyper)
     if applied:
@@ -248,7 +276,10 @@ def sgd_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
     Update's; params, grads (P,); layer_sq (L,) and partials: see guarded_step). Returns
     (gradient norm before clipping, applied); advances hyper[STEPS] when applied. Refused
     (nothing changed) when the norm is NaN or Inf, or when lr, or lr times the clipped norm,
-    is above half the dtype's largest finite value."""
+    is above half the dtype's largest finite value. Raises ValueError, nothing changed, for
+    grads, layer_sq, partials or param_offsets (rising from 0 to P) that do not fit params,
+    hyper of another kind's length, or a state without the rows (of P) hyper's options use."""
+    _check_sgd_step(params, layer_sq, partials, grads, param_offsets, hyper, state)
     return guarded_step(_sgd_pass, _sgd_fits, params, layer_sq, partials, grads,
                         param_offsets, hyper, state)
 
@@ -312,7 +343,8 @@ def adam_step(params, layer_sq, partials, grads, param_offsets, hyper, state):
     Update's; the other arguments as sgd_step's). Returns (gradient norm before clipping,
     applied); advances hyper[STEPS] when applied. Refused (nothing changed) when the norm is
     NaN or Inf, or when the clipped gradient's square, or the largest change its step could
-    make, would overflow the dtype."""
+    make, would overflow the dtype. Arguments that do not fit raise ValueError, as sgd_step's."""
+    _check_adam_step(params, layer_sq, partials, grads, param_offsets, hyper, state)
     return guarded_step(_adam_pass, _adam_fits, params, layer_sq, partials, grads,
                         param_offsets, hyper, state)
 
@@ -355,9 +387,10 @@ def _rmsprop_pass(params, grads, state, scale, hyper):
     weight = 1.0 - alpha
     has_momentum = momentum != 0
     centered = hyper[RMS_CENTERED] != 0
-    # The rows of rmsprop_state; a row the update does not use stands in for an absent one.
+    # The rows of its state, in order (KINDS' entry); a row the update does not use stands in
+    # for an absent one.
     buf = state[1] if has_momentum else state[0]
-    grad_avg = state[state.shape[0] - 1]
+    grad_avg = state[2 if has_momentum else 1] if centered else state[0]
     args = (t(scale), t(hyper[WEIGHT_DECAY]), t(alpha), t(weight), t(1.0 - weight),
             weight < 0.5, t(hyper[RMS_EPS]), t(hyper[LR]), t(momentum), has_momentum, centered)
     n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
@@ -385,7 +418,9 @@ def rmsprop_step(params, layer_sq, partials, grads, param_offsets, hyper, state)
     Inf, or when the clipped gradient's square, or the largest change its step could make,
     would overflow the dtype. Centered, the variance estimate square_avg - grad_avg**2 cannot
     be negative but its rounding can (after steps of near-constant gradients): there torch's
-    root gives NaN, this kernel's 0."""
+    root gives NaN, this kernel's 0. Arguments that do not fit raise ValueError, as
+    sgd_step's."""
+    _check_rmsprop_step(params, layer_sq, partials, grads, param_offsets, hyper, state)
     return guarded_step(_rmsprop_pass, _rmsprop_fits, params, layer_sq, partials, grads,
                         param_offsets, hyper, state)
 
@@ -401,15 +436,16 @@ def _largest(x):
 # -- the registry ------------------------------------------------------------------------------
 
 
-class UpdateKind(namedtuple("UpdateKind", ["code", "name", "step", "hyper", "state",
+class UpdateKind(namedtuple("UpdateKind", ["code", "name", "step", "hyper", "rows",
                                            "non_negative", "bound_by"])):
     """An entry of KINDS. code: its Update.kind; name: its name (the optimizers', and its
     unit's, name + "_step"); step: its kernel, step(params, layer_sq, partials, grads,
     param_offsets, hyper, state) -> (norm, applied); hyper: the names of its hyper-parameters,
-    in the order of Update.hyper; state(hyper): the names of the state rows an update with
-    these hyper-parameters uses, in order; non_negative: the names of state rows that never go
-    below 0 (checked in a loaded checkpoint); bound_by: the hyper-parameters its overflow bound
-    reads besides the norm (named when a step is refused)."""
+    in the order of Update.hyper; rows: its state rows, in order, each (name, the
+    hyper-parameter that must be nonzero for an update to use the row, or None: always used);
+    non_negative: the names of state rows that never go below 0 (checked in a loaded
+    checkpoint); bound_by: the hyper-parameters its overflow bound reads besides the norm
+    (named when a step is refused)."""
     __slots__ = ()
 
     @property
@@ -417,28 +453,26 @@ class UpdateKind(namedtuple("UpdateKind", ["code", "name", "step", "hyper", "sta
         """The name of its unit (see _units): its step kernel's."""
         return self.step.py_func.__name__
 
-
-def _sgd_state(hyper):
-    return ("momentum_buffer",) if hyper[MOMENTUM] != 0 else ()
-
-
-def _adam_state(hyper):
-    return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hyper[AMSGRAD] != 0 else ())
-
-
-def _rmsprop_state(hyper):
-    """Its first row, then the optional ones (_rmsprop_pass reads them in this order)."""
-    return (("square_avg",) + (("momentum_buffer",) if hyper[RMS_MOMENTUM] != 0 else ())
-            + (("grad_avg",) if hyper[RMS_CENTERED] != 0 else ()))
+    def state(self, hyper):
+        """The names of the state rows an update with these hyper-parameters uses, in order."""
+        # (A list, not a generator: this runs every step, where a generator raised the steps'
+        # peak of traced Python memory past tests/test_design.py's bound.)
+        return tuple([name for name, option in self.rows
+                      if option is None or hyper[self.hyper.index(option)] != 0])
 
 
 SGD_KIND, ADAM_KIND, RMSPROP_KIND = 0, 1, 2
 #: The registry of update kinds, by code (Update.kind).
 KINDS = {kind.code: kind for kind in (
-    UpdateKind(SGD_KIND, "sgd", sgd_step, SGD_HYPER, _sgd_state, (), ("lr",)),
-    UpdateKind(ADAM_KIND, "adam", adam_step, ADAM_HYPER, _adam_state,
+    UpdateKind(SGD_KIND, "sgd", sgd_step, SGD_HYPER, (("momentum_buffer", "momentum"),), (),
+               ("lr",)),
+    UpdateKind(ADAM_KIND, "adam", adam_step, ADAM_HYPER,
+               (("exp_avg", None), ("exp_avg_sq", None), ("max_exp_avg_sq", "amsgrad")),
                ("exp_avg_sq", "max_exp_avg_sq"), ("lr", "eps")),
-    UpdateKind(RMSPROP_KIND, "rmsprop", rmsprop_step, RMSPROP_HYPER, _rmsprop_state,
+    # _rmsprop_pass reads its rows in this order.
+    UpdateKind(RMSPROP_KIND, "rmsprop", rmsprop_step, RMSPROP_HYPER,
+               (("square_avg", None), ("momentum_buffer", "momentum"),
+                ("grad_avg", "centered")),
                ("square_avg",), ("lr", "eps")),
 )}
 #: The update kinds network.apply_update knows.
@@ -452,6 +486,103 @@ STEP_UNITS = {code: _units.unit(
     types.Tuple((types.float64, types.boolean))) for code, kind in KINDS.items()}
 
 
+# -- argument checks, written from the registry ------------------------------------------------
+# What every step refuses, before it writes anything: grads, layer_sq, partials or param_offsets
+# that do not fit params (the norm's pass would read or write outside them), a hyper array of
+# another kind's length (its values would be read as this kind's), and a state without the rows
+# its hyper-parameters use, each of params' length. Each kind's sizes come from its entry.
+
+_NORM_CHECKS = """    n_layers = param_offsets.shape[0] - 1
+    if n_layers < 0 or param_offsets[0] != 0 or param_offsets[n_layers] != {p}.shape[0]:
+        raise ValueError("{kernel}: param_offsets must run from 0 to {p}' length (P)")
+    for layer in range(n_layers):
+        if param_offsets[layer + 1] < param_offsets[layer]:
+            raise ValueError("{kernel}: param_offsets must never decrease")
+    if layer_sq.shape[0] < n_layers:
+        raise ValueError("{kernel}: layer_sq must have an element per layer "
+                         "(len(param_offsets) - 1)")
+    if partials.shape[0] < norm_partials_size(param_offsets):
+        raise ValueError("{kernel}: partials must have norm_partials_size(param_offsets) "
+                         "elements")
+"""
+_ARGUMENT_KINDS = dict(params="vector", layer_sq="float64s", partials="float64s",
+                       grads="vector", param_offsets="index", kind="code", hyper="float64s",
+                       state="matrix")
+
+
+def _compiled_check(kernel, names, body):
+    """An inlined function check_<kernel>(*names) that runs the typing guard of its arguments
+    (their kinds in _ARGUMENT_KINDS), then body (lines of Python, its raises' messages
+    constant, as compiled code needs them)."""
+    params = ", ".join(names)
+    guard = arguments(kernel, any_layout=True,
+                      **{name: _ARGUMENT_KINDS[name] for name in names})
+    source = f"def check_{kernel}({params}):\n    guard({params})\n{body}"
+    # (__name__: the module Numba records for the code's globals, in its cache.)
+    scope = {"guard": guard, "norm_partials_size": norm_partials_size, "__name__": __name__}
+    exec(compile(source, __file__, "exec"), scope)
+    return njit(**INLINED)(scope[f"check_{kernel}"])
+
+
+def _rows_needed(kind):
+    """The compiled expression of the number of state rows a kind's update uses (hyper: its
+    hyper-parameters, of the kind's length), and its description."""
+    always = sum(option is None for _, option in kind.rows)
+    options = [option for _, option in kind.rows if option is not None]
+    count = " + ".join([str(always)] + [f"int(hyper[{kind.hyper.index(option)}] != 0)"
+                                         for option in options])
+    described = ", ".join(name if option is None else f"{name} if {option} != 0"
+                          for name, option in kind.rows)
+    return count, described
+
+
+def _kind_checks(kernel, kind, indent):
+    """The lines that check hyper and state for an update of this kind."""
+    count, described = _rows_needed(kind)
+    hyper_message = (f"{kernel}: hyper must hold the {len(kind.hyper)} values of an Update of "
+                     f"kind {kind.name} ({', '.join(kind.hyper)})")
+    state_message = (f"{kernel}: state must have a row of params' length (P) for each buffer "
+                     f"an update of kind {kind.name} with these hyper-parameters keeps "
+                     f"({described})")
+    lines = [f"if hyper.shape[0] != {len(kind.hyper)}:",
+             f"    raise ValueError({hyper_message!r})",
+             f"rows = {count}",
+             "if state.shape[0] < rows or (rows > 0 and state.shape[1] != params.shape[0]):",
+             f"    raise ValueError({state_message!r})"]
+    return "".join(indent + line + "\n" for line in lines)
+
+
+def _step_checks(kinds, kernel):
+    """The checks of a step's arguments (params, layer_sq, partials, grads, param_offsets,
+    [kind,] hyper, state) for an update of one of these kinds (several: kind is an argument,
+    and one no entry has is refused)."""
+    names = ["params", "layer_sq", "partials", "grads", "param_offsets", "hyper", "state"]
+    body = (f"    if grads.shape[0] != params.shape[0]:\n"
+            f"        raise ValueError(\"{kernel}: grads must have params' length (P)\")\n"
+            + _NORM_CHECKS.format(kernel=kernel, p="params"))
+    if len(kinds) == 1:
+        return _compiled_check(kernel, names, body + _kind_checks(kernel, kinds[0], "    "))
+    for i, kind in enumerate(kinds):
+        body += f"    {'elif' if i else 'if'} kind == {kind.code}:\n"
+        body += _kind_checks(kernel, kind, "        ")
+    body += ("    else:\n"
+             f"        raise ValueError(\"{kernel}: kind must be a code of kernels.KINDS\")\n")
+    return _compiled_check(kernel, names[:5] + ["kind"] + names[5:], body)
+
+
+# The step kernels' own (they call them by these names, bound when they compile).
+_check_sgd_step, _check_adam_step, _check_rmsprop_step = (
+    _step_checks([KINDS[code]], KINDS[code].unit) for code in (SGD_KIND, ADAM_KIND, RMSPROP_KIND))
+#: The checks of network.apply_update's arguments: check_update(params, layer_sq, partials,
+#: grads, param_offsets, update.kind, update.hyper, update.state) raises ValueError (a kind
+#: KINDS lacks, or arguments its step would refuse) before the step's unit is called: an
+#: exception raised inside a unit could not reach the caller.
+check_update = _step_checks(list(KINDS.values()), "apply_update")
+_check_layer_sums_of_squares = _compiled_check(
+    "layer_sums_of_squares", ["layer_sq", "partials", "grads", "param_offsets"],
+    _NORM_CHECKS.format(kernel="layer_sums_of_squares", p="grads"))
+
+
 def state_rows(kind, hyper):
     """Rows of Update.state an update of this kind and these hyper-parameters uses (plain
     Python: what the specs allocate, and what the Python layer checks before handing an
@@ -461,30 +592,77 @@ def state_rows(kind, hyper):
 
 def update_spec(kind, dtype, n_params, **hyper):
     """An Update of this kind (a code of KINDS) with these hyper-parameters, by name (those
-    left out, and steps: 0), and a zeroed state for n_params parameters of this dtype (the
-    first step fills it)."""
-    names = KINDS[kind].hyper
-    values = np.zeros(len(names), dtype=np.float64)
+    left out, and steps: 0), and a zeroed state for n_params parameters of this dtype (float32
+    or float64; the first step fills it). Raises TypeError or ValueError naming the argument
+    that cannot make one: a kind KINDS lacks, another dtype, a name the kind lacks, a value
+    that is not a real number, is NaN or infinite (but clip_norm, inf for no clipping), a
+    negative lr or steps, a clip_norm not above 0; n_params not a count, or 0 where the kind
+    keeps state for these hyper-parameters."""
+    if isinstance(kind, bool) or not isinstance(kind, numbers.Integral) or kind not in KINDS:
+        raise ValueError(f"kind: {kind!r:.50} is not a code of kernels.KINDS ("
+                         + ", ".join(f"{code}: {k.name}" for code, k in KINDS.items()) + ")")
+    entry = KINDS[kind]
+    dtype = _float_dtype(dtype)
+    values = np.zeros(len(entry.hyper), dtype=np.float64)
     for name, value in hyper.items():
-        if name not in names:
+        if name not in entry.hyper:
             raise TypeError(f"{name}: not a hyper-parameter of update kind "
-                            f"{KINDS[kind].name!r} ({', '.join(names)})")
-        values[names.index(name)] = value
-    return Update(kind, values, np.zeros((state_rows(kind, values), n_params), dtype=dtype))
+                            f"{entry.name!r} ({', '.join(entry.hyper)})")
+        values[entry.hyper.index(name)] = _hyper_value(name, value)
+    rows = entry.state(values)
+    if isinstance(n_params, bool) or not isinstance(n_params, numbers.Integral):
+        raise TypeError(f"n_params: must be an integer, not {type(n_params).__name__}")
+    if n_params < 0 or (rows and n_params == 0):
+        needs = (f"{entry.name} with these hyper-parameters keeps {', '.join(rows)} for every "
+                 "parameter: it must be their number (model.n_params)" if rows else
+                 "must be at least 0")
+        raise ValueError(f"n_params: {needs}, not {n_params}")
+    return Update(kind, values, np.zeros((len(rows), n_params), dtype=dtype))
+
+
+def _hyper_value(name, value):
+    """A hyper-parameter's value as a float, checked (see update_spec)."""
+    if not isinstance(value, (numbers.Real, np.bool_)):   # (bools: the options' flags, 1 or 0)
+        raise TypeError(f"{name}: must be a real number, not {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not (name == "clip_norm" and value > 0)):
+        raise ValueError(f"{name}: must be finite"
+                         + (" (inf: no clipping)" if name == "clip_norm" else "")
+                         + f", not {value}")
+    if (name in ("lr", "steps") and value < 0) or (name == "clip_norm" and value <= 0):
+        raise ValueError(f"{name}: must be {'above' if name == 'clip_norm' else 'at least'} 0, "
+                         f"not {value:g}")
+    return value
+
+
+def _float_dtype(dtype):
+    """dtype as np.float32 or np.float64, or TypeError."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked not in (np.float32, np.float64):
+        raise TypeError(f"dtype: must be float32 or float64, not {dtype!r:.50}")
+    return checked
 
 
 def sgd_spec(lr, clip_norm, dtype, momentum=0.0, dampening=0.0, nesterov=False,
              weight_decay=0.0, n_params=0):
     """The Update of SGD (clip_norm = inf: no clipping); with momentum, its buffer for n_params
-    parameters, zeroed (the first step fills it)."""
+    parameters (then required), zeroed (the first step fills it). Checked as update_spec."""
     return update_spec(SGD_KIND, dtype, n_params, lr=lr, clip_norm=clip_norm,
                        weight_decay=weight_decay, momentum=momentum, dampening=dampening,
-                       nesterov=float(nesterov))
+                       nesterov=nesterov)
 
 
 def adam_spec(lr, clip_norm, dtype, n_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
               amsgrad=False, decoupled=False):
-    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters."""
+    """The Update of Adam (decoupled: AdamW), with zeroed moments for n_params parameters.
+    Checked as update_spec; betas must be a pair."""
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas: must be a pair (beta1, beta2), not {betas!r:.100}") from None
     return update_spec(ADAM_KIND, dtype, n_params, lr=lr, clip_norm=clip_norm,
-                       weight_decay=weight_decay, beta1=betas[0], beta2=betas[1], eps=eps,
-                       amsgrad=float(amsgrad), decoupled=float(decoupled))
+                       weight_decay=weight_decay, beta1=beta1, beta2=beta2, eps=eps,
+                       amsgrad=amsgrad, decoupled=decoupled)
