@@ -82,3 +82,18 @@ CASES = [
 
 def test_products_refuse_bad_arguments():
     assert run_refusals(SETUP, CASES) == []
+
+
+UNREGISTERED = SETUP.replace("k.register_bfloat16_emulation()\n", "")
+
+
+def test_bfloat16_layers_refuse_to_run_before_their_product_is_registered():
+    """Before register_bfloat16_emulation() (or require_bfloat16()), the products' symbols
+    resolve to a stand-in that computes nothing: the layers refuse instead of returning
+    what the stand-in left."""
+    cases = [(f"{kernel} unregistered", kernel, args, "ValueError",
+              "no bfloat16 product was registered")
+             for kernel, args in (("dense_forward_bf16", FORWARD + ", x_bits, w_bits"),
+                                  ("dense_backward_bf16",
+                                   BACKWARD + ", w_bits, 1, None, rows_bits"))]
+    assert run_refusals(UNREGISTERED, cases) == []

@@ -76,14 +76,40 @@ _STUBS = {types.uint16: _not_ready("uint16", "kernels.require_bfloat16()"),
           types.int16: _not_ready("int16", "kernels.register_bfloat16_emulation()")}
 
 
-def register_gemm(operands, address):
+# Flags read by bfloat16_product_ready: 0 beside a stand-in, 1 beside a product.
+_READY = {ready: ctypes.c_int64(int(ready)) for ready in (False, True)}
+
+
+def register_gemm(operands, address, ready=True):
     """Register the gemm of float32 outputs for operands of this Numba type (uint16, int16: both
-    bfloat16 bit patterns) at a C function's address (Fortran gemm's arguments)."""
-    _llvm.add_symbol(_SYMBOLS[operands, types.float32], address)
+    bfloat16 bit patterns) at a C function's address (Fortran gemm's arguments); ready: a
+    product, not a stand-in (see bfloat16_product_ready)."""
+    symbol = _SYMBOLS[operands, types.float32]
+    _llvm.add_symbol(symbol, address)
+    _llvm.add_symbol(symbol + "_ready", ctypes.addressof(_READY[ready]))
 
 
 for _operands, _stub in _STUBS.items():
-    register_gemm(_operands, ctypes.cast(_stub, ctypes.c_void_p).value)
+    register_gemm(_operands, ctypes.cast(_stub, ctypes.c_void_p).value, ready=False)
+
+
+@intrinsic
+def bfloat16_product_ready(typingctx, bits):
+    """Whether the code this is compiled into calls a bfloat16 product for bit patterns of
+    bits' type (uint16: MKL's, int16: the emulation), not the stand-in. Symbols are resolved
+    when code is compiled or loaded, so code made before the product was registered keeps the
+    stand-in for the rest of the process; this reads the flag register_gemm registered with
+    the product that code resolved."""
+    symbol = _SYMBOLS.get((bits.dtype, types.float32))
+    if symbol is None:
+        raise TypeError(f"bfloat16_product_ready: bits must be uint16 or int16, not {bits}")
+
+    def codegen(context, builder, signature, args):
+        flag = builder.module.globals.get(symbol + "_ready")
+        if flag is None:
+            flag = ir.GlobalVariable(builder.module, ir.IntType(64), symbol + "_ready")
+        return builder.icmp_unsigned("!=", builder.load(flag), ir.Constant(ir.IntType(64), 0))
+    return types.boolean(bits), codegen
 for _name in ("sgemm", "dgemm"):
     _llvm.add_symbol("fastbp_" + _name,
                      ctypes.cast(getattr(openblas, f"scipy_{_name}_"), ctypes.c_void_p).value)

@@ -18,7 +18,8 @@ from numba import njit, prange, types
 from . import _units
 from ._checks import arguments, require
 from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
-from ._native import gemm, load_bfloat16_gemm, matrix_view, num_threads
+from ._native import (bfloat16_product_ready, gemm, load_bfloat16_gemm, matrix_view,
+                      num_threads)
 from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, register_bfloat16_emulation,
                        round_to_bfloat16)
 from ._tiling import grid, span, tile_budget
@@ -292,6 +293,10 @@ def dense_forward_bf16(out, pre, inp, weight, bias, activation, inp_bits, weight
             "dense_forward_bf16: inp_bits must hold B * C bit patterns")
     require(weight_bits.shape[0] >= n_in * n_out,
             "dense_forward_bf16: weight_bits must hold C * OC bit patterns")
+    require(bfloat16_product_ready(weight_bits),
+            "dense_forward_bf16: no bfloat16 product was registered when this code was "
+            "compiled: call kernels.require_bfloat16() (uint16 bits) or kernels."
+            "register_bfloat16_emulation() (int16 bits) first, in a new process")
     inp_op = matrix_view(inp_bits, 0, n_rows, n_in)
     weight_op = matrix_view(weight_bits, 0, n_in, n_out)
     round_to_bfloat16(inp_op, inp)
@@ -315,6 +320,10 @@ def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activa
             "dense_backward_bf16: weight_bits must hold C * OC bit patterns")
     require(rows_bits.shape[0] >= n_rows * (n_in + n_out),
             "dense_backward_bf16: rows_bits must hold B * (C + OC) bit patterns")
+    require(bfloat16_product_ready(weight_bits),
+            "dense_backward_bf16: no bfloat16 product was registered when this code was "
+            "compiled: call kernels.require_bfloat16() (uint16 bits) or kernels."
+            "register_bfloat16_emulation() (int16 bits) first, in a new process")
     z = activation_input(inp_pre, inp, inp_activation)   # (it may refuse: before any write)
     inp_op = matrix_view(rows_bits, 0, n_rows, n_in)
     dpre_op = matrix_view(rows_bits, n_rows * n_in, n_rows, n_out)
