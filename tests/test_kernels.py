@@ -711,15 +711,15 @@ def test_apply_update_runs_each_kinds_own_step(code, rng):
 
 
 def test_apply_update_of_an_unknown_kind_changes_nothing(rng):
-    """A kind no entry of the registry has (compiled code does not check it; the Python layer
-    does, optim.check_update): not applied, and nothing changed."""
+    """A kind no entry of the registry has: refused (update.check_update) before anything
+    changes."""
     params, grads = rng.normal(size=40), rng.normal(size=40)
     spec = _update_of(kernels.SGD_KIND, 40)
     before = params.copy()
     unknown = max(kernels.KINDS) + 1
-    norm, applied = kernels.entry.update(params, grads, np.empty(1), np.empty(1), _offsets(40),
-                                         unknown, spec.hyper, spec.state)
-    assert math.isnan(norm) and not applied
+    with pytest.raises(ValueError, match="apply_update: kind must be a code of kernels.KINDS"):
+        kernels.entry.update(params, grads, np.empty(1), np.empty(1), _offsets(40), unknown,
+                             spec.hyper, spec.state)
     assert params.tobytes() == before.tobytes() and spec.hyper[kernels.update.STEPS] == 0
 
 

@@ -9,9 +9,11 @@ touches anything, so a refused call leaves every output as it was. Two stages:
   kernel, the argument and the types that would do (a plain exception, not Numba's TypingError,
   so Numba passes it up unchanged, into the caller's traceback rather than its own internals).
   It compiles to nothing, except a stride test for arrays whose layout Numba does not know.
+  ``guard`` makes one from a function of the types, for what kinds cannot state (tuples).
 - Values, at run time: ``require(ok, message)`` raises ValueError. The messages are constants:
   a check then costs one comparison, and adds no string formatting to the code of every caller
-  that compiles a kernel into its own.
+  that compiles a kernel into its own. ``requirements`` writes the checks that several kernels
+  share, each kernel's name in its messages.
 """
 from numba import njit, types
 from numba.extending import overload
@@ -125,16 +127,25 @@ def arguments(kernel, any_layout=False, **kinds):
     and raises ValueError when they are not as the kernels read them. any_layout: the kernel
     reads its arrays by Numba's indexing, which follows any strides, so no layout is refused
     or tested."""
-    names = list(kinds)
+    return guard(kernel, list(kinds),
+                 lambda argtypes: type_errors(kernel, kinds, argtypes, any_layout), any_layout)
+
+
+def guard(kernel, names, errors, any_layout=False):
+    """arguments' function, for checks that its kinds cannot state (a tuple's fields, a type
+    that depends on another argument's): its typing raises TypeError with the messages that
+    errors(argtypes) returns (argtypes: name -> Numba type, for the arguments `names`, in the
+    kernel's order); its code tests the strides of arrays of unknown layout, unless
+    any_layout."""
     scope = {}
     exec(compile(_CHECK.format(name=f"check_{kernel}", params=", ".join(names)), __file__,
                  "exec"), scope)
     stub = scope[f"check_{kernel}"]
 
     def typing(*argtypes):
-        errors = type_errors(kernel, kinds, dict(zip(names, argtypes)), any_layout)
-        if errors:
-            raise TypeError("; ".join(errors))
+        found = errors(dict(zip(names, argtypes)))
+        if found:
+            raise TypeError("; ".join(found))
         lines = [_STRIDE_TESTS[t.ndim].format(a=n, kernel=kernel)
                  for n, t in zip(names, argtypes)
                  if isinstance(t, types.Array) and t.layout == "A" and t.ndim in (1, 2)
@@ -154,3 +165,31 @@ def arguments(kernel, any_layout=False, **kinds):
     overload(stub, jit_options=dict(SERIAL, cache=False),
              prefer_literal=False)(shim["typing_shim"])
     return stub
+
+
+def layout_errors(kernel, argtypes, exempt=()):
+    """The messages for the arrays of argtypes (name -> Numba type; but those named in exempt)
+    that are not C-contiguous: what a kernel that hands them to units (_units, which take only
+    those) refuses."""
+    return [f"{kernel}: {n} must be C-contiguous, not {t} (pass np.ascontiguousarray({n}))"
+            for n, t in argtypes.items()
+            if n not in exempt and isinstance(t, types.Array) and t.layout != "C"]
+
+
+def requirements(kernel, parameters, rules, scope):
+    """An inlined function of `parameters` (as a def lists them) that raises ValueError
+    "<kernel>: <message>" for the first rule (condition, message) whose condition, an
+    expression of them and of scope's names, is false; a rule that is a string is a statement
+    (it names a value for the later rules). For checks that several kernels share, each with
+    its own name in the messages (constants in the code, as require needs them)."""
+    lines = [f"def requirements_{kernel}({parameters}):"]
+    for rule in rules:
+        if isinstance(rule, str):
+            lines.append(f"    {rule}")
+        else:
+            condition, message = rule
+            lines += [f"    if not ({condition}):",
+                      f"        raise ValueError({f'{kernel}: {message}'!r})"]
+    namespace = dict(scope)
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
+    return njit(**INLINED)(namespace[f"requirements_{kernel}"])

@@ -23,7 +23,9 @@ intermediate gradients, so it needs no scratch.
 from numba import njit, prange, types
 
 from . import _units, activations, dense, dropout, normalization
+from ._checks import arguments, guard, layout_errors, require, requirements, type_errors
 from ._config import PARALLEL, SERIAL
+from .bfloat16 import FLOAT32, PRECISIONS
 from ._native import matrix_view
 from ._tiling import n_tiles, span
 
@@ -58,7 +60,8 @@ def aux_layout(norm, n_out, p, residual, capacity):
     return xhat, a, mask, stats, length
 
 
-_aux_layout = njit(**SERIAL)(aux_layout)
+#: aux_layout, compiled: for the kernels' views and for the checks of a layer's areas.
+compiled_aux_layout = njit(**SERIAL)(aux_layout)
 
 
 @njit(**SERIAL)
@@ -71,7 +74,11 @@ def _add_rows(out, a, b, r0, r1):
 
 @njit(**PARALLEL)
 def add_forward(out, a, b):
-    """out (B, N) = a + b (the residual connection); out may be a or b."""
+    """out (B, N) = a + b (the residual connection); out may be a or b. Other shapes raise
+    ValueError before anything is written."""
+    _add_arguments(out, a, b)
+    require(a.shape == out.shape and b.shape == out.shape,
+            "add_forward: a and b must have out's shape (B, N)")
     n_rows = out.shape[0]
     tiles = n_tiles(n_rows, 2 * out.shape[1])
     if tiles == 1:
@@ -82,13 +89,16 @@ def add_forward(out, a, b):
         _add_rows(out, a, b, r0, r1)
 
 
+_add_arguments = arguments("add_forward", out="matrix", a="matrix", b="matrix")
+
+
 @njit(**SERIAL)
 def _views(acts, running, params, n_rows, n_in, n_out, param_offset, act_offset, pre_offset,
            aux_offset, running_offset, norm, p, residual, capacity):
     """The layer's views: (out, pre, xhat, a, mask, weight, bias, gamma, beta, each row's rstd,
     each feature's mean and rstd, running mean, running var); those it does not have are
     empty (a: out, when it is the layer's output)."""
-    xhat_at, a_at, mask_at, stats_at, _ = _aux_layout(norm, n_out, p, residual, capacity)
+    xhat_at, a_at, mask_at, stats_at, _ = compiled_aux_layout(norm, n_out, p, residual, capacity)
     out = matrix_view(acts, act_offset, n_rows, n_out)
     empty = matrix_view(acts, 0, 0, n_out)
     pre = empty if pre_offset < 0 else matrix_view(acts, pre_offset, n_rows, n_out)
@@ -117,7 +127,28 @@ def block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, act
     row_ids (B,) int64: the rows' keys for the dropout mask, plus row_base (empty: their
     positions); seed and step: the rest of the masks' key (dropout.dropout_mask). bits,
     rows_at, precision: the product's precision and its bfloat16 buffer, the layer's weight at
-    param_offset (dense.dense_forward_layer)."""
+    param_offset (dense.dense_forward_layer). Its arrays must be C-contiguous (row_ids aside)
+    and bits uint16 (TypeError otherwise); the layer must fit them (B <= capacity, its areas
+    inside acts, params, running and bits; ValueError, nothing written, otherwise)."""
+    _forward_arguments(acts, running, params, inp, scratch, row_ids, n_in, n_out, activation,
+                       param_offset, act_offset, pre_offset, aux_offset, running_offset,
+                       capacity, norm, p, residual, seed, step, row_base, layer, mode, bits,
+                       rows_at, precision)
+    _check_forward(acts, running, params, inp, row_ids, n_in, n_out, activation, param_offset,
+                   act_offset, pre_offset, aux_offset, running_offset, capacity, norm, p,
+                   residual, mode, bits, rows_at, precision)
+    _block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, activation,
+                   param_offset, act_offset, pre_offset, aux_offset, running_offset, capacity,
+                   norm, p, residual, seed, step, row_base, layer, mode, bits, rows_at,
+                   precision)
+
+
+@njit(**SERIAL)
+def _block_forward(acts, running, params, inp, scratch, row_ids, n_in, n_out, activation,
+                   param_offset, act_offset, pre_offset, aux_offset, running_offset, capacity,
+                   norm, p, residual, seed, step, row_base, layer, mode, bits, rows_at,
+                   precision):
+    """block_forward on checked arguments (its unit's kernel: the network checks first)."""
     n_rows = inp.shape[0]
     (out, pre, xhat, a, mask, weight, bias, gamma, beta, row_rstd, col_mean, col_rstd,
      run_mean, run_var) = _views(acts, running, params, n_rows, n_in, n_out, param_offset,
@@ -157,7 +188,25 @@ def block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, runnin
     dL/d(its output): its parameters' gradients into grads, and dinp (B, n_in) = dL/d(inp_pre)
     for inp = act(inp_pre), act the code inp_activation (dinp without rows: skipped). dout is
     overwritten. bits, rows_at, precision: as block_forward's (the weight's bfloat16 copy as
-    block_forward left it)."""
+    block_forward left it). Checked as block_forward's; inp and inp_pre must be (B, n_in), and
+    grads of params' length."""
+    _backward_arguments(dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params,
+                        n_in, n_out, activation, param_offset, act_offset, pre_offset,
+                        aux_offset, running_offset, capacity, norm, p, residual, bits, rows_at,
+                        precision)
+    _check_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params,
+                    n_in, n_out, activation, param_offset, act_offset, pre_offset, aux_offset,
+                    running_offset, capacity, norm, p, residual, bits, rows_at, precision)
+    _block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params,
+                    n_in, n_out, activation, param_offset, act_offset, pre_offset, aux_offset,
+                    running_offset, capacity, norm, p, residual, bits, rows_at, precision)
+
+
+@njit(**SERIAL)
+def _block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params,
+                    n_in, n_out, activation, param_offset, act_offset, pre_offset, aux_offset,
+                    running_offset, capacity, norm, p, residual, bits, rows_at, precision):
+    """block_backward on checked arguments (its unit's kernel)."""
     n_rows = dout.shape[0]
     (out, pre, xhat, a, mask, weight, bias, gamma, beta, row_rstd, col_mean, col_rstd,
      run_mean, run_var) = _views(acts, running, params, n_rows, n_in, n_out, param_offset,
@@ -195,13 +244,99 @@ def block_backward(dinp, grads, dout, inp, inp_pre, inp_activation, acts, runnin
 _M, _V = _units.MATRIX, _units.VECTOR
 _I, _F = types.int64, types.float64
 block_forward_unit = _units.unit(
-    "block_forward", block_forward,
+    "block_forward", _block_forward,
     lambda dt: (_V[dt], _units.FLOAT64S, _V[dt], _M[dt], _V[dt], _units.INDEX,
                 _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, _I, _I, _I, _I, _I,
                 dense.BITS, _I, _I),
     cost=6)
 block_backward_unit = _units.unit(
-    "block_backward", block_backward,
+    "block_backward", _block_backward,
     lambda dt: (_M[dt], _V[dt], _M[dt], _M[dt], _M[dt], _I, _V[dt], _units.FLOAT64S,
                 _V[dt], _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _I, dense.BITS, _I, _I),
     cost=6)
+
+
+# -- argument checks (_checks) -------------------------------------------------------------------
+
+
+def _unit_arguments(kernel, **kinds):
+    """The typing guard of a block kernel: kinds as _checks.arguments', and every array but
+    row_ids C-contiguous and bits uint16, as the units it runs take them."""
+    def errors(argtypes):
+        found = type_errors(kernel, kinds, argtypes)
+        if not found:
+            found = layout_errors(kernel, argtypes, exempt=("row_ids",))
+        if not found and argtypes["bits"].dtype != types.uint16:
+            found.append(f"{kernel}: bits must be uint16 (bfloat16 bit patterns), not "
+                         f"{argtypes['bits']}")
+        return found
+    return guard(kernel, list(kinds), errors)
+
+
+# The layer's description, as both kernels take it.
+_LAYER = dict(n_in="code", n_out="code", activation="code", param_offset="code",
+              act_offset="code", pre_offset="code", aux_offset="code", running_offset="code",
+              capacity="code", norm="code", p="number", residual="code")
+_forward_arguments = _unit_arguments(
+    "block_forward", acts="vector", running="float64s", params="vector", inp="matrix",
+    scratch="vector", row_ids="index", **_LAYER, seed="code", step="code", row_base="code",
+    layer="code", mode="code", bits="bits", rows_at="code", precision="code")
+_backward_arguments = _unit_arguments(
+    "block_backward", dinp="matrix", grads="vector", dout="matrix", inp="matrix",
+    inp_pre="matrix", inp_activation="code", acts="vector", running="float64s",
+    params="vector", **_LAYER, bits="bits", rows_at="code", precision="code")
+
+# What the layer's description must fit (n_rows: the batch's rows): its parameters in params,
+# its areas in acts (each capacity rows), its running statistics, its bfloat16 operands.
+_LAYER_RULES = [
+    ("n_in >= 1 and n_out >= 1", "n_in and n_out must be at least 1"),
+    ("is_activation(activation)", "activation must be one of kernels.CODES' codes"),
+    ("norm >= 0 and norm <= 2", "norm must be 0 (none), 1 (layer) or 2 (batch)"),
+    ("p >= 0.0 and p < 1.0", "p must be in [0, 1)"),
+    ("residual == 0 or n_in == n_out", "residual must be 0 unless n_in == n_out"),
+    ("precision >= 0 and precision < N_PRECISIONS",
+     "precision must be a code of kernels.PRECISIONS"),
+    ("param_offset >= 0 and param_offset + (n_in + (1 if norm == 0 else 3)) * n_out"
+     " <= params.shape[0]", "params must hold the layer's parameters from param_offset"),
+    ("act_offset >= 0 and act_offset + capacity * n_out <= acts.shape[0]",
+     "acts must hold the layer's output (capacity * n_out) from act_offset"),
+    ("pre_offset < 0 or pre_offset + capacity * n_out <= acts.shape[0]",
+     "acts must hold the layer's pre-activation from pre_offset (or pre_offset < 0: none)"),
+    ("aux_offset >= 0 and aux_offset"
+     " + compiled_aux_layout(norm, n_out, p, residual, capacity)[4] <= acts.shape[0]",
+     "acts must hold the layer's saved values (aux_layout) from aux_offset"),
+    ("norm != 2 or (running_offset >= 0 and running_offset + 2 * n_out <= running.shape[0])",
+     "running must hold the layer's running mean and variance from running_offset"),
+    ("precision == FLOAT32 or (param_offset + n_in * n_out <= bits.shape[0] and rows_at >= 0"
+     " and rows_at + n_rows * (n_in + n_out) <= bits.shape[0])",
+     "bits must hold the layer's rounded weight from param_offset and rounded rows from rows_at"),
+]
+_SCOPE = dict(is_activation=activations.is_activation, compiled_aux_layout=compiled_aux_layout,
+              FLOAT32=FLOAT32, N_PRECISIONS=len(PRECISIONS))
+_check_forward = requirements(
+    "block_forward", "acts, running, params, inp, row_ids, n_in, n_out, activation, "
+    "param_offset, act_offset, pre_offset, aux_offset, running_offset, capacity, norm, p, "
+    "residual, mode, bits, rows_at, precision",
+    [("inp.shape[1] == n_in", "inp must have n_in columns"),
+     ("inp.shape[0] <= capacity", "inp must have at most capacity rows"),
+     ("row_ids.shape[0] == 0 or row_ids.shape[0] == inp.shape[0]",
+      "row_ids must be empty or have one key per row of inp"),
+     ("mode == INFER or mode == TRAIN or mode == REPLAY", "mode must be INFER, TRAIN or REPLAY"),
+     "n_rows = inp.shape[0]"] + _LAYER_RULES,
+    dict(_SCOPE, INFER=INFER, TRAIN=TRAIN, REPLAY=REPLAY))
+_check_backward = requirements(
+    "block_backward", "dinp, grads, dout, inp, inp_pre, inp_activation, acts, running, params, "
+    "n_in, n_out, activation, param_offset, act_offset, pre_offset, aux_offset, running_offset, "
+    "capacity, norm, p, residual, bits, rows_at, precision",
+    [("dout.shape[1] == n_out", "dout must have n_out columns"),
+     ("dout.shape[0] <= capacity", "dout must have at most capacity rows"),
+     ("inp.shape[0] == dout.shape[0] and inp.shape[1] == n_in",
+      "inp must be (B, n_in), B dout's rows"),
+     ("inp_pre.shape[0] == inp.shape[0] and inp_pre.shape[1] == inp.shape[1]",
+      "inp_pre must be (B, n_in) as inp"),
+     ("(dinp.shape[0] == dout.shape[0] or dinp.shape[0] == 0) and dinp.shape[1] == n_in",
+      "dinp must be (B, n_in), or have no rows"),
+     ("grads.shape[0] == params.shape[0]", "grads must have params' length"),
+     ("is_activation(inp_activation)", "inp_activation must be one of kernels.CODES' codes"),
+     "n_rows = dout.shape[0]"] + _LAYER_RULES,
+    _SCOPE)

@@ -39,6 +39,10 @@ unit for each index type, compiled only when used) and the rest of the step is t
 
 The heavy kernels are called through units (see _units): compiled once each, not once per
 caller.
+
+Argument checks: each public function refuses, before it writes anything (the Net's counter
+included), arguments that do not fit the Net or one another (TypeError while the caller
+compiles, ValueError when it runs; see the end of this module); the units then run unchecked.
 """
 import math
 from collections import namedtuple
@@ -46,6 +50,7 @@ from collections import namedtuple
 from numba import njit, types
 from numba.extending import overload
 
+from ._checks import guard, layout_errors, requirements, type_errors
 from ._config import INLINED, SERIAL
 from ._native import matrix_view
 from . import activations, block, dense, losses, rows, update
@@ -54,6 +59,8 @@ from ._units import caller
 from .activations import IDENTITY
 from .block import INFER, REPLAY, TRAIN
 from .losses import DEFAULT_LOSS, LOSS_KINDS, TARGETS, weight_sum
+from .rows import labels_in_range
+from .update import check_update, norm_partials_size
 
 
 Net = namedtuple("Net", ["sizes", "activations", "param_offsets", "capacity",
@@ -209,8 +216,11 @@ def _forward(acts, params, x, net, scratch, mode, row_ids):
 @njit(**SERIAL)
 def mlp_forward(acts, params, x, net):
     """Forward pass of a whole MLP; returns the output view (B, sizes[-1]) into acts.
-    x (B, sizes[0]) with B <= net.capacity; acts: the Workspace's activation buffer. It infers:
-    batch normalisation uses its running statistics, dropout is off."""
+    x (B, sizes[0]) with B <= net.capacity; params of net.param_offsets[-1] elements; acts: the
+    Workspace's activation buffer (or as long). It infers: batch normalisation uses its running
+    statistics, dropout is off. Arguments that do not fit the Net raise (see "argument checks"
+    below) before anything is written."""
+    _check_forward(acts, params, x, net)
     return _forward(acts, params, x, net, acts[:0], INFER, net.sizes[:0])
 
 
@@ -311,7 +321,9 @@ def mlp_forward_and_losses(acts, losses, params, x, target, net):
     (B,) float64, from that one forward pass; returns the output view (B, sizes[-1]) into acts.
     target: labels (B,) or values (B, OC), as the Net's loss takes them. The outputs are
     bitwise mlp_forward's (its products are not split over the inputs); the losses those of
-    mlp_loss, whose products may be, to rounding."""
+    mlp_loss, whose products may be, to rounding. Checked as mlp_forward, and target must fit x
+    and the Net (labels in [0, sizes[-1])), losses have x's rows."""
+    _check_forward_and_losses(acts, losses, params, x, target, net)
     output = _forward(acts, params, x, net, acts[:0], INFER, net.sizes[:0])
     _batch_loss(losses[:x.shape[0]], output, target, net)
     return output
@@ -328,7 +340,9 @@ def mlp_loss(work, params, x, target, net, weights=None, mode=INFER):
     losses.LossKind); the per-sample losses (without the penalty, unweighted) go to work.losses.
     Its forward pass splits products as mlp_loss_and_grad's does, so the two losses agree to
     rounding. weights (B,) float64, optional: the weighted mean instead, and the penalty over
-    the weights' sum (see the module docstring)."""
+    the weights' sum (see the module docstring). Checked as mlp_forward_and_losses; the
+    Workspace must be as make_workspace allocates it for the Net (or larger), weights (B,)."""
+    _check_loss(work, params, x, target, net, weights, mode)
     output = _forward(work.acts, params, x, net, work.deltas, mode, net.sizes[:0])
     losses = work.losses[:x.shape[0]]
     loss = _batch_loss(losses, output, target, net)
@@ -361,7 +375,15 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None, row_ids
     sum ||W||^2, and (l2 / B) W is added to each weight's gradient (losses.
     l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
     sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2, W = sum_i w_i (scikit-learn's; see the
-    module docstring)."""
+    module docstring). Checked as mlp_loss, and grads and row_ids: arguments that do not fit
+    raise before anything (the counter included) is written."""
+    _check_loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
+    return _loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
+
+
+@njit(**SERIAL)
+def _loss_and_grad(grads, work, params, x, target, net, weights, row_ids):
+    """mlp_loss_and_grad on checked arguments."""
     net.counter[1] += 1
     ids = _row_keys(row_ids, net)
     if weights is None:   # compile-time: the code from before weights
@@ -442,8 +464,8 @@ def _data_loss_and_grad(grads, work, params, x, target, net, weights, total_weig
 # apply_update is written from the registry (update.KINDS): one branch per update kind, calling
 # its unit. Compiling it compiles no unit (each branch is a call through the table), so the
 # kinds a run does not use cost it nothing.
-_APPLY_UPDATE = """def apply_update(params, layer_sq, partials, grads, param_offsets, update):
-{branches}
+_APPLY_UPDATE = """def {name}(params, layer_sq, partials, grads, param_offsets, update):
+{check}{branches}
     return math.nan, False
 """
 _UPDATE_BRANCH = """    if update.kind == {code}:
@@ -451,23 +473,28 @@ _UPDATE_BRANCH = """    if update.kind == {code}:
                       update.state)"""
 
 
-def _apply_update():
-    scope = {"math": math}
+def _apply_update(name, checked):
+    """apply_update, or (checked False) the same stage for callers that ran its check first."""
+    scope = {"math": math, "check_update": check_update}
     branches = []
     for code, unit in UPDATE_UNITS.items():
         scope[unit] = update.STEP_UNITS[code]
         branches.append(_UPDATE_BRANCH.format(code=code, unit=unit))
-    source = _APPLY_UPDATE.format(branches="\n".join(branches))
+    check = ("    check_update(params, layer_sq, partials, grads, param_offsets, update.kind,\n"
+             "                 update.hyper, update.state)\n") if checked else ""
+    source = _APPLY_UPDATE.format(name=name, check=check, branches="\n".join(branches))
     exec(compile(source, __file__, "exec"), scope)  # this file: Numba wants a real one
-    function = scope["apply_update"]
+    function = scope[name]
     function.__doc__ = """The update stage: update params in place from grads by the
     optimizer's Update. Returns (gradient norm before clipping, applied); the per-layer squared
-    norms are left in layer_sq (partials: their scratch; both a Workspace's). An update kind
-    this build does not know is not applied."""
+    norms are left in layer_sq (partials: their scratch; both a Workspace's). Arguments its
+    step would refuse, or an update kind this build does not know, raise ValueError first
+    (update.check_update): a step's unit cannot raise to its caller."""
     return njit(**INLINED)(function)
 
 
-apply_update = _apply_update()
+apply_update = _apply_update("apply_update", True)
+_update_step = _apply_update("_update_step", False)
 
 
 @njit(**SERIAL)
@@ -475,11 +502,13 @@ def mlp_train_step(params, grads, work, x, target, net, update, weights=None, ro
     """mlp_loss_and_grad, then apply_update: one training step. Returns (loss, gradient norm,
     applied). When the loss is NaN or Inf the update is not tried (so a batch whose weights
     sum to 0 is refused); see the update kernels (update.KINDS' steps) for when they
-    refuse one. weights: optional sample weights (B,) float64, as mlp_loss_and_grad's."""
-    loss = mlp_loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
+    refuse one. weights: optional sample weights (B,) float64, as mlp_loss_and_grad's.
+    Checked as mlp_loss_and_grad and apply_update, both before anything is written."""
+    _check_train_step(params, grads, work, x, target, net, update, weights, row_ids)
+    loss = _loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
     if not math.isfinite(loss):
         return loss, math.nan, False
-    norm, applied = apply_update(params, work.layer_sq, work.partials, grads, net.param_offsets,
+    norm, applied = _update_step(params, work.layer_sq, work.partials, grads, net.param_offsets,
                                  update)
     return loss, norm, applied
 
@@ -536,7 +565,18 @@ def mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
     penalty over W.
 
     One training pass (the Net's counter advances by one), its dropout masks keyed by the
-    rows' indices."""
+    rows' indices. Checked as mlp_train_epoch (but its steps' buffers), before anything is
+    written."""
+    _check_accumulated(grads, micro_grads, work, x_batch, y_batch, x, target, rows, batch_size,
+                       net, params, weights, w_batch)
+    return _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target,
+                                      rows, batch_size, net, params, weights, w_batch)
+
+
+@njit(**SERIAL)
+def _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target, rows,
+                               batch_size, net, params, weights, w_batch):
+    """mlp_accumulated_loss_and_grad on checked arguments."""
     grads[:] = 0
     total = 0.0
     net.counter[1] += 1
@@ -590,8 +630,8 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     """Many training steps in one call, so that small networks pay no per-step call.
 
     Each step takes the next accumulate * batch_size rows of ``order`` (row numbers into x and
-    target, not checked), gathered batch_size rows at a time into x_batch (>= batch_size, C)
-    and y_batch. x: a dense (N, C) matrix, or a rows.CSR of N rows and C columns (checked
+    target), gathered batch_size rows at a time into x_batch (>= batch_size, C) and y_batch.
+    x: a dense (N, C) matrix, or a rows.CSR of N rows and C columns (its structure checked
     beforehand: rows.csr_is_valid), whose batches are densified into x_batch. With
     accumulate = 1 a step is mlp_train_step on one batch; with accumulate > 1
     the gradients of its batches are summed, weighted by their share of its rows, into grads
@@ -610,7 +650,15 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     weigh 0 has nothing to learn from and is skipped: no gradient, no update, grads and
     params untouched; it counts as done, with loss 0 and NaN for its norm and per-layer
     squared norms (the mark that it was skipped: an applied step's norm is finite).
+
+    Checked first, nothing written before: the buffers against the Net as mlp_train_step's,
+    1 <= batch_size <= net.capacity, accumulate >= 1 (micro_grads given when above 1), the
+    batch buffers' and the step arrays' sizes, order's row numbers in [0, N) and their labels
+    in [0, sizes[-1]) (one pass over order).
     """
+    _check_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                       step_layer_sq, x, target, order, batch_size, net, update, accumulate,
+                       micro_grads, weights, w_batch)
     n_samples = order.shape[0]
     rows_per_step = accumulate * batch_size
     step = 0
@@ -627,18 +675,18 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
             xb, yb = x_batch[:rows.shape[0]], y_batch[:rows.shape[0]]
             _gather(xb, yb, x, target, rows)
             if weights is None:
-                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, None, rows)
+                loss = _loss_and_grad(grads, work, params, xb, yb, net, None, rows)
             else:
                 wb = w_batch[:rows.shape[0]]
                 _take_targets(wb, weights, rows)
-                loss = mlp_loss_and_grad(grads, work, params, xb, yb, net, wb, rows)
+                loss = _loss_and_grad(grads, work, params, xb, yb, net, wb, rows)
         else:
-            loss = mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
+            loss = _accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x,
                                               target, rows, batch_size, net, params, weights,
                                               w_batch)
         norm, applied = math.nan, False
         if math.isfinite(loss):   # as mlp_train_step
-            norm, applied = apply_update(params, work.layer_sq, work.partials, grads,
+            norm, applied = _update_step(params, work.layer_sq, work.partials, grads,
                                          net.param_offsets, update)
         step_losses[step] = loss
         step_norms[step] = norm
@@ -648,3 +696,281 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
             return step
         step += 1
     return step
+
+
+# -- argument checks (_checks) -------------------------------------------------------------------
+#
+# Each public function first calls its check with its own arguments: a typing guard (TypeError
+# while the caller compiles: kinds, one dtype, C-contiguous arrays as the units take them), then
+# the values (ValueError, each message with the function's name) before anything is written:
+# O(1), then O(layers) for the buffers against the Net's plan, then one pass over the labels and
+# the row numbers.
+
+# The tuples the functions take: their class, and the kinds of the fields they check (which
+# join the check of one dtype, under names such as work.acts).
+_TUPLES = {"net": (Net, {}),
+           "work": (Workspace, dict(acts="vector", deltas="vector", losses="float64s",
+                                    layer_sq="float64s", partials="float64s")),
+           "update": (update.Update, dict(kind="code", hyper="float64s", state="matrix")),
+           "csr": (rows.CSR, dict(data="vector", indices="int_index", indptr="int_index"))}
+
+
+def _is_tuple(t, cls):
+    return isinstance(t, types.BaseNamedTuple) and t.instance_class is cls
+
+
+def _given(t):
+    return not isinstance(t, (types.NoneType, types.Omitted))
+
+
+def _type_errors(kernel, kinds, argtypes):
+    """The messages for the arguments (name -> Numba type) not of their kinds: those of
+    _checks.KINDS, or "net", "work", "update" (_TUPLES), "data" (a matrix or a rows.CSR) and
+    "target" (int64 labels (B,), or values (B, OC) of params' dtype)."""
+    flat_kinds, flat_types, targets, errors = {}, {}, {}, []
+    for name, kind in kinds.items():
+        t = argtypes[name]
+        if kind == "data":
+            kind = "csr" if _is_tuple(t, rows.CSR) else "matrix"
+        if kind == "target":
+            targets[name] = t
+        elif kind not in _TUPLES:
+            flat_kinds[name], flat_types[name] = kind, t
+        elif not _is_tuple(t, _TUPLES[kind][0]):
+            errors.append(f"{kernel}: {name} must be a {_TUPLES[kind][0].__name__}, not {t}")
+        else:
+            cls, fields = _TUPLES[kind]
+            for field, field_kind in fields.items():
+                flat_kinds[f"{name}.{field}"] = field_kind
+                flat_types[f"{name}.{field}"] = t.types[cls._fields.index(field)]
+    errors += type_errors(kernel, flat_kinds, flat_types)
+    model = getattr(argtypes["params"], "dtype", None)
+    for name, t in targets.items():
+        if not (isinstance(t, types.Array) and (t.ndim, t.dtype) in ((1, types.int64),
+                                                                      (2, model))):
+            errors.append(f"{kernel}: {name} must be int64 labels (B,) or a (B, OC) array of "
+                          f"params' dtype, not {t}")
+    errors += _pairing_errors(kernel, argtypes)
+    if not errors:   # (a Fortran-ordered matrix has its message already)
+        index = [n for n, kind in flat_kinds.items() if kind.rstrip("?") == "index"]
+        errors = layout_errors(kernel, {**flat_types, **targets}, exempt=index)
+    return errors
+
+
+def _pairing_errors(kernel, argtypes):
+    """The messages for arguments that must agree: a CSR's index arrays of one dtype, y_batch
+    of target's kind, w_batch given with weights."""
+    errors = []
+    x = argtypes.get("x")
+    if _is_tuple(x, rows.CSR) and x.types[1] != x.types[2]:
+        errors.append(f"{kernel}: x.indices and x.indptr must share one dtype, int32 or int64")
+    if "y_batch" in argtypes and (getattr(argtypes["y_batch"], "ndim", None)
+                                  != getattr(argtypes["target"], "ndim", None)):
+        errors.append(f"{kernel}: y_batch must hold what target holds (labels or values), not "
+                      f"{argtypes['y_batch']}")
+    if "w_batch" in argtypes and _given(argtypes["weights"]) and not _given(argtypes["w_batch"]):
+        errors.append(f"{kernel}: w_batch must be given with weights")
+    return errors
+
+
+def _length_in(a, low, high):
+    """Whether low <= len(a) <= high; True for None (an optional argument left out)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_length_in, jit_options=SERIAL)
+def _length_in_impl(a, low, high):
+    if not _given(a):
+        return lambda a, low, high: True
+    return lambda a, low, high: low <= a.shape[0] <= high
+
+
+def _columns_fit(a, n):
+    """Whether a has n columns; True but for a matrix (labels and a CSR state none)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_columns_fit, jit_options=SERIAL)
+def _columns_fit_impl(a, n):
+    if isinstance(a, types.Array) and a.ndim == 2:
+        return lambda a, n: a.shape[1] == n
+    return lambda a, n: True
+
+
+def _rows_of(x):
+    """The rows of a dense matrix or of a rows.CSR."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_rows_of, jit_options=SERIAL)
+def _rows_of_impl(x):
+    if _is_tuple(x, rows.CSR):
+        return lambda x: x.indptr.shape[0] - 1
+    return lambda x: x.shape[0]
+
+
+def _labels_fit(target, n_out, at):
+    """Whether target's labels at the row numbers `at` (all of them for None) are in
+    [0, n_out); True for values."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_labels_fit, jit_options=SERIAL)
+def _labels_fit_impl(target, n_out, at):
+    if target.ndim == 2:
+        return lambda target, n_out, at: True
+    if not _given(at):
+        return lambda target, n_out, at: labels_in_range(target, n_out)
+
+    def labels_at(target, n_out, at):
+        ok = True
+        for i in range(at.shape[0]):
+            label = target[at[i]]
+            ok &= (label >= 0) & (label < n_out)
+        return ok
+    return labels_at
+
+
+@njit(**SERIAL)
+def _plan_sizes(net):
+    """(acts, deltas, bits): the lengths of the buffers that the Net's plan needs at its
+    capacity, as make_workspace and make_net allocate them (bits: in bfloat16 precision)."""
+    capacity = net.capacity
+    acts = widest_in = widest_out = 0
+    for layer in range(net.activations.shape[0]):
+        n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+        area = capacity * n_out
+        acts = max(acts, net.act_offsets[layer] + area, net.pre_offsets[layer] + area)
+        if net.aux_offsets[layer] >= 0:
+            saved = block.compiled_aux_layout(net.kinds[layer], n_out, net.dropout[layer],
+                                              net.residual[layer], capacity)[4]
+            acts = max(acts, net.aux_offsets[layer] + saved)
+        widest_in, widest_out = max(widest_in, n_in), max(widest_out, n_out)
+    return (acts, 2 * capacity * widest_out,
+            net.param_offsets[-1] + capacity * (widest_in + widest_out))
+
+
+# The rules (_checks.requirements), by what they check, O(1) ones first.
+_BATCH = [("x.shape[1] == net.sizes[0]", "x must have net.sizes[0] columns"),
+          ("x.shape[0] <= net.capacity",
+           "x must have at most net.capacity rows (make a Net of a larger capacity)")]
+_PARAMS = [("params.shape[0] == net.param_offsets[-1]",
+            "params must have net.param_offsets[-1] elements, the Net's parameter count")]
+_GRADS = [("grads.shape[0] == params.shape[0]", "grads must have params' length")]
+_TARGET = [("target.shape[0] == x.shape[0]", "target must have as many rows as x"),
+           ("_columns_fit(target, net.sizes[-1])", "target must have net.sizes[-1] columns")]
+_WEIGHTS = [("_length_in(weights, x.shape[0], x.shape[0])",
+             "weights must have one value per row of x")]
+_ROW_IDS = [("_length_in(row_ids, x.shape[0], x.shape[0])",
+             "row_ids must have one value per row of x")]
+_PLAN = ["acts_size, deltas_size, bits_size = _plan_sizes(net)",
+         ("net.precision is None or net.precision == FLOAT32 or net.bits.shape[0] >= bits_size",
+          "net.bits is shorter than the Net's plan needs (make_net's)")]
+_ACTS = [("acts.shape[0] >= acts_size",
+          "acts is shorter than the Net's plan needs (make_net's acts_size)")]
+_WORK = [("work.acts.shape[0] >= acts_size",
+          "work.acts is shorter than the Net's plan needs (make_workspace's)"),
+         ("work.deltas.shape[0] >= deltas_size",
+          "work.deltas is shorter than the Net's plan needs (make_workspace's)"),
+         ("work.losses.shape[0] >= net.capacity", "work.losses must have net.capacity values"),
+         ("work.layer_sq.shape[0] >= net.activations.shape[0]",
+          "work.layer_sq must have a value per layer"),
+         ("work.partials.shape[0] >= norm_partials_size(net.param_offsets)",
+          "work.partials is shorter than the Net's plan needs (make_workspace's)")]
+# The update's own (update.check_update: its messages name apply_update, the stage).
+_UPDATE = ["check_update(params, work.layer_sq, work.partials, grads, net.param_offsets, "
+           "update.kind, update.hyper, update.state)"]
+_LABELS = [("_labels_fit(target, net.sizes[-1], None)",
+            "target's labels must be in [0, net.sizes[-1])")]
+# The functions that gather rows of a data set x, target (and weights) into x_batch, y_batch
+# (and w_batch), batch_size rows at a time; then, for the row numbers `at`, one pass each.
+_GATHER = [("batch_size >= 1 and batch_size <= net.capacity",
+            "batch_size must be in [1, net.capacity]"),
+           ("x_batch.shape[0] >= batch_size and x_batch.shape[1] == net.sizes[0]",
+            "x_batch must have batch_size rows or more, of net.sizes[0] columns"),
+           ("y_batch.shape[0] >= batch_size and _columns_fit(y_batch, net.sizes[-1])",
+            "y_batch must have batch_size rows or more, of target's width"),
+           ("_length_in(w_batch, batch_size, UNLIMITED)",
+            "w_batch must have batch_size values or more"),
+           ("_columns_fit(x, net.sizes[0])", "x must have net.sizes[0] columns"),
+           "n_data = _rows_of(x)",
+           ("target.shape[0] == n_data", "target must have as many rows as x"),
+           ("_columns_fit(target, net.sizes[-1])", "target must have net.sizes[-1] columns"),
+           ("_length_in(weights, n_data, n_data)", "weights must have one value per row of x")]
+
+
+def _gathered(at):
+    return [(f"labels_in_range({at}, n_data)", f"{at} must hold row numbers of x, in [0, N)"),
+            (f"_labels_fit(target, net.sizes[-1], {at})",
+             f"target's labels at {at} must be in [0, net.sizes[-1])")]
+
+
+_STEPS = [("accumulate >= 1", "accumulate must be at least 1"),
+          ("accumulate == 1 or micro_grads is not None",
+           "micro_grads must be given when accumulate > 1"),
+          ("_length_in(micro_grads, params.shape[0], params.shape[0])",
+           "micro_grads must have params' length"),
+          "n_steps = (order.shape[0] + accumulate * batch_size - 1) // (accumulate * batch_size)",
+          ("step_losses.shape[0] >= n_steps and step_norms.shape[0] >= n_steps"
+           " and step_layer_sq.shape[0] >= n_steps",
+           "step_losses, step_norms and step_layer_sq must have a row per step, "
+           "ceil(len(order) / (accumulate * batch_size))"),
+          ("step_layer_sq.shape[1] >= work.layer_sq.shape[0]",
+           "step_layer_sq must have a column per value of work.layer_sq (per layer)")]
+_SCOPE = dict(_plan_sizes=_plan_sizes, _length_in=_length_in, _columns_fit=_columns_fit,
+              _rows_of=_rows_of, _labels_fit=_labels_fit, labels_in_range=labels_in_range,
+              norm_partials_size=norm_partials_size, check_update=check_update,
+              FLOAT32=FLOAT32, UNLIMITED=1 << 62)
+
+
+def _checks(kernel, kinds, rules):
+    """A network function's check, of its arguments name=kind (as _type_errors takes them, in
+    its order): the typing guard, then the rules."""
+    names = list(kinds)
+    types_guard = guard(kernel, names, lambda argtypes: _type_errors(kernel, kinds, argtypes))
+    parameters = ", ".join(names)
+    return requirements(kernel, parameters, [f"types_guard({parameters})"] + rules,
+                        dict(_SCOPE, types_guard=types_guard))
+
+
+_check_forward = _checks(
+    "mlp_forward", dict(acts="vector", params="vector", x="matrix", net="net"),
+    _BATCH + _PARAMS + _PLAN + _ACTS)
+_check_forward_and_losses = _checks(
+    "mlp_forward_and_losses",
+    dict(acts="vector", losses="float64s", params="vector", x="matrix", target="target",
+         net="net"),
+    _BATCH + _PARAMS + _TARGET + [("losses.shape[0] >= x.shape[0]",
+                                   "losses must have a value per row of x")]
+    + _PLAN + _ACTS + _LABELS)
+_check_loss = _checks(
+    "mlp_loss", dict(work="work", params="vector", x="matrix", target="target", net="net",
+                     weights="float64s?", mode="code"),
+    _BATCH + _PARAMS + _TARGET + _WEIGHTS + _PLAN + _WORK + _LABELS)
+_check_loss_and_grad = _checks(
+    "mlp_loss_and_grad", dict(grads="vector", work="work", params="vector", x="matrix",
+                              target="target", net="net", weights="float64s?",
+                              row_ids="index?"),
+    _BATCH + _PARAMS + _GRADS + _TARGET + _WEIGHTS + _ROW_IDS + _PLAN + _WORK + _LABELS)
+_check_train_step = _checks(
+    "mlp_train_step", dict(params="vector", grads="vector", work="work", x="matrix",
+                           target="target", net="net", update="update", weights="float64s?",
+                           row_ids="index?"),
+    _BATCH + _PARAMS + _GRADS + _TARGET + _WEIGHTS + _ROW_IDS + _PLAN + _WORK + _UPDATE
+    + _LABELS)
+_check_accumulated = _checks(
+    "mlp_accumulated_loss_and_grad",
+    dict(grads="vector", micro_grads="vector", work="work", x_batch="matrix",
+         y_batch="target", x="data", target="target", rows="index", batch_size="code",
+         net="net", params="vector", weights="float64s?", w_batch="float64s?"),
+    _GATHER + _PARAMS + _GRADS + [("micro_grads.shape[0] == params.shape[0]",
+                                   "micro_grads must have params' length")]
+    + _PLAN + _WORK + _gathered("rows"))
+_check_train_epoch = _checks(
+    "mlp_train_epoch",
+    dict(params="vector", grads="vector", work="work", x_batch="matrix", y_batch="target",
+         step_losses="float64s", step_norms="float64s", step_layer_sq="float64_matrix",
+         x="data", target="target", order="index", batch_size="code", net="net",
+         update="update", accumulate="code", micro_grads="vector?", weights="float64s?",
+         w_batch="float64s?"),
+    _GATHER + _STEPS + _PARAMS + _GRADS + _PLAN + _WORK + _UPDATE + _gathered("order"))

@@ -32,12 +32,15 @@ Workspace: acts; deltas (two halves of capacity * max width, used in turn during
 pass); per-sample losses (capacity,) float64; layer_sq (L,) float64, the per-layer squared
 gradient norms of the last update; partials (norm scratch).
 """
+import math
+import numbers
+
 import numpy as np
 
 from .. import layout
 from . import activations, block, dense
 from .activations import ACTIVATIONS
-from .bfloat16 import FLOAT32
+from .bfloat16 import FLOAT32, PRECISIONS
 from ._config import INPUT_SPLIT_RATIO
 from ._tiling import tile_budget
 from .dense import splits_input
@@ -219,10 +222,27 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
     dropout masks (None: zeros), advanced in place by each training pass (the row base is
     added to the row indices that key them: a data-parallel rank's first global row). The running and counter arrays
     are shared, not copied: a Net rebuilt for a larger capacity passes them on. precision: the
-    matrix products' code of bfloat16.PRECISIONS (bfloat16 ones need a float32 model)."""
-    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
-    activations = np.ascontiguousarray(activations, dtype=np.int64)
+    matrix products' code of bfloat16.PRECISIONS (bfloat16 ones need a float32 model).
+    Arguments that make no Net raise TypeError or ValueError naming them."""
+    sizes = _integers("sizes", sizes)
     n_layers = len(sizes) - 1
+    if n_layers < 1 or sizes.min() < 1:
+        raise ValueError(f"sizes: expected 2 or more layer widths, each at least 1, got "
+                         f"{sizes.tolist()}")
+    activations = _integers("activations", activations)
+    if len(activations) != n_layers or not all(0 <= a < len(ACTIVATIONS) for a in activations):
+        raise ValueError(f"activations: expected a code of kernels.CODES (0 to "
+                         f"{len(ACTIVATIONS) - 1}) per layer ({n_layers}), got "
+                         f"{activations.tolist()}")
+    capacity = _integer("capacity", capacity, 0)
+    checkpoint_every = _integer("checkpoint_every", checkpoint_every, 1)
+    if loss is not None and loss not in LOSS_CODES:
+        raise ValueError(f"loss: expected None or one of {sorted(LOSS_CODES)}, got {loss!r}")
+    if not (isinstance(l2, numbers.Real) and math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
+    if precision not in range(len(PRECISIONS)):
+        raise ValueError(f"precision: expected a code of kernels.PRECISIONS (0 to "
+                         f"{len(PRECISIONS) - 1}), got {precision!r}")
     kinds, dropout, residual = _block_extras(kinds, n_layers, dropout, residual)
     offsets = layout.param_offsets(sizes, kinds)   # checks the kinds
     for layer, r in enumerate(residual):
@@ -234,11 +254,10 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
     running_offsets, running_length = running_layout(sizes, kinds)
     if running is None:
         running = new_running(sizes, kinds)
-    if running.dtype != np.float64 or running.shape != (running_length,):
-        raise ValueError(f"running: expected {running_length} float64 values, got "
-                         f"{running.dtype} {running.shape}")
+    _shared("running", running, np.float64, running_length)
     if counter is None:
         counter = np.zeros(3, dtype=np.int64)
+    _shared("counter", counter, np.int64, 3)
     code = -1 if loss is None else LOSS_CODES[loss]
     kinds = np.ascontiguousarray(kinds, dtype=np.int64)
     # A float32 Net's precision is None: its code is compiled with nothing of bfloat16.
@@ -252,10 +271,48 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
 
 
 def make_workspace(net, acts_size, dtype):
-    """Allocate the Workspace a Net needs (plain Python)."""
+    """Allocate the Workspace a Net needs (plain Python): acts_size is make_net's, dtype the
+    model's, float32 or float64 (TypeError or ValueError, naming the argument, otherwise)."""
+    if not isinstance(net, Net):
+        raise TypeError(f"net: expected a Net (make_net's), got {type(net).__name__}")
+    acts_size = _integer("acts_size", acts_size, 0)
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
     n_layers = net.activations.shape[0]
     return Workspace(aligned_zeros(acts_size, dtype),
                      aligned_zeros(2 * net.capacity * int(net.sizes[1:].max()), dtype),
                      np.empty(net.capacity, dtype=np.float64),
                      np.zeros(n_layers, dtype=np.float64),
                      np.empty(norm_partials_size(net.param_offsets), dtype=np.float64))
+
+
+# -- checks of make_net's and make_workspace's arguments ----------------------------------------
+
+
+def _integer(name, value, least):
+    """value as an int, or TypeError (not an integer) or ValueError (below least) naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name}: expected at least {least}, got {value}")
+    return int(value)
+
+
+def _integers(name, values):
+    """values as a C-contiguous int64 array, or TypeError naming it (not 1-D integers)."""
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise TypeError(f"{name}: expected a 1-D sequence of integers, got {array.dtype} "
+                        f"{array.shape}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _shared(name, array, dtype, length):
+    """Check a buffer the Net shares (running, counter): a C-contiguous 1-D array of dtype and
+    length, as the compiled code takes it."""
+    if not (isinstance(array, np.ndarray) and array.dtype == dtype and array.shape == (length,)
+            and array.flags.c_contiguous):
+        got = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(
+            array).__name__
+        raise ValueError(f"{name}: expected {length} {np.dtype(dtype)} values, C-contiguous, "
+                         f"got {got}")
