@@ -22,7 +22,6 @@ What the kernels need (see fastbp.kernels and the README's kernel table):
 """
 import time
 
-import numba
 import numpy as np
 from numba import njit, prange
 

@@ -158,11 +158,12 @@ class Engine:
             self.ready(entry, args, update_kind, weighted, sparse_index)
             pin_kernel_blas()
             try:
-                result = entry(*args)
-            except kernels.UnitMissingError:
-                kernels.raise_if_unfilled()   # with the reason, where one was recorded
-                raise
-            kernels.raise_if_unfilled()   # a unit's own call skipped: that result is not one
+                result, missing = entry(*args), None
+            except kernels.UnitMissingError as exc:
+                missing = exc
+            kernels.raise_if_unfilled()   # a unit's own call skipped (and why, when one did)
+            if missing is not None:
+                raise missing
             return result
 
     def ready(self, entry, args, update_kind=None, weighted=False, sparse_index=None):

@@ -3,10 +3,21 @@
 Every kernel is a Numba ``@njit`` function that writes into outputs given by the caller (outputs
 first, read-only inputs next, scalars last) and allocates nothing, so it can be called from
 Python or from a user's own ``@njit`` code. Each works in float32 and in float64; the arrays of
-one call must share one dtype. 2-D arrays must have unit stride along their last axis (rows may be
-strided); 1-D arrays must be contiguous. The whole-network functions (``mlp_*``) need
-C-contiguous arrays throughout, x included. They run fastest on arrays that start on a cache line
-(``aligned_zeros`` makes them).
+one call must share one dtype. The kernels that hand arrays to BLAS (dense, gemm, bfloat16
+products) need unit stride along the last axis of a 2-D array (rows may be strided) and
+contiguous 1-D arrays; the elementwise and row-wise ones take any strides; the whole-network
+functions (``mlp_*``) need C-contiguous arrays throughout, x included (index arrays excepted).
+They run fastest on arrays that start on a cache line (``aligned_zeros`` makes them).
+
+Every kernel refuses what it cannot use before it writes anything (_checks): a wrong type,
+dtype or layout raises TypeError while the caller is compiled, naming the argument and what
+would do; a wrong shape, capacity, label, code or spec raises ValueError. Inside a ``prange``
+body Numba drops what a called function raises, so check a call outside the loop first. A
+whole-network function calls its heavy kernels through units (_units), which cannot raise: it
+checks everything they need first, and a unit that compiled code cannot load (a stale cache of a
+caller's own code) raises UnitMissingError in that code. Under Numba's workqueue threading
+layer, a kernel's parallel loop opened inside a caller's ``prange`` runs on the caller's thread
+(_nesting).
 
 Shapes: B = batch rows, C = input features, OC = output features (classes for the losses).
 
@@ -26,7 +37,8 @@ sparse matrices, and input checks), ``plan`` (building a Net and its Workspace, 
 plan, in plain Python), ``network`` (Net, Workspace, whole-network functions, each
 layer kind's steps), ``entry`` (what fastbp's Python layer calls); ``_config`` holds every
 compiler flag and tuning constant, ``_tiling`` the thread split, ``_native`` BLAS and views,
-``_units`` the table through which the network calls the heavy kernels. Every name below is
+``_units`` the table through which the network calls the heavy kernels, ``_checks`` the
+argument checks, ``_nesting`` nested loops under the workqueue layer. Every name below is
 importable from ``fastbp.kernels`` itself.
 
 Parallelism: matrix products are split into a grid of output tiles that the threads share out;

@@ -18,7 +18,7 @@ touches anything, so a refused call leaves every output as it was. Two stages:
 from numba import njit, types
 from numba.extending import overload
 
-from ._config import INLINED, SERIAL
+from ._config import GUARD, INLINED
 
 FLOATS = (types.float32, types.float64)
 BITS = (types.uint16, types.int16)
@@ -43,8 +43,6 @@ def _is_array_of(ndim, dtypes):
 KINDS = {
     "matrix": (_is_float_array(2), "a 2-D float32 or float64 array"),
     "vector": (_is_float_array(1), "a 1-D float32 or float64 array"),
-    "rows": (lambda t: isinstance(t, types.Array) and t.ndim in (1, 2) and t.dtype in FLOATS,
-             "a 1-D or 2-D float32 or float64 array"),
     "labels": (_is_array_of(1, (types.int64,)), "a 1-D int64 array (np.int64 labels)"),
     "index": (_is_array_of(1, (types.int64,)), "a 1-D int64 array"),
     "int_index": (_is_array_of(1, (types.int32, types.int64)), "a 1-D int32 or int64 array"),
@@ -61,7 +59,7 @@ KINDS = {
     "flag": (lambda t: isinstance(t, (types.Boolean, types.Integer)), "a bool"),
 }
 # Kinds whose arrays hold the model's numbers: those of one call share one dtype.
-_MODEL_DTYPE = ("matrix", "vector", "rows", "float32_matrix")
+_MODEL_DTYPE = ("matrix", "vector", "float32_matrix")
 
 
 def _absent(t):
@@ -135,8 +133,9 @@ def guard(kernel, names, errors, any_layout=False):
     """arguments' function, for checks that its kinds cannot state (a tuple's fields, a type
     that depends on another argument's): its typing raises TypeError with the messages that
     errors(argtypes) returns (argtypes: name -> Numba type, for the arguments `names`, in the
-    kernel's order); its code tests the strides of arrays of unknown layout, unless
-    any_layout."""
+    kernel's order); its code tests the strides of arrays of unknown layout, but those that
+    any_layout names (True: all of them)."""
+    free = set(names) if any_layout is True else set(any_layout or ())
     scope = {}
     exec(compile(_CHECK.format(name=f"check_{kernel}", params=", ".join(names)), __file__,
                  "exec"), scope)
@@ -149,7 +148,7 @@ def guard(kernel, names, errors, any_layout=False):
         lines = [_STRIDE_TESTS[t.ndim].format(a=n, kernel=kernel)
                  for n, t in zip(names, argtypes)
                  if isinstance(t, types.Array) and t.layout == "A" and t.ndim in (1, 2)
-                 and not any_layout]
+                 and n not in free]
         source = _IMPL.format(params=", ".join(names), lines="\n".join(lines) or "    pass")
         impl_scope = {}
         exec(compile(source, __file__, "exec"), impl_scope)
@@ -160,10 +159,7 @@ def guard(kernel, names, errors, any_layout=False):
     shim = {}
     exec(compile(f"def typing_shim({signature}):\n    return typing({signature})\n",
                  __file__, "exec"), {"typing": typing}, shim)
-    # Not cached: every guard's impl has one name in this file, so Numba's cache would hand a
-    # kernel another's impl of the same types (and could not rebuild its globals).
-    overload(stub, jit_options=dict(SERIAL, cache=False),
-             prefer_literal=False)(shim["typing_shim"])
+    overload(stub, jit_options=GUARD, prefer_literal=False)(shim["typing_shim"])
     return stub
 
 

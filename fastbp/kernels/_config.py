@@ -96,6 +96,10 @@ INLINED = dict(SERIAL, inline="always")
 # is the answer when the divisor is 0 (sample weights that sum to 0: a NaN loss, which the
 # training step refuses), where Python's model would raise, and a unit cannot raise.
 ELEMENTWISE = dict(SERIAL, error_model="numpy")
+# The argument checks' typing guards (_checks): not cached on their own (every guard's code
+# has one name in one file, so Numba's cache would hand a kernel another's); the kernels that
+# call them are.
+GUARD = dict(SERIAL, cache=False)
 # C-ABI functions (Numba cfuncs: the units, the emulated bfloat16 product), cached alike.
 C_FUNCTION = dict(cache=CACHE)
 

@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
 from ._checks import arguments, require
@@ -319,6 +319,22 @@ def _check_gemm(c, a, b, trans_a, trans_b):
     require(_blas_sized(c) and _blas_sized(a) and _blas_sized(b),
             "gemm: c's, a's and b's row strides must be whole numbers of elements, and their "
             "sizes below 2**31 (BLAS's 32-bit integers)")
+    require(_product_ready(a),
+            "gemm: no bfloat16 product was registered when this code was compiled: call "
+            "kernels.require_bfloat16() (uint16 operands) or kernels."
+            "register_bfloat16_emulation() (int16 operands) first, in a new process")
+
+
+def _product_ready(operand):
+    """bfloat16_product_ready for bit-pattern operands; True for float ones."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_product_ready, jit_options=SERIAL)
+def _product_ready_impl(operand):
+    if operand.dtype in (types.uint16, types.int16):
+        return lambda operand: bfloat16_product_ready(operand)
+    return lambda operand: True
 
 
 _gemm_arguments = arguments("gemm", c="matrix", a="operand", b="operand", alpha="number",

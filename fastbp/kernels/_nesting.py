@@ -1,4 +1,4 @@
-"""Nested parallelism under Numba's workqueue threading layer: run, one thread per nested region.
+"""Nested parallel loops under Numba's workqueue threading layer: run, each on its own thread.
 
 A kernel that opens a parallel region, called from inside a caller's own ``prange`` loop, opens a
 region within a region. The OpenMP and TBB layers run that; the workqueue layer (what Numba
@@ -6,98 +6,61 @@ falls back to where neither loads) aborts the whole process ("Concurrent access 
 detected"), and an exception raised instead would be lost: Numba drops what a function called
 in a ``prange`` body raises. So under workqueue, and only there, fastbp puts itself in front of
 the layer's entry point (the ``numba_parallel_for`` symbol that every compiled parallel loop
-calls): a loop opened on one of the pool's worker threads runs on that thread, serially, its
-iterations in their order, as the layer would run them on a pool of one; every other loop goes
-to the layer as before. The outer loop keeps every core busy, and the kernels' results do not
+calls): a loop opened while another holds the pool runs on the thread that opens it, serially,
+its iterations in their order, as the layer would run them on a pool of one; every other loop
+goes to the layer as before. The outer loop keeps every core busy, and the kernels' results do not
 depend on how many threads ran them (their tiles follow the shapes).
 
-Under workqueue every iteration of a parallel loop runs on a worker thread, never on the thread
-that opened the loop, so a loop opened on a worker is a nested one. The workers are listed once,
-at import, by a parallel loop that records the thread it runs on. This covers the loops of code
-compiled or loaded from Numba's cache after fastbp's import (fastbp's own kernels and the code
-that calls them), where the symbol is resolved.
+Under workqueue one loop at a time can hold the pool (a loop opened while another runs is nested
+in it, or comes from another thread, which also aborted): a flag, set and cleared by the one
+loop that holds the pool (an atomic compare-and-swap), tells the others, and after a fork the
+child starts with it clear. This covers the loops of code compiled or loaded from Numba's cache
+after fastbp's import (fastbp's own kernels and the code that calls them), where the symbol is
+resolved.
 """
 import ctypes
-import sys
+import os
 
 import numba
-import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import cfunc, njit, prange, types
+from numba import cfunc, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._config import C_FUNCTION, INLINED, PARALLEL
+from ._config import C_FUNCTION
 
-_MAX_WORKERS = 1024
-_workers = (ctypes.c_uint64 * _MAX_WORKERS)()
-_n_workers = ctypes.c_int64(0)
-llvm.add_symbol("fastbp_workqueue_workers", ctypes.addressof(_workers))
-llvm.add_symbol("fastbp_workqueue_n_workers", ctypes.addressof(_n_workers))
+# 1 while a loop holds the workqueue layer's pool (only under workqueue; see install).
+_busy = ctypes.c_int64(0)
+llvm.add_symbol("fastbp_workqueue_busy", ctypes.addressof(_busy))
 
 
-def _thread_self_address():
-    """The C function that names the calling thread (pthread_self; GetCurrentThreadId)."""
-    if sys.platform == "win32":
-        return ctypes.cast(ctypes.windll.kernel32.GetCurrentThreadId, ctypes.c_void_p).value
-    return ctypes.cast(ctypes.CDLL(None).pthread_self, ctypes.c_void_p).value
-
-
-llvm.add_symbol("fastbp_thread_self", _thread_self_address())
+def _busy_flag(builder):
+    flag = builder.module.globals.get("fastbp_workqueue_busy")
+    if flag is None:
+        flag = ir.GlobalVariable(builder.module, ir.IntType(64), "fastbp_workqueue_busy")
+    return flag
 
 
 @intrinsic
-def _thread_self(typingctx):
-    """The calling thread's id, as a uint64."""
+def _take_pool(typingctx):
+    """Set the busy flag if it is clear; whether this call set it (then this loop holds the
+    pool, and must give it back)."""
     def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.IntType(64), [])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "fastbp_thread_self")
-        return builder.call(fn, [])
-    return types.uint64(), codegen
-
-
-def _global_i64(builder, name, index=None):
-    """The i64 at symbol `name` (an array of them: element index)."""
-    gv = builder.module.globals.get(name)
-    if gv is None:
-        gv = ir.GlobalVariable(builder.module, ir.IntType(64), name)
-    ptr = gv if index is None else builder.gep(gv, [index])
-    return builder.load(ptr)
+        i64 = ir.IntType(64)
+        pair = builder.cmpxchg(_busy_flag(builder), ir.Constant(i64, 0), ir.Constant(i64, 1),
+                               "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+    return types.boolean(), codegen
 
 
 @intrinsic
-def _worker_count(typingctx):
+def _give_pool(typingctx):
     def codegen(context, builder, signature, args):
-        return _global_i64(builder, "fastbp_workqueue_n_workers")
-    return types.int64(), codegen
-
-
-@intrinsic
-def _worker(typingctx, i):
-    def codegen(context, builder, signature, args):
-        return _global_i64(builder, "fastbp_workqueue_workers", args[0])
-    return types.uint64(types.int64), codegen
-
-
-@njit(**INLINED)
-def nested_under_workqueue():
-    """Whether the calling thread is one of the workqueue layer's workers: then a parallel
-    loop opened here is nested in another. Always False under the other layers."""
-    n = _worker_count()
-    if n == 0:
-        return False
-    me = _thread_self()
-    for i in range(n):
-        if _worker(i) == me:
-            return True
-    return False
-
-
-@njit(**PARALLEL)
-def _record_threads(out):
-    for i in prange(out.shape[0]):
-        out[i] = _thread_self()
+        builder.store_atomic(ir.Constant(ir.IntType(64), 0), _busy_flag(builder), "seq_cst",
+                             align=8)
+        return context.get_dummy_value()
+    return types.void(), codegen
 
 
 @intrinsic
@@ -133,35 +96,30 @@ _VP = types.voidptr
 
 
 def _parallel_for(fn, args, dims, steps, data, inner_ndim, n_arrays, n_threads):
-    if nested_under_workqueue():
-        _run_gufunc(fn, args, dims, steps, data)
-    else:
+    if _take_pool():
         _layer_parallel_for(fn, args, dims, steps, data, inner_ndim, n_arrays, n_threads)
+        _give_pool()
+    else:   # nested in the loop that holds the pool (or beside it, from another thread)
+        _run_gufunc(fn, args, dims, steps, data)
 
 
 _shim = None   # the compiled _parallel_for (kept alive: the symbol points into it)
 
 
+def _clear_after_fork():
+    _busy.value = 0
+
+
 def install_for_workqueue():
-    """Under the workqueue layer, list its worker threads and put _parallel_for in front of it
-    (see the module docstring); under the others, nothing."""
+    """Under the workqueue layer, put _parallel_for in front of it (see the module docstring);
+    under the others, nothing."""
     global _shim
     if numba.threading_layer() != "workqueue" or _shim is not None:
         return
     from numba.np.ufunc import workqueue
     llvm.add_symbol("fastbp_workqueue_parallel_for", workqueue.parallel_for)
-    pool = numba.config.NUMBA_NUM_THREADS
-    previous = numba.get_num_threads()
-    numba.set_num_threads(pool)
-    try:
-        seen = np.zeros(64 * pool, np.uint64)
-        _record_threads(seen)
-    finally:
-        numba.set_num_threads(previous)
-    ids = sorted(set(seen.tolist()))[:_MAX_WORKERS]
-    for i, thread in enumerate(ids):
-        _workers[i] = thread
-    _n_workers.value = len(ids)
     _shim = cfunc(types.void(_VP, _VP, _VP, _VP, _VP, types.intp, types.intp, types.intp),
                   **C_FUNCTION)(_parallel_for)
     llvm.add_symbol("numba_parallel_for", _shim.address)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_clear_after_fork)

@@ -317,6 +317,8 @@ def _fill_slot(slot):
         _install(*_BY_SLOT[slot])
     except BaseException as exc:
         _unfilled.append(str(exc) or repr(exc))
+        # One line now too: inside a prange body Numba drops the caller's exception.
+        sys.stderr.write(f"fastbp: {_unfilled[-1]}\n")
 
 
 def report_skipped(message):
@@ -364,7 +366,9 @@ def _pack(context, builder, args, declared, values):
 
 
 def _call_packed(context, builder, restype, slot, arg_slot):
-    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype))
+    # Zeroed: a unit that raised inside (Numba prints what a C function raises, and it returns)
+    # returns zeros, not whatever the stack held (for the clipped update: not applied).
+    ret_slot = (cgutils.alloca_once(builder, context.get_value_type(restype), zfill=True)
                 if restype != types.none else arg_slot)
     _call_slot(context, builder, slot, arg_slot, ret_slot)
     if restype == types.none:

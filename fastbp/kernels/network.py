@@ -831,6 +831,46 @@ def _labels_fit_impl(target, n_out, at):
     return labels_at
 
 
+def _nonnegative(a):
+    """Whether every value of a is >= 0 (not NaN); True for None."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_nonnegative, jit_options=SERIAL)
+def _nonnegative_impl(a):
+    if not _given(a):
+        return lambda a: True
+
+    def nonnegative(a):
+        ok = True
+        for i in range(a.shape[0]):
+            ok &= a[i] >= 0
+        return ok
+    return nonnegative
+
+
+@njit(**SERIAL)
+def _codes_known(codes):
+    ok = True
+    for i in range(codes.shape[0]):
+        ok &= activations.is_activation(codes[i])
+    return ok
+
+
+def _csr_fits(x, n_cols):
+    """Whether a rows.CSR x is well formed with n_cols columns (rows.csr_is_valid: one pass
+    over its indices); True for a dense x."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_csr_fits, jit_options=SERIAL)
+def _csr_fits_impl(x, n_cols):
+    if _is_tuple(x, rows.CSR):
+        return lambda x, n_cols: rows.csr_is_valid(x.indices, x.indptr, n_cols,
+                                                   x.data.shape[0])
+    return lambda x, n_cols: True
+
+
 @njit(**SERIAL)
 def _plan_sizes(net):
     """(acts, deltas, bits): the lengths of the buffers that the Net's plan needs at its
@@ -857,13 +897,17 @@ _BATCH = [("x.shape[1] == net.sizes[0]", "x must have net.sizes[0] columns"),
 _PARAMS = [("params.shape[0] == net.param_offsets[-1]",
             "params must have net.param_offsets[-1] elements, the Net's parameter count")]
 _GRADS = [("grads.shape[0] == params.shape[0]", "grads must have params' length")]
-_TARGET = [("target.shape[0] == x.shape[0]", "target must have as many rows as x"),
+_TARGET = [("x.shape[0] > 0", "x must have a row (a loss is a mean over rows)"),
+           ("target.shape[0] == x.shape[0]", "target must have as many rows as x"),
            ("_columns_fit(target, net.sizes[-1])", "target must have net.sizes[-1] columns")]
 _WEIGHTS = [("_length_in(weights, x.shape[0], x.shape[0])",
-             "weights must have one value per row of x")]
+             "weights must have one value per row of x"),
+            ("_nonnegative(weights)", "weights must all be >= 0")]
 _ROW_IDS = [("_length_in(row_ids, x.shape[0], x.shape[0])",
              "row_ids must have one value per row of x")]
-_PLAN = ["acts_size, deltas_size, bits_size = _plan_sizes(net)",
+_PLAN = [("_codes_known(net.activations)",
+          "net.activations must hold codes of kernels.CODES (make_net's)"),
+         "acts_size, deltas_size, bits_size = _plan_sizes(net)",
          ("net.precision is None or net.precision == FLOAT32 or net.bits.shape[0] >= bits_size",
           "net.bits is shorter than the Net's plan needs (make_net's)")]
 _ACTS = [("acts.shape[0] >= acts_size",
@@ -893,10 +937,14 @@ _GATHER = [("batch_size >= 1 and batch_size <= net.capacity",
            ("_length_in(w_batch, batch_size, UNLIMITED)",
             "w_batch must have batch_size values or more"),
            ("_columns_fit(x, net.sizes[0])", "x must have net.sizes[0] columns"),
+           ("_csr_fits(x, net.sizes[0])",
+            "x, a CSR matrix, must be well formed (rows.csr_is_valid) with net.sizes[0] "
+            "columns"),
            "n_data = _rows_of(x)",
            ("target.shape[0] == n_data", "target must have as many rows as x"),
            ("_columns_fit(target, net.sizes[-1])", "target must have net.sizes[-1] columns"),
-           ("_length_in(weights, n_data, n_data)", "weights must have one value per row of x")]
+           ("_length_in(weights, n_data, n_data)", "weights must have one value per row of x"),
+           ("_nonnegative(weights)", "weights must all be >= 0")]
 
 
 def _gathered(at):
@@ -918,6 +966,8 @@ _STEPS = [("accumulate >= 1", "accumulate must be at least 1"),
           ("step_layer_sq.shape[1] >= work.layer_sq.shape[0]",
            "step_layer_sq must have a column per value of work.layer_sq (per layer)")]
 _SCOPE = dict(_plan_sizes=_plan_sizes, _length_in=_length_in, _columns_fit=_columns_fit,
+              _nonnegative=_nonnegative, _codes_known=_codes_known, _csr_fits=_csr_fits,
+              INFER=INFER, REPLAY=REPLAY,
               _rows_of=_rows_of, _labels_fit=_labels_fit, labels_in_range=labels_in_range,
               norm_partials_size=norm_partials_size, check_update=check_update,
               FLOAT32=FLOAT32, UNLIMITED=1 << 62)
@@ -927,7 +977,9 @@ def _checks(kernel, kinds, rules):
     """A network function's check, of its arguments name=kind (as _type_errors takes them, in
     its order): the typing guard, then the rules."""
     names = list(kinds)
-    types_guard = guard(kernel, names, lambda argtypes: _type_errors(kernel, kinds, argtypes))
+    index = [n for n, kind in kinds.items() if kind.rstrip("?") == "index"]   # any stride
+    types_guard = guard(kernel, names, lambda argtypes: _type_errors(kernel, kinds, argtypes),
+                        any_layout=index)
     parameters = ", ".join(names)
     return requirements(kernel, parameters, [f"types_guard({parameters})"] + rules,
                         dict(_SCOPE, types_guard=types_guard))
@@ -946,7 +998,9 @@ _check_forward_and_losses = _checks(
 _check_loss = _checks(
     "mlp_loss", dict(work="work", params="vector", x="matrix", target="target", net="net",
                      weights="float64s?", mode="code"),
-    _BATCH + _PARAMS + _TARGET + _WEIGHTS + _PLAN + _WORK + _LABELS)
+    _BATCH + _PARAMS + _TARGET + _WEIGHTS + [("mode == INFER or mode == REPLAY",
+                                               "mode must be INFER or REPLAY")]
+    + _PLAN + _WORK + _LABELS)
 _check_loss_and_grad = _checks(
     "mlp_loss_and_grad", dict(grads="vector", work="work", params="vector", x="matrix",
                               target="target", net="net", weights="float64s?",
