@@ -295,6 +295,14 @@ def gemm(c, a, b, alpha, beta, trans_a, trans_b):
     """
     _gemm_arguments(c, a, b, alpha, beta, trans_a, trans_b)
     _check_gemm(c, a, b, trans_a, trans_b)
+    blas_gemm(c, a, b, alpha, beta, trans_a, trans_b)
+
+
+@njit(**INLINED)
+def blas_gemm(c, a, b, alpha, beta, trans_a, trans_b):
+    """gemm without its checks: what the kernels' tiles call, on views they cut themselves
+    (a check per tile would only repeat the kernel's own, and cost compile time in every
+    tile function)."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
@@ -306,8 +314,8 @@ def gemm(c, a, b, alpha, beta, trans_a, trans_b):
 
 @njit(**SERIAL)
 def _check_gemm(c, a, b, trans_a, trans_b):
-    """gemm's shapes and strides. A function of its own, not inlined: gemm runs inside the
-    callers' prange loops, which its raises would keep from running in parallel."""
+    """gemm's shapes and strides. A function of its own, not inlined: a caller may call gemm
+    inside a prange loop, which inlined raises would keep from running in parallel."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     require((a.shape[1] if trans_a else a.shape[0]) == m,

@@ -12,7 +12,7 @@ Emulation: the same bit patterns viewed as int16 are multiplied by compiled loop
 (each product of two bfloat16 values is exact in float32, and the sums are float32's), on any
 CPU and without MKL: slow, for checking results where the CPU has no bfloat16 unit. They sit
 behind a gemm symbol of their own (register_bfloat16_emulation), so the layers' tiles call
-_native.gemm alike for every kind of operand.
+_native.blas_gemm alike for every kind of operand.
 
 Precisions, by code (a Net's ``precision``): FLOAT32 (the model's own dtype: no rounding),
 BFLOAT16 (MKL), BFLOAT16_EMULATED.

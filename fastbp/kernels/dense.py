@@ -18,7 +18,7 @@ from numba import njit, prange, types
 from . import _units
 from ._checks import arguments, require
 from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
-from ._native import (bfloat16_product_ready, gemm, load_bfloat16_gemm, matrix_view,
+from ._native import (bfloat16_product_ready, blas_gemm, load_bfloat16_gemm, matrix_view,
                       num_threads)
 from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, register_bfloat16_emulation,
                        round_to_bfloat16)
@@ -30,7 +30,7 @@ from .activations import (activation_grad_tile, activation_input, bias_activatio
 @njit(**SERIAL)
 def _dense_forward_tile(out, pre, inp, weight, bias, activation, r0, r1, c0, c1):
     """out[r0:r1, c0:c1] of dense_forward (inp and weight: the product's operands)."""
-    gemm(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
+    blas_gemm(out[r0:r1, c0:c1], inp[r0:r1], weight[:, c0:c1], 1.0, 0.0, False, False)
     bias_activation_tile(out, pre, bias, activation, r0, r1, c0, c1)
 
 
@@ -60,8 +60,8 @@ def _dense_forward_split_input(out, partial, pre, inp, weight, bias, activation)
         r0, r1 = span(t % per_half // cols, rows, n_rows)
         c0, c1 = span(t % cols, cols, n_out)
         dst = out if t < per_half else partial
-        gemm(dst[r0:r1, c0:c1], inp[r0:r1, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0, False,
-             False)
+        blas_gemm(dst[r0:r1, c0:c1], inp[r0:r1, k0:k1], weight[k0:k1, c0:c1], 1.0, 0.0,
+                  False, False)
     n_tiles = min(num_threads(), n_rows)
     for t in prange(n_tiles):
         r0, r1 = span(t, n_tiles, n_rows)
@@ -153,7 +153,8 @@ dense_forward_grid_unit = _units.unit(
 def _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1):
     """dweight[r0:r1, c0:c1] = inp_op^T dpre_op (the product's operands); the tiles of the
     first row (r0 == 0) also do dbias[c0:c1] from dpre."""
-    gemm(dweight[r0:r1, c0:c1], inp_op[:, r0:r1], dpre_op[:, c0:c1], 1.0, 0.0, True, False)
+    blas_gemm(dweight[r0:r1, c0:c1], inp_op[:, r0:r1], dpre_op[:, c0:c1], 1.0, 0.0, True,
+              False)
     if r0 == 0:
         b = dbias[c0:c1]
         for j in range(b.shape[0]):
@@ -167,11 +168,11 @@ def _weight_grad_tile(dweight, dbias, dpre, inp_op, dpre_op, r0, r1, c0, c1):
 @njit(**SERIAL)
 def _input_grad_tile(dinp, dpre, weight, inp, inp_pre, inp_activation, r0, r1, c0, c1):
     """dinp[r0:r1, c0:c1] (dpre and weight: the product's operands)."""
-    gemm(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
+    blas_gemm(dinp[r0:r1, c0:c1], dpre[r0:r1], weight[c0:c1], 1.0, 0.0, False, True)
     activation_grad_tile(dinp, inp_pre, inp, inp_activation, r0, r1, c0, c1)
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre=None):
     """Backward of dense_forward, given dpre (B, OC) = dL/d(inp @ weight + bias).
 
@@ -190,6 +191,12 @@ def dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_
     _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre)
     require(weight.shape[0] == inp.shape[1] and weight.shape[1] == dpre.shape[1],
             "dense_backward: weight must be (C, OC): inp's columns by dpre's")
+    _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre)
+
+
+@njit(**PARALLEL)
+def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp_pre):
+    """dense_backward on checked arguments: the network's unit (whose caller checks)."""
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     z = activation_input(inp_pre, inp, inp_activation)
@@ -253,7 +260,7 @@ def _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t
 
 
 dense_backward_unit = _units.unit(
-    "dense_backward", dense_backward,
+    "dense_backward", _dense_backward,
     lambda dt: (_M[dt], _M[dt], _V[dt], _M[dt], _M[dt], _M[dt], types.int64, _M[dt]))
 
 

@@ -1,11 +1,13 @@
 """Entry points for fastbp's Python layer, and ``prepare``, which readies the units a run needs.
 
-The entries take a Workspace's, a Net's and an Update's fields as plain arguments (Python passes
-``*work, *net, *update``) and rebuild the tuples in compiled code, where that is free: Numba
-types tuple arguments in Python, which costs time on every call and leaves garbage. Those
-entries are written from the tuples' fields (``_ENTRIES``), so their argument lists follow the
-tuples. Those that compute an objective take the sample weights last: None for none (then they
-run the code from before weights, see network's docstring), else a float64 array.
+The entries run the whole-network functions' bodies without their argument checks (the Python
+layer checks what it passes). They take a Workspace's, a Net's and an Update's fields as plain
+arguments (Python passes ``*work, *net, *update``) and rebuild the tuples in compiled code,
+where that is free: Numba types tuple arguments in Python, which costs time on every call and
+leaves garbage. Those entries are written from the tuples' fields (``_ENTRIES``), so their
+argument lists follow the tuples. Those that compute an objective take the sample weights
+last: None for none (then they run the code from before weights, see network's docstring),
+else a float64 array.
 """
 import contextlib
 import os
@@ -17,9 +19,8 @@ from numba import njit
 
 from . import _units
 from ._config import SERIAL
-from .network import (Net, Workspace, apply_update, l2_penalty_unit,
-                      mlp_accumulated_loss_and_grad, mlp_forward, mlp_forward_and_losses,
-                      mlp_loss, mlp_loss_and_grad, mlp_train_epoch, mlp_train_step, take_x_rows)
+from . import network
+from .network import Net, Workspace, l2_penalty_unit, take_x_rows
 from .plan import units_for
 from .rows import CSR
 from .update import Update
@@ -101,44 +102,46 @@ _TUPLES = {"work": Workspace, "net": Net, "update": Update}
 _ENTRIES = {
     "forward": (
         "acts, params, x, *net",
-        "mlp_forward(acts, params, x, net)",
+        "unchecked_mlp_forward(acts, params, x, net)",
         """network.mlp_forward: the output view (B, sizes[-1]) into acts."""),
     "forward_and_losses": (
         "acts, losses, params, x, target, *net",
-        "mlp_forward_and_losses(acts, losses, params, x, target, net)",
+        "unchecked_mlp_forward_and_losses(acts, losses, params, x, target, net)",
         """network.mlp_forward_and_losses: the outputs, and each row's data loss into
     losses."""),
     "loss": (
         "*work, params, x, target, *net, weights, mode",
-        "mlp_loss(work, params, x, target, net, weights, mode)",
+        "unchecked_mlp_loss(work, params, x, target, net, weights, mode)",
         """network.mlp_loss: the batch's mean loss, plus the L2 penalty (mode: block.INFER, or
     REPLAY: the last training pass's objective)."""),
     "loss_and_grad": (
         "grads, *work, params, x, target, *net, weights, row_ids",
-        "mlp_loss_and_grad(grads, work, params, x, target, net, weights, row_ids)",
+        "unchecked_mlp_loss_and_grad(grads, work, params, x, target, net, weights,"
+        " row_ids)",
         """network.mlp_loss_and_grad: the objective, and its gradient in grads."""),
     "accumulated_loss_and_grad": (
         "grads, micro_grads, *work, params, x_batch, y_batch, x, target, rows, batch_size, *net,"
         " weights, w_batch",
-        "mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch, x, target,"
-        " rows, batch_size, net, params, weights, w_batch)",
+        "unchecked_mlp_accumulated_loss_and_grad(grads, micro_grads, work, x_batch, y_batch,"
+        " x, target, rows, batch_size, net, params, weights, w_batch)",
         """The mean loss over x[rows], target[rows] and its gradient in grads, from batches of
     batch_size rows, as one step of train_epoch with accumulation computes them (fit's path
     with a gradient hook or step callbacks)."""),
     "train_step": (
         "params, grads, *work, x, target, *net, *update, weights, row_ids",
-        "mlp_train_step(params, grads, work, x, target, net, update, weights, row_ids)",
+        "unchecked_mlp_train_step(params, grads, work, x, target, net, update, weights,"
+        " row_ids)",
         """network.mlp_train_step: (loss, gradient norm, applied)."""),
     "train_epoch": (
         "params, grads, *work, x_batch, y_batch, step_losses, step_norms, step_layer_sq, x,"
         " target, order, batch_size, *net, *update, accumulate, micro_grads, weights, w_batch",
-        "mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,"
-        " step_layer_sq, x, target, order, batch_size, net, update, accumulate, micro_grads,"
-        " weights, w_batch)",
+        "unchecked_mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses,"
+        " step_norms, step_layer_sq, x, target, order, batch_size, net, update, accumulate,"
+        " micro_grads, weights, w_batch)",
         """network.mlp_train_epoch: the number of steps applied."""),
     "update": (
         "params, grads, layer_sq, partials, param_offsets, *update",
-        "apply_update(params, layer_sq, partials, grads, param_offsets, update)",
+        "unchecked_apply_update(params, layer_sq, partials, grads, param_offsets, update)",
         """The update stage alone (network.apply_update): (gradient norm, applied)."""),
 }
 
@@ -170,13 +173,11 @@ def entry_source(name, parameters, call, tuples=_TUPLES):
 
 
 def _make_entries():
+    # The public functions' bodies, without their argument checks (network.UNCHECKED): fastbp's
+    # Python layer checks what it passes (and builds the Net, Workspace and Update itself), so a
+    # first run compiles none of the checks that guard the kernels for other callers.
     scope = {"__name__": __name__, "Net": Net, "Workspace": Workspace, "Update": Update,
-             "mlp_forward": mlp_forward, "mlp_forward_and_losses": mlp_forward_and_losses,
-             "mlp_loss": mlp_loss,
-             "mlp_loss_and_grad": mlp_loss_and_grad,
-             "mlp_accumulated_loss_and_grad": mlp_accumulated_loss_and_grad,
-             "mlp_train_step": mlp_train_step, "mlp_train_epoch": mlp_train_epoch,
-             "apply_update": apply_update}
+             **{f"unchecked_{name}": body for name, body in network.UNCHECKED.items()}}
     made = {}
     for name, (parameters, call, doc) in _ENTRIES.items():
         source = entry_source(name, parameters, call)

@@ -1,6 +1,6 @@
 """The whole network's passes: forward, loss, gradient and training-step functions over a Net
-and its Workspace (defined here; described, built and laid out in plan.py). Callable from Python through fastbp's
-entry points (``entry``) and from a user's own ``@njit`` code.
+and its Workspace (defined here; described, built and laid out in plan.py). Callable from
+Python through fastbp's entry points (``entry``) and from a user's own ``@njit`` code.
 
 Layers: a layer with none of normalisation, dropout or a residual connection is plain: the
 dense kernels, its activation fused into the product. The others are block layers (block.py:
@@ -221,6 +221,12 @@ def mlp_forward(acts, params, x, net):
     statistics, dropout is off. Arguments that do not fit the Net raise (see "argument checks"
     below) before anything is written."""
     _check_forward(acts, params, x, net)
+    return _infer(acts, params, x, net)
+
+
+@njit(**SERIAL)
+def _infer(acts, params, x, net):
+    """mlp_forward on checked arguments."""
     return _forward(acts, params, x, net, acts[:0], INFER, net.sizes[:0])
 
 
@@ -324,6 +330,12 @@ def mlp_forward_and_losses(acts, losses, params, x, target, net):
     mlp_loss, whose products may be, to rounding. Checked as mlp_forward, and target must fit x
     and the Net (labels in [0, sizes[-1])), losses have x's rows."""
     _check_forward_and_losses(acts, losses, params, x, target, net)
+    return _forward_and_losses(acts, losses, params, x, target, net)
+
+
+@njit(**SERIAL)
+def _forward_and_losses(acts, losses, params, x, target, net):
+    """mlp_forward_and_losses on checked arguments."""
     output = _forward(acts, params, x, net, acts[:0], INFER, net.sizes[:0])
     _batch_loss(losses[:x.shape[0]], output, target, net)
     return output
@@ -343,6 +355,12 @@ def mlp_loss(work, params, x, target, net, weights=None, mode=INFER):
     the weights' sum (see the module docstring). Checked as mlp_forward_and_losses; the
     Workspace must be as make_workspace allocates it for the Net (or larger), weights (B,)."""
     _check_loss(work, params, x, target, net, weights, mode)
+    return _loss(work, params, x, target, net, weights, mode)
+
+
+@njit(**SERIAL)
+def _loss(work, params, x, target, net, weights, mode):
+    """mlp_loss on checked arguments."""
     output = _forward(work.acts, params, x, net, work.deltas, mode, net.sizes[:0])
     losses = work.losses[:x.shape[0]]
     loss = _batch_loss(losses, output, target, net)
@@ -369,9 +387,9 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None, row_ids
     returns the mean loss. A training pass: it advances the Net's counter by one first (see
     make_net), then batch normalisation uses the batch's statistics (and folds them into its
     running ones) and dropout drops, keying each row's mask by row_ids (B,) int64 when given
-    (the rows' indices in a data set), else by its position in x. With net.checkpoint_every = k > 1, each segment of k layers but the
-    last is recomputed from its kept input just before its backward pass. With net.l2 > 0 the
-    objective is the mean loss plus the L2 penalty of the batch's B rows, (l2 / (2 B))
+    (the rows' indices in a data set), else by its position in x. With
+    net.checkpoint_every = k > 1, each segment of k layers but the last is recomputed from its
+    kept input just before its backward pass. With net.l2 > 0 the objective is the mean loss plus the L2 penalty of the batch's B rows, (l2 / (2 B))
     sum ||W||^2, and (l2 / B) W is added to each weight's gradient (losses.
     l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
     sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2, W = sum_i w_i (scikit-learn's; see the
@@ -505,6 +523,12 @@ def mlp_train_step(params, grads, work, x, target, net, update, weights=None, ro
     refuse one. weights: optional sample weights (B,) float64, as mlp_loss_and_grad's.
     Checked as mlp_loss_and_grad and apply_update, both before anything is written."""
     _check_train_step(params, grads, work, x, target, net, update, weights, row_ids)
+    return _train_step(params, grads, work, x, target, net, update, weights, row_ids)
+
+
+@njit(**SERIAL)
+def _train_step(params, grads, work, x, target, net, update, weights, row_ids):
+    """mlp_train_step on checked arguments."""
     loss = _loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
     if not math.isfinite(loss):
         return loss, math.nan, False
@@ -659,6 +683,16 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
     _check_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
                        step_layer_sq, x, target, order, batch_size, net, update, accumulate,
                        micro_grads, weights, w_batch)
+    return _train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                        step_layer_sq, x, target, order, batch_size, net, update, accumulate,
+                        micro_grads, weights, w_batch)
+
+
+@njit(**SERIAL)
+def _train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_norms,
+                 step_layer_sq, x, target, order, batch_size, net, update, accumulate,
+                 micro_grads, weights, w_batch):
+    """mlp_train_epoch on checked arguments."""
     n_samples = order.shape[0]
     rows_per_step = accumulate * batch_size
     step = 0
@@ -696,6 +730,15 @@ def mlp_train_epoch(params, grads, work, x_batch, y_batch, step_losses, step_nor
             return step
         step += 1
     return step
+
+
+#: The public functions' bodies, without their argument checks: for a caller that checks its
+#: own arguments (fastbp's Python layer: kernels.entry).
+UNCHECKED = {"mlp_forward": _infer, "mlp_forward_and_losses": _forward_and_losses,
+             "mlp_loss": _loss, "mlp_loss_and_grad": _loss_and_grad,
+             "mlp_accumulated_loss_and_grad": _accumulated_loss_and_grad,
+             "mlp_train_step": _train_step, "mlp_train_epoch": _train_epoch,
+             "apply_update": _update_step}
 
 
 # -- argument checks (_checks) -------------------------------------------------------------------

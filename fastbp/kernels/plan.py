@@ -220,9 +220,10 @@ def make_net(sizes, activations, capacity, checkpoint_every=1, loss=None, l2=0.0
     statistics (new_running's layout; None: new ones), float64, updated in place by training
     passes; counter: int64 array [seed, training passes so far, row base] that keys the
     dropout masks (None: zeros), advanced in place by each training pass (the row base is
-    added to the row indices that key them: a data-parallel rank's first global row). The running and counter arrays
-    are shared, not copied: a Net rebuilt for a larger capacity passes them on. precision: the
-    matrix products' code of bfloat16.PRECISIONS (bfloat16 ones need a float32 model).
+    added to the row indices that key them: a data-parallel rank's first global row). The
+    running and counter arrays are shared, not copied: a Net rebuilt for a larger capacity
+    passes them on. precision: the matrix products' code of bfloat16.PRECISIONS (bfloat16 ones
+    need a float32 model).
     Arguments that make no Net raise TypeError or ValueError naming them."""
     sizes = _integers("sizes", sizes)
     n_layers = len(sizes) - 1
