@@ -57,7 +57,7 @@ def test_a_new_field_needs_no_edit_in_entry():
     assert entry.entry_parameters(params, tuples) == [
         "grads", *WORK, "params", "x", "target", *NET, "extra", "weights", "row_ids"]
     scope = {"Net": Wider, "Workspace": Workspace, "Update": Update,
-             "mlp_loss_and_grad": lambda *args: args}
+             "unchecked_mlp_loss_and_grad": lambda *args: args}
     exec(entry.entry_source("loss_and_grad", params, call, tuples), scope)
     names = entry.entry_parameters(params, tuples)
     got = scope["loss_and_grad"](*names)   # each argument: its own name
@@ -68,7 +68,7 @@ def test_a_new_field_needs_no_edit_in_entry():
 
 
 def test_a_field_that_would_shadow_the_body_is_refused():
-    Clashing = namedtuple("Net", NET + ["mlp_forward"])
+    Clashing = namedtuple("Net", NET + ["unchecked_mlp_forward"])
     with pytest.raises(ValueError, match="shadow"):
         entry.entry_source("forward", *entry._ENTRIES["forward"][:2],
                            dict(entry._TUPLES, net=Clashing))

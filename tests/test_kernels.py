@@ -711,15 +711,20 @@ def test_apply_update_runs_each_kinds_own_step(code, rng):
 
 
 def test_apply_update_of_an_unknown_kind_changes_nothing(rng):
-    """A kind no entry of the registry has: refused (update.check_update) before anything
-    changes."""
+    """A kind no entry of the registry has: apply_update refuses it (update.check_update)
+    before anything changes; its unchecked body, which fastbp's Python layer runs on Updates
+    it made itself, applies nothing."""
     params, grads = rng.normal(size=40), rng.normal(size=40)
     spec = _update_of(kernels.SGD_KIND, 40)
     before = params.copy()
     unknown = max(kernels.KINDS) + 1
+    layer_sq, partials = np.empty(1), np.empty(kernels.norm_partials_size(_offsets(40)))
     with pytest.raises(ValueError, match="apply_update: kind must be a code of kernels.KINDS"):
-        kernels.entry.update(params, grads, np.empty(1), np.empty(1), _offsets(40), unknown,
-                             spec.hyper, spec.state)
+        kernels.apply_update(params, layer_sq, partials, grads, _offsets(40),
+                             kernels.Update(unknown, spec.hyper, spec.state))
+    norm, applied = kernels.entry.update(params, grads, layer_sq, partials, _offsets(40),
+                                         unknown, spec.hyper, spec.state)
+    assert math.isnan(norm) and not applied
     assert params.tobytes() == before.tobytes() and spec.hyper[kernels.update.STEPS] == 0
 
 
