@@ -57,9 +57,9 @@ CASES = [
      "ValueError", "dense_forward_bf16: pre must be (B, OC) as out, or have no rows"),
     ("forward: fan-in", "dense_forward_bf16",
      "out, out[:0], x, np.ones((4, 2), f32), bias, 1, x_bits, np.zeros(8, np.int16)",
-     "ValueError", "weight must have as many rows as inp has columns"),
+     "ValueError", "dense_forward_bf16: weight must have as many rows as inp has columns"),
     ("forward: activation", "dense_forward_bf16", "out, out[:0], x, w, bias, 99, x_bits, w_bits",
-     "ValueError", "activation must be one of kernels.CODES"),
+     "ValueError", "dense_forward_bf16: activation must be one of kernels.CODES"),
     ("forward: float64", "dense_forward_bf16", "out.astype(np.float64), out[:0], x, w, bias, 1, "
      "x_bits, w_bits", "TypeError", "dense_forward_bf16: out must be a 2-D float32 array"),
     ("forward: float bits", "dense_forward_bf16", f"{FORWARD}, x_bits.astype(f32), w_bits",
@@ -71,7 +71,7 @@ CASES = [
      f"{BACKWARD}, w_bits, 1, None, rows_bits[:19]", "ValueError",
      "dense_backward_bf16: rows_bits must hold B * (C + OC) bit patterns"),
     ("backward: dweight", "dense_backward_bf16", "dx, dw[:2], db, dpre, x, w_bits, 1, None, "
-     "rows_bits", "ValueError", "dweight must be (C, OC)"),
+     "rows_bits", "ValueError", "dense_backward_bf16: dweight must be (C, OC)"),
     ("backward: gelu without inp_pre", "dense_backward_bf16",
      f"{BACKWARD}, w_bits, 5, None, rows_bits", "ValueError", "needs inp"),
     ("backward: dtypes", "dense_backward_bf16",

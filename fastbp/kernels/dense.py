@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from . import _units
-from ._checks import arguments, require
+from ._checks import arguments, require, requirements
 from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import (bfloat16_product_ready, blas_gemm, load_bfloat16_gemm, matrix_view,
                       num_threads)
@@ -114,16 +114,18 @@ _forward_arguments = arguments("dense_forward", out="matrix", inp="matrix",
                                scratch="vector?", pre="matrix?")
 
 
-@njit(**INLINED)
-def _check_forward(out, inp, weight, bias, activation):
-    """The shapes dense_forward and dense_forward_bf16 read and write, and the activation."""
-    require(weight.shape[0] == inp.shape[1],
-            "dense_forward: weight must have as many rows as inp has columns (C)")
-    require(out.shape[0] == inp.shape[0] and out.shape[1] == weight.shape[1],
-            "dense_forward: out must be (B, OC): inp's rows by weight's columns")
-    require(bias.shape[0] == weight.shape[1], "dense_forward: bias must have OC elements")
-    require(is_activation(activation),
-            "dense_forward: activation must be one of kernels.CODES' codes")
+# The shapes dense_forward and dense_forward_bf16 read and write, and the activation: one rule
+# set, a check of each (its messages name it).
+_FORWARD_RULES = [
+    ("weight.shape[0] == inp.shape[1]", "weight must have as many rows as inp has columns (C)"),
+    ("out.shape[0] == inp.shape[0] and out.shape[1] == weight.shape[1]",
+     "out must be (B, OC): inp's rows by weight's columns"),
+    ("bias.shape[0] == weight.shape[1]", "bias must have OC elements"),
+    ("is_activation(activation)", "activation must be one of kernels.CODES' codes")]
+_check_forward, _check_forward_bf16 = (
+    requirements(kernel, "out, inp, weight, bias, activation", _FORWARD_RULES,
+                 dict(is_activation=is_activation))
+    for kernel in ("dense_forward", "dense_forward_bf16"))
 
 
 @njit(**PARALLEL)
@@ -224,22 +226,23 @@ _backward_arguments = arguments("dense_backward", dinp="matrix",
                                 weight="matrix", inp_activation="code", inp_pre="matrix?")
 
 
-@njit(**INLINED)
-def _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre):
-    """The shapes dense_backward and dense_backward_bf16 read and write (but the weight's),
-    and the activation."""
-    n_rows, n_in = inp.shape
-    n_out = dpre.shape[1]
-    require(dpre.shape[0] == n_rows, "dense_backward: dpre must have as many rows as inp (B)")
-    require(dweight.shape[0] == n_in and dweight.shape[1] == n_out,
-            "dense_backward: dweight must be (C, OC): inp's columns by dpre's")
-    require(dbias.shape[0] == n_out, "dense_backward: dbias must have OC elements")
-    require(dinp.shape[0] == 0 or (dinp.shape[0] == n_rows and dinp.shape[1] == n_in),
-            "dense_backward: dinp must be (B, C) as inp, or have no rows")
-    require(inp_pre is None or inp_pre.shape == inp.shape,
-            "dense_backward: inp_pre must be (B, C) as inp")
-    require(is_activation(inp_activation),
-            "dense_backward: inp_activation must be one of kernels.CODES' codes")
+# The shapes dense_backward and dense_backward_bf16 read and write (but the weight's), and the
+# activation: one rule set, a check of each.
+_BACKWARD_RULES = [
+    "n_rows, n_in = inp.shape",
+    "n_out = dpre.shape[1]",
+    ("dpre.shape[0] == n_rows", "dpre must have as many rows as inp (B)"),
+    ("dweight.shape[0] == n_in and dweight.shape[1] == n_out",
+     "dweight must be (C, OC): inp's columns by dpre's"),
+    ("dbias.shape[0] == n_out", "dbias must have OC elements"),
+    ("dinp.shape[0] == 0 or (dinp.shape[0] == n_rows and dinp.shape[1] == n_in)",
+     "dinp must be (B, C) as inp, or have no rows"),
+    ("inp_pre is None or inp_pre.shape == inp.shape", "inp_pre must be (B, C) as inp"),
+    ("is_activation(inp_activation)", "inp_activation must be one of kernels.CODES' codes")]
+_check_backward, _check_backward_bf16 = (
+    requirements(kernel, "dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre",
+                 _BACKWARD_RULES, dict(is_activation=is_activation))
+    for kernel in ("dense_backward", "dense_backward_bf16"))
 
 
 @njit(**INLINED)
@@ -291,7 +294,7 @@ def dense_forward_bf16(out, pre, inp, weight, bias, activation, inp_bits, weight
     first call in a process (fastbp's models do). Refuses what dense_forward refuses, and bit
     buffers too short."""
     _forward_bf16_arguments(out, pre, inp, weight, bias, activation, inp_bits, weight_bits)
-    _check_forward(out, inp, weight, bias, activation)
+    _check_forward_bf16(out, inp, weight, bias, activation)
     n_rows, n_in = inp.shape
     n_out = weight.shape[1]
     require(pre.shape[0] == 0 or pre.shape == out.shape,
@@ -320,7 +323,7 @@ def dense_backward_bf16(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activa
     refuses, and bit buffers too short."""
     _backward_bf16_arguments(dinp, dweight, dbias, dpre, inp, weight_bits, inp_activation,
                              inp_pre, rows_bits)
-    _check_backward(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre)
+    _check_backward_bf16(dinp, dweight, dbias, dpre, inp, inp_activation, inp_pre)
     n_rows, n_in = inp.shape
     n_out = dpre.shape[1]
     require(weight_bits.shape[0] >= n_in * n_out,
