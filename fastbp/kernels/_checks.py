@@ -186,6 +186,6 @@ def requirements(kernel, parameters, rules, scope):
             condition, message = rule
             lines += [f"    if not ({condition}):",
                       f"        raise ValueError({f'{kernel}: {message}'!r})"]
-    namespace = dict(scope)
+    namespace = dict(scope, __name__=__name__)   # (see update._compiled_check)
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     return njit(**INLINED)(namespace[f"requirements_{kernel}"])

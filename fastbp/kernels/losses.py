@@ -529,7 +529,8 @@ def _made_check(kernel, kinds, tests, scope=()):
     lines = [f"def check_{name}({params}):", f"    guard({params})"]
     for test, message in tests:
         lines += [f"    if not ({test}):", f"        raise ValueError({name + ': ' + message!r})"]
-    namespace = {"guard": arguments(name, any_layout=True, **kinds), **dict(scope)}
+    namespace = {"guard": arguments(name, any_layout=True, **kinds), **dict(scope),
+                 "__name__": __name__}
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     return njit(**INLINED)(namespace[f"check_{name}"])
 

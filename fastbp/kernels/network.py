@@ -259,7 +259,8 @@ def _loss_stage(targets, with_grad):
     else f(losses, output, target, net) -> the mean loss. Each row's loss goes to losses."""
     name = f"_{targets}_loss" + ("_and_output_grad" if with_grad else "")
     default = LOSS_KINDS[DEFAULT_LOSS[targets]]
-    scope = {"_output_activation_backward": _output_activation_backward}
+    scope = {"_output_activation_backward": _output_activation_backward,
+             "__name__": __name__}
     lines = []
     for kind in [k for k in LOSS_KINDS.values() if k.targets == targets and k is not default]:
         lines.append(f"    if net.loss == {kind.code}:")
@@ -389,9 +390,9 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None, row_ids
     running ones) and dropout drops, keying each row's mask by row_ids (B,) int64 when given
     (the rows' indices in a data set), else by its position in x. With
     net.checkpoint_every = k > 1, each segment of k layers but the last is recomputed from its
-    kept input just before its backward pass. With net.l2 > 0 the objective is the mean loss plus the L2 penalty of the batch's B rows, (l2 / (2 B))
-    sum ||W||^2, and (l2 / B) W is added to each weight's gradient (losses.
-    l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
+    kept input just before its backward pass. With net.l2 > 0 the objective is the mean loss
+    plus the L2 penalty of the batch's B rows, (l2 / (2 B)) sum ||W||^2, and (l2 / B) W is
+    added to each weight's gradient (losses.l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
     sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2, W = sum_i w_i (scikit-learn's; see the
     module docstring). Checked as mlp_loss, and grads and row_ids: arguments that do not fit
     raise before anything (the counter included) is written."""
@@ -493,7 +494,8 @@ _UPDATE_BRANCH = """    if update.kind == {code}:
 
 def _apply_update(name, checked):
     """apply_update, or (checked False) the same stage for callers that ran its check first."""
-    scope = {"math": math, "check_update": check_update}
+    # (__name__: the module Numba records for the code's globals, in its cache.)
+    scope = {"math": math, "check_update": check_update, "__name__": __name__}
     branches = []
     for code, unit in UPDATE_UNITS.items():
         scope[unit] = update.STEP_UNITS[code]
