@@ -392,10 +392,11 @@ def mlp_loss_and_grad(grads, work, params, x, target, net, weights=None, row_ids
     net.checkpoint_every = k > 1, each segment of k layers but the last is recomputed from its
     kept input just before its backward pass. With net.l2 > 0 the objective is the mean loss
     plus the L2 penalty of the batch's B rows, (l2 / (2 B)) sum ||W||^2, and (l2 / B) W is
-    added to each weight's gradient (losses.l2_penalty_forward_backward). With weights (B,) float64 (optional), the objective is
-    sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2, W = sum_i w_i (scikit-learn's; see the
-    module docstring). Checked as mlp_loss, and grads and row_ids: arguments that do not fit
-    raise before anything (the counter included) is written."""
+    added to each weight's gradient (losses.l2_penalty_forward_backward). With weights (B,)
+    float64 (optional), the objective is sum_i w_i loss_i / W + (l2 / (2 W)) sum ||W_l||^2,
+    W = sum_i w_i (scikit-learn's; see the module docstring). Checked as mlp_loss, and grads
+    and row_ids: arguments that do not fit raise before anything (the counter included) is
+    written."""
     _check_loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
     return _loss_and_grad(grads, work, params, x, target, net, weights, row_ids)
 
