@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from . import _units
-from ._checks import arguments, require
+from ._checks import arguments, require, requirements
 from ._config import ELEMENTWISE, INLINED, PARALLEL, SERIAL
 from ._native import float64_from_bits, num_threads, rows_view
 from ._tiling import n_tiles, span
@@ -520,19 +520,13 @@ _weight_sum_arguments = arguments("weight_sum", any_layout=True, weights="vector
 def _made_check(kernel, kinds, tests, scope=()):
     """An inlined check(args) of the @njit kernel's arguments (their kinds: name -> kind, as
     _checks.arguments takes them), then a ValueError "<kernel's name>: <message>" for the first
-    (test, message) of tests whose test (an expression of the arguments, in scope) fails.
-    Written out as source, so that each message is a constant."""
+    (test, message) of tests whose test (an expression of the arguments, in scope) fails
+    (_checks.requirements, which writes each message as a constant)."""
     code = kernel.py_func.__code__
     params = ", ".join(code.co_varnames[:code.co_argcount])
     name = kernel.py_func.__name__
-    # (Each its own name: Numba's cache tells functions apart by their names.)
-    lines = [f"def check_{name}({params}):", f"    guard({params})"]
-    for test, message in tests:
-        lines += [f"    if not ({test}):", f"        raise ValueError({name + ': ' + message!r})"]
-    namespace = {"guard": arguments(name, any_layout=True, **kinds), **dict(scope),
-                 "__name__": __name__}
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    return njit(**INLINED)(namespace[f"check_{name}"])
+    guard = arguments(name, any_layout=True, **kinds)
+    return requirements(name, params, [f"guard({params})", *tests], dict(scope, guard=guard))
 
 
 def _l2_check(kernel, grads):
