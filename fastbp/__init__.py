@@ -5,7 +5,8 @@ _environment.quiet_ctrl_c()   # first: Numba's import takes a while
 _environment.check()
 try:
     from . import kernels
-    from ._threads import get_num_threads, get_work_split, set_num_threads, set_work_split
+    from ._threads import (get_blas, get_num_threads, get_work_split, set_blas, set_num_threads,
+                           set_work_split)
     from .gradcheck import gradcheck
     from .model import MLP
     from .monitor import GradientHealthWarning, GradientMonitor
@@ -24,7 +25,7 @@ except KeyboardInterrupt:
 __version__ = "0.1.0"
 __all__ = ["MLP", "SGD", "Adam", "AdamW", "RMSprop", "schedules", "load_checkpoint", "fit",
            "gradcheck", "set_num_threads", "get_num_threads", "set_work_split",
-           "get_work_split", "kernels",
+           "get_work_split", "set_blas", "get_blas", "kernels",
            "DivergenceError", "GradientMonitor", "GradientHealthWarning", "History", "data",
            "DataError", "save", "load", "ModelFileError", "plot_history", "load_predictor",
            "Predictor", "export", "__version__"]

@@ -12,7 +12,7 @@ from .io import DestinationError, ModelFileError, destination, read_metadata
 from .kernels import LOSS_KINDS, Bfloat16Unavailable, require_bfloat16
 from .model import ACTIVATIONS, LOSSES, MATMUL_PRECISIONS, NORMS
 from .optim import OPTIMIZERS
-from ._threads import WORK_SPLITS
+from ._threads import BLAS_CHOICES, WORK_SPLITS
 from .schedules import SCHEDULES
 
 # Defaults: chosen so that `fastbp train` (the shipped digits) reaches 97% test accuracy or more
@@ -340,6 +340,11 @@ def build_parser():
                        "shape (default: the same results at any thread count) or by the "
                        "thread count (faster on mid-size nets at a few threads; results then "
                        "depend on it)")
+    optim.add_argument("--blas", choices=BLAS_CHOICES, default="openblas",
+                       help="the BLAS build of the float matrix products (fastbp.set_blas): "
+                       "openblas (default: the kernels OpenBLAS picks for the CPU) or "
+                       "openblas-avx512 (its AVX-512 kernels: about twice as fast on AMD Zen 5, "
+                       "results that differ in the last bits)")
     optim.add_argument("--resume", metavar="PATH",
                        help="continue the run saved in PATH (by --save, also after Ctrl-C): its "
                        "model, optimizer state, schedule and position, to the run's planned "

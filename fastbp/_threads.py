@@ -8,7 +8,8 @@ NumPy's BLAS, a separate library, is not touched.
 
 How the kernels cut their matrix products into tiles for the threads is ``set_work_split``'s
 choice: by the products' shapes (the default: the same bits at any thread count) or by the
-thread count (fewer, larger BLAS calls).
+thread count (fewer, larger BLAS calls). Which BLAS build runs those products is
+``set_blas``'s.
 
 Until a count is chosen, ``fit`` runs each epoch on the cores that other processes leave free
 (``LoadProbe``, ``fit_threads``): in the default work split the count changes no result.
@@ -20,28 +21,38 @@ import time
 
 import numba
 
-from .kernels._native import openblas, set_split_by_threads, splits_by_threads
+from .kernels._native import (BLAS_CHOICES as _BUILDS, blas_in_use, loaded_blas,
+                              set_split_by_threads, splits_by_threads, use_blas)
 
 _chosen = False   # whether set_num_threads was called (fit(comm=) then keeps the count)
 
-# Looked up once: a ctypes attribute lookup per call would cost more than the call.
-_get_blas_threads = openblas.scipy_openblas_get_num_threads
-_get_blas_threads.restype = ctypes.c_int
-_set_blas_threads = openblas.scipy_openblas_set_num_threads
-_set_blas_threads.argtypes = [ctypes.c_int]
+# (get, set) of each loaded kernel BLAS's thread count, looked up once: a ctypes attribute
+# lookup per call would cost more than the call.
+_blas_threads = {}
+
+
+def _thread_controls(lib):
+    controls = _blas_threads.get(id(lib))
+    if controls is None:
+        get, set_ = lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
+        get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+        controls = _blas_threads[id(lib)] = (get, set_)
+    return controls
 
 
 def pin_kernel_blas():
-    """Limit the kernels' BLAS to one thread. Costs well under a microsecond when it already is
-    (someone, threadpoolctl say, may have raised it since), so every entry point that runs
-    matrix products calls it."""
-    if _get_blas_threads() != 1:
-        _set_blas_threads(1)
+    """Limit the kernels' BLAS libraries to one thread. Costs well under a microsecond when
+    they already are (someone, threadpoolctl say, may have raised it since), so every entry
+    point that runs matrix products calls it."""
+    for lib in loaded_blas():
+        get, set_ = _thread_controls(lib)
+        if get() != 1:
+            set_(1)
 
 
 def kernel_blas_threads():
-    """Thread count of the BLAS library the kernels call (1 once pinned)."""
-    return _get_blas_threads()
+    """The most threads any BLAS library the kernels call runs on (1 once pinned)."""
+    return max(_thread_controls(lib)[0]() for lib in loaded_blas())
 
 
 def set_num_threads(n):
@@ -83,6 +94,34 @@ def set_work_split(split):
 def get_work_split():
     """How the kernels cut matrix products: "shape" or "threads" (set_work_split)."""
     return "threads" if splits_by_threads() else "shape"
+
+
+#: The BLAS builds set_blas can give the kernels' float32 and float64 products.
+BLAS_CHOICES = tuple(_BUILDS)
+
+
+def set_blas(blas):
+    """Which BLAS build runs every fastbp kernel's float32 and float64 matrix products.
+
+    "openblas" (the default): the kernels OpenBLAS chooses for this CPU. "openblas-avx512": the
+    same OpenBLAS, loaded a second time with its AVX-512 (SkylakeX) kernels, for CPUs that have
+    AVX-512 but on which OpenBLAS chooses its AVX2 ones (AMD Zen 4 and 5): on a Zen 5 core they
+    multiply twice as fast (README, "Which BLAS"). The two give results that differ in the last
+    bits (each is deterministic, and the same at any thread count in the default work split).
+    Applies to every thread of the process, from the next kernel call. Raises ValueError for
+    another name and kernels.BlasUnavailable where the CPU lacks the AVX-512 instructions those
+    kernels need, the BLAS in use unchanged either way.
+    """
+    if blas not in BLAS_CHOICES:
+        raise ValueError(f"blas: expected one of {', '.join(map(repr, BLAS_CHOICES))}, got "
+                         f"{blas!r}")
+    use_blas(blas)
+    pin_kernel_blas()
+
+
+def get_blas():
+    """The BLAS build the kernels' float products run on: "openblas" or "openblas-avx512"."""
+    return blas_in_use()[0]
 
 
 def get_num_threads():

@@ -429,9 +429,11 @@ def machine():
     import numba
 
     from .kernels import cpu_bfloat16_units
-    from .kernels._native import BLAS
+    from .kernels._native import BLAS, blas_in_use
+    name, core = blas_in_use()
     info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "kernel_blas": BLAS,
+            "numpy": np.__version__, "numba": numba.__version__,
+            "kernel_blas": f"{BLAS} ({name}: {core} kernels)", "blas": name,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "cpu_bfloat16": cpu_bfloat16_units()}
     try:
@@ -446,7 +448,7 @@ def machine():
 
 
 def main(argv=None):
-    from ._threads import WORK_SPLITS
+    from ._threads import BLAS_CHOICES, WORK_SPLITS
 
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -469,6 +471,9 @@ def main(argv=None):
     parser.add_argument("--work-split", choices=WORK_SPLITS, default="shape",
                         help="how fastbp's kernels cut products for the threads "
                         "(fastbp.set_work_split; default shape)")
+    parser.add_argument("--blas", choices=BLAS_CHOICES, default="openblas",
+                        help="the BLAS build of fastbp's float products (fastbp.set_blas; "
+                        "default openblas)")
     parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "
                         "MNIST IDX files in DIR, against a plain PyTorch loop")
     parser.add_argument("--mnist-epochs", type=int, default=3, metavar="N",
@@ -488,6 +493,10 @@ def main(argv=None):
     import fastbp
     fastbp.set_num_threads(threads)
     fastbp.set_work_split(args.work_split)
+    try:
+        fastbp.set_blas(args.blas)
+    except fastbp.kernels.BlasUnavailable as exc:
+        parser.error(f"--blas {args.blas}: {exc}")
 
     os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: a GPU must not stand in
     have = {}

@@ -14,21 +14,26 @@ fastbp is compiled (or loaded from Numba's cache) by a short fit before the time
 timed ``--repeats`` times, alternating the two libraries, each after a pause that lets the
 previous one's threads go idle; the figure is the fastest.
 
-The ceiling: every fit also gets the time its matrix products alone take ("products s"): the
-float32 products of one step (each layer's forward product and weight gradient, and every input
-gradient but the first layer's), as NumPy matmuls on the same threads, timed at the case's batch
-size (and at the last, smaller batch of an epoch), times the fit's steps. A trainer that does
-those products densely, with this BLAS, cannot fit in less, so scikit-learn's time over it ("at
-most x") bounds the speed-up such a trainer can offer. "at peak x" is the looser bound of any
-dense float32 trainer: the fit's flops at the machine's float32 peak (the fastest rate of a
-large square NumPy product). Both are timed between the fits, so a slow spell of a shared
-machine falls on them as on the fits.
+fastbp's matrix products run on the BLAS build ``--blas`` names (fastbp.set_blas: "openblas",
+the default, or "openblas-avx512"); scikit-learn's on NumPy's BLAS, as always.
+
+The ceiling: every fit also gets the time its matrix products alone would take ("products s"):
+the products of one step in X's dtype (each layer's forward product and weight gradient, and
+every input gradient but the first layer's) through fastbp's kernels.gemm, the BLAS fastbp
+runs, on one thread, timed at the case's batch size (and at the last, smaller batch of an
+epoch), times the fit's steps, divided by the threads (a perfect split). A trainer that does
+those products densely, with that BLAS, cannot fit in less, so scikit-learn's time over it ("at
+most x") bounds the speed-up such a trainer can offer. "at peak x" is the looser bound of the
+fit's flops at that BLAS's peak rate in X's dtype (one thread's rate on a large square product,
+times the threads). Both are timed between the fits, so a slow spell of a shared machine falls
+on them as on the fits.
 
 The data: the shipped digits (fastbp.data's test split, features standardised on the training
 rows); UCI letters (the usual split: the first 16,000 rows train, the last 4,000 test;
 standardised); MNIST (the official split; pixels divided by 255).
 """
 import argparse
+import functools
 import json
 import os
 import time
@@ -86,33 +91,77 @@ def _fastest(fn, runs):
     return min(interleaved_times({"fn": fn}, 0.05 * runs, rounds=runs)["fn"])
 
 
-def _step_products_seconds(sizes, batch):
-    """The seconds of one step's matrix products (fastbp.bench.step_products: float32 NumPy
-    matmuls on the current BLAS threads), at best."""
-    from fastbp.bench import step_products
-    products = step_products(sizes, batch)
+@functools.lru_cache(maxsize=None)
+def _compiled_products():
+    """Two compiled functions that multiply through fastbp's kernels.gemm (the BLAS the
+    kernels call, on the calling thread alone): (step, square). step(inputs, weights, deltas,
+    weight_grads, input_grads, repeats) runs the products of a training step (operands as
+    step_operands makes them) `repeats` times; square(out, a) is out = a @ a."""
+    from numba import njit
 
-    def step():
-        for product in products:
-            product()
-    return _fastest(step, 5)
+    from fastbp.kernels import gemm
+
+    @njit
+    def step(inputs, weights, deltas, weight_grads, input_grads, repeats):
+        for _ in range(repeats):
+            for layer in range(len(weights)):
+                gemm(deltas[layer], inputs[layer], weights[layer], 1.0, 0.0, False, False)
+                gemm(weight_grads[layer], inputs[layer], deltas[layer], 1.0, 0.0, True, False)
+                if layer > 0:
+                    gemm(input_grads[layer], deltas[layer], weights[layer], 1.0, 0.0, False,
+                         True)
+
+    @njit
+    def square(out, a):
+        gemm(out, a, a, 1.0, 0.0, False, False)
+    return step, square
 
 
-def products_seconds(sizes, batch, rows, epochs):
-    """How long a fit spends in its matrix products alone, at best: per epoch, rows // batch
-    full batches and one of the remaining rows, each at its timed step's products."""
+def step_operands(sizes, batch, dtype):
+    """Random operands of one step's products, as five numba typed lists (each layer's input,
+    weight, delta, weight gradient and input gradient): every layer's forward product and
+    weight gradient, and every input gradient but the first layer's (which no trainer needs)."""
+    from numba.typed import List
+    rng = np.random.default_rng(0)
+    lists = [List() for _ in range(5)]
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        x = rng.standard_normal((batch, n_in)).astype(dtype)
+        w = rng.standard_normal((n_in, n_out)).astype(dtype)
+        for where, array in zip(lists, (x, w, np.empty((batch, n_out), dtype), np.empty_like(w),
+                                        np.empty_like(x))):
+            where.append(array)
+    return lists
+
+
+def _step_products_seconds(sizes, batch, dtype):
+    """The seconds of one step's matrix products on one thread with the kernels' BLAS, at
+    best."""
+    step, _ = _compiled_products()
+    operands = step_operands(sizes, batch, dtype)
+    step(*operands, 1)
+    return _fastest(lambda: step(*operands, 10), 5) / 10
+
+
+def products_seconds(sizes, batch, rows, epochs, dtype, threads):
+    """How long a fit spends in its matrix products alone, at best, on `threads` threads: per
+    epoch, rows // batch full batches and one of the remaining rows, each at its step's
+    products on one thread with the kernels' BLAS, divided by the threads (a perfect split)."""
     full, rest = divmod(rows, batch)
-    epoch = full * _step_products_seconds(sizes, batch)
+    epoch = full * _step_products_seconds(sizes, batch, dtype)
     if rest:
-        epoch += _step_products_seconds(sizes, rest)
-    return epochs * epoch
+        epoch += _step_products_seconds(sizes, rest, dtype)
+    return epochs * epoch / threads
 
 
-def peak_gflops():
-    """The machine's float32 matrix-product rate: fastbp.bench.peak_product (a large square
-    NumPy product) on the current BLAS threads, at its fastest."""
-    from fastbp.bench import PEAK_SIZE, peak_product
-    return 2 * PEAK_SIZE ** 3 / _fastest(peak_product(), 3) / 1e9
+def peak_gflops(dtype, threads):
+    """The machine's matrix-product rate in dtype with the kernels' BLAS: one thread's rate on
+    a PEAK_SIZE x PEAK_SIZE product (fastbp.bench.PEAK_SIZE), times the threads."""
+    from fastbp.bench import PEAK_SIZE
+    _, square = _compiled_products()
+    a = np.random.default_rng(0).standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(dtype)
+    out = np.empty_like(a)
+    square(out, a)
+    return threads * 2 * PEAK_SIZE ** 3 / _fastest(lambda: square(out, a), 3) / 1e9
 
 
 def compare(case, data, solver, threads, repeats):
@@ -145,8 +194,8 @@ def compare(case, data, solver, threads, repeats):
                 seconds[name].append(time.perf_counter() - start)
                 accuracy[name] = estimator.score(X_test, y_test)
             products.append(products_seconds(sizes, params["batch_size"], len(y_train),
-                                             params["max_iter"]))
-            peak.append(peak_gflops())
+                                             params["max_iter"], X_train.dtype, threads))
+            peak.append(peak_gflops(X_train.dtype, threads))
     fastbp_s, sklearn_s = min(seconds["fastbp"]), min(seconds["sklearn"])
     products_s = min(products)
     flops = fit_flops(sizes, len(y_train), params["max_iter"])
@@ -163,6 +212,7 @@ def compare(case, data, solver, threads, repeats):
 
 
 def main(argv=None):
+    from fastbp._threads import BLAS_CHOICES
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench_sklearn",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--letters", metavar="FILE", help="UCI letter-recognition.data")
@@ -173,15 +223,24 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float32",
                         help="X's dtype for both libraries, which both compute in (default "
                         "float32)")
+    parser.add_argument("--blas", choices=BLAS_CHOICES, default="openblas",
+                        help="the BLAS build of fastbp's products (fastbp.set_blas; default "
+                        "openblas)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    import fastbp
+    try:
+        fastbp.set_blas(args.blas)
+    except fastbp.kernels.BlasUnavailable as exc:
+        parser.error(f"--blas {args.blas}: {exc}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = args.threads or cores
 
     from fastbp.bench import machine
     info = machine()
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-    print(f"{info['cpu']}, {threads} threads; both libraries compute in X's dtype")
+    print(f"{info['cpu']}, {threads} threads; both libraries compute in X's dtype; fastbp's "
+          f"BLAS: {info['kernel_blas']}")
     print(f"{'case':<9}{'dtype':<8}{'solver':<7}{'net':<10}{'batch':>6}{'epochs':>7}"
           f"{'fastbp s':>10}{'sklearn s':>10}{'x faster':>9}{'fastbp acc':>11}{'sklearn acc':>12}"
           f"{'products s':>11}{'at most x':>10}{'at peak x':>10}")

@@ -27,7 +27,7 @@ from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._environment import HeldInterrupt
-from ._threads import count_chosen, load_free, set_num_threads, set_work_split
+from ._threads import count_chosen, load_free, set_blas, set_num_threads, set_work_split
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
@@ -270,6 +270,10 @@ def train(args, ranks=None):
     say = _Printer(args.quiet, to_stderr=args.json, silent=not lead)
     share = None if ranks is None else distributed.node_threads(ranks.comm)   # (collective)
     set_work_split(args.work_split)
+    try:
+        set_blas(args.blas)
+    except kernels.BlasUnavailable as exc:
+        raise UsageError(f"fastbp train: --blas {args.blas}: {exc}") from None
     if args.threads is not None:
         set_num_threads(args.threads)
     elif share is not None and not count_chosen():
@@ -440,8 +444,9 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
         "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
         "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
         "batch_size": args.batch_size, "seed": args.seed, "threads": by_rank[0],
-        "work_split": args.work_split,
+        "work_split": args.work_split, "blas": args.blas,
         "ranks": len(by_rank), "threads_by_rank": by_rank, "epoch_threads": history.threads,
+        "epoch_blas": history.blas,
         "rows": {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)},
         "epochs_run": history.n_epochs, "stop_reason": history.stop_reason,
         "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,

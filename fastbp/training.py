@@ -31,7 +31,8 @@ import warnings
 import numpy as np
 
 from . import _validate, distributed, kernels, layout, optim
-from ._threads import count_restored, fit_threads, get_num_threads, load_free, pin_kernel_blas
+from ._threads import (count_restored, fit_threads, get_blas, get_num_threads, load_free,
+                       pin_kernel_blas)
 from .model import MLP
 from .engine import StepBuffers
 from .steps import HookError
@@ -48,7 +49,8 @@ class History(dict):
     ``best_epoch``: index of the epoch whose weights the model holds when early stopping
     restored them, else None. ``stop_reason``: "completed", "early_stopping", "callback" or
     "interrupted". ``interrupted``: True when a KeyboardInterrupt (Ctrl-C) ended training.
-    ``threads``: the thread count each recorded epoch ran on (see ``fit``).
+    ``threads``: the thread count each recorded epoch ran on (see ``fit``). ``blas``: the BLAS
+    build its matrix products ran on (``fastbp.set_blas``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -56,6 +58,7 @@ class History(dict):
         self.best_epoch = None
         self.stop_reason = "completed"
         self.threads = []
+        self.blas = []
 
     @property
     def interrupted(self):
@@ -413,6 +416,7 @@ class _Run:
             for epoch in range(self.epochs):
                 history.threads.append(fit_threads(most) if alone and load_free()
                                        else get_num_threads())
+                history.blas.append(get_blas())
                 start_time = time.perf_counter()
                 epoch_lr = _current_lr(optimizer)
                 order = (rng.permutation(self.n_samples) if self.shuffle
@@ -464,6 +468,7 @@ class _Run:
                 and ranks.any(ranks.interrupted):   # Ctrl-C after the last step (ranks)
             history.stop_reason = "interrupted"
         del history.threads[history.n_epochs:]   # (an epoch cut short is not recorded)
+        del history.blas[history.n_epochs:]
         if watch is not None:
             history.best_epoch = watch.restore()
         for cb in self.callbacks:

@@ -56,7 +56,7 @@ gradient norms sum squares in the working dtype over blocks of 512, and the bloc
 """
 from . import _config, _nesting
 from ._config import GRID_TILES, MIN_TILE_WORK, NORM_CHUNK
-from ._native import gemm
+from ._native import BlasUnavailable, gemm
 from ._tiling import tile_budget
 from ._units import UnitMissingError, on_ctrl_c, raise_held_ctrl_c, raise_if_unfilled
 from .activations import (ACTIVATIONS, CODES, Activation, activation_backward,
@@ -119,7 +119,7 @@ __all__ = [
     "Net", "Workspace", "make_net", "make_workspace", "plan_activations", "aligned_zeros",
     "mlp_forward", "mlp_loss", "mlp_loss_and_grad", "mlp_train_step", "mlp_train_epoch",
     "take_rows", "take_csr_rows", "CSR", "csr_is_valid", "all_finite", "labels_in_range",
-    "gemm", "prepare", "UnitMissingError", "raise_if_unfilled",
+    "gemm", "BlasUnavailable", "prepare", "UnitMissingError", "raise_if_unfilled",
     "on_ctrl_c", "raise_held_ctrl_c",
     "MIN_TILE_WORK", "GRID_TILES", "tile_budget", "splits_input", "NORM_CHUNK", "CACHE_LINE",
 ]

@@ -9,6 +9,9 @@ Numba's own ``np.dot`` needs contiguous operands and cannot accumulate into its 
 kernels call BLAS ``?gemm`` directly: that of the OpenBLAS in the scipy-openblas32 wheel (the
 build NumPy and SciPy themselves are made with). It is loaded privately (its symbols carry a
 ``scipy_`` prefix and are not made global), so it cannot clash with another BLAS in the process.
+``use_blas`` (``fastbp.set_blas``) can give the float products a second copy of it that runs its
+AVX-512 kernels where OpenBLAS would choose AVX2 ones: the products call through a pointer it
+sets, so one compiled, cached code serves either.
 
 Callers run it from inside ``prange`` loops, one call per batch tile: it must be limited to one
 thread (see ``fastbp._threads``), or its pool and Numba's fight.
@@ -20,6 +23,8 @@ through a third symbol, registered by ``load_bfloat16_gemm`` only when a model a
 import ctypes
 import ctypes.util
 import os
+import shutil
+import tempfile
 
 import numba
 import scipy_openblas32
@@ -36,25 +41,58 @@ from ._config import INLINED, SERIAL
 from ._units import report_skipped
 
 
-def _load_openblas():
-    """The scipy-openblas32 wheel's shared library, through ctypes (RTLD_LOCAL)."""
+def _openblas_file():
+    """The path of the scipy-openblas32 wheel's shared library."""
     lib_dir = scipy_openblas32.get_lib_dir()
     names = sorted(name for name in os.listdir(lib_dir) if name.startswith("libscipy_openblas")
                    and name.endswith((".so", ".dylib", ".dll")))
     if not names:
         raise ImportError(f"scipy-openblas32 is installed, but {lib_dir} holds no OpenBLAS "
                           "library; reinstall it: pip install --force-reinstall scipy-openblas32")
-    return ctypes.CDLL(os.path.join(lib_dir, names[0]))
+    return os.path.join(lib_dir, names[0])
 
 
-#: ctypes handle of the kernels' OpenBLAS. It starts at one thread, and fastbp._threads keeps it
-#: there.
+def _load_openblas(coretype=None):
+    """The scipy-openblas32 wheel's shared library, through ctypes (RTLD_LOCAL). With a core
+    type (OpenBLAS's name for a family of its kernels, e.g. "SkylakeX"), a second copy of it
+    that runs that family's kernels: OpenBLAS chooses them once, when it is loaded, from
+    OPENBLAS_CORETYPE, and the loader hands back the library already loaded from a file, so
+    the copy is loaded from a file of its own (removed once loaded), at one thread."""
+    path = _openblas_file()
+    if coretype is None:
+        return ctypes.CDLL(path)
+    wanted = {"OPENBLAS_CORETYPE": coretype, "OPENBLAS_NUM_THREADS": "1"}
+    saved = {name: os.environ.get(name) for name in wanted}
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as folder:
+        copy = os.path.join(folder, os.path.basename(path))
+        shutil.copyfile(path, copy)
+        os.environ.update(wanted)
+        try:
+            return ctypes.CDLL(copy)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _core_name(lib):
+    """The family of kernels an OpenBLAS library runs (e.g. "Haswell", "SkylakeX")."""
+    name = lib.scipy_openblas_get_corename
+    name.restype = ctypes.c_char_p
+    return name().decode()
+
+
+#: ctypes handle of the kernels' default OpenBLAS. It starts at one thread, and
+#: fastbp._threads keeps it there.
 openblas = _load_openblas()
 openblas.scipy_openblas_set_num_threads(1)
 _config = openblas.scipy_openblas_get_config
 _config.restype = ctypes.c_char_p
 #: The BLAS library behind the kernels' matrix products, as its build describes itself.
 BLAS = _config().decode()
+
 
 # The gemm symbol by (operands' dtype, output's dtype).
 _SYMBOLS = {(types.float32, types.float32): "fastbp_sgemm",
@@ -110,9 +148,63 @@ def bfloat16_product_ready(typingctx, bits):
             flag = ir.GlobalVariable(builder.module, ir.IntType(64), symbol + "_ready")
         return builder.icmp_unsigned("!=", builder.load(flag), ir.Constant(ir.IntType(64), 0))
     return types.boolean(bits), codegen
-for _name in ("sgemm", "dgemm"):
-    _llvm.add_symbol("fastbp_" + _name,
-                     ctypes.cast(getattr(openblas, f"scipy_{_name}_"), ctypes.c_void_p).value)
+# The float32 and float64 products are called through pointers that use_blas can change at run
+# time (one compiled, cached code for every choice): symbol + "_at" holds the address of the
+# Fortran ?gemm in use.
+_GEMM_AT = {symbol: ctypes.c_void_p() for symbol in ("fastbp_sgemm", "fastbp_dgemm")}
+for _symbol, _cell in _GEMM_AT.items():
+    _llvm.add_symbol(_symbol + "_at", ctypes.addressof(_cell))
+
+#: The BLAS builds use_blas can give the kernels' float32 and float64 products, by name: the
+#: OpenBLAS core type each runs (None: the kernels OpenBLAS chooses for this CPU).
+BLAS_CHOICES = {"openblas": None, "openblas-avx512": "SkylakeX"}
+# What OpenBLAS's SkylakeX kernels need of the CPU, by LLVM's names.
+_AVX512 = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+_loaded = {"openblas": openblas}   # by name, each loaded once
+_in_use = ["openblas"]
+
+
+class BlasUnavailable(RuntimeError):
+    """A BLAS build was asked for that cannot run here (fastbp.set_blas)."""
+
+
+def use_blas(name):
+    """Give the kernels' float32 and float64 products the BLAS build `name` (a key of
+    BLAS_CHOICES), loading it the first time. Raises BlasUnavailable, the products unchanged,
+    where this CPU lacks what it needs."""
+    lib = _loaded.get(name)
+    if lib is None:
+        coretype = BLAS_CHOICES[name]
+        features = _llvm.get_host_cpu_features()
+        missing = [f for f in _AVX512 if not features.get(f, False)]
+        if missing:
+            raise BlasUnavailable(
+                f"blas {name!r}: this CPU lacks {', '.join(missing)}, which OpenBLAS's "
+                f"{coretype} kernels need; use blas='openblas'")
+        lib = _load_openblas(coretype)
+        lib.scipy_openblas_set_num_threads(1)
+        if _core_name(lib) != coretype:
+            raise BlasUnavailable(f"blas {name!r}: OpenBLAS ran its {_core_name(lib)} kernels "
+                                  f"on this CPU, not the {coretype} ones asked for; use "
+                                  "blas='openblas'")
+        _loaded[name] = lib
+    for symbol, cell in _GEMM_AT.items():
+        cell.value = ctypes.cast(getattr(lib, symbol.replace("fastbp_", "scipy_") + "_"),
+                                 ctypes.c_void_p).value
+    _in_use[0] = name
+
+
+def blas_in_use():
+    """(name, core type) of the BLAS build the kernels' float products call (fastbp.set_blas)."""
+    return _in_use[0], _core_name(_loaded[_in_use[0]])
+
+
+def loaded_blas():
+    """The BLAS libraries the kernels have loaded (each to be kept at one thread)."""
+    return list(_loaded.values())
+
+
+use_blas("openblas")
 # Starting Numba's thread pool registers its "get_num_threads" symbol, which num_threads calls.
 numba.get_num_threads()
 
@@ -233,7 +325,13 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
                                + [fty.as_pointer(), oty.as_pointer(), i32.as_pointer(),
                                   oty.as_pointer(), i32.as_pointer(), fty.as_pointer(),
                                   fty.as_pointer(), i32.as_pointer()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+        if symbol in _GEMM_AT:   # a float product: through the pointer use_blas sets
+            cell = builder.module.globals.get(symbol + "_at")
+            if cell is None:
+                cell = ir.GlobalVariable(builder.module, fnty.as_pointer(), symbol + "_at")
+            fn = builder.load(cell)
+        else:
+            fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
 
         def by_ref(value, from_type, to_llvm, to_type):
             slot = cgutils.alloca_once(builder, to_llvm)
