@@ -17,8 +17,9 @@ or "batch" (normalisation), "residual", "dropoutP" (dropout with probability P),
 784-1024-1024-10:256:layer+dropout0.1. PyTorch then runs the same layers (nn.LayerNorm or
 nn.BatchNorm1d after each hidden Linear, nn.Dropout after its ReLU, the input added where
 widths allow); JAX is left out; and fastbp's plain step of the same sizes is timed in the same
-rounds, for "x plain", the step's cost over the plain one. "Peak" is NumPy's float32 product of two
-2048 x 2048 matrices with the same thread count, timed alongside each config (see below).
+rounds, for "x plain", the step's cost over the plain one. "Peak" is the float32 product of two
+2048 x 2048 matrices as the kernels make theirs (the BLAS ``--blas`` chose, one column tile per
+thread), timed alongside each config (see below).
 
 Two fastbp figures: "step" calls ``SGD.train_step`` from Python once per step (input checks
 included); "fit" is the per-step time inside ``fit``'s compiled epoch loop (batch gathering
@@ -157,12 +158,32 @@ def interleaved_times(fns, min_time, rounds=ROUNDS):
 PEAK_SIZE = 2048
 
 
-def peak_product():
-    """NumPy's float32 PEAK_SIZE x PEAK_SIZE product, as a callable: the "peak" every config is
-    held against, timed in the same rounds as the config."""
-    a = np.random.default_rng(0).standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(np.float32)
-    out = np.empty_like(a)
-    return lambda: np.matmul(a, a, out=out)
+def peak_product(bfloat16=False):
+    """The product of two PEAK_SIZE x PEAK_SIZE matrices as the kernels make theirs, as a
+    callable: through kernels.gemm (the BLAS --blas chose, or MKL's bfloat16 product for
+    bfloat16 bit patterns), one column tile per thread, each one single-threaded call. The
+    "peak" every config is held against, timed in the same rounds as the config."""
+    from numba import njit, prange
+
+    from .kernels import gemm
+    from .kernels._config import PARALLEL
+    from .kernels._native import num_threads
+
+    @njit(**dict(PARALLEL, cache=False))
+    def product(c, a, b):
+        n = c.shape[1]
+        tiles = num_threads()
+        for t in prange(tiles):
+            c0, c1 = t * n // tiles, (t + 1) * n // tiles
+            gemm(c[:, c0:c1], a, b[:, c0:c1], 1.0, 0.0, False, False)
+    rng = np.random.default_rng(0)
+    if bfloat16:   # bit patterns of values in [0.5, 2)
+        a = rng.integers(0x3F00, 0x4000, (PEAK_SIZE, PEAK_SIZE), dtype=np.uint16)
+    else:
+        a = rng.standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(np.float32)
+    out = np.empty((PEAK_SIZE, PEAK_SIZE), dtype=np.float32)
+    product(out, a, a)
+    return lambda: product(out, a, a)
 
 
 def step_products(sizes, batch, dtype=np.float32):
@@ -188,28 +209,6 @@ def _fastbp_optimizer(name, model):
     if name == "sgd":
         return fastbp.SGD(model, lr=LR, clip_norm=CLIP)
     return {"adam": fastbp.Adam, "adamw": fastbp.AdamW}[name](model, lr=ADAM_LR, clip_norm=CLIP)
-
-
-def bf16_peak_product():
-    """MKL's bfloat16 product of two PEAK_SIZE x PEAK_SIZE matrices (float32 sums), one column
-    tile per thread, each one single-threaded call, as the kernels make them; a callable."""
-    from numba import njit, prange
-
-    from .kernels._native import gemm, num_threads
-    from .kernels._config import PARALLEL
-
-    @njit(**dict(PARALLEL, cache=False))
-    def product(c, a, b):
-        n = c.shape[1]
-        tiles = num_threads()
-        for t in prange(tiles):
-            c0, c1 = t * n // tiles, (t + 1) * n // tiles
-            gemm(c[:, c0:c1], a, b[:, c0:c1], 1.0, 0.0, False, False)
-    bits = np.random.default_rng(0).integers(0x3F00, 0x4000, (PEAK_SIZE, PEAK_SIZE),
-                                             dtype=np.uint16)   # values in [0.5, 2)
-    out = np.empty((PEAK_SIZE, PEAK_SIZE), dtype=np.float32)
-    product(out, bits, bits)
-    return lambda: product(out, bits, bits)
 
 
 def fastbp_steps(sizes, batch, optimizer="sgd", extras=None, precision="float32"):
@@ -491,6 +490,7 @@ def main(argv=None):
     # Not NUMBA_NUM_THREADS: `python -m fastbp.bench` has imported fastbp (and started Numba's
     # pool) before this line, and changing it now makes Numba refuse to compile.
     import fastbp
+    from .kernels._native import avx512_kernels_unused
     fastbp.set_num_threads(threads)
     fastbp.set_work_split(args.work_split)
     try:
@@ -522,6 +522,9 @@ def main(argv=None):
           f"numba {info['numba']}, numpy {info['numpy']}; "
           f"kernels' BLAS: {info['kernel_blas']}; bfloat16 units: "
           f"{', '.join(units) if units else 'none'}")
+    if info["blas"] == "openblas" and avx512_kernels_unused():
+        print("(this CPU has AVX-512, but OpenBLAS chose other kernels: --blas openblas-avx512 "
+              "may be faster; README, \"Which BLAS\")")
     if bf16:
         info["bf16_blas"] = info_mkl
         print(f"bfloat16 products: {info_mkl}")
@@ -537,7 +540,7 @@ def main(argv=None):
         fns = {"step": step, "fit": epoch, "peak": peak_product()}
         if bf16:
             fns["f32"] = fastbp_steps(sizes, batch, args.optimizer, extras)[1]
-            fns["bf16 peak"] = bf16_peak_product()
+            fns["bf16 peak"] = peak_product(bfloat16=True)
         if extras:
             fns["plain"] = fastbp_steps(sizes, batch, args.optimizer, None,
                                         args.matmul_precision)[1]
@@ -628,7 +631,8 @@ def main(argv=None):
                   f"{row['update_us']:.0f} us, "
                   f"{row['update_gb_per_s']:.1f} GB/s, {row['percent_of_copy']:.0f}% of a copy "
                   f"of the same bytes ({row['copy_us']:.0f} us)")
-    print(f"peak: NumPy's float32 {PEAK_SIZE}x{PEAK_SIZE} matmul, timed in each config's rounds: "
+    print(f"peak: the kernels' float32 {PEAK_SIZE}x{PEAK_SIZE} product ({info['blas']}), timed "
+          "in each config's rounds: "
           + ", ".join(f"{row['peak_gflops']:.0f}" for row in rows) + " GFLOP/s")
     result = {"machine": info, "threads": threads, "configs": rows}
     if args.mnist:

@@ -199,6 +199,14 @@ def blas_in_use():
     return _in_use[0], _core_name(_loaded[_in_use[0]])
 
 
+def avx512_kernels_unused():
+    """Whether this CPU has what OpenBLAS's AVX-512 kernels need while the default build runs
+    other ones: where set_blas("openblas-avx512") may be faster."""
+    features = _llvm.get_host_cpu_features()
+    return (all(features.get(f, False) for f in _AVX512)
+            and _core_name(openblas) not in ("SkylakeX", "Cooperlake", "SapphireRapids"))
+
+
 def loaded_blas():
     """The BLAS libraries the kernels have loaded (each to be kept at one thread)."""
     return list(_loaded.values())
