@@ -46,11 +46,12 @@ with the same threads (forward, weight gradient and input gradient of every laye
 layer's input gradient); "% gemm" is that time as a percentage of fastbp's step. On large nets it
 is the floor this machine's BLAS sets; on small nets NumPy's cost per call dominates it.
 
-With ``--matmul-precision bfloat16`` fastbp's steps take bfloat16 operands (MKL's products);
-PyTorch's run under ``torch.autocast("cpu", dtype=torch.bfloat16)``; JAX is left out; and more
-figures are timed in the same rounds: fastbp's float32 step of the same config ("x f32") and
-MKL's bfloat16 product of two 2048 x 2048 matrices cut into one column tile per thread, as the
-kernels call it ("bf16 peak"; "% bf16 peak" holds the step's FLOPs against it).
+With ``--matmul-precision bfloat16`` fastbp's steps take bfloat16 operands (the products of
+the library kernels.require_bfloat16 loads: oneDNN's where installed, else MKL's); PyTorch's
+run under ``torch.autocast("cpu", dtype=torch.bfloat16)``; JAX is left out; and more figures
+are timed in the same rounds: fastbp's float32 step of the same config ("x f32") and that
+library's bfloat16 product of two 2048 x 2048 matrices cut into one column tile per thread, as
+the kernels call it ("bf16 peak"; "% bf16 peak" holds the step's FLOPs against it).
 
 With ``--threads N`` smaller than the machine's cores, the process is pinned to N cores (Linux),
 so that every library gets the same N.
@@ -160,7 +161,7 @@ PEAK_SIZE = 2048
 
 def peak_product(bfloat16=False):
     """The product of two PEAK_SIZE x PEAK_SIZE matrices as the kernels make theirs, as a
-    callable: through kernels.gemm (the BLAS --blas chose, or MKL's bfloat16 product for
+    callable: through kernels.gemm (the BLAS --blas chose, or the bfloat16 product require_bfloat16 loaded for
     bfloat16 bit patterns), one column tile per thread, each one single-threaded call. The
     "peak" every config is held against, timed in the same rounds as the config."""
     from numba import njit, prange
@@ -620,7 +621,7 @@ def main(argv=None):
         if bf16:
             print(f"{'':<28}x f32 {row['speedup_vs_f32']:.2f} (fastbp's float32 step: "
                   f"{row['f32_fit_step_us']:.0f} us); {row['percent_of_bf16_peak']:.0f}% of "
-                  f"MKL's bf16 product ({row['bf16_peak_gflops']:.0f} GFLOP/s); torch: "
+                  f"the bf16 product ({row['bf16_peak_gflops']:.0f} GFLOP/s); torch: "
                   "bf16 autocast")
         if adam:
             versus = (f", x torch {row['sgd_speedup_vs_torch']:.2f}; x torch fused "

@@ -16,9 +16,10 @@ sets, so one compiled, cached code serves either.
 Callers run it from inside ``prange`` loops, one call per batch tile: it must be limited to one
 thread (see ``fastbp._threads``), or its pool and Numba's fight.
 
-Products of bfloat16 operands (fastbp.kernels.bfloat16) call Intel MKL's ``gemm_bf16bf16f32``
-through a third symbol, registered by ``load_bfloat16_gemm`` only when a model asks for them
-(MKL is an optional extra, loaded with its sequential threading layer: one pool, Numba's).
+Products of bfloat16 operands (fastbp.kernels.bfloat16) call oneDNN's or Intel MKL's
+``gemm_bf16bf16f32`` through a third symbol, registered (``load_onednn``, ``load_bfloat16_gemm``)
+only when a model asks for them: both optional extras, run at one thread per call, so that
+Numba's pool stays the only one.
 """
 import ctypes
 import ctypes.util
@@ -526,6 +527,80 @@ def float64_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
+
+
+# -- oneDNN's bfloat16 product ---------------------------------------------------------------
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p)]
+
+
+_onednn = []   # oneDNN's version, once load_onednn found it
+
+
+def _find_onednn():
+    """The path of oneDNN's library from the onednn-cpu-gomp wheel (built on GNU OpenMP, the
+    runtime of Numba's "omp" threading layer), or None."""
+    from importlib import metadata
+    try:
+        files = metadata.files("onednn-cpu-gomp") or ()
+    except metadata.PackageNotFoundError:
+        return None
+    found = sorted(str(f.locate()) for f in files if f.name.startswith("libdnnl.so"))
+    return found[0] if found else None
+
+
+def load_onednn():
+    """Register oneDNN's dnnl_gemm_bf16bf16f32 and GNU OpenMP's omp_set_num_threads under the
+    symbols onednn_gemm_bf16 calls. Returns oneDNN's version ("3.2.0"), or None where the
+    onednn-cpu-gomp wheel is not installed; raises Bfloat16Unavailable where it cannot load."""
+    if _onednn:
+        return _onednn[0]
+    path = _find_onednn()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        gomp = ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1")
+        product, set_threads = lib.dnnl_gemm_bf16bf16f32, gomp.omp_set_num_threads
+    except (OSError, AttributeError) as exc:
+        raise Bfloat16Unavailable(f"bfloat16 products: could not load oneDNN's "
+                                  f"dnnl_gemm_bf16bf16f32 from {path}: {exc}") from None
+    lib.dnnl_version.restype = ctypes.POINTER(_Version)
+    v = lib.dnnl_version().contents
+    for symbol, function in (("fastbp_dnnl_gemm_bf16", product),
+                             ("fastbp_omp_set_num_threads", set_threads)):
+        _llvm.add_symbol(symbol, ctypes.cast(function, ctypes.c_void_p).value)
+    _onednn.append(f"{v.major}.{v.minor}.{v.patch}")
+    return _onednn[0]
+
+
+@intrinsic
+def onednn_gemm_bf16(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """oneDNN's row-major c (m, n) := alpha op(a) op(b) + beta c on bfloat16 bit patterns a, b
+    (uint16 pointers) and float32 c, at one thread: the calling thread's OpenMP thread count is
+    set to 1 first (oneDNN runs on every core otherwise, outside a parallel region; inside one
+    it runs serially anyway). ta, tb: ord('N') or ord('T'). load_onednn first."""
+    sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+        bits, out = ir.IntType(16).as_pointer(), f32.as_pointer()
+        set_threads = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i32]), "fastbp_omp_set_num_threads")
+        builder.call(set_threads, [ir.Constant(i32, 1)])
+        fnty = ir.FunctionType(i32, [i8, i8, i64, i64, i64, f32, bits, i64, bits, i64, f32, out,
+                                     i64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "fastbp_dnnl_gemm_bf16")
+        tys = signature.args
+        to = [types.int8, types.int8, types.int64, types.int64, types.int64, types.float32,
+              None, types.int64, None, types.int64, types.float32, None, types.int64]
+        values = [builder.bitcast(v, {6: bits, 8: bits, 11: out}[i]) if to[i] is None
+                  else context.cast(builder, v, tys[i], to[i]) for i, v in enumerate(args)]
+        builder.call(fn, values)
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 @intrinsic

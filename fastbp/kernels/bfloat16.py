@@ -5,8 +5,11 @@ gradients, the optimizer, losses, norms, activations) stays float32.
 
 A bfloat16 value is held as its bit pattern: the upper half of the float32's. Operands are
 rounded into a uint16 buffer just before their products (round to nearest, ties to even; NaN
-stays NaN; a value beyond bfloat16's largest becomes Inf) and multiplied by MKL's
-gemm_bf16bf16f32 (_native.load_bfloat16_gemm), at one thread per call like the float32 products.
+stays NaN; a value beyond bfloat16's largest becomes Inf) and multiplied by a library's product
+of bfloat16 operands with float32 sums, at one thread per call like the float32 products:
+oneDNN's dnnl_gemm_bf16bf16f32 where the onednn-cpu-gomp wheel is installed, else MKL's
+gemm_bf16bf16f32 (require_bfloat16). Measured on AMD Zen 5 (AVX512-BF16, README), oneDNN's ran
+at about twice OpenBLAS's AVX-512 float32 rate, MKL's below OpenBLAS's AVX2 one.
 
 Emulation: the same bit patterns viewed as int16 are multiplied by compiled loops here instead
 (each product of two bfloat16 values is exact in float32, and the sums are float32's), on any
@@ -15,7 +18,7 @@ behind a gemm symbol of their own (register_bfloat16_emulation), so the layers' 
 _native.blas_gemm alike for every kind of operand.
 
 Precisions, by code (a Net's ``precision``): FLOAT32 (the model's own dtype: no rounding),
-BFLOAT16 (MKL), BFLOAT16_EMULATED.
+BFLOAT16 (oneDNN's or MKL's products), BFLOAT16_EMULATED.
 """
 import functools
 import inspect
@@ -28,7 +31,7 @@ from numba import carray, cfunc, njit, prange, types
 from ._checks import arguments, require
 from ._config import C_FUNCTION, INLINED, PARALLEL, SERIAL
 from ._native import (CPU_BF16, Bfloat16Unavailable, float32_bits, float32_from_bits,
-                      load_bfloat16_gemm, register_gemm)
+                      load_bfloat16_gemm, load_onednn, onednn_gemm_bf16, register_gemm)
 from ._tiling import n_tiles, span
 
 FLOAT32, BFLOAT16, BFLOAT16_EMULATED = 0, 1, 2
@@ -42,22 +45,86 @@ def cpu_bfloat16_units():
     return dict(CPU_BF16)
 
 
-def require_bfloat16():
+#: The libraries whose bfloat16 products require_bfloat16 can load, in the order it tries them.
+BFLOAT16_LIBRARIES = ("onednn", "mkl")
+_library = []   # (name, description) of the one loaded: one per process
+_products = []  # the C functions registered as products
+
+
+def require_bfloat16(library=None):
     """Check that BFLOAT16 products can run here and ready them (plain Python): the CPU has
-    AMX-BF16 or AVX512-BF16, and MKL loads. Returns MKL's version; raises
-    Bfloat16Unavailable naming what is missing and the alternatives."""
+    AMX-BF16 or AVX512-BF16, and a library of bfloat16 products loads: `library` ("onednn",
+    "mkl"), or by default oneDNN where the onednn-cpu-gomp wheel is installed, else MKL. One
+    library per process (code compiled for one calls it). Returns the library's name and
+    version; raises Bfloat16Unavailable naming what is missing and the alternatives."""
+    if library not in (None, *BFLOAT16_LIBRARIES):
+        raise ValueError(f"library: expected one of {', '.join(map(repr, BFLOAT16_LIBRARIES))} "
+                         f"or None, got {library!r}")
     if not any(CPU_BF16.values()):
         raise Bfloat16Unavailable(
             "matmul_precision='bfloat16': this CPU has no bfloat16 matrix unit (neither "
             "AMX-BF16 nor AVX512-BF16); use 'float32', or 'bfloat16-emulated' to check "
             "bfloat16 results here (slow)")
+    if _library:
+        name, description = _library[0]
+        if library not in (None, name):
+            raise Bfloat16Unavailable(f"bfloat16 products: this process runs {description}'s; "
+                                      f"{library} cannot replace it (start a new process)")
+        return description
     try:
-        version = load_bfloat16_gemm()
+        name, description = _load_library(library)
     except Bfloat16Unavailable as exc:
         raise Bfloat16Unavailable(f"matmul_precision='bfloat16': {exc}") from None
-    if not CPU_BF16.get("amx_bf16"):
+    _library.append((name, description))
+    if name == "mkl" and not CPU_BF16.get("amx_bf16"):
         _warn_without_amx()
-    return version
+    return description
+
+
+def prepare_bfloat16_product():
+    """What the bfloat16 units call before they are compiled or loaded (their `prepare`): the
+    product require_bfloat16 loaded in this process, or else its default library's where one
+    loads (a compile worker's; else the stand-in stays, and the units refuse to run)."""
+    if not _library:
+        try:
+            _library.append(_load_library(None))
+        except Bfloat16Unavailable:
+            pass
+
+
+def _load_library(library):
+    """(name, description) of the bfloat16 product require_bfloat16 loads and registers."""
+    if library in (None, "onednn"):
+        version = load_onednn()
+        if version is not None:
+            _products.append(_onednn_product())   # (kept: the kernels call its code)
+            register_gemm(types.uint16, _products[-1].address)
+            return "onednn", f"oneDNN {version}"
+        if library == "onednn":
+            raise Bfloat16Unavailable("oneDNN is not installed: pip install 'fastbp[bf16]' "
+                                      "(or pip install onednn-cpu-gomp)")
+    try:
+        return "mkl", f"MKL {load_bfloat16_gemm()}"
+    except Bfloat16Unavailable as exc:
+        if library is None and "not installed" in str(exc):
+            raise Bfloat16Unavailable(
+                "bfloat16 products need oneDNN (the onednn-cpu-gomp wheel, Linux x86-64) or "
+                "Intel MKL, and neither is installed: pip install 'fastbp[bf16]'") from None
+        raise
+
+
+def _onednn_product():
+    """A C function of Fortran gemm's contract for uint16 bit patterns (what the kernels' tiles
+    call through _native's symbol) that calls oneDNN's row-major product: column-major c
+    (m, n) = op(a) op(b) is row-major c (n, m) = op(b) op(a), the same flags."""
+    i8, i32, f32, u16 = (types.CPointer(t) for t in (types.int8, types.int32, types.float32,
+                                                      types.uint16))
+
+    def gemm_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        onednn_gemm_bf16(tb[0], ta[0], n[0], m[0], k[0], alpha[0], b, ldb[0], a, lda[0],
+                         beta[0], c, ldc[0])
+    return cfunc(types.void(i8, i8, i32, i32, i32, f32, u16, i32, u16, i32, f32, f32, i32),
+                 **C_FUNCTION)(gemm_onednn)
 
 
 @functools.lru_cache(maxsize=None)

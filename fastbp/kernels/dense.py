@@ -18,10 +18,9 @@ from numba import njit, prange, types
 from . import _units
 from ._checks import arguments, require, requirements
 from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
-from ._native import (bfloat16_product_ready, blas_gemm, load_bfloat16_gemm, matrix_view,
-                      num_threads)
-from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, register_bfloat16_emulation,
-                       round_to_bfloat16)
+from ._native import bfloat16_product_ready, blas_gemm, matrix_view, num_threads
+from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, prepare_bfloat16_product,
+                       register_bfloat16_emulation, round_to_bfloat16)
 from ._tiling import grid, span, tile_budget
 from .activations import (activation_grad_tile, activation_input, bias_activation_tile,
                           is_activation)
@@ -418,10 +417,10 @@ def _backward_bf16_types(dt):
 
 dense_forward_bf16_unit = _units.unit(
     "dense_forward_bf16", dense_forward_bf16, _forward_bf16_types, cost=1.9,
-    prepare=load_bfloat16_gemm)
+    prepare=prepare_bfloat16_product)
 dense_backward_bf16_unit = _units.unit(
     "dense_backward_bf16", dense_backward_bf16, _backward_bf16_types, cost=3.8,
-    prepare=load_bfloat16_gemm)
+    prepare=prepare_bfloat16_product)
 dense_forward_bf16_emulated_unit = _units.unit(
     "dense_forward_bf16_emulated", _dense_forward_bf16_emulated, _forward_bf16_types,
     prepare=register_bfloat16_emulation)
