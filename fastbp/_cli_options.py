@@ -262,7 +262,7 @@ def build_parser():
                        default=d["matmul_precision"],
                        help="the matrix products' operands: bfloat16 rounds them to bfloat16 "
                        "and sums in float32 on the CPU's bfloat16 units (AMX or AVX512-BF16; "
-                       "needs MKL: pip install 'fastbp[bf16]'), with --dtype float32; "
+                       "needs oneDNN or MKL: pip install 'fastbp[bf16]'), with --dtype float32; "
                        "bfloat16-emulated does the same on any CPU, slowly. With --resume: "
                        "the saved model's unless given")
     optim = train.add_argument_group("training")
@@ -465,8 +465,9 @@ def _check_resume(args):
 
 
 def _check_matmul_precision(args):
-    """--matmul-precision bfloat16 needs float32, and a CPU and MKL that run it: said before
-    the data are read. (With --resume, --dtype is the file's: the model checks that.)"""
+    """--matmul-precision bfloat16 needs float32, and a CPU and a library (oneDNN or MKL) that
+    run it: said before the data are read. (With --resume, --dtype is the file's: the model
+    checks that.)"""
     if args.matmul_precision == "float32":
         return
     if args.dtype != "float32" and args.resume is None:

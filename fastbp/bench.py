@@ -161,8 +161,9 @@ PEAK_SIZE = 2048
 
 def peak_product(bfloat16=False):
     """The product of two PEAK_SIZE x PEAK_SIZE matrices as the kernels make theirs, as a
-    callable: through kernels.gemm (the BLAS --blas chose, or the bfloat16 product require_bfloat16 loaded for
-    bfloat16 bit patterns), one column tile per thread, each one single-threaded call. The
+    callable: through kernels.gemm (the BLAS --blas chose, or for bfloat16 bit patterns the
+    product require_bfloat16 loaded), one column tile per thread, each one single-threaded
+    call. The
     "peak" every config is held against, timed in the same rounds as the config."""
     from numba import njit, prange
 

@@ -80,7 +80,7 @@ def _residual_layers(value, sizes):
 
 def _precision_code(value, dtype):
     """The code of a matmul_precision name for a model of this dtype (bfloat16 ones need
-    float32; "bfloat16" also needs the CPU unit and MKL: kernels.require_bfloat16)."""
+    float32; "bfloat16" also needs the CPU unit and oneDNN or MKL: kernels.require_bfloat16)."""
     if not isinstance(value, str) or value not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision: expected one of "
                          f"{', '.join(map(repr, MATMUL_PRECISIONS))}, got {value!r}")
@@ -153,10 +153,11 @@ class MLP:
     matmul_precision : "float32", "bfloat16" or "bfloat16-emulated"
         The matrix products' operands. "float32" (the default): the model's dtype. "bfloat16"
         (float32 models): each product's operands rounded to bfloat16 and their products
-        summed in float32 by Intel MKL on the CPU's bfloat16 units (AMX or AVX512-BF16), as
-        PyTorch's bfloat16 autocast does; parameters, gradients, optimizer state, losses and
-        norms stay float32. It needs such a CPU and MKL (``pip install 'fastbp[bf16]'``), and
-        raises kernels.Bfloat16Unavailable naming what is missing otherwise.
+        summed in float32 by oneDNN or Intel MKL on the CPU's bfloat16 units (AMX or
+        AVX512-BF16), as PyTorch's bfloat16 autocast does; parameters, gradients, optimizer
+        state, losses and norms stay float32. It needs such a CPU and oneDNN or MKL (``pip
+        install 'fastbp[bf16]'``), and raises kernels.Bfloat16Unavailable naming what is
+        missing otherwise.
         "bfloat16-emulated": the same rounding, multiplied by fastbp's own loops on any CPU
         (slow: for checking results).
 

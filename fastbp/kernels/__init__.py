@@ -27,8 +27,8 @@ weights, and sample weights, are stages after the loss's gradient.
 
 Modules, by concern: ``activations`` (each activation defined once; codes ``IDENTITY``,
 ``RELU``, ``SIGMOID``, ``TANH``, ``LEAKY_RELU``, ``GELU``), ``dense`` (the layer),
-``bfloat16`` (bfloat16 operands for a float32 model's products: rounding, MKL's product or
-its emulation), ``normalization`` (layer and batch normalisation), ``dropout`` (inverted
+``bfloat16`` (bfloat16 operands for a float32 model's products: rounding, oneDNN's or MKL's
+product or its emulation), ``normalization`` (layer and batch normalisation), ``dropout`` (inverted
 dropout, masks from a counter-based hash), ``block`` (the hidden layer with normalisation,
 dropout and a residual connection, built from those), ``losses``
 (``LOSS_KINDS``, the registry of losses), ``update`` (norms, clipping, parameter updates;
