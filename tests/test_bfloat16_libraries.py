@@ -85,3 +85,26 @@ def test_a_second_library_is_refused_in_the_same_process():
             "    print(exc)\n")
     said = _run(code)
     assert "runs oneDNN" in said and "mkl cannot replace it" in said
+
+
+_WARNINGS = """
+import json, sys, warnings
+import fastbp
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    fastbp.kernels.require_bfloat16({library!r})
+    fastbp.kernels.require_bfloat16({library!r})   # once a process
+json.dump([str(w.message) for w in caught if issubclass(w.category, UserWarning)], sys.stdout)
+"""
+_NO_AMX = HAS_UNIT and not kernels.cpu_bfloat16_units().get("amx_bf16")
+
+
+@pytest.mark.skipif(not _NO_AMX, reason="needs AVX512-BF16 without AMX")
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_only_mkl_without_amx_warns_that_float32_is_likely_faster(library):
+    said = json.loads(_run(_WARNINGS.format(library=library)))
+    if library == "mkl":
+        assert len(said) == 1 and "float32 is likely faster" in said[0]
+        assert "onednn-cpu-gomp" in said[0]
+    else:
+        assert said == []

@@ -68,9 +68,9 @@ try:   # sparse X, where SciPy is installed (the sklearn extra)
                                                   format="csr")}
 except ImportError:
     pass
-try:   # MKL's bfloat16 products, where the CPU and the bf16 extra allow them
-    kernels.require_bfloat16()
-    CASES["bfloat16, MKL"] = {"model": {"matmul_precision": "bfloat16"}}
+try:   # the bfloat16 library's products (oneDNN's, else MKL's), where the CPU and the bf16
+    kernels.require_bfloat16()   # extra allow them
+    CASES["bfloat16, library"] = {"model": {"matmul_precision": "bfloat16"}}
 except kernels.Bfloat16Unavailable:
     pass
 
