@@ -134,7 +134,8 @@ def _warn_without_amx():
     warnings.warn("matmul_precision='bfloat16': this CPU has AVX512-BF16 but no AMX, where "
                   "MKL's bfloat16 products measured slower than float32 (fastbp's bfloat16 "
                   "step 0.68-0.81x its float32 step's speed); float32 is likely faster here, "
-                  "and oneDNN's products are faster (pip install onednn-cpu-gomp)",
+                  "and oneDNN's bfloat16 products are faster than MKL's (pip install "
+                  "onednn-cpu-gomp)",
                   stacklevel=_first_caller_outside_fastbp())
 
 
