@@ -124,6 +124,37 @@ def test_avx512_build_gives_the_same_bits_at_any_thread_count():
 
 
 @needs_avx512
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avx512_unpacked_input_gradient_tiles(dtype):
+    """letters' net at batch 64, where the AVX-512 build cuts the input gradient into small
+    tiles (the default build does not): the gradient is the float64 reference's, and the bits
+    are the same on 1 and 2 threads."""
+    sizes = [16, 256, 128, 26]
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(64, sizes[0])).astype(dtype), rng.integers(0, sizes[-1], 64)
+    fastbp.set_blas(AVX512)
+    assert kernels._native._unpacked_small_products.value == 1
+    grads = []
+    try:
+        for threads in (1, 2):
+            fastbp.set_num_threads(threads)
+            model = fastbp.MLP(sizes, dtype=dtype, seed=2)
+            loss = model.loss_and_grad(X, y)
+            grads.append(model.grads.copy())
+    finally:
+        fastbp.set_num_threads(1)
+    assert np.array_equal(grads[0], grads[1])
+    expected_loss, expected = naive.Net(sizes, "relu").loss_and_grad(
+        model.params.astype(np.float64), X.astype(np.float64), y)
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    assert loss == pytest.approx(expected_loss, rel=tol)
+    assert naive.normwise_error(grads[0], expected) < tol
+    fastbp.set_blas("openblas")
+    assert kernels._native._unpacked_small_products.value == int(
+        kernels._native._core_name(kernels._native.openblas) in kernels._native._AVX512_CORES)
+
+
+@needs_avx512
 def test_switching_back_gives_the_default_bits_again():
     before = _trained(np.float32)
     fastbp.set_blas(AVX512)

@@ -279,6 +279,41 @@ def test_dense_forward_splits_many_inputs(rng):
     assert not small.any()
 
 
+@pytest.mark.parametrize("n_tasks", [1, 2, 3, 7, 16, 24, 33])
+def test_interleaved_tasks_cover_each_tile_once_in_proportion(n_tasks):
+    """dense_backward's tasks: every tile of both kinds exactly once, in order within a kind,
+    and each half of the tasks (a thread's block on 2 threads) holding its share of each."""
+    from fastbp.kernels._tiling import interleaved
+    for n_first in range(n_tasks + 1):
+        kinds = [interleaved(t, n_tasks, n_first) for t in range(n_tasks)]
+        assert [i for first, i in kinds if first] == list(range(n_first))
+        assert [i for first, i in kinds if not first] == list(range(n_tasks - n_first))
+        half = sum(first for first, _ in kinds[:n_tasks // 2])
+        assert abs(half - n_first * (n_tasks // 2) / n_tasks) <= 1
+
+
+def test_input_gradient_grid_follows_the_blas():
+    """With OpenBLAS's AVX-512 kernels the input gradient is cut into tiles they multiply
+    unpacked (at most UNPACKED_TILE_OUTPUTS outputs, power-of-two counts, at most GRID_TILES);
+    with other kernels, or dot products too short for them, the shape rule's grid."""
+    from fastbp.kernels import _native, _config
+    from fastbp.kernels._tiling import grid, input_grad_grid
+    saved = _native._unpacked_small_products.value
+    try:
+        _native._unpacked_small_products.value = 0
+        assert input_grad_grid(64, 256, 128, 8, 16) == grid(64, 256, 128, 8)
+        _native._unpacked_small_products.value = 1
+        rows, cols = input_grad_grid(64, 256, 128, 8, 16)
+        assert (rows, cols) == (2, 8)           # 32 x 32 tiles, the least re-reading
+        rows, cols = input_grad_grid(100, 128, 128, 8, 16)
+        assert rows * cols <= 16 and rows & (rows - 1) == 0 and cols & (cols - 1) == 0
+        assert -(-100 // rows) * -(-128 // cols) <= _config.UNPACKED_TILE_OUTPUTS
+        assert input_grad_grid(64, 128, 16, 8, 16) == grid(64, 128, 16, 8)   # depth < 32
+        assert input_grad_grid(512, 512, 256, 8, 16) == grid(512, 512, 256, 8)   # too big
+    finally:
+        _native._unpacked_small_products.value = saved
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses
 

@@ -156,6 +156,16 @@ _GEMM_AT = {symbol: ctypes.c_void_p() for symbol in ("fastbp_sgemm", "fastbp_dge
 for _symbol, _cell in _GEMM_AT.items():
     _llvm.add_symbol(_symbol + "_at", ctypes.addressof(_cell))
 
+# OpenBLAS's core types with AVX-512 kernels. These multiply small products (as OpenBLAS
+# 0.3.34 decides: at most 1e6 multiply-adds, and where the left operand of its column-major
+# call is transposed, as in an input gradient, an output of at most 1,200 elements from a depth
+# of at least 32) with kernels that read the operands in place, without packing them first.
+_AVX512_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
+# 1 when the BLAS in use is one of those (use_blas sets it), read by the tiling rules through a
+# symbol, as the thread count is.
+_unpacked_small_products = ctypes.c_int64(0)
+_llvm.add_symbol("fastbp_unpacked_small_products", ctypes.addressof(_unpacked_small_products))
+
 #: The BLAS builds use_blas can give the kernels' float32 and float64 products, by name: the
 #: OpenBLAS core type each runs (None: the kernels OpenBLAS chooses for this CPU).
 BLAS_CHOICES = {"openblas": None, "openblas-avx512": "SkylakeX"}
@@ -192,6 +202,7 @@ def use_blas(name):
     for symbol, cell in _GEMM_AT.items():
         cell.value = ctypes.cast(getattr(lib, symbol.replace("fastbp_", "scipy_") + "_"),
                                  ctypes.c_void_p).value
+    _unpacked_small_products.value = int(_core_name(lib) in _AVX512_CORES)
     _in_use[0] = name
 
 
@@ -205,7 +216,7 @@ def avx512_kernels_unused():
     other ones: where set_blas("openblas-avx512") may be faster."""
     features = _llvm.get_host_cpu_features()
     return (all(features.get(f, False) for f in _AVX512)
-            and _core_name(openblas) not in ("SkylakeX", "Cooperlake", "SapphireRapids"))
+            and _core_name(openblas) not in _AVX512_CORES)
 
 
 def loaded_blas():
@@ -301,15 +312,27 @@ def num_threads(typingctx):
     return types.intp(), codegen
 
 
+def _flag_reader(symbol):
+    """codegen of an intrinsic that reads the int64 registered as symbol."""
+    def codegen(context, builder, signature, args):
+        flag = builder.module.globals.get(symbol)
+        if flag is None:   # a declaration, which the registered symbol resolves
+            flag = ir.GlobalVariable(builder.module, ir.IntType(64), symbol)
+        return builder.load(flag)
+    return codegen
+
+
 @intrinsic
 def split_by_threads(typingctx):
     """The setting of set_split_by_threads, from compiled code: 1 or 0 (int64)."""
-    def codegen(context, builder, signature, args):
-        flag = builder.module.globals.get("fastbp_split_by_threads")
-        if flag is None:   # a declaration, which the registered symbol resolves
-            flag = ir.GlobalVariable(builder.module, ir.IntType(64), "fastbp_split_by_threads")
-        return builder.load(flag)
-    return types.int64(), codegen
+    return types.int64(), _flag_reader("fastbp_split_by_threads")
+
+
+@intrinsic
+def unpacked_small_products(typingctx):
+    """From compiled code, 1 (int64) when the BLAS in use multiplies small products without
+    packing their operands (OpenBLAS's AVX-512 kernels), else 0."""
+    return types.int64(), _flag_reader("fastbp_unpacked_small_products")
 
 
 @intrinsic

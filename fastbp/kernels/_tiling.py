@@ -5,8 +5,9 @@ the same tiles, and the results are bitwise the same, at any thread count."""
 import numpy as np
 from numba import njit
 
-from ._config import GRID_TILES, INLINED, MIN_TILE_WORK, SERIAL
-from ._native import num_threads, split_by_threads
+from ._config import (GRID_TILES, INLINED, MIN_TILE_WORK, SERIAL, UNPACKED_MAX_WORK,
+                      UNPACKED_MIN_DEPTH, UNPACKED_TILE_OUTPUTS)
+from ._native import num_threads, split_by_threads, unpacked_small_products
 
 
 @njit(**INLINED)
@@ -23,6 +24,19 @@ def span(tile, n_tiles, n):
     as int64 whatever the type of tile (a prange index is unsigned)."""
     tile = np.int64(tile)
     return tile * n // n_tiles, (tile + 1) * n // n_tiles
+
+
+@njit(**INLINED)
+def interleaved(task, n_tasks, n_first):
+    """Where task number `task` of n_tasks falls when n_first tasks of one kind and the rest
+    of another are interleaved in proportion: (True, its index among the first kind) or (False,
+    its index among the rest). A block of consecutive tasks, as prange's static split gives
+    each thread, then holds both kinds in about the proportion of the whole."""
+    task = np.int64(task)
+    first_before = task * n_first // n_tasks
+    if (task + 1) * n_first // n_tasks > first_before:
+        return True, first_before
+    return False, task - first_before
 
 
 @njit(**INLINED)
@@ -49,3 +63,30 @@ def grid(n_rows, n_cols, depth, max_tiles):
         if rows * cols > best_tiles or (rows * cols == best_tiles and cost < best_cost):
             best_rows, best_cols, best_tiles, best_cost = rows, cols, rows * cols, cost
     return best_rows, best_cols
+
+
+@njit(**SERIAL)
+def input_grad_grid(n_rows, n_in, depth, max_tiles, unpacked_tiles):
+    """(row tiles, column tiles) for an input gradient (dpre @ weight^T: an (n_rows, n_in)
+    output, depth-long dot products) of at most max_tiles tiles. Where the BLAS multiplies small
+    tiles of it without packing (unpacked_tiles: unpacked_small_products()), the grid of
+    power-of-two counts, up to unpacked_tiles tiles, whose largest tile it takes that way and
+    that reads the least (as grid weighs it; then the fewest tiles), if there is one; else
+    grid's. Powers of two keep the cuts on vector boundaries for the usual widths."""
+    if unpacked_small_products() != 0 and depth >= UNPACKED_MIN_DEPTH:
+        best_rows, best_cols, best_cost = 0, 0, 0
+        rows = 1
+        while rows <= min(unpacked_tiles, n_rows):
+            cols = 1
+            while rows * cols <= unpacked_tiles and cols <= n_in:
+                outputs = ((n_rows + rows - 1) // rows) * ((n_in + cols - 1) // cols)
+                cost = cols * n_rows + rows * n_in
+                if (outputs <= UNPACKED_TILE_OUTPUTS and outputs * depth <= UNPACKED_MAX_WORK
+                        and (best_rows == 0 or cost < best_cost or (
+                            cost == best_cost and rows * cols < best_rows * best_cols))):
+                    best_rows, best_cols, best_cost = rows, cols, cost
+                cols *= 2
+            rows *= 2
+        if best_rows > 0:
+            return best_rows, best_cols
+    return grid(n_rows, n_in, depth, max_tiles)

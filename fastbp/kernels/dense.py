@@ -21,7 +21,7 @@ from ._config import INLINED, INPUT_SPLIT_RATIO, MIN_TILE_WORK, PARALLEL, SERIAL
 from ._native import bfloat16_product_ready, blas_gemm, matrix_view, num_threads
 from .bfloat16 import (BFLOAT16, BFLOAT16_EMULATED, FLOAT32, prepare_bfloat16_product,
                        register_bfloat16_emulation, round_to_bfloat16)
-from ._tiling import grid, span, tile_budget
+from ._tiling import grid, input_grad_grid, interleaved, span, tile_budget
 from .activations import (activation_grad_tile, activation_input, bias_activation_tile,
                           is_activation)
 
@@ -206,18 +206,18 @@ def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp
     budget = tile_budget()
     w_budget = budget if dinp.shape[0] == 0 else max(1, budget // 2)
     w_rows, w_cols = grid(n_in, n_out, n_rows, w_budget)
-    i_rows, i_cols = grid(n_rows, n_in, n_out, max(1, budget - w_budget))
+    i_rows, i_cols = input_grad_grid(n_rows, n_in, n_out, max(1, budget - w_budget), budget)
     n_weight_tiles = w_rows * w_cols
     n_tasks = n_weight_tiles + (i_rows * i_cols if dinp.shape[0] > 0 else 0)
     if num_threads() == 1 or n_tasks == 1 or (
             n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
         for t in range(n_tasks):
             _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
-                           n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
+                           n_tasks, n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
         return
     for t in prange(n_tasks):
         _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
-                       n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
+                       n_tasks, n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
 
 
 _backward_arguments = arguments("dense_backward", dinp="matrix",
@@ -245,19 +245,20 @@ _check_backward, _check_backward_bf16 = (
 
 
 @njit(**INLINED)
-def _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
+def _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t, n_tasks,
                    n_weight_tiles, w_rows, w_cols, i_rows, i_cols):
-    """Task t of dense_backward: tile t of dW's (and db's) w_rows x w_cols grid, or past its
-    n_weight_tiles, tile t - n_weight_tiles of dinp's i_rows x i_cols grid."""
+    """Task t of dense_backward's n_tasks: a tile of dW's (and db's) w_rows x w_cols grid or of
+    dinp's i_rows x i_cols grid, the two interleaved: they run at different rates, and a
+    thread given a block of one kind only left the other waiting."""
     n_rows, n_in = inp.shape
-    if t < n_weight_tiles:
-        r0, r1 = span(t // w_cols, w_rows, n_in)
-        c0, c1 = span(t % w_cols, w_cols, weight.shape[1])
+    is_weight_tile, tile = interleaved(t, n_tasks, n_weight_tiles)
+    if is_weight_tile:
+        r0, r1 = span(tile // w_cols, w_rows, n_in)
+        c0, c1 = span(tile % w_cols, w_cols, weight.shape[1])
         _weight_grad_tile(dweight, dbias, dpre, inp, dpre, r0, r1, c0, c1)
     else:
-        u = t - n_weight_tiles
-        r0, r1 = span(u // i_cols, i_rows, n_rows)
-        c0, c1 = span(u % i_cols, i_cols, n_in)
+        r0, r1 = span(tile // i_cols, i_rows, n_rows)
+        c0, c1 = span(tile % i_cols, i_cols, n_in)
         _input_grad_tile(dinp, dpre, weight, inp, z, inp_activation, r0, r1, c0, c1)
 
 
