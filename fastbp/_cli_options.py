@@ -340,11 +340,12 @@ def build_parser():
                        "shape (default: the same results at any thread count) or by the "
                        "thread count (faster on mid-size nets at a few threads; results then "
                        "depend on it)")
-    optim.add_argument("--blas", choices=BLAS_CHOICES, default="openblas",
+    optim.add_argument("--blas", choices=BLAS_CHOICES, default="auto",
                        help="the BLAS build of the float matrix products (fastbp.set_blas): "
-                       "openblas (default: the kernels OpenBLAS picks for the CPU) or "
-                       "openblas-avx512 (its AVX-512 kernels: about twice as fast on AMD Zen 5, "
-                       "results that differ in the last bits)")
+                       "openblas (the kernels OpenBLAS picks for the CPU), openblas-avx512 "
+                       "(its AVX-512 kernels: about twice as fast on AMD Zen 5, results that "
+                       "differ in the last bits) or auto (default: openblas-avx512 where the "
+                       "CPU has AVX-512 and OpenBLAS would not use it, else openblas)")
     optim.add_argument("--resume", metavar="PATH",
                        help="continue the run saved in PATH (by --save, also after Ctrl-C): its "
                        "model, optimizer state, schedule and position, to the run's planned "

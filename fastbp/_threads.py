@@ -22,7 +22,8 @@ import time
 import numba
 
 from .kernels._native import (BLAS_CHOICES as _BUILDS, blas_in_use, loaded_blas,
-                              set_split_by_threads, splits_by_threads, use_blas)
+                              set_split_by_threads, splits_by_threads, use_blas,
+                              use_default_blas)
 
 _chosen = False   # whether set_num_threads was called (fit(comm=) then keeps the count)
 
@@ -96,26 +97,30 @@ def get_work_split():
     return "threads" if splits_by_threads() else "shape"
 
 
-#: The BLAS builds set_blas can give the kernels' float32 and float64 products.
-BLAS_CHOICES = tuple(_BUILDS)
+#: What set_blas takes: "auto" (the default build) or a build's name.
+BLAS_CHOICES = ("auto",) + tuple(_BUILDS)
 
 
 def set_blas(blas):
     """Which BLAS build runs every fastbp kernel's float32 and float64 matrix products.
 
-    "openblas" (the default): the kernels OpenBLAS chooses for this CPU. "openblas-avx512": the
-    same OpenBLAS, loaded a second time with its AVX-512 (SkylakeX) kernels, for CPUs that have
+    "openblas": the kernels OpenBLAS chooses for this CPU. "openblas-avx512": the same
+    OpenBLAS, loaded a second time with its AVX-512 (SkylakeX) kernels, for CPUs that have
     AVX-512 but on which OpenBLAS chooses its AVX2 ones (AMD Zen 4 and 5): on a Zen 5 core they
-    multiply twice as fast (README, "Which BLAS"). The two give results that differ in the last
-    bits (each is deterministic, and the same at any thread count in the default work split).
-    Applies to every thread of the process, from the next kernel call. Raises ValueError for
-    another name and kernels.BlasUnavailable where the CPU lacks the AVX-512 instructions those
-    kernels need, the BLAS in use unchanged either way.
+    multiply twice as fast (README, "Which BLAS"). "auto", what fastbp starts with:
+    "openblas-avx512" on such CPUs, "openblas" elsewhere (get_blas says which). The builds give
+    results that differ in the last bits (each is deterministic, and the same at any thread
+    count in the default work split). Applies to every thread of the process, from the next
+    kernel call. Raises ValueError for another name and kernels.BlasUnavailable where the CPU
+    lacks the AVX-512 instructions those kernels need, the BLAS in use unchanged either way.
     """
     if blas not in BLAS_CHOICES:
         raise ValueError(f"blas: expected one of {', '.join(map(repr, BLAS_CHOICES))}, got "
                          f"{blas!r}")
-    use_blas(blas)
+    if blas == "auto":
+        use_default_blas()
+    else:
+        use_blas(blas)
     pin_kernel_blas()
 
 

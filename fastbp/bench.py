@@ -472,9 +472,9 @@ def main(argv=None):
     parser.add_argument("--work-split", choices=WORK_SPLITS, default="shape",
                         help="how fastbp's kernels cut products for the threads "
                         "(fastbp.set_work_split; default shape)")
-    parser.add_argument("--blas", choices=BLAS_CHOICES, default="openblas",
+    parser.add_argument("--blas", choices=BLAS_CHOICES, default="auto",
                         help="the BLAS build of fastbp's float products (fastbp.set_blas; "
-                        "default openblas)")
+                        "default auto)")
     parser.add_argument("--mnist", metavar="DIR", help="also time whole training epochs on the "
                         "MNIST IDX files in DIR, against a plain PyTorch loop")
     parser.add_argument("--mnist-epochs", type=int, default=3, metavar="N",

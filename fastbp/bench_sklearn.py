@@ -14,8 +14,9 @@ fastbp is compiled (or loaded from Numba's cache) by a short fit before the time
 timed ``--repeats`` times, alternating the two libraries, each after a pause that lets the
 previous one's threads go idle; the figure is the fastest.
 
-fastbp's matrix products run on the BLAS build ``--blas`` names (fastbp.set_blas: "openblas",
-the default, or "openblas-avx512"); scikit-learn's on NumPy's BLAS, as always.
+fastbp's matrix products run on the BLAS build ``--blas`` names (fastbp.set_blas: "auto", the
+default, "openblas" or "openblas-avx512"; the results record the build); scikit-learn's on
+NumPy's BLAS, as always.
 
 The ceiling: every fit also gets the time its matrix products alone would take ("products s"):
 the products of one step in X's dtype (each layer's forward product and weight gradient, and
@@ -223,9 +224,9 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float32",
                         help="X's dtype for both libraries, which both compute in (default "
                         "float32)")
-    parser.add_argument("--blas", choices=BLAS_CHOICES, default="openblas",
+    parser.add_argument("--blas", choices=BLAS_CHOICES, default="auto",
                         help="the BLAS build of fastbp's products (fastbp.set_blas; default "
-                        "openblas)")
+                        "auto)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     import fastbp

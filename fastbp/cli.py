@@ -27,7 +27,8 @@ from . import __version__, _environment, distributed, kernels
 from ._cli_options import (DEFAULT_LR, RUN_OPTIONS, UsageError, build_parser, check_args,
                            given_options)
 from ._environment import HeldInterrupt
-from ._threads import count_chosen, load_free, set_blas, set_num_threads, set_work_split
+from ._threads import (count_chosen, get_blas, load_free, set_blas, set_num_threads,
+                       set_work_split)
 from ._cli_report import metrics_table
 from .metrics import balanced_sample_weight, classification_metrics, regression_metrics
 from .data import DataError, LabelColumnError, restore_targets
@@ -444,7 +445,7 @@ def _summary(args, ds, model, optimizer, sizes, history, first_epoch, by_rank, o
         "clip_norm": optimizer.clip_norm, "resumed_from": args.resume,
         "first_epoch": first_epoch + 1, "accumulate": args.accumulate,
         "batch_size": args.batch_size, "seed": args.seed, "threads": by_rank[0],
-        "work_split": args.work_split, "blas": args.blas,
+        "work_split": args.work_split, "blas": get_blas(),
         "ranks": len(by_rank), "threads_by_rank": by_rank, "epoch_threads": history.threads,
         "epoch_blas": history.blas,
         "rows": {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)},

@@ -1,8 +1,9 @@
 """fastbp.set_blas: which BLAS build runs the kernels' float32 and float64 products.
 
-"openblas" is the default; "openblas-avx512" loads a second copy of the same OpenBLAS with its
-AVX-512 (SkylakeX) kernels. Where the CPU lacks AVX-512 the tests of that build check only the
-refusal. Each test leaves the default build in use.
+"openblas-avx512" loads a second copy of the same OpenBLAS with its AVX-512 (SkylakeX) kernels;
+"auto", the default, takes it where the CPU has AVX-512 and OpenBLAS would not use it, else
+"openblas". Where the CPU lacks AVX-512 the tests of that build check only the refusal. Each
+test starts on "openblas" and leaves the build it found.
 """
 import json
 import subprocess
@@ -20,12 +21,13 @@ SIZES = [12, 32, 16, 5]
 
 
 def _can_run_avx512():
+    before = fastbp.get_blas()
     try:
         fastbp.set_blas(AVX512)
     except kernels.BlasUnavailable:
         return False
     finally:
-        fastbp.set_blas("openblas")
+        fastbp.set_blas(before)
     return True
 
 
@@ -33,9 +35,15 @@ needs_avx512 = pytest.mark.skipif(not _can_run_avx512(), reason="no AVX-512 on t
 
 
 @pytest.fixture(autouse=True)
-def default_blas_after():
-    yield
+def openblas_during():
+    before = fastbp.get_blas()
     fastbp.set_blas("openblas")
+    yield
+    fastbp.set_blas(before)
+
+
+def _default_build():
+    return AVX512 if kernels._native.avx512_kernels_unused() else "openblas"
 
 
 def _batch(dtype, rows=40, seed=0):
@@ -59,7 +67,8 @@ def _trained(dtype, steps=5, threads=None):
 
 @pytest.mark.parametrize("bad", ["OpenBLAS", "mkl", "", None, 1])
 def test_set_blas_refuses_other_names_and_keeps_the_build(bad):
-    with pytest.raises(ValueError, match=r"^blas: expected one of 'openblas', 'openblas-avx512'"):
+    with pytest.raises(ValueError,
+                       match=r"^blas: expected one of 'auto', 'openblas', 'openblas-avx512'"):
         fastbp.set_blas(bad)
     assert fastbp.get_blas() == "openblas"
 
@@ -69,6 +78,8 @@ def test_a_cpu_without_avx512_is_refused_naming_what_it_lacks():
     script = (
         "import fastbp\n"
         "from fastbp.kernels import _native\n"
+        "_native.use_blas('openblas')\n"
+        "_native._loaded.pop('openblas-avx512', None)   # as if never loaded by default\n"
         "_native._AVX512 = _native._AVX512 + ('avx512imaginary',)\n"
         "try:\n"
         "    fastbp.set_blas('openblas-avx512')\n"
@@ -81,6 +92,31 @@ def test_a_cpu_without_avx512_is_refused_naming_what_it_lacks():
     said, in_use = out.stdout.strip().splitlines()
     assert "this CPU lacks" in said and "avx512imaginary" in said and "'openblas'" in said
     assert in_use == "openblas"
+
+
+def test_the_default_build_is_avx512_where_openblas_would_leave_it_unused():
+    out = subprocess.run([sys.executable, "-c", "import fastbp; print(fastbp.get_blas())"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == _default_build()
+    fastbp.set_blas("auto")
+    assert fastbp.get_blas() == _default_build()
+
+
+def test_the_default_is_openblas_when_the_avx512_copy_cannot_load(monkeypatch):
+    native = kernels._native
+    loaded = dict(native._loaded)
+
+    def no_folder(coretype=None):
+        raise OSError("cannot load from the temporary folder")
+    monkeypatch.setattr(native, "_load_openblas", no_folder)
+    monkeypatch.setattr(native, "avx512_kernels_unused", lambda: True)
+    native._loaded.pop(AVX512, None)
+    try:
+        assert native.use_default_blas() == "openblas"
+        assert fastbp.get_blas() == "openblas"
+    finally:
+        native._loaded.update(loaded)
 
 
 @needs_avx512
@@ -200,3 +236,8 @@ def test_cli_records_the_build_in_json(tmp_path):
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["blas"] == blas and record["epoch_blas"] == [blas]
+    out = subprocess.run([sys.executable, "-m", "fastbp", "train", "--epochs", "1",
+                          "--layers", "16", "--json", "--quiet"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["blas"] == _default_build()    # --blas auto, resolved

@@ -219,12 +219,27 @@ def avx512_kernels_unused():
             and _core_name(openblas) not in _AVX512_CORES)
 
 
+def use_default_blas():
+    """Give the kernels' float products the default build and return its name:
+    "openblas-avx512" where this CPU has AVX-512 but OpenBLAS would run other kernels on it
+    (AMD Zen 4 and 5; on a Zen 5 core its AVX-512 kernels multiplied about twice as fast:
+    README, "Which BLAS") and that copy loads; else "openblas"."""
+    if avx512_kernels_unused():
+        try:
+            use_blas("openblas-avx512")
+            return "openblas-avx512"
+        except (BlasUnavailable, OSError):   # (OSError: no folder it can be loaded from)
+            pass
+    use_blas("openblas")
+    return "openblas"
+
+
 def loaded_blas():
     """The BLAS libraries the kernels have loaded (each to be kept at one thread)."""
     return tuple(_loaded.values())   # list() of a dict view allocates ~4.6 KB on the way
 
 
-use_blas("openblas")
+use_default_blas()
 # Starting Numba's thread pool registers its "get_num_threads" symbol, which num_threads calls.
 numba.get_num_threads()
 
