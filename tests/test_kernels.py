@@ -294,22 +294,26 @@ def test_interleaved_tasks_cover_each_tile_once_in_proportion(n_tasks):
 
 def test_input_gradient_grid_follows_the_blas():
     """With OpenBLAS's AVX-512 kernels the input gradient is cut into tiles they multiply
-    unpacked (at most UNPACKED_TILE_OUTPUTS outputs, power-of-two counts, at most GRID_TILES);
-    with other kernels, or dot products too short for them, the shape rule's grid."""
-    from fastbp.kernels import _native, _config
+    unpacked (at most UNPACKED_ROWS rows and UNPACKED_TILE_OUTPUTS outputs, power-of-two
+    counts, at most the budget); with other kernels, dot products too short for them, or a
+    product that needs more tiles than the budget, the shape rule's grid."""
+    from fastbp.kernels import _config, _native
     from fastbp.kernels._tiling import grid, input_grad_grid
     saved = _native._unpacked_small_products.value
     try:
         _native._unpacked_small_products.value = 0
         assert input_grad_grid(64, 256, 128, 8, 16) == grid(64, 256, 128, 8)
         _native._unpacked_small_products.value = 1
-        rows, cols = input_grad_grid(64, 256, 128, 8, 16)
-        assert (rows, cols) == (2, 8)           # 32 x 32 tiles, the least re-reading
-        rows, cols = input_grad_grid(100, 128, 128, 8, 16)
-        assert rows * cols <= 16 and rows & (rows - 1) == 0 and cols & (cols - 1) == 0
-        assert -(-100 // rows) * -(-128 // cols) <= _config.UNPACKED_TILE_OUTPUTS
-        assert input_grad_grid(64, 128, 16, 8, 16) == grid(64, 128, 16, 8)   # depth < 32
-        assert input_grad_grid(512, 512, 256, 8, 16) == grid(512, 512, 256, 8)   # too big
+        assert input_grad_grid(64, 256, 128, 8, 16) == (2, 8)      # 32 x 32 tiles
+        assert input_grad_grid(100, 128, 128, 8, 16) == (4, 4)     # 25 x 32
+        for n_rows, n_in in [(64, 256), (100, 128), (32, 100), (7, 300)]:
+            rows, cols = input_grad_grid(n_rows, n_in, 64, 8, 16)
+            assert rows * cols <= 16 and rows & (rows - 1) == 0 and cols & (cols - 1) == 0
+            assert -(-n_rows // rows) <= _config.UNPACKED_ROWS
+            assert -(-n_rows // rows) * -(-n_in // cols) <= _config.UNPACKED_TILE_OUTPUTS
+        assert input_grad_grid(64, 128, 16, 8, 16) == grid(64, 128, 16, 8)     # depth < 32
+        assert input_grad_grid(512, 512, 256, 8, 16) == grid(512, 512, 256, 8)  # > 16 tiles
+        assert input_grad_grid(64, 256, 128, 8, 8) == grid(64, 256, 128, 8)    # budget 8
     finally:
         _native._unpacked_small_products.value = saved
 

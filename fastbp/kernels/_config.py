@@ -117,6 +117,9 @@ GRID_TILES = 16
 # multiply-adds. Such tiles ran 1.2-1.9x faster than the larger ones the shape rule gives
 # (docs/kernels-notes.md).
 UNPACKED_TILE_OUTPUTS = 1200
+# The input gradient's unpacked tiles have at most this many rows: of the grids tried, those
+# with 32 or fewer ran fastest (docs/kernels-notes.md).
+UNPACKED_ROWS = 32
 UNPACKED_MIN_DEPTH = 32
 UNPACKED_MAX_WORK = 1_000_000
 # dense.splits_input: a forward product is cut over its inputs when they outnumber its batch

@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from ._config import (GRID_TILES, INLINED, MIN_TILE_WORK, SERIAL, UNPACKED_MAX_WORK,
-                      UNPACKED_MIN_DEPTH, UNPACKED_TILE_OUTPUTS)
+                      UNPACKED_MIN_DEPTH, UNPACKED_ROWS, UNPACKED_TILE_OUTPUTS)
 from ._native import num_threads, split_by_threads, unpacked_small_products
 
 
@@ -65,28 +65,24 @@ def grid(n_rows, n_cols, depth, max_tiles):
     return best_rows, best_cols
 
 
-@njit(**SERIAL)
+@njit(**INLINED)
 def input_grad_grid(n_rows, n_in, depth, max_tiles, unpacked_tiles):
-    """(row tiles, column tiles) for an input gradient (dpre @ weight^T: an (n_rows, n_in)
-    output, depth-long dot products) of at most max_tiles tiles. Where the BLAS multiplies small
-    tiles of it without packing (unpacked_tiles: unpacked_small_products()), the grid of
-    power-of-two counts, up to unpacked_tiles tiles, whose largest tile it takes that way and
-    that reads the least (as grid weighs it; then the fewest tiles), if there is one; else
-    grid's. Powers of two keep the cuts on vector boundaries for the usual widths."""
+    """grid for an input gradient (dpre @ weight^T: an (n_rows, n_in) output from depth-long
+    dot products), but where the BLAS multiplies small tiles of one without packing its
+    operands (unpacked_small_products()) and unpacked_tiles tiles can all be such tiles: then
+    tiles of at most UNPACKED_ROWS rows and UNPACKED_TILE_OUTPUTS outputs, each count the
+    smallest power of two that gives them (powers of two keep the cuts on vector boundaries
+    for the usual widths). (Two plain loops: searching more grids added more to a cold
+    compile than they saved.)"""
     if unpacked_small_products() != 0 and depth >= UNPACKED_MIN_DEPTH:
-        best_rows, best_cols, best_cost = 0, 0, 0
         rows = 1
-        while rows <= min(unpacked_tiles, n_rows):
-            cols = 1
-            while rows * cols <= unpacked_tiles and cols <= n_in:
-                outputs = ((n_rows + rows - 1) // rows) * ((n_in + cols - 1) // cols)
-                cost = cols * n_rows + rows * n_in
-                if (outputs <= UNPACKED_TILE_OUTPUTS and outputs * depth <= UNPACKED_MAX_WORK
-                        and (best_rows == 0 or cost < best_cost or (
-                            cost == best_cost and rows * cols < best_rows * best_cols))):
-                    best_rows, best_cols, best_cost = rows, cols, cost
-                cols *= 2
+        while (n_rows + rows - 1) // rows > UNPACKED_ROWS:
             rows *= 2
-        if best_rows > 0:
-            return best_rows, best_cols
+        tile_rows = (n_rows + rows - 1) // rows
+        cols = 1
+        while tile_rows * ((n_in + cols - 1) // cols) > UNPACKED_TILE_OUTPUTS:
+            cols *= 2
+        if (rows * cols <= unpacked_tiles and cols <= n_in
+                and tile_rows * ((n_in + cols - 1) // cols) * depth <= UNPACKED_MAX_WORK):
+            return rows, cols
     return grid(n_rows, n_in, depth, max_tiles)

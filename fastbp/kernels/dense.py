@@ -206,6 +206,7 @@ def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp
     budget = tile_budget()
     w_budget = budget if dinp.shape[0] == 0 else max(1, budget // 2)
     w_rows, w_cols = grid(n_in, n_out, n_rows, w_budget)
+    # the input gradient may take the whole budget in tiles the BLAS multiplies unpacked
     i_rows, i_cols = input_grad_grid(n_rows, n_in, n_out, max(1, budget - w_budget), budget)
     n_weight_tiles = w_rows * w_cols
     n_tasks = n_weight_tiles + (i_rows * i_cols if dinp.shape[0] > 0 else 0)
