@@ -1,7 +1,8 @@
 """How work is split between threads: row tiles for row-wise passes, a grid of output tiles
 for matrix products. A row-wise pass computes each row alike whatever its tile. A product's
 grid follows its shape and tile_budget(): by default GRID_TILES, so that the threads share out
-the same tiles, and the results are bitwise the same, at any thread count."""
+the same tiles, and the results are bitwise the same, at any thread count. (An input gradient's
+grid also follows the BLAS build in use, which changes the bits anyway: input_grad_grid.)"""
 import numpy as np
 from numba import njit
 
