@@ -451,10 +451,14 @@ REFERENCE_CASES = [
                  id="rmsprop-all-clip"),
     pytest.param(fastbp.RMSprop, dict(momentum=0.5, clip_norm=3.0), id="rmsprop-momentum-clip"),
 ]
-# Large: 21477 parameters, two chunks of kernels.NORM_CHUNK (the second ragged), which one
-# thread updates in its parallel loop (2 chunks >= 2 * 1 thread).
+# Large: 21477 parameters, two chunks of the norm's NORM_CHUNK (the second ragged) and six of
+# the update's UPDATE_CHUNK (the last ragged), which one thread runs in its parallel loops, and
+# two threads share out.
 REFERENCE_SIZES = [pytest.param(SIZES, 0, id="small"),
-                   pytest.param([100, 150, 40, 7], 1, id="two-chunks")]
+                   pytest.param([100, 150, 40, 7], 1, id="chunks"),
+                   pytest.param([100, 150, 40, 7], 2, id="chunks-2-threads",
+                                marks=pytest.mark.skipif(max_threads() < 2,
+                                                         reason="needs 2 Numba threads"))]
 
 
 @pytest.mark.parametrize("sizes, threads", REFERENCE_SIZES)

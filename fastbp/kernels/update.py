@@ -36,7 +36,7 @@ from numba import njit, prange, types
 
 from . import _units
 from ._checks import arguments, require
-from ._config import ELEMENTWISE, INLINED, NORM_CHUNK, PARALLEL, SERIAL
+from ._config import ELEMENTWISE, INLINED, NORM_CHUNK, PARALLEL, SERIAL, UPDATE_CHUNK
 from ._native import num_threads
 
 Update = namedtuple("Update", ["kind", "hyper", "state"])
@@ -122,7 +122,7 @@ def layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
 def _layer_sums_of_squares(layer_sq, partials, grads, param_offsets):
     """layer_sums_of_squares on checked arguments."""
     n_chunks = norm_partials_size(param_offsets)
-    if n_chunks < 2 * num_threads():
+    if n_chunks < num_threads():
         for c in range(n_chunks):
             start, stop, _ = chunk_bounds(param_offsets, c)
             partials[c] = sum_of_squares(grads[start:stop])
@@ -252,12 +252,12 @@ def _sgd_pass(params, grads, state, scale, hyper):
     t = params.dtype.type
     args = (t(scale), t(hyper[LR]), t(hyper[WEIGHT_DECAY]), t(hyper[MOMENTUM]),
             t(1.0 - hyper[DAMPENING]), hyper[NESTEROV] != 0, hyper[STEPS] == 0)
-    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    n_chunks = (params.shape[0] + UPDATE_CHUNK - 1) // UPDATE_CHUNK
     if n_chunks < 2 * num_threads():
         _sgd_chunk(params, grads, buf, *args)
         return
     for c in prange(n_chunks):
-        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        chunk = slice(c * UPDATE_CHUNK, (c + 1) * UPDATE_CHUNK)
         _sgd_chunk(params[chunk], grads[chunk], buf[chunk], *args)   # buf may be empty
 
 
@@ -318,12 +318,12 @@ def _adam_pass(params, grads, state, scale, hyper):
             t(hyper[EPS]), t(-lr / (1.0 - beta1 ** steps)), t(math.sqrt(1.0 - beta2 ** steps)),
             amsgrad)
     vmax = state[2] if amsgrad else state[1]
-    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    n_chunks = (params.shape[0] + UPDATE_CHUNK - 1) // UPDATE_CHUNK
     if n_chunks < 2 * num_threads():
         _adam_chunk(params, grads, state[0], state[1], vmax, *args)
         return
     for c in prange(n_chunks):
-        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        chunk = slice(c * UPDATE_CHUNK, (c + 1) * UPDATE_CHUNK)
         _adam_chunk(params[chunk], grads[chunk], state[0][chunk], state[1][chunk], vmax[chunk],
                     *args)
 
@@ -393,12 +393,12 @@ def _rmsprop_pass(params, grads, state, scale, hyper):
     grad_avg = state[2 if has_momentum else 1] if centered else state[0]
     args = (t(scale), t(hyper[WEIGHT_DECAY]), t(alpha), t(weight), t(1.0 - weight),
             weight < 0.5, t(hyper[RMS_EPS]), t(hyper[LR]), t(momentum), has_momentum, centered)
-    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    n_chunks = (params.shape[0] + UPDATE_CHUNK - 1) // UPDATE_CHUNK
     if n_chunks < 2 * num_threads():
         _rmsprop_chunk(params, grads, state[0], buf, grad_avg, *args)
         return
     for c in prange(n_chunks):
-        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        chunk = slice(c * UPDATE_CHUNK, (c + 1) * UPDATE_CHUNK)
         _rmsprop_chunk(params[chunk], grads[chunk], state[0][chunk], buf[chunk],
                        grad_avg[chunk], *args)
 
