@@ -559,7 +559,7 @@ def test_float32_training_follows_float64(make_optimizer, rng):
 
 def test_fit_with_adam_is_bitwise_reproducible():
     """Two identical runs (shuffled with a fixed seed) give the same bits. 50826 parameters on
-    2 threads: the update runs its parallel loop (4 chunks of kernels.NORM_CHUNK)."""
+    2 threads: the update runs its parallel loop (13 chunks of _config.UPDATE_CHUNK)."""
     fastbp.set_num_threads(min(2, max_threads()))
     sizes = [64, 256, 128, 10]
     X, y = blobs(512, n_features=64, n_classes=10, seed=4)

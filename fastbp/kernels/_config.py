@@ -117,21 +117,21 @@ GRID_TILES = 16
 # multiply-adds. Such tiles ran 1.2-1.9x faster than the larger ones the shape rule gives
 # (docs/kernels-notes.md).
 UNPACKED_TILE_OUTPUTS = 1200
+UNPACKED_MIN_DEPTH = 32
+UNPACKED_MAX_WORK = 1_000_000
 # The input gradient's unpacked tiles have at most this many rows: of the grids tried, those
 # with 32 or fewer ran fastest (docs/kernels-notes.md).
 UNPACKED_ROWS = 32
-UNPACKED_MIN_DEPTH = 32
-UNPACKED_MAX_WORK = 1_000_000
 # dense.splits_input: a forward product is cut over its inputs when they outnumber its batch
 # rows by more than this (measured on 2 threads: README, "Wide inputs, few rows").
 INPUT_SPLIT_RATIO = 4
-# Elements per chunk of the parallel norm (and of sgd_update). Fixed (not per thread) so that the
-# norm, and the clipping that uses it, do not depend on the thread count.
+# Elements per chunk of the parallel norm. Fixed (not per thread) so that the norm, and the
+# clipping that uses it, do not depend on the thread count.
 NORM_CHUNK = 1 << 14
-# Elements per chunk of the optimizers' parallel update passes. Each element is updated alone,
-# so any chunking gives the same bits; chunks smaller than the norm's let a small net's update
-# (tens of thousands of parameters) run on every thread, each on the gradients its own tiles
-# wrote (docs/kernels-notes.md).
+# Elements per chunk of the parallel update passes (the optimizers', sgd_update). Each element
+# is updated alone, so any chunking gives the same bits; chunks smaller than the norm's let a
+# small net's update (tens of thousands of parameters) run on every thread, each on the
+# gradients its own tiles wrote (docs/kernels-notes.md).
 UPDATE_CHUNK = 1 << 12
 
 _STAMP = "fastbp-kernels-sources.sha256"

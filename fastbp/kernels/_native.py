@@ -156,10 +156,8 @@ _GEMM_AT = {symbol: ctypes.c_void_p() for symbol in ("fastbp_sgemm", "fastbp_dge
 for _symbol, _cell in _GEMM_AT.items():
     _llvm.add_symbol(_symbol + "_at", ctypes.addressof(_cell))
 
-# OpenBLAS's core types with AVX-512 kernels. These multiply small products (as OpenBLAS
-# 0.3.34 decides: at most 1e6 multiply-adds, and where the left operand of its column-major
-# call is transposed, as in an input gradient, an output of at most 1,200 elements from a depth
-# of at least 32) with kernels that read the operands in place, without packing them first.
+# OpenBLAS's core types with AVX-512 kernels, which multiply small products without packing
+# their operands (when: _config's UNPACKED_* constants).
 _AVX512_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
 # 1 when the BLAS in use is one of those (use_blas sets it), read by the tiling rules through a
 # symbol, as the thread count is.

@@ -83,7 +83,8 @@ def input_grad_grid(n_rows, n_in, depth, max_tiles, unpacked_tiles):
         cols = 1
         while tile_rows * ((n_in + cols - 1) // cols) > UNPACKED_TILE_OUTPUTS:
             cols *= 2
+        tile_outputs = tile_rows * ((n_in + cols - 1) // cols)
         if (rows * cols <= unpacked_tiles and cols <= n_in
-                and tile_rows * ((n_in + cols - 1) // cols) * depth <= UNPACKED_MAX_WORK):
+                and tile_outputs * depth <= UNPACKED_MAX_WORK):
             return rows, cols
     return grid(n_rows, n_in, depth, max_tiles)

@@ -155,12 +155,12 @@ def sgd_update(params, grads, step):
     _sgd_update_arguments(params, grads, step)
     require(grads.shape[0] == params.shape[0], "sgd_update: grads must have params' length (P)")
     step_ = params.dtype.type(step)
-    n_chunks = (params.shape[0] + NORM_CHUNK - 1) // NORM_CHUNK
+    n_chunks = (params.shape[0] + UPDATE_CHUNK - 1) // UPDATE_CHUNK
     if n_chunks < 2 * num_threads():
         axpy(params, step_, grads)
         return
     for c in prange(n_chunks):
-        chunk = slice(c * NORM_CHUNK, (c + 1) * NORM_CHUNK)
+        chunk = slice(c * UPDATE_CHUNK, (c + 1) * UPDATE_CHUNK)
         axpy(params[chunk], step_, grads[chunk])
 
 
