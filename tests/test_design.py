@@ -338,7 +338,7 @@ def test_repeated_gradients_are_bitwise_identical():
 
 
 KERNELS_DIR = pathlib.Path(kernels.__file__).resolve().parent
-FLAG_SETS = {"SERIAL", "PARALLEL", "INLINED", "ELEMENTWISE"}
+FLAG_SETS = {"SERIAL", "PARALLEL", "INLINED", "ELEMENTWISE", "STRICT"}
 
 
 def _jit_calls(path):
@@ -357,6 +357,14 @@ def _jit_calls(path):
                 if getattr(dec, "id", None) == "njit":  # a bare @njit
                     found.append((dec.lineno, "njit", set(), [], 0))
     return found
+
+
+def test_strict_code_sets_fastmath_off_itself():
+    """Numba gives a function that does not set fastmath its caller's flags: STRICT must say
+    False outright, or the float64 exp compiled inside a fast-math caller loses its exact range
+    reduction (hundreds of ulps near 700)."""
+    from fastbp.kernels import _config
+    assert _config.STRICT.get("fastmath", None) is False
 
 
 def test_every_kernel_takes_its_flags_from_config():

@@ -380,6 +380,25 @@ def test_float32_exp_is_within_one_ulp():
     assert np.isnan(edges[0]) and list(edges[1:]) == [0.0, np.inf, 0.0, np.inf, 1.0, 1.0]
 
 
+def test_float64_exp_is_within_one_ulp():
+    """The softmax's float64 exp (a polynomial, as float32's) against NumPy's exp over the
+    whole range, the subnormal results included, and at the edges."""
+    x = np.concatenate([np.linspace(-746, 710, 400_001), -np.geomspace(1e-300, 746, 20_001),
+                        np.geomspace(1e-300, 710, 20_001), np.linspace(-1, 1, 100_001)])
+    got = x.copy()
+    kernels.losses._exp_inplace(got)
+    with np.errstate(over="ignore"):
+        want = np.exp(x)
+    finite = np.isfinite(want) & (want > 0)
+    ulps = np.abs(got[finite] - want[finite]) / np.spacing(want[finite])
+    assert ulps.max() <= 1 and np.mean(got == want) > 0.8
+    assert np.array_equal(got[~finite], want[~finite])  # overflow to inf, underflow to 0
+    assert (got[finite] < 2.2250738585072014e-308).sum() > 1000   # subnormals were tried
+    edges = np.array([np.nan, -np.inf, np.inf, -1e300, 1e300, 0.0, -0.0, 5e-324])
+    kernels.losses._exp_inplace(edges)
+    assert np.isnan(edges[0]) and list(edges[1:]) == [0.0, np.inf, 0.0, np.inf, 1.0, 1.0, 1.0]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_kernels_on_row_strided_views(dtype, rng):
     """Rows of logits a wider matrix holds take the row-by-row path, not the flat one; both agree

@@ -96,6 +96,10 @@ INLINED = dict(SERIAL, inline="always")
 # is the answer when the divisor is 0 (sample weights that sum to 0: a NaN loss, which the
 # training step refuses), where Python's model would raise, and a unit cannot raise.
 ELEMENTWISE = dict(SERIAL, error_model="numpy")
+# Without fast-math: arithmetic whose order is the point (an exact range reduction, which
+# reassoc would fold back into the inexact one). Not inlined by Numba, which would compile it
+# with its caller's flags; LLVM still inlines and vectorises it, keeping its own flags.
+STRICT = dict(cache=CACHE, nogil=True, fastmath=False)
 # The argument checks' typing guards (_checks): not cached on their own (every guard's code
 # has one name in one file, so Numba's cache would hand a kernel another's); the kernels that
 # call them are.

@@ -565,6 +565,18 @@ def float64_from_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def float64_bits(typingctx, value):
+    """The IEEE bit pattern of a float64, as an int64."""
+    if value != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
 # -- oneDNN's bfloat16 product ---------------------------------------------------------------
 
 class _Version(ctypes.Structure):
