@@ -210,8 +210,10 @@ def _dense_backward(dinp, dweight, dbias, dpre, inp, weight, inp_activation, inp
     i_rows, i_cols = input_grad_grid(n_rows, n_in, n_out, max(1, budget - w_budget), budget)
     n_weight_tiles = w_rows * w_cols
     n_tasks = n_weight_tiles + (i_rows * i_cols if dinp.shape[0] > 0 else 0)
+    # Two one-tile products run side by side once each holds half a tile's worth of work:
+    # their sum, not each alone, is what the parallel region must repay.
     if num_threads() == 1 or n_tasks == 1 or (
-            n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK):
+            n_tasks == 2 and n_rows * n_in * n_out < MIN_TILE_WORK // 2):
         for t in range(n_tasks):
             _backward_task(dinp, dweight, dbias, dpre, inp, weight, z, inp_activation, t,
                            n_tasks, n_weight_tiles, w_rows, w_cols, i_rows, i_cols)
