@@ -451,9 +451,9 @@ REFERENCE_CASES = [
                  id="rmsprop-all-clip"),
     pytest.param(fastbp.RMSprop, dict(momentum=0.5, clip_norm=3.0), id="rmsprop-momentum-clip"),
 ]
-# Large: 21477 parameters, two chunks of the norm's NORM_CHUNK (the second ragged) and six of
-# the update's UPDATE_CHUNK (the last ragged), which one thread runs in its parallel loops, and
-# two threads share out.
+# Large: 21477 parameters in three layers, seven chunks of the norm's NORM_CHUNK (each layer's
+# last ragged) and six of the update's UPDATE_CHUNK (the last ragged), which one thread runs in
+# its parallel loops, and two threads share out.
 REFERENCE_SIZES = [pytest.param(SIZES, 0, id="small"),
                    pytest.param([100, 150, 40, 7], 1, id="chunks"),
                    pytest.param([100, 150, 40, 7], 2, id="chunks-2-threads",

@@ -129,13 +129,15 @@ UNPACKED_ROWS = 32
 # dense.splits_input: a forward product is cut over its inputs when they outnumber its batch
 # rows by more than this (measured on 2 threads: README, "Wide inputs, few rows").
 INPUT_SPLIT_RATIO = 4
-# Elements per chunk of the parallel norm. Fixed (not per thread) so that the norm, and the
-# clipping that uses it, do not depend on the thread count.
-NORM_CHUNK = 1 << 14
+# Elements per chunk of the parallel norm and L2 penalty. Fixed (not per thread) so that the
+# norm, the clipping that uses it and the penalty do not depend on the thread count; small
+# enough that a net of tens of thousands of parameters shares them out evenly between threads
+# (docs/kernels-notes.md).
+NORM_CHUNK = 1 << 12
 # Elements per chunk of the parallel update passes (the optimizers', sgd_update). Each element
-# is updated alone, so any chunking gives the same bits; chunks smaller than the norm's let a
-# small net's update (tens of thousands of parameters) run on every thread, each on the
-# gradients its own tiles wrote (docs/kernels-notes.md).
+# is updated alone, so any chunking gives the same bits: this one may change without changing
+# a result. Small for the same reason as NORM_CHUNK, and so that each thread updates the
+# gradients its own tiles wrote.
 UPDATE_CHUNK = 1 << 12
 
 _STAMP = "fastbp-kernels-sources.sha256"
