@@ -38,7 +38,7 @@ plan, in plain Python), ``network`` (Net, Workspace, whole-network functions, ea
 layer kind's steps), ``entry`` (what fastbp's Python layer calls); ``_config`` holds every
 compiler flag and tuning constant, ``_tiling`` the thread split, ``_native`` BLAS and views,
 ``_units`` the table through which the network calls the heavy kernels, ``_checks`` the
-argument checks, ``_nesting`` nested loops under the workqueue layer. Every name below is
+argument checks (``_network_checks`` the whole-network functions' rules), ``_nesting`` nested loops under the workqueue layer. Every name below is
 importable from ``fastbp.kernels`` itself.
 
 Parallelism: matrix products are split into a grid of output tiles that the threads share out;
