@@ -81,8 +81,8 @@ def _exp_float32(x):
     return np.float32(p * float64_from_bits((np.int64(k) + 1023) << 52))
 
 
-# ln 2 in two parts for the float64 reduction: the first has 11 trailing zero bits, so k times
-# it is exact for |k| < 2^11 (Cody and Waite's split).
+# ln 2 in two parts for the float64 reduction: the first has 32 significant bits, so k times it
+# is exact for the |k| <= 1077 used here (Cody and Waite's split).
 _LN2_HIGH = 6.93147180369123816490e-01
 _LN2_LOW = 1.90821492927058770002e-10
 _LOG_MAX = 709.782712893384   # the largest float64 whose exp is finite
